@@ -1,0 +1,2 @@
+//! the hull binary.
+fn main() {}

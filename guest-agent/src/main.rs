@@ -1,0 +1,2 @@
+//! hull-agent (placeholder until the agent lands).
+fn main() {}
