@@ -1,1 +1,5 @@
-//! hull devices.
+//! hull's emulated devices. `legacy` holds the port-I/O and MMIO devices every microVM has (8250 serial,
+//! i8042, boot timer); `virtio` holds block, net and vsock, each written once and served over virtio-mmio
+//! inside hull or as a vhost-user backend.
+
+pub mod legacy;

@@ -1,0 +1,1 @@
+//! Legacy devices: serial, i8042, boot timer.
