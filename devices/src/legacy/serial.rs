@@ -1,0 +1,104 @@
+//! The guest console: an 8250 UART (vm-superio) at COM1 whose transmit side goes to a host writer
+//! (stdout or a file) and whose receive FIFO is fed from the host (stdin). Register offsets come from
+//! the guest and are passed to vm-superio, which ignores unknown ones.
+
+use std::io::Write;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::Serial;
+
+use super::IrqLine;
+use crate::bus::BusDevice;
+
+/// COM1's I/O ports and interrupt.
+pub const COM1_BASE: u64 = 0x3f8;
+pub const COM1_LEN: u64 = 8;
+pub const COM1_IRQ: u32 = 4;
+
+pub struct SerialConsole {
+    uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialConsole {
+    pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
+        SerialConsole { uart: Serial::new(irq, out) }
+    }
+
+    /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity().min(bytes.len());
+        match self.uart.enqueue_raw_bytes(&bytes[..room]) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = ?e, "serial input dropped");
+                0
+            }
+        }
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    pub fn interrupt_fd(&self) -> &vmm_sys_util::eventfd::EventFd {
+        &self.uart.interrupt_evt().0
+    }
+}
+
+impl BusDevice for SerialConsole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Ok(off), Some(first)) = (u8::try_from(offset), data.first_mut()) {
+            *first = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Ok(off) = u8::try_from(offset) else { return };
+        for &byte in data.iter().take(1) {
+            if let Err(e) = self.uart.write(off, byte) {
+                tracing::warn!(error = ?e, "serial output failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_guest_bytes_and_receives_host_input() {
+        let cap = Capture::default();
+        let mut s = SerialConsole::new(IrqLine::new().unwrap(), Box::new(cap.clone()));
+        for b in b"hi\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(cap.0.lock().unwrap().as_slice(), b"hi\n");
+        // Enable the receive-data interrupt, then feed input: the IRQ fires and LSR shows data ready.
+        s.write(1, &[0x01]);
+        assert_eq!(s.enqueue_input(b"x"), 1);
+        assert_eq!(s.interrupt_fd().read().unwrap(), 1);
+        let mut b = [0u8];
+        s.read(5, &mut b);
+        assert_eq!(b[0] & 1, 1);
+        s.read(0, &mut b);
+        assert_eq!(b[0], b'x');
+        // Offsets and widths the UART does not have are ignored.
+        s.write(0x1_0000, &[1]);
+        s.read(3, &mut []);
+    }
+}
