@@ -51,6 +51,7 @@ else
   build="$cache/build-$key"
   rm -rf "$build"
   mkdir -p "$build"
+  trap 'rm -rf "$build" "$kdir.tmp"' EXIT
   log "unpacking $src_tar"
   tar -xf "$src_tar" -C "$build" --strip-components=1
   for p in "$here"/patches/*.patch; do
@@ -84,6 +85,7 @@ else
   rm -rf "$kdir"
   mv "$kdir.tmp" "$kdir"
   rm -rf "$build"
+  trap - EXIT
 fi
 kernel="$kdir/vmlinux"
 [ "$want_bzimage" = 1 ] && kernel="$kdir/bzImage"
