@@ -1,2 +1,81 @@
-//! the hull binary.
-fn main() {}
+//! The `hull` binary: parses the command line, then runs the Firecracker-compatible mode: listen on the
+//! API socket (first, so clients can connect within milliseconds), boot from `--config-file` if given, and
+//! serve until the guest ends or a termination signal arrives. The process exits with the guest's exit
+//! code (0 after a guest reset), 128 + signal on a signal, 152 for a bad configuration, 1 otherwise.
+
+mod cli;
+mod config_file;
+mod devices;
+mod http;
+mod instance;
+mod logging;
+mod routes;
+mod server;
+mod signals;
+
+use clap::Parser;
+use vmm::{SerialOutput, VmmOptions};
+
+use crate::cli::{Cli, VmmArgs};
+use crate::instance::Instance;
+use crate::server::ApiSocket;
+use crate::signals::SignalFd;
+
+/// Exit status for a configuration that cannot boot (Firecracker's `BadConfiguration`).
+const EXIT_BAD_CONFIGURATION: i32 = 152;
+/// Exit status for any other failure of hull itself.
+const EXIT_GENERIC_ERROR: i32 = 1;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        match command {}
+    }
+    logging::init(cli.vmm.log_level);
+    // Before any thread exists, so every thread inherits the blocked mask.
+    let signals = match SignalFd::for_termination_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up signal handling");
+            std::process::exit(EXIT_GENERIC_ERROR);
+        }
+    };
+    let code = run_vmm(cli.vmm, &signals);
+    std::process::exit(code);
+}
+
+/// The Firecracker-compatible mode. Returns the process exit status; the API socket is removed before
+/// this returns.
+fn run_vmm(args: VmmArgs, signals: &SignalFd) -> i32 {
+    let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_GENERIC_ERROR;
+        }
+    };
+    if let Some(socket) = &socket {
+        tracing::info!("API server listening on {}", socket.path().display());
+    }
+
+    let serial = match args.serial_out {
+        Some(path) => SerialOutput::File(path),
+        None => SerialOutput::Stdout,
+    };
+    let mut instance = Instance::new(args.id, VmmOptions { boot_timer: args.boot_timer, serial });
+
+    if let Some(path) = &args.config_file {
+        if let Err(e) = config_file::boot_from_file(path, &mut instance) {
+            tracing::error!("{e}");
+            return EXIT_BAD_CONFIGURATION;
+        }
+    }
+
+    match server::run(&mut instance, socket.as_ref(), signals) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_GENERIC_ERROR
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The `hull` command line. It owns the shape of the arguments only: values are checked here as far as
+//! their text goes (instance ID, log level); whether a file exists or parses is decided by whoever opens it.
+//!
+//! Without a subcommand, `hull` takes Firecracker's flags (`--api-sock`, `--config-file`, `--no-api`, ...).
+//! Subcommands such as `hull run` and `hull vhost-user {blk,net,vsock}` go into [`Command`]; clap refuses to
+//! mix them with the Firecracker-style flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::logging::LogLevel;
+
+/// Firecracker's default instance ID.
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+/// Longest instance ID accepted (Firecracker's limit).
+const MAX_INSTANCE_ID_LEN: usize = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hull",
+    version,
+    about = "hull: a secure container runtime; one KVM microVM per process, Firecracker-compatible API",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub vmm: VmmArgs,
+}
+
+/// Subcommands; each one replaces the Firecracker-style flags. None exist yet: `hull run ...` (boot a
+/// container image directly) and `hull vhost-user {blk,net,vsock} ...` (device backends) will be added here.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// The Firecracker-compatible mode: serve the REST API on a unix socket and/or boot from a JSON file.
+#[derive(Debug, Args)]
+pub struct VmmArgs {
+    /// Path of the unix socket the REST API listens on. A stale socket at that path is replaced.
+    #[arg(long, value_name = "PATH", required_unless_present = "no_api", conflicts_with = "no_api")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Boot from this JSON file (Firecracker's shape: boot-source, machine-config, drives, ...).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Do not serve the API: boot from --config-file and wait for the guest to end.
+    #[arg(long, requires = "config_file")]
+    pub no_api: bool,
+
+    /// Log the guest's boot time when it writes to the boot-timer MMIO address.
+    #[arg(long)]
+    pub boot_timer: bool,
+
+    /// Instance ID reported by `GET /` (letters, digits and '-', at most 64 characters).
+    #[arg(long, value_name = "ID", default_value = DEFAULT_INSTANCE_ID, value_parser = parse_instance_id)]
+    pub id: String,
+
+    /// Append the guest's serial console to FILE instead of writing it to standard output.
+    #[arg(long, value_name = "FILE")]
+    pub serial_out: Option<PathBuf>,
+
+    /// Log level on standard error: Error, Warning, Info, Debug, Trace or Off (any case).
+    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+}
+
+fn parse_instance_id(id: &str) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(format!("it must be 1 to {MAX_INSTANCE_ID_LEN} characters long"));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("only letters, digits and '-' are allowed".into());
+    }
+    Ok(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hull").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_socket_alone_is_enough() {
+        let cli = parse(&["--api-sock", "/tmp/x.sock"]).unwrap();
+        assert_eq!(cli.vmm.api_sock, Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(cli.vmm.id, DEFAULT_INSTANCE_ID);
+        assert_eq!(cli.vmm.log_level, LogLevel::Info);
+        assert!(!cli.vmm.no_api && !cli.vmm.boot_timer);
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn an_api_socket_or_no_api_is_required() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--config-file", "vm.json"]).is_err());
+    }
+
+    #[test]
+    fn no_api_needs_a_config_file_and_excludes_the_socket() {
+        assert!(parse(&["--no-api"]).is_err());
+        assert!(parse(&["--no-api", "--config-file", "vm.json", "--api-sock", "/tmp/s"]).is_err());
+        let cli = parse(&["--no-api", "--config-file", "vm.json", "--boot-timer"]).unwrap();
+        assert!(cli.vmm.no_api && cli.vmm.boot_timer);
+        assert_eq!(cli.vmm.config_file, Some(PathBuf::from("vm.json")));
+    }
+
+    #[test]
+    fn all_flags_parse() {
+        let cli = parse(&[
+            "--api-sock",
+            "/tmp/s",
+            "--config-file",
+            "vm.json",
+            "--id",
+            "vm-1",
+            "--serial-out",
+            "/tmp/serial",
+            "--log-level",
+            "warning",
+        ])
+        .unwrap();
+        assert_eq!(cli.vmm.id, "vm-1");
+        assert_eq!(cli.vmm.serial_out, Some(PathBuf::from("/tmp/serial")));
+        assert_eq!(cli.vmm.log_level, LogLevel::Warning);
+    }
+
+    #[test]
+    fn bad_ids_and_levels_are_refused() {
+        assert!(parse(&["--api-sock", "/s", "--id", "a/b"]).is_err());
+        assert!(parse(&["--api-sock", "/s", "--id", ""]).is_err());
+        assert!(parse(&["--api-sock", "/s", "--id", &"a".repeat(65)]).is_err());
+        assert!(parse(&["--api-sock", "/s", "--log-level", "loud"]).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! `--config-file`: a JSON file in Firecracker's shape (`boot-source`, `machine-config`, `drives`,
+//! `network-interfaces`, `vsock`, `logger`, `metrics`), applied to the [`Instance`] through the same
+//! methods the API uses, then booted. The file is user input: unknown keys are refused and every value is
+//! validated by the instance.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+use vmm::{BootSourceConfig, MachineConfig};
+
+use crate::devices;
+use crate::instance::{Instance, InstanceError};
+use crate::logging::{LoggerConfig, MetricsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("Cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("Invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("Invalid config file {path}: {section}: {source}")]
+    Section { path: PathBuf, section: &'static str, source: InstanceError },
+    #[error("Cannot start the microVM from {path}: {source}")]
+    Start { path: PathBuf, source: InstanceError },
+}
+
+/// The file's contents. Sections hull has nothing for yet are kept as raw JSON and handed to
+/// [`devices::DeviceConfigs`], which decides what it accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(rename = "boot-source", default)]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub drives: Vec<Value>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<Value>,
+    #[serde(default)]
+    pub vsock: Option<Value>,
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> Result<ConfigFile, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Applies every section to `instance`, in the order a Firecracker client would send them.
+    pub fn apply(self, instance: &mut Instance) -> Result<(), (&'static str, InstanceError)> {
+        if let Some(logger) = self.logger {
+            instance.put_logger(logger).map_err(|e| ("logger", e))?;
+        }
+        if let Some(metrics) = self.metrics {
+            instance.put_metrics(metrics).map_err(|e| ("metrics", e))?;
+        }
+        if let Some(machine) = self.machine_config {
+            instance.put_machine_config(machine).map_err(|e| ("machine-config", e))?;
+        }
+        if let Some(boot_source) = self.boot_source {
+            instance.put_boot_source(boot_source).map_err(|e| ("boot-source", e))?;
+        }
+        let in_section = |section| move |e: devices::DeviceError| (section, InstanceError::Device(e));
+        for drive in self.drives {
+            let id = devices::entry_id(&drive, "drive_id").to_string();
+            let devices = instance.devices_mut().map_err(|e| ("drives", e))?;
+            devices.put_drive(&id, drive).map_err(in_section("drives"))?;
+        }
+        for iface in self.network_interfaces {
+            let id = devices::entry_id(&iface, "iface_id").to_string();
+            let devices = instance.devices_mut().map_err(|e| ("network-interfaces", e))?;
+            devices.put_network_interface(&id, iface).map_err(in_section("network-interfaces"))?;
+        }
+        if let Some(vsock) = self.vsock {
+            let devices = instance.devices_mut().map_err(|e| ("vsock", e))?;
+            devices.put_vsock(vsock).map_err(in_section("vsock"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path`, configures `instance` from it and starts the microVM.
+pub fn boot_from_file(path: &Path, instance: &mut Instance) -> Result<(), ConfigFileError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.to_path_buf(), source })?;
+    let file =
+        ConfigFile::parse(&text).map_err(|source| ConfigFileError::Parse { path: path.to_path_buf(), source })?;
+    file.apply(instance).map_err(|(section, source)| ConfigFileError::Section {
+        path: path.to_path_buf(),
+        section,
+        source,
+    })?;
+    instance.start().map_err(|source| ConfigFileError::Start { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use vmm::VmmOptions;
+
+    use super::*;
+
+    fn instance() -> Instance {
+        Instance::new("t".into(), VmmOptions::default())
+    }
+
+    #[test]
+    fn a_firecracker_config_with_empty_device_lists_parses() {
+        let text = r#"{
+            "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+            "drives": [], "network-interfaces": [], "vsock": null, "logger": null, "metrics": null
+        }"#;
+        let file = ConfigFile::parse(text).unwrap();
+        assert_eq!(file.boot_source.unwrap().boot_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(file.machine_config.unwrap().vcpu_count, 2);
+        assert!(file.drives.is_empty() && file.network_interfaces.is_empty() && file.vsock.is_none());
+    }
+
+    #[test]
+    fn unknown_sections_and_fields_are_refused() {
+        let e = ConfigFile::parse(r#"{"balloon": {}}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `balloon`"), "{e}");
+        let e = ConfigFile::parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "x": 0}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
+    fn devices_are_refused_naming_the_section() {
+        let file = ConfigFile::parse(r#"{"drives": [{"drive_id": "rootfs", "is_root_device": true}]}"#).unwrap();
+        let (section, e) = file.apply(&mut instance()).unwrap_err();
+        assert_eq!(section, "drives");
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+        let file = ConfigFile::parse(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v"}}"#).unwrap();
+        assert_eq!(file.apply(&mut instance()).unwrap_err().0, "vsock");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_naming_the_section() {
+        let file = ConfigFile::parse(r#"{"machine-config": {"vcpu_count": 33, "mem_size_mib": 128}}"#).unwrap();
+        assert_eq!(file.apply(&mut instance()).unwrap_err().0, "machine-config");
+    }
+
+    #[test]
+    fn a_missing_kernel_stops_boot_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("hull-config-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.json");
+        std::fs::write(&path, r#"{"boot-source": {"kernel_image_path": "/missing/vmlinux"}, "drives": []}"#).unwrap();
+        let e = boot_from_file(&path, &mut instance()).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("boot-source") && e.contains("/missing/vmlinux"), "{e}");
+    }
+
+    #[test]
+    fn vm_config_output_reads_back_as_a_config_file() {
+        let mut i = instance();
+        i.put_metrics(MetricsConfig { metrics_path: "/m".into() }).unwrap();
+        let text = serde_json::to_string(&i.full_config()).unwrap();
+        let file = ConfigFile::parse(&text).unwrap();
+        assert_eq!(file.machine_config, Some(MachineConfig::default()));
+        assert_eq!(file.metrics, Some(MetricsConfig { metrics_path: "/m".into() }));
+    }
+}

@@ -1,0 +1,298 @@
+//! The microVM instance as the API and the config file see it: the configuration gathered before boot,
+//! then the running [`MicroVm`]. Both front ends (REST routes and `--config-file`) change it only through
+//! these methods, so the rules (validate on every change, nothing pre-boot after `InstanceStart`) hold for
+//! both. Every value arriving here was sent by a user and is validated before it is stored.
+
+use std::os::fd::RawFd;
+
+use serde::{Deserialize, Serialize};
+use vmm::{
+    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, MachineConfig, MicroVm, VmConfig, VmState, VmmError,
+    VmmOptions,
+};
+
+use crate::devices::{DeviceConfigs, DeviceError};
+use crate::logging::{LoggerConfig, MetricsConfig};
+
+/// The `app_name` reported by `GET /`.
+pub const APP_NAME: &str = "hull";
+
+/// Why an operation on the instance was refused. All of these are the client's to fix (HTTP 400); the
+/// `Display` text is the `fault_message`.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("The requested operation is not supported after starting the microVM.")]
+    NotAllowedAfterStart,
+    #[error("The requested operation is not supported before starting the microVM.")]
+    NotAllowedBeforeStart,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("Invalid logger configuration: {0}")]
+    Logger(String),
+}
+
+/// `PATCH /machine-config`: any subset of the machine-config fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u8>,
+    pub mem_size_mib: Option<usize>,
+    pub smt: Option<bool>,
+    pub cpu_template: Option<CpuTemplateName>,
+    pub track_dirty_pages: Option<bool>,
+}
+
+impl MachineConfigUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == MachineConfigUpdate::default()
+    }
+
+    fn applied_to(&self, base: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(base.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
+            smt: self.smt.unwrap_or(base.smt),
+            cpu_template: self.cpu_template.unwrap_or(base.cpu_template),
+            track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
+        }
+    }
+}
+
+/// `PATCH /vm`: the state asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum RequestedVmState {
+    Paused,
+    Resumed,
+}
+
+/// `GET /`.
+#[derive(Debug, Serialize)]
+pub struct InstanceInfo<'a> {
+    pub id: &'a str,
+    pub state: &'static str,
+    pub vmm_version: &'static str,
+    pub app_name: &'static str,
+}
+
+/// `GET /vm/config`: Firecracker's FullVmConfiguration; the same keys a config file takes, so the output
+/// can be fed back to `--config-file`.
+#[derive(Debug, Serialize)]
+pub struct FullVmConfig<'a> {
+    #[serde(rename = "boot-source", skip_serializing_if = "Option::is_none")]
+    pub boot_source: Option<&'a BootSourceConfig>,
+    #[serde(rename = "machine-config")]
+    pub machine_config: &'a MachineConfig,
+    #[serde(flatten)]
+    pub devices: &'a DeviceConfigs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logger: Option<&'a LoggerConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<&'a MetricsConfig>,
+}
+
+pub struct Instance {
+    id: String,
+    config: VmConfig,
+    devices: DeviceConfigs,
+    logger: Option<LoggerConfig>,
+    metrics: Option<MetricsConfig>,
+    options: VmmOptions,
+    vm: Option<MicroVm>,
+}
+
+impl Instance {
+    pub fn new(id: String, options: VmmOptions) -> Instance {
+        Instance {
+            id,
+            config: VmConfig::default(),
+            devices: DeviceConfigs::default(),
+            logger: None,
+            metrics: None,
+            options,
+            vm: None,
+        }
+    }
+
+    pub fn info(&self) -> InstanceInfo<'_> {
+        let state = match self.vm.as_ref().map(MicroVm::state) {
+            None => "Not started",
+            Some(VmState::Running) => "Running",
+            Some(VmState::Paused) => "Paused",
+            // Only seen in the moment between the guest's end and the process's exit.
+            Some(VmState::Exited) => "Exited",
+        };
+        InstanceInfo { id: &self.id, state, vmm_version: vmm::VMM_VERSION, app_name: APP_NAME }
+    }
+
+    pub fn machine_config(&self) -> &MachineConfig {
+        &self.config.machine
+    }
+
+    pub fn full_config(&self) -> FullVmConfig<'_> {
+        FullVmConfig {
+            boot_source: self.config.boot_source.as_ref(),
+            machine_config: &self.config.machine,
+            devices: &self.devices,
+            logger: self.logger.as_ref(),
+            metrics: self.metrics.as_ref(),
+        }
+    }
+
+    fn ensure_not_started(&self) -> Result<(), InstanceError> {
+        match self.vm {
+            Some(_) => Err(InstanceError::NotAllowedAfterStart),
+            None => Ok(()),
+        }
+    }
+
+    fn running_vm(&self) -> Result<&MicroVm, InstanceError> {
+        self.vm.as_ref().ok_or(InstanceError::NotAllowedBeforeStart)
+    }
+
+    pub fn put_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        boot_source.validate()?;
+        self.config.boot_source = Some(boot_source);
+        Ok(())
+    }
+
+    pub fn put_machine_config(&mut self, machine: MachineConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        machine.validate()?;
+        self.config.machine = machine;
+        Ok(())
+    }
+
+    /// Applies a partial update; nothing changes unless the result as a whole is valid.
+    pub fn patch_machine_config(&mut self, update: &MachineConfigUpdate) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        let machine = update.applied_to(&self.config.machine);
+        machine.validate()?;
+        self.config.machine = machine;
+        Ok(())
+    }
+
+    pub fn devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
+        self.ensure_not_started()?;
+        Ok(&mut self.devices)
+    }
+
+    /// Post-boot device updates go through here (Firecracker's PATCH /drives, /network-interfaces).
+    pub fn running_devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
+        self.running_vm()?;
+        Ok(&mut self.devices)
+    }
+
+    pub fn put_logger(&mut self, logger: LoggerConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        logger.validate().map_err(InstanceError::Logger)?;
+        tracing::warn!(
+            log_path = ?logger.log_path,
+            "logger configuration accepted but not applied: hull logs to standard error at the --log-level level"
+        );
+        self.logger = Some(logger);
+        Ok(())
+    }
+
+    pub fn put_metrics(&mut self, metrics: MetricsConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        tracing::warn!(metrics_path = %metrics.metrics_path.display(), "hull has no metrics yet; nothing will be written there");
+        self.metrics = Some(metrics);
+        Ok(())
+    }
+
+    /// `InstanceStart`: validates the whole configuration and boots.
+    pub fn start(&mut self) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        self.config.validate()?;
+        let vm = MicroVm::start(&self.config, self.options.clone())?;
+        tracing::info!(id = %self.id, vcpus = self.config.machine.vcpu_count, mem_mib = self.config.machine.mem_size_mib, "microVM started");
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    pub fn send_ctrl_alt_del(&self) -> Result<(), InstanceError> {
+        Ok(self.running_vm()?.send_ctrl_alt_del()?)
+    }
+
+    /// `FlushMetrics`: there is no metrics sink yet, so there is nothing to flush.
+    pub fn flush_metrics(&self) -> Result<(), InstanceError> {
+        Ok(())
+    }
+
+    pub fn set_vm_state(&self, state: RequestedVmState) -> Result<(), InstanceError> {
+        let vm = self.running_vm()?;
+        match state {
+            RequestedVmState::Paused => vm.pause()?,
+            RequestedVmState::Resumed => vm.resume()?,
+        }
+        Ok(())
+    }
+
+    /// The eventfd that becomes readable when the guest ends, once the microVM runs.
+    pub fn exit_fd(&self) -> Option<RawFd> {
+        self.vm.as_ref().map(MicroVm::exit_fd).filter(|fd| *fd >= 0)
+    }
+
+    /// How the guest ended; call once `exit_fd` is readable.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        let vm = self.vm.as_ref()?;
+        Some(vm.exit_reason().unwrap_or_else(|| vm.wait()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance() -> Instance {
+        Instance::new("test".into(), VmmOptions::default())
+    }
+
+    #[test]
+    fn a_new_instance_is_not_started_and_has_defaults() {
+        let i = instance();
+        let info = i.info();
+        assert_eq!((info.id, info.state, info.app_name), ("test", "Not started", "hull"));
+        assert_eq!(*i.machine_config(), MachineConfig::default());
+    }
+
+    #[test]
+    fn patch_changes_only_what_it_names_and_only_when_valid() {
+        let mut i = instance();
+        i.patch_machine_config(&MachineConfigUpdate { mem_size_mib: Some(256), ..Default::default() }).unwrap();
+        assert_eq!(i.machine_config().mem_size_mib, 256);
+        assert_eq!(i.machine_config().vcpu_count, 1);
+        let bad = MachineConfigUpdate { vcpu_count: Some(2), mem_size_mib: Some(1), ..Default::default() };
+        assert!(matches!(i.patch_machine_config(&bad), Err(InstanceError::Config(_))));
+        assert_eq!(i.machine_config().vcpu_count, 1, "a failed update changes nothing");
+    }
+
+    #[test]
+    fn post_boot_operations_are_refused_before_start() {
+        let i = instance();
+        let e = i.send_ctrl_alt_del().unwrap_err().to_string();
+        assert_eq!(e, "The requested operation is not supported before starting the microVM.");
+        assert!(i.set_vm_state(RequestedVmState::Paused).is_err());
+    }
+
+    #[test]
+    fn start_without_boot_source_names_what_is_missing() {
+        let e = instance().start().unwrap_err();
+        assert!(matches!(e, InstanceError::Config(ConfigError::MissingBootSource)), "{e}");
+    }
+
+    #[test]
+    fn full_config_has_firecracker_keys() {
+        let i = instance();
+        let json = serde_json::to_value(i.full_config()).unwrap();
+        assert_eq!(json["drives"], serde_json::json!([]));
+        assert_eq!(json["network-interfaces"], serde_json::json!([]));
+        assert_eq!(json["machine-config"]["vcpu_count"], 1);
+        assert!(json.get("boot-source").is_none());
+    }
+}

@@ -1,0 +1,403 @@
+//! The REST API: which method and path reach which [`Instance`] operation, decoding of the JSON bodies,
+//! and the mapping of every failure to Firecracker's status codes and `{"fault_message": ...}` bodies.
+//! Paths, IDs and bodies are client input: each is checked here or by the instance before use.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::devices::{self, DeviceKind};
+use crate::http::{Method, Request, Response};
+use crate::instance::{Instance, InstanceError, MachineConfigUpdate, RequestedVmState};
+
+/// Why a request failed. The `Display` text is the `fault_message`.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("Invalid request method and/or path: {method} {path}.")]
+    NotFound { method: Method, path: String },
+    #[error("Invalid request method and/or path: {method} {path}. Allowed methods: {allowed}.")]
+    MethodNotAllowed { method: Method, path: String, allowed: &'static str },
+    #[error("Empty {0} request.")]
+    EmptyBody(Method),
+    #[error("GET request cannot have a body.")]
+    BodyOnGet,
+    #[error("An error occurred when deserializing the json body of a request: {0}.")]
+    Json(#[from] serde_json::Error),
+    #[error("The ID cannot be empty.")]
+    EmptyId,
+    #[error("API Resource IDs can only contain alphanumeric characters and underscores.")]
+    InvalidId,
+    #[error("The id from the path does not match the id from the body!")]
+    IdMismatch,
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+}
+
+impl RouteError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::NotFound { .. } => 404,
+            RouteError::MethodNotAllowed { .. } => 405,
+            _ => 400,
+        }
+    }
+}
+
+/// The API's resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    Root,
+    Version,
+    Actions,
+    BootSource,
+    MachineConfig,
+    Vm,
+    VmConfig,
+    Logger,
+    Metrics,
+    Drive(String),
+    NetworkInterface(String),
+    Vsock,
+}
+
+impl Route {
+    /// Maps a path (without query) to a resource; a trailing slash is ignored.
+    fn resolve(path: &str) -> Option<Route> {
+        let trimmed = path.strip_suffix('/').unwrap_or(path);
+        let route = match trimmed {
+            "" => Route::Root,
+            "/version" => Route::Version,
+            "/actions" => Route::Actions,
+            "/boot-source" => Route::BootSource,
+            "/machine-config" => Route::MachineConfig,
+            "/vm" => Route::Vm,
+            "/vm/config" => Route::VmConfig,
+            "/logger" => Route::Logger,
+            "/metrics" => Route::Metrics,
+            "/vsock" => Route::Vsock,
+            other => {
+                if let Some(id) = other.strip_prefix("/drives/") {
+                    Route::Drive(id.to_string())
+                } else if let Some(id) = other.strip_prefix("/network-interfaces/") {
+                    Route::NetworkInterface(id.to_string())
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(route)
+    }
+
+    /// The methods the resource takes, for 405 answers.
+    fn allowed(&self) -> &'static str {
+        match self {
+            Route::Root | Route::Version | Route::VmConfig => "GET",
+            Route::Actions | Route::BootSource | Route::Logger | Route::Metrics | Route::Vsock => "PUT",
+            Route::MachineConfig => "GET, PUT, PATCH",
+            Route::Vm => "PATCH",
+            Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
+        }
+    }
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: ActionType,
+}
+
+#[derive(Debug, Deserialize)]
+enum ActionType {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmBody {
+    state: RequestedVmState,
+}
+
+/// Answers one request. Never fails: errors become 4xx responses.
+pub fn handle(instance: &mut Instance, req: &Request) -> Response {
+    match dispatch(instance, req) {
+        Ok(response) => {
+            tracing::debug!(method = %req.method, path = %req.path, status = response.status, "API request");
+            response
+        }
+        Err(err) => {
+            let status = err.status();
+            tracing::info!(method = %req.method, path = %req.path, status, error = %err, "API request refused");
+            let mut response = Response::fault(status, &err.to_string());
+            if let RouteError::MethodNotAllowed { allowed, .. } = err {
+                response.allow = Some(allowed.to_string());
+            }
+            response
+        }
+    }
+}
+
+fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteError> {
+    let route = Route::resolve(&req.path)
+        .ok_or_else(|| RouteError::NotFound { method: req.method.clone(), path: req.path.clone() })?;
+    if req.method == Method::Get && !req.body.is_empty() {
+        return Err(RouteError::BodyOnGet);
+    }
+    match (&route, &req.method) {
+        (Route::Root, Method::Get) => ok_json(&instance.info()),
+        (Route::Version, Method::Get) => {
+            // Firecracker's clients read `firecracker_version`; `vmm_version` says the same, named honestly.
+            Ok(Response::json(
+                200,
+                &json!({ "firecracker_version": vmm::VMM_VERSION, "vmm_version": vmm::VMM_VERSION }),
+            ))
+        }
+        (Route::VmConfig, Method::Get) => ok_json(&instance.full_config()),
+        (Route::MachineConfig, Method::Get) => ok_json(instance.machine_config()),
+        (Route::MachineConfig, Method::Put) => {
+            instance.put_machine_config(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::MachineConfig, Method::Patch) => {
+            let update: MachineConfigUpdate = body(req)?;
+            if update.is_empty() {
+                return Err(RouteError::EmptyBody(Method::Patch));
+            }
+            instance.patch_machine_config(&update)?;
+            Ok(Response::no_content())
+        }
+        (Route::BootSource, Method::Put) => {
+            instance.put_boot_source(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Actions, Method::Put) => {
+            let action: ActionBody = body(req)?;
+            match action.action_type {
+                ActionType::InstanceStart => instance.start()?,
+                ActionType::SendCtrlAltDel => instance.send_ctrl_alt_del()?,
+                ActionType::FlushMetrics => instance.flush_metrics()?,
+            }
+            Ok(Response::no_content())
+        }
+        (Route::Vm, Method::Patch) => {
+            let vm: VmBody = body(req)?;
+            instance.set_vm_state(vm.state)?;
+            Ok(Response::no_content())
+        }
+        (Route::Logger, Method::Put) => {
+            instance.put_logger(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Metrics, Method::Put) => {
+            instance.put_metrics(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Drive(id), Method::Put) => {
+            let drive = device_body(req, id, "drive_id")?;
+            instance.devices_mut()?.put_drive(id, drive)?;
+            Ok(Response::no_content())
+        }
+        (Route::NetworkInterface(id), Method::Put) => {
+            let iface = device_body(req, id, "iface_id")?;
+            instance.devices_mut()?.put_network_interface(id, iface)?;
+            Ok(Response::no_content())
+        }
+        (Route::Drive(id), Method::Patch) => {
+            let update = device_body(req, id, "drive_id")?;
+            instance.running_devices_mut()?.patch(DeviceKind::Drive, id, update)?;
+            Ok(Response::no_content())
+        }
+        (Route::NetworkInterface(id), Method::Patch) => {
+            let update = device_body(req, id, "iface_id")?;
+            instance.running_devices_mut()?.patch(DeviceKind::NetworkInterface, id, update)?;
+            Ok(Response::no_content())
+        }
+        (Route::Vsock, Method::Put) => {
+            let vsock: Value = body(req)?;
+            instance.devices_mut()?.put_vsock(vsock)?;
+            Ok(Response::no_content())
+        }
+        (route, method) => Err(RouteError::MethodNotAllowed {
+            method: method.clone(),
+            path: req.path.clone(),
+            allowed: route.allowed(),
+        }),
+    }
+}
+
+fn ok_json<T: serde::Serialize>(value: &T) -> Result<Response, RouteError> {
+    Ok(Response::json(200, &serde_json::to_value(value)?))
+}
+
+/// Decodes a required JSON body.
+fn body<T: DeserializeOwned>(req: &Request) -> Result<T, RouteError> {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(RouteError::EmptyBody(req.method.clone()));
+    }
+    Ok(serde_json::from_slice(&req.body)?)
+}
+
+/// Decodes the body of a per-device request and checks that the ID inside matches the path's.
+fn device_body(req: &Request, id: &str, id_key: &str) -> Result<Value, RouteError> {
+    check_id(id)?;
+    let value: Value = body(req)?;
+    if devices::entry_id(&value, id_key) != id {
+        return Err(RouteError::IdMismatch);
+    }
+    Ok(value)
+}
+
+fn check_id(id: &str) -> Result<(), RouteError> {
+    if id.is_empty() {
+        return Err(RouteError::EmptyId);
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(RouteError::InvalidId);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use vmm::VmmOptions;
+
+    use super::*;
+
+    fn call(instance: &mut Instance, method: Method, path: &str, body: &str) -> (u16, Value) {
+        let req = Request { method, path: path.into(), body: body.as_bytes().to_vec(), keep_alive: true };
+        let response = handle(instance, &req);
+        let json = response.body.as_deref().map(|b| serde_json::from_str(b).unwrap()).unwrap_or(Value::Null);
+        (response.status, json)
+    }
+
+    fn fault(json: &Value) -> &str {
+        json["fault_message"].as_str().unwrap_or_default()
+    }
+
+    fn instance() -> Instance {
+        Instance::new("vm1".into(), VmmOptions::default())
+    }
+
+    #[test]
+    fn paths_resolve_with_or_without_trailing_slash() {
+        assert_eq!(Route::resolve("/"), Some(Route::Root));
+        assert_eq!(Route::resolve("/machine-config/"), Some(Route::MachineConfig));
+        assert_eq!(Route::resolve("/vm/config"), Some(Route::VmConfig));
+        assert_eq!(Route::resolve("/drives/root"), Some(Route::Drive("root".into())));
+        assert_eq!(Route::resolve("/nothing"), None);
+        assert_eq!(Route::resolve("/machine-configuration"), None);
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        let mut i = instance();
+        let (status, json) = call(&mut i, Method::Get, "/nothing", "");
+        assert_eq!(status, 404);
+        assert_eq!(fault(&json), "Invalid request method and/or path: GET /nothing.");
+        let (status, json) = call(&mut i, Method::Get, "/boot-source", "");
+        assert_eq!(status, 405);
+        assert!(fault(&json).contains("Allowed methods: PUT"), "{json}");
+        let req = Request { method: Method::Other("DELETE".into()), path: "/".into(), body: vec![], keep_alive: true };
+        let response = handle(&mut i, &req);
+        assert_eq!((response.status, response.allow.as_deref()), (405, Some("GET")));
+    }
+
+    #[test]
+    fn instance_info_and_version() {
+        let mut i = instance();
+        let (status, json) = call(&mut i, Method::Get, "/", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json,
+            json!({"id": "vm1", "state": "Not started", "vmm_version": vmm::VMM_VERSION, "app_name": "hull"})
+        );
+        let (_, json) = call(&mut i, Method::Get, "/version", "");
+        assert_eq!(json["firecracker_version"], vmm::VMM_VERSION);
+        assert_eq!(json["vmm_version"], vmm::VMM_VERSION);
+    }
+
+    #[test]
+    fn machine_config_put_patch_get() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Put, "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 512}"#);
+        assert_eq!(status, 204);
+        let (status, _) = call(&mut i, Method::Patch, "/machine-config", r#"{"smt": true}"#);
+        assert_eq!(status, 204);
+        let (status, json) = call(&mut i, Method::Get, "/machine-config", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json,
+            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": true, "cpu_template": "None", "track_dirty_pages": false})
+        );
+        let (status, json) = call(&mut i, Method::Patch, "/machine-config", "{}");
+        assert_eq!((status, fault(&json)), (400, "Empty PATCH request."));
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_a_reason() {
+        let mut i = instance();
+        let cases = [
+            (Method::Put, "/machine-config", "", "Empty PUT request."),
+            (
+                Method::Put,
+                "/machine-config",
+                "{",
+                "An error occurred when deserializing the json body of a request: EOF",
+            ),
+            (Method::Put, "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128,"x":1}"#, "unknown field `x`"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count":1}"#, "missing field `mem_size_mib`"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count":0,"mem_size_mib":128}"#, "between 1 and 32"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":1}"#, "memory size"),
+            (Method::Put, "/boot-source", r#"{"kernel_image_path":"/no/such/vmlinux"}"#, "/no/such/vmlinux"),
+            (Method::Put, "/actions", r#"{"action_type":"Explode"}"#, "unknown variant `Explode`"),
+            (Method::Put, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, "before starting the microVM"),
+            (Method::Put, "/actions", r#"{"action_type":"InstanceStart"}"#, "Missing boot source"),
+            (Method::Patch, "/vm", r#"{"state":"Paused"}"#, "before starting the microVM"),
+            (Method::Patch, "/vm", r#"{"state":"Sleeping"}"#, "unknown variant"),
+            (Method::Get, "/", "{}", "GET request cannot have a body."),
+            (Method::Put, "/drives/rootfs", r#"{"drive_id":"rootfs","is_root_device":true}"#, "not supported yet"),
+            (Method::Put, "/drives/rootfs", r#"{"drive_id":"other"}"#, "does not match"),
+            (Method::Put, "/drives/a.b", "{}", "alphanumeric"),
+            (
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#,
+                "not supported yet",
+            ),
+            (Method::Put, "/vsock", r#"{"guest_cid":3,"uds_path":"/tmp/v"}"#, "not supported yet"),
+            (Method::Patch, "/drives/rootfs", r#"{"drive_id":"rootfs"}"#, "before starting the microVM"),
+            (Method::Put, "/logger", r#"{"level":"Loud"}"#, "unknown log level"),
+        ];
+        for (method, path, body, expected) in cases {
+            let (status, json) = call(&mut i, method.clone(), path, body);
+            assert_eq!(status, 400, "{method} {path} {body}: {json}");
+            assert!(fault(&json).contains(expected), "{method} {path} {body}: {json}");
+        }
+        let (_, json) = call(&mut i, Method::Get, "/machine-config", "");
+        assert_eq!(json["vcpu_count"], 1, "failed requests changed nothing");
+    }
+
+    #[test]
+    fn vm_config_reflects_what_was_put() {
+        let mut i = instance();
+        call(&mut i, Method::Put, "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 64}"#);
+        call(&mut i, Method::Put, "/metrics", r#"{"metrics_path": "/tmp/m"}"#);
+        let (status, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(status, 200);
+        assert_eq!(json["machine-config"]["mem_size_mib"], 64);
+        assert_eq!(json["drives"], json!([]));
+        assert_eq!(json["network-interfaces"], json!([]));
+        assert_eq!(json["metrics"]["metrics_path"], "/tmp/m");
+    }
+
+    #[test]
+    fn flush_metrics_is_accepted() {
+        let (status, _) = call(&mut instance(), Method::Put, "/actions", r#"{"action_type":"FlushMetrics"}"#);
+        assert_eq!(status, 204);
+    }
+}
