@@ -1,0 +1,233 @@
+//! vhost-user transport: serves any `VirtioDevice` core to a vhost-user frontend (QEMU, Cloud
+//! Hypervisor) over a unix socket, with the `vhost-user-backend` crate doing the protocol. `blk`, `vsock`
+//! and `net` each build their device and call [`serve`].
+//!
+//! Owns: the mapping from vrings to the device's `QueueSet`, interrupt delivery through the vrings' call
+//! eventfds, and the device's broken (needs-reset) state. Never trusts: the frontend's messages beyond
+//! what the crate validates, and the guest memory it shares (the device cores validate everything read
+//! from it; a device error stops that device, never the process).
+
+pub mod blk;
+pub mod net;
+pub mod vsock;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{error, info, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringMutex, VringT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use crate::virtio::{GuestMemory, QueueSet, VirtioDevice};
+
+type AtomicMem = GuestMemoryAtomic<GuestMemory>;
+
+/// Serving a device over vhost-user failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the {device} device: {reason}")]
+    Device { device: &'static str, reason: String },
+    #[error("starting the vhost-user daemon for {device}: {reason}")]
+    Daemon { device: &'static str, reason: String },
+    #[error("watching the {device} device's host-side fd: {source}")]
+    WatchBackend {
+        device: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("serving vhost-user socket {socket}: {reason}")]
+    Serve { socket: PathBuf, reason: String },
+}
+
+struct State<D> {
+    device: D,
+    mem: Option<AtomicMem>,
+    activated: bool,
+    broken: bool,
+}
+
+/// A device core wrapped for the `vhost-user-backend` crate.
+pub struct DeviceBackend<D> {
+    name: &'static str,
+    state: Mutex<State<D>>,
+    num_queues: usize,
+    max_queue_size: usize,
+    features: u64,
+}
+
+impl<D: VirtioDevice> DeviceBackend<D> {
+    /// Wraps `device`, exposing its first `num_queues` queues (vhost-user vsock leaves the event
+    /// queue to the frontend, so it serves 2 of the device's 3).
+    pub fn new(name: &'static str, device: D, num_queues: usize) -> Self {
+        let max_queue_size = device.queue_max_sizes().iter().copied().max().unwrap_or(256) as usize;
+        let features = device.avail_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        DeviceBackend {
+            name,
+            state: Mutex::new(State { device, mem: None, activated: false, broken: false }),
+            num_queues,
+            max_queue_size,
+            features,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<D>> {
+        // A panic while holding the lock would be a bug in a device core; keep serving regardless.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Epoll token under which the device's host-side fd is registered (above the queue tokens and
+    /// the crate's exit token).
+    pub fn backend_token(&self) -> u64 {
+        self.num_queues as u64 + 1
+    }
+}
+
+impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
+    type Bitmap = ();
+    type Vring = VringMutex<AtomicMem>;
+
+    fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.max_queue_size
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.lock().device.set_acked_features(features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+
+    fn reset_device(&self) {
+        let mut st = self.lock();
+        st.device.reset();
+        st.activated = false;
+        st.broken = false;
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // EVENT_IDX is not offered; `Queue::needs_notification` honours whatever was negotiated.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; size as usize];
+        self.lock().device.read_config(u64::from(offset), &mut buf);
+        buf
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        self.lock().device.write_config(u64::from(offset), buf);
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
+        self.lock().mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.broken {
+            return Ok(());
+        }
+        let Some(atomic) = st.mem.clone() else {
+            return Ok(());
+        };
+        if !st.activated {
+            if let Err(e) = st.device.activate() {
+                error!(device = self.name, error = %e, "activation failed");
+                st.broken = true;
+                return Ok(());
+            }
+            st.activated = true;
+        }
+        let mem = atomic.memory();
+        let mut guards: Vec<_> = vrings.iter().map(|v| v.get_mut()).collect();
+        let result = {
+            let mut set = QueueSet::new();
+            for g in guards.iter_mut() {
+                let usable = g.is_enabled() && virtio_queue::QueueT::ready(g.get_queue());
+                set.push(if usable { Some(g.get_queue_mut()) } else { None });
+            }
+            let index = usize::from(device_event);
+            if index < self.num_queues {
+                st.device.process_queue(index, &mem, &mut set)
+            } else if u64::from(device_event) == self.backend_token() {
+                st.device.process_backend(&mem, &mut set)
+            } else {
+                Ok(crate::virtio::QueueSignals::NONE)
+            }
+        };
+        match result {
+            Ok(signals) => {
+                for i in signals.iter() {
+                    if let Some(g) = guards.get(i) {
+                        if let Err(e) = g.signal_used_queue() {
+                            warn!(device = self.name, queue = i, error = %e, "cannot signal the frontend");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // vhost-user has no NEEDS_RESET message: stop serving until the frontend resets us.
+                error!(device = self.name, error = %e, "device needs a reset; ignoring its queues");
+                st.broken = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listens on `socket`, serves one frontend until it disconnects, then returns.
+pub fn serve<D: VirtioDevice + 'static>(
+    name: &'static str,
+    device: D,
+    num_queues: usize,
+    socket: &Path,
+) -> Result<(), Error> {
+    let backend_fd = device.backend_fd();
+    let backend = Arc::new(DeviceBackend::new(name, device, num_queues));
+    let token = backend.backend_token();
+    let mem = GuestMemoryAtomic::new(GuestMemory::new());
+    let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem)
+        .map_err(|e| Error::Daemon { device: name, reason: e.to_string() })?;
+    if let Some(fd) = backend_fd {
+        let handlers = daemon.get_epoll_handlers();
+        let handler = handlers.first().ok_or(Error::Daemon {
+            device: name,
+            reason: "no worker thread".into(),
+        })?;
+        handler
+            .register_listener(fd, EventSet::IN, token)
+            .map_err(|source| Error::WatchBackend { device: name, source })?;
+    }
+    info!(device = name, socket = %socket.display(), "vhost-user backend listening");
+    let result = daemon
+        .serve(socket)
+        .map_err(|e| Error::Serve { socket: socket.to_owned(), reason: e.to_string() });
+    let _ = std::fs::remove_file(socket);
+    info!(device = name, ok = result.is_ok(), "vhost-user frontend gone");
+    result
+}

@@ -1,0 +1,1 @@
+//! virtio-net over a TAP device (in progress).

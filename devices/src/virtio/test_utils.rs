@@ -1,0 +1,180 @@
+//! Test-only driver side of a split virtqueue: lays out a descriptor table, available and used ring in
+//! real guest memory and offers chains the way a driver would, including chains no sane driver would
+//! build (loops, wild addresses, wrong directions). Device tests build on it.
+//!
+//! Trusts nothing it reads back from the device either: the used ring is read through guest memory.
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::GuestMemory;
+
+/// Size of the test guest's memory.
+pub const MEM_SIZE: usize = 16 << 20;
+const DESC_TABLE: u64 = 0x1000;
+const AVAIL_RING: u64 = 0x6000;
+const USED_RING: u64 = 0x8000;
+
+pub const F_NEXT: u16 = 1;
+pub const F_WRITE: u16 = 2;
+pub const F_INDIRECT: u16 = 4;
+
+/// One descriptor of a chain to offer: address, length and whether the device may write it.
+#[derive(Clone, Copy, Debug)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub write: bool,
+}
+
+impl Desc {
+    /// A device-readable buffer.
+    pub fn read(addr: u64, len: u32) -> Self {
+        Desc { addr, len, write: false }
+    }
+    /// A device-writable buffer.
+    pub fn write(addr: u64, len: u32) -> Self {
+        Desc { addr, len, write: true }
+    }
+}
+
+/// A queue plus the guest memory it lives in, driven from the driver side.
+pub struct GuestQueue {
+    mem: GuestMemory,
+    queue: Queue,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl GuestQueue {
+    /// A ready queue of `size` entries in a fresh 16 MiB guest.
+    pub fn new(size: u16) -> Self {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mut queue = Queue::new(size).unwrap();
+        queue.set_size(size);
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_ready(true);
+        GuestQueue { mem, queue, size, next_desc: 0, avail_idx: 0, used_seen: 0 }
+    }
+
+    pub fn mem(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// Memory and queue at once, for calls that need both.
+    pub fn parts(&mut self) -> (&GuestMemory, &mut Queue) {
+        (&self.mem, &mut self.queue)
+    }
+
+    /// Writes one raw descriptor at table index `index`.
+    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC_TABLE + u64::from(index) * 16);
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem.write_slice(&raw, at).unwrap();
+    }
+
+    /// Publishes `head` in the available ring.
+    pub fn publish(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % self.size);
+        self.mem.write_obj(head.to_le(), GuestAddress(AVAIL_RING + 4 + slot * 2)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem.write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL_RING + 2)).unwrap();
+    }
+
+    /// Sets the available ring's index directly (to fake a driver that jumps it).
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+        self.mem.write_obj(idx.to_le(), GuestAddress(AVAIL_RING + 2)).unwrap();
+    }
+
+    fn alloc(&mut self, n: u16) -> u16 {
+        let first = self.next_desc;
+        self.next_desc = (self.next_desc + n) % self.size;
+        first
+    }
+
+    /// Offers a well-formed chain; returns its head index.
+    pub fn add_chain(&mut self, descs: &[Desc]) -> u16 {
+        let n = descs.len() as u16;
+        let head = self.alloc(n);
+        for (i, d) in descs.iter().enumerate() {
+            let idx = (head + i as u16) % self.size;
+            let last = i + 1 == descs.len();
+            let mut flags = if d.write { F_WRITE } else { 0 };
+            if !last {
+                flags |= F_NEXT;
+            }
+            let next = if last { 0 } else { (idx + 1) % self.size };
+            self.write_desc(idx, d.addr, d.len, flags, next);
+        }
+        self.publish(head);
+        head
+    }
+
+    /// Offers a chain written verbatim: (addr, len, flags, next) per descriptor, laid out from the
+    /// next free index; `next` values are used as given (so loops and wild indices are possible).
+    pub fn add_raw_chain(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
+        let head = self.alloc(descs.len() as u16);
+        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
+            self.write_desc((head + i as u16) % self.size, *addr, *len, *flags, *next);
+        }
+        self.publish(head);
+        head
+    }
+
+    /// Offers a chain whose head is an indirect descriptor pointing at a table at `table` in memory.
+    pub fn add_indirect_chain(&mut self, table: u64, descs: &[Desc]) -> u16 {
+        for (i, d) in descs.iter().enumerate() {
+            let last = i + 1 == descs.len();
+            let mut flags = if d.write { F_WRITE } else { 0 };
+            if !last {
+                flags |= F_NEXT;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&d.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+            self.mem.write_slice(&raw, GuestAddress(table + i as u64 * 16)).unwrap();
+        }
+        self.add_raw_chain(&[(table, (descs.len() * 16) as u32, F_INDIRECT, 0)])
+    }
+
+    /// Pops the next chain as a device would (for tests of the chain walker itself).
+    pub fn pop(&mut self) -> DescriptorChain<&GuestMemory> {
+        let mem = &self.mem;
+        self.queue.iter(mem).unwrap().next().unwrap()
+    }
+
+    /// The used ring's index as the device last published it.
+    pub fn used_idx(&self) -> u16 {
+        u16::from_le(self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap())
+    }
+
+    /// Used entries (head, len) published since the last call.
+    pub fn take_used(&mut self) -> Vec<(u16, u32)> {
+        let mut out = Vec::new();
+        let idx = self.used_idx();
+        while self.used_seen != idx {
+            let slot = u64::from(self.used_seen % self.size);
+            let at = USED_RING + 4 + slot * 8;
+            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+            out.push((u32::from_le(id) as u16, u32::from_le(len)));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
