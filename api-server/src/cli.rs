@@ -35,7 +35,11 @@ pub struct Cli {
 /// Subcommands; each one replaces the Firecracker-style flags. None exist yet: `hull run ...` (boot a
 /// container image directly) and `hull vhost-user {blk,net,vsock} ...` (device backends) will be added here.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Serve one virtio device to a vhost-user frontend (QEMU) until it disconnects.
+    #[command(subcommand)]
+    VhostUser(crate::vhost_user_cmd::VhostUserCommand),
+}
 
 /// The Firecracker-compatible mode: serve the REST API on a unix socket and/or boot from a JSON file.
 #[derive(Debug, Args)]

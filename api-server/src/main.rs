@@ -12,6 +12,7 @@ mod logging;
 mod routes;
 mod server;
 mod signals;
+mod vhost_user_cmd;
 
 use clap::Parser;
 use vmm::{SerialOutput, VmmOptions};
@@ -29,7 +30,9 @@ const EXIT_GENERIC_ERROR: i32 = 1;
 fn main() {
     let cli = Cli::parse();
     if let Some(command) = cli.command {
-        match command {}
+        match command {
+            cli::Command::VhostUser(cmd) => std::process::exit(vhost_user_cmd::run(cmd)),
+        }
     }
     logging::init(cli.vmm.log_level);
     // Before any thread exists, so every thread inherits the blocked mask.

@@ -1,0 +1,103 @@
+//! `hull vhost-user {blk,vsock,net}`: serve one virtio device to a vhost-user frontend (QEMU, Cloud
+//! Hypervisor) on a unix socket, until that frontend disconnects. The device cores and the protocol live
+//! in `devices::vhost_user`; this file only owns the argument shapes and the exit status.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::logging::LogLevel;
+
+/// `hull vhost-user <device> ...`
+#[derive(Debug, Subcommand)]
+pub enum VhostUserCommand {
+    /// A raw-file virtio-blk disk.
+    Blk(BlkArgs),
+    /// virtio-vsock with Firecracker's hybrid unix-socket backend.
+    Vsock(VsockArgs),
+    /// virtio-net over an existing TAP device.
+    Net(NetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlkArgs {
+    /// vhost-user socket to listen on (a stale one is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Raw disk image.
+    #[arg(long, value_name = "FILE")]
+    pub path: PathBuf,
+    /// Refuse guest writes (VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Drive id returned by GET_ID (first 20 bytes; default: the image's file name).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Args)]
+pub struct VsockArgs {
+    /// vhost-user socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The guest's context id (3 or more).
+    #[arg(long, value_name = "CID")]
+    pub guest_cid: u64,
+    /// Host side: hosts connect here and send `CONNECT <port>`; guest connects to port P reach `<PATH>_P`.
+    #[arg(long, value_name = "PATH")]
+    pub uds_path: PathBuf,
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// vhost-user socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Name of the TAP device to attach to (created if missing and allowed).
+    #[arg(long, value_name = "NAME")]
+    pub tap: String,
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+}
+
+/// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
+pub fn run(cmd: VhostUserCommand) -> i32 {
+    use devices::vhost_user;
+    let result = match cmd {
+        VhostUserCommand::Blk(a) => {
+            crate::logging::init(a.log_level);
+            vhost_user::blk::run(&vhost_user::blk::BlkArgs {
+                socket: a.socket,
+                path: a.path,
+                read_only: a.read_only,
+                id: a.id,
+            })
+        }
+        VhostUserCommand::Vsock(a) => {
+            crate::logging::init(a.log_level);
+            vhost_user::vsock::run(&vhost_user::vsock::VsockArgs {
+                socket: a.socket,
+                guest_cid: a.guest_cid,
+                uds_path: a.uds_path,
+            })
+        }
+        VhostUserCommand::Net(a) => {
+            crate::logging::init(a.log_level);
+            vhost_user::net::run(&vhost_user::net::NetArgs { socket: a.socket, tap: a.tap })
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "vhost-user backend failed");
+            1
+        }
+    }
+}
