@@ -1,12 +1,20 @@
 //! hull's virtual machine monitor: one KVM microVM per process.
 //!
-//! `MicroVm::start` builds a VM from a [`VmConfig`] as a readable sequence of steps (see `builder.rs`) and
-//! returns a handle that pauses, resumes, sends Ctrl-Alt-Del and reports how the guest ended.
+//! `MicroVm::start` builds a VM from a [`VmConfig`] as a readable sequence of steps (`builder.rs`)
+//! and returns a handle that pauses, resumes, sends Ctrl-Alt-Del and reports how the guest ended.
 
+pub mod boot;
+mod builder;
 pub mod config;
+pub mod cpu_template;
+mod event_loop;
 pub mod layout;
+pub mod memory;
 mod microvm;
+pub mod mptable;
+pub mod vcpu;
 
+pub use builder::BuildError;
 pub use config::{
     BootSourceConfig, ConfigError, CpuTemplateName, MachineConfig, SerialOutput, VmConfig, VmmOptions,
 };

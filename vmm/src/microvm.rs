@@ -1,12 +1,20 @@
-//! The running microVM: a handle over the KVM VM, its vCPU threads and devices. It pauses, resumes,
-//! injects Ctrl-Alt-Del and tells how and when the guest ended.
-//! (Interface first; the builder fills it in.)
+//! The running microVM: a handle over the KVM VM, its guest memory, vCPU threads, event loop and
+//! devices. It pauses, resumes, presses Ctrl-Alt-Del and tells how and when the guest ended.
+//! Dropping it stops the guest and joins every thread before guest memory is unmapped.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::bus::lock;
+use devices::legacy::I8042;
+use kvm_ioctls::{Kvm, VmFd};
 
 use crate::config::{VmConfig, VmmOptions};
+use crate::memory::GuestMemoryMmap;
+use crate::vcpu::VcpuControl;
 
-/// Lifecycle state, as the API reports it (`GET /`: "Not started" | "Running" | "Paused").
+/// Lifecycle state, as the API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmState {
     Running,
@@ -40,58 +48,142 @@ impl ExitReason {
 pub enum VmmError {
     #[error("Invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
-    Build(String),
+    #[error("Cannot build the microVM: {0}")]
+    Build(#[from] crate::builder::BuildError),
     #[error("The microVM is not running")]
     NotRunning,
     #[error("The microVM is already paused")]
     AlreadyPaused,
     #[error("The microVM is not paused")]
     NotPaused,
+    #[error("Cannot send Ctrl-Alt-Del: {0}")]
+    CtrlAltDel(#[from] devices::legacy::i8042::I8042Error),
 }
 
 /// A started microVM.
 pub struct MicroVm {
-    _private: (),
+    control: Arc<VcpuControl>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+    i8042: Arc<Mutex<I8042>>,
+    vcpu_count: usize,
+    // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
+    _mem: GuestMemoryMmap,
+    _vm: VmFd,
+    _kvm: Kvm,
 }
 
 impl MicroVm {
     /// Validates `config`, builds the VM and starts its vCPUs.
-    pub fn start(config: &VmConfig, _options: VmmOptions) -> Result<MicroVm, VmmError> {
-        config.validate()?;
-        Err(VmmError::Build("not implemented yet".into()))
+    pub fn start(config: &VmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
+        crate::builder::build_microvm(config, options)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        kvm: Kvm,
+        vm: VmFd,
+        mem: GuestMemoryMmap,
+        control: Arc<VcpuControl>,
+        vcpu_threads: Vec<JoinHandle<()>>,
+        event_thread: JoinHandle<()>,
+        i8042: Arc<Mutex<I8042>>,
+        vcpu_count: usize,
+    ) -> Self {
+        MicroVm {
+            control,
+            vcpu_threads,
+            event_thread: Some(event_thread),
+            i8042,
+            vcpu_count,
+            _mem: mem,
+            _vm: vm,
+            _kvm: kvm,
+        }
     }
 
     pub fn state(&self) -> VmState {
-        VmState::Exited
+        if self.control.exit_reason().is_some() {
+            VmState::Exited
+        } else if self.control.is_paused() {
+            VmState::Paused
+        } else {
+            VmState::Running
+        }
     }
 
     /// Stops every vCPU; guest time stands still until `resume`.
     pub fn pause(&self) -> Result<(), VmmError> {
-        Err(VmmError::NotRunning)
+        match self.state() {
+            VmState::Exited => Err(VmmError::NotRunning),
+            VmState::Paused => Err(VmmError::AlreadyPaused),
+            VmState::Running => {
+                if self.control.pause(self.vcpu_count) {
+                    tracing::info!("microVM paused");
+                    Ok(())
+                } else {
+                    Err(VmmError::NotRunning)
+                }
+            }
+        }
     }
 
+    /// Lets the vCPUs run again.
     pub fn resume(&self) -> Result<(), VmmError> {
-        Err(VmmError::NotRunning)
+        match self.state() {
+            VmState::Exited => Err(VmmError::NotRunning),
+            VmState::Running => Err(VmmError::NotPaused),
+            VmState::Paused => {
+                if self.control.resume() {
+                    tracing::info!("microVM resumed");
+                    Ok(())
+                } else {
+                    Err(VmmError::NotPaused)
+                }
+            }
+        }
     }
 
     /// Presses Ctrl-Alt-Del on the guest's i8042 keyboard.
     pub fn send_ctrl_alt_del(&self) -> Result<(), VmmError> {
-        Err(VmmError::NotRunning)
+        if self.state() == VmState::Exited {
+            return Err(VmmError::NotRunning);
+        }
+        lock(&self.i8042).trigger_ctrl_alt_del()?;
+        Ok(())
     }
 
     /// An eventfd that becomes readable once the guest has ended (poll it; do not read it).
     pub fn exit_fd(&self) -> RawFd {
-        -1
+        self.control.exit_evt.as_raw_fd()
     }
 
     /// How the guest ended, once it has.
     pub fn exit_reason(&self) -> Option<ExitReason> {
-        None
+        self.control.exit_reason()
     }
 
     /// Blocks until the guest ends.
     pub fn wait(&self) -> ExitReason {
-        ExitReason::VcpuError("not implemented".into())
+        self.control.wait_exit()
+    }
+
+    /// Stops the guest now (host-initiated), as if it had been reset.
+    pub fn stop(&self) {
+        self.control.request_exit(ExitReason::GuestReset);
+    }
+}
+
+impl Drop for MicroVm {
+    fn drop(&mut self) {
+        if self.control.exit_reason().is_none() {
+            self.control.request_exit(ExitReason::GuestReset);
+        }
+        for t in self.vcpu_threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(t) = self.event_thread.take() {
+            let _ = t.join();
+        }
     }
 }

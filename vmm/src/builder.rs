@@ -1,0 +1,240 @@
+//! Building a microVM, as one readable sequence of named steps (see `build_microvm`): open KVM,
+//! create the VM, map guest memory, create the legacy devices, load the kernel and initrd, write the
+//! command line and boot structures, create and configure the vCPUs, then start the event loop and
+//! the vCPU threads. Each step takes what the previous ones produced.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::bus::{Bus, BusDevice};
+use devices::legacy::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
+use devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+use devices::legacy::{BootTimer, I8042, IrqLine, SerialConsole};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, EntryPoint, InitrdRegion, LoadedKernel};
+use crate::config::{SerialOutput, VmConfig, VmmOptions};
+use crate::cpu_template::{self, CpuTemplate};
+use crate::event_loop::{self, SerialInput, Subscriber};
+use crate::layout::*;
+use crate::memory::{self, GuestMemoryMmap};
+use crate::microvm::{MicroVm, VmmError};
+use crate::mptable;
+use crate::vcpu::{self, VcpuContext, VcpuControl};
+
+/// Kernel switches for the i8042: no mouse port, no multiplexer, no PnP probing, and a keyboard
+/// that is not asked for its ID — what hull's minimal controller provides, and faster to boot.
+const I8042_CMDLINE: &str = "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM: {what} failed: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("cannot set up the legacy devices: {0}")]
+    Devices(String),
+    #[error("cannot open the serial output file {path}: {source}")]
+    SerialOutput { path: String, source: std::io::Error },
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
+}
+
+/// Builds the VM described by `config` and starts it.
+pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
+    let started = Instant::now();
+    config.validate()?;
+    let boot_source = config.boot_source.as_ref().ok_or(crate::config::ConfigError::MissingBootSource)?;
+    let machine = &config.machine;
+
+    let template = choose_cpu_template(machine.cpu_template);
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let vm = create_vm(&kvm)?;
+    let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
+    let legacy = create_legacy_devices(&vm, &options, started)?;
+    let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
+    let initrd = match &boot_source.initrd_path {
+        Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
+        None => None,
+    };
+    let cmdline_len = write_cmdline(&mem, boot_source.boot_args_or_default(), template)?;
+    write_boot_structures(&mem, &kernel, cmdline_len, initrd, machine.vcpu_count)?;
+    let vcpus = create_vcpus(&kvm, &vm, &mem, machine.vcpu_count, template, kernel.entry)?;
+
+    let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
+    let event_thread = event_loop::spawn(legacy.subscribers, control.clone()).map_err(BuildError::EventLoop)?;
+    let ctx = Arc::new(VcpuContext { pio: legacy.pio, mmio: legacy.mmio, control: control.clone(), reset_evt: legacy.reset_evt });
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (index, fd) in vcpus.into_iter().enumerate() {
+        match vcpu::spawn_vcpu(index as u8, fd, ctx.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                control.request_exit(crate::microvm::ExitReason::VcpuError(e.to_string()));
+                return Err(BuildError::Vcpu(e).into());
+            }
+        }
+    }
+    tracing::info!(
+        vcpus = machine.vcpu_count,
+        mem_mib = machine.mem_size_mib,
+        entry = ?kernel.entry,
+        build_ms = started.elapsed().as_millis() as u64,
+        "microVM started"
+    );
+    Ok(MicroVm::new(kvm, vm, mem, control, threads, event_thread, legacy.i8042, usize::from(machine.vcpu_count)))
+}
+
+/// Step: the CPU template, chosen automatically on a software KVM.
+fn choose_cpu_template(name: crate::config::CpuTemplateName) -> CpuTemplate {
+    let software = cpu_template::software_kvm_detected();
+    let template = cpu_template::resolve(name, software);
+    if software && template == CpuTemplate::SoftKvm {
+        tracing::info!(
+            "software KVM (kvm_pvm) detected: CPU template SoftKvm hides cmpxchg16b, popcnt, xsave, AVX, SSE4 \
+             and more from the guest, and the kernel command line gets: {}",
+            cpu_template::cmdline_switches(template).unwrap_or_default()
+        );
+    }
+    template
+}
+
+/// Step: the VM with its in-kernel interrupt controllers (PIC, IO APIC, LAPICs) and PIT.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// Step: guest RAM, mapped here and registered with KVM.
+fn create_guest_memory(vm: &VmFd, mem_mib: usize) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = memory::create_guest_memory(mem_mib)?;
+    memory::register_memory(vm, &mem)?;
+    Ok(mem)
+}
+
+struct LegacyDevices {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    i8042: Arc<Mutex<I8042>>,
+    reset_evt: EventFd,
+    subscribers: Vec<Subscriber>,
+}
+
+fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match output {
+        SerialOutput::Stdout => {
+            // Unbuffered: every byte the guest sends is visible at once, like a real console.
+            // SAFETY: dup returns a new descriptor (or -1, checked) that we own from here on.
+            let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
+            if fd < 0 {
+                return Err(BuildError::SerialOutput { path: "stdout".into(), source: std::io::Error::last_os_error() });
+            }
+            // SAFETY: fd is a fresh descriptor owned by nobody else.
+            Box::new(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        SerialOutput::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::SerialOutput { path: path.display().to_string(), source })?,
+        ),
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    })
+}
+
+/// Step: COM1, the i8042 and the boot timer on their buses, with their interrupt lines.
+fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> Result<LegacyDevices, BuildError> {
+    let dev_err = |e: std::io::Error| BuildError::Devices(e.to_string());
+    let serial_irq = IrqLine::new().map_err(dev_err)?;
+    vm.register_irqfd(&serial_irq.0, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, serial_writer(&options.serial)?)));
+
+    let kbd_irq = IrqLine::new().map_err(dev_err)?;
+    vm.register_irqfd(&kbd_irq.0, I8042_KBD_IRQ).map_err(kvm_err("KVM_IRQFD (i8042)"))?;
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, reset_evt.try_clone().map_err(dev_err)?)));
+
+    let bus_err = |e: devices::bus::BusError| BuildError::Devices(e.to_string());
+    let mut pio = Bus::new();
+    pio.insert(serial.clone() as Arc<Mutex<dyn BusDevice>>, COM1_BASE, COM1_LEN).map_err(bus_err)?;
+    // The controller decodes 0x60 and 0x64 only; offsets on the bus are relative to 0x60.
+    pio.insert(i8042.clone() as Arc<Mutex<dyn BusDevice>>, I8042_DATA_PORT, I8042_COMMAND_PORT - I8042_DATA_PORT + 1)
+        .map_err(bus_err)?;
+    let mut mmio = Bus::new();
+    if options.boot_timer {
+        mmio.insert(Arc::new(Mutex::new(BootTimer::new(started))), BOOT_TIMER_ADDR, 0x1000).map_err(bus_err)?;
+    }
+    let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial)))];
+    Ok(LegacyDevices { pio: Arc::new(pio), mmio: Arc::new(mmio), i8042, reset_evt, subscribers })
+}
+
+/// Step: the command line, the user's first, then what the machine needs.
+fn write_cmdline(mem: &GuestMemoryMmap, user: &str, template: CpuTemplate) -> Result<u32, BuildError> {
+    let mut extra: Vec<&str> = Vec::new();
+    if !user.contains("i8042.") {
+        extra.push(I8042_CMDLINE);
+    }
+    if let Some(switches) = cpu_template::cmdline_switches(template) {
+        extra.push(switches);
+    }
+    let cmdline = boot::build_cmdline(user, &extra)?;
+    Ok(boot::write_cmdline(mem, &cmdline)?)
+}
+
+/// Step: the MP table, and `boot_params` or `hvm_start_info` for the entry point.
+fn write_boot_structures(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline_len: u32,
+    initrd: Option<InitrdRegion>,
+    vcpus: u8,
+) -> Result<(), BuildError> {
+    mptable::write(mem, vcpus)?;
+    match kernel.entry {
+        EntryPoint::Pvh(_) => boot::write_pvh_start_info(mem, initrd)?,
+        EntryPoint::Linux64(_) => boot::write_linux_boot_params(mem, kernel.setup_header, cmdline_len, initrd)?,
+    }
+    Ok(())
+}
+
+/// Step: the vCPUs, each with its CPUID and boot state.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    count: u8,
+    template: CpuTemplate,
+    entry: EntryPoint,
+) -> Result<Vec<VcpuFd>, BuildError> {
+    let supported: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    (0..count)
+        .map(|index| {
+            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
+            vcpu::configure_vcpu(&fd, index, mem, &cpuid, entry)?;
+            Ok(fd)
+        })
+        .collect()
+}

@@ -1,0 +1,243 @@
+//! What each vCPU is told by CPUID: KVM's supported set, normalized per vCPU (APIC ID, topology,
+//! hypervisor bit), then filtered by a CPU template. The `SoftKvm` template hides what a software KVM
+//! such as `kvm_pvm` cannot emulate in guest kernel mode; hull picks it automatically on such a host.
+
+use std::path::Path;
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+use crate::config::CpuTemplateName;
+
+/// The effective template after auto-detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuTemplate {
+    PassThrough,
+    SoftKvm,
+}
+
+/// True when /dev/kvm is the software `kvm_pvm` implementation.
+pub fn software_kvm_detected() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Chooses the template: an explicit one wins; `None` becomes `SoftKvm` on a software KVM.
+pub fn resolve(name: CpuTemplateName, software_kvm: bool) -> CpuTemplate {
+    match name {
+        CpuTemplateName::SoftKvm => CpuTemplate::SoftKvm,
+        CpuTemplateName::None if software_kvm => CpuTemplate::SoftKvm,
+        CpuTemplateName::None => CpuTemplate::PassThrough,
+    }
+}
+
+/// Kernel command-line switches that go with a template. On `kvm_pvm` CPUID is only partly honoured
+/// (popcnt, xsave, AVX and SSE4 stay visible whatever the VMM writes), so Linux is also told directly.
+/// Linux 6.1 truncates `clearcpuid=` at about 128 characters: keep the list short.
+pub fn cmdline_switches(template: CpuTemplate) -> Option<&'static str> {
+    match template {
+        CpuTemplate::PassThrough => None,
+        CpuTemplate::SoftKvm => Some(
+            "noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,rdpid,fsgsbase,smap,pcid,invpcid,movbe,erms,fsrm,\
+             xsaveopt,xsavec,xsaves,avx,avx2,avx512f,sse4_1",
+        ),
+    }
+}
+
+// Leaf 1 ECX bits.
+const L1_ECX_FMA: u32 = 1 << 12;
+const L1_ECX_CX16: u32 = 1 << 13;
+const L1_ECX_PCID: u32 = 1 << 17;
+const L1_ECX_SSE4_1: u32 = 1 << 19;
+const L1_ECX_SSE4_2: u32 = 1 << 20;
+const L1_ECX_MOVBE: u32 = 1 << 22;
+const L1_ECX_POPCNT: u32 = 1 << 23;
+const L1_ECX_AES: u32 = 1 << 25;
+const L1_ECX_XSAVE: u32 = 1 << 26;
+const L1_ECX_OSXSAVE: u32 = 1 << 27;
+const L1_ECX_AVX: u32 = 1 << 28;
+const L1_ECX_F16C: u32 = 1 << 29;
+const L1_ECX_RDRAND: u32 = 1 << 30;
+const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+const L1_EDX_HTT: u32 = 1 << 28;
+// Leaf 7.0 bits.
+const L7_EBX_FSGSBASE: u32 = 1 << 0;
+const L7_EBX_AVX2: u32 = 1 << 5;
+const L7_EBX_ERMS: u32 = 1 << 9;
+const L7_EBX_INVPCID: u32 = 1 << 10;
+const L7_EBX_AVX512_ALL: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const L7_EBX_RDSEED: u32 = 1 << 18;
+const L7_EBX_SMAP: u32 = 1 << 20;
+const L7_ECX_AVX512_ALL: u32 = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14);
+const L7_ECX_RDPID: u32 = 1 << 22;
+const L7_EDX_FSRM: u32 = 1 << 4;
+
+const SOFT_KVM_L1_ECX: u32 = L1_ECX_FMA
+    | L1_ECX_CX16
+    | L1_ECX_PCID
+    | L1_ECX_SSE4_1
+    | L1_ECX_SSE4_2
+    | L1_ECX_MOVBE
+    | L1_ECX_POPCNT
+    | L1_ECX_AES
+    | L1_ECX_XSAVE
+    | L1_ECX_OSXSAVE
+    | L1_ECX_AVX
+    | L1_ECX_F16C
+    | L1_ECX_RDRAND;
+const SOFT_KVM_L7_EBX: u32 = L7_EBX_FSGSBASE
+    | L7_EBX_AVX2
+    | L7_EBX_ERMS
+    | L7_EBX_INVPCID
+    | L7_EBX_AVX512_ALL
+    | L7_EBX_RDSEED
+    | L7_EBX_SMAP;
+const SOFT_KVM_L7_ECX: u32 = L7_ECX_AVX512_ALL | L7_ECX_RDPID;
+const SOFT_KVM_L7_EDX: u32 = L7_EDX_FSRM;
+
+/// Builds vCPU `index`'s CPUID (of `count` vCPUs) from KVM's supported set and the template.
+pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, template: CpuTemplate) -> CpuId {
+    let mut cpuid = supported.clone();
+    let apic_id = u32::from(index);
+    // Bits needed to number every vCPU at the "core" level of the topology.
+    let core_shift = 32 - u32::from(count.max(1) - 1).leading_zeros();
+    for e in cpuid.as_mut_slice().iter_mut() {
+        normalize(e, apic_id, u32::from(count), core_shift);
+        if template == CpuTemplate::SoftKvm {
+            soft_kvm(e);
+        }
+    }
+    cpuid
+}
+
+fn normalize(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: u32) {
+    match e.function {
+        0x1 => {
+            // EBX[31:24] initial APIC ID, EBX[23:16] logical processors per package.
+            e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count & 0xff) << 16);
+            e.ecx |= L1_ECX_HYPERVISOR;
+            if count > 1 {
+                e.edx |= L1_EDX_HTT;
+            } else {
+                e.edx &= !L1_EDX_HTT;
+            }
+        }
+        0x4 => {
+            // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1.
+            let cache_level = (e.eax >> 5) & 0x7;
+            let sharing = if cache_level >= 3 { count.saturating_sub(1) } else { 0 };
+            e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | ((count.saturating_sub(1) & 0x3f) << 26);
+        }
+        0xb | 0x1f => {
+            // Extended topology: level 0 is SMT (one thread per core), level 1 is the core level.
+            e.edx = apic_id;
+            match e.index {
+                0 => {
+                    e.eax = 0;
+                    e.ebx = 1;
+                    e.ecx = 1 << 8;
+                }
+                1 => {
+                    e.eax = core_shift;
+                    e.ebx = count;
+                    e.ecx = (2 << 8) | 1;
+                }
+                n => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = n;
+                }
+            }
+        }
+        // No virtual PMU.
+        0xa => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        _ => {}
+    }
+}
+
+fn soft_kvm(e: &mut kvm_cpuid_entry2) {
+    match (e.function, e.index) {
+        (0x1, _) => e.ecx &= !SOFT_KVM_L1_ECX,
+        (0x7, 0) => {
+            e.ebx &= !SOFT_KVM_L7_EBX;
+            e.ecx &= !SOFT_KVM_L7_ECX;
+            e.edx &= !SOFT_KVM_L7_EDX;
+        }
+        // XSAVE state enumeration: nothing to save when XSAVE is hidden.
+        (0xd, _) => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, ecx: u32, ebx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, ecx, ebx, ..Default::default() }
+    }
+
+    fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice().iter().find(|e| e.function == function && e.index == index).unwrap()
+    }
+
+    fn sample() -> CpuId {
+        CpuId::from_entries(&[
+            entry(0x1, 0, L1_ECX_CX16 | L1_ECX_POPCNT | L1_ECX_XSAVE | (1 << 0), 0x0000_0800),
+            entry(0x7, 0, L7_ECX_RDPID, L7_EBX_AVX2 | L7_EBX_SMAP | (1 << 3)),
+            entry(0xb, 0, 0, 0),
+            entry(0xb, 1, 0, 0),
+            entry(0xd, 0, 7, 0x240),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn auto_template_follows_the_host() {
+        assert_eq!(resolve(CpuTemplateName::None, true), CpuTemplate::SoftKvm);
+        assert_eq!(resolve(CpuTemplateName::None, false), CpuTemplate::PassThrough);
+        assert_eq!(resolve(CpuTemplateName::SoftKvm, false), CpuTemplate::SoftKvm);
+        assert!(cmdline_switches(CpuTemplate::PassThrough).is_none());
+        let sw = cmdline_switches(CpuTemplate::SoftKvm).unwrap();
+        let list = sw.split("clearcpuid=").nth(1).unwrap();
+        assert!(list.len() < 128, "Linux truncates clearcpuid at ~128 chars");
+    }
+
+    #[test]
+    fn soft_kvm_hides_unemulated_features_and_keeps_the_rest() {
+        let c = vcpu_cpuid(&sample(), 0, 1, CpuTemplate::SoftKvm);
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ecx & (L1_ECX_CX16 | L1_ECX_POPCNT | L1_ECX_XSAVE), 0);
+        assert_eq!(l1.ecx & 1, 1, "SSE3 stays");
+        assert_ne!(l1.ecx & L1_ECX_HYPERVISOR, 0);
+        let l7 = find(&c, 7, 0);
+        assert_eq!(l7.ebx, 1 << 3, "only BMI1 stays");
+        assert_eq!(l7.ecx & L7_ECX_RDPID, 0);
+        assert_eq!(find(&c, 0xd, 0).eax, 0);
+
+        let p = vcpu_cpuid(&sample(), 0, 1, CpuTemplate::PassThrough);
+        assert_ne!(find(&p, 1, 0).ecx & L1_ECX_POPCNT, 0);
+    }
+
+    #[test]
+    fn each_vcpu_gets_its_apic_id_and_the_topology() {
+        let c = vcpu_cpuid(&sample(), 3, 4, CpuTemplate::PassThrough);
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 3);
+        assert_eq!((l1.ebx >> 16) & 0xff, 4);
+        assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_ne!(l1.edx & L1_EDX_HTT, 0);
+        let core = find(&c, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.edx), (2, 4, 3));
+        let smt = find(&c, 0xb, 0);
+        assert_eq!((smt.ebx, smt.edx), (1, 3));
+    }
+}

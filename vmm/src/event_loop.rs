@@ -1,0 +1,71 @@
+//! The VMM's event loop (event-manager) on its own thread: device events that do not come from a
+//! vCPU exit. For now that is host input for the serial console; virtio devices add their queue
+//! and backend events here. The loop ends when the VM ends.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::bus::lock;
+use devices::legacy::SerialConsole;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::vcpu::VcpuControl;
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Feeds the host's standard input to the guest's serial console.
+pub struct SerialInput {
+    serial: Arc<Mutex<SerialConsole>>,
+    stdin: RawFd,
+}
+
+impl SerialInput {
+    pub fn new(serial: Arc<Mutex<SerialConsole>>) -> Self {
+        SerialInput { serial, stdin: std::io::stdin().as_raw_fd() }
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.stdin, EventSet::IN)) {
+            tracing::debug!(error = ?e, "standard input is not pollable; serial input disabled");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let n = if events.event_set().contains(EventSet::IN) { std::io::stdin().read(&mut buf).unwrap_or(0) } else { 0 };
+        if n == 0 {
+            // End of input or hang-up: stop watching stdin.
+            let _ = ops.remove(events);
+            return;
+        }
+        let taken = lock(&self.serial).enqueue_input(&buf[..n]);
+        if taken < n {
+            tracing::warn!(dropped = n - taken, "serial input FIFO full; the guest is not reading its console");
+        }
+    }
+}
+
+/// Runs `subscribers` until the VM ends.
+pub fn spawn(
+    subscribers: Vec<Subscriber>,
+    control: Arc<VcpuControl>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut manager: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| std::io::Error::other(format!("event manager: {e:?}")))?;
+    for s in subscribers {
+        manager.add_subscriber(s);
+    }
+    std::thread::Builder::new().name("hull_events".into()).spawn(move || {
+        while control.exit_reason().is_none() {
+            if let Err(e) = manager.run_with_timeout(Duration::from_millis(100).as_millis() as i32) {
+                tracing::error!(error = ?e, "event loop failed");
+                break;
+            }
+        }
+    })
+}
