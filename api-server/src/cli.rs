@@ -32,8 +32,8 @@ pub struct Cli {
     pub vmm: VmmArgs,
 }
 
-/// Subcommands; each one replaces the Firecracker-style flags. None exist yet: `hull run ...` (boot a
-/// container image directly) and `hull vhost-user {blk,net,vsock} ...` (device backends) will be added here.
+/// Subcommands; each one replaces the Firecracker-style flags. `hull run ...` (boot a container image
+/// directly) will be added here next to `hull vhost-user {blk,net,vsock} ...` (device backends).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve one virtio device to a vhost-user frontend (QEMU) until it disconnects.

@@ -292,6 +292,29 @@ mod tests {
     }
 
     #[test]
+    fn mutated_requests_never_panic() {
+        // A fixed-seed xorshift walk over byte mutations and truncations of a valid request.
+        let valid =
+            b"PATCH /machine-config HTTP/1.1\r\nContent-Length: 16\r\nExpect: 100-continue\r\n\r\n{\"vcpu_count\":2}";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut bytes = valid.to_vec();
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = next() as u8;
+            }
+            let cut = (next() as usize) % (bytes.len() + 1);
+            let _ = parse_request(&bytes[..cut]);
+        }
+    }
+
+    #[test]
     fn responses_are_serialized_with_their_length() {
         let bytes = Response::fault(400, "bad").to_bytes(true);
         let text = String::from_utf8(bytes).unwrap();
