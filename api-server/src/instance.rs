@@ -210,7 +210,7 @@ impl Instance {
         self.ensure_not_started()?;
         self.config.validate()?;
         let vm = MicroVm::start(&self.config, self.options.clone())?;
-        tracing::info!(id = %self.id, vcpus = self.config.machine.vcpu_count, mem_mib = self.config.machine.mem_size_mib, "microVM started");
+        tracing::debug!(id = %self.id, "InstanceStart done");
         self.vm = Some(vm);
         Ok(())
     }

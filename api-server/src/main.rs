@@ -74,10 +74,24 @@ fn run_vmm(args: VmmArgs, signals: &SignalFd) -> i32 {
         }
     }
 
-    match server::run(&mut instance, socket.as_ref(), signals) {
-        Ok(outcome) => outcome.exit_code(),
+    let outcome = server::run(&mut instance, socket.as_ref(), signals);
+    // The socket goes first: whatever happens to the VM below, clients must not find a dead socket.
+    drop(socket);
+    match outcome {
+        Ok(outcome @ server::Outcome::GuestExited(_)) => {
+            // The vCPU threads have ended; dropping the VM joins them and releases its resources.
+            drop(instance);
+            outcome.exit_code()
+        }
+        Ok(outcome @ server::Outcome::Signal(_)) => {
+            // Asked to stop while the guest may still run: leave the VM to the kernel's process
+            // clean-up rather than wait on vCPU threads, so a termination signal always ends hull.
+            std::mem::forget(instance);
+            outcome.exit_code()
+        }
         Err(e) => {
             tracing::error!("{e}");
+            std::mem::forget(instance);
             EXIT_GENERIC_ERROR
         }
     }
