@@ -26,6 +26,9 @@ use crate::virtio::{GuestMemory, QueueSet, VirtioDevice};
 
 type AtomicMem = GuestMemoryAtomic<GuestMemory>;
 
+/// Largest ring a frontend may configure.
+pub const VHOST_MAX_QUEUE_SIZE: usize = 1024;
+
 /// Serving a device over vhost-user failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,7 +66,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     /// Wraps `device`, exposing its first `num_queues` queues (vhost-user vsock leaves the event
     /// queue to the frontend, so it serves 2 of the device's 3).
     pub fn new(name: &'static str, device: D, num_queues: usize) -> Self {
-        let max_queue_size = device.queue_max_sizes().iter().copied().max().unwrap_or(256) as usize;
+        // Frontends pick their own ring sizes (QEMU's vhost-user-blk uses 1024 for virtio-mmio); the
+        // device cores work with any valid size, so accept up to VHOST_MAX_QUEUE_SIZE.
+        let device_max = device.queue_max_sizes().iter().copied().max().unwrap_or(256) as usize;
+        let max_queue_size = device_max.max(VHOST_MAX_QUEUE_SIZE);
         let features = device.avail_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         DeviceBackend {
             name,
