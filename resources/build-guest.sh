@@ -25,6 +25,16 @@ done
 
 log() { echo "[build-guest] $*" >&2; }
 
+# One run at a time per cache: the kernel build directory is deleted and recreated, and cache entries are
+# moved into place, so a concurrent run would destroy the other's work. A second run waits here, then finds the
+# first run's result in the cache.
+mkdir -p "$cache"
+exec 9>"$cache/.build-guest.lock"
+if ! flock -n 9; then
+  log "another build-guest.sh is running (lock $cache/.build-guest.lock); waiting for it"
+  flock 9
+fi
+
 # --- 1. what the build needs, from Debian's packages
 need_pkgs=()
 for p in linux-source-6.1 bison flex libelf-dev bc libssl-dev cpio xz-utils gzip make gcc; do
@@ -103,11 +113,11 @@ agent="${CARGO_TARGET_DIR:-$repo/target}/$target/release/hull-agent"
 if ldd "$agent" >/dev/null 2>&1; then
   log "hull-agent is not statically linked"; exit 1
 fi
-ikey=$(sha256sum "$agent" | cut -c1-16)
-initrd="$cache/initramfs-$ikey.cpio.gz"
-if [ ! -f "$initrd" ]; then
-  list=$(mktemp)
-  cat > "$list" <<EOF
+# The initramfs: the nodes the kernel needs before devtmpfs is mounted (/dev/console for init's stdio), the
+# mount points the agent uses, and the agent as /init. Keyed by the agent binary and this list.
+list=$(mktemp)
+trap 'rm -f "$list"' EXIT
+cat > "$list" <<EOF
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
 nod /dev/null 0666 0 0 c 1 3
@@ -117,10 +127,14 @@ dir /run 0755 0 0
 dir /tmp 1777 0 0
 file /init $agent 0755 0 0
 EOF
+ikey=$(cat "$agent" "$list" | sha256sum | cut -c1-16)
+initrd="$cache/initramfs-$ikey.cpio.gz"
+if [ -f "$initrd" ]; then
+  log "initramfs cached: $initrd"
+else
   "$kdir/gen_init_cpio" "$list" | gzip -9 > "$initrd.tmp"
   mv "$initrd.tmp" "$initrd"
-  rm -f "$list"
-  log "initramfs written: $initrd"
+  log "initramfs written: $initrd ($(stat -c %s "$initrd") bytes)"
 fi
 
 echo "kernel=$kernel"
