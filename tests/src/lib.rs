@@ -581,9 +581,7 @@ impl ApiClient {
 
     /// PUT/PATCH that must succeed (2xx); panics with the response otherwise.
     pub fn expect_ok(&self, method: &str, uri: &str, body: &serde_json::Value) -> ApiResponse {
-        let resp = self
-            .request(method, uri, Some(&body.to_string()))
-            .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
+        let resp = self.request(method, uri, Some(&body.to_string())).unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
         assert!(resp.is_success(), "{method} {uri} {body} answered {} {}", resp.status, resp.body);
         resp
     }

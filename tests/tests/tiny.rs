@@ -218,7 +218,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         paused_at.elapsed(),
         &after[before.len()..]
     );
-    let last = before.lines().filter(|l| l.starts_with("tick ")).last().map(tick_number).expect("a tick line");
+    let last = before.lines().rev().find(|l| l.starts_with("tick ")).map(tick_number).expect("a tick line");
 
     api.expect_ok("PATCH", "/vm", &json!({ "state": "Resumed" }));
     let next = hull
