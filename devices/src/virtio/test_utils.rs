@@ -11,9 +11,12 @@ use super::GuestMemory;
 
 /// Size of the test guest's memory.
 pub const MEM_SIZE: usize = 16 << 20;
-const DESC_TABLE: u64 = 0x1000;
-const AVAIL_RING: u64 = 0x6000;
-const USED_RING: u64 = 0x8000;
+/// Ring base of the default queue; a ring occupies `RING_SPAN` bytes from its base.
+const DEFAULT_RING_BASE: u64 = 0x1000;
+const AVAIL_OFFSET: u64 = 0x5000;
+const USED_OFFSET: u64 = 0x7000;
+/// Bytes a ring layout occupies (queues up to 1024 entries fit).
+pub const RING_SPAN: u64 = 0x10_000;
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
@@ -41,6 +44,9 @@ impl Desc {
 /// A queue plus the guest memory it lives in, driven from the driver side.
 pub struct GuestQueue {
     mem: GuestMemory,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
     queue: Queue,
     size: u16,
     next_desc: u16,
@@ -52,17 +58,30 @@ impl GuestQueue {
     /// A ready queue of `size` entries in a fresh 16 MiB guest.
     pub fn new(size: u16) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        Self::with_memory(mem, DEFAULT_RING_BASE, size)
+    }
+
+    /// A ready queue of `size` entries whose rings start at `ring_base` of `mem` (shared with other
+    /// queues of the same device: `GuestMemory` clones share the mapping).
+    pub fn with_memory(mem: GuestMemory, ring_base: u64, size: u16) -> Self {
+        let (desc_table, avail_ring, used_ring) =
+            (ring_base, ring_base + AVAIL_OFFSET, ring_base + USED_OFFSET);
         let mut queue = Queue::new(size).unwrap();
         queue.set_size(size);
-        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_desc_table_address(Some(desc_table as u32), Some(0));
+        queue.set_avail_ring_address(Some(avail_ring as u32), Some(0));
+        queue.set_used_ring_address(Some(used_ring as u32), Some(0));
         queue.set_ready(true);
-        GuestQueue { mem, queue, size, next_desc: 0, avail_idx: 0, used_seen: 0 }
+        GuestQueue { mem, desc_table, avail_ring, used_ring, queue, size, next_desc: 0, avail_idx: 0, used_seen: 0 }
     }
 
     pub fn mem(&self) -> &GuestMemory {
         &self.mem
+    }
+
+    /// Writes raw bytes into guest memory.
+    pub fn mem_write(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
     }
 
     pub fn queue_mut(&mut self) -> &mut Queue {
@@ -76,7 +95,7 @@ impl GuestQueue {
 
     /// Writes one raw descriptor at table index `index`.
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC_TABLE + u64::from(index) * 16);
+        let at = GuestAddress(self.desc_table + u64::from(index) * 16);
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());
         raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -88,15 +107,15 @@ impl GuestQueue {
     /// Publishes `head` in the available ring.
     pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
-        self.mem.write_obj(head.to_le(), GuestAddress(AVAIL_RING + 4 + slot * 2)).unwrap();
+        self.mem.write_obj(head.to_le(), GuestAddress(self.avail_ring + 4 + slot * 2)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem.write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL_RING + 2)).unwrap();
+        self.mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail_ring + 2)).unwrap();
     }
 
     /// Sets the available ring's index directly (to fake a driver that jumps it).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        self.mem.write_obj(idx.to_le(), GuestAddress(AVAIL_RING + 2)).unwrap();
+        self.mem.write_obj(idx.to_le(), GuestAddress(self.avail_ring + 2)).unwrap();
     }
 
     fn alloc(&mut self, n: u16) -> u16 {
@@ -160,7 +179,7 @@ impl GuestQueue {
 
     /// The used ring's index as the device last published it.
     pub fn used_idx(&self) -> u16 {
-        u16::from_le(self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap())
+        u16::from_le(self.mem.read_obj(GuestAddress(self.used_ring + 2)).unwrap())
     }
 
     /// Used entries (head, len) published since the last call.
@@ -169,7 +188,7 @@ impl GuestQueue {
         let idx = self.used_idx();
         while self.used_seen != idx {
             let slot = u64::from(self.used_seen % self.size);
-            let at = USED_RING + 4 + slot * 8;
+            let at = self.used_ring + 4 + slot * 8;
             let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
             let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
             out.push((u32::from_le(id) as u16, u32::from_le(len)));
