@@ -1,7 +1,7 @@
 //! Building a microVM, as one readable sequence of named steps (see `build_microvm`): open KVM,
-//! create the VM, map guest memory, create the legacy devices, load the kernel and initrd, write the
-//! command line and boot structures, create and configure the vCPUs, then start the event loop and
-//! the vCPU threads. Each step takes what the previous ones produced.
+//! create the VM, map guest memory, create the legacy devices, attach the virtio devices, load the
+//! kernel and initrd, write the command line and boot structures, create and configure the vCPUs, then
+//! start the event loop and the vCPU threads. Each step takes what the previous ones produced.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,6 +25,7 @@ use crate::layout::*;
 use crate::memory::{self, GuestMemoryMmap};
 use crate::microvm::{MicroVm, VmmError};
 use crate::mptable;
+use crate::virtio_devices;
 use crate::vcpu::{self, VcpuContext, VcpuControl};
 
 /// Kernel switches for the i8042: no mouse port, no multiplexer, no PnP probing, and a keyboard
@@ -51,6 +52,8 @@ pub enum BuildError {
     SerialOutput { path: String, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     EventLoop(std::io::Error),
+    #[error("cannot attach a virtio device: {0}")]
+    Virtio(#[from] virtio_devices::AttachError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -68,19 +71,25 @@ pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<Mi
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     let vm = create_vm(&kvm)?;
     let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
-    let legacy = create_legacy_devices(&vm, &options, started)?;
+    let mut legacy = create_legacy_devices(&vm, &options, started)?;
+    let virtio_cmdline = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
         None => None,
     };
-    let cmdline_len = write_cmdline(&mem, boot_source.boot_args_or_default(), template)?;
+    let cmdline_len = write_cmdline(&mem, boot_source.boot_args_or_default(), template, &virtio_cmdline)?;
     write_boot_structures(&mem, &kernel, cmdline_len, initrd, machine.vcpu_count)?;
     let vcpus = create_vcpus(&kvm, &vm, &mem, machine.vcpu_count, template, kernel.entry)?;
 
     let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
     let event_thread = event_loop::spawn(legacy.subscribers, control.clone()).map_err(BuildError::EventLoop)?;
-    let ctx = Arc::new(VcpuContext { pio: legacy.pio, mmio: legacy.mmio, control: control.clone(), reset_evt: legacy.reset_evt });
+    let ctx = Arc::new(VcpuContext {
+        pio: legacy.pio,
+        mmio: Arc::new(legacy.mmio),
+        control: control.clone(),
+        reset_evt: legacy.reset_evt,
+    });
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         match vcpu::spawn_vcpu(index as u8, fd, ctx.clone()) {
@@ -135,7 +144,8 @@ fn create_guest_memory(vm: &VmFd, mem_mib: usize) -> Result<GuestMemoryMmap, Bui
 
 struct LegacyDevices {
     pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    /// Still open: the virtio devices join it before the vCPUs share it.
+    mmio: Bus,
     i8042: Arc<Mutex<I8042>>,
     reset_evt: EventFd,
     subscribers: Vec<Subscriber>,
@@ -187,12 +197,33 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
         mmio.insert(Arc::new(Mutex::new(BootTimer::new(started))), BOOT_TIMER_ADDR, 0x1000).map_err(bus_err)?;
     }
     let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial)))];
-    Ok(LegacyDevices { pio: Arc::new(pio), mmio: Arc::new(mmio), i8042, reset_evt, subscribers })
+    Ok(LegacyDevices { pio: Arc::new(pio), mmio, i8042, reset_evt, subscribers })
+}
+
+/// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
+/// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
+/// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
+/// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive.
+fn attach_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    legacy: &mut LegacyDevices,
+) -> Result<Vec<String>, BuildError> {
+    let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
+    for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
+        let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
+        let irq = IRQ_BASE + slot as u32;
+        let subscriber = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+        legacy.subscribers.push(subscriber);
+        cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
+    }
+    Ok(cmdline)
 }
 
 /// Step: the command line, the user's first, then what the machine needs.
-fn write_cmdline(mem: &GuestMemoryMmap, user: &str, template: CpuTemplate) -> Result<u32, BuildError> {
-    let mut extra: Vec<&str> = Vec::new();
+fn write_cmdline(mem: &GuestMemoryMmap, user: &str, template: CpuTemplate, devices: &[String]) -> Result<u32, BuildError> {
+    let mut extra: Vec<&str> = devices.iter().map(String::as_str).collect();
     if !user.contains("i8042.") {
         extra.push(I8042_CMDLINE);
     }

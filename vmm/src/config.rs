@@ -31,6 +31,14 @@ pub enum ConfigError {
     InvalidBootArgs(String),
     #[error("Missing boot source: configure the kernel with PUT /boot-source before starting the microVM")]
     MissingBootSource,
+    #[error("Invalid drive {id:?}: {reason}")]
+    InvalidDrive { id: String, reason: String },
+    #[error("Invalid network interface {id:?}: {reason}")]
+    InvalidNetworkInterface { id: String, reason: String },
+    #[error("Invalid vsock device: {0}")]
+    InvalidVsock(String),
+    #[error("Too many virtio devices: {count} configured, at most {max} fit the interrupt lines")]
+    TooManyDevices { count: usize, max: usize },
 }
 
 /// `boot-source`: what to boot and with which command line.
@@ -149,18 +157,273 @@ pub enum SerialOutput {
     Sink,
 }
 
+/// Drive caching (Firecracker's `cache_type`). hull's virtio-blk always offers and honours FLUSH, so
+/// both are honoured: `Writeback` exactly, `Unsafe` (no durability promised) by being safer than asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    #[default]
+    Unsafe,
+    Writeback,
+}
+
+/// How a drive's file is accessed (Firecracker's `io_engine`); only synchronous I/O exists in hull.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    #[default]
+    Sync,
+    /// io_uring in Firecracker; refused by validation here.
+    Async,
+}
+
+/// `drives[]` / `PUT /drives/{drive_id}`: a virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+    /// The guest's root filesystem: hull adds `root=/dev/vda` (or `root=PARTUUID=...`) and `rw`/`ro` to the
+    /// command line and attaches this drive first, so it is always `/dev/vda`.
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// With `is_root_device`: boot from this partition (`root=PARTUUID=...`) instead of the whole disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    #[serde(default)]
+    pub cache_type: CacheType,
+    #[serde(default)]
+    pub io_engine: IoEngine,
+    /// Accepted only as `null`: hull has no rate limiters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+    /// Firecracker's vhost-user drive socket; accepted only as `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+/// `network-interfaces[]` / `PUT /network-interfaces/{iface_id}`: a virtio-net device over a host TAP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceConfig {
+    pub iface_id: String,
+    /// The TAP device on the host (it must exist in hull's network namespace).
+    pub host_dev_name: String,
+    /// `aa:bb:cc:dd:ee:ff`; the guest picks its own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Accepted only as `null`: hull has no rate limiters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// `vsock` / `PUT /vsock`: a virtio-vsock device whose host side is a unix socket (Firecracker's hybrid
+/// vsock: host-initiated connections say `CONNECT <port>` on `uds_path`, guest-initiated ones reach
+/// `<uds_path>_<port>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Deprecated in Firecracker, accepted for compatibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context id: 3 or more (0-2 are reserved), and not `u32::MAX` (VMADDR_CID_ANY).
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// Longest Linux network interface name (IFNAMSIZ - 1).
+const MAX_IFNAME_LEN: usize = 15;
+/// Longest unix socket path (sun_path is 108 bytes with the terminating NUL).
+const MAX_UDS_PATH_LEN: usize = 107;
+
+/// Device ids follow the API's rule: non-empty, ASCII letters, digits and underscores, at most 64.
+fn check_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("the id must be 1 to 64 ASCII letters, digits or underscores".into());
+    }
+    Ok(())
+}
+
+fn refuse_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), String> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(format!("{field} is not supported: hull has no I/O rate limiting; leave it null")),
+    }
+}
+
+impl BlockDeviceConfig {
+    /// Checks the fields and that the image can be opened the way the drive will use it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| ConfigError::InvalidDrive { id: self.drive_id.clone(), reason };
+        check_device_id(&self.drive_id).map_err(err)?;
+        if self.socket.is_some() {
+            return Err(err("vhost-user drives (socket) are not supported inside hull; use path_on_host".into()));
+        }
+        if self.io_engine == IoEngine::Async {
+            return Err(err("io_engine Async (io_uring) is not supported; use Sync".into()));
+        }
+        refuse_rate_limiter(&self.rate_limiter, "rate_limiter").map_err(err)?;
+        if let Some(uuid) = &self.partuuid {
+            if !self.is_root_device {
+                return Err(err("partuuid is only used for the root device".into()));
+            }
+            if uuid.is_empty() || uuid.len() > 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(err(format!("partuuid {uuid:?} is not a partition UUID (hex digits and dashes)")));
+            }
+        }
+        let path = &self.path_on_host;
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("path_on_host {}: {e}", path.display())))?;
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(err(format!("path_on_host {} is not a regular file or block device", path.display())));
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!self.is_read_only)
+            .open(path)
+            .map_err(|e| {
+                let how = if self.is_read_only { "reading" } else { "reading and writing (is_read_only is false)" };
+                err(format!("path_on_host {} cannot be opened for {how}: {e}", path.display()))
+            })?;
+        Ok(())
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (hex, either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl NetworkInterfaceConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| ConfigError::InvalidNetworkInterface { id: self.iface_id.clone(), reason };
+        check_device_id(&self.iface_id).map_err(err)?;
+        let name = &self.host_dev_name;
+        if name.is_empty()
+            || name.len() > MAX_IFNAME_LEN
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        {
+            return Err(err(format!(
+                "host_dev_name {name:?} is not a network interface name (1 to {MAX_IFNAME_LEN} printable characters, no '/' or ':')"
+            )));
+        }
+        if let Some(text) = &self.guest_mac {
+            let mac = parse_mac(text)
+                .ok_or_else(|| err(format!("guest_mac {text:?} is not a MAC address like 06:00:ac:10:00:02")))?;
+            if mac[0] & 1 != 0 {
+                return Err(err(format!("guest_mac {text} is a multicast address")));
+            }
+        }
+        refuse_rate_limiter(&self.rx_rate_limiter, "rx_rate_limiter").map_err(err)?;
+        refuse_rate_limiter(&self.tx_rate_limiter, "tx_rate_limiter").map_err(err)
+    }
+}
+
+impl VsockConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = ConfigError::InvalidVsock;
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(err(format!(
+                "guest_cid {} is reserved; use a value from 3 to {}",
+                self.guest_cid,
+                u32::MAX - 1
+            )));
+        }
+        if let Some(id) = &self.vsock_id {
+            check_device_id(id).map_err(|r| err(format!("vsock_id {id:?}: {r}")))?;
+        }
+        let path = &self.uds_path;
+        let len = path.as_os_str().len();
+        if len == 0 || len > MAX_UDS_PATH_LEN {
+            return Err(err(format!("uds_path must be 1 to {MAX_UDS_PATH_LEN} bytes (got {len})")));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(err(format!("the directory of uds_path {} does not exist", path.display())));
+        }
+        Ok(())
+    }
+}
+
 /// Everything needed to build and start one microVM.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmConfig {
     pub boot_source: Option<BootSourceConfig>,
     pub machine: MachineConfig,
+    /// Block devices, in the order they were configured (the root device is attached first).
+    pub drives: Vec<BlockDeviceConfig>,
+    pub net: Vec<NetworkInterfaceConfig>,
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
     /// Checks the whole configuration before any VM resource is created.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.boot_source.as_ref().ok_or(ConfigError::MissingBootSource)?.validate()?;
-        self.machine.validate()
+        self.machine.validate()?;
+        self.validate_devices()
+    }
+
+    /// Each device on its own, then across devices: unique ids and host resources, one root device,
+    /// and no more devices than interrupt lines.
+    pub fn validate_devices(&self) -> Result<(), ConfigError> {
+        let mut roots = 0;
+        for (i, drive) in self.drives.iter().enumerate() {
+            drive.validate()?;
+            if self.drives[..i].iter().any(|d| d.drive_id == drive.drive_id) {
+                return Err(ConfigError::InvalidDrive { id: drive.drive_id.clone(), reason: "the id is used twice".into() });
+            }
+            roots += usize::from(drive.is_root_device);
+            if roots > 1 {
+                return Err(ConfigError::InvalidDrive {
+                    id: drive.drive_id.clone(),
+                    reason: "a root device is already configured; only one drive may have is_root_device".into(),
+                });
+            }
+        }
+        for (i, iface) in self.net.iter().enumerate() {
+            iface.validate()?;
+            let err = |reason: &str| ConfigError::InvalidNetworkInterface { id: iface.iface_id.clone(), reason: reason.into() };
+            let earlier = &self.net[..i];
+            if earlier.iter().any(|n| n.iface_id == iface.iface_id) {
+                return Err(err("the id is used twice"));
+            }
+            if earlier.iter().any(|n| n.host_dev_name == iface.host_dev_name) {
+                return Err(err("its host_dev_name is already used by another interface"));
+            }
+            if let Some(mac) = iface.guest_mac.as_deref().and_then(parse_mac) {
+                if earlier.iter().any(|n| n.guest_mac.as_deref().and_then(parse_mac) == Some(mac)) {
+                    return Err(err("its guest_mac is already used by another interface"));
+                }
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
+        let count = self.drives.len() + self.net.len() + usize::from(self.vsock.is_some());
+        let max = (crate::layout::IRQ_MAX - crate::layout::IRQ_BASE + 1) as usize;
+        if count > max {
+            return Err(ConfigError::TooManyDevices { count, max });
+        }
+        Ok(())
+    }
+
+    /// The drives in attachment order: the root device first, the others as configured.
+    pub fn drives_in_attach_order(&self) -> impl Iterator<Item = &BlockDeviceConfig> {
+        self.drives.iter().filter(|d| d.is_root_device).chain(self.drives.iter().filter(|d| !d.is_root_device))
     }
 }
 
@@ -198,6 +461,95 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("unknown field"));
         let r: Result<BootSourceConfig, _> = serde_json::from_str(r#"{"boot_args":"x"}"#);
         assert!(r.unwrap_err().to_string().contains("missing field"));
+    }
+
+    fn temp_image(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("hull-config-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        path
+    }
+
+    fn drive(id: &str, path: &std::path::Path, root: bool) -> BlockDeviceConfig {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": false
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn drives_parse_in_firecrackers_shape_and_validate() {
+        let img = temp_image("drive");
+        let d: BlockDeviceConfig = serde_json::from_value(serde_json::json!({
+            "drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": true,
+            "partuuid": "0eaa91a0-01", "cache_type": "Writeback", "io_engine": "Sync", "rate_limiter": null
+        }))
+        .unwrap();
+        assert_eq!(d.cache_type, CacheType::Writeback);
+        d.validate().unwrap();
+        let mut bad = d.clone();
+        bad.io_engine = IoEngine::Async;
+        assert!(bad.validate().unwrap_err().to_string().contains("io_uring"));
+        let mut bad = d.clone();
+        bad.rate_limiter = Some(serde_json::json!({"bandwidth": {"size": 1, "refill_time": 1}}));
+        assert!(bad.validate().unwrap_err().to_string().contains("rate_limiter"));
+        let mut bad = d.clone();
+        bad.partuuid = Some("1234 init=/bin/sh".into());
+        assert!(bad.validate().unwrap_err().to_string().contains("partuuid"));
+        let mut bad = d.clone();
+        bad.path_on_host = "/nonexistent/rootfs.ext4".into();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("rootfs") && e.contains("/nonexistent/rootfs.ext4"), "{e}");
+        let r: Result<BlockDeviceConfig, _> =
+            serde_json::from_value(serde_json::json!({"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "cache_type": "Fast"}));
+        assert!(r.is_err());
+        std::fs::remove_file(img).unwrap();
+    }
+
+    #[test]
+    fn devices_are_checked_across_each_other() {
+        let img = temp_image("cross");
+        let mut vm = VmConfig { drives: vec![drive("a", &img, true), drive("b", &img, false)], ..Default::default() };
+        vm.validate_devices().unwrap();
+        assert_eq!(vm.drives_in_attach_order().map(|d| d.drive_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        vm.drives.swap(0, 1);
+        assert_eq!(vm.drives_in_attach_order().map(|d| d.drive_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        vm.drives.push(drive("c", &img, true));
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("root device"));
+        vm.drives.pop();
+        vm.drives.push(drive("a", &img, false));
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("used twice"));
+        vm.drives.pop();
+        let tap = |id: &str, dev: &str, mac: Option<&str>| NetworkInterfaceConfig {
+            iface_id: id.into(),
+            host_dev_name: dev.into(),
+            guest_mac: mac.map(Into::into),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        vm.net = vec![tap("eth0", "tap0", Some("06:00:AC:10:00:02"))];
+        vm.validate_devices().unwrap();
+        vm.net.push(tap("eth1", "tap0", None));
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("host_dev_name"));
+        vm.net[1] = tap("eth1", "tap1", Some("06:00:ac:10:00:02"));
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("guest_mac"));
+        for bad in ["06:00:ac:10:00", "06:00:ac:10:00:02:03", "g6:00:ac:10:00:02", "07:00:ac:10:00:02", "6:0:ac:10:0:2"] {
+            vm.net[1] = tap("eth1", "tap1", Some(bad));
+            assert!(vm.validate_devices().is_err(), "{bad}");
+        }
+        vm.net[1] = tap("eth1", "a/b", None);
+        assert!(vm.validate_devices().is_err());
+        vm.net[1] = tap("eth1", "sixteen-chars-xx", None);
+        assert!(vm.validate_devices().is_err());
+        vm.net.pop();
+        vm.vsock = Some(VsockConfig { vsock_id: None, guest_cid: 2, uds_path: std::env::temp_dir().join("v.sock") });
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("guest_cid"));
+        vm.vsock = Some(VsockConfig { vsock_id: None, guest_cid: 3, uds_path: "/nonexistent/dir/v.sock".into() });
+        assert!(vm.validate_devices().unwrap_err().to_string().contains("directory"));
+        vm.vsock = Some(VsockConfig { vsock_id: Some("vsock0".into()), guest_cid: 3, uds_path: std::env::temp_dir().join("v.sock") });
+        vm.validate_devices().unwrap();
+        vm.drives = (0..19).map(|i| drive(&format!("d{i}"), &img, false)).collect();
+        assert!(matches!(vm.validate_devices(), Err(ConfigError::TooManyDevices { count: 21, max: 19 })));
+        std::fs::remove_file(img).unwrap();
     }
 
     #[test]

@@ -13,10 +13,12 @@ pub mod memory;
 mod microvm;
 pub mod mptable;
 pub mod vcpu;
+mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BootSourceConfig, ConfigError, CpuTemplateName, MachineConfig, SerialOutput, VmConfig, VmmOptions,
+    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
+    NetworkInterfaceConfig, SerialOutput, VmConfig, VmmOptions, VsockConfig,
 };
 pub use microvm::{ExitReason, MicroVm, VmState, VmmError};
 

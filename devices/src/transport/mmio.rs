@@ -942,7 +942,7 @@ mod tests {
                     r.q.mem().write_slice(&raw, GuestAddress(0x1000 + (rnd() % 0x8000))).unwrap();
                     r.q.publish((rnd() % 20) as u16);
                 }
-                let _ = rd(&mut r.t, rnd() % 0x100 & !3);
+                let _ = rd(&mut r.t, (rnd() % 0x100) & !3);
             }
         }
     }

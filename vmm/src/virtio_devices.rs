@@ -1,0 +1,265 @@
+//! hull's virtio devices in the VMM: building each device core from its `*Config`, putting it behind a
+//! virtio-mmio window on the MMIO bus, wiring its notifications to KVM (one ioeventfd per queue on the
+//! QueueNotify register, one irqfd for its interrupt line), and the event-loop subscriber that runs the
+//! device when a queue is kicked or its host-side fd is readable.
+//!
+//! Owns: the device's eventfds and its place in the event loop. Never trusts: what the guest writes into
+//! the window or the queues (the transport and the cores validate it); a device that fails stops alone,
+//! never the VMM.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{lock, Bus, BusDevice};
+use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::VirtioDevice;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use tracing::{debug, info, warn};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::VmConfig;
+use crate::event_loop::Subscriber;
+use crate::memory::GuestMemoryMmap;
+
+/// Attaching a virtio device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("drive {id}: {source}")]
+    Drive {
+        id: String,
+        #[source]
+        source: devices::virtio::block::BlockError,
+    },
+    #[error("{device}: {reason}")]
+    Unavailable { device: String, reason: &'static str },
+    #[error(transparent)]
+    Transport(#[from] devices::transport::TransportError),
+    #[error("{device}: cannot create its interrupt eventfd: {source}")]
+    EventFd {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{device}: KVM_IRQFD for IRQ {irq} failed: {source}")]
+    Irqfd {
+        device: String,
+        irq: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{device}: cannot map its registers at {addr:#x}: {source}")]
+    Bus {
+        device: String,
+        addr: u64,
+        #[source]
+        source: devices::bus::BusError,
+    },
+}
+
+/// A device core ready to be attached, with the name it is logged under (`block:rootfs`).
+pub struct DeviceCore {
+    pub label: String,
+    pub core: Box<dyn VirtioDevice>,
+}
+
+/// Builds every configured device core, in attachment order: the root drive first (so it is always
+/// `/dev/vda`), the other drives as configured, the network interfaces, then the vsock.
+pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
+    let mut cores = Vec::new();
+    for drive in config.drives_in_attach_order() {
+        let cfg = BlockConfig {
+            path: drive.path_on_host.clone(),
+            read_only: drive.is_read_only,
+            id: Some(drive.drive_id.clone()),
+        };
+        let block = Block::new(&cfg).map_err(|source| AttachError::Drive { id: drive.drive_id.clone(), source })?;
+        cores.push(DeviceCore { label: format!("block:{}", drive.drive_id), core: Box::new(block) });
+    }
+    if let Some(iface) = config.net.first() {
+        return Err(AttachError::Unavailable {
+            device: format!("net:{}", iface.iface_id),
+            reason: "the virtio-net device core is not in hull yet",
+        });
+    }
+    if config.vsock.is_some() {
+        return Err(AttachError::Unavailable {
+            device: "vsock".into(),
+            reason: "the virtio-vsock device core is not in hull yet",
+        });
+    }
+    Ok(cores)
+}
+
+/// What the kernel needs to mount the root drive: `root=/dev/vda` (or `root=PARTUUID=...`), then `rw`
+/// or `ro` (Firecracker's behaviour). Empty without a root device.
+pub fn root_cmdline(config: &VmConfig) -> Option<String> {
+    let root = config.drives.iter().find(|d| d.is_root_device)?;
+    let device = match &root.partuuid {
+        Some(uuid) => format!("root=PARTUUID={uuid}"),
+        None => "root=/dev/vda".to_string(),
+    };
+    Some(format!("{device} {}", if root.is_read_only { "ro" } else { "rw" }))
+}
+
+/// The kernel command-line entry that declares a virtio-mmio device.
+pub fn mmio_cmdline(addr: u64, irq: u32) -> String {
+    format!("virtio_mmio.device={}K@{addr:#x}:{irq}", MMIO_WINDOW_SIZE >> 10)
+}
+
+/// Puts `core` behind a virtio-mmio window at `addr` with interrupt line `irq`: the transport goes on the
+/// MMIO bus, its interrupt eventfd becomes a KVM irqfd, each queue gets an ioeventfd on QueueNotify (the
+/// MMIO-exit path stays as the fallback when KVM refuses one). Returns the event-loop subscriber.
+pub fn attach_mmio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    device: DeviceCore,
+    addr: u64,
+    irq: u32,
+) -> Result<Subscriber, AttachError> {
+    let label = device.label;
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|source| AttachError::EventFd { device: label.clone(), source })?;
+    vm.register_irqfd(&irq_evt, irq).map_err(|source| AttachError::Irqfd { device: label.clone(), irq, source })?;
+    let transport = MmioTransport::new(label.clone(), device.core, mem.clone(), irq_evt)?;
+    let kind = device_type_name(transport.device_type());
+
+    let mut ioeventfds = Vec::with_capacity(transport.queue_count());
+    for index in 0..transport.queue_count() {
+        let registered = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string()).and_then(|evt| {
+            vm.register_ioevent(&evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), index as u32)
+                .map(|()| evt)
+                .map_err(|e| e.to_string())
+        });
+        match registered {
+            Ok(evt) => ioeventfds.push((index, evt)),
+            Err(error) => {
+                warn!(device = %label, index, %error, "no ioeventfd for this queue; its notifications take the MMIO-exit path");
+            }
+        }
+    }
+
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone() as Arc<Mutex<dyn BusDevice>>, addr, MMIO_WINDOW_SIZE)
+        .map_err(|source| AttachError::Bus { device: label.clone(), addr, source })?;
+    info!(device = %label, kind = %kind, addr = format_args!("{addr:#x}"), irq, ioeventfds = ioeventfds.len(), "virtio-mmio device attached");
+    Ok(Arc::new(Mutex::new(MmioDeviceHandler::new(transport, ioeventfds))))
+}
+
+/// Event token of the transport's state eventfd (queue tokens are the queue indices).
+const STATE_TOKEN: u32 = u32::MAX;
+/// Event token of the device's host-side fd.
+const BACKEND_TOKEN: u32 = u32::MAX - 1;
+
+/// The event-loop side of one virtio-mmio device.
+pub struct MmioDeviceHandler {
+    transport: Arc<Mutex<MmioTransport>>,
+    ioeventfds: Vec<(usize, EventFd)>,
+    state_fd: RawFd,
+    label: String,
+    /// The backend fd currently watched (only while the device is serving).
+    watched_backend: Option<RawFd>,
+}
+
+impl MmioDeviceHandler {
+    fn new(transport: Arc<Mutex<MmioTransport>>, ioeventfds: Vec<(usize, EventFd)>) -> Self {
+        let (state_fd, label) = {
+            let t = lock(&transport);
+            (t.state_event().as_raw_fd(), t.label().to_string())
+        };
+        MmioDeviceHandler { transport, ioeventfds, state_fd, label, watched_backend: None }
+    }
+
+    /// Watches the device's host-side fd exactly while the device is serving.
+    fn sync_backend(&mut self, ops: &mut EventOps) {
+        let wanted = lock(&self.transport).backend_fd();
+        if wanted == self.watched_backend {
+            return;
+        }
+        if let Some(fd) = self.watched_backend.take() {
+            if let Err(error) = ops.remove(Events::with_data_raw(fd, BACKEND_TOKEN, EventSet::IN)) {
+                debug!(device = %self.label, fd, ?error, "could not stop watching the backend fd");
+            }
+        }
+        if let Some(fd) = wanted {
+            match ops.add(Events::with_data_raw(fd, BACKEND_TOKEN, EventSet::IN)) {
+                Ok(()) => self.watched_backend = Some(fd),
+                Err(error) => warn!(device = %self.label, fd, ?error, "cannot watch the device's backend fd"),
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for MmioDeviceHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, evt) in &self.ioeventfds {
+            if let Err(error) = ops.add(Events::with_data(evt, *index as u32, EventSet::IN)) {
+                warn!(device = %self.label, index, ?error, "cannot watch a queue's ioeventfd");
+            }
+        }
+        if let Err(error) = ops.add(Events::with_data_raw(self.state_fd, STATE_TOKEN, EventSet::IN)) {
+            warn!(device = %self.label, ?error, "cannot watch the device state eventfd; its backend will not be polled");
+        }
+        self.sync_backend(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            STATE_TOKEN => {
+                // Drained through the transport, which owns the eventfd.
+                let _ = lock(&self.transport).state_event().read();
+                self.sync_backend(ops);
+            }
+            BACKEND_TOKEN => {
+                if !events.event_set().contains(EventSet::IN) {
+                    // Hang-up or error without data: the device cannot make progress on it.
+                    warn!(device = %self.label, events = ?events.event_set(), "backend fd hung up; no longer watched");
+                    let _ = ops.remove(events);
+                    self.watched_backend = None;
+                    return;
+                }
+                lock(&self.transport).process_backend();
+                self.sync_backend(ops);
+            }
+            token => {
+                let index = token as usize;
+                if let Some((_, evt)) = self.ioeventfds.iter().find(|(i, _)| *i == index) {
+                    // The count says how many kicks arrived; one pass over the queue serves them all.
+                    let _ = evt.read();
+                }
+                lock(&self.transport).notify_queue(index);
+                self.sync_backend(ops);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_entries_look_like_firecrackers() {
+        assert_eq!(mmio_cmdline(0xd000_0000, 5), "virtio_mmio.device=4K@0xd0000000:5");
+        let mut config = VmConfig::default();
+        assert_eq!(root_cmdline(&config), None);
+        let drive = |id: &str, root: bool, ro: bool, partuuid: Option<&str>| crate::config::BlockDeviceConfig {
+            drive_id: id.into(),
+            path_on_host: "/x".into(),
+            is_root_device: root,
+            is_read_only: ro,
+            partuuid: partuuid.map(Into::into),
+            cache_type: Default::default(),
+            io_engine: Default::default(),
+            rate_limiter: None,
+            socket: None,
+        };
+        config.drives = vec![drive("data", false, false, None), drive("rootfs", true, false, None)];
+        assert_eq!(root_cmdline(&config).as_deref(), Some("root=/dev/vda rw"));
+        config.drives[1] = drive("rootfs", true, true, Some("0eaa91a0-01"));
+        assert_eq!(root_cmdline(&config).as_deref(), Some("root=PARTUUID=0eaa91a0-01 ro"));
+    }
+}
