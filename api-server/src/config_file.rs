@@ -132,13 +132,43 @@ mod tests {
     }
 
     #[test]
-    fn devices_are_refused_naming_the_section() {
+    fn invalid_devices_are_refused_naming_the_section() {
         let file = ConfigFile::parse(r#"{"drives": [{"drive_id": "rootfs", "is_root_device": true}]}"#).unwrap();
         let (section, e) = file.apply(&mut instance()).unwrap_err();
         assert_eq!(section, "drives");
-        assert!(e.to_string().contains("not supported yet"), "{e}");
-        let file = ConfigFile::parse(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v"}}"#).unwrap();
+        assert!(e.to_string().contains("missing field `path_on_host`"), "{e}");
+        let file = ConfigFile::parse(r#"{"vsock": {"guest_cid": 3, "uds_path": "/no/such/dir/v.sock"}}"#).unwrap();
         assert_eq!(file.apply(&mut instance()).unwrap_err().0, "vsock");
+        let file = ConfigFile::parse(
+            r#"{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}, {"iface_id": "eth1", "host_dev_name": "tap0"}]}"#,
+        )
+        .unwrap();
+        let (section, e) = file.apply(&mut instance()).unwrap_err();
+        assert_eq!(section, "network-interfaces");
+        assert!(e.to_string().contains("host_dev_name is already used"), "{e}");
+    }
+
+    #[test]
+    fn devices_are_accepted_and_shown_in_vm_config() {
+        let dir = std::env::temp_dir().join(format!("hull-config-file-devices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("rootfs.ext4");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let text = serde_json::json!({
+            "drives": [{"drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": false}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}],
+            "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")}
+        })
+        .to_string();
+        let mut i = instance();
+        ConfigFile::parse(&text).unwrap().apply(&mut i).unwrap();
+        let json = serde_json::to_value(i.full_config()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(json["drives"][0]["drive_id"], "rootfs");
+        assert_eq!(json["network-interfaces"][0]["iface_id"], "eth0");
+        assert_eq!(json["vsock"]["guest_cid"], 3);
+        // What GET /vm/config shows reads back as a config file.
+        assert_eq!(ConfigFile::parse(&json.to_string()).unwrap().drives.len(), 1);
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Device configuration: drives, network interfaces and the vsock, from the API (`PUT /drives/{id}`, ...)
-//! and the config file alike. This is the one place where they are accepted into the instance; until
-//! the VMM has virtio devices, every device is refused with an error saying so, while the empty lists a
-//! Firecracker config carries (`"drives": []`) pass. The JSON received is user input and is not trusted.
+//! Device configuration: drives, network interfaces and the vsock, from the API (`PUT /drives/{id}`,
+//! `PUT /network-interfaces/{id}`, `PUT /vsock`) and the config file alike. This is the one place where
+//! they are accepted into the instance: each body is decoded into the VMM's typed config (Firecracker's
+//! shapes, unknown fields refused), validated on its own and against the devices already configured, and
+//! kept until `InstanceStart` hands them to the [`VmConfig`]. The JSON received is user input and is not
+//! trusted.
 
 use serde::Serialize;
 use serde_json::Value;
+use vmm::{BlockDeviceConfig, ConfigError, NetworkInterfaceConfig, VmConfig, VsockConfig};
 
 /// Which kind of device a request concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
     Drive,
     NetworkInterface,
-    Vsock,
 }
 
 impl std::fmt::Display for DeviceKind {
@@ -19,51 +21,103 @@ impl std::fmt::Display for DeviceKind {
         f.write_str(match self {
             DeviceKind::Drive => "Block devices (drives)",
             DeviceKind::NetworkInterface => "Network interfaces",
-            DeviceKind::Vsock => "The vsock device",
         })
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a device was refused. The `Display` text is the API's `fault_message`.
+#[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{kind} are not supported yet: hull's virtio devices are still being built (refused: {what}).")]
-    NotSupportedYet { kind: DeviceKind, what: String },
+    #[error("An error occurred when deserializing the json body of a request: {0}.")]
+    Body(#[from] serde_json::Error),
+    #[error("The id from the path does not match the id from the body!")]
+    IdMismatch,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{kind} cannot be updated after boot in hull (refused: update of {id:?}).")]
+    UpdateNotSupported { kind: DeviceKind, id: String },
 }
 
-/// The devices configured so far. Entries stay raw JSON until the VMM has typed device configs; those
-/// will replace `Value` here and be handed to `VmConfig`.
+/// The devices configured so far, in Firecracker's `GET /vm/config` shape.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DeviceConfigs {
-    pub drives: Vec<Value>,
+    pub drives: Vec<BlockDeviceConfig>,
     #[serde(rename = "network-interfaces")]
-    pub network_interfaces: Vec<Value>,
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<Value>,
+    pub vsock: Option<VsockConfig>,
 }
 
 impl DeviceConfigs {
-    /// Adds or replaces drive `id` (`PUT /drives/{id}`, or one entry of `drives` in a config file).
-    pub fn put_drive(&mut self, id: &str, _drive: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::NotSupportedYet { kind: DeviceKind::Drive, what: format!("drive {id:?}") })
+    /// Checks a candidate set of devices the way `InstanceStart` will; only a valid set is kept.
+    fn commit(&mut self, candidate: DeviceConfigs) -> Result<(), DeviceError> {
+        let vm = VmConfig {
+            drives: candidate.drives,
+            net: candidate.network_interfaces,
+            vsock: candidate.vsock,
+            ..Default::default()
+        };
+        vm.validate_devices()?;
+        self.drives = vm.drives;
+        self.network_interfaces = vm.net;
+        self.vsock = vm.vsock;
+        Ok(())
+    }
+
+    /// Adds or replaces drive `id` (`PUT /drives/{id}`, or one entry of `drives` in a config file). A
+    /// replaced drive keeps its place in the order.
+    pub fn put_drive(&mut self, id: &str, drive: Value) -> Result<(), DeviceError> {
+        let drive: BlockDeviceConfig = serde_json::from_value(drive)?;
+        if drive.drive_id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        let mut candidate = self.clone();
+        match candidate.drives.iter_mut().find(|d| d.drive_id == id) {
+            Some(existing) => *existing = drive,
+            None => candidate.drives.push(drive),
+        }
+        self.commit(candidate)?;
+        tracing::debug!(drive_id = id, "drive configured");
+        Ok(())
     }
 
     /// Adds or replaces network interface `id`.
-    pub fn put_network_interface(&mut self, id: &str, _iface: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::NotSupportedYet {
-            kind: DeviceKind::NetworkInterface,
-            what: format!("network interface {id:?}"),
-        })
+    pub fn put_network_interface(&mut self, id: &str, iface: Value) -> Result<(), DeviceError> {
+        let iface: NetworkInterfaceConfig = serde_json::from_value(iface)?;
+        if iface.iface_id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        let mut candidate = self.clone();
+        match candidate.network_interfaces.iter_mut().find(|n| n.iface_id == id) {
+            Some(existing) => *existing = iface,
+            None => candidate.network_interfaces.push(iface),
+        }
+        self.commit(candidate)?;
+        tracing::debug!(iface_id = id, "network interface configured");
+        Ok(())
     }
 
-    /// Sets the vsock device.
-    pub fn put_vsock(&mut self, _vsock: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::NotSupportedYet { kind: DeviceKind::Vsock, what: "vsock".into() })
+    /// Sets (or replaces) the vsock device.
+    pub fn put_vsock(&mut self, vsock: Value) -> Result<(), DeviceError> {
+        let vsock: VsockConfig = serde_json::from_value(vsock)?;
+        let mut candidate = self.clone();
+        candidate.vsock = Some(vsock);
+        self.commit(candidate)?;
+        tracing::debug!("vsock configured");
+        Ok(())
     }
 
     /// Post-boot updates (`PATCH /drives/{id}`, `PATCH /network-interfaces/{id}`): rate limiters, backing
-    /// file. With no devices, no ID exists.
+    /// file. hull's devices are fixed once the microVM runs.
     pub fn patch(&mut self, kind: DeviceKind, id: &str, _update: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::NotSupportedYet { kind, what: format!("update of {id:?}") })
+        Err(DeviceError::UpdateNotSupported { kind, id: id.to_string() })
+    }
+
+    /// Hands the devices to the VMM's configuration (at `InstanceStart`).
+    pub fn apply_to(&self, config: &mut VmConfig) {
+        config.drives = self.drives.clone();
+        config.net = self.network_interfaces.clone();
+        config.vsock = self.vsock.clone();
     }
 }
 
@@ -74,15 +128,73 @@ pub fn entry_id<'a>(entry: &'a Value, key: &str) -> &'a str {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
+    fn image(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("hull-api-devices-{}-{name}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        path
+    }
+
     #[test]
-    fn devices_are_refused_with_a_message_saying_why() {
+    fn drives_are_typed_validated_and_replaced_in_place() {
+        let img = image("drives");
         let mut devices = DeviceConfigs::default();
-        let err = devices.put_drive("rootfs", serde_json::json!({})).unwrap_err().to_string();
-        assert!(err.contains("drives") && err.contains("not supported yet") && err.contains("rootfs"), "{err}");
-        assert!(devices.put_network_interface("eth0", Value::Null).is_err());
-        assert!(devices.put_vsock(Value::Null).is_err());
+        let root = json!({"drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": false});
+        devices.put_drive("rootfs", root.clone()).unwrap();
+        devices.put_drive("data", json!({"drive_id": "data", "path_on_host": img, "is_root_device": false})).unwrap();
+        // A second root device is refused and changes nothing.
+        let e = devices
+            .put_drive("other", json!({"drive_id": "other", "path_on_host": img, "is_root_device": true}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root device"), "{e}");
+        assert_eq!(devices.drives.len(), 2);
+        // Replacing keeps the order.
+        let mut ro = root.clone();
+        ro["is_read_only"] = json!(true);
+        devices.put_drive("rootfs", ro).unwrap();
+        assert_eq!(devices.drives[0].drive_id, "rootfs");
+        assert!(devices.drives[0].is_read_only);
+        // Bodies with unknown fields, a missing file or another id are refused with the reason.
+        let e = devices.put_drive("x", json!({"drive_id": "x", "bogus": 1})).unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = devices
+            .put_drive("x", json!({"drive_id": "x", "path_on_host": "/no/such.ext4", "is_root_device": false}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such.ext4"), "{e}");
+        assert!(matches!(
+            devices.put_drive("x", json!({"drive_id": "y", "path_on_host": img, "is_root_device": false})),
+            Err(DeviceError::IdMismatch)
+        ));
+        let mut vm = VmConfig::default();
+        devices.apply_to(&mut vm);
+        assert_eq!(vm.drives.len(), 2);
+        std::fs::remove_file(img).unwrap();
+    }
+
+    #[test]
+    fn network_interfaces_and_vsock_are_validated() {
+        let mut devices = DeviceConfigs::default();
+        let e = devices
+            .put_network_interface("eth0", json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guest_mac"), "{e}");
+        devices
+            .put_network_interface("eth0", json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}))
+            .unwrap();
+        let e = devices.put_vsock(json!({"guest_cid": 1, "uds_path": "/tmp/v.sock"})).unwrap_err().to_string();
+        assert!(e.contains("guest_cid"), "{e}");
+        devices.put_vsock(json!({"guest_cid": 3, "uds_path": "/tmp/v.sock"})).unwrap();
+        let json = serde_json::to_value(&devices).unwrap();
+        assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap0");
+        assert_eq!(json["vsock"]["guest_cid"], 3);
+        let e = devices.patch(DeviceKind::Drive, "rootfs", Value::Null).unwrap_err().to_string();
+        assert!(e.contains("after boot"), "{e}");
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl Instance {
     /// `InstanceStart`: validates the whole configuration and boots.
     pub fn start(&mut self) -> Result<(), InstanceError> {
         self.ensure_not_started()?;
+        self.devices.apply_to(&mut self.config);
         self.config.validate()?;
         let vm = MicroVm::start(&self.config, self.options.clone())?;
         tracing::debug!(id = %self.id, "InstanceStart done");

@@ -435,16 +435,46 @@ fn send_ctrl_alt_del_before_start_is_400() {
 }
 
 #[test]
-fn devices_are_refused_until_they_exist() {
+fn devices_are_validated_accepted_and_shown_in_vm_config() {
     let hull = Hull::start();
+    let image = hull.dir.join("rootfs.ext4");
+    std::fs::write(&image, vec![0u8; 64 * 1024]).expect("write a disk image");
+    let image = image.to_str().expect("UTF-8 path");
     hull.request(
         "PUT",
         "/drives/rootfs",
-        Some(r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}"#),
+        Some(r#"{"drive_id": "rootfs", "path_on_host": "/no/such/r.ext4", "is_root_device": true, "is_read_only": false}"#),
     )
-    .assert_fault(400, "not supported yet");
-    hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#))
-        .assert_fault(400, "not supported yet");
+    .assert_fault(400, "/no/such/r.ext4");
+    hull.request("PUT", "/drives/rootfs", Some(r#"{"drive_id": "other", "path_on_host": "/r", "is_root_device": true}"#))
+        .assert_fault(400, "The id from the path does not match the id from the body!");
+    hull.request("PUT", "/drives/rootfs", Some(r#"{"drive_id": "rootfs", "is_root_device": true}"#))
+        .assert_fault(400, "missing field `path_on_host`");
+    let drive = json!({"drive_id": "rootfs", "path_on_host": image, "is_root_device": true, "is_read_only": false});
+    let reply = hull.request("PUT", "/drives/rootfs", Some(&drive.to_string()));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let second_root = json!({"drive_id": "other", "path_on_host": image, "is_root_device": true});
+    hull.request("PUT", "/drives/other", Some(&second_root.to_string())).assert_fault(400, "root device");
+    let reply = hull.request(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#),
+    );
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    hull.request("PUT", "/network-interfaces/eth1", Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "x"}"#))
+        .assert_fault(400, "guest_mac");
+    hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#)).assert_fault(400, "guest_cid");
+    let reply = hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    hull.request("PATCH", "/drives/rootfs", Some(&drive.to_string()))
+        .assert_fault(400, "The requested operation is not supported before starting the microVM.");
+
+    let config = hull.request("GET", "/vm/config", None).json();
+    assert_eq!(config["drives"][0]["drive_id"], "rootfs");
+    assert_eq!(config["drives"][0]["path_on_host"], image);
+    assert_eq!(config["drives"].as_array().map(Vec::len), Some(1));
+    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
+    assert_eq!(config["vsock"]["guest_cid"], 3);
 }
 
 #[test]
@@ -495,19 +525,19 @@ fn config_file_with_empty_device_lists_is_accepted_up_to_the_kernel_check() {
 }
 
 #[test]
-fn config_file_with_drives_is_refused_with_a_clear_message() {
+fn config_file_with_a_missing_drive_image_is_refused_with_a_clear_message() {
     let dir = TempDir::new();
     let kernel = fake_kernel(&dir.0);
     let config = json!({
         "boot-source": {"kernel_image_path": kernel},
-        "drives": [{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false}]
+        "drives": [{"drive_id": "rootfs", "path_on_host": "/no/such/r.ext4", "is_root_device": true, "is_read_only": false}]
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, config.to_string()).expect("write config");
     let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
     assert_eq!(hull.wait_exit().code(), Some(152));
     let stderr = hull.stderr_text();
-    assert!(stderr.contains("drives") && stderr.contains("not supported yet"), "{stderr}");
+    assert!(stderr.contains("drives") && stderr.contains("rootfs") && stderr.contains("/no/such/r.ext4"), "{stderr}");
 }
 
 #[test]
