@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{lock, Bus, BusDevice};
 use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
 use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -33,6 +34,8 @@ pub enum AttachError {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    #[error("vsock: {0}")]
+    Vsock(#[source] devices::virtio::vsock::unix::UnixBackendError),
     #[error("{device}: {reason}")]
     Unavailable { device: String, reason: &'static str },
     #[error(transparent)]
@@ -84,11 +87,14 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
             reason: "the virtio-net device core is not in hull yet",
         });
     }
-    if config.vsock.is_some() {
-        return Err(AttachError::Unavailable {
-            device: "vsock".into(),
-            reason: "the virtio-vsock device core is not in hull yet",
-        });
+    if let Some(vsock) = &config.vsock {
+        let cfg = devices::virtio::vsock::VsockConfig {
+            guest_cid: u64::from(vsock.guest_cid),
+            uds_path: vsock.uds_path.clone(),
+        };
+        let core = Vsock::new(&cfg).map_err(AttachError::Vsock)?;
+        let label = format!("vsock:{}", vsock.vsock_id.as_deref().unwrap_or("vsock"));
+        cores.push(DeviceCore { label, core: Box::new(core) });
     }
     Ok(cores)
 }

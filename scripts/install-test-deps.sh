@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what hull's virtio end-to-end test (tests/tests/virtio_boot.rs) needs from Debian's packages, only
+# when missing (idempotent):
+#   dnsmasq-base  (a DHCP server on the test's TAP, inside a network namespace the test creates)
+#   iproute2      (`ip netns`, `ip tuntap`)
+#   e2fsprogs     (`mkfs.ext4 -d DIR img 32M` for the root drive)
+set -euo pipefail
+
+need=()
+for p in dnsmasq-base iproute2 e2fsprogs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ "${#need[@]}" -eq 0 ]; then
+  echo "[install-test-deps] all present" >&2
+  exit 0
+fi
+echo "[install-test-deps] installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >&2
+apt-get install -y -q --no-install-recommends "${need[@]}" >&2
