@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{serve, Error};
+use super::{serve, Error, Protocol};
 use crate::virtio::block::{Block, BlockConfig};
 
 /// Arguments of `hull vhost-user blk`.
@@ -24,5 +24,5 @@ pub struct BlkArgs {
 pub fn run(args: &BlkArgs) -> Result<(), Error> {
     let cfg = BlockConfig { path: args.path.clone(), read_only: args.read_only, id: args.id.clone() };
     let device = Block::new(&cfg).map_err(|e| Error::Device { device: "blk", reason: e.to_string() })?;
-    serve("vhost-user-blk", device, 1, &args.socket)
+    serve("vhost-user-blk", device, 1, Protocol::Direct, &args.socket)
 }

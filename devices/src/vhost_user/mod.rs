@@ -8,10 +8,12 @@
 //! from it; a device error stops that device, never the process).
 
 pub mod blk;
+mod enable_filter;
 pub mod net;
 pub mod vsock;
 
 use std::io;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,12 +62,23 @@ pub struct DeviceBackend<D> {
     num_queues: usize,
     max_queue_size: usize,
     features: u64,
+    protocol_features: VhostUserProtocolFeatures,
+}
+
+/// How the session with the frontend is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The crate talks to the frontend directly.
+    Direct,
+    /// Messages pass through `enable_filter` (QEMU's vhost-user netdev enables rings before setting
+    /// features, which the crate refuses).
+    DeferEarlyEnable,
 }
 
 impl<D: VirtioDevice> DeviceBackend<D> {
     /// Wraps `device`, exposing its first `num_queues` queues (vhost-user vsock leaves the event
     /// queue to the frontend, so it serves 2 of the device's 3).
-    pub fn new(name: &'static str, device: D, num_queues: usize) -> Self {
+    pub fn new(name: &'static str, device: D, num_queues: usize, protocol: Protocol) -> Self {
         // Frontends pick their own ring sizes (QEMU's vhost-user-blk uses 1024 for virtio-mmio); the
         // device cores work with any valid size, so accept up to VHOST_MAX_QUEUE_SIZE.
         let device_max = device.queue_max_sizes().iter().copied().max().unwrap_or(256) as usize;
@@ -77,6 +90,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             num_queues,
             max_queue_size,
             features,
+            // QEMU's netdev keeps the virtio-net config space itself and warns about CONFIG.
+            protocol_features: match protocol {
+                Protocol::Direct => VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ,
+                Protocol::DeferEarlyEnable => VhostUserProtocolFeatures::MQ,
+            },
         }
     }
 
@@ -113,7 +131,7 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        self.protocol_features
     }
 
     fn reset_device(&self) {
@@ -211,10 +229,11 @@ pub fn serve<D: VirtioDevice + 'static>(
     name: &'static str,
     device: D,
     num_queues: usize,
+    protocol: Protocol,
     socket: &Path,
 ) -> Result<(), Error> {
     let backend_fd = device.backend_fd();
-    let backend = Arc::new(DeviceBackend::new(name, device, num_queues));
+    let backend = Arc::new(DeviceBackend::new(name, device, num_queues, protocol));
     let token = backend.backend_token();
     let mem = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem)
@@ -230,10 +249,45 @@ pub fn serve<D: VirtioDevice + 'static>(
             .map_err(|source| Error::WatchBackend { device: name, source })?;
     }
     info!(device = name, socket = %socket.display(), "vhost-user backend listening");
-    let result = daemon
-        .serve(socket)
-        .map_err(|e| Error::Serve { socket: socket.to_owned(), reason: e.to_string() });
+    let result = match protocol {
+        Protocol::Direct => daemon.serve(socket).map_err(|e| e.to_string()),
+        Protocol::DeferEarlyEnable => serve_filtered(&mut daemon, socket),
+    }
+    .map_err(|reason| Error::Serve { socket: socket.to_owned(), reason });
     let _ = std::fs::remove_file(socket);
     info!(device = name, ok = result.is_ok(), "vhost-user frontend gone");
     result
+}
+
+/// Serves one frontend through `enable_filter`: the daemon connects to a private socket that the relay
+/// accepts, and the relay accepts the frontend on `socket`.
+fn serve_filtered<T>(daemon: &mut VhostUserDaemon<T>, socket: &Path) -> Result<(), String>
+where
+    T: VhostUserBackend + Clone + 'static,
+    T::Bitmap: vhost_user_backend::bitmap::BitmapReplace + vm_memory::mmap::NewBitmap + Clone + Send + Sync,
+    T::Vring: Clone + Send + Sync,
+{
+    let _ = std::fs::remove_file(socket);
+    let frontend_listener = UnixListener::bind(socket).map_err(|e| format!("bind: {e}"))?;
+    let mut inner = socket.as_os_str().to_owned();
+    inner.push(format!(".relay-{}", std::process::id()));
+    let inner = PathBuf::from(inner);
+    let _ = std::fs::remove_file(&inner);
+    let inner_listener = UnixListener::bind(&inner).map_err(|e| format!("bind {}: {e}", inner.display()))?;
+    let started = daemon.start_client(&inner.to_string_lossy()).map_err(|e| e.to_string());
+    let backend = started.and_then(|()| inner_listener.accept().map_err(|e| e.to_string()));
+    let _ = std::fs::remove_file(&inner);
+    let (backend, _) = backend?;
+    let (frontend, _) = frontend_listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let relayed = enable_filter::relay(frontend, backend);
+    let waited = daemon.wait().map_err(|e| e.to_string());
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    match (relayed, waited) {
+        // The frontend going away mid-message is a normal end (QEMU killed, guest powered off).
+        (Ok(()) | Err(_), Ok(())) => Ok(()),
+        (_, Err(e)) if e.contains("disconnected") || e.contains("partial message") => Ok(()),
+        (_, Err(e)) => Err(e),
+    }
 }

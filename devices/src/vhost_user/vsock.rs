@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{serve, Error};
+use super::{serve, Error, Protocol};
 use crate::virtio::vsock::{Vsock, VsockConfig};
 
 /// Arguments of `hull vhost-user vsock`.
@@ -26,5 +26,5 @@ pub fn run(args: &VsockArgs) -> Result<(), Error> {
     }
     let cfg = VsockConfig { guest_cid: args.guest_cid, uds_path: args.uds_path.clone() };
     let device = Vsock::new(&cfg).map_err(|e| Error::Device { device: "vsock", reason: e.to_string() })?;
-    serve("vhost-user-vsock", device, 2, &args.socket)
+    serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket)
 }

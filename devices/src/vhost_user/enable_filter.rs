@@ -1,0 +1,180 @@
+//! A message filter between a vhost-user frontend and our backend, for one frontend quirk.
+//!
+//! QEMU's vhost-user netdev (7.2) sends `VHOST_USER_SET_VRING_ENABLE` as soon as the guest acks its
+//! features — before `VHOST_USER_SET_FEATURES` — and does not repeat it when it starts the device. The
+//! `vhost` crate's request handler treats the early message as a protocol violation and drops the
+//! connection. This filter forwards every message unchanged except `SET_VRING_ENABLE` seen before the
+//! first `SET_FEATURES`: it acknowledges those itself (when a reply is asked for), remembers the last
+//! state per ring, and replays them to the backend right after `SET_FEATURES`.
+//!
+//! Owns: the two sockets and the file descriptors in flight (closed after forwarding). Never trusts the
+//! frontend's framing: a header announcing more than `MAX_PAYLOAD` bytes, or more fds than fit, ends the
+//! session.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::io::RawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, warn};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+const HDR_LEN: usize = 12;
+const MAX_PAYLOAD: usize = 64 * 1024;
+const MAX_FDS: usize = 32;
+const SET_FEATURES: u32 = 2;
+const SET_VRING_ENABLE: u32 = 18;
+const FLAG_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// One message as read from a socket, with the fds that came with it (owned until dropped).
+struct Message {
+    bytes: Vec<u8>,
+    fds: Vec<RawFd>,
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        for fd in self.fds.drain(..) {
+            // SAFETY: the fds were received with SCM_RIGHTS and are owned by this message only.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+impl Message {
+    fn request(&self) -> u32 {
+        u32::from_le_bytes([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]])
+    }
+    fn flags(&self) -> u32 {
+        u32::from_le_bytes([self.bytes[4], self.bytes[5], self.bytes[6], self.bytes[7]])
+    }
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream.
+fn read_message(sock: &mut UnixStream) -> io::Result<Option<Message>> {
+    let mut hdr = [0u8; HDR_LEN];
+    let mut fds = [-1 as RawFd; MAX_FDS];
+    let mut iov = [libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: HDR_LEN }];
+    // SAFETY: the iovec points at `hdr`, which outlives the call.
+    let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let mut msg = Message { bytes: Vec::new(), fds: fds[..nfds].to_vec() };
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < HDR_LEN {
+        sock.read_exact(&mut hdr[n..])?;
+    }
+    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    if size > MAX_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("vhost-user payload of {size} bytes")));
+    }
+    msg.bytes.extend_from_slice(&hdr);
+    msg.bytes.resize(HDR_LEN + size, 0);
+    sock.read_exact(&mut msg.bytes[HDR_LEN..])?;
+    Ok(Some(msg))
+}
+
+fn write_message(sock: &UnixStream, msg: &Message) -> io::Result<()> {
+    let sent = sock
+        .send_with_fds(&[&msg.bytes[..]], &msg.fds)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    if sent < msg.bytes.len() {
+        (&*sock).write_all(&msg.bytes[sent..])?;
+    }
+    Ok(())
+}
+
+/// Relays between `frontend` and `backend` until either side closes.
+pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
+    let front_writer = Arc::new(Mutex::new(frontend.try_clone()?));
+    let mut back_reader = backend.try_clone()?;
+    let to_front = front_writer.clone();
+    let front_for_shutdown = frontend.try_clone()?;
+    let replies = std::thread::Builder::new().name("vhost-user-relay".into()).spawn(move || {
+        loop {
+            match read_message(&mut back_reader) {
+                Ok(Some(msg)) => {
+                    let w = to_front.lock().unwrap_or_else(|p| p.into_inner());
+                    if write_message(&w, &msg).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = front_for_shutdown.shutdown(Shutdown::Both);
+    })?;
+
+    let mut front_reader = frontend;
+    let mut features_seen = false;
+    // Ring index -> enable state held back before SET_FEATURES.
+    let mut held: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+    let result = loop {
+        let msg = match read_message(&mut front_reader) {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        match msg.request() {
+            SET_FEATURES if !features_seen => {
+                features_seen = true;
+                if let Err(e) = write_message(&backend, &msg) {
+                    break Err(e);
+                }
+                let mut replay = Ok(());
+                for (index, num) in std::mem::take(&mut held) {
+                    debug!(index, num, "replaying SET_VRING_ENABLE after SET_FEATURES");
+                    let mut bytes = Vec::with_capacity(HDR_LEN + 8);
+                    bytes.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+                    bytes.extend_from_slice(&FLAG_VERSION_1.to_le_bytes());
+                    bytes.extend_from_slice(&8u32.to_le_bytes());
+                    bytes.extend_from_slice(&index.to_le_bytes());
+                    bytes.extend_from_slice(&num.to_le_bytes());
+                    replay = write_message(&backend, &Message { bytes, fds: Vec::new() });
+                    if replay.is_err() {
+                        break;
+                    }
+                }
+                if let Err(e) = replay {
+                    break Err(e);
+                }
+                continue;
+            }
+            SET_VRING_ENABLE if !features_seen => {
+                if msg.bytes.len() >= HDR_LEN + 8 {
+                    let b = &msg.bytes[HDR_LEN..];
+                    let index = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let num = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    held.insert(index, num);
+                }
+                debug!("holding back SET_VRING_ENABLE sent before SET_FEATURES");
+                if msg.flags() & FLAG_NEED_REPLY != 0 {
+                    let mut reply = Vec::with_capacity(HDR_LEN + 8);
+                    reply.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+                    reply.extend_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+                    reply.extend_from_slice(&8u32.to_le_bytes());
+                    reply.extend_from_slice(&0u64.to_le_bytes());
+                    let w = front_writer.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = (&*w).write_all(&reply) {
+                        break Err(e);
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if let Err(e) = write_message(&backend, &msg) {
+            break Err(e);
+        }
+    };
+    if let Err(e) = &result {
+        warn!(error = %e, "vhost-user relay ended with an error");
+    }
+    let _ = backend.shutdown(Shutdown::Both);
+    let _ = replies.join();
+    result
+}

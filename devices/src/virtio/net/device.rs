@@ -1,0 +1,390 @@
+//! The virtio-net device core: features, config space (MAC, link status) and the RX/TX pumps between the
+//! queues and a `NetBackend`. Transport-agnostic (virtio-mmio in hull, vhost-user for QEMU).
+//!
+//! Frames are never lost inside the device: a frame read from the TAP waits in `pending` until an RX
+//! buffer takes it, and while RX buffers are exhausted the TAP is taken out of the device's epoll (the
+//! kernel queues further frames) until the driver kicks the RX queue.
+//!
+//! Never trusts: TX chains and RX buffers (see `packet`). A frame too big for the offered buffer is
+//! dropped and counted (the driver sized its buffers for the MTU it was told about).
+
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use virtio_queue::QueueOwnedT;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::metrics::NetMetrics;
+use super::packet::{prepare_rx_header, read_tx_frame, rx_capacity};
+use super::tap::{NetBackend, Tap, TapError};
+use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use crate::virtio::chain::ParsedChain;
+use crate::virtio::{
+    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet,
+    QueueSignals, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+};
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// How to build a net device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// TAP interface name.
+    pub tap: String,
+    /// MAC address for the guest (`VIRTIO_NET_F_MAC`); `None` lets the driver pick one.
+    pub mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("creating the net epoll: {0}")]
+    Epoll(#[source] std::io::Error),
+}
+
+/// A virtio-net device.
+pub struct Net<B: NetBackend = Tap> {
+    backend: B,
+    mac: Option<[u8; 6]>,
+    acked_features: u64,
+    epoll: Epoll,
+    backend_registered: bool,
+    rx_frame: Vec<u8>,
+    /// Length of a frame in `rx_frame` that no RX buffer has taken yet.
+    pending: Option<usize>,
+    tx_frame: Vec<u8>,
+    metrics: Arc<NetMetrics>,
+    broken: bool,
+}
+
+impl Net<Tap> {
+    /// Opens the TAP named in `cfg`.
+    pub fn new(cfg: &NetConfig) -> Result<Self, NetError> {
+        Self::with_backend(Tap::open(&cfg.tap)?, cfg.mac)
+    }
+}
+
+impl<B: NetBackend> Net<B> {
+    pub fn with_backend(backend: B, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
+        let epoll = Epoll::new().map_err(NetError::Epoll)?;
+        let mut net = Net {
+            backend,
+            mac,
+            acked_features: 0,
+            epoll,
+            backend_registered: false,
+            rx_frame: vec![0; MAX_FRAME_LEN],
+            pending: None,
+            tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
+            metrics: Arc::new(NetMetrics::default()),
+            broken: false,
+        };
+        net.watch_backend(true).map_err(NetError::Epoll)?;
+        Ok(net)
+    }
+
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Adds or removes the TAP from the device's epoll.
+    fn watch_backend(&mut self, on: bool) -> std::io::Result<()> {
+        if on == self.backend_registered {
+            return Ok(());
+        }
+        let op = if on { ControlOperation::Add } else { ControlOperation::Delete };
+        self.epoll.ctl(op, self.backend.raw_fd(), EpollEvent::new(EventSet::IN, 0))?;
+        self.backend_registered = on;
+        Ok(())
+    }
+
+    fn config(&self) -> [u8; 8] {
+        let mut c = [0u8; 8];
+        c[..6].copy_from_slice(&self.mac.unwrap_or_default());
+        c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        c
+    }
+
+    fn process_tx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+        let Some(txq) = queues.get(TX_QUEUE) else { return Ok(()) };
+        while let Some(desc_chain) = pop_chain(txq, mem, TX_QUEUE)? {
+            let head = desc_chain.head_index();
+            let chain = ParsedChain::parse(desc_chain)
+                .map_err(|source| DeviceError::MalformedChain { queue: TX_QUEUE, head, source })?;
+            match read_tx_frame(&chain, mem, &mut self.tx_frame) {
+                Ok(()) => match self.backend.write_frame(&self.tx_frame) {
+                    Ok(()) => {
+                        NetMetrics::inc(&self.metrics.tx_frames);
+                        NetMetrics::add(&self.metrics.tx_bytes, self.tx_frame.len() as u64);
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "TAP refused a frame");
+                        NetMetrics::inc(&self.metrics.tx_dropped);
+                    }
+                },
+                Err(e) => {
+                    debug!(head, error = %e, "virtio-net TX frame dropped");
+                    NetMetrics::inc(&self.metrics.tx_dropped);
+                }
+            }
+            add_used(txq, mem, TX_QUEUE, head, 0, signals)?;
+        }
+        Ok(())
+    }
+
+    fn process_rx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+        let Some(rxq) = queues.get(RX_QUEUE) else {
+            // No usable RX queue: stop watching the TAP so its frames do not wake us in a loop.
+            let _ = self.watch_backend(false);
+            return Ok(());
+        };
+        loop {
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.backend.read_frame(&mut self.rx_frame) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => {
+                        // Drained: wait for the TAP again.
+                        let _ = self.watch_backend(true);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reading the TAP failed");
+                        let _ = self.watch_backend(true);
+                        return Ok(());
+                    }
+                },
+            };
+            self.pending = Some(len);
+            let Some(desc_chain) = pop_chain(rxq, mem, RX_QUEUE)? else {
+                // No buffer: keep the frame, stop watching the TAP until the driver adds buffers.
+                let _ = self.watch_backend(false);
+                return Ok(());
+            };
+            let head = desc_chain.head_index();
+            let chain = ParsedChain::parse(desc_chain)
+                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
+            let cap = rx_capacity(&chain)
+                .map_err(|e| DeviceError::Unanswerable { queue: RX_QUEUE, head, reason: e.to_string() })?;
+            if (len as u64) > cap {
+                // The frame fits no buffer of this size: drop the frame, keep the buffer.
+                NetMetrics::inc(&self.metrics.rx_dropped);
+                self.pending = None;
+                rxq.go_to_previous_position();
+                continue;
+            }
+            let frame = &mut self.rx_frame[..len];
+            prepare_rx_header(frame);
+            chain
+                .write_at(mem, 0, frame)
+                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
+            self.pending = None;
+            NetMetrics::inc(&self.metrics.rx_frames);
+            NetMetrics::add(&self.metrics.rx_bytes, len as u64);
+            add_used(rxq, mem, RX_QUEUE, head, len as u32, signals)?;
+        }
+    }
+
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut QueueSignals) -> Result<(), DeviceError>,
+    ) -> Result<QueueSignals, DeviceError> {
+        if self.broken {
+            return Err(DeviceError::NeedsReset);
+        }
+        let mut signals = QueueSignals::NONE;
+        match f(self, &mut signals) {
+            Ok(()) => Ok(signals),
+            Err(e) => {
+                self.broken = true;
+                let _ = self.watch_backend(false);
+                NetMetrics::inc(&self.metrics.fatal_chains);
+                warn!(error = %e, "virtio-net needs a reset");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_NET_F_STATUS;
+        if self.mac.is_some() {
+            f |= VIRTIO_NET_F_MAC;
+        }
+        f
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config(), offset, data);
+    }
+
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        self.guarded(|dev, signals| match index {
+            TX_QUEUE => dev.process_tx(mem, queues, signals),
+            RX_QUEUE => dev.process_rx(mem, queues, signals),
+            _ => Ok(()),
+        })
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn process_backend(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        self.guarded(|dev, signals| dev.process_rx(mem, queues, signals))
+    }
+
+    fn reset(&mut self) {
+        self.pending = None;
+        self.broken = false;
+        self.acked_features = 0;
+        let _ = self.watch_backend(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::net::test_utils::{queues, FakeTap};
+    use crate::virtio::net::VNET_HDR_LEN;
+    use crate::virtio::test_utils::{Desc, GuestQueue};
+
+    fn run(dev: &mut Net<FakeTap>, rx: &mut GuestQueue, tx: &mut GuestQueue, index: Option<usize>) -> Result<QueueSignals, DeviceError> {
+        let mem = rx.mem().clone();
+        let mut set = QueueSet::new();
+        set.push(Some(rx.queue_mut()));
+        set.push(Some(tx.queue_mut()));
+        match index {
+            Some(i) => dev.process_queue(i, &mem, &mut set),
+            None => dev.process_backend(&mem, &mut set),
+        }
+    }
+
+    fn frame(n: usize) -> Vec<u8> {
+        (0..n).map(|i| i as u8).collect()
+    }
+
+    #[test]
+    fn mac_and_link_in_config() {
+        let dev = Net::with_backend(FakeTap::new(), Some([2, 0, 0, 0, 0, 1])).unwrap();
+        let mut c = [0u8; 8];
+        dev.read_config(0, &mut c);
+        assert_eq!(c, [2, 0, 0, 0, 0, 1, 1, 0]);
+        assert_ne!(dev.avail_features() & VIRTIO_NET_F_MAC, 0);
+    }
+
+    #[test]
+    fn tx_frame_reaches_tap_with_zeroed_header() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        let mut f = vec![0x55u8; VNET_HDR_LEN];
+        f.extend(frame(60));
+        tx.mem_write(0x40_000, &f);
+        tx.add_chain(&[Desc::read(0x40_000, VNET_HDR_LEN as u32), Desc::read(0x40_000 + VNET_HDR_LEN as u64, 60)]);
+        assert!(run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap().contains(TX_QUEUE));
+        let out = tap.outbound.lock().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&out[0][VNET_HDR_LEN..], &frame(60)[..]);
+    }
+
+    #[test]
+    fn rx_frames_wait_for_buffers_and_none_is_lost() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        for i in 0..5 {
+            tap.push(&frame(60 + i));
+        }
+        // No buffers yet: nothing consumed, and the TAP is no longer watched.
+        run(&mut dev, &mut rx, &mut tx, None).unwrap();
+        assert!(!dev.backend_registered);
+        for i in 0..5u64 {
+            rx.add_chain(&[Desc::write(0x80_000 + i * 0x1000, 1526)]);
+        }
+        run(&mut dev, &mut rx, &mut tx, Some(RX_QUEUE)).unwrap();
+        let used = rx.take_used();
+        assert_eq!(used.len(), 5);
+        for (i, (head, len)) in used.iter().enumerate() {
+            assert_eq!(*len as usize, VNET_HDR_LEN + 60 + i);
+            let at = 0x80_000 + u64::from(*head) * 0x1000;
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            rx.mem().read_slice(&mut hdr, GuestAddress(at)).unwrap();
+            assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1, "num_buffers");
+        }
+        assert!(dev.backend_registered);
+    }
+
+    #[test]
+    fn oversized_frame_is_dropped_buffer_kept() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        tap.push(&frame(3000));
+        tap.push(&frame(100));
+        rx.add_chain(&[Desc::write(0x80_000, 1526)]);
+        run(&mut dev, &mut rx, &mut tx, None).unwrap();
+        let used = rx.take_used();
+        assert_eq!(used, vec![(0, (VNET_HDR_LEN + 100) as u32)]);
+        assert_eq!(NetMetrics::get(&dev.metrics().rx_dropped), 1);
+    }
+
+    #[test]
+    fn malformed_tx_dropped_device_survives() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        tx.add_chain(&[Desc::read(0x40_000, 4)]);
+        tx.add_chain(&[Desc::write(0x40_000, 100)]);
+        tx.add_chain(&[Desc::read(0xffff_0000_0000, 100)]);
+        tx.add_chain(&[Desc::read(0x40_000, u32::MAX)]);
+        run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap();
+        assert_eq!(NetMetrics::get(&dev.metrics().tx_dropped), 4);
+        assert!(tap.outbound.lock().unwrap().is_empty());
+        assert_eq!(tx.take_used().len(), 4);
+    }
+
+    #[test]
+    fn rx_buffer_too_small_for_header_needs_reset() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        tap.push(&frame(60));
+        rx.add_chain(&[Desc::write(0x80_000, 4)]);
+        assert!(matches!(run(&mut dev, &mut rx, &mut tx, None), Err(DeviceError::Unanswerable { .. })));
+        assert!(matches!(run(&mut dev, &mut rx, &mut tx, Some(RX_QUEUE)), Err(DeviceError::NeedsReset)));
+    }
+
+    #[test]
+    fn looping_rx_chain_needs_reset() {
+        let tap = FakeTap::new();
+        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let (mut rx, mut tx) = queues();
+        tap.push(&frame(60));
+        rx.add_raw_chain(&[(0x80_000, 100, 3, 0)]);
+        assert!(matches!(run(&mut dev, &mut rx, &mut tx, None), Err(DeviceError::MalformedChain { .. })));
+    }
+}
