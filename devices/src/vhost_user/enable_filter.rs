@@ -95,15 +95,10 @@ pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
     let to_front = front_writer.clone();
     let front_for_shutdown = frontend.try_clone()?;
     let replies = std::thread::Builder::new().name("vhost-user-relay".into()).spawn(move || {
-        loop {
-            match read_message(&mut back_reader) {
-                Ok(Some(msg)) => {
-                    let w = to_front.lock().unwrap_or_else(|p| p.into_inner());
-                    if write_message(&w, &msg).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(msg)) = read_message(&mut back_reader) {
+            let w = to_front.lock().unwrap_or_else(|p| p.into_inner());
+            if write_message(&w, &msg).is_err() {
+                break;
             }
         }
         let _ = front_for_shutdown.shutdown(Shutdown::Both);

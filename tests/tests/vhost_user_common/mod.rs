@@ -34,13 +34,16 @@ pub fn ensure_tools() {
     });
 }
 
-/// The guest kernel: `$HULL_TEST_KERNEL`, else `resources/build-guest.sh --kernel-only`.
+/// The guest kernel: `$HULL_TEST_KERNEL`, else `$HULL_KERNEL` (scripts/test.sh exports it), else
+/// `resources/build-guest.sh --kernel-only`.
 pub fn kernel() -> PathBuf {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
     KERNEL
         .get_or_init(|| {
-            if let Some(k) = std::env::var_os("HULL_TEST_KERNEL") {
-                return PathBuf::from(k);
+            for var in ["HULL_TEST_KERNEL", "HULL_KERNEL"] {
+                if let Some(k) = std::env::var_os(var).filter(|k| !k.is_empty()) {
+                    return PathBuf::from(k);
+                }
             }
             let out = Command::new("bash")
                 .arg(repo_root().join("resources/build-guest.sh"))

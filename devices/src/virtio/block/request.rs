@@ -155,6 +155,7 @@ impl BlockRequest {
 }
 
 /// Checks `len` bytes from `sector` against the disk; returns the byte offset.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
 fn check_range(sector: u64, len: u64, disk: DiskGeometry) -> Result<u64, RequestError> {
     if len % SECTOR_SIZE != 0 {
         return Err(RequestError::UnalignedLength(len));

@@ -34,6 +34,12 @@ impl FakeTap {
     }
 }
 
+impl Default for FakeTap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NetBackend for FakeTap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let mut q = self.inbound.lock().unwrap();
