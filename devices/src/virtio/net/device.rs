@@ -387,4 +387,34 @@ mod tests {
         rx.add_raw_chain(&[(0x80_000, 100, 3, 0)]);
         assert!(matches!(run(&mut dev, &mut rx, &mut tx, None), Err(DeviceError::MalformedChain { .. })));
     }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let tap = FakeTap::new();
+            let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+            let (mut rx, mut tx) = queues();
+            for _ in 0..(rnd() % 4) {
+                tap.push(&frame((rnd() % 3000) as usize));
+            }
+            for q in [&mut rx, &mut tx] {
+                for i in 0..16u16 {
+                    let addr = if rnd() % 2 == 0 { rnd() } else { 0x40_000 + rnd() % 0x100_000 };
+                    q.write_desc(i, addr, (rnd() % 70_000) as u32, (rnd() % 8) as u16, (rnd() % 20) as u16);
+                }
+                for _ in 0..(rnd() % 6) {
+                    q.publish((rnd() % 18) as u16);
+                }
+            }
+            let _ = run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE));
+            let _ = run(&mut dev, &mut rx, &mut tx, None);
+        }
+    }
 }

@@ -436,4 +436,40 @@ mod tests {
             listener.accept().unwrap();
         }
     }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut h = Harness::new("fuzz");
+        for round in 0..200 {
+            // Random packets with plausible headers (so they reach the backend) and random chains.
+            let mut hdr = guest_hdr([OP_REQUEST, OP_RW, OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST, 99][rnd() as usize % 7], (rnd() % 4) as u32, (rnd() % 4) as u32);
+            hdr.flags = rnd() as u32;
+            hdr.buf_alloc = rnd() as u32;
+            hdr.fwd_cnt = rnd() as u32;
+            let payload = vec![0x5a; (rnd() % 300) as usize];
+            if rnd() % 3 == 0 {
+                h.tx.add_raw_chain(&[(rnd() % (16 << 20), (rnd() % 100_000) as u32, (rnd() % 8) as u16, (rnd() % 70) as u16)]);
+            } else {
+                crate::virtio::vsock::test_utils::write_tx_packet(&mut h.tx, &hdr, &payload, rnd() % 2 == 0);
+            }
+            if rnd() % 4 == 0 {
+                h.rx.add_raw_chain(&[(rnd() % (16 << 20), (rnd() % 10_000) as u32, (rnd() % 8) as u16, (rnd() % 70) as u16)]);
+            } else {
+                h.post_rx(1);
+            }
+            let r = if round % 2 == 0 { h.kick(TX_QUEUE) } else { h.backend_event() };
+            if r.is_err() {
+                h.dev.reset();
+                h = Harness::new("fuzz");
+            }
+            let _ = h.received();
+        }
+    }
 }

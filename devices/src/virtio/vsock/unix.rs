@@ -371,9 +371,9 @@ impl HybridUnixBackend {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", hdr.dst_port));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            Ok(_) | Err(_) => {
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(_) => {
                 debug!(port = hdr.dst_port, path = ?path, "no host listener for guest connection");
                 self.queue_rst(hdr);
                 return;
@@ -589,6 +589,38 @@ impl HybridUnixBackend {
     }
 }
 
+/// Connects without ever blocking: a host listener whose backlog is full makes `connect(2)` on a
+/// blocking unix socket wait, and a guest must not be able to stall the device that way. A full
+/// backlog (`EAGAIN`) counts as refused.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::FromRawFd;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zero is a valid initial value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the fd is wrapped right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket we own.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` covers the family and the path.
+    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// `send(2)` with `MSG_NOSIGNAL`: a host peer that closed its socket must not raise SIGPIPE in hull.
 fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid slice for the duration of the call; the fd is owned by `stream`.
@@ -719,6 +751,25 @@ impl Drop for HybridUnixBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_to_full_backlog_fails_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("hull-vsock-backlog-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("l");
+        let _ = std::fs::remove_file(&path);
+        let _listener = UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let refused = (0..10_000).any(|_| match connect_nonblocking(&path) {
+            Ok(s) => {
+                held.push(s);
+                false
+            }
+            Err(_) => true,
+        });
+        assert!(refused, "the backlog never filled");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn connect_line_parsing_is_strict() {
