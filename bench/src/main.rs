@@ -1,0 +1,245 @@
+//! `hull-bench`, the project's benchmark harness.
+//!
+//! `hull-bench <boot|devices> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
+//! one-paragraph description of the machine, then one table per benchmark (median, p90, min, max) as each
+//! finishes, and with `--json` writes every sample and summary to FILE.
+//!
+//! Exit codes: 0 every benchmark produced its figures; 1 at least one failed (its section says why);
+//! 2 bad usage, or the machine cannot run the suite (no hull binary, no usable /dev/kvm).
+//!
+//! Trusts nothing from the outside without checking: arguments are parsed strictly, and whatever hull or
+//! its guests print is only searched.
+
+mod boot;
+mod devbench;
+mod error;
+mod machine;
+mod report;
+mod smaps;
+mod stats;
+mod virtq;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use error::{BenchError, Result};
+use machine::{is_executable, Machine};
+use report::{run_section, Section};
+
+const USAGE: &str = "\
+usage: hull-bench <suite> [options]
+
+suites:
+  boot       hull spawn → API socket; InstanceStart → tiny guest's boot timer (API and --config-file);
+             hull RSS minus guest memory; with --linux, hull start → Linux `Run /init`
+  devices    virtio-blk, -vsock and -net device cores driven through guest-memory queues, next to the
+             raw host operation (pread/pwrite, unix socket pair, TAP write)
+
+options:
+  --runs N         samples per boot metric (default 20), timed windows per device row (default 5)
+  --json FILE      also write all samples and summaries as JSON to FILE
+  --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
+  --window-ms MS   devices: length of one timed window (default 1000)
+  --hull PATH      the hull binary (default: $HULL_BIN, else target/release/hull, else target/debug/hull)
+  -h, --help       this text
+
+exit codes: 0 all figures produced, 1 a benchmark failed, 2 usage or environment error";
+
+#[derive(Debug, PartialEq)]
+struct Args {
+    suite: String,
+    runs: Option<usize>,
+    json: Option<PathBuf>,
+    linux: bool,
+    window: Duration,
+    hull: Option<PathBuf>,
+}
+
+/// Parses the arguments after the program name. `Ok(None)` means help was asked for.
+fn parse_args(args: &[String]) -> Result<Option<Args>> {
+    let mut suite = None;
+    let mut parsed =
+        Args { suite: String::new(), runs: None, json: None, linux: false, window: Duration::from_secs(1), hull: None };
+    let mut it = args.iter();
+    let usage = |msg: String| BenchError::env(format!("{msg}\n\n{USAGE}"));
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| usage(format!("{name} needs a value")));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--runs" => {
+                let v = value("--runs")?;
+                let n: usize = v.parse().map_err(|_| usage(format!("--runs {v:?} is not a number")))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(usage(format!("--runs must be 1 to 1000, not {n}")));
+                }
+                parsed.runs = Some(n);
+            }
+            "--json" => parsed.json = Some(PathBuf::from(value("--json")?)),
+            "--linux" => parsed.linux = true,
+            "--window-ms" => {
+                let v = value("--window-ms")?;
+                let ms: u64 = v.parse().map_err(|_| usage(format!("--window-ms {v:?} is not a number")))?;
+                if !(10..=60_000).contains(&ms) {
+                    return Err(usage(format!("--window-ms must be 10 to 60000, not {ms}")));
+                }
+                parsed.window = Duration::from_millis(ms);
+            }
+            "--hull" => parsed.hull = Some(PathBuf::from(value("--hull")?)),
+            other if other.starts_with('-') => return Err(usage(format!("unknown option {other}"))),
+            other => {
+                if suite.replace(other.to_string()).is_some() {
+                    return Err(usage("only one suite at a time".into()));
+                }
+            }
+        }
+    }
+    let suite = suite.ok_or_else(|| usage("which suite? boot or devices".into()))?;
+    if suite != "boot" && suite != "devices" {
+        return Err(usage(format!("unknown suite {suite:?}")));
+    }
+    if parsed.linux && suite != "boot" {
+        return Err(usage("--linux belongs to the boot suite".into()));
+    }
+    parsed.suite = suite;
+    Ok(Some(parsed))
+}
+
+/// The hull binary: `--hull`, `$HULL_BIN`, then the workspace's release and debug builds.
+fn find_hull(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let root = hull_tests::repo_root();
+    let candidates: Vec<PathBuf> = match explicit.or_else(|| std::env::var_os("HULL_BIN").map(PathBuf::from)) {
+        Some(p) => vec![p],
+        None => vec![root.join("target/release/hull"), root.join("target/debug/hull")],
+    };
+    candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| {
+        BenchError::env(format!(
+            "no hull binary (looked at {}); build it with `cargo build --release -p api-server`, or pass --hull PATH",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+fn run(args: Args) -> Result<Vec<Section>> {
+    let machine = Machine::probe();
+    let mut json = serde_json::json!({
+        "tool": "hull-bench",
+        "suite": args.suite,
+        "machine": machine.to_json(),
+        "stats": "median (mean of the middle two for even counts), p90 nearest-rank, min, max",
+    });
+    let sections = match args.suite.as_str() {
+        "boot" => {
+            let hull = find_hull(args.hull.clone())?;
+            if !machine.kvm_usable {
+                return Err(BenchError::env("/dev/kvm is missing or not accessible to this user: hull cannot boot"));
+            }
+            // hull_tests::Hull starts `$HULL_BIN`; no other thread runs yet.
+            std::env::set_var("HULL_BIN", &hull);
+            let profile = if hull.components().any(|c| c.as_os_str() == "debug") {
+                " (a DEBUG build: figures are not representative; build with --release)"
+            } else {
+                ""
+            };
+            print_header(&machine, &format!("hull binary: {}{profile}.", hull.display()));
+            json["hull_bin"] = serde_json::json!(hull);
+            boot::run(&boot::BootOptions { runs: args.runs.unwrap_or(20), linux: args.linux, hull_bin: hull })
+        }
+        _ => {
+            print_header(&machine, "");
+            let opts = devbench::DeviceOptions { runs: args.runs.unwrap_or(5), window: args.window };
+            vec![
+                run_section("devices.block", "virtio-blk core vs pread/pwrite on the same file", |s| {
+                    devbench::block::run(s, &opts)
+                }),
+                run_section(
+                    "devices.vsock",
+                    "virtio-vsock core (hybrid unix backend) vs a raw unix socket pair",
+                    |s| devbench::vsock::run(s, &opts),
+                ),
+                run_section("devices.net", "virtio-net core vs raw TAP writes", |s| devbench::net::run(s, &opts)),
+            ]
+        }
+    };
+    if let Some(path) = &args.json {
+        json["sections"] = serde_json::Value::Array(sections.iter().map(Section::to_json).collect());
+        json["load_end"] = serde_json::json!(machine::Load::now().map(|l| l.to_json()));
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        std::fs::write(path, text + "\n")
+            .map_err(|e| BenchError::failed(format!("writing {}: {e}", path.display())))?;
+        println!("\nJSON written to {}", path.display());
+    }
+    Ok(sections)
+}
+
+fn print_header(machine: &Machine, extra: &str) {
+    println!("{} {extra}", machine.paragraph());
+    println!(
+        "Statistics: median (mean of the middle two for an even count), p90 nearest-rank, min, max over the samples."
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match parse_args(&args) {
+        Ok(None) => {
+            println!("{USAGE}");
+            0
+        }
+        Ok(Some(args)) => match run(args) {
+            Ok(sections) => {
+                let failed: Vec<&str> = sections.iter().filter(|s| s.error.is_some()).map(|s| s.id.as_str()).collect();
+                if failed.is_empty() {
+                    0
+                } else {
+                    eprintln!("hull-bench: {} benchmark(s) failed: {}", failed.len(), failed.join(", "));
+                    1
+                }
+            }
+            Err(e) => {
+                eprintln!("hull-bench: {e}");
+                e.exit_code()
+            }
+        },
+        Err(e) => {
+            eprintln!("hull-bench: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>> {
+        parse_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn arguments_are_parsed() {
+        let a = parse(&["boot", "--runs", "7", "--json", "/tmp/x.json", "--linux"]).unwrap().unwrap();
+        assert_eq!((a.suite.as_str(), a.runs, a.linux), ("boot", Some(7), true));
+        assert_eq!(a.json, Some(PathBuf::from("/tmp/x.json")));
+        let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
+        assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["boot", "--runs"][..],
+            &["boot", "--runs", "0"],
+            &["boot", "--runs", "x"],
+            &["nope"],
+            &[],
+            &["boot", "devices"],
+            &["devices", "--linux"],
+            &["boot", "--frob"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+}
