@@ -173,3 +173,82 @@ pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
     let _ = replies.join();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::io::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn msg(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&request.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn enable(index: u32, on: u32, flags: u32) -> Vec<u8> {
+        let mut p = index.to_le_bytes().to_vec();
+        p.extend_from_slice(&on.to_le_bytes());
+        msg(SET_VRING_ENABLE, flags, &p)
+    }
+
+    fn read_msg(s: &mut UnixStream) -> (u32, u32, Vec<u8>, usize) {
+        let m = read_message(s).unwrap().unwrap();
+        (m.request(), m.flags(), m.bytes[HDR_LEN..].to_vec(), m.fds.len())
+    }
+
+    #[test]
+    fn early_enable_is_acked_held_and_replayed_after_set_features() {
+        let (mut qemu, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, mut backend) = UnixStream::pair().unwrap();
+        for s in [&qemu, &backend] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let relay = std::thread::spawn(move || relay(relay_front, relay_back));
+
+        // Before SET_FEATURES: enable(0, 1) wants a reply, enable(1, 1) does not; neither reaches the backend.
+        qemu.write_all(&enable(0, 1, FLAG_VERSION_1 | FLAG_NEED_REPLY)).unwrap();
+        let (req, flags, payload, _) = read_msg(&mut qemu);
+        assert_eq!((req, flags & FLAG_REPLY != 0, payload), (SET_VRING_ENABLE, true, 0u64.to_le_bytes().to_vec()));
+        qemu.write_all(&enable(1, 1, FLAG_VERSION_1)).unwrap();
+        qemu.write_all(&enable(1, 0, FLAG_VERSION_1)).unwrap();
+
+        // A message with an fd passes through with its fd.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        qemu.send_with_fds(&[&msg(13, FLAG_VERSION_1, &[0; 8])[..]], &[file.as_raw_fd()]).unwrap();
+        let (req, _, _, nfds) = read_msg(&mut backend);
+        assert_eq!((req, nfds), (13, 1));
+
+        // SET_FEATURES goes through, followed by the last held state of each ring.
+        qemu.write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &(1u64 << 30).to_le_bytes())).unwrap();
+        assert_eq!(read_msg(&mut backend).0, SET_FEATURES);
+        let (req, _, p, _) = read_msg(&mut backend);
+        assert_eq!((req, p), (SET_VRING_ENABLE, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat()));
+        let (req, _, p, _) = read_msg(&mut backend);
+        assert_eq!((req, p), (SET_VRING_ENABLE, [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat()));
+
+        // Afterwards SET_VRING_ENABLE is forwarded untouched, and replies flow back.
+        qemu.write_all(&enable(0, 0, FLAG_VERSION_1)).unwrap();
+        assert_eq!(read_msg(&mut backend).0, SET_VRING_ENABLE);
+        backend.write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &7u64.to_le_bytes())).unwrap();
+        assert_eq!(read_msg(&mut qemu).2, 7u64.to_le_bytes().to_vec());
+
+        drop(qemu);
+        relay.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn oversized_payload_ends_the_session() {
+        let (mut qemu, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, _backend) = UnixStream::pair().unwrap();
+        let relay = std::thread::spawn(move || relay(relay_front, relay_back));
+        let mut hdr = msg(13, FLAG_VERSION_1, &[]);
+        hdr[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        qemu.write_all(&hdr).unwrap();
+        assert!(relay.join().unwrap().is_err());
+    }
+}
