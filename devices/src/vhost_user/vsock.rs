@@ -26,5 +26,8 @@ pub fn run(args: &VsockArgs) -> Result<(), Error> {
     }
     let cfg = VsockConfig { guest_cid: args.guest_cid, uds_path: args.uds_path.clone() };
     let device = Vsock::new(&cfg).map_err(|e| Error::Device { device: "vsock", reason: e.to_string() })?;
-    serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket)
+    let result = serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket);
+    // Worker threads may still hold the device when the process exits; do not leave the socket behind.
+    let _ = std::fs::remove_file(&args.uds_path);
+    result
 }
