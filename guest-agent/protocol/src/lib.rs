@@ -1,0 +1,52 @@
+//! The hull agent protocol, defined once for the agent, `hull run` and the containerd shim.
+//!
+//! - [`agent`] and [`agent_ttrpc`]: the protobuf messages and the ttrpc service generated from
+//!   `proto/agent.proto` (pure-Rust code generation, no `protoc`).
+//! - [`stdio`]: the one-line handshake that opens a process's stdio stream on its own vsock connection.
+//! - [`ids`]: the identifier rule both sides enforce.
+//! - [`hybrid`]: the host end of Firecracker's hybrid vsock (`CONNECT <port>\n` → `OK <port>\n`).
+//!
+//! Nothing here trusts the peer: every text read from a connection is length-bounded and validated.
+
+/// Generated protobuf messages.
+#[allow(
+    clippy::all,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals
+)]
+#[allow(unused_imports, unused_mut, unused_results, unknown_lints)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+/// Generated ttrpc client and server glue.
+#[allow(
+    clippy::all,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals
+)]
+#[allow(unused_imports, unused_mut, unused_results, unknown_lints)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub mod hybrid;
+pub mod ids;
+pub mod stdio;
+
+/// Guest vsock port the agent's ttrpc service listens on.
+pub const AGENT_PORT: u32 = 1024;
+/// Guest vsock port for process stdio streams.
+pub const STDIO_PORT: u32 = 1025;
+/// The guest's vsock context id, on every backend.
+pub const GUEST_CID: u32 = 3;
+/// Bumped when a message or call changes meaning.
+pub const PROTOCOL_REVISION: u32 = 1;
+
+pub use protobuf;
+pub use ttrpc;

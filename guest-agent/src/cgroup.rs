@@ -1,0 +1,238 @@
+//! cgroup v2 for containers: one directory per container under `/sys/fs/cgroup/hull/<id>`, limits from the
+//! OCI `LinuxResources`, statistics, freezing and killing. Values from the spec are numbers we format
+//! ourselves; `unified` keys are checked to be plain file names.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+
+use crate::sys::write_file;
+
+pub const ROOT: &str = "/sys/fs/cgroup";
+const PARENT: &str = "/sys/fs/cgroup/hull";
+const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("bad unified cgroup key {0:?}")]
+    BadKey(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Enables the controllers for children of `dir`, each on its own (one missing controller must not stop
+/// the others).
+fn enable_controllers(dir: &Path) {
+    for c in CONTROLLERS {
+        let _ = write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}"));
+    }
+}
+
+/// Prepares the hierarchy once at boot.
+pub fn init() {
+    enable_controllers(Path::new(ROOT));
+    let _ = std::fs::create_dir_all(PARENT);
+    enable_controllers(Path::new(PARENT));
+}
+
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn create(id: &str) -> Result<Cgroup, CgroupError> {
+        let path = Path::new(PARENT).join(id);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Ok(Cgroup { path })
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
+        let p = self.path.join(file);
+        write_file(&p, value).map_err(io_err(&p))
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path.join(file)).unwrap_or_default()
+    }
+
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// Applies OCI resources (memory, cpu, pids, block io weight, unified).
+    pub fn apply(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let limit = |v: i64| {
+            if v < 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        if let Some(m) = r.memory() {
+            if let Some(l) = m.limit() {
+                self.write("memory.max", &limit(l))?;
+            }
+            if let Some(res) = m.reservation() {
+                self.write("memory.low", &limit(res))?;
+            }
+            if let Some(swap) = m.swap() {
+                // OCI's swap is memory + swap; cgroup v2 counts swap alone.
+                let v = match (m.limit(), swap) {
+                    (_, s) if s < 0 => "max".to_string(),
+                    (Some(l), s) if l >= 0 => (s - l).max(0).to_string(),
+                    (_, s) => s.to_string(),
+                };
+                // No swap in the guest: the file may not exist.
+                let _ = self.write("memory.swap.max", &v);
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if c.quota().is_some() || c.period().is_some() {
+                let quota = c
+                    .quota()
+                    .filter(|q| *q > 0)
+                    .map_or("max".to_string(), |q| q.to_string());
+                self.write(
+                    "cpu.max",
+                    &format!("{quota} {}", c.period().unwrap_or(100_000)),
+                )?;
+            }
+            if let Some(shares) = c.shares().filter(|s| *s > 0) {
+                let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                self.write("cpu.weight", &weight.to_string())?;
+            }
+            if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+                self.write("cpuset.cpus", cpus)?;
+            }
+            if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+                self.write("cpuset.mems", mems)?;
+            }
+        }
+        if let Some(p) = r.pids() {
+            self.write(
+                "pids.max",
+                &if p.limit() > 0 {
+                    p.limit().to_string()
+                } else {
+                    "max".into()
+                },
+            )?;
+        }
+        if let Some(w) = r.block_io().as_ref().and_then(|b| b.weight()) {
+            // io.weight needs an I/O scheduler with weights; without one the file is absent.
+            let _ = self.write("io.weight", &format!("default {w}"));
+        }
+        for (key, value) in r.unified().clone().unwrap_or_default() {
+            if key.contains('/') || key.starts_with('.') || key.is_empty() {
+                return Err(CgroupError::BadKey(key));
+            }
+            self.write(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
+    /// SIGKILL to every process in the cgroup (cgroup.kill, Linux 5.14+).
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        self.write("cgroup.kill", "1")
+    }
+
+    pub fn procs(&self) -> Vec<i32> {
+        self.read("cgroup.procs")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// `key value` lines of a flat-keyed file.
+    fn keyed(&self, file: &str) -> std::collections::HashMap<String, u64> {
+        self.read(file)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn number(&self, file: &str) -> u64 {
+        self.read(file).trim().parse().unwrap_or(0)
+    }
+
+    pub fn oom_kills(&self) -> u64 {
+        self.keyed("memory.events")
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> hull_agent_protocol::agent::StatsContainerResponse {
+        use hull_agent_protocol::agent::*;
+        let cpu = self.keyed("cpu.stat");
+        let mem = self.keyed("memory.stat");
+        let events = self.keyed("memory.events");
+        let g =
+            |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let mut r = StatsContainerResponse::new();
+        let mut c = CpuStats::new();
+        c.usage_usec = g(&cpu, "usage_usec");
+        c.user_usec = g(&cpu, "user_usec");
+        c.system_usec = g(&cpu, "system_usec");
+        c.nr_periods = g(&cpu, "nr_periods");
+        c.nr_throttled = g(&cpu, "nr_throttled");
+        c.throttled_usec = g(&cpu, "throttled_usec");
+        r.cpu = Some(c).into();
+        let mut m = MemoryStats::new();
+        m.current = self.number("memory.current");
+        m.max = self.number("memory.max");
+        m.anon = g(&mem, "anon");
+        m.file = g(&mem, "file");
+        m.oom = g(&events, "oom");
+        m.oom_kill = g(&events, "oom_kill");
+        r.memory = Some(m).into();
+        let mut p = PidsStats::new();
+        p.current = self.number("pids.current");
+        p.max = self.number("pids.max");
+        r.pids = Some(p).into();
+        for line in self.read("io.stat").lines() {
+            let mut words = line.split_whitespace();
+            let Some((major, minor)) = words.next().and_then(|d| d.split_once(':')) else {
+                continue;
+            };
+            let mut d = IoDeviceStats::new();
+            d.major = major.parse().unwrap_or(0);
+            d.minor = minor.parse().unwrap_or(0);
+            for kv in words {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => d.rbytes = v,
+                    "wbytes" => d.wbytes = v,
+                    "rios" => d.rios = v,
+                    "wios" => d.wios = v,
+                    _ => {}
+                }
+            }
+            r.io.push(d);
+        }
+        r
+    }
+
+    /// Removes the directory (it must hold no process).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        std::fs::remove_dir(&self.path).map_err(io_err(&self.path))
+    }
+}

@@ -1,0 +1,836 @@
+//! The agent's containers and processes: create (rootfs mounts, cgroup, `hull-init` in new namespaces),
+//! start, exec (`hull-exec`), signal, wait, stdio lookup, stats, pause/resume, resource updates, OOM
+//! events and removal. Every request names its container and process by validated ids; the OCI documents
+//! are parsed with oci-spec and only the parts this module understands are acted on.
+//!
+//! Paths: `/run/hull/containers/<id>/{image,rw,rootfs,m<N>}` hold the container's mounts in the agent's
+//! mount namespace; the spec's `root.path` is ignored (the rootfs is the `Storage` the host names).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::agent::{StdioConfig, Storage};
+use hull_agent_protocol::ids::{validate_exec_id, validate_id, IdError};
+use hull_agent_protocol::stdio::{StdioRequest, Stream};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
+
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::channel::{Channel, FromHelper, ToHelper};
+use crate::init::{spawn_helper, ExecConfig, InitConfig, EXEC_ARGV0, INIT_ARGV0};
+use crate::reaper::Reaper;
+use crate::stdio::{Attach, ProcessIo};
+use crate::sys::{mount, umount_detach, ExitStatus};
+
+const STATE_DIR: &str = "/run/hull/containers";
+/// How long a helper may take to report back.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    BadId(#[from] IdError),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("no container {0}")]
+    NoContainer(String),
+    #[error("no process {exec:?} in container {container}")]
+    NoProcess { container: String, exec: String },
+    #[error("process {0:?} already exists")]
+    ProcessExists(String),
+    #[error("container {0} is not in a state that allows this ({1})")]
+    BadState(String, &'static str),
+    #[error("invalid OCI document: {0}")]
+    BadSpec(String),
+    #[error("block device {0:?} not found or not acceptable")]
+    BadDevice(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("container setup failed: {0}")]
+    Helper(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// A process's end, as WaitProcess reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessExit {
+    pub status: ExitStatus,
+    pub oom_killed: bool,
+    pub at_unix_nanos: i64,
+}
+
+pub struct ProcessEntry {
+    pub pid: i32,
+    io: Mutex<ProcessIo>,
+    exit: Mutex<Option<ProcessExit>>,
+    exited: Condvar,
+}
+
+impl ProcessEntry {
+    fn new(pid: i32, io: ProcessIo) -> Arc<ProcessEntry> {
+        Arc::new(ProcessEntry {
+            pid,
+            io: Mutex::new(io),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+        })
+    }
+
+    fn set_exit(&self, e: ProcessExit) {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.exited.notify_all();
+    }
+
+    pub fn wait(&self) -> ProcessExit {
+        let mut g = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(e) = *g {
+                return e;
+            }
+            g = self.exited.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Created,
+    Running,
+    Stopped,
+}
+
+pub struct Container {
+    id: String,
+    dir: PathBuf,
+    /// Mount points to detach on removal, innermost last.
+    mounts: Vec<PathBuf>,
+    cgroup: Cgroup,
+    namespaces: Vec<String>,
+    init: Arc<ProcessEntry>,
+    /// The init helper's channel until Start hands it to the watcher.
+    channel: Mutex<Option<Channel>>,
+    execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
+    state: Mutex<State>,
+    oom_seen: Mutex<u64>,
+}
+
+pub struct Agent {
+    reaper: Arc<Reaper>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    ooms: Mutex<VecDeque<String>>,
+    oom_cv: Condvar,
+    pub started: Instant,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// `/dev/<name>` for "vda"-style names, or the device whose virtio-blk serial matches "serial:<s>".
+fn resolve_device(device: &str) -> Result<PathBuf, AgentError> {
+    let bad = || AgentError::BadDevice(device.chars().take(64).collect());
+    if let Some(serial) = device.strip_prefix("serial:") {
+        for entry in std::fs::read_dir("/sys/block")
+            .map_err(io_err("/sys/block"))?
+            .flatten()
+        {
+            let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+            if !serial.is_empty() && s.trim() == serial {
+                return Ok(Path::new("/dev").join(entry.file_name()));
+            }
+        }
+        return Err(bad());
+    }
+    let name = device.strip_prefix("/dev/").unwrap_or(device);
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let p = Path::new("/dev").join(name);
+    if !p.exists() {
+        return Err(bad());
+    }
+    Ok(p)
+}
+
+fn check_fstype(t: &str) -> Result<&str, AgentError> {
+    match t {
+        "ext4" | "ext3" | "ext2" | "erofs" | "squashfs" | "xfs" | "vfat" | "btrfs" => Ok(t),
+        _ => Err(AgentError::BadSpec(format!(
+            "unsupported file system type {t:?}"
+        ))),
+    }
+}
+
+impl Agent {
+    pub fn new(reaper: Arc<Reaper>) -> Arc<Agent> {
+        let _ = std::fs::create_dir_all(STATE_DIR);
+        let agent = Arc::new(Agent {
+            reaper,
+            containers: Mutex::new(HashMap::new()),
+            ooms: Mutex::new(VecDeque::new()),
+            oom_cv: Condvar::new(),
+            started: Instant::now(),
+        });
+        let a = agent.clone();
+        let _ = std::thread::Builder::new()
+            .name("oom-watch".into())
+            .spawn(move || a.watch_ooms());
+        agent
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        validate_id(id)?;
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NoContainer(id.into()))
+    }
+
+    fn process(
+        &self,
+        id: &str,
+        exec: &str,
+    ) -> Result<(Arc<Container>, Arc<ProcessEntry>), AgentError> {
+        validate_exec_id(exec)?;
+        let c = self.container(id)?;
+        let p = if exec.is_empty() {
+            c.init.clone()
+        } else {
+            c.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(exec)
+                .cloned()
+                .ok_or_else(|| AgentError::NoProcess {
+                    container: id.into(),
+                    exec: exec.into(),
+                })?
+        };
+        Ok((c, p))
+    }
+
+    pub fn create(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: &Storage,
+        extra: &[Storage],
+        stdio: &StdioConfig,
+    ) -> Result<(), AgentError> {
+        validate_id(id)?;
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+        {
+            return Err(AgentError::Exists(id.into()));
+        }
+        let mut spec: Spec =
+            serde_json::from_slice(spec_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| AgentError::BadSpec("no process".into()))?;
+        let dir = Path::new(STATE_DIR).join(id);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut mounts = Vec::new();
+        let result = self.create_inner(
+            id,
+            &dir,
+            &mut spec,
+            &process,
+            rootfs,
+            extra,
+            stdio,
+            &mut mounts,
+        );
+        if result.is_err() {
+            for m in mounts.iter().rev() {
+                let _ = umount_detach(m);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_inner(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: &mut Spec,
+        process: &Process,
+        rootfs: &Storage,
+        extra: &[Storage],
+        stdio: &StdioConfig,
+        mounts: &mut Vec<PathBuf>,
+    ) -> Result<(), AgentError> {
+        // The rootfs: the image (read-only if asked), and an overlay with a tmpfs upper layer on top.
+        let image = dir.join("image");
+        std::fs::create_dir_all(&image).map_err(io_err("mkdir image"))?;
+        let dev = resolve_device(&rootfs.device)?;
+        let flags = if rootfs.read_only { libc::MS_RDONLY } else { 0 };
+        mount(
+            Some(&dev.to_string_lossy()),
+            &image,
+            Some(check_fstype(&rootfs.fstype)?),
+            flags,
+            None,
+        )
+        .map_err(io_err(format!(
+            "mounting {} ({}) on {}",
+            dev.display(),
+            rootfs.fstype,
+            image.display()
+        )))?;
+        mounts.push(image.clone());
+        let root = if rootfs.writable_overlay {
+            let rw = dir.join("rw");
+            std::fs::create_dir_all(&rw).map_err(io_err("mkdir rw"))?;
+            mount(Some("tmpfs"), &rw, Some("tmpfs"), 0, Some("mode=0755"))
+                .map_err(io_err("mounting the overlay's tmpfs"))?;
+            mounts.push(rw.clone());
+            for d in ["upper", "work"] {
+                std::fs::create_dir_all(rw.join(d)).map_err(io_err("mkdir upper/work"))?;
+            }
+            let root = dir.join("rootfs");
+            std::fs::create_dir_all(&root).map_err(io_err("mkdir rootfs"))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                rw.join("upper").display(),
+                rw.join("work").display()
+            );
+            mount(Some("overlay"), &root, Some("overlay"), 0, Some(&data))
+                .map_err(io_err("mounting the overlay"))?;
+            mounts.push(root.clone());
+            root
+        } else {
+            image.clone()
+        };
+        // Extra block devices become bind mounts in the spec.
+        let mut spec_mounts = spec.mounts().clone().unwrap_or_default();
+        for (i, s) in extra.iter().enumerate() {
+            let target = dir.join(format!("m{i}"));
+            std::fs::create_dir_all(&target).map_err(io_err("mkdir extra mount"))?;
+            let dev = resolve_device(&s.device)?;
+            let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
+            mount(
+                Some(&dev.to_string_lossy()),
+                &target,
+                Some(check_fstype(&s.fstype)?),
+                flags,
+                None,
+            )
+            .map_err(io_err(format!("mounting {}", dev.display())))?;
+            mounts.push(target.clone());
+            let m: Mount = serde_json::from_value(serde_json::json!({
+                "destination": s.container_path, "type": "bind", "source": target,
+                "options": if s.read_only { vec!["rbind", "ro"] } else { vec!["rbind", "rw"] },
+            }))
+            .map_err(|e| AgentError::BadSpec(e.to_string()))?;
+            spec_mounts.push(m);
+        }
+        spec.set_mounts(Some(spec_mounts));
+
+        // Namespaces: the ones the spec lists (paths to join are not supported: one VM is one sandbox).
+        let linux = spec.linux().clone().unwrap_or_default();
+        let mut clone_flags = 0;
+        let mut names = Vec::new();
+        let mut cgroup_ns = false;
+        for ns in linux.namespaces().clone().unwrap_or_default() {
+            if ns.path().is_some() {
+                return Err(AgentError::BadSpec(
+                    "joining an existing namespace by path is not supported".into(),
+                ));
+            }
+            let (flag, name) = match ns.typ() {
+                LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
+                LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+                LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+                LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+                LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "net"),
+                LinuxNamespaceType::Cgroup => {
+                    cgroup_ns = true;
+                    (0, "cgroup")
+                }
+                other => {
+                    return Err(AgentError::BadSpec(format!(
+                        "namespace {other:?} is not supported"
+                    )))
+                }
+            };
+            clone_flags |= flag;
+            names.push(name.to_string());
+        }
+        if clone_flags & libc::CLONE_NEWNS == 0 {
+            return Err(AgentError::BadSpec("a mount namespace is required".into()));
+        }
+        // setns order for hull-exec: the mount namespace last, after /proc/<pid>/ns was read.
+        names.sort_by_key(|n| n == "mnt");
+
+        let cgroup = Cgroup::create(id)?;
+        if let Some(r) = linux.resources() {
+            cgroup.apply(r)?;
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let (pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
+            .map_err(io_err("creating stdio pipes"))?;
+        let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
+        let pid = spawn_helper(INIT_ARGV0, clone_flags, child.raw(), helper_end.as_raw_fd())
+            .map_err(io_err("starting hull-init"))?;
+        self.reaper.watch(pid);
+        drop(child);
+        drop(helper_end);
+        let fail = |e: AgentError, reaper: &Reaper| {
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
+            reaper.wait(pid);
+            let _ = cgroup.remove();
+            e
+        };
+        if let Err(e) = cgroup.add_process(pid) {
+            return Err(fail(e.into(), &self.reaper));
+        }
+        let cfg = InitConfig {
+            spec: spec.clone(),
+            rootfs: root,
+            cgroup_ns,
+        };
+        if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
+            return Err(fail(io_err("sending the configuration")(e), &self.reaper));
+        }
+        let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));
+        let mut pio = pio;
+        match ch.recv::<FromHelper>() {
+            Ok(Some((FromHelper::Ready, fd))) => {
+                if terminal {
+                    match fd {
+                        Some(fd) => pio.terminal = Some(File::from(fd)),
+                        None => {
+                            return Err(fail(
+                                AgentError::Helper("no terminal from hull-init".into()),
+                                &self.reaper,
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok(Some((FromHelper::Error(e), _))) => {
+                return Err(fail(AgentError::Helper(e), &self.reaper))
+            }
+            Ok(_) => {
+                return Err(fail(
+                    AgentError::Helper("hull-init ended during setup".into()),
+                    &self.reaper,
+                ))
+            }
+            Err(e) => return Err(fail(io_err("waiting for hull-init")(e), &self.reaper)),
+        }
+        let _ = ch.set_read_timeout(None);
+        let oom_seen = cgroup.oom_kills();
+        let c = Arc::new(Container {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            mounts: std::mem::take(mounts),
+            cgroup,
+            namespaces: names,
+            init: ProcessEntry::new(pid, pio),
+            channel: Mutex::new(Some(ch)),
+            execs: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::Created),
+            oom_seen: Mutex::new(oom_seen),
+        });
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), c);
+        Ok(())
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        let mut state = c.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != State::Created {
+            return Err(AgentError::BadState(
+                id.into(),
+                "start needs a created container",
+            ));
+        }
+        let mut ch = c
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(AgentError::BadState(id.into(), "no channel"))?;
+        ch.send(&ToHelper::Start)
+            .map_err(io_err("starting the container"))?;
+        match ch.recv::<FromHelper>() {
+            Ok(Some((FromHelper::Started { .. }, _))) => {}
+            Ok(Some((FromHelper::Error(e), _))) => return Err(AgentError::Helper(e)),
+            other => {
+                return Err(AgentError::Helper(format!(
+                    "unexpected answer to Start: {:?}",
+                    other.map(|o| o.map(|m| m.0))
+                )))
+            }
+        }
+        *state = State::Running;
+        drop(state);
+        // The watcher: the helper's report of the program's status, then the helper's own end.
+        let reaper = self.reaper.clone();
+        let c2 = c.clone();
+        std::thread::Builder::new()
+            .name(format!("wait-{id}"))
+            .spawn(move || {
+                let mut reported = None;
+                while let Ok(Some((msg, _))) = ch.recv::<FromHelper>() {
+                    if let FromHelper::Exited(st) = msg {
+                        reported = Some(st);
+                    }
+                }
+                let raw = reaper.wait(c2.init.pid);
+                let status = reported.unwrap_or(raw);
+                let oom_killed =
+                    c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
+                *c2.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Stopped;
+                c2.init.set_exit(ProcessExit {
+                    status,
+                    oom_killed,
+                    at_unix_nanos: now_nanos(),
+                });
+            })
+            .map_err(io_err("spawning a watcher thread"))?;
+        Ok(())
+    }
+
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+        stdio: &StdioConfig,
+    ) -> Result<(), AgentError> {
+        validate_id(exec_id)?;
+        let c = self.container(id)?;
+        if *c.state.lock().unwrap_or_else(|p| p.into_inner()) != State::Running {
+            return Err(AgentError::BadState(
+                id.into(),
+                "exec needs a running container",
+            ));
+        }
+        if c.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(exec_id)
+        {
+            return Err(AgentError::ProcessExists(exec_id.into()));
+        }
+        let process: Process =
+            serde_json::from_slice(process_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let terminal = process.terminal().unwrap_or(false);
+        let (mut pio, child) =
+            crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
+                .map_err(io_err("creating stdio pipes"))?;
+        let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
+        let helper = spawn_helper(EXEC_ARGV0, 0, child.raw(), helper_end.as_raw_fd())
+            .map_err(io_err("starting hull-exec"))?;
+        self.reaper.watch(helper);
+        drop(child);
+        drop(helper_end);
+        let cfg = ExecConfig {
+            process,
+            init_pid: c.init.pid,
+            namespaces: c.namespaces.clone(),
+            cgroup: c.cgroup.path.clone(),
+        };
+        let sent = ch.send(&ToHelper::Exec(Box::new(cfg)));
+        let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));
+        let answer = sent
+            .map_err(io_err("sending the exec configuration"))
+            .and_then(|()| {
+                ch.recv::<FromHelper>()
+                    .map_err(io_err("waiting for hull-exec"))
+            });
+        let pid = match answer {
+            Ok(Some((FromHelper::Started { pid }, fd))) if pid > 0 => {
+                if terminal {
+                    pio.terminal = fd.map(File::from);
+                }
+                pid
+            }
+            Ok(Some((FromHelper::Error(e), _))) => {
+                let _ = crate::sys::kill(helper, libc::SIGKILL);
+                self.reaper.wait(helper);
+                return Err(AgentError::Helper(e));
+            }
+            Ok(_) => {
+                self.reaper.wait(helper);
+                return Err(AgentError::Helper(
+                    "hull-exec ended without starting the process".into(),
+                ));
+            }
+            Err(e) => {
+                let _ = crate::sys::kill(helper, libc::SIGKILL);
+                self.reaper.wait(helper);
+                return Err(e);
+            }
+        };
+        self.reaper.watch(pid);
+        self.reaper.wait(helper);
+        let entry = ProcessEntry::new(pid, pio);
+        c.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exec_id.to_string(), entry.clone());
+        let reaper = self.reaper.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("wait-{id}-{exec_id}"))
+            .spawn(move || {
+                let status = reaper.wait(pid);
+                entry.set_exit(ProcessExit {
+                    status,
+                    oom_killed: false,
+                    at_unix_nanos: now_nanos(),
+                });
+            });
+        Ok(())
+    }
+
+    pub fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), AgentError> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or(AgentError::BadSpec(format!("bad signal {signal}")))?;
+        let (c, p) = self.process(id, exec)?;
+        if all {
+            if sig == libc::SIGKILL {
+                return Ok(c.cgroup.kill_all()?);
+            }
+            for pid in c.cgroup.procs() {
+                let _ = crate::sys::kill(pid, sig);
+            }
+            return Ok(());
+        }
+        if p.has_exited() {
+            return Ok(());
+        }
+        crate::sys::kill(p.pid, sig).map_err(io_err(format!("kill({}, {sig})", p.pid)))
+    }
+
+    pub fn wait(&self, id: &str, exec: &str) -> Result<ProcessExit, AgentError> {
+        let (c, p) = self.process(id, exec)?;
+        if exec.is_empty() && *c.state.lock().unwrap_or_else(|p| p.into_inner()) == State::Created {
+            // Waiting before Start is allowed (containerd does it): block until it ends.
+        }
+        Ok(p.wait())
+    }
+
+    pub fn close_stdin(&self, id: &str, exec: &str, total: u64) -> Result<(), AgentError> {
+        let (_, p) = self.process(id, exec)?;
+        let mut io = p.io.lock().unwrap_or_else(|p| p.into_inner());
+        io.stdin_ctl.close_at(total);
+        // Never attached: drop our end so the process sees end of file.
+        if total == 0 {
+            io.stdin = None;
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, id: &str, exec: &str, rows: u32, cols: u32) -> Result<(), AgentError> {
+        let (_, p) = self.process(id, exec)?;
+        let io = p.io.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = libc::winsize {
+            ws_row: rows.min(u16::MAX as u32) as u16,
+            ws_col: cols.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let fd = io
+            .terminal
+            .as_ref()
+            .map(|t| t.as_raw_fd())
+            .ok_or(AgentError::BadState(id.into(), "no terminal"))?;
+        // SAFETY: TIOCSWINSZ reads one winsize we own.
+        crate::sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
+            .map_err(io_err("TIOCSWINSZ"))
+            .map(drop)
+    }
+
+    /// The stdio attach lookup for the stdio listener.
+    pub fn attach(&self, req: &StdioRequest) -> Result<Attach, String> {
+        let (_, p) = self
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| e.to_string())?;
+        let mut io = p.io.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = match req.stream {
+            Stream::Stdin => io
+                .stdin
+                .take()
+                .map(|f| Attach::Input(f, io.stdin_ctl.clone())),
+            Stream::Stdout => io.stdout.take().map(Attach::Output),
+            Stream::Stderr => io.stderr.take().map(Attach::Output),
+            Stream::Terminal => io
+                .terminal
+                .as_ref()
+                .and_then(|t| t.try_clone().ok())
+                .map(Attach::Terminal),
+        };
+        taken.ok_or_else(|| {
+            format!(
+                "{} is not available (not requested, or already attached)",
+                req.stream.as_str()
+            )
+        })
+    }
+
+    pub fn list(&self, id: &str) -> Result<Vec<(i32, String)>, AgentError> {
+        let c = self.container(id)?;
+        Ok(c.cgroup
+            .procs()
+            .into_iter()
+            .map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .trim()
+                    .chars()
+                    .take(4096)
+                    .collect();
+                (pid, cmd)
+            })
+            .collect())
+    }
+
+    pub fn stats(
+        &self,
+        id: &str,
+    ) -> Result<hull_agent_protocol::agent::StatsContainerResponse, AgentError> {
+        Ok(self.container(id)?.cgroup.stats())
+    }
+
+    pub fn update(&self, id: &str, json: &[u8]) -> Result<(), AgentError> {
+        let r: LinuxResources =
+            serde_json::from_slice(json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        Ok(self.container(id)?.cgroup.apply(&r)?)
+    }
+
+    pub fn pause(&self, id: &str, frozen: bool) -> Result<(), AgentError> {
+        Ok(self.container(id)?.cgroup.freeze(frozen)?)
+    }
+
+    /// Blocks until some container records a new OOM kill.
+    pub fn next_oom(&self) -> String {
+        let mut q = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(id) = q.pop_front() {
+                return id;
+            }
+            q = self.oom_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn watch_ooms(&self) {
+        let mut last: HashMap<String, u64> = HashMap::new();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let cs: Vec<Arc<Container>> = self
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for c in cs {
+                let n = c.cgroup.oom_kills();
+                let prev = last.entry(c.id.clone()).or_insert(0);
+                if n > *prev {
+                    *prev = n;
+                    let mut q = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.len() < 1024 {
+                        q.push_back(c.id.clone());
+                    }
+                    self.oom_cv.notify_all();
+                }
+            }
+        }
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), AgentError> {
+        let c = self.container(id)?;
+        let state = *c.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.init.has_exited() {
+            let _ = c.cgroup.kill_all();
+            let _ = crate::sys::kill(c.init.pid, libc::SIGKILL);
+            if state == State::Created {
+                // No watcher thread yet: collect the helper here.
+                c.channel.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let st = self.reaper.wait(c.init.pid);
+                c.init.set_exit(ProcessExit {
+                    status: st,
+                    oom_killed: false,
+                    at_unix_nanos: now_nanos(),
+                });
+            } else {
+                c.init.wait();
+            }
+        }
+        // Exec'd processes die with the PID namespace; give the cgroup a moment to empty.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.cgroup.procs().is_empty() && Instant::now() < deadline {
+            let _ = c.cgroup.kill_all();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for m in c.mounts.iter().rev() {
+            let _ = umount_detach(m);
+        }
+        let _ = c.cgroup.remove();
+        let _ = std::fs::remove_dir_all(&c.dir);
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Removes every container (for Shutdown).
+    pub fn remove_all(&self) {
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = self.remove(&id);
+        }
+    }
+}

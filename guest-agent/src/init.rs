@@ -1,0 +1,338 @@
+//! The two helper programs the agent starts by re-executing itself (the agent binary, chosen by argv[0]):
+//!
+//! - `hull-init`: PID 1 of a container's PID namespace. Receives [`InitConfig`] on the channel, joins its
+//!   cgroup namespace, builds the file system view ([`crate::rootfs`]), sets the hostname, allocates the
+//!   terminal from the container's own devpts, reports `Ready`, waits for `Start`, then forks the container's
+//!   program (so it is never the namespace's init, whose signals the kernel filters) and stays as a small
+//!   init: it reaps orphans, forwards signals to the program, and reports the program's exact status
+//!   (`Exited`) before exiting itself — which tears the namespace down.
+//! - `hull-exec`: joins a running container (cgroup, then ipc/uts/net/pid/mnt namespaces of its init) and
+//!   starts one process there with clone(CLONE_PARENT), so the process is the agent's child and the agent
+//!   reaps it; reports its PID and exits.
+//!
+//! Both run single-threaded with nothing but the channel and stdio open, and trust only the agent.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{Channel, FromHelper, ToHelper, HELPER_FD};
+use crate::process::PreparedProcess;
+use crate::sys::{cpath, cstr, cvt, ExitStatus};
+
+pub const INIT_ARGV0: &str = "hull-init";
+pub const EXEC_ARGV0: &str = "hull-exec";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub spec: Spec,
+    /// The prepared rootfs in the agent's mount namespace.
+    pub rootfs: PathBuf,
+    /// unshare(CLONE_NEWCGROUP) once in the container's cgroup.
+    pub cgroup_ns: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub process: Process,
+    /// The container's init, whose namespaces are joined.
+    pub init_pid: i32,
+    /// Namespace names under /proc/PID/ns to join, in order.
+    pub namespaces: Vec<String>,
+    /// The container's cgroup directory.
+    pub cgroup: PathBuf,
+}
+
+/// Starts `/proc/self/exe` as `argv0` with `stdio` as fds 0-2 and `channel` as fd 3, in a child created with
+/// `clone_flags` (namespaces). The child only duplicates descriptors and execs: safe from a threaded agent.
+pub fn spawn_helper(
+    argv0: &str,
+    clone_flags: libc::c_int,
+    stdio: [RawFd; 3],
+    channel: RawFd,
+) -> io::Result<i32> {
+    let exe = c"/proc/self/exe";
+    let arg0 = cstr(argv0)?;
+    let argv = [arg0.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let sources = [stdio[0], stdio[1], stdio[2], channel];
+    // SAFETY: a fork-like clone (no new stack: the child runs on a copy of ours). The child calls only
+    // async-signal-safe functions (fcntl, dup2, execve, _exit) on data prepared above, then leaves.
+    unsafe {
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            (clone_flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // Move every source out of the way first so the dup2s below cannot clobber one another.
+            let mut high = [0; 4];
+            for (i, fd) in sources.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] < 0 {
+                    libc::_exit(126);
+                }
+            }
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup2(*fd, i as RawFd) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+        Ok(pid as i32)
+    }
+}
+
+/// A pty pair from the devpts instance mounted at /dev/pts of the current mount namespace: (master, slave).
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: open/ioctl with valid C strings and pointers to locals.
+    unsafe {
+        let master = cvt(libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
+        let master = OwnedFd::from_raw_fd(master);
+        let unlock: libc::c_int = 0;
+        cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock))?;
+        let mut n: libc::c_uint = 0;
+        cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n))?;
+        let path = cstr(format!("/dev/pts/{n}"))?;
+        let slave = cvt(libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
+        Ok((master, OwnedFd::from_raw_fd(slave)))
+    }
+}
+
+/// Puts the slave on fds 0-2 (in the child that becomes the process).
+fn attach_slave(slave: RawFd) {
+    for fd in 0..3 {
+        // SAFETY: dup2 on descriptor numbers.
+        unsafe { libc::dup2(slave, fd) };
+    }
+}
+
+/// Entry point of `hull-init`. Never returns.
+pub fn init_main() -> ! {
+    let mut ch = match Channel::from_helper_fd() {
+        Ok(c) => c,
+        Err(_) => std::process::exit(125),
+    };
+    let code = match init_run(&mut ch) {
+        Ok(status) => {
+            let _ = ch.send(&FromHelper::Exited(status));
+            if status.signal != 0 {
+                128 + status.signal
+            } else {
+                status.code
+            }
+        }
+        Err(e) => {
+            let _ = ch.send(&FromHelper::Error(e));
+            125
+        }
+    };
+    std::process::exit(code)
+}
+
+fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
+    let cfg = match ch.recv::<ToHelper>() {
+        Ok(Some((ToHelper::Init(cfg), _))) => cfg,
+        Ok(_) => return Err("expected the container's configuration".into()),
+        Err(e) => return Err(format!("reading the configuration: {e}")),
+    };
+    // Our own OOM protection: the kernel should pick the program, whose death we report.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    if cfg.cgroup_ns {
+        // SAFETY: unshare takes a flag word.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
+            .map_err(|e| format!("unshare(cgroup): {e}"))?;
+    }
+    crate::rootfs::setup(&cfg.spec, &cfg.rootfs).map_err(|e| e.to_string())?;
+    if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        // SAFETY: pointer and length of a live string.
+        cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) })
+            .map_err(|e| format!("sethostname: {e}"))?;
+    }
+    let process = cfg
+        .spec
+        .process()
+        .clone()
+        .ok_or("the spec has no process")?;
+    let prepared = PreparedProcess::prepare(&process).map_err(|e| e.to_string())?;
+    let pty = if prepared.controlling_tty {
+        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
+    } else {
+        None
+    };
+    ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    match ch.recv::<ToHelper>() {
+        Ok(Some((ToHelper::Start, _))) => {}
+        _ => return Err("expected Start".into()),
+    }
+    let signals = forwarding_signals();
+    // SAFETY: we are single-threaded; the child runs PreparedProcess::exec (system calls) and leaves.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let _ = std::fs::write(
+            "/proc/self/oom_score_adj",
+            process.oom_score_adj().unwrap_or(0).to_string(),
+        );
+        if let Some((_, slave)) = &pty {
+            attach_slave(slave.as_raw_fd());
+        }
+        let _ = prepared.exec();
+        // SAFETY: leaving the child without running our parent's exit handlers.
+        unsafe { libc::_exit(127) };
+    }
+    drop(pty);
+    let _ = ch.send(&FromHelper::Started { pid: 0 });
+    Ok(supervise(pid, &signals))
+}
+
+/// Installs a no-op handler on every signal we forward (the kernel drops signals to a namespace's init that
+/// has no handler), then blocks them and SIGCHLD for sigwaitinfo. Returns the blocked set.
+fn forwarding_signals() -> libc::sigset_t {
+    extern "C" fn noop(_: libc::c_int) {}
+    // SAFETY: a local signal set; sigaction with a plain function pointer handler.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..32 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            libc::signal(
+                sig,
+                noop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Reaps until the program ends; forwards every other signal to it.
+fn supervise(program: i32, set: &libc::sigset_t) -> ExitStatus {
+    loop {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes our local.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == program {
+                return ExitStatus::from_wait(status);
+            }
+        }
+        // SAFETY: a zeroed siginfo the kernel fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigwaitinfo(set, &mut info) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            let _ = crate::sys::kill(program, sig);
+        }
+    }
+}
+
+/// Entry point of `hull-exec`. Never returns.
+pub fn exec_main() -> ! {
+    let mut ch = match Channel::from_helper_fd() {
+        Ok(c) => c,
+        Err(_) => std::process::exit(125),
+    };
+    match exec_run(&mut ch) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let _ = ch.send(&FromHelper::Error(e));
+            std::process::exit(125)
+        }
+    }
+}
+
+fn exec_run(ch: &mut Channel) -> Result<(), String> {
+    let cfg = match ch.recv::<ToHelper>() {
+        Ok(Some((ToHelper::Exec(cfg), _))) => cfg,
+        _ => return Err("expected an exec configuration".into()),
+    };
+    crate::sys::write_file(
+        &cfg.cgroup.join("cgroup.procs"),
+        &std::process::id().to_string(),
+    )
+    .map_err(|e| format!("joining the container's cgroup: {e}"))?;
+    // Open every namespace first: /proc changes meaning once we are in the container's mount namespace.
+    let mut fds = Vec::new();
+    for ns in &cfg.namespaces {
+        if !["ipc", "uts", "net", "pid", "mnt", "cgroup"].contains(&ns.as_str()) {
+            return Err(format!("unknown namespace {ns}"));
+        }
+        let path = PathBuf::from(format!("/proc/{}/ns/{ns}", cfg.init_pid));
+        let f =
+            std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        fds.push((ns.clone(), f));
+    }
+    for (ns, f) in &fds {
+        // SAFETY: setns on an open namespace descriptor.
+        cvt(unsafe { libc::setns(f.as_raw_fd(), 0) }).map_err(|e| format!("setns({ns}): {e}"))?;
+    }
+    drop(fds);
+    let root = cpath(Path::new("/")).map_err(|e| e.to_string())?;
+    // SAFETY: a valid C string.
+    cvt(unsafe { libc::chdir(root.as_ptr()) }).map_err(|e| format!("chdir /: {e}"))?;
+    let prepared = PreparedProcess::prepare(&cfg.process).map_err(|e| e.to_string())?;
+    let pty = if prepared.controlling_tty {
+        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
+    } else {
+        None
+    };
+    let _ = std::fs::write(
+        "/proc/self/oom_score_adj",
+        cfg.process.oom_score_adj().unwrap_or(0).to_string(),
+    );
+    // SAFETY: fork-like clone from a single-threaded process; the child runs PreparedProcess::exec.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(format!("clone: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        if let Some((_, slave)) = &pty {
+            attach_slave(slave.as_raw_fd());
+        }
+        let _ = prepared.exec();
+        // SAFETY: leave the child.
+        unsafe { libc::_exit(127) };
+    }
+    ch.send_with_fd(
+        &FromHelper::Started { pid: pid as i32 },
+        pty.as_ref().map(|(m, _)| m.as_raw_fd()),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = HELPER_FD;
+    Ok(())
+}

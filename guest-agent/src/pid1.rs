@@ -1,0 +1,218 @@
+//! PID 1's guest-wide duties: the early mounts (proc, sys, dev, dev/pts, dev/shm, cgroup2), the boot-timer
+//! mark, the clock (a rough value from `hull.time=` on the command line, then exact from the host through
+//! SyncClock), the hostname, `lo`, and powering off. The kernel command line is read as plain words.
+
+use std::ffi::CStr;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::log;
+
+/// Firecracker's boot-timer MMIO address and the value that marks "booted".
+const BOOT_TIMER_ADDR: libc::off_t = 0xc000_0000;
+const BOOT_TIMER_VALUE: u8 = 123;
+/// The command-line switch asking the agent to power the VM off once ready.
+pub const POWEROFF_SWITCH: &str = "hull.poweroff=1";
+
+/// Mounts what every guest needs. Failures are logged and the boot goes on.
+pub fn mount_early() {
+    let nosuid_noexec = libc::MS_NOSUID | libc::MS_NOEXEC;
+    let table: [(&CStr, &str, &str, libc::c_ulong, Option<&str>); 7] = [
+        (
+            c"proc",
+            "/proc",
+            "proc",
+            nosuid_noexec | libc::MS_NODEV,
+            None,
+        ),
+        (
+            c"sysfs",
+            "/sys",
+            "sysfs",
+            nosuid_noexec | libc::MS_NODEV,
+            None,
+        ),
+        (
+            c"devtmpfs",
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            c"devpts",
+            "/dev/pts",
+            "devpts",
+            nosuid_noexec,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            c"tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_noexec | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            c"cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_noexec | libc::MS_NODEV,
+            None,
+        ),
+        (
+            c"tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        ),
+    ];
+    for (source, target, fstype, flags, data) in table {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = crate::sys::mount(
+            Some(&source.to_string_lossy()),
+            Path::new(target),
+            Some(fstype),
+            flags,
+            data,
+        ) {
+            log(&format!("cannot mount {fstype} on {target}: {e}"));
+        }
+    }
+}
+
+/// Writes BOOT_TIMER_VALUE to the boot-timer MMIO address through a shared mapping of /dev/mem.
+pub fn write_boot_timer() -> std::io::Result<()> {
+    let mem = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_SYNC)
+        .open("/dev/mem")?;
+    let page = 4096;
+    // SAFETY: a fresh shared mapping of one page of /dev/mem at a page-aligned offset; the kernel checks the
+    // offset and access. The result is checked before use.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&mem),
+            BOOT_TIMER_ADDR,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `addr` is a valid writable mapping of `page` bytes; a volatile write is one MMIO store. The
+    // mapping is removed right after and never referenced again.
+    unsafe {
+        std::ptr::write_volatile(addr.cast::<u8>(), BOOT_TIMER_VALUE);
+        libc::munmap(addr, page);
+    }
+    Ok(())
+}
+
+/// Whether the kernel command line asks for a power-off once the agent is ready.
+pub fn wants_poweroff(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|word| word == POWEROFF_SWITCH)
+}
+
+/// The value of `key=` on the command line (first occurrence).
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Sets CLOCK_REALTIME; refuses times before 2020 or after 2200 (a garbled value must not be applied).
+pub fn set_clock(unix_nanos: i64) -> Result<(), String> {
+    const MIN: i64 = 1_577_836_800; // 2020-01-01
+    const MAX: i64 = 7_258_118_400; // 2200-01-01
+    let secs = unix_nanos.div_euclid(1_000_000_000);
+    if !(MIN..MAX).contains(&secs) {
+        return Err(format!("clock value {unix_nanos} ns is out of range"));
+    }
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: unix_nanos.rem_euclid(1_000_000_000),
+    };
+    // SAFETY: clock_settime reads one timespec we own.
+    crate::sys::cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
+        .map(drop)
+        .map_err(|e| format!("clock_settime: {e}"))
+}
+
+/// `hull.time=<seconds>[.<fraction>]` from the command line: a first, rough clock.
+pub fn clock_from_cmdline(cmdline: &str) {
+    let Some(v) = cmdline_value(cmdline, "hull.time") else {
+        return;
+    };
+    let (s, frac) = v.split_once('.').unwrap_or((v, "0"));
+    let (Ok(s), Ok(f)) = (s.parse::<i64>(), format!("{frac:0<9}")[..9].parse::<i64>()) else {
+        log("ignoring a malformed hull.time");
+        return;
+    };
+    if let Err(e) = set_clock(s.saturating_mul(1_000_000_000).saturating_add(f)) {
+        log(&e);
+    }
+}
+
+pub fn set_hostname(name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !ok {
+        log("ignoring an invalid hostname");
+        return;
+    }
+    // SAFETY: pointer and length of a live string.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        log(&format!("sethostname: {}", std::io::Error::last_os_error()));
+    }
+}
+
+/// Flushes the file systems and restarts the machine. The guest runs with `reboot=k`, so the kernel resets
+/// through the i8042 controller and the VMM ends the VM. Returns only if reboot(2) failed.
+pub fn power_off() {
+    // SAFETY: sync(2) and reboot(2) take no pointers; reboot only returns on failure.
+    unsafe { libc::sync() };
+    let rc = unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    if rc != 0 {
+        log(&format!(
+            "reboot failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poweroff_needs_the_exact_switch() {
+        assert!(wants_poweroff("console=ttyS0 hull.poweroff=1 reboot=k\n"));
+        assert!(wants_poweroff("hull.poweroff=1"));
+        assert!(!wants_poweroff("console=ttyS0 reboot=k"));
+        assert!(!wants_poweroff("hull.poweroff=0"));
+        assert!(!wants_poweroff("xhull.poweroff=1 hull.poweroff=10"));
+        assert!(!wants_poweroff(""));
+    }
+
+    #[test]
+    fn cmdline_values() {
+        assert_eq!(
+            cmdline_value("a=1 hull.time=12.5 b", "hull.time"),
+            Some("12.5")
+        );
+        assert_eq!(cmdline_value("hull.timex=1", "hull.time"), None);
+        assert!(set_clock(5).is_err());
+    }
+}
