@@ -25,16 +25,6 @@ done
 
 log() { echo "[build-guest] $*" >&2; }
 
-# One run at a time per cache: the kernel build directory is deleted and recreated, and cache entries are
-# moved into place, so a concurrent run would destroy the other's work. A second run waits here, then finds the
-# first run's result in the cache.
-mkdir -p "$cache"
-exec 9>"$cache/.build-guest.lock"
-if ! flock -n 9; then
-  log "another build-guest.sh is running (lock $cache/.build-guest.lock); waiting for it"
-  flock 9
-fi
-
 # --- 1. what the build needs, from Debian's packages
 need_pkgs=()
 for p in linux-source-6.1 bison flex libelf-dev bc libssl-dev cpio xz-utils gzip make gcc; do
@@ -110,7 +100,8 @@ log "building hull-agent (static, $target)"
 (cd "$repo" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --quiet -p guest-agent --bin hull-agent --target "$target" >&2)
 agent="${CARGO_TARGET_DIR:-$repo/target}/$target/release/hull-agent"
-if ldd "$agent" >/dev/null 2>&1; then
+# A static(-pie) binary has no program interpreter; ldd cannot tell (it "runs" static-pie binaries).
+if readelf -l "$agent" | grep -q "Requesting program interpreter"; then
   log "hull-agent is not statically linked"; exit 1
 fi
 # The initramfs: the nodes the kernel needs before devtmpfs is mounted (/dev/console for init's stdio), the
