@@ -115,6 +115,7 @@ impl DriverQueue {
         })
     }
 
+    #[cfg(test)]
     pub fn layout(&self) -> RingLayout {
         self.layout
     }
@@ -130,6 +131,7 @@ impl DriverQueue {
     }
 
     /// Chains offered and not yet returned.
+    #[cfg(test)]
     pub fn chains_in_flight(&self) -> usize {
         self.in_flight.iter().filter(|c| c.is_some()).count()
     }
