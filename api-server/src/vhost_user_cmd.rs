@@ -90,7 +90,10 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
         }
         VhostUserCommand::Net(a) => {
             crate::logging::init(a.log_level);
-            vhost_user::net::run(&vhost_user::net::NetArgs { socket: a.socket, tap: a.tap })
+            vhost_user::net::run(&vhost_user::net::NetArgs {
+                socket: a.socket,
+                tap: a.tap,
+            })
         }
     };
     match result {

@@ -31,12 +31,29 @@ fn blk_reads_pattern_and_read_only_drive_refuses_writes() {
     let _b1 = start_backend(
         "blk-backend",
         &s1,
-        &["blk", "--socket", s1.to_str().unwrap(), "--path", image.to_str().unwrap(), "--id", "pattern-drive"],
+        &[
+            "blk",
+            "--socket",
+            s1.to_str().unwrap(),
+            "--path",
+            image.to_str().unwrap(),
+            "--id",
+            "pattern-drive",
+        ],
     );
     let _b2 = start_backend(
         "ro-backend",
         &s2,
-        &["blk", "--socket", s2.to_str().unwrap(), "--path", ro_image.to_str().unwrap(), "--read-only", "--id", "ro-drive"],
+        &[
+            "blk",
+            "--socket",
+            s2.to_str().unwrap(),
+            "--path",
+            ro_image.to_str().unwrap(),
+            "--read-only",
+            "--id",
+            "ro-drive",
+        ],
     );
     let initrd = initramfs(dir.path(), "blk.sh", &[]);
     let mut args = blk_device("c0", &s1);
@@ -47,7 +64,12 @@ fn blk_reads_pattern_and_read_only_drive_refuses_writes() {
     result.unwrap_or_else(|e| panic!("{e}\n--- serial ---\n{log}"));
     eprintln!("blk guest finished in {:?}", started.elapsed());
 
-    let line = |key: &str| log.lines().find(|l| l.starts_with(key)).map(|l| field(l, key)).unwrap_or_default();
+    let line = |key: &str| {
+        log.lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| field(l, key))
+            .unwrap_or_default()
+    };
     assert_eq!(line("PATTERN-SECTORS"), "16385", "{log}");
     assert_eq!(line("PATTERN-SHA"), sha256_file(&image), "{log}");
     assert_eq!(line("RO-FLAG"), "1", "{log}");
@@ -70,21 +92,48 @@ fn blk_write_with_fsync_survives_kill_9() {
     let mut backend = start_backend(
         "data-backend",
         &sock,
-        &["blk", "--socket", sock.to_str().unwrap(), "--path", image.to_str().unwrap(), "--id", "data-drive"],
+        &[
+            "blk",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--path",
+            image.to_str().unwrap(),
+            "--id",
+            "data-drive",
+        ],
     );
     let initrd = initramfs(dir.path(), "blk-write.sh", &[]);
     let seed = std::process::id();
     let mut qemu = start_qemu(&initrd, &format!("hull.seed={seed}"), &blk_device("c0", &sock));
-    let line = qemu.wait_for("WRITTEN", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", qemu.output()));
+    let line = qemu
+        .wait_for("WRITTEN", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", qemu.output()));
     qemu.kill9();
     backend.kill9();
-    eprintln!("write acknowledged after {:?}; killed QEMU and the backend", started.elapsed());
+    eprintln!(
+        "write acknowledged after {:?}; killed QEMU and the backend",
+        started.elapsed()
+    );
 
-    let expected: Vec<u8> =
-        format!("hull-durable-{seed}\n").into_bytes().into_iter().cycle().take(1024 * 1024).collect();
+    let expected: Vec<u8> = format!("hull-durable-{seed}\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(1024 * 1024)
+        .collect();
     let disk = std::fs::read(&image).unwrap();
     let written = &disk[4 * 1024 * 1024..5 * 1024 * 1024];
-    assert_eq!(field(&line, "WRITTEN"), sha256_bytes(&expected), "guest wrote something else");
-    assert!(written == &expected[..], "the fsynced write is not in the image after kill -9");
-    assert!(disk[..4 * 1024 * 1024].iter().all(|b| *b == 0), "bytes before the write changed");
+    assert_eq!(
+        field(&line, "WRITTEN"),
+        sha256_bytes(&expected),
+        "guest wrote something else"
+    );
+    assert!(
+        written == &expected[..],
+        "the fsynced write is not in the image after kill -9"
+    );
+    assert!(
+        disk[..4 * 1024 * 1024].iter().all(|b| *b == 0),
+        "bytes before the write changed"
+    );
 }

@@ -26,7 +26,10 @@ struct Netns(String);
 impl Netns {
     fn new() -> Self {
         let name = format!("hullvu-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         run("ip", &["netns", "add", &name]);
         let ns = Netns(name);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -60,7 +63,11 @@ impl Drop for Netns {
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn accept_with_deadline(listener: &TcpListener) -> TcpStream {
@@ -102,7 +109,10 @@ fn net_ping_and_tcp_both_ways_over_tap_in_netns() {
     let _backend = Proc::spawn("net-backend", cmd);
     let start = std::time::Instant::now();
     while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the net backend did not create its socket");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the net backend did not create its socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -138,7 +148,12 @@ fn net_ping_and_tcp_both_ways_over_tap_in_netns() {
     result.unwrap_or_else(|e| panic!("{e}\n--- serial ---\n{log}"));
     eprintln!("net guest finished in {:?}", start.elapsed());
 
-    let line = |key: &str| log.lines().find(|l| l.starts_with(key)).map(|l| field(l, key)).unwrap_or_default();
+    let line = |key: &str| {
+        log.lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| field(l, key))
+            .unwrap_or_default()
+    };
     assert_eq!(line("GUEST-MAC"), GUEST_MAC, "{log}");
     assert_eq!(line("PING"), "ok", "{log}");
     assert!(log.contains("SENT-G2H"), "{log}");

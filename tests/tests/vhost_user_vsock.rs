@@ -125,15 +125,26 @@ fn boot(name: &str) -> Vm {
     let mut args = chardev("c0", &sock);
     args.extend(["-device".into(), "vhost-user-vsock-device,chardev=c0".into()]);
     let mut qemu = start_qemu(&initrd, "", &args);
-    qemu.wait_for("VSOCK-READY", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", qemu.output()));
-    Vm { _dir: dir, uds, _backend: backend, qemu }
+    qemu.wait_for("VSOCK-READY", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", qemu.output()));
+    Vm {
+        _dir: dir,
+        uds,
+        _backend: backend,
+        qemu,
+    }
 }
 
 #[test]
 fn vsock_echo_both_directions_and_guest_cid() {
     let vm = boot("vsock-echo");
     let log = vm.qemu.output();
-    let line = |key: &str| log.lines().find(|l| l.starts_with(key)).map(|l| field(l, key)).unwrap_or_default();
+    let line = |key: &str| {
+        log.lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| field(l, key))
+            .unwrap_or_default()
+    };
     assert_eq!(line("GUEST-CID"), GUEST_CID.to_string(), "{log}");
     assert_eq!(line("ECHO-G2H"), "hello-from-guest", "{log}");
 
@@ -176,5 +187,8 @@ fn vsock_100_mib_each_way_at_once() {
     let n = 100 * 1024 * 1024;
     assert_eq!(xfer(&vm.uds, n, 12345), "RESULT OK");
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("100 MiB each way in {secs:.1} s ({:.1} MiB/s per direction)", 100.0 / secs);
+    eprintln!(
+        "100 MiB each way in {secs:.1} s ({:.1} MiB/s per direction)",
+        100.0 / secs
+    );
 }

@@ -22,7 +22,14 @@ pub struct BlkArgs {
 
 /// Serves the disk until the frontend disconnects.
 pub fn run(args: &BlkArgs) -> Result<(), Error> {
-    let cfg = BlockConfig { path: args.path.clone(), read_only: args.read_only, id: args.id.clone() };
-    let device = Block::new(&cfg).map_err(|e| Error::Device { device: "blk", reason: e.to_string() })?;
+    let cfg = BlockConfig {
+        path: args.path.clone(),
+        read_only: args.read_only,
+        id: args.id.clone(),
+    };
+    let device = Block::new(&cfg).map_err(|e| Error::Device {
+        device: "blk",
+        reason: e.to_string(),
+    })?;
     serve("vhost-user-blk", device, 1, Protocol::Direct, &args.socket)
 }

@@ -57,11 +57,17 @@ impl Message {
 fn read_message(sock: &mut UnixStream) -> io::Result<Option<Message>> {
     let mut hdr = [0u8; HDR_LEN];
     let mut fds = [-1 as RawFd; MAX_FDS];
-    let mut iov = [libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: HDR_LEN }];
+    let mut iov = [libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: HDR_LEN,
+    }];
     // SAFETY: the iovec points at `hdr`, which outlives the call.
-    let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-    let mut msg = Message { bytes: Vec::new(), fds: fds[..nfds].to_vec() };
+    let (n, nfds) =
+        unsafe { sock.recv_with_fds(&mut iov, &mut fds) }.map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let mut msg = Message {
+        bytes: Vec::new(),
+        fds: fds[..nfds].to_vec(),
+    };
     if n == 0 {
         return Ok(None);
     }
@@ -70,7 +76,10 @@ fn read_message(sock: &mut UnixStream) -> io::Result<Option<Message>> {
     }
     let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
     if size > MAX_PAYLOAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("vhost-user payload of {size} bytes")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("vhost-user payload of {size} bytes"),
+        ));
     }
     msg.bytes.extend_from_slice(&hdr);
     msg.bytes.resize(HDR_LEN + size, 0);
@@ -94,15 +103,17 @@ pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
     let mut back_reader = backend.try_clone()?;
     let to_front = front_writer.clone();
     let front_for_shutdown = frontend.try_clone()?;
-    let replies = std::thread::Builder::new().name("vhost-user-relay".into()).spawn(move || {
-        while let Ok(Some(msg)) = read_message(&mut back_reader) {
-            let w = to_front.lock().unwrap_or_else(|p| p.into_inner());
-            if write_message(&w, &msg).is_err() {
-                break;
+    let replies = std::thread::Builder::new()
+        .name("vhost-user-relay".into())
+        .spawn(move || {
+            while let Ok(Some(msg)) = read_message(&mut back_reader) {
+                let w = to_front.lock().unwrap_or_else(|p| p.into_inner());
+                if write_message(&w, &msg).is_err() {
+                    break;
+                }
             }
-        }
-        let _ = front_for_shutdown.shutdown(Shutdown::Both);
-    })?;
+            let _ = front_for_shutdown.shutdown(Shutdown::Both);
+        })?;
 
     let mut front_reader = frontend;
     let mut features_seen = false;
@@ -213,28 +224,41 @@ mod tests {
         // Before SET_FEATURES: enable(0, 1) wants a reply, enable(1, 1) does not; neither reaches the backend.
         qemu.write_all(&enable(0, 1, FLAG_VERSION_1 | FLAG_NEED_REPLY)).unwrap();
         let (req, flags, payload, _) = read_msg(&mut qemu);
-        assert_eq!((req, flags & FLAG_REPLY != 0, payload), (SET_VRING_ENABLE, true, 0u64.to_le_bytes().to_vec()));
+        assert_eq!(
+            (req, flags & FLAG_REPLY != 0, payload),
+            (SET_VRING_ENABLE, true, 0u64.to_le_bytes().to_vec())
+        );
         qemu.write_all(&enable(1, 1, FLAG_VERSION_1)).unwrap();
         qemu.write_all(&enable(1, 0, FLAG_VERSION_1)).unwrap();
 
         // A message with an fd passes through with its fd.
         let file = std::fs::File::open("/dev/null").unwrap();
-        qemu.send_with_fds(&[&msg(13, FLAG_VERSION_1, &[0; 8])[..]], &[file.as_raw_fd()]).unwrap();
+        qemu.send_with_fds(&[&msg(13, FLAG_VERSION_1, &[0; 8])[..]], &[file.as_raw_fd()])
+            .unwrap();
         let (req, _, _, nfds) = read_msg(&mut backend);
         assert_eq!((req, nfds), (13, 1));
 
         // SET_FEATURES goes through, followed by the last held state of each ring.
-        qemu.write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &(1u64 << 30).to_le_bytes())).unwrap();
+        qemu.write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &(1u64 << 30).to_le_bytes()))
+            .unwrap();
         assert_eq!(read_msg(&mut backend).0, SET_FEATURES);
         let (req, _, p, _) = read_msg(&mut backend);
-        assert_eq!((req, p), (SET_VRING_ENABLE, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat()));
+        assert_eq!(
+            (req, p),
+            (SET_VRING_ENABLE, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat())
+        );
         let (req, _, p, _) = read_msg(&mut backend);
-        assert_eq!((req, p), (SET_VRING_ENABLE, [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat()));
+        assert_eq!(
+            (req, p),
+            (SET_VRING_ENABLE, [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat())
+        );
 
         // Afterwards SET_VRING_ENABLE is forwarded untouched, and replies flow back.
         qemu.write_all(&enable(0, 0, FLAG_VERSION_1)).unwrap();
         assert_eq!(read_msg(&mut backend).0, SET_VRING_ENABLE);
-        backend.write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &7u64.to_le_bytes())).unwrap();
+        backend
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &7u64.to_le_bytes()))
+            .unwrap();
         assert_eq!(read_msg(&mut qemu).2, 7u64.to_le_bytes().to_vec());
 
         drop(qemu);

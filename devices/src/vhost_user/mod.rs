@@ -86,7 +86,12 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         let features = device.avail_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         DeviceBackend {
             name,
-            state: Mutex::new(State { device, mem: None, activated: false, broken: false }),
+            state: Mutex::new(State {
+                device,
+                mem: None,
+                activated: false,
+                broken: false,
+            }),
             num_queues,
             max_queue_size,
             features,
@@ -127,7 +132,9 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
     }
 
     fn acked_features(&self, features: u64) {
-        self.lock().device.set_acked_features(features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+        self.lock()
+            .device
+            .set_acked_features(features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -236,8 +243,10 @@ pub fn serve<D: VirtioDevice + 'static>(
     let backend = Arc::new(DeviceBackend::new(name, device, num_queues, protocol));
     let token = backend.backend_token();
     let mem = GuestMemoryAtomic::new(GuestMemory::new());
-    let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem)
-        .map_err(|e| Error::Daemon { device: name, reason: e.to_string() })?;
+    let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| Error::Daemon {
+        device: name,
+        reason: e.to_string(),
+    })?;
     if let Some(fd) = backend_fd {
         let handlers = daemon.get_epoll_handlers();
         let handler = handlers.first().ok_or(Error::Daemon {
@@ -253,7 +262,10 @@ pub fn serve<D: VirtioDevice + 'static>(
         Protocol::Direct => daemon.serve(socket).map_err(|e| e.to_string()),
         Protocol::DeferEarlyEnable => serve_filtered(&mut daemon, socket),
     }
-    .map_err(|reason| Error::Serve { socket: socket.to_owned(), reason });
+    .map_err(|reason| Error::Serve {
+        socket: socket.to_owned(),
+        reason,
+    });
     let _ = std::fs::remove_file(socket);
     info!(device = name, ok = result.is_ok(), "vhost-user frontend gone");
     result

@@ -19,7 +19,13 @@ pub struct NetArgs {
 
 /// Serves the net device until the frontend disconnects.
 pub fn run(args: &NetArgs) -> Result<(), Error> {
-    let device = Net::new(&NetConfig { tap: args.tap.clone(), mac: None })
-        .map_err(|e| Error::Device { device: "net", reason: e.to_string() })?;
+    let device = Net::new(&NetConfig {
+        tap: args.tap.clone(),
+        mac: None,
+    })
+    .map_err(|e| Error::Device {
+        device: "net",
+        reason: e.to_string(),
+    })?;
     serve("vhost-user-net", device, 2, Protocol::DeferEarlyEnable, &args.socket)
 }

@@ -22,10 +22,19 @@ pub struct VsockArgs {
 /// Serves the vsock device until the frontend disconnects.
 pub fn run(args: &VsockArgs) -> Result<(), Error> {
     if args.guest_cid < 3 || args.guest_cid > u64::from(u32::MAX) {
-        return Err(Error::Device { device: "vsock", reason: format!("guest CID {} is reserved or too large", args.guest_cid) });
+        return Err(Error::Device {
+            device: "vsock",
+            reason: format!("guest CID {} is reserved or too large", args.guest_cid),
+        });
     }
-    let cfg = VsockConfig { guest_cid: args.guest_cid, uds_path: args.uds_path.clone() };
-    let device = Vsock::new(&cfg).map_err(|e| Error::Device { device: "vsock", reason: e.to_string() })?;
+    let cfg = VsockConfig {
+        guest_cid: args.guest_cid,
+        uds_path: args.uds_path.clone(),
+    };
+    let device = Vsock::new(&cfg).map_err(|e| Error::Device {
+        device: "vsock",
+        reason: e.to_string(),
+    })?;
     let result = serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket);
     // Worker threads may still hold the device when the process exits; do not leave the socket behind.
     let _ = std::fs::remove_file(&args.uds_path);

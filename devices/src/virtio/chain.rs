@@ -29,7 +29,12 @@ pub enum ChainError {
     ReadableAfterWritable,
     /// An access past the end of the readable (or writable) part.
     #[error("access of {len} bytes at offset {offset} exceeds the {available}-byte {kind} part")]
-    OutOfChain { kind: &'static str, offset: u64, len: u64, available: u64 },
+    OutOfChain {
+        kind: &'static str,
+        offset: u64,
+        len: u64,
+        available: u64,
+    },
     /// A region lies (partly) outside guest memory.
     #[error("descriptor region {addr:#x}+{len} is outside guest memory")]
     OutOfMemory { addr: u64, len: u64 },
@@ -72,20 +77,32 @@ impl ParsedChain {
         for desc in chain {
             if desc.is_write_only() {
                 writable_len += u64::from(desc.len());
-                writable.push(Region { addr: desc.addr(), len: desc.len() });
+                writable.push(Region {
+                    addr: desc.addr(),
+                    len: desc.len(),
+                });
             } else {
                 if !writable.is_empty() {
                     return Err(ChainError::ReadableAfterWritable);
                 }
                 readable_len += u64::from(desc.len());
-                readable.push(Region { addr: desc.addr(), len: desc.len() });
+                readable.push(Region {
+                    addr: desc.addr(),
+                    len: desc.len(),
+                });
             }
             last = Some(desc);
         }
         match last {
             None => Err(ChainError::Empty),
             Some(d) if d.has_next() => Err(ChainError::Unterminated),
-            Some(_) => Ok(ParsedChain { head, readable, writable, readable_len, writable_len }),
+            Some(_) => Ok(ParsedChain {
+                head,
+                readable,
+                writable,
+                readable_len,
+                writable_len,
+            }),
         }
     }
 
@@ -105,7 +122,10 @@ impl ParsedChain {
         let mut done = 0usize;
         for (addr, n) in Self::span(&self.readable, self.readable_len, "readable", offset, len)? {
             mem.read_slice(&mut buf[done..done + n], addr)
-                .map_err(|_| ChainError::OutOfMemory { addr: addr.0, len: n as u64 })?;
+                .map_err(|_| ChainError::OutOfMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                })?;
             done += n;
         }
         Ok(())
@@ -117,7 +137,10 @@ impl ParsedChain {
         let mut done = 0usize;
         for (addr, n) in Self::span(&self.writable, self.writable_len, "writable", offset, len)? {
             mem.write_slice(&buf[done..done + n], addr)
-                .map_err(|_| ChainError::OutOfMemory { addr: addr.0, len: n as u64 })?;
+                .map_err(|_| ChainError::OutOfMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                })?;
             done += n;
         }
         Ok(())
@@ -127,7 +150,10 @@ impl ParsedChain {
     pub fn check_writable(&self, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), ChainError> {
         for (addr, n) in Self::span(&self.writable, self.writable_len, "writable", offset, len)? {
             if !vm_memory::GuestMemoryBackend::check_range(mem, addr, n) {
-                return Err(ChainError::OutOfMemory { addr: addr.0, len: n as u64 });
+                return Err(ChainError::OutOfMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                });
             }
         }
         Ok(())
@@ -137,7 +163,10 @@ impl ParsedChain {
     pub fn check_readable(&self, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), ChainError> {
         for (addr, n) in Self::span(&self.readable, self.readable_len, "readable", offset, len)? {
             if !vm_memory::GuestMemoryBackend::check_range(mem, addr, n) {
-                return Err(ChainError::OutOfMemory { addr: addr.0, len: n as u64 });
+                return Err(ChainError::OutOfMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                });
             }
         }
         Ok(())
@@ -151,12 +180,15 @@ impl ParsedChain {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(GuestAddress, usize)>, ChainError> {
-        let end = offset.checked_add(len).filter(|end| *end <= total).ok_or(ChainError::OutOfChain {
-            kind,
-            offset,
-            len,
-            available: total,
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|end| *end <= total)
+            .ok_or(ChainError::OutOfChain {
+                kind,
+                offset,
+                len,
+                available: total,
+            })?;
         let mut pieces = Vec::new();
         let mut pos = 0u64; // start of the current region within the part
         for r in regions {
@@ -190,7 +222,11 @@ mod tests {
         let mut q = GuestQueue::new(16);
         q.mem().write_slice(&[1, 2, 3], GuestAddress(0x10_000)).unwrap();
         q.mem().write_slice(&[4, 5], GuestAddress(0x20_000)).unwrap();
-        let head = q.add_chain(&[Desc::read(0x10_000, 3), Desc::read(0x20_000, 2), Desc::write(0x30_000, 1)]);
+        let head = q.add_chain(&[
+            Desc::read(0x10_000, 3),
+            Desc::read(0x20_000, 2),
+            Desc::write(0x30_000, 1),
+        ]);
         let chain = q.pop();
         let parsed = ParsedChain::parse(chain).unwrap();
         assert_eq!(parsed.head, head);
@@ -198,7 +234,10 @@ mod tests {
         let mut buf = [0u8; 4];
         parsed.read_at(q.mem(), 1, &mut buf).unwrap();
         assert_eq!(buf, [2, 3, 4, 5]);
-        assert!(matches!(parsed.read_at(q.mem(), 2, &mut buf), Err(ChainError::OutOfChain { .. })));
+        assert!(matches!(
+            parsed.read_at(q.mem(), 2, &mut buf),
+            Err(ChainError::OutOfChain { .. })
+        ));
     }
 
     #[test]
@@ -219,7 +258,10 @@ mod tests {
     fn readable_after_writable_is_rejected() {
         let mut q = GuestQueue::new(8);
         q.add_chain(&[Desc::write(0x10_000, 4), Desc::read(0x20_000, 4)]);
-        assert_eq!(ParsedChain::parse(q.pop()).unwrap_err(), ChainError::ReadableAfterWritable);
+        assert_eq!(
+            ParsedChain::parse(q.pop()).unwrap_err(),
+            ChainError::ReadableAfterWritable
+        );
     }
 
     #[test]
@@ -228,7 +270,10 @@ mod tests {
         q.add_chain(&[Desc::read(0xffff_ffff_0000, 16), Desc::write(0x20_000, 1)]);
         let parsed = ParsedChain::parse(q.pop()).unwrap();
         let mut buf = [0u8; 16];
-        assert!(matches!(parsed.read_at(q.mem(), 0, &mut buf), Err(ChainError::OutOfMemory { .. })));
+        assert!(matches!(
+            parsed.read_at(q.mem(), 0, &mut buf),
+            Err(ChainError::OutOfMemory { .. })
+        ));
         parsed.write_at(q.mem(), 0, &[7]).unwrap();
     }
 

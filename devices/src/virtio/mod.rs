@@ -37,8 +37,7 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 /// `VIRTIO_F_VERSION_1`: the only device model hull offers (no legacy layouts).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// `VIRTIO_RING_F_INDIRECT_DESC`: the chain walker follows indirect tables (bounded like direct ones).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
-    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 /// Virtio device ids (virtio spec 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -210,11 +209,7 @@ pub trait VirtioDevice: Send {
     }
 
     /// Host-side I/O is ready (the `backend_fd` polled readable).
-    fn process_backend(
-        &mut self,
-        _mem: &GuestMemory,
-        _queues: &mut QueueSet<'_>,
-    ) -> Result<QueueSignals, DeviceError> {
+    fn process_backend(&mut self, _mem: &GuestMemory, _queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
         Ok(QueueSignals::NONE)
     }
 

@@ -33,7 +33,11 @@ pub struct Desc {
 impl Desc {
     /// A device-readable buffer.
     pub fn read(addr: u64, len: u32) -> Self {
-        Desc { addr, len, write: false }
+        Desc {
+            addr,
+            len,
+            write: false,
+        }
     }
     /// A device-writable buffer.
     pub fn write(addr: u64, len: u32) -> Self {
@@ -64,15 +68,24 @@ impl GuestQueue {
     /// A ready queue of `size` entries whose rings start at `ring_base` of `mem` (shared with other
     /// queues of the same device: `GuestMemory` clones share the mapping).
     pub fn with_memory(mem: GuestMemory, ring_base: u64, size: u16) -> Self {
-        let (desc_table, avail_ring, used_ring) =
-            (ring_base, ring_base + AVAIL_OFFSET, ring_base + USED_OFFSET);
+        let (desc_table, avail_ring, used_ring) = (ring_base, ring_base + AVAIL_OFFSET, ring_base + USED_OFFSET);
         let mut queue = Queue::new(size).unwrap();
         queue.set_size(size);
         queue.set_desc_table_address(Some(desc_table as u32), Some(0));
         queue.set_avail_ring_address(Some(avail_ring as u32), Some(0));
         queue.set_used_ring_address(Some(used_ring as u32), Some(0));
         queue.set_ready(true);
-        GuestQueue { mem, desc_table, avail_ring, used_ring, queue, size, next_desc: 0, avail_idx: 0, used_seen: 0 }
+        GuestQueue {
+            mem,
+            desc_table,
+            avail_ring,
+            used_ring,
+            queue,
+            size,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        }
     }
 
     pub fn mem(&self) -> &GuestMemory {
@@ -107,15 +120,21 @@ impl GuestQueue {
     /// Publishes `head` in the available ring.
     pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
-        self.mem.write_obj(head.to_le(), GuestAddress(self.avail_ring + 4 + slot * 2)).unwrap();
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(self.avail_ring + 4 + slot * 2))
+            .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail_ring + 2)).unwrap();
+        self.mem
+            .write_obj(self.avail_idx.to_le(), GuestAddress(self.avail_ring + 2))
+            .unwrap();
     }
 
     /// Sets the available ring's index directly (to fake a driver that jumps it).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        self.mem.write_obj(idx.to_le(), GuestAddress(self.avail_ring + 2)).unwrap();
+        self.mem
+            .write_obj(idx.to_le(), GuestAddress(self.avail_ring + 2))
+            .unwrap();
     }
 
     fn alloc(&mut self, n: u16) -> u16 {

@@ -22,14 +22,19 @@ pub fn repo_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// Installs QEMU, busybox-static, gcc, cpio, iproute2 if missing (once per test binary).
 pub fn ensure_tools() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let st = Command::new("bash").arg(repo_root().join("scripts/install-qemu.sh")).status().unwrap();
+        let st = Command::new("bash")
+            .arg(repo_root().join("scripts/install-qemu.sh"))
+            .status()
+            .unwrap();
         assert!(st.success(), "scripts/install-qemu.sh failed");
     });
 }
@@ -53,7 +58,11 @@ pub fn kernel() -> PathBuf {
                 .unwrap();
             assert!(out.status.success(), "build-guest.sh --kernel-only failed");
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let line = stdout.lines().rev().find(|l| l.starts_with("kernel=")).expect("no kernel= line");
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("kernel="))
+                .expect("no kernel= line");
             PathBuf::from(&line["kernel=".len()..])
         })
         .clone()
@@ -83,7 +92,10 @@ pub struct WorkDir(PathBuf);
 
 impl WorkDir {
     pub fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let p = std::env::temp_dir().join(format!("hull-vu-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         WorkDir(p)
@@ -134,7 +146,11 @@ impl Proc {
                 }
             });
         }
-        Proc { name: name.to_string(), child: Some(child), output }
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            output,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -215,7 +231,11 @@ pub fn start_backend(name: &str, socket: &Path, args: &[&str]) -> Proc {
 pub fn initramfs(dir: &Path, script: &str, extra: &[(&str, &Path)]) -> PathBuf {
     let gen = kernel().parent().unwrap().join("gen_init_cpio");
     let guest_init = repo_root().join("tests/guest-init");
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists()).expect("busybox");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("busybox");
     let mut list = String::from(
         "dir /dev 0755 0 0\nnod /dev/console 0600 0 0 c 5 1\ndir /bin 0755 0 0\ndir /proc 0555 0 0\n\
          dir /sys 0555 0 0\ndir /tmp 1777 0 0\n",
@@ -230,7 +250,11 @@ pub fn initramfs(dir: &Path, script: &str, extra: &[(&str, &Path)]) -> PathBuf {
     let list_path = dir.join("initramfs.list");
     std::fs::write(&list_path, list).unwrap();
     let out = Command::new(&gen).arg(&list_path).output().unwrap();
-    assert!(out.status.success(), "gen_init_cpio: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gen_init_cpio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join("initramfs.cpio");
     std::fs::write(&path, out.stdout).unwrap();
     path
@@ -262,7 +286,8 @@ pub fn start_qemu(initrd: &Path, cmdline_extra: &str, device_args: &[String]) ->
         "-no-reboot",
     ]);
     cmd.arg("-kernel").arg(kernel()).arg("-initrd").arg(initrd);
-    cmd.arg("-append").arg(format!("console=ttyS0 reboot=k panic=-1 loglevel=4 {cmdline_extra}"));
+    cmd.arg("-append")
+        .arg(format!("console=ttyS0 reboot=k panic=-1 loglevel=4 {cmdline_extra}"));
     cmd.args(device_args);
     Proc::spawn("qemu", cmd)
 }
@@ -275,17 +300,28 @@ pub fn chardev(id: &str, socket: &Path) -> Vec<String> {
 /// sha256 of a file, via coreutils.
 pub fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// sha256 of bytes, via coreutils.
 pub fn sha256_bytes(data: &[u8]) -> String {
     use std::io::Write;
-    let mut child =
-        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Deterministic bytes for disk images.
@@ -303,5 +339,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// The value after `key ` on the first line starting with `key`.
 pub fn field(line: &str, key: &str) -> String {
-    line.split_once(key).map(|(_, v)| v.trim().to_string()).unwrap_or_default()
+    line.split_once(key)
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default()
 }

@@ -43,7 +43,11 @@ impl RawFile {
         } else {
             len
         };
-        Ok(RawFile { file, path: path.to_owned(), capacity: len - len % SECTOR_SIZE })
+        Ok(RawFile {
+            file,
+            path: path.to_owned(),
+            capacity: len - len % SECTOR_SIZE,
+        })
     }
 
     /// The path the disk was opened from.

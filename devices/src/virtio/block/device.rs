@@ -12,17 +12,12 @@ use tracing::{debug, warn};
 
 use super::backend::{DiskBackend, RawFile};
 use super::metrics::BlockMetrics;
-use super::request::{
-    BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-};
-use super::{
-    ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX,
-};
+use super::request::{BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use super::{ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet,
-    QueueSignals, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
+    VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -68,10 +63,15 @@ pub struct Block {
 impl Block {
     /// Opens the image named in `cfg`.
     pub fn new(cfg: &BlockConfig) -> Result<Self, BlockError> {
-        let disk = RawFile::open(&cfg.path, cfg.read_only)
-            .map_err(|source| BlockError::Open { path: cfg.path.clone(), source })?;
+        let disk = RawFile::open(&cfg.path, cfg.read_only).map_err(|source| BlockError::Open {
+            path: cfg.path.clone(),
+            source,
+        })?;
         let id = cfg.id.clone().unwrap_or_else(|| {
-            cfg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            cfg.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         Ok(Self::with_backend(Box::new(disk), cfg.read_only, &id))
     }
@@ -175,7 +175,10 @@ impl Block {
             }
             BlockRequest::GetId => {
                 BlockMetrics::inc(&m.get_id_requests);
-                chain.write_at(mem, 0, &self.id).map(|()| ID_BYTES as u64).map_err(|e| e.to_string())
+                chain
+                    .write_at(mem, 0, &self.id)
+                    .map(|()| ID_BYTES as u64)
+                    .map_err(|e| e.to_string())
             }
         };
         match result {
@@ -239,7 +242,11 @@ impl VirtioDevice for Block {
                 let slot = match StatusSlot::locate(&chain, mem) {
                     Ok(slot) => slot,
                     Err(e) => {
-                        return Err(DeviceError::Unanswerable { queue: 0, head, reason: e.to_string() })
+                        return Err(DeviceError::Unanswerable {
+                            queue: 0,
+                            head,
+                            reason: e.to_string(),
+                        })
                     }
                 };
                 let (status, written) = match BlockRequest::parse(&chain, &slot, mem, self.geometry()) {
@@ -291,7 +298,10 @@ mod tests {
 
     fn device(read_only: bool) -> (Block, MemDisk) {
         let disk = MemDisk::new(64 * 512);
-        (Block::with_backend(Box::new(disk.clone()), read_only, "hull-test-drive-id-longer-than-20"), disk)
+        (
+            Block::with_backend(Box::new(disk.clone()), read_only, "hull-test-drive-id-longer-than-20"),
+            disk,
+        )
     }
 
     fn run(dev: &mut Block, q: &mut GuestQueue) -> Result<QueueSignals, DeviceError> {
@@ -403,7 +413,12 @@ mod tests {
     fn zero_length_descriptors_are_harmless() {
         let (mut dev, _) = device(false);
         let mut q = GuestQueue::new(16);
-        offer_request(&mut q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 0), Desc::write(DATA, 0)]);
+        offer_request(
+            &mut q,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[Desc::write(DATA, 0), Desc::write(DATA, 0)],
+        );
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
     }
@@ -460,7 +475,10 @@ mod tests {
         let (mut dev, disk) = device(false);
         let mut q = GuestQueue::new(16);
         crate::virtio::block::test_utils::write_header(&q, VIRTIO_BLK_T_IN, 1);
-        q.add_indirect_chain(0x40_000, &[Desc::read(HDR, 16), Desc::write(DATA, 512), Desc::write(STATUS, 1)]);
+        q.add_indirect_chain(
+            0x40_000,
+            &[Desc::read(HDR, 16), Desc::write(DATA, 512), Desc::write(STATUS, 1)],
+        );
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
         let mut got = vec![0u8; 512];

@@ -70,7 +70,9 @@ impl StatusSlot {
     /// Finds the status byte. An error here means the driver cannot be answered at all.
     pub fn locate(chain: &ParsedChain, mem: &GuestMemory) -> Result<Self, RequestError> {
         let offset = chain.writable_len().checked_sub(1).ok_or(RequestError::NoStatusByte)?;
-        chain.check_writable(mem, offset, 1).map_err(RequestError::StatusUnreachable)?;
+        chain
+            .check_writable(mem, offset, 1)
+            .map_err(RequestError::StatusUnreachable)?;
         Ok(StatusSlot { offset })
     }
 
@@ -117,7 +119,9 @@ impl BlockRequest {
             return Err(RequestError::HeaderTooShort(chain.readable_len()));
         }
         let mut raw = [0u8; HEADER_LEN as usize];
-        chain.read_at(mem, 0, &mut raw).map_err(RequestError::HeaderUnreachable)?;
+        chain
+            .read_at(mem, 0, &mut raw)
+            .map_err(RequestError::HeaderUnreachable)?;
         let kind = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let mut sector_bytes = [0u8; 8];
         sector_bytes.copy_from_slice(&raw[8..16]);
@@ -127,7 +131,9 @@ impl BlockRequest {
             VIRTIO_BLK_T_IN => {
                 let len = status.data_capacity();
                 let offset = check_range(sector, len, disk)?;
-                chain.check_writable(mem, 0, len).map_err(RequestError::DataUnreachable)?;
+                chain
+                    .check_writable(mem, 0, len)
+                    .map_err(RequestError::DataUnreachable)?;
                 Ok(BlockRequest::Read { offset, len })
             }
             VIRTIO_BLK_T_OUT => {
@@ -136,7 +142,9 @@ impl BlockRequest {
                 }
                 let len = chain.readable_len() - HEADER_LEN;
                 let offset = check_range(sector, len, disk)?;
-                chain.check_readable(mem, HEADER_LEN, len).map_err(RequestError::DataUnreachable)?;
+                chain
+                    .check_readable(mem, HEADER_LEN, len)
+                    .map_err(RequestError::DataUnreachable)?;
                 Ok(BlockRequest::Write { offset, len })
             }
             VIRTIO_BLK_T_FLUSH => Ok(BlockRequest::Flush),
@@ -161,8 +169,11 @@ fn check_range(sector: u64, len: u64, disk: DiskGeometry) -> Result<u64, Request
         return Err(RequestError::UnalignedLength(len));
     }
     let sectors = len / SECTOR_SIZE;
-    let out_of_range =
-        RequestError::OutOfRange { sector, sectors, capacity: disk.capacity_sectors };
+    let out_of_range = RequestError::OutOfRange {
+        sector,
+        sectors,
+        capacity: disk.capacity_sectors,
+    };
     let end = sector.checked_add(sectors).ok_or(out_of_range.clone())?;
     if end > disk.capacity_sectors {
         return Err(out_of_range);
@@ -177,7 +188,10 @@ mod tests {
     use crate::virtio::block::test_utils::{offer_request, DATA, HDR, STATUS};
     use crate::virtio::test_utils::{Desc, GuestQueue};
 
-    const DISK: DiskGeometry = DiskGeometry { capacity_sectors: 16, read_only: false };
+    const DISK: DiskGeometry = DiskGeometry {
+        capacity_sectors: 16,
+        read_only: false,
+    };
 
     fn parse(q: &mut GuestQueue) -> Result<BlockRequest, RequestError> {
         let chain = ParsedChain::parse(q.pop()).unwrap();
@@ -189,7 +203,13 @@ mod tests {
     fn read_request_parses() {
         let mut q = GuestQueue::new(16);
         offer_request(&mut q, VIRTIO_BLK_T_IN, 2, &[Desc::write(DATA, 1024)]);
-        assert_eq!(parse(&mut q), Ok(BlockRequest::Read { offset: 1024, len: 1024 }));
+        assert_eq!(
+            parse(&mut q),
+            Ok(BlockRequest::Read {
+                offset: 1024,
+                len: 1024
+            })
+        );
     }
 
     #[test]
@@ -233,8 +253,19 @@ mod tests {
     fn header_split_over_descriptors_parses() {
         let mut q = GuestQueue::new(16);
         crate::virtio::block::test_utils::write_header(&q, VIRTIO_BLK_T_IN, 3);
-        q.add_chain(&[Desc::read(HDR, 5), Desc::read(HDR + 5, 11), Desc::write(DATA, 512), Desc::write(STATUS, 1)]);
-        assert_eq!(parse(&mut q), Ok(BlockRequest::Read { offset: 3 * 512, len: 512 }));
+        q.add_chain(&[
+            Desc::read(HDR, 5),
+            Desc::read(HDR + 5, 11),
+            Desc::write(DATA, 512),
+            Desc::write(STATUS, 1),
+        ]);
+        assert_eq!(
+            parse(&mut q),
+            Ok(BlockRequest::Read {
+                offset: 3 * 512,
+                len: 512
+            })
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub struct MemDisk {
 impl MemDisk {
     pub fn new(bytes: usize) -> Self {
         let data = (0..bytes).map(|i| (i % 251) as u8).collect();
-        MemDisk { data: Arc::new(Mutex::new(data)), flushes: Arc::default() }
+        MemDisk {
+            data: Arc::new(Mutex::new(data)),
+            flushes: Arc::default(),
+        }
     }
 }
 
@@ -66,7 +69,9 @@ impl DiskBackend for MemDisk {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut d = self.data.lock().unwrap();
         let o = offset as usize;
-        d.get_mut(o..o + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?.copy_from_slice(buf);
+        d.get_mut(o..o + buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?
+            .copy_from_slice(buf);
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -21,8 +21,8 @@ use super::tap::{NetBackend, Tap, TapError};
 use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet,
-    QueueSignals, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
+    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -95,8 +95,13 @@ impl<B: NetBackend> Net<B> {
         if on == self.backend_registered {
             return Ok(());
         }
-        let op = if on { ControlOperation::Add } else { ControlOperation::Delete };
-        self.epoll.ctl(op, self.backend.raw_fd(), EpollEvent::new(EventSet::IN, 0))?;
+        let op = if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        self.epoll
+            .ctl(op, self.backend.raw_fd(), EpollEvent::new(EventSet::IN, 0))?;
         self.backend_registered = on;
         Ok(())
     }
@@ -108,12 +113,20 @@ impl<B: NetBackend> Net<B> {
         c
     }
 
-    fn process_tx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+    fn process_tx(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+        signals: &mut QueueSignals,
+    ) -> Result<(), DeviceError> {
         let Some(txq) = queues.get(TX_QUEUE) else { return Ok(()) };
         while let Some(desc_chain) = pop_chain(txq, mem, TX_QUEUE)? {
             let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain)
-                .map_err(|source| DeviceError::MalformedChain { queue: TX_QUEUE, head, source })?;
+            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
+                queue: TX_QUEUE,
+                head,
+                source,
+            })?;
             match read_tx_frame(&chain, mem, &mut self.tx_frame) {
                 Ok(()) => match self.backend.write_frame(&self.tx_frame) {
                     Ok(()) => {
@@ -135,7 +148,12 @@ impl<B: NetBackend> Net<B> {
         Ok(())
     }
 
-    fn process_rx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+    fn process_rx(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+        signals: &mut QueueSignals,
+    ) -> Result<(), DeviceError> {
         let Some(rxq) = queues.get(RX_QUEUE) else {
             // No usable RX queue: stop watching the TAP so its frames do not wake us in a loop.
             let _ = self.watch_backend(false);
@@ -165,10 +183,16 @@ impl<B: NetBackend> Net<B> {
                 return Ok(());
             };
             let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain)
-                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
-            let cap = rx_capacity(&chain)
-                .map_err(|e| DeviceError::Unanswerable { queue: RX_QUEUE, head, reason: e.to_string() })?;
+            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
+                queue: RX_QUEUE,
+                head,
+                source,
+            })?;
+            let cap = rx_capacity(&chain).map_err(|e| DeviceError::Unanswerable {
+                queue: RX_QUEUE,
+                head,
+                reason: e.to_string(),
+            })?;
             if (len as u64) > cap {
                 // The frame fits no buffer of this size: drop the frame, keep the buffer.
                 NetMetrics::inc(&self.metrics.rx_dropped);
@@ -180,7 +204,11 @@ impl<B: NetBackend> Net<B> {
             prepare_rx_header(frame);
             chain
                 .write_at(mem, 0, frame)
-                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
+                .map_err(|source| DeviceError::MalformedChain {
+                    queue: RX_QUEUE,
+                    head,
+                    source,
+                })?;
             self.pending = None;
             NetMetrics::inc(&self.metrics.rx_frames);
             NetMetrics::add(&self.metrics.rx_bytes, len as u64);
@@ -238,7 +266,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+    ) -> Result<QueueSignals, DeviceError> {
         self.guarded(|dev, signals| match index {
             TX_QUEUE => dev.process_tx(mem, queues, signals),
             RX_QUEUE => dev.process_rx(mem, queues, signals),
@@ -271,7 +304,12 @@ mod tests {
     use crate::virtio::net::VNET_HDR_LEN;
     use crate::virtio::test_utils::{Desc, GuestQueue};
 
-    fn run(dev: &mut Net<FakeTap>, rx: &mut GuestQueue, tx: &mut GuestQueue, index: Option<usize>) -> Result<QueueSignals, DeviceError> {
+    fn run(
+        dev: &mut Net<FakeTap>,
+        rx: &mut GuestQueue,
+        tx: &mut GuestQueue,
+        index: Option<usize>,
+    ) -> Result<QueueSignals, DeviceError> {
         let mem = rx.mem().clone();
         let mut set = QueueSet::new();
         set.push(Some(rx.queue_mut()));
@@ -303,8 +341,13 @@ mod tests {
         let mut f = vec![0x55u8; VNET_HDR_LEN];
         f.extend(frame(60));
         tx.mem_write(0x40_000, &f);
-        tx.add_chain(&[Desc::read(0x40_000, VNET_HDR_LEN as u32), Desc::read(0x40_000 + VNET_HDR_LEN as u64, 60)]);
-        assert!(run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap().contains(TX_QUEUE));
+        tx.add_chain(&[
+            Desc::read(0x40_000, VNET_HDR_LEN as u32),
+            Desc::read(0x40_000 + VNET_HDR_LEN as u64, 60),
+        ]);
+        assert!(run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE))
+            .unwrap()
+            .contains(TX_QUEUE));
         let out = tap.outbound.lock().unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(&out[0][..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
@@ -374,8 +417,14 @@ mod tests {
         let (mut rx, mut tx) = queues();
         tap.push(&frame(60));
         rx.add_chain(&[Desc::write(0x80_000, 4)]);
-        assert!(matches!(run(&mut dev, &mut rx, &mut tx, None), Err(DeviceError::Unanswerable { .. })));
-        assert!(matches!(run(&mut dev, &mut rx, &mut tx, Some(RX_QUEUE)), Err(DeviceError::NeedsReset)));
+        assert!(matches!(
+            run(&mut dev, &mut rx, &mut tx, None),
+            Err(DeviceError::Unanswerable { .. })
+        ));
+        assert!(matches!(
+            run(&mut dev, &mut rx, &mut tx, Some(RX_QUEUE)),
+            Err(DeviceError::NeedsReset)
+        ));
     }
 
     #[test]
@@ -385,7 +434,10 @@ mod tests {
         let (mut rx, mut tx) = queues();
         tap.push(&frame(60));
         rx.add_raw_chain(&[(0x80_000, 100, 3, 0)]);
-        assert!(matches!(run(&mut dev, &mut rx, &mut tx, None), Err(DeviceError::MalformedChain { .. })));
+        assert!(matches!(
+            run(&mut dev, &mut rx, &mut tx, None),
+            Err(DeviceError::MalformedChain { .. })
+        ));
     }
 
     #[test]
@@ -406,8 +458,18 @@ mod tests {
             }
             for q in [&mut rx, &mut tx] {
                 for i in 0..16u16 {
-                    let addr = if rnd() % 2 == 0 { rnd() } else { 0x40_000 + rnd() % 0x100_000 };
-                    q.write_desc(i, addr, (rnd() % 70_000) as u32, (rnd() % 8) as u16, (rnd() % 20) as u16);
+                    let addr = if rnd() % 2 == 0 {
+                        rnd()
+                    } else {
+                        0x40_000 + rnd() % 0x100_000
+                    };
+                    q.write_desc(
+                        i,
+                        addr,
+                        (rnd() % 70_000) as u32,
+                        (rnd() % 8) as u16,
+                        (rnd() % 20) as u16,
+                    );
                 }
                 for _ in 0..(rnd() % 6) {
                     q.publish((rnd() % 18) as u16);

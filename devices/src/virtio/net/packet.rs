@@ -80,10 +80,22 @@ mod tests {
         q.add_chain(&[Desc::read(0x7f00_0000_0000, 100)]);
         let chains: Vec<ParsedChain> = (0..4).map(|_| ParsedChain::parse(q.pop()).unwrap()).collect();
         let mut buf = Vec::new();
-        assert_eq!(read_tx_frame(&chains[0], q.mem(), &mut buf), Err(FrameError::TooShort(20)));
-        assert_eq!(read_tx_frame(&chains[1], q.mem(), &mut buf), Err(FrameError::TooLong(u64::from(u32::MAX))));
+        assert_eq!(
+            read_tx_frame(&chains[0], q.mem(), &mut buf),
+            Err(FrameError::TooShort(20))
+        );
+        assert_eq!(
+            read_tx_frame(&chains[1], q.mem(), &mut buf),
+            Err(FrameError::TooLong(u64::from(u32::MAX)))
+        );
         // Wrong direction: nothing device-readable.
-        assert_eq!(read_tx_frame(&chains[2], q.mem(), &mut buf), Err(FrameError::TooShort(0)));
-        assert!(matches!(read_tx_frame(&chains[3], q.mem(), &mut buf), Err(FrameError::Unreachable(_))));
+        assert_eq!(
+            read_tx_frame(&chains[2], q.mem(), &mut buf),
+            Err(FrameError::TooShort(0))
+        );
+        assert!(matches!(
+            read_tx_frame(&chains[3], q.mem(), &mut buf),
+            Err(FrameError::Unreachable(_))
+        ));
     }
 }

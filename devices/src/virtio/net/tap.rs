@@ -74,22 +74,40 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
-        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes), which `IfReq` lays out.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-            return Err(TapError::Attach { name: name.to_string(), source: io::Error::last_os_error() });
+            return Err(TapError::Attach {
+                name: name.to_string(),
+                source: io::Error::last_os_error(),
+            });
         }
         let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
-            return Err(TapError::Configure { name: name.to_string(), what: "vnet header size", source: io::Error::last_os_error() });
+            return Err(TapError::Configure {
+                name: name.to_string(),
+                what: "vnet header size",
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_uint) } < 0 {
-            return Err(TapError::Configure { name: name.to_string(), what: "offloads", source: io::Error::last_os_error() });
+            return Err(TapError::Configure {
+                name: name.to_string(),
+                what: "offloads",
+                source: io::Error::last_os_error(),
+            });
         }
-        Ok(Tap { file, name: name.to_string() })
+        Ok(Tap {
+            file,
+            name: name.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {

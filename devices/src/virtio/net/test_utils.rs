@@ -22,7 +22,11 @@ pub struct FakeTap {
 
 impl FakeTap {
     pub fn new() -> Self {
-        FakeTap { inbound: Arc::default(), outbound: Arc::default(), ready: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()) }
+        FakeTap {
+            inbound: Arc::default(),
+            outbound: Arc::default(),
+            ready: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+        }
     }
 
     /// Queues a frame (a virtio-net header is prepended) for the guest.

@@ -19,8 +19,8 @@ use super::unix::{HybridUnixBackend, UnixBackendError};
 use super::{MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet,
-    QueueSignals, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
+    VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver (rx, tx, event).
@@ -80,12 +80,20 @@ impl<B: VsockBackend> Vsock<B> {
     }
 
     /// Drains the TX queue into the backend.
-    fn process_tx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+    fn process_tx(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+        signals: &mut QueueSignals,
+    ) -> Result<(), DeviceError> {
         let Some(txq) = queues.get(TX_QUEUE) else { return Ok(()) };
         while let Some(desc_chain) = pop_chain(txq, mem, TX_QUEUE)? {
             let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain)
-                .map_err(|source| DeviceError::MalformedChain { queue: TX_QUEUE, head, source })?;
+            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
+                queue: TX_QUEUE,
+                head,
+                source,
+            })?;
             match parse_tx(&chain, mem, &mut self.tx_payload) {
                 Ok(hdr) => {
                     VsockMetrics::inc(&self.metrics.tx_packets);
@@ -103,22 +111,39 @@ impl<B: VsockBackend> Vsock<B> {
     }
 
     /// Fills RX buffers with whatever the backend has for the guest.
-    fn process_rx(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+    fn process_rx(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+        signals: &mut QueueSignals,
+    ) -> Result<(), DeviceError> {
         let Some(rxq) = queues.get(RX_QUEUE) else { return Ok(()) };
         while self.backend.has_pending_rx() {
             // Starved: the guest kicks the RX queue when it adds buffers.
-            let Some(desc_chain) = pop_chain(rxq, mem, RX_QUEUE)? else { break };
+            let Some(desc_chain) = pop_chain(rxq, mem, RX_QUEUE)? else {
+                break;
+            };
             let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain)
-                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
-            let cap = rx_capacity(&chain, mem)
-                .map_err(|e| DeviceError::Unanswerable { queue: RX_QUEUE, head, reason: e.to_string() })?;
+            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
+                queue: RX_QUEUE,
+                head,
+                source,
+            })?;
+            let cap = rx_capacity(&chain, mem).map_err(|e| DeviceError::Unanswerable {
+                queue: RX_QUEUE,
+                head,
+                reason: e.to_string(),
+            })?;
             let Some((hdr, n)) = self.backend.recv_pkt(&mut self.rx_buf[..cap]) else {
                 rxq.go_to_previous_position();
                 break;
             };
-            let used = write_rx(&chain, mem, &hdr, &self.rx_buf[..n])
-                .map_err(|source| DeviceError::MalformedChain { queue: RX_QUEUE, head, source })?;
+            let used =
+                write_rx(&chain, mem, &hdr, &self.rx_buf[..n]).map_err(|source| DeviceError::MalformedChain {
+                    queue: RX_QUEUE,
+                    head,
+                    source,
+                })?;
             VsockMetrics::inc(&self.metrics.rx_packets);
             VsockMetrics::add(&self.metrics.rx_bytes, n as u64);
             add_used(rxq, mem, RX_QUEUE, head, used, signals)?;
@@ -171,7 +196,12 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+    ) -> Result<QueueSignals, DeviceError> {
         self.guarded(|dev, signals| {
             if index == TX_QUEUE {
                 dev.process_tx(mem, queues, signals)?;
@@ -231,7 +261,10 @@ mod tests {
         h.send(&guest_hdr(OP_REQUEST, 5000, 1234), b"").unwrap();
         let got = h.received();
         assert_eq!(ops(&got), vec![OP_RESPONSE]);
-        assert_eq!((got[0].0.src_port, got[0].0.dst_port, got[0].0.dst_cid), (1234, 5000, GUEST_CID));
+        assert_eq!(
+            (got[0].0.src_port, got[0].0.dst_port, got[0].0.dst_cid),
+            (1234, 5000, GUEST_CID)
+        );
         let (mut host, _) = listener.accept().unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
@@ -449,22 +482,48 @@ mod tests {
         let mut h = Harness::new("fuzz");
         for round in 0..200 {
             // Random packets with plausible headers (so they reach the backend) and random chains.
-            let mut hdr = guest_hdr([OP_REQUEST, OP_RW, OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST, 99][rnd() as usize % 7], (rnd() % 4) as u32, (rnd() % 4) as u32);
+            let mut hdr = guest_hdr(
+                [
+                    OP_REQUEST,
+                    OP_RW,
+                    OP_RST,
+                    OP_SHUTDOWN,
+                    OP_CREDIT_UPDATE,
+                    OP_CREDIT_REQUEST,
+                    99,
+                ][rnd() as usize % 7],
+                (rnd() % 4) as u32,
+                (rnd() % 4) as u32,
+            );
             hdr.flags = rnd() as u32;
             hdr.buf_alloc = rnd() as u32;
             hdr.fwd_cnt = rnd() as u32;
             let payload = vec![0x5a; (rnd() % 300) as usize];
             if rnd() % 3 == 0 {
-                h.tx.add_raw_chain(&[(rnd() % (16 << 20), (rnd() % 100_000) as u32, (rnd() % 8) as u16, (rnd() % 70) as u16)]);
+                h.tx.add_raw_chain(&[(
+                    rnd() % (16 << 20),
+                    (rnd() % 100_000) as u32,
+                    (rnd() % 8) as u16,
+                    (rnd() % 70) as u16,
+                )]);
             } else {
                 crate::virtio::vsock::test_utils::write_tx_packet(&mut h.tx, &hdr, &payload, rnd() % 2 == 0);
             }
             if rnd() % 4 == 0 {
-                h.rx.add_raw_chain(&[(rnd() % (16 << 20), (rnd() % 10_000) as u32, (rnd() % 8) as u16, (rnd() % 70) as u16)]);
+                h.rx.add_raw_chain(&[(
+                    rnd() % (16 << 20),
+                    (rnd() % 10_000) as u32,
+                    (rnd() % 8) as u16,
+                    (rnd() % 70) as u16,
+                )]);
             } else {
                 h.post_rx(1);
             }
-            let r = if round % 2 == 0 { h.kick(TX_QUEUE) } else { h.backend_event() };
+            let r = if round % 2 == 0 {
+                h.kick(TX_QUEUE)
+            } else {
+                h.backend_event()
+            };
             if r.is_err() {
                 h.dev.reset();
                 h = Harness::new("fuzz");

@@ -41,7 +41,18 @@ pub struct PacketHeader {
 
 impl PacketHeader {
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
-        let u64_at = |o: usize| u64::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+        let u64_at = |o: usize| {
+            u64::from_le_bytes([
+                b[o],
+                b[o + 1],
+                b[o + 2],
+                b[o + 3],
+                b[o + 4],
+                b[o + 5],
+                b[o + 6],
+                b[o + 7],
+            ])
+        };
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         PacketHeader {
@@ -113,7 +124,9 @@ pub fn parse_tx(chain: &ParsedChain, mem: &GuestMemory, payload: &mut Vec<u8>) -
         return Err(PacketError::HeaderTooShort(chain.readable_len()));
     }
     let mut raw = [0u8; HDR_LEN];
-    chain.read_at(mem, 0, &mut raw).map_err(PacketError::HeaderUnreachable)?;
+    chain
+        .read_at(mem, 0, &mut raw)
+        .map_err(PacketError::HeaderUnreachable)?;
     let hdr = PacketHeader::from_bytes(&raw);
     if hdr.op == OP_RW {
         if hdr.len as usize > MAX_PKT_PAYLOAD {
@@ -121,10 +134,15 @@ pub fn parse_tx(chain: &ParsedChain, mem: &GuestMemory, payload: &mut Vec<u8>) -
         }
         let available = chain.readable_len() - HDR_LEN as u64;
         if u64::from(hdr.len) > available {
-            return Err(PacketError::PayloadTruncated { len: hdr.len, available });
+            return Err(PacketError::PayloadTruncated {
+                len: hdr.len,
+                available,
+            });
         }
         payload.resize(hdr.len as usize, 0);
-        chain.read_at(mem, HDR_LEN as u64, payload).map_err(PacketError::PayloadUnreachable)?;
+        chain
+            .read_at(mem, HDR_LEN as u64, payload)
+            .map_err(PacketError::PayloadUnreachable)?;
     }
     Ok(hdr)
 }
@@ -136,7 +154,9 @@ pub fn rx_capacity(chain: &ParsedChain, mem: &GuestMemory) -> Result<usize, Pack
         return Err(PacketError::RxBufferTooShort(total));
     }
     let cap = (total - HDR_LEN as u64).min(MAX_PKT_PAYLOAD as u64);
-    chain.check_writable(mem, 0, HDR_LEN as u64 + cap).map_err(PacketError::RxBufferUnreachable)?;
+    chain
+        .check_writable(mem, 0, HDR_LEN as u64 + cap)
+        .map_err(PacketError::RxBufferUnreachable)?;
     Ok(cap as usize)
 }
 
@@ -157,7 +177,18 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = PacketHeader { src_cid: 3, dst_cid: 2, src_port: 7, dst_port: 9, len: 5, type_: 1, op: 5, flags: 0, buf_alloc: 100, fwd_cnt: 42 };
+        let h = PacketHeader {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 7,
+            dst_port: 9,
+            len: 5,
+            type_: 1,
+            op: 5,
+            flags: 0,
+            buf_alloc: 100,
+            fwd_cnt: 42,
+        };
         assert_eq!(PacketHeader::from_bytes(&h.to_bytes()), h);
     }
 
@@ -180,7 +211,10 @@ mod tests {
         q.mem_write(PKT, &h.to_bytes());
         q.add_chain(&[Desc::read(PKT, HDR_LEN as u32 + 10)]);
         let chain = ParsedChain::parse(q.pop()).unwrap();
-        assert!(matches!(parse_tx(&chain, q.mem(), &mut Vec::new()), Err(PacketError::PayloadTruncated { .. })));
+        assert!(matches!(
+            parse_tx(&chain, q.mem(), &mut Vec::new()),
+            Err(PacketError::PayloadTruncated { .. })
+        ));
     }
 
     #[test]
@@ -191,7 +225,10 @@ mod tests {
         q.mem_write(PKT, &h.to_bytes());
         q.add_chain(&[Desc::read(PKT, u32::MAX)]);
         let chain = ParsedChain::parse(q.pop()).unwrap();
-        assert_eq!(parse_tx(&chain, q.mem(), &mut Vec::new()), Err(PacketError::PayloadTooLong(u32::MAX)));
+        assert_eq!(
+            parse_tx(&chain, q.mem(), &mut Vec::new()),
+            Err(PacketError::PayloadTooLong(u32::MAX))
+        );
     }
 
     #[test]
@@ -199,7 +236,10 @@ mod tests {
         let mut q = GuestQueue::new(8);
         q.add_chain(&[Desc::write(PKT, 64)]);
         let chain = ParsedChain::parse(q.pop()).unwrap();
-        assert_eq!(parse_tx(&chain, q.mem(), &mut Vec::new()), Err(PacketError::HeaderTooShort(0)));
+        assert_eq!(
+            parse_tx(&chain, q.mem(), &mut Vec::new()),
+            Err(PacketError::HeaderTooShort(0))
+        );
     }
 
     #[test]
@@ -210,7 +250,10 @@ mod tests {
         assert_eq!(rx_capacity(&chain, q.mem()), Err(PacketError::RxBufferTooShort(20)));
         q.add_chain(&[Desc::write(0x7fff_0000_0000, 4096)]);
         let chain = ParsedChain::parse(q.pop()).unwrap();
-        assert!(matches!(rx_capacity(&chain, q.mem()), Err(PacketError::RxBufferUnreachable(_))));
+        assert!(matches!(
+            rx_capacity(&chain, q.mem()),
+            Err(PacketError::RxBufferUnreachable(_))
+        ));
         q.add_chain(&[Desc::write(PKT, u32::MAX)]);
         let chain = ParsedChain::parse(q.pop()).unwrap();
         // Capped before the memory check would matter for the full length.

@@ -46,7 +46,10 @@ pub fn write_tx_packet(q: &mut GuestQueue, hdr: &PacketHeader, payload: &[u8], s
         if payload.is_empty() {
             q.add_chain(&[Desc::read(PKT, HDR_LEN as u32)])
         } else {
-            q.add_chain(&[Desc::read(PKT, HDR_LEN as u32), Desc::read(data_at, payload.len() as u32)])
+            q.add_chain(&[
+                Desc::read(PKT, HDR_LEN as u32),
+                Desc::read(data_at, payload.len() as u32),
+            ])
         }
     } else {
         let mut all = hdr.to_bytes().to_vec();
@@ -70,10 +73,20 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!("hull-vsock-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let dev = Vsock::new(&VsockConfig { guest_cid: GUEST_CID, uds_path: dir.join("v.sock") }).unwrap();
+        let dev = Vsock::new(&VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: dir.join("v.sock"),
+        })
+        .unwrap();
         let rx = GuestQueue::new(64);
         let tx = GuestQueue::with_memory(rx.mem().clone(), 0x1000 + RING_SPAN, 64);
-        Harness { dev, rx, tx, dir, rx_posted: 0 }
+        Harness {
+            dev,
+            rx,
+            tx,
+            dir,
+            rx_posted: 0,
+        }
     }
 
     pub fn uds(&self) -> PathBuf {
@@ -122,7 +135,10 @@ impl Harness {
                 let hdr = PacketHeader::from_bytes(&raw);
                 let n = (len as usize).saturating_sub(HDR_LEN);
                 let mut payload = vec![0u8; n];
-                self.rx.mem().read_slice(&mut payload, GuestAddress(at + HDR_LEN as u64)).unwrap();
+                self.rx
+                    .mem()
+                    .read_slice(&mut payload, GuestAddress(at + HDR_LEN as u64))
+                    .unwrap();
                 (hdr, payload)
             })
             .collect()
@@ -131,7 +147,10 @@ impl Harness {
     fn rx_buf_addr(&self, head: u16) -> u64 {
         // Buffers are single descriptors; read the descriptor's address back from the table.
         let table = 0x1000u64;
-        self.rx.mem().read_obj::<u64>(GuestAddress(table + u64::from(head) * 16)).unwrap()
+        self.rx
+            .mem()
+            .read_obj::<u64>(GuestAddress(table + u64::from(head) * 16))
+            .unwrap()
     }
 }
 

@@ -246,14 +246,23 @@ impl HybridUnixBackend {
     /// Binds `uds_path` (replacing a stale socket) for host-initiated connections.
     pub fn new(guest_cid: u64, uds_path: &Path, metrics: Arc<VsockMetrics>) -> Result<Self, UnixBackendError> {
         let _ = std::fs::remove_file(uds_path);
-        let listener = UnixListener::bind(uds_path)
-            .map_err(|source| UnixBackendError::Bind { path: uds_path.to_owned(), source })?;
+        let listener = UnixListener::bind(uds_path).map_err(|source| UnixBackendError::Bind {
+            path: uds_path.to_owned(),
+            source,
+        })?;
         listener
             .set_nonblocking(true)
-            .map_err(|source| UnixBackendError::Bind { path: uds_path.to_owned(), source })?;
+            .map_err(|source| UnixBackendError::Bind {
+                path: uds_path.to_owned(),
+                source,
+            })?;
         let epoll = Epoll::new().map_err(UnixBackendError::Epoll)?;
         epoll
-            .ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, LISTENER_TOKEN))
+            .ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+            )
             .map_err(UnixBackendError::Epoll)?;
         Ok(HybridUnixBackend {
             guest_cid,
@@ -313,11 +322,17 @@ impl HybridUnixBackend {
         let fd = conn.stream.as_raw_fd();
         let res = if want.is_empty() {
             // Deregister rather than watch nothing: HUP/ERR are reported regardless of interest.
-            self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::new(conn.registered, conn.token))
+            self.epoll.ctl(
+                ControlOperation::Delete,
+                fd,
+                EpollEvent::new(conn.registered, conn.token),
+            )
         } else if conn.registered.is_empty() {
-            self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(want, conn.token))
+            self.epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(want, conn.token))
         } else {
-            self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(want, conn.token))
+            self.epoll
+                .ctl(ControlOperation::Modify, fd, EpollEvent::new(want, conn.token))
         };
         match res {
             Ok(()) => conn.registered = want,
@@ -384,7 +399,11 @@ impl HybridUnixBackend {
         conn.peer_buf_alloc = hdr.buf_alloc;
         conn.peer_fwd_cnt = hdr.fwd_cnt;
         conn.need_response = true;
-        info!(host_port = hdr.dst_port, guest_port = hdr.src_port, "guest connected to host");
+        info!(
+            host_port = hdr.dst_port,
+            guest_port = hdr.src_port,
+            "guest connected to host"
+        );
         self.add_conn(conn);
     }
 
@@ -401,10 +420,20 @@ impl HybridUnixBackend {
                     let token = self.alloc_token();
                     if self
                         .epoll
-                        .ctl(ControlOperation::Add, stream.as_raw_fd(), EpollEvent::new(EventSet::IN, token))
+                        .ctl(
+                            ControlOperation::Add,
+                            stream.as_raw_fd(),
+                            EpollEvent::new(EventSet::IN, token),
+                        )
                         .is_ok()
                     {
-                        self.handshakes.insert(token, Handshake { stream, line: Vec::new() });
+                        self.handshakes.insert(
+                            token,
+                            Handshake {
+                                stream,
+                                line: Vec::new(),
+                            },
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -415,7 +444,9 @@ impl HybridUnixBackend {
 
     /// Reads the `CONNECT <port>\n` line one byte at a time (so no connection data is consumed).
     fn advance_handshake(&mut self, token: u64) {
-        let Some(hs) = self.handshakes.get_mut(&token) else { return };
+        let Some(hs) = self.handshakes.get_mut(&token) else {
+            return;
+        };
         let mut done: Option<Result<u32, &'static str>> = None;
         let mut byte = [0u8; 1];
         loop {
@@ -444,8 +475,14 @@ impl HybridUnixBackend {
             }
         }
         let Some(outcome) = done else { return };
-        let Some(hs) = self.handshakes.remove(&token) else { return };
-        let _ = self.epoll.ctl(ControlOperation::Delete, hs.stream.as_raw_fd(), EpollEvent::new(EventSet::IN, token));
+        let Some(hs) = self.handshakes.remove(&token) else {
+            return;
+        };
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            hs.stream.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token),
+        );
         let port = match outcome {
             Ok(p) => p,
             Err(reason) => {
@@ -469,7 +506,10 @@ impl HybridUnixBackend {
         if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
             conn.rx_ready = true;
         }
-        if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) && !conn.tx_buf.is_empty() && !conn.flush_tx() {
+        if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR)
+            && !conn.tx_buf.is_empty()
+            && !conn.flush_tx()
+        {
             conn.need_rst = true;
             conn.tx_buf.clear();
         }
@@ -556,7 +596,12 @@ impl HybridUnixBackend {
             OP_RW if conn.state == ConnState::Established && conn.peer_shutdown & SHUTDOWN_SEND == 0 => {
                 let buffered = conn.tx_buf.len() + payload.len();
                 if buffered > CONN_BUF_ALLOC as usize {
-                    warn!(host_port = key.0, guest_port = key.1, buffered, "guest overran vsock credit");
+                    warn!(
+                        host_port = key.0,
+                        guest_port = key.1,
+                        buffered,
+                        "guest overran vsock credit"
+                    );
                     conn.need_rst = true;
                     conn.tx_buf.clear();
                 } else {
@@ -606,7 +651,13 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: plain socket(2) call; the fd is wrapped right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -625,7 +676,12 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid slice for the duration of the call; the fd is owned by `stream`.
     let n = unsafe {
-        libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
     };
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -645,7 +701,11 @@ fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
 impl VsockBackend for HybridUnixBackend {
     fn send_pkt(&mut self, hdr: &PacketHeader, payload: &[u8]) {
         if hdr.dst_cid != HOST_CID || hdr.src_cid != self.guest_cid {
-            debug!(src_cid = hdr.src_cid, dst_cid = hdr.dst_cid, "vsock packet with wrong cids dropped");
+            debug!(
+                src_cid = hdr.src_cid,
+                dst_cid = hdr.dst_cid,
+                "vsock packet with wrong cids dropped"
+            );
             VsockMetrics::inc(&self.metrics.tx_dropped);
             return;
         }
@@ -735,7 +795,11 @@ impl VsockBackend for HybridUnixBackend {
             self.remove_conn(k);
         }
         for (token, hs) in self.handshakes.drain() {
-            let _ = self.epoll.ctl(ControlOperation::Delete, hs.stream.as_raw_fd(), EpollEvent::new(EventSet::IN, token));
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                hs.stream.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            );
         }
         self.pending_rst.clear();
         self.rx_order.clear();
