@@ -110,7 +110,10 @@ impl DeviceConfigs {
     /// Post-boot updates (`PATCH /drives/{id}`, `PATCH /network-interfaces/{id}`): rate limiters, backing
     /// file. hull's devices are fixed once the microVM runs.
     pub fn patch(&mut self, kind: DeviceKind, id: &str, _update: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::UpdateNotSupported { kind, id: id.to_string() })
+        Err(DeviceError::UpdateNotSupported {
+            kind,
+            id: id.to_string(),
+        })
     }
 
     /// Hands the devices to the VMM's configuration (at `InstanceStart`).
@@ -144,10 +147,18 @@ mod tests {
         let mut devices = DeviceConfigs::default();
         let root = json!({"drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": false});
         devices.put_drive("rootfs", root.clone()).unwrap();
-        devices.put_drive("data", json!({"drive_id": "data", "path_on_host": img, "is_root_device": false})).unwrap();
+        devices
+            .put_drive(
+                "data",
+                json!({"drive_id": "data", "path_on_host": img, "is_root_device": false}),
+            )
+            .unwrap();
         // A second root device is refused and changes nothing.
         let e = devices
-            .put_drive("other", json!({"drive_id": "other", "path_on_host": img, "is_root_device": true}))
+            .put_drive(
+                "other",
+                json!({"drive_id": "other", "path_on_host": img, "is_root_device": true}),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("root device"), "{e}");
@@ -159,15 +170,24 @@ mod tests {
         assert_eq!(devices.drives[0].drive_id, "rootfs");
         assert!(devices.drives[0].is_read_only);
         // Bodies with unknown fields, a missing file or another id are refused with the reason.
-        let e = devices.put_drive("x", json!({"drive_id": "x", "bogus": 1})).unwrap_err().to_string();
+        let e = devices
+            .put_drive("x", json!({"drive_id": "x", "bogus": 1}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = devices
-            .put_drive("x", json!({"drive_id": "x", "path_on_host": "/no/such.ext4", "is_root_device": false}))
+            .put_drive(
+                "x",
+                json!({"drive_id": "x", "path_on_host": "/no/such.ext4", "is_root_device": false}),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("/no/such.ext4"), "{e}");
         assert!(matches!(
-            devices.put_drive("x", json!({"drive_id": "y", "path_on_host": img, "is_root_device": false})),
+            devices.put_drive(
+                "x",
+                json!({"drive_id": "y", "path_on_host": img, "is_root_device": false})
+            ),
             Err(DeviceError::IdMismatch)
         ));
         let mut vm = VmConfig::default();
@@ -180,20 +200,34 @@ mod tests {
     fn network_interfaces_and_vsock_are_validated() {
         let mut devices = DeviceConfigs::default();
         let e = devices
-            .put_network_interface("eth0", json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}))
+            .put_network_interface(
+                "eth0",
+                json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("guest_mac"), "{e}");
         devices
-            .put_network_interface("eth0", json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}))
+            .put_network_interface(
+                "eth0",
+                json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}),
+            )
             .unwrap();
-        let e = devices.put_vsock(json!({"guest_cid": 1, "uds_path": "/tmp/v.sock"})).unwrap_err().to_string();
+        let e = devices
+            .put_vsock(json!({"guest_cid": 1, "uds_path": "/tmp/v.sock"}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("guest_cid"), "{e}");
-        devices.put_vsock(json!({"guest_cid": 3, "uds_path": "/tmp/v.sock"})).unwrap();
+        devices
+            .put_vsock(json!({"guest_cid": 3, "uds_path": "/tmp/v.sock"}))
+            .unwrap();
         let json = serde_json::to_value(&devices).unwrap();
         assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap0");
         assert_eq!(json["vsock"]["guest_cid"], 3);
-        let e = devices.patch(DeviceKind::Drive, "rootfs", Value::Null).unwrap_err().to_string();
+        let e = devices
+            .patch(DeviceKind::Drive, "rootfs", Value::Null)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("after boot"), "{e}");
     }
 

@@ -248,17 +248,24 @@ fn check_device_id(id: &str) -> Result<(), String> {
 fn refuse_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), String> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(()),
-        Some(_) => Err(format!("{field} is not supported: hull has no I/O rate limiting; leave it null")),
+        Some(_) => Err(format!(
+            "{field} is not supported: hull has no I/O rate limiting; leave it null"
+        )),
     }
 }
 
 impl BlockDeviceConfig {
     /// Checks the fields and that the image can be opened the way the drive will use it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |reason: String| ConfigError::InvalidDrive { id: self.drive_id.clone(), reason };
+        let err = |reason: String| ConfigError::InvalidDrive {
+            id: self.drive_id.clone(),
+            reason,
+        };
         check_device_id(&self.drive_id).map_err(err)?;
         if self.socket.is_some() {
-            return Err(err("vhost-user drives (socket) are not supported inside hull; use path_on_host".into()));
+            return Err(err(
+                "vhost-user drives (socket) are not supported inside hull; use path_on_host".into(),
+            ));
         }
         if self.io_engine == IoEngine::Async {
             return Err(err("io_engine Async (io_uring) is not supported; use Sync".into()));
@@ -269,22 +276,34 @@ impl BlockDeviceConfig {
                 return Err(err("partuuid is only used for the root device".into()));
             }
             if uuid.is_empty() || uuid.len() > 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                return Err(err(format!("partuuid {uuid:?} is not a partition UUID (hex digits and dashes)")));
+                return Err(err(format!(
+                    "partuuid {uuid:?} is not a partition UUID (hex digits and dashes)"
+                )));
             }
         }
         let path = &self.path_on_host;
         let meta = std::fs::metadata(path).map_err(|e| err(format!("path_on_host {}: {e}", path.display())))?;
         use std::os::unix::fs::FileTypeExt;
         if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(err(format!("path_on_host {} is not a regular file or block device", path.display())));
+            return Err(err(format!(
+                "path_on_host {} is not a regular file or block device",
+                path.display()
+            )));
         }
         std::fs::OpenOptions::new()
             .read(true)
             .write(!self.is_read_only)
             .open(path)
             .map_err(|e| {
-                let how = if self.is_read_only { "reading" } else { "reading and writing (is_read_only is false)" };
-                err(format!("path_on_host {} cannot be opened for {how}: {e}", path.display()))
+                let how = if self.is_read_only {
+                    "reading"
+                } else {
+                    "reading and writing (is_read_only is false)"
+                };
+                err(format!(
+                    "path_on_host {} cannot be opened for {how}: {e}",
+                    path.display()
+                ))
             })?;
         Ok(())
     }
@@ -306,7 +325,10 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 
 impl NetworkInterfaceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |reason: String| ConfigError::InvalidNetworkInterface { id: self.iface_id.clone(), reason };
+        let err = |reason: String| ConfigError::InvalidNetworkInterface {
+            id: self.iface_id.clone(),
+            reason,
+        };
         check_device_id(&self.iface_id).map_err(err)?;
         let name = &self.host_dev_name;
         if name.is_empty()
@@ -318,8 +340,11 @@ impl NetworkInterfaceConfig {
             )));
         }
         if let Some(text) = &self.guest_mac {
-            let mac = parse_mac(text)
-                .ok_or_else(|| err(format!("guest_mac {text:?} is not a MAC address like 06:00:ac:10:00:02")))?;
+            let mac = parse_mac(text).ok_or_else(|| {
+                err(format!(
+                    "guest_mac {text:?} is not a MAC address like 06:00:ac:10:00:02"
+                ))
+            })?;
             if mac[0] & 1 != 0 {
                 return Err(err(format!("guest_mac {text} is a multicast address")));
             }
@@ -345,14 +370,19 @@ impl VsockConfig {
         let path = &self.uds_path;
         let len = path.as_os_str().len();
         if len == 0 || len > MAX_UDS_PATH_LEN {
-            return Err(err(format!("uds_path must be 1 to {MAX_UDS_PATH_LEN} bytes (got {len})")));
+            return Err(err(format!(
+                "uds_path must be 1 to {MAX_UDS_PATH_LEN} bytes (got {len})"
+            )));
         }
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => std::path::Path::new("."),
         };
         if !parent.is_dir() {
-            return Err(err(format!("the directory of uds_path {} does not exist", path.display())));
+            return Err(err(format!(
+                "the directory of uds_path {} does not exist",
+                path.display()
+            )));
         }
         Ok(())
     }
@@ -372,7 +402,10 @@ pub struct VmConfig {
 impl VmConfig {
     /// Checks the whole configuration before any VM resource is created.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.boot_source.as_ref().ok_or(ConfigError::MissingBootSource)?.validate()?;
+        self.boot_source
+            .as_ref()
+            .ok_or(ConfigError::MissingBootSource)?
+            .validate()?;
         self.machine.validate()?;
         self.validate_devices()
     }
@@ -384,7 +417,10 @@ impl VmConfig {
         for (i, drive) in self.drives.iter().enumerate() {
             drive.validate()?;
             if self.drives[..i].iter().any(|d| d.drive_id == drive.drive_id) {
-                return Err(ConfigError::InvalidDrive { id: drive.drive_id.clone(), reason: "the id is used twice".into() });
+                return Err(ConfigError::InvalidDrive {
+                    id: drive.drive_id.clone(),
+                    reason: "the id is used twice".into(),
+                });
             }
             roots += usize::from(drive.is_root_device);
             if roots > 1 {
@@ -396,7 +432,10 @@ impl VmConfig {
         }
         for (i, iface) in self.net.iter().enumerate() {
             iface.validate()?;
-            let err = |reason: &str| ConfigError::InvalidNetworkInterface { id: iface.iface_id.clone(), reason: reason.into() };
+            let err = |reason: &str| ConfigError::InvalidNetworkInterface {
+                id: iface.iface_id.clone(),
+                reason: reason.into(),
+            };
             let earlier = &self.net[..i];
             if earlier.iter().any(|n| n.iface_id == iface.iface_id) {
                 return Err(err("the id is used twice"));
@@ -405,7 +444,10 @@ impl VmConfig {
                 return Err(err("its host_dev_name is already used by another interface"));
             }
             if let Some(mac) = iface.guest_mac.as_deref().and_then(parse_mac) {
-                if earlier.iter().any(|n| n.guest_mac.as_deref().and_then(parse_mac) == Some(mac)) {
+                if earlier
+                    .iter()
+                    .any(|n| n.guest_mac.as_deref().and_then(parse_mac) == Some(mac))
+                {
                     return Err(err("its guest_mac is already used by another interface"));
                 }
             }
@@ -423,7 +465,10 @@ impl VmConfig {
 
     /// The drives in attachment order: the root device first, the others as configured.
     pub fn drives_in_attach_order(&self) -> impl Iterator<Item = &BlockDeviceConfig> {
-        self.drives.iter().filter(|d| d.is_root_device).chain(self.drives.iter().filter(|d| !d.is_root_device))
+        self.drives
+            .iter()
+            .filter(|d| d.is_root_device)
+            .chain(self.drives.iter().filter(|d| !d.is_root_device))
     }
 }
 
@@ -499,8 +544,9 @@ mod tests {
         bad.path_on_host = "/nonexistent/rootfs.ext4".into();
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("rootfs") && e.contains("/nonexistent/rootfs.ext4"), "{e}");
-        let r: Result<BlockDeviceConfig, _> =
-            serde_json::from_value(serde_json::json!({"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "cache_type": "Fast"}));
+        let r: Result<BlockDeviceConfig, _> = serde_json::from_value(
+            serde_json::json!({"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "cache_type": "Fast"}),
+        );
         assert!(r.is_err());
         std::fs::remove_file(img).unwrap();
     }
@@ -508,11 +554,24 @@ mod tests {
     #[test]
     fn devices_are_checked_across_each_other() {
         let img = temp_image("cross");
-        let mut vm = VmConfig { drives: vec![drive("a", &img, true), drive("b", &img, false)], ..Default::default() };
+        let mut vm = VmConfig {
+            drives: vec![drive("a", &img, true), drive("b", &img, false)],
+            ..Default::default()
+        };
         vm.validate_devices().unwrap();
-        assert_eq!(vm.drives_in_attach_order().map(|d| d.drive_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            vm.drives_in_attach_order()
+                .map(|d| d.drive_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         vm.drives.swap(0, 1);
-        assert_eq!(vm.drives_in_attach_order().map(|d| d.drive_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            vm.drives_in_attach_order()
+                .map(|d| d.drive_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         vm.drives.push(drive("c", &img, true));
         assert!(vm.validate_devices().unwrap_err().to_string().contains("root device"));
         vm.drives.pop();
@@ -532,7 +591,13 @@ mod tests {
         assert!(vm.validate_devices().unwrap_err().to_string().contains("host_dev_name"));
         vm.net[1] = tap("eth1", "tap1", Some("06:00:ac:10:00:02"));
         assert!(vm.validate_devices().unwrap_err().to_string().contains("guest_mac"));
-        for bad in ["06:00:ac:10:00", "06:00:ac:10:00:02:03", "g6:00:ac:10:00:02", "07:00:ac:10:00:02", "6:0:ac:10:0:2"] {
+        for bad in [
+            "06:00:ac:10:00",
+            "06:00:ac:10:00:02:03",
+            "g6:00:ac:10:00:02",
+            "07:00:ac:10:00:02",
+            "6:0:ac:10:0:2",
+        ] {
             vm.net[1] = tap("eth1", "tap1", Some(bad));
             assert!(vm.validate_devices().is_err(), "{bad}");
         }
@@ -541,20 +606,38 @@ mod tests {
         vm.net[1] = tap("eth1", "sixteen-chars-xx", None);
         assert!(vm.validate_devices().is_err());
         vm.net.pop();
-        vm.vsock = Some(VsockConfig { vsock_id: None, guest_cid: 2, uds_path: std::env::temp_dir().join("v.sock") });
+        vm.vsock = Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 2,
+            uds_path: std::env::temp_dir().join("v.sock"),
+        });
         assert!(vm.validate_devices().unwrap_err().to_string().contains("guest_cid"));
-        vm.vsock = Some(VsockConfig { vsock_id: None, guest_cid: 3, uds_path: "/nonexistent/dir/v.sock".into() });
+        vm.vsock = Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: "/nonexistent/dir/v.sock".into(),
+        });
         assert!(vm.validate_devices().unwrap_err().to_string().contains("directory"));
-        vm.vsock = Some(VsockConfig { vsock_id: Some("vsock0".into()), guest_cid: 3, uds_path: std::env::temp_dir().join("v.sock") });
+        vm.vsock = Some(VsockConfig {
+            vsock_id: Some("vsock0".into()),
+            guest_cid: 3,
+            uds_path: std::env::temp_dir().join("v.sock"),
+        });
         vm.validate_devices().unwrap();
         vm.drives = (0..19).map(|i| drive(&format!("d{i}"), &img, false)).collect();
-        assert!(matches!(vm.validate_devices(), Err(ConfigError::TooManyDevices { count: 21, max: 19 })));
+        assert!(matches!(
+            vm.validate_devices(),
+            Err(ConfigError::TooManyDevices { count: 21, max: 19 })
+        ));
         std::fs::remove_file(img).unwrap();
     }
 
     #[test]
     fn missing_kernel_is_reported_with_its_path() {
-        let b = BootSourceConfig { kernel_image_path: "/nonexistent/vmlinux".into(), ..Default::default() };
+        let b = BootSourceConfig {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            ..Default::default()
+        };
         let e = b.validate().unwrap_err().to_string();
         assert!(e.contains("/nonexistent/vmlinux"), "{e}");
     }

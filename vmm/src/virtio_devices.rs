@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{lock, Bus, BusDevice};
 use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
 use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -34,10 +35,14 @@ pub enum AttachError {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    #[error("network interface {id}: {source}")]
+    Net {
+        id: String,
+        #[source]
+        source: devices::virtio::net::device::NetError,
+    },
     #[error("vsock: {0}")]
     Vsock(#[source] devices::virtio::vsock::unix::UnixBackendError),
-    #[error("{device}: {reason}")]
-    Unavailable { device: String, reason: &'static str },
     #[error(transparent)]
     Transport(#[from] devices::transport::TransportError),
     #[error("{device}: cannot create its interrupt eventfd: {source}")]
@@ -78,13 +83,27 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
             read_only: drive.is_read_only,
             id: Some(drive.drive_id.clone()),
         };
-        let block = Block::new(&cfg).map_err(|source| AttachError::Drive { id: drive.drive_id.clone(), source })?;
-        cores.push(DeviceCore { label: format!("block:{}", drive.drive_id), core: Box::new(block) });
+        let block = Block::new(&cfg).map_err(|source| AttachError::Drive {
+            id: drive.drive_id.clone(),
+            source,
+        })?;
+        cores.push(DeviceCore {
+            label: format!("block:{}", drive.drive_id),
+            core: Box::new(block),
+        });
     }
-    if let Some(iface) = config.net.first() {
-        return Err(AttachError::Unavailable {
-            device: format!("net:{}", iface.iface_id),
-            reason: "the virtio-net device core is not in hull yet",
+    for iface in &config.net {
+        let cfg = NetConfig {
+            tap: iface.host_dev_name.clone(),
+            mac: iface.guest_mac.as_deref().and_then(crate::config::parse_mac),
+        };
+        let net = Net::new(&cfg).map_err(|source| AttachError::Net {
+            id: iface.iface_id.clone(),
+            source,
+        })?;
+        cores.push(DeviceCore {
+            label: format!("net:{}", iface.iface_id),
+            core: Box::new(net),
         });
     }
     if let Some(vsock) = &config.vsock {
@@ -94,7 +113,10 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
         };
         let core = Vsock::new(&cfg).map_err(AttachError::Vsock)?;
         let label = format!("vsock:{}", vsock.vsock_id.as_deref().unwrap_or("vsock"));
-        cores.push(DeviceCore { label, core: Box::new(core) });
+        cores.push(DeviceCore {
+            label,
+            core: Box::new(core),
+        });
     }
     Ok(cores)
 }
@@ -127,19 +149,27 @@ pub fn attach_mmio(
     irq: u32,
 ) -> Result<Subscriber, AttachError> {
     let label = device.label;
-    let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|source| AttachError::EventFd { device: label.clone(), source })?;
-    vm.register_irqfd(&irq_evt, irq).map_err(|source| AttachError::Irqfd { device: label.clone(), irq, source })?;
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| AttachError::EventFd {
+        device: label.clone(),
+        source,
+    })?;
+    vm.register_irqfd(&irq_evt, irq).map_err(|source| AttachError::Irqfd {
+        device: label.clone(),
+        irq,
+        source,
+    })?;
     let transport = MmioTransport::new(label.clone(), device.core, mem.clone(), irq_evt)?;
     let kind = device_type_name(transport.device_type());
 
     let mut ioeventfds = Vec::with_capacity(transport.queue_count());
     for index in 0..transport.queue_count() {
-        let registered = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string()).and_then(|evt| {
-            vm.register_ioevent(&evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), index as u32)
-                .map(|()| evt)
-                .map_err(|e| e.to_string())
-        });
+        let registered = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| e.to_string())
+            .and_then(|evt| {
+                vm.register_ioevent(&evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), index as u32)
+                    .map(|()| evt)
+                    .map_err(|e| e.to_string())
+            });
         match registered {
             Ok(evt) => ioeventfds.push((index, evt)),
             Err(error) => {
@@ -150,7 +180,11 @@ pub fn attach_mmio(
 
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(transport.clone() as Arc<Mutex<dyn BusDevice>>, addr, MMIO_WINDOW_SIZE)
-        .map_err(|source| AttachError::Bus { device: label.clone(), addr, source })?;
+        .map_err(|source| AttachError::Bus {
+            device: label.clone(),
+            addr,
+            source,
+        })?;
     info!(device = %label, kind = %kind, addr = format_args!("{addr:#x}"), irq, ioeventfds = ioeventfds.len(), "virtio-mmio device attached");
     Ok(Arc::new(Mutex::new(MmioDeviceHandler::new(transport, ioeventfds))))
 }
@@ -176,7 +210,13 @@ impl MmioDeviceHandler {
             let t = lock(&transport);
             (t.state_event().as_raw_fd(), t.label().to_string())
         };
-        MmioDeviceHandler { transport, ioeventfds, state_fd, label, watched_backend: None }
+        MmioDeviceHandler {
+            transport,
+            ioeventfds,
+            state_fd,
+            label,
+            watched_backend: None,
+        }
     }
 
     /// Watches the device's host-side fd exactly while the device is serving.

@@ -21,8 +21,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::virtio::{
-    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET,
-    TYPE_BLOCK, TYPE_NET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BLOCK,
+    TYPE_NET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// "virt" in little-endian: the first register of every virtio-mmio window.
@@ -112,9 +112,19 @@ pub enum ActivationError {
     #[error("queue {queue}: size {size} is not a power of two between 1 and {max}")]
     QueueSize { queue: usize, size: u32, max: u16 },
     #[error("queue {queue}: the {ring} address {addr:#x} is not aligned")]
-    QueueAlignment { queue: usize, ring: &'static str, addr: u64 },
+    QueueAlignment {
+        queue: usize,
+        ring: &'static str,
+        addr: u64,
+    },
     #[error("queue {queue}: its rings (desc {desc:#x}, avail {avail:#x}, used {used:#x}, size {size}) are not all in guest memory")]
-    QueueOutsideMemory { queue: usize, desc: u64, avail: u64, used: u64, size: u32 },
+    QueueOutsideMemory {
+        queue: usize,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        size: u32,
+    },
     #[error(transparent)]
     Device(#[from] ActivateError),
 }
@@ -186,17 +196,28 @@ impl MmioTransport {
             return Err(TransportError::NoQueues { device: label });
         }
         if sizes.len() > MAX_QUEUES {
-            return Err(TransportError::TooManyQueues { device: label, count: sizes.len() });
+            return Err(TransportError::TooManyQueues {
+                device: label,
+                count: sizes.len(),
+            });
         }
         let mut queues = Vec::with_capacity(sizes.len());
         for (index, &size) in sizes.iter().enumerate() {
             match Queue::new(size) {
                 Ok(q) if size <= MAX_QUEUE_SIZE => queues.push(q),
-                _ => return Err(TransportError::QueueMaxSize { device: label, index, size }),
+                _ => {
+                    return Err(TransportError::QueueMaxSize {
+                        device: label,
+                        index,
+                        size,
+                    })
+                }
             }
         }
-        let state_evt = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|source| TransportError::EventFd { device: label.clone(), source })?;
+        let state_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| TransportError::EventFd {
+            device: label.clone(),
+            source,
+        })?;
         Ok(MmioTransport {
             label,
             device,
@@ -428,12 +449,30 @@ impl MmioTransport {
             let size = u16::try_from(regs.size)
                 .ok()
                 .filter(|s| *s != 0 && s.is_power_of_two() && *s <= max)
-                .ok_or(ActivationError::QueueSize { queue: index, size: regs.size, max })?;
-            queue.try_set_size(size).map_err(|_| ActivationError::QueueSize { queue: index, size: regs.size, max })?;
-            let align = |ring, addr| ActivationError::QueueAlignment { queue: index, ring, addr };
-            queue.try_set_desc_table_address(GuestAddress(regs.desc)).map_err(|_| align("descriptor table", regs.desc))?;
-            queue.try_set_avail_ring_address(GuestAddress(regs.avail)).map_err(|_| align("available ring", regs.avail))?;
-            queue.try_set_used_ring_address(GuestAddress(regs.used)).map_err(|_| align("used ring", regs.used))?;
+                .ok_or(ActivationError::QueueSize {
+                    queue: index,
+                    size: regs.size,
+                    max,
+                })?;
+            queue.try_set_size(size).map_err(|_| ActivationError::QueueSize {
+                queue: index,
+                size: regs.size,
+                max,
+            })?;
+            let align = |ring, addr| ActivationError::QueueAlignment {
+                queue: index,
+                ring,
+                addr,
+            };
+            queue
+                .try_set_desc_table_address(GuestAddress(regs.desc))
+                .map_err(|_| align("descriptor table", regs.desc))?;
+            queue
+                .try_set_avail_ring_address(GuestAddress(regs.avail))
+                .map_err(|_| align("available ring", regs.avail))?;
+            queue
+                .try_set_used_ring_address(GuestAddress(regs.used))
+                .map_err(|_| align("used ring", regs.used))?;
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
             if !queue.is_valid(&self.mem) {
@@ -453,7 +492,9 @@ impl MmioTransport {
 
     /// The queue QueueSel points at, if it names one.
     fn selected(&mut self) -> Option<&mut QueueRegs> {
-        usize::try_from(self.queue_select).ok().and_then(|i| self.regs.get_mut(i))
+        usize::try_from(self.queue_select)
+            .ok()
+            .and_then(|i| self.regs.get_mut(i))
     }
 
     /// Queue registers may change between FEATURES_OK and DRIVER_OK only.
@@ -476,7 +517,9 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            QUEUE_NUM_MAX => sel.and_then(|i| self.queues.get(i)).map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_NUM_MAX => sel
+                .and_then(|i| self.queues.get(i))
+                .map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => sel.and_then(|i| self.regs.get(i)).map_or(0, |r| u32::from(r.ready)),
             INTERRUPT_STATUS => self.interrupt_status,
             STATUS => self.status,
@@ -656,7 +699,11 @@ mod tests {
         wr(t, QUEUE_DEVICE_HIGH, (used >> 32) as u32);
         wr(t, QUEUE_READY, 1);
         assert_eq!(rd(t, QUEUE_READY), 1);
-        wr(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
     }
 
     fn bring_up(r: &mut Rig) {
@@ -722,8 +769,14 @@ mod tests {
     #[test]
     fn feature_negotiation_refuses_unoffered_bits_and_missing_version_1() {
         let mut r = rig();
-        assert!(!negotiate(&mut r.t, 0), "a legacy driver (no VERSION_1) must be refused");
-        assert!(!negotiate(&mut r.t, VIRTIO_F_VERSION_1 | (1 << 27)), "unoffered bit 27 must be refused");
+        assert!(
+            !negotiate(&mut r.t, 0),
+            "a legacy driver (no VERSION_1) must be refused"
+        );
+        assert!(
+            !negotiate(&mut r.t, VIRTIO_F_VERSION_1 | (1 << 27)),
+            "unoffered bit 27 must be refused"
+        );
         // A nonzero word in a feature page nobody offered.
         wr(&mut r.t, STATUS, 0);
         wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -731,7 +784,11 @@ mod tests {
         wr(&mut r.t, DRIVER_FEATURES, 1);
         wr(&mut r.t, DRIVER_FEATURES_SEL, 2);
         wr(&mut r.t, DRIVER_FEATURES, 1);
-        wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut r.t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(rd(&mut r.t, STATUS) & STATUS_FEATURES_OK, 0);
         // DRIVER_OK without FEATURES_OK does not activate.
         wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
@@ -759,7 +816,11 @@ mod tests {
         assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), 0);
         assert_eq!(rd(&mut r.t, QUEUE_READY), 0);
         assert!(!r.t.is_serving());
-        assert_eq!(r.t.state_event().read().unwrap(), 1, "the event loop is told to stop watching");
+        assert_eq!(
+            r.t.state_event().read().unwrap(),
+            1,
+            "the event loop is told to stop watching"
+        );
         // Notifications after reset do nothing.
         let used = r.q.used_idx();
         offer_request(&mut r.q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 512)]);
@@ -821,7 +882,11 @@ mod tests {
             wr(&mut r.t, QUEUE_DEVICE_LOW, used as u32);
             wr(&mut r.t, reg, value);
             wr(&mut r.t, QUEUE_READY, 1);
-            wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+            wr(
+                &mut r.t,
+                STATUS,
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+            );
             assert!(!r.t.is_serving(), "register {reg:#x} = {value:#x} accepted");
             assert_ne!(r.t.status() & DEVICE_NEEDS_RESET, 0);
         }
@@ -883,7 +948,11 @@ mod tests {
         wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE);
         assert_eq!(rd(&mut r.t, STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         // Bits a driver does not own are dropped.
-        wr(&mut r.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | DEVICE_NEEDS_RESET | 0x30);
+        wr(
+            &mut r.t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | DEVICE_NEEDS_RESET | 0x30,
+        );
         assert_eq!(rd(&mut r.t, STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         // Everything at once still goes through negotiation first.
         wr(&mut r.t, DRIVER_FEATURES_SEL, 1);
@@ -922,9 +991,23 @@ mod tests {
             seed
         };
         let regs = [
-            DEVICE_FEATURES_SEL, DRIVER_FEATURES, DRIVER_FEATURES_SEL, QUEUE_SEL, QUEUE_NUM, QUEUE_READY,
-            QUEUE_NOTIFY, INTERRUPT_ACK, STATUS, QUEUE_DESC_LOW, QUEUE_DESC_HIGH, QUEUE_DRIVER_LOW,
-            QUEUE_DRIVER_HIGH, QUEUE_DEVICE_LOW, QUEUE_DEVICE_HIGH, SHM_SEL, CONFIG_SPACE,
+            DEVICE_FEATURES_SEL,
+            DRIVER_FEATURES,
+            DRIVER_FEATURES_SEL,
+            QUEUE_SEL,
+            QUEUE_NUM,
+            QUEUE_READY,
+            QUEUE_NOTIFY,
+            INTERRUPT_ACK,
+            STATUS,
+            QUEUE_DESC_LOW,
+            QUEUE_DESC_HIGH,
+            QUEUE_DRIVER_LOW,
+            QUEUE_DRIVER_HIGH,
+            QUEUE_DEVICE_LOW,
+            QUEUE_DEVICE_HIGH,
+            SHM_SEL,
+            CONFIG_SPACE,
         ];
         for _ in 0..50 {
             let mut r = rig();
@@ -939,7 +1022,9 @@ mod tests {
                 wr(&mut r.t, reg, value);
                 if rnd() % 8 == 0 {
                     let raw: Vec<u8> = (0..64).map(|_| rnd() as u8).collect();
-                    r.q.mem().write_slice(&raw, GuestAddress(0x1000 + (rnd() % 0x8000))).unwrap();
+                    r.q.mem()
+                        .write_slice(&raw, GuestAddress(0x1000 + (rnd() % 0x8000)))
+                        .unwrap();
                     r.q.publish((rnd() % 20) as u16);
                 }
                 let _ = rd(&mut r.t, (rnd() % 0x100) & !3);
@@ -965,7 +1050,10 @@ mod tests {
                 data.fill(0);
             }
             fn activate(&mut self) -> Result<(), ActivateError> {
-                Err(ActivateError::Backend { device: "vsock", source: std::io::Error::other("no socket") })
+                Err(ActivateError::Backend {
+                    device: "vsock",
+                    source: std::io::Error::other("no socket"),
+                })
             }
             fn process_queue(
                 &mut self,
@@ -981,7 +1069,11 @@ mod tests {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut t = MmioTransport::new("vsock:test", Box::new(Failing), q.mem().clone(), irq).unwrap();
         assert!(negotiate(&mut t, VIRTIO_F_VERSION_1));
-        wr(&mut t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            &mut t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert_ne!(t.status() & DEVICE_NEEDS_RESET, 0);
         assert!(!t.is_serving());
         wr(&mut t, QUEUE_NOTIFY, 1);
@@ -1021,7 +1113,10 @@ mod tests {
             MmioTransport::new("net:test", Box::new(Bad(sizes)), mem.clone(), EventFd::new(0).unwrap())
         };
         assert!(matches!(new(vec![]), Err(TransportError::NoQueues { .. })));
-        assert!(matches!(new(vec![256, 100]), Err(TransportError::QueueMaxSize { index: 1, .. })));
+        assert!(matches!(
+            new(vec![256, 100]),
+            Err(TransportError::QueueMaxSize { index: 1, .. })
+        ));
         assert!(matches!(new(vec![0]), Err(TransportError::QueueMaxSize { .. })));
         assert!(matches!(new(vec![8; 65]), Err(TransportError::TooManyQueues { .. })));
         assert!(new(vec![256, 256]).is_ok());
