@@ -36,6 +36,8 @@ pub struct Cli {
 /// directly) will be added here next to `hull vhost-user {blk,net,vsock} ...` (device backends).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a container in a fresh microVM: `hull run --rootfs DIR -- CMD...`.
+    Run(Box<crate::run::RunArgs>),
     /// Serve one virtio device to a vhost-user frontend (QEMU) until it disconnects.
     #[command(subcommand)]
     VhostUser(crate::vhost_user_cmd::VhostUserCommand),
@@ -45,7 +47,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct VmmArgs {
     /// Path of the unix socket the REST API listens on. A stale socket at that path is replaced.
-    #[arg(long, value_name = "PATH", required_unless_present = "no_api", conflicts_with = "no_api")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "no_api",
+        conflicts_with = "no_api"
+    )]
     pub api_sock: Option<PathBuf>,
 
     /// Boot from this JSON file (Firecracker's shape: boot-source, machine-config, drives, ...).
@@ -75,7 +82,9 @@ pub struct VmmArgs {
 
 fn parse_instance_id(id: &str) -> Result<String, String> {
     if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
-        return Err(format!("it must be 1 to {MAX_INSTANCE_ID_LEN} characters long"));
+        return Err(format!(
+            "it must be 1 to {MAX_INSTANCE_ID_LEN} characters long"
+        ));
     }
     if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err("only letters, digits and '-' are allowed".into());
@@ -117,7 +126,14 @@ mod tests {
     #[test]
     fn no_api_needs_a_config_file_and_excludes_the_socket() {
         assert!(parse(&["--no-api"]).is_err());
-        assert!(parse(&["--no-api", "--config-file", "vm.json", "--api-sock", "/tmp/s"]).is_err());
+        assert!(parse(&[
+            "--no-api",
+            "--config-file",
+            "vm.json",
+            "--api-sock",
+            "/tmp/s"
+        ])
+        .is_err());
         let cli = parse(&["--no-api", "--config-file", "vm.json", "--boot-timer"]).unwrap();
         assert!(cli.vmm.no_api && cli.vmm.boot_timer);
         assert_eq!(cli.vmm.config_file, Some(PathBuf::from("vm.json")));

@@ -10,6 +10,7 @@ mod http;
 mod instance;
 mod logging;
 mod routes;
+mod run;
 mod server;
 mod signals;
 mod vhost_user_cmd;
@@ -32,6 +33,7 @@ fn main() {
     if let Some(command) = cli.command {
         match command {
             cli::Command::VhostUser(cmd) => std::process::exit(vhost_user_cmd::run(cmd)),
+            cli::Command::Run(args) => std::process::exit(run::run(*args)),
         }
     }
     logging::init(cli.vmm.log_level);
@@ -65,7 +67,13 @@ fn run_vmm(args: VmmArgs, signals: &SignalFd) -> i32 {
         Some(path) => SerialOutput::File(path),
         None => SerialOutput::Stdout,
     };
-    let mut instance = Instance::new(args.id, VmmOptions { boot_timer: args.boot_timer, serial });
+    let mut instance = Instance::new(
+        args.id,
+        VmmOptions {
+            boot_timer: args.boot_timer,
+            serial,
+        },
+    );
 
     if let Some(path) = &args.config_file {
         if let Err(e) = config_file::boot_from_file(path, &mut instance) {

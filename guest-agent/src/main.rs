@@ -75,6 +75,7 @@ fn main() {
         eprintln!("hull-agent: not PID 1, refusing to run (this is the guest's init)");
         std::process::exit(1);
     }
+    pid1::switch_root_to_tmpfs();
     // Before any thread exists, so every thread inherits the blocked mask.
     reaper::block_sigchld();
     pid1::mount_early();

@@ -15,6 +15,74 @@ const BOOT_TIMER_VALUE: u8 = 123;
 /// The command-line switch asking the agent to power the VM off once ready.
 pub const POWEROFF_SWITCH: &str = "hull.poweroff=1";
 
+/// Set in the environment of the re-executed agent once the root is a tmpfs.
+const SWITCHED_ENV: &str = "HULL_ROOT_SWITCHED";
+
+/// Moves the agent from the initramfs (the kernel's `rootfs`, which pivot_root(2) refuses to leave) onto a
+/// tmpfs root and re-executes it there, as `switch_root` does: tmpfs on /newroot, copy /init, unlink the
+/// initramfs copy (its memory comes back), move the tmpfs onto /, chroot, exec. Containers can then
+/// pivot_root out of the agent's root. Returns only when it did nothing (already switched, or a step failed,
+/// which is logged: containers then fail to start, the agent still serves).
+pub fn switch_root_to_tmpfs() {
+    if std::env::var_os(SWITCHED_ENV).is_some() {
+        return;
+    }
+    let new = Path::new("/newroot");
+    let step = |what: &str, r: std::io::Result<()>| -> bool {
+        if let Err(e) = r {
+            log(&format!("cannot switch to a tmpfs root ({what}): {e}"));
+            return false;
+        }
+        true
+    };
+    if !step("mkdir", std::fs::create_dir_all(new))
+        || !step(
+            "mount",
+            crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")),
+        )
+        || !step(
+            "copy /init",
+            std::fs::copy("/init", new.join("init")).map(drop),
+        )
+    {
+        return;
+    }
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc"] {
+        let _ = std::fs::create_dir_all(new.join(d));
+    }
+    let _ = std::fs::remove_file("/init");
+    let dot = c".";
+    // SAFETY: chdir/mount/chroot/execve with valid C strings and NULL-terminated arrays that outlive them.
+    unsafe {
+        let newc = crate::sys::cpath(new).unwrap_or_default();
+        if libc::chdir(newc.as_ptr()) != 0
+            || libc::mount(
+                dot.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_MOVE,
+                std::ptr::null(),
+            ) != 0
+            || libc::chroot(dot.as_ptr()) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            log(&format!(
+                "cannot switch to a tmpfs root: {}",
+                std::io::Error::last_os_error()
+            ));
+            return;
+        }
+        let argv = [c"/init".as_ptr(), std::ptr::null()];
+        let env = c"HULL_ROOT_SWITCHED=1";
+        let envp = [env.as_ptr(), std::ptr::null()];
+        libc::execve(c"/init".as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    log(&format!(
+        "re-executing /init on the tmpfs root failed: {}",
+        std::io::Error::last_os_error()
+    ));
+}
+
 /// Mounts what every guest needs. Failures are logged and the boot goes on.
 pub fn mount_early() {
     let nosuid_noexec = libc::MS_NOSUID | libc::MS_NOEXEC;

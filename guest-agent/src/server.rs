@@ -197,8 +197,10 @@ pub fn serve(agent: Arc<Agent>) -> Result<ttrpc::Server, ttrpc::Error> {
     let mut server = ttrpc::Server::new()
         .bind(&format!("vsock://-1:{}", hull_agent_protocol::AGENT_PORT))?
         .register_service(agent_ttrpc::create_agent(service))
-        .set_thread_count_min(4)
-        .set_thread_count_max(64);
+        // Per connection: blocking calls (WaitProcess, GetOomEvent) each hold a thread.
+        .set_thread_count_min(2)
+        .set_thread_count_default(4)
+        .set_thread_count_max(32);
     server.start()?;
     Ok(server)
 }

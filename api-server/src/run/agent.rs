@@ -1,0 +1,205 @@
+//! The host's connection to hull-agent: ttrpc over the hybrid vsock (guest port 1024), plus stdio streams
+//! (guest port 1025, one connection per stream). Wraps the generated client with timeouts suited to each call
+//! and errors that say which call failed.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hull_agent_protocol::agent::*;
+use hull_agent_protocol::agent_ttrpc::AgentClient;
+use hull_agent_protocol::stdio::{StdioRequest, Stream};
+use hull_agent_protocol::ttrpc::{self, context};
+use hull_agent_protocol::{hybrid, AGENT_PORT, STDIO_PORT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Connect(#[from] hybrid::HybridError),
+    #[error("agent call {call}: {source}")]
+    Call {
+        call: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("stdio stream {stream}: {source}")]
+    Stdio {
+        stream: &'static str,
+        source: hull_agent_protocol::stdio::StdioError,
+    },
+}
+
+pub struct Agent {
+    client: AgentClient,
+    uds: PathBuf,
+}
+
+const SHORT: Duration = Duration::from_secs(60);
+
+fn ctx(t: Duration) -> context::Context {
+    context::with_timeout(t.as_nanos() as i64)
+}
+
+macro_rules! call {
+    ($self:ident, $method:ident, $name:literal, $req:expr, $t:expr) => {
+        $self
+            .client
+            .$method(ctx($t), &$req)
+            .map_err(|source| AgentError::Call {
+                call: $name,
+                source,
+            })
+    };
+}
+
+impl Agent {
+    /// Connects, retrying until the agent listens (the guest may still be booting) or `timeout` passes.
+    /// A vsock backend may accept the host side before the guest listens, so each connection is proven
+    /// with a Health call before it is used.
+    pub fn connect(uds: &Path, timeout: Duration) -> Result<Agent, AgentError> {
+        let start = std::time::Instant::now();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let stream = hybrid::connect_retry(uds, AGENT_PORT, left)?;
+            let client =
+                ttrpc::Client::new(stream.into_raw_fd()).map_err(|source| AgentError::Call {
+                    call: "connect",
+                    source,
+                })?;
+            let agent = Agent {
+                client: AgentClient::new(client),
+                uds: uds.to_path_buf(),
+            };
+            match agent
+                .client
+                .health(ctx(Duration::from_secs(2)), &HealthRequest::new())
+            {
+                Ok(_) => return Ok(agent),
+                Err(source) if start.elapsed() >= timeout => {
+                    return Err(AgentError::Call {
+                        call: "Health",
+                        source,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "agent not answering yet");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    pub fn version(&self) -> Result<VersionResponse, AgentError> {
+        call!(self, version, "Version", VersionRequest::new(), SHORT)
+    }
+
+    pub fn sync_clock(&self) -> Result<(), AgentError> {
+        let mut r = SyncClockRequest::new();
+        r.unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        call!(self, sync_clock, "SyncClock", r, SHORT).map(drop)
+    }
+
+    pub fn configure_network(&self, r: ConfigureNetworkRequest) -> Result<(), AgentError> {
+        call!(self, configure_network, "ConfigureNetwork", r, SHORT).map(drop)
+    }
+
+    pub fn create(&self, r: CreateContainerRequest) -> Result<(), AgentError> {
+        call!(
+            self,
+            create_container,
+            "CreateContainer",
+            r,
+            Duration::from_secs(120)
+        )
+        .map(drop)
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), AgentError> {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, start_container, "StartContainer", r, SHORT).map(drop)
+    }
+
+    pub fn exec(&self, r: ExecProcessRequest) -> Result<(), AgentError> {
+        call!(self, exec_process, "ExecProcess", r, SHORT).map(drop)
+    }
+
+    pub fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), AgentError> {
+        let mut r = SignalProcessRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec.into();
+        r.signal = signal;
+        r.all = all;
+        call!(self, signal_process, "SignalProcess", r, SHORT).map(drop)
+    }
+
+    /// Blocks until the process ends (no timeout).
+    pub fn wait(&self, id: &str, exec: &str) -> Result<WaitProcessResponse, AgentError> {
+        let mut r = ProcessRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec.into();
+        self.client
+            .wait_process(context::with_timeout(0), &r)
+            .map_err(|source| AgentError::Call {
+                call: "WaitProcess",
+                source,
+            })
+    }
+
+    pub fn close_stdin(&self, id: &str, exec: &str, total: u64) -> Result<(), AgentError> {
+        let mut r = CloseStdinRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec.into();
+        r.total_bytes = total;
+        call!(self, close_stdin, "CloseStdin", r, SHORT).map(drop)
+    }
+
+    pub fn resize(&self, id: &str, exec: &str, rows: u32, cols: u32) -> Result<(), AgentError> {
+        let mut r = ResizeTerminalRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec.into();
+        r.rows = rows;
+        r.columns = cols;
+        call!(self, resize_terminal, "ResizeTerminal", r, SHORT).map(drop)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), AgentError> {
+        let mut r = RemoveContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, remove_container, "RemoveContainer", r, SHORT).map(drop)
+    }
+
+    pub fn shutdown(&self) -> Result<(), AgentError> {
+        call!(
+            self,
+            shutdown,
+            "Shutdown",
+            ShutdownRequest::new(),
+            Duration::from_secs(2)
+        )
+        .map(drop)
+    }
+
+    /// Opens one stdio stream of a process.
+    pub fn open_stream(
+        &self,
+        id: &str,
+        exec: &str,
+        stream: Stream,
+    ) -> Result<UnixStream, AgentError> {
+        let mut s = hybrid::connect(&self.uds, STDIO_PORT)?;
+        let req = StdioRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            stream,
+        };
+        hull_agent_protocol::stdio::open(&mut s, &req).map_err(|source| AgentError::Stdio {
+            stream: stream.as_str(),
+            source,
+        })?;
+        Ok(s)
+    }
+}

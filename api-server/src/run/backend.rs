@@ -1,0 +1,380 @@
+//! The two VM backends behind one interface, used by `hull run` (and later by the containerd shim):
+//!
+//! - `kvm`: the hull VMM in its own `hull` process, configured through its API socket (boot source,
+//!   machine config, the rootfs drive, vsock, network interface) and started with InstanceStart.
+//! - `qemu`: `qemu-system-x86_64 -M microvm` under TCG with hull's own vhost-user backends
+//!   (`hull vhost-user blk|vsock|net`), for hosts where KVM cannot run guest user space.
+//!
+//! Both give the guest the same devices (vda = the rootfs image, read-only; eth0 when a TAP is given; vsock
+//! with CID 3) and the host the same hybrid vsock socket. `auto` picks `kvm` when /dev/kvm is usable and is
+//! not the software `kvm_pvm` (which cannot run Linux user space), else `qemu`, and says why.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::guard::{wait_for_path, ChildGuard};
+use super::image::RootfsImage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("starting {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not come up (log: {log})")]
+    NotUp { what: String, log: String },
+    #[error("hull API {path}: {detail}")]
+    Api { path: String, detail: String },
+}
+
+pub struct VmConfig<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cpus: u8,
+    pub mem_mib: u32,
+    pub rootfs: &'a RootfsImage,
+    pub tap: Option<&'a str>,
+    pub cmdline_extra: String,
+    pub dir: &'a Path,
+}
+
+pub trait Vm {
+    /// The host end of the hybrid vsock.
+    fn vsock_uds(&self) -> &Path;
+    /// Whether the VM's process still runs.
+    fn alive(&mut self) -> bool;
+    /// Where the guest console goes.
+    fn console_log(&self) -> PathBuf;
+    /// Waits up to `grace` for the VM to end by itself, then kills everything it started.
+    fn stop(&mut self, grace: Duration);
+}
+
+/// Decides the backend; returns it with the reason, which the caller prints.
+pub fn choose(requested: BackendKind) -> (BackendKind, String) {
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    match requested {
+        BackendKind::Kvm => (BackendKind::Kvm, "requested".into()),
+        BackendKind::Qemu => (BackendKind::Qemu, "requested".into()),
+        BackendKind::Auto if kvm_ok && !pvm => {
+            (BackendKind::Kvm, "/dev/kvm is hardware KVM".into())
+        }
+        BackendKind::Auto if pvm => (
+            BackendKind::Qemu,
+            "/dev/kvm is the software kvm_pvm, which cannot run guest user space".into(),
+        ),
+        BackendKind::Auto => (BackendKind::Qemu, "/dev/kvm is not usable".into()),
+    }
+}
+
+pub fn start(kind: BackendKind, cfg: &VmConfig) -> Result<Box<dyn Vm>, BackendError> {
+    match kind {
+        BackendKind::Kvm => Ok(Box::new(KvmVm::start(cfg)?)),
+        _ => Ok(Box::new(QemuVm::start(cfg)?)),
+    }
+}
+
+fn base_cmdline(extra: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 {extra}")
+}
+
+fn hull_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hull"))
+}
+
+/// Starts `hull vhost-user <args>` and waits for its socket.
+fn vhost_user(
+    dir: &Path,
+    name: &str,
+    socket: &Path,
+    args: &[&str],
+) -> Result<ChildGuard, BackendError> {
+    let mut cmd = Command::new(hull_exe());
+    cmd.arg("vhost-user")
+        .args(args)
+        .args(["--log-level", "Warning"]);
+    let log = dir.join(format!("{name}.log"));
+    let mut child = ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn {
+        what: name.into(),
+        source,
+    })?;
+    if !wait_for_path(socket, &mut child, Duration::from_secs(20)) {
+        return Err(BackendError::NotUp {
+            what: name.into(),
+            log: log.display().to_string(),
+        });
+    }
+    Ok(child)
+}
+
+pub struct QemuVm {
+    uds: PathBuf,
+    console: PathBuf,
+    qemu: ChildGuard,
+    backends: Vec<ChildGuard>,
+}
+
+impl QemuVm {
+    fn start(cfg: &VmConfig) -> Result<QemuVm, BackendError> {
+        let d = cfg.dir;
+        let mut backends = Vec::new();
+        let blk_sock = d.join("blk.sock");
+        let image = cfg.rootfs.path.to_string_lossy().to_string();
+        backends.push(vhost_user(
+            d,
+            "vhost-user-blk",
+            &blk_sock,
+            &[
+                "blk",
+                "--socket",
+                &blk_sock.to_string_lossy(),
+                "--path",
+                &image,
+                "--read-only",
+                "--id",
+                "rootfs",
+            ],
+        )?);
+        let vsock_sock = d.join("vsock-vu.sock");
+        let uds = d.join("vsock.sock");
+        backends.push(vhost_user(
+            d,
+            "vhost-user-vsock",
+            &vsock_sock,
+            &[
+                "vsock",
+                "--socket",
+                &vsock_sock.to_string_lossy(),
+                "--guest-cid",
+                &hull_agent_protocol::GUEST_CID.to_string(),
+                "--uds-path",
+                &uds.to_string_lossy(),
+            ],
+        )?);
+        let net_sock = d.join("net.sock");
+        if let Some(tap) = cfg.tap {
+            backends.push(vhost_user(
+                d,
+                "vhost-user-net",
+                &net_sock,
+                &["net", "--socket", &net_sock.to_string_lossy(), "--tap", tap],
+            )?);
+        }
+        let console = d.join("console.log");
+        let mem = cfg.mem_mib;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+        ])
+        .args(["-smp", &cfg.cpus.to_string(), "-m", &mem.to_string()])
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .args([
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        ])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", &format!("file:{}", console.display())])
+        .arg("-kernel")
+        .arg(cfg.kernel)
+        .arg("-initrd")
+        .arg(cfg.initrd)
+        .args(["-append", &base_cmdline(&cfg.cmdline_extra)])
+        .args([
+            "-chardev",
+            &format!("socket,id=blk0,path={}", blk_sock.display()),
+            "-device",
+            "vhost-user-blk,chardev=blk0",
+        ])
+        .args([
+            "-chardev",
+            &format!("socket,id=vsock0,path={}", vsock_sock.display()),
+            "-device",
+            "vhost-user-vsock-device,chardev=vsock0",
+        ]);
+        if cfg.tap.is_some() {
+            cmd.args([
+                "-chardev",
+                &format!("socket,id=net0,path={}", net_sock.display()),
+            ])
+            .args([
+                "-netdev",
+                "vhost-user,id=n0,chardev=net0",
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ]);
+        }
+        let qemu = ChildGuard::spawn("qemu", cmd, &d.join("qemu.log")).map_err(|source| {
+            BackendError::Spawn {
+                what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
+                source,
+            }
+        })?;
+        tracing::debug!(pid = qemu.pid(), "qemu started");
+        Ok(QemuVm {
+            uds,
+            console,
+            qemu,
+            backends,
+        })
+    }
+}
+
+impl Vm for QemuVm {
+    fn vsock_uds(&self) -> &Path {
+        &self.uds
+    }
+
+    fn alive(&mut self) -> bool {
+        !self.qemu.exited()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        self.qemu.wait_timeout(grace);
+        self.qemu.kill();
+        // The backends end when QEMU disconnects; give them a moment, then make sure.
+        for b in &mut self.backends {
+            b.wait_timeout(Duration::from_millis(200));
+            b.kill();
+        }
+    }
+}
+
+pub struct KvmVm {
+    uds: PathBuf,
+    console: PathBuf,
+    hull: ChildGuard,
+}
+
+impl KvmVm {
+    fn start(cfg: &VmConfig) -> Result<KvmVm, BackendError> {
+        let d = cfg.dir;
+        let api = d.join("api.sock");
+        let console = d.join("console.log");
+        let uds = d.join("vsock.sock");
+        let mut cmd = Command::new(hull_exe());
+        cmd.arg("--api-sock")
+            .arg(&api)
+            .arg("--serial-out")
+            .arg(&console)
+            .args(["--id", "hull-run", "--log-level", "Warning"]);
+        let log = d.join("hull-vmm.log");
+        let mut hull =
+            ChildGuard::spawn("hull", cmd, &log).map_err(|source| BackendError::Spawn {
+                what: "hull".into(),
+                source,
+            })?;
+        if !wait_for_path(&api, &mut hull, Duration::from_secs(10)) {
+            return Err(BackendError::NotUp {
+                what: "hull API socket".into(),
+                log: log.display().to_string(),
+            });
+        }
+        let put = |path: &str, body: serde_json::Value| api_put(&api, path, &body);
+        put(
+            "/boot-source",
+            serde_json::json!({
+                "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cfg.cmdline_extra)
+            }),
+        )?;
+        put(
+            "/machine-config",
+            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }),
+        )?;
+        put(
+            "/drives/rootfs",
+            serde_json::json!({
+                "drive_id": "rootfs", "path_on_host": cfg.rootfs.path, "is_root_device": false, "is_read_only": true
+            }),
+        )?;
+        put(
+            "/vsock",
+            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }),
+        )?;
+        if let Some(tap) = cfg.tap {
+            put(
+                "/network-interfaces/eth0",
+                serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }),
+            )?;
+        }
+        put(
+            "/actions",
+            serde_json::json!({ "action_type": "InstanceStart" }),
+        )?;
+        Ok(KvmVm { uds, console, hull })
+    }
+}
+
+/// One `PUT` on the API socket; any status but 2xx is an error carrying the body (the fault message).
+fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
+    use std::io::{Read, Write};
+    let err = |detail: String| BackendError::Api {
+        path: path.into(),
+        detail,
+    };
+    let body = body.to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| err(e.to_string()))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let mut resp = Vec::new();
+    s.take(1 << 20)
+        .read_to_end(&mut resp)
+        .map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(&text);
+        Err(err(format!("status {status}: {}", body.trim())))
+    }
+}
+
+impl Vm for KvmVm {
+    fn vsock_uds(&self) -> &Path {
+        &self.uds
+    }
+
+    fn alive(&mut self) -> bool {
+        !self.hull.exited()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        self.hull.wait_timeout(grace);
+        self.hull.kill();
+    }
+}

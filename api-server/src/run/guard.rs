@@ -1,0 +1,139 @@
+//! Ownership of everything `hull run` creates on the host, so that nothing outlives it: child processes
+//! (SIGKILL by PID and reaped on drop; started with PR_SET_PDEATHSIG so they die with hull even if hull is
+//! killed with SIGKILL) and the run directory (removed on drop, with the sockets and image inside).
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed and reaped when dropped.
+pub struct ChildGuard {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` in its own process group (a terminal's Ctrl-C reaches hull only), with stdout and stderr
+    /// appended to `log`, and the parent-death signal set to SIGKILL.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<ChildGuard> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        tracing::debug!(name, pid = child.id(), "started");
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Whether the process has ended (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | None => true,
+            _ => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.exited()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The run's private directory; removed with everything in it on drop.
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    pub fn create() -> std::io::Result<RunDir> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        Ok(RunDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HULL_RUN_KEEP").is_some() {
+            eprintln!("hull run: keeping {} (HULL_RUN_KEEP)", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits until `path` exists or the child ends or `timeout` passes.
+pub fn wait_for_path(path: &Path, child: &mut ChildGuard, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if path.exists() {
+            return true;
+        }
+        if child.exited() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    path.exists()
+}

@@ -1,0 +1,111 @@
+//! The container's rootfs as a block image. A directory becomes an ext4 image with `mkfs.ext4 -d` (e2fsprogs,
+//! present on every Debian host and needing no root or loop device; the guest kernel has ext4 built in; the
+//! image is served read-only and the guest puts a tmpfs overlay on top). erofs would make smaller images,
+//! but needs Debian's erofs-utils installed; ext4 keeps `hull run` working on a bare host.
+//! An existing image file is used as is (read-only); its type is read from its superblock magic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("rootfs {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("rootfs {0} is neither a directory nor a regular file")]
+    NotUsable(String),
+    #[error("rootfs image {0} is neither ext2/3/4 nor erofs")]
+    UnknownFs(String),
+    #[error("mkfs.ext4 failed for {dir}: {output}")]
+    Mkfs { dir: String, output: String },
+}
+
+pub struct RootfsImage {
+    pub path: PathBuf,
+    pub fstype: &'static str,
+}
+
+/// Sum of file sizes and count of entries under `dir` (symlinks not followed).
+fn tree_size(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let md = e.path().symlink_metadata()?;
+            entries += 1;
+            bytes += md.len().div_ceil(4096) * 4096;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+pub fn prepare(rootfs: &Path, run_dir: &Path) -> Result<RootfsImage, ImageError> {
+    let name = rootfs.display().to_string();
+    let md = std::fs::metadata(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
+    if md.is_file() {
+        return Ok(RootfsImage {
+            path: rootfs.to_path_buf(),
+            fstype: detect(rootfs)?,
+        });
+    }
+    if !md.is_dir() {
+        return Err(ImageError::NotUsable(name));
+    }
+    let (bytes, entries) = tree_size(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
+    let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
+    let image = run_dir.join("rootfs.ext4");
+    let f = std::fs::File::create(&image)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    f.set_len(size)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    drop(f);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-b",
+            "4096",
+            "-N",
+            &(entries + 256).to_string(),
+            "-L",
+            "rootfs",
+            "-d",
+        ])
+        .arg(rootfs)
+        .arg(&image)
+        .env("E2FSPROGS_FAKE_TIME", "0")
+        .output()
+        .map_err(|e| ImageError::Io("mkfs.ext4 (install e2fsprogs)".into(), e))?;
+    if !out.status.success() {
+        return Err(ImageError::Mkfs {
+            dir: name,
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(RootfsImage {
+        path: image,
+        fstype: "ext4",
+    })
+}
+
+/// ext2/3/4: 0xEF53 at byte 1080; erofs: 0xE0F5E1E2 at byte 1024.
+fn detect(image: &Path) -> Result<&'static str, ImageError> {
+    use std::io::Read;
+    let mut buf = [0u8; 1082];
+    let mut f =
+        std::fs::File::open(image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    f.read_exact(&mut buf)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    if u32::from_le_bytes([buf[1024], buf[1025], buf[1026], buf[1027]]) == 0xE0F5_E1E2 {
+        return Ok("erofs");
+    }
+    if u16::from_le_bytes([buf[1080], buf[1081]]) == 0xEF53 {
+        return Ok("ext4");
+    }
+    Err(ImageError::UnknownFs(image.display().to_string()))
+}

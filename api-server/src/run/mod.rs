@@ -1,0 +1,492 @@
+//! `hull run`: run one OCI workload in a fresh microVM and exit with its status.
+//!
+//! Sequence: choose the backend (and say which) → turn the rootfs into a block image → boot the VM with the
+//! agent's initramfs → connect to hull-agent over the hybrid vsock → sync the guest clock → create the
+//! container (spec from [`spec`]) → attach stdio streams → start → forward signals and terminal size while
+//! streaming stdio → wait → drain output → remove the container, shut the VM down, kill what is left, remove
+//! the run directory. The exit status is the container's (128+N when signal N ended it), 125 when hull itself
+//! failed. Everything created is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
+//!
+//! Trust: the guest is not trusted; what the agent answers is only used as numbers and bytes to copy.
+
+mod agent;
+mod backend;
+mod guard;
+mod image;
+mod spec;
+mod tty;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hull_agent_protocol::agent::{CreateContainerRequest, StdioConfig, Storage};
+use hull_agent_protocol::stdio::Stream;
+
+use self::backend::{BackendKind, VmConfig};
+use crate::logging::LogLevel;
+
+/// Exit status when hull itself failed (Docker's convention).
+const EXIT_HULL_FAILED: i32 = 125;
+const CONTAINER_ID: &str = "run";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Container root file system: a directory (packed into an ext4 image) or an ext4/erofs image file.
+    #[arg(long, value_name = "DIR|IMAGE")]
+    pub rootfs: PathBuf,
+    /// VM backend: kvm (the hull VMM), qemu (QEMU TCG with hull's vhost-user devices), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub mem: u32,
+    /// Allocate a terminal for the container (interactive).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Environment variable K=V (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR", default_value = "/")]
+    pub workdir: String,
+    /// User (and group) inside the container, as numbers.
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// Attach the VM's eth0 to this existing TAP device.
+    #[arg(long, value_name = "TAP")]
+    pub net: Option<String>,
+    /// eth0's IPv4 address in CIDR form (with --net).
+    #[arg(long, value_name = "CIDR", requires = "net")]
+    pub ip: Option<String>,
+    /// Default gateway (with --net).
+    #[arg(long, value_name = "IP", requires = "net")]
+    pub gateway: Option<String>,
+    /// DNS server (with --net; repeatable).
+    #[arg(long, value_name = "IP", requires = "net")]
+    pub dns: Vec<String>,
+    /// Container pids limit (cgroup pids.max).
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Container memory limit in MiB (cgroup memory.max).
+    #[arg(long, value_name = "MiB")]
+    pub memory_limit: Option<i64>,
+    /// Guest kernel (default: $HULL_KERNEL, else the newest in ~/.cache/hull).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs with hull-agent (default: $HULL_INITRD, else the newest in ~/.cache/hull).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// How long the guest may take to boot, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains('\0') => Ok(s.to_string()),
+        _ => Err("expected K=V".into()),
+    }
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let uid = u.parse().map_err(|_| format!("bad uid {u:?}"))?;
+    let gid = if s.contains(':') {
+        g.parse().map_err(|_| format!("bad gid {g:?}"))?
+    } else {
+        uid
+    };
+    Ok((uid, gid))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+    #[error("the VM ended before the container did (guest console: {0})")]
+    VmDied(String),
+}
+
+/// Entry point: returns the process exit status.
+pub fn run(args: RunArgs) -> i32 {
+    crate::logging::init(args.log_level);
+    // Before any thread: these signals are taken by the signal thread only.
+    let signals = tty::block_signals();
+    match run_inner(&args, signals) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hull run: {e}");
+            EXIT_HULL_FAILED
+        }
+    }
+}
+
+/// The newest file matching `prefix*suffix` (or `dir/prefix*/name`) under the build cache.
+fn newest_in_cache(pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let cache = std::env::var_os("HULL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hull")))?;
+    std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .filter_map(|e| pick(&e.path()))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+}
+
+fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
+    let kernel = args
+        .kernel
+        .clone()
+        .or_else(|| std::env::var_os("HULL_KERNEL").map(PathBuf::from))
+        .or_else(|| {
+            newest_in_cache(|p| {
+                let k = p.join("vmlinux");
+                (p.file_name()?.to_str()?.starts_with("kernel-") && k.is_file()).then_some(k)
+            })
+        })
+        .ok_or_else(|| {
+            RunError::Setup(
+                "no guest kernel: pass --kernel (bash resources/build-guest.sh prints it)".into(),
+            )
+        })?;
+    let initrd = args
+        .initrd
+        .clone()
+        .or_else(|| std::env::var_os("HULL_INITRD").map(PathBuf::from))
+        .or_else(|| {
+            newest_in_cache(|p| {
+                let n = p.file_name()?.to_str()?;
+                (n.starts_with("initramfs-") && n.ends_with(".cpio.gz")).then(|| p.to_path_buf())
+            })
+        })
+        .ok_or_else(|| {
+            RunError::Setup(
+                "no guest initramfs: pass --initrd (bash resources/build-guest.sh prints it)"
+                    .into(),
+            )
+        })?;
+    for f in [&kernel, &initrd] {
+        if !f.is_file() {
+            return Err(RunError::Setup(format!("{} is not a file", f.display())));
+        }
+    }
+    Ok((kernel, initrd))
+}
+
+/// The tail of the guest console, for error messages.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    format!("{}:\n{tail}", path.display())
+}
+
+enum Event {
+    Exited(Result<hull_agent_protocol::agent::WaitProcessResponse, agent::AgentError>),
+    Signal(i32),
+}
+
+fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunError> {
+    let t0 = Instant::now();
+    let (kind, why) = backend::choose(args.backend);
+    eprintln!(
+        "hull run: backend {} ({why})",
+        if kind == BackendKind::Kvm {
+            "kvm"
+        } else {
+            "qemu"
+        }
+    );
+    let (kernel, initrd) = guest_files(args)?;
+    let dir = guard::RunDir::create()
+        .map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
+    let image = image::prepare(&args.rootfs, dir.path())?;
+    tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let cfg = VmConfig {
+        kernel: &kernel,
+        initrd: &initrd,
+        cpus: args.cpus,
+        mem_mib: args.mem,
+        rootfs: &image,
+        tap: args.net.as_deref(),
+        cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+        dir: dir.path(),
+    };
+    let mut vm = backend::start(kind, &cfg)?;
+    let result = run_container(args, vm.as_mut(), signals, t0);
+    // Tear down: the agent powers the VM off if it still answers; whatever remains is killed.
+    let grace = if let Ok(Some(a)) = result.as_ref().map(|(_, a)| a) {
+        if a.shutdown().is_ok() {
+            Duration::from_secs(3)
+        } else {
+            Duration::ZERO
+        }
+    } else {
+        Duration::ZERO
+    };
+    vm.stop(grace);
+    let console = vm.console_log();
+    drop(vm);
+    let out = match result {
+        Ok((code, _)) => Ok(code),
+        Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => Err(RunError::Setup(
+            format!("{e}\nguest console {}", console_tail(&console)),
+        )),
+        Err(e) => Err(e),
+    };
+    drop(dir);
+    out
+}
+
+fn run_container(
+    args: &RunArgs,
+    vm: &mut dyn backend::Vm,
+    signals: tty::BlockedSignals,
+    t0: Instant,
+) -> Result<(i32, Option<agent::Agent>), RunError> {
+    let deadline = Duration::from_secs(args.boot_timeout);
+    let agent = match agent::Agent::connect(vm.vsock_uds(), deadline) {
+        Ok(a) => a,
+        Err(e) => {
+            if !vm.alive() {
+                return Err(RunError::VmDied(console_tail(&vm.console_log())));
+            }
+            return Err(e.into());
+        }
+    };
+    let booted = t0.elapsed();
+    agent.sync_clock()?;
+    let version = agent.version()?;
+    tracing::info!(kernel = %version.kernel_release, agent = %version.agent_version, ?booted, "agent connected");
+    if let Some(tap) = &args.net {
+        let _ = tap;
+        let mut req = hull_agent_protocol::agent::ConfigureNetworkRequest::new();
+        let mut iface = hull_agent_protocol::agent::Interface::new();
+        iface.name = "eth0".into();
+        iface.addresses = args.ip.iter().cloned().collect();
+        req.interfaces.push(iface);
+        if let Some(gw) = &args.gateway {
+            let mut r = hull_agent_protocol::agent::Route::new();
+            r.gateway = gw.clone();
+            r.device = "eth0".into();
+            req.routes.push(r);
+        }
+        req.dns_servers = args.dns.clone();
+        agent.configure_network(req)?;
+    }
+
+    let (uid, gid) = args.user.unwrap_or((0, 0));
+    let process = spec::process(&spec::ProcessOptions {
+        args: &args.command,
+        env: &args.env,
+        cwd: &args.workdir,
+        uid,
+        gid,
+        terminal: args.tty,
+    });
+    let limits = spec::Limits {
+        pids: args.pids_limit,
+        memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)),
+    };
+    let oci = spec::spec(process, "hull", &limits);
+    let mut req = CreateContainerRequest::new();
+    req.container_id = CONTAINER_ID.into();
+    req.oci_spec_json = oci.to_string().into_bytes();
+    let mut rootfs = Storage::new();
+    rootfs.device = "vda".into();
+    rootfs.fstype = image_fstype(vm, args)?;
+    rootfs.read_only = true;
+    rootfs.writable_overlay = true;
+    req.rootfs = Some(rootfs).into();
+    let mut stdio = StdioConfig::new();
+    stdio.stdin = !args.tty;
+    stdio.stdout = !args.tty;
+    stdio.stderr = !args.tty;
+    req.stdio = Some(stdio).into();
+    agent.create(req)?;
+
+    // Stdio before Start, so not a byte is missed.
+    let mut outputs = Vec::new();
+    let mut raw_guard = None;
+    if args.tty {
+        let term = agent.open_stream(CONTAINER_ID, "", Stream::Terminal)?;
+        if let Some((rows, cols)) = tty::size() {
+            let _ = agent.resize(CONTAINER_ID, "", rows, cols);
+        }
+        raw_guard = tty::RawMode::enter();
+        let mut from_guest = term
+            .try_clone()
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        outputs.push(std::thread::spawn(move || {
+            copy_to(&mut from_guest, &mut std::io::stdout())
+        }));
+        let mut to_guest = term;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || to_guest.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    } else {
+        let mut out = agent.open_stream(CONTAINER_ID, "", Stream::Stdout)?;
+        outputs.push(std::thread::spawn(move || {
+            copy_to(&mut out, &mut std::io::stdout())
+        }));
+        let mut err = agent.open_stream(CONTAINER_ID, "", Stream::Stderr)?;
+        outputs.push(std::thread::spawn(move || {
+            copy_to(&mut err, &mut std::io::stderr())
+        }));
+        let stdin_conn = agent.open_stream(CONTAINER_ID, "", Stream::Stdin)?;
+        let closer = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
+        std::thread::spawn(move || pump_stdin(stdin_conn, closer));
+    }
+    agent.start(CONTAINER_ID)?;
+    tracing::info!(elapsed = ?t0.elapsed(), "container started");
+
+    let (tx, rx) = mpsc::channel();
+    let waiter = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        let _ = tx2.send(Event::Exited(waiter.wait(CONTAINER_ID, "")));
+    });
+    tty::forward_signals(signals, move |s| tx.send(Event::Signal(s)).is_ok());
+
+    let mut interrupts = 0;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Exited(r)) => break r?,
+            Ok(Event::Signal(libc::SIGWINCH)) => {
+                if let Some((rows, cols)) = tty::size() {
+                    let _ = agent.resize(CONTAINER_ID, "", rows, cols);
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                interrupts += 1;
+                // First: pass it on. Again: the user means it.
+                let sig = if interrupts > 1 && sig != libc::SIGHUP {
+                    libc::SIGKILL
+                } else {
+                    sig
+                };
+                tracing::info!(signal = sig, "forwarding a signal to the container");
+                let _ = agent.signal(CONTAINER_ID, "", sig as u32, false);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !vm.alive() {
+                    drop(raw_guard);
+                    return Err(RunError::VmDied(console_tail(&vm.console_log())));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(RunError::Setup("lost the wait thread".into()))
+            }
+        }
+    };
+    // Output ends when every writer in the guest is gone; don't wait forever for stray daemons.
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    for h in outputs {
+        while !h.is_finished() && Instant::now() < drain_deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(raw_guard);
+    let _ = std::io::stdout().flush();
+    if status.oom_killed {
+        eprintln!("hull run: the container was killed by the OOM killer (memory limit)");
+    }
+    let code = if status.signal > 0 {
+        128 + status.signal.min(127)
+    } else {
+        status.exit_code.clamp(0, 255)
+    };
+    tracing::info!(code, elapsed = ?t0.elapsed(), "container exited");
+    if std::env::var_os("HULL_RUN_TIMING").is_some() {
+        eprintln!(
+            "hull run: boot {:.3}s, total {:.3}s",
+            booted_secs(t0, &agent),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let _ = agent.remove(CONTAINER_ID);
+    Ok((code, Some(agent)))
+}
+
+fn booted_secs(t0: Instant, _a: &agent::Agent) -> f64 {
+    t0.elapsed().as_secs_f64()
+}
+
+fn image_fstype(_vm: &dyn backend::Vm, args: &RunArgs) -> Result<String, RunError> {
+    // The image was prepared by `image::prepare`; directories always become ext4.
+    if args.rootfs.is_dir() {
+        return Ok("ext4".into());
+    }
+    let img = image::prepare(&args.rootfs, Path::new("/nonexistent"))?;
+    Ok(img.fstype.into())
+}
+
+fn copy_to(from: &mut UnixStream, to: &mut dyn Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                let _ = to.flush();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// Our stdin → the container's stdin; at end of file, tell the agent how many bytes there were.
+fn pump_stdin(mut conn: UnixStream, agent: agent::Agent) {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                total += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = agent.close_stdin(CONTAINER_ID, "", total);
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
