@@ -47,12 +47,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct VmmArgs {
     /// Path of the unix socket the REST API listens on. A stale socket at that path is replaced.
-    #[arg(
-        long,
-        value_name = "PATH",
-        required_unless_present = "no_api",
-        conflicts_with = "no_api"
-    )]
+    #[arg(long, value_name = "PATH", required_unless_present = "no_api", conflicts_with = "no_api")]
     pub api_sock: Option<PathBuf>,
 
     /// Boot from this JSON file (Firecracker's shape: boot-source, machine-config, drives, ...).
@@ -82,9 +77,7 @@ pub struct VmmArgs {
 
 fn parse_instance_id(id: &str) -> Result<String, String> {
     if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
-        return Err(format!(
-            "it must be 1 to {MAX_INSTANCE_ID_LEN} characters long"
-        ));
+        return Err(format!("it must be 1 to {MAX_INSTANCE_ID_LEN} characters long"));
     }
     if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err("only letters, digits and '-' are allowed".into());
@@ -126,14 +119,7 @@ mod tests {
     #[test]
     fn no_api_needs_a_config_file_and_excludes_the_socket() {
         assert!(parse(&["--no-api"]).is_err());
-        assert!(parse(&[
-            "--no-api",
-            "--config-file",
-            "vm.json",
-            "--api-sock",
-            "/tmp/s"
-        ])
-        .is_err());
+        assert!(parse(&["--no-api", "--config-file", "vm.json", "--api-sock", "/tmp/s"]).is_err());
         let cli = parse(&["--no-api", "--config-file", "vm.json", "--boot-timer"]).unwrap();
         assert!(cli.vmm.no_api && cli.vmm.boot_timer);
         assert_eq!(cli.vmm.config_file, Some(PathBuf::from("vm.json")));

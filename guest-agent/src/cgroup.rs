@@ -22,10 +22,7 @@ pub enum CgroupError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| CgroupError::Io { path: path.display().to_string(), source }
 }
 
 /// Enables the controllers for children of `dir`, each on its own (one missing controller must not stop
@@ -96,14 +93,8 @@ impl Cgroup {
         }
         if let Some(c) = r.cpu() {
             if c.quota().is_some() || c.period().is_some() {
-                let quota = c
-                    .quota()
-                    .filter(|q| *q > 0)
-                    .map_or("max".to_string(), |q| q.to_string());
-                self.write(
-                    "cpu.max",
-                    &format!("{quota} {}", c.period().unwrap_or(100_000)),
-                )?;
+                let quota = c.quota().filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
+                self.write("cpu.max", &format!("{quota} {}", c.period().unwrap_or(100_000)))?;
             }
             if let Some(shares) = c.shares().filter(|s| *s > 0) {
                 let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
@@ -117,14 +108,7 @@ impl Cgroup {
             }
         }
         if let Some(p) = r.pids() {
-            self.write(
-                "pids.max",
-                &if p.limit() > 0 {
-                    p.limit().to_string()
-                } else {
-                    "max".into()
-                },
-            )?;
+            self.write("pids.max", &if p.limit() > 0 { p.limit().to_string() } else { "max".into() })?;
         }
         if let Some(w) = r.block_io().as_ref().and_then(|b| b.weight()) {
             // io.weight needs an I/O scheduler with weights; without one the file is absent.
@@ -149,10 +133,7 @@ impl Cgroup {
     }
 
     pub fn procs(&self) -> Vec<i32> {
-        self.read("cgroup.procs")
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        self.read("cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// `key value` lines of a flat-keyed file.
@@ -171,10 +152,7 @@ impl Cgroup {
     }
 
     pub fn oom_kills(&self) -> u64 {
-        self.keyed("memory.events")
-            .get("oom_kill")
-            .copied()
-            .unwrap_or(0)
+        self.keyed("memory.events").get("oom_kill").copied().unwrap_or(0)
     }
 
     pub fn stats(&self) -> hull_agent_protocol::agent::StatsContainerResponse {
@@ -182,8 +160,7 @@ impl Cgroup {
         let cpu = self.keyed("cpu.stat");
         let mem = self.keyed("memory.stat");
         let events = self.keyed("memory.events");
-        let g =
-            |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let g = |m: &std::collections::HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
         let mut r = StatsContainerResponse::new();
         let mut c = CpuStats::new();
         c.usage_usec = g(&cpu, "usage_usec");

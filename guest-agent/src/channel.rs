@@ -58,9 +58,7 @@ impl Channel {
     pub fn from_helper_fd() -> io::Result<Channel> {
         crate::sys::set_cloexec(HELPER_FD)?;
         // SAFETY: the agent put our end of the channel at HELPER_FD before exec; nothing else owns it.
-        Ok(Channel {
-            sock: unsafe { UnixStream::from_raw_fd(HELPER_FD) },
-        })
+        Ok(Channel { sock: unsafe { UnixStream::from_raw_fd(HELPER_FD) } })
     }
 
     pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
@@ -95,15 +93,11 @@ impl Channel {
         self.sock.read_exact(&mut len[n..])?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
         }
         let mut body = vec![0u8; len];
         self.sock.read_exact(&mut body)?;
-        let msg = serde_json::from_slice(&body)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let msg = serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some((msg, fd)))
     }
 }
@@ -113,10 +107,7 @@ fn send_fd(sock: RawFd, data: &[u8], fd: RawFd) -> io::Result<usize> {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     // SAFETY: msghdr is plain data; we fill the fields sendmsg reads, pointing at buffers that live until it
     // returns. CMSG_FIRSTHDR on a buffer of CMSG_SPACE bytes is non-null.
     unsafe {
@@ -143,10 +134,7 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
     // SAFETY: pure size computation.
     let space = unsafe { libc::CMSG_SPACE((4 * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: as in send_fd; the control buffer is walked with the CMSG macros within msg_controllen, and
     // only SCM_RIGHTS payloads are read as descriptors, which the kernel has just installed for us.
     unsafe {
@@ -173,22 +161,14 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
                 let payload = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
                 for i in 0..payload / 4 {
                     let mut fd: RawFd = -1;
-                    std::ptr::copy_nonoverlapping(
-                        data.add(i * 4),
-                        &mut fd as *mut RawFd as *mut u8,
-                        4,
-                    );
+                    std::ptr::copy_nonoverlapping(data.add(i * 4), &mut fd as *mut RawFd as *mut u8, 4);
                     fds.push(OwnedFd::from_raw_fd(fd));
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         // More than one descriptor is not part of the protocol: keep the first, close the rest.
-        let first = if fds.is_empty() {
-            None
-        } else {
-            Some(fds.remove(0))
-        };
+        let first = if fds.is_empty() { None } else { Some(fds.remove(0)) };
         Ok((n, first))
     }
 }

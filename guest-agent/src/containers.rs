@@ -78,12 +78,7 @@ pub struct ProcessEntry {
 
 impl ProcessEntry {
     fn new(pid: i32, io: ProcessIo) -> Arc<ProcessEntry> {
-        Arc::new(ProcessEntry {
-            pid,
-            io: Mutex::new(io),
-            exit: Mutex::new(None),
-            exited: Condvar::new(),
-        })
+        Arc::new(ProcessEntry { pid, io: Mutex::new(io), exit: Mutex::new(None), exited: Condvar::new() })
     }
 
     fn set_exit(&self, e: ProcessExit) {
@@ -102,10 +97,7 @@ impl ProcessEntry {
     }
 
     fn has_exited(&self) -> bool {
-        self.exit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 }
 
@@ -140,20 +132,14 @@ pub struct Agent {
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// `/dev/<name>` for "vda"-style names, or the device whose virtio-blk serial matches "serial:<s>".
 fn resolve_device(device: &str) -> Result<PathBuf, AgentError> {
     let bad = || AgentError::BadDevice(device.chars().take(64).collect());
     if let Some(serial) = device.strip_prefix("serial:") {
-        for entry in std::fs::read_dir("/sys/block")
-            .map_err(io_err("/sys/block"))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir("/sys/block").map_err(io_err("/sys/block"))?.flatten() {
             let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
             if !serial.is_empty() && s.trim() == serial {
                 return Ok(Path::new("/dev").join(entry.file_name()));
@@ -162,12 +148,7 @@ fn resolve_device(device: &str) -> Result<PathBuf, AgentError> {
         return Err(bad());
     }
     let name = device.strip_prefix("/dev/").unwrap_or(device);
-    if name.is_empty()
-        || name.len() > 32
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
+    if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         return Err(bad());
     }
     let p = Path::new("/dev").join(name);
@@ -180,9 +161,7 @@ fn resolve_device(device: &str) -> Result<PathBuf, AgentError> {
 fn check_fstype(t: &str) -> Result<&str, AgentError> {
     match t {
         "ext4" | "ext3" | "ext2" | "erofs" | "squashfs" | "xfs" | "vfat" | "btrfs" => Ok(t),
-        _ => Err(AgentError::BadSpec(format!(
-            "unsupported file system type {t:?}"
-        ))),
+        _ => Err(AgentError::BadSpec(format!("unsupported file system type {t:?}"))),
     }
 }
 
@@ -197,9 +176,7 @@ impl Agent {
             started: Instant::now(),
         });
         let a = agent.clone();
-        let _ = std::thread::Builder::new()
-            .name("oom-watch".into())
-            .spawn(move || a.watch_ooms());
+        let _ = std::thread::Builder::new().name("oom-watch".into()).spawn(move || a.watch_ooms());
         agent
     }
 
@@ -213,11 +190,7 @@ impl Agent {
             .ok_or_else(|| AgentError::NoContainer(id.into()))
     }
 
-    fn process(
-        &self,
-        id: &str,
-        exec: &str,
-    ) -> Result<(Arc<Container>, Arc<ProcessEntry>), AgentError> {
+    fn process(&self, id: &str, exec: &str) -> Result<(Arc<Container>, Arc<ProcessEntry>), AgentError> {
         validate_exec_id(exec)?;
         let c = self.container(id)?;
         let p = if exec.is_empty() {
@@ -228,10 +201,7 @@ impl Agent {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(exec)
                 .cloned()
-                .ok_or_else(|| AgentError::NoProcess {
-                    container: id.into(),
-                    exec: exec.into(),
-                })?
+                .ok_or_else(|| AgentError::NoProcess { container: id.into(), exec: exec.into() })?
         };
         Ok((c, p))
     }
@@ -245,33 +215,15 @@ impl Agent {
         stdio: &StdioConfig,
     ) -> Result<(), AgentError> {
         validate_id(id)?;
-        if self
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
-        {
+        if self.containers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
             return Err(AgentError::Exists(id.into()));
         }
-        let mut spec: Spec =
-            serde_json::from_slice(spec_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
-        let process = spec
-            .process()
-            .clone()
-            .ok_or_else(|| AgentError::BadSpec("no process".into()))?;
+        let mut spec: Spec = serde_json::from_slice(spec_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let process = spec.process().clone().ok_or_else(|| AgentError::BadSpec("no process".into()))?;
         let dir = Path::new(STATE_DIR).join(id);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut mounts = Vec::new();
-        let result = self.create_inner(
-            id,
-            &dir,
-            &mut spec,
-            &process,
-            rootfs,
-            extra,
-            stdio,
-            &mut mounts,
-        );
+        let result = self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, stdio, &mut mounts);
         if result.is_err() {
             for m in mounts.iter().rev() {
                 let _ = umount_detach(m);
@@ -298,19 +250,8 @@ impl Agent {
         std::fs::create_dir_all(&image).map_err(io_err("mkdir image"))?;
         let dev = resolve_device(&rootfs.device)?;
         let flags = if rootfs.read_only { libc::MS_RDONLY } else { 0 };
-        mount(
-            Some(&dev.to_string_lossy()),
-            &image,
-            Some(check_fstype(&rootfs.fstype)?),
-            flags,
-            None,
-        )
-        .map_err(io_err(format!(
-            "mounting {} ({}) on {}",
-            dev.display(),
-            rootfs.fstype,
-            image.display()
-        )))?;
+        mount(Some(&dev.to_string_lossy()), &image, Some(check_fstype(&rootfs.fstype)?), flags, None)
+            .map_err(io_err(format!("mounting {} ({}) on {}", dev.display(), rootfs.fstype, image.display())))?;
         mounts.push(image.clone());
         let root = if rootfs.writable_overlay {
             let rw = dir.join("rw");
@@ -329,8 +270,7 @@ impl Agent {
                 rw.join("upper").display(),
                 rw.join("work").display()
             );
-            mount(Some("overlay"), &root, Some("overlay"), 0, Some(&data))
-                .map_err(io_err("mounting the overlay"))?;
+            mount(Some("overlay"), &root, Some("overlay"), 0, Some(&data)).map_err(io_err("mounting the overlay"))?;
             mounts.push(root.clone());
             root
         } else {
@@ -343,14 +283,8 @@ impl Agent {
             std::fs::create_dir_all(&target).map_err(io_err("mkdir extra mount"))?;
             let dev = resolve_device(&s.device)?;
             let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
-            mount(
-                Some(&dev.to_string_lossy()),
-                &target,
-                Some(check_fstype(&s.fstype)?),
-                flags,
-                None,
-            )
-            .map_err(io_err(format!("mounting {}", dev.display())))?;
+            mount(Some(&dev.to_string_lossy()), &target, Some(check_fstype(&s.fstype)?), flags, None)
+                .map_err(io_err(format!("mounting {}", dev.display())))?;
             mounts.push(target.clone());
             let m: Mount = serde_json::from_value(serde_json::json!({
                 "destination": s.container_path, "type": "bind", "source": target,
@@ -368,9 +302,7 @@ impl Agent {
         let mut cgroup_ns = false;
         for ns in linux.namespaces().clone().unwrap_or_default() {
             if ns.path().is_some() {
-                return Err(AgentError::BadSpec(
-                    "joining an existing namespace by path is not supported".into(),
-                ));
+                return Err(AgentError::BadSpec("joining an existing namespace by path is not supported".into()));
             }
             let (flag, name) = match ns.typ() {
                 LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
@@ -382,11 +314,7 @@ impl Agent {
                     cgroup_ns = true;
                     (0, "cgroup")
                 }
-                other => {
-                    return Err(AgentError::BadSpec(format!(
-                        "namespace {other:?} is not supported"
-                    )))
-                }
+                other => return Err(AgentError::BadSpec(format!("namespace {other:?} is not supported"))),
             };
             clone_flags |= flag;
             names.push(name.to_string());
@@ -419,11 +347,7 @@ impl Agent {
         if let Err(e) = cgroup.add_process(pid) {
             return Err(fail(e.into(), &self.reaper));
         }
-        let cfg = InitConfig {
-            spec: spec.clone(),
-            rootfs: root,
-            cgroup_ns,
-        };
+        let cfg = InitConfig { spec: spec.clone(), rootfs: root, cgroup_ns };
         if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
             return Err(fail(io_err("sending the configuration")(e), &self.reaper));
         }
@@ -435,23 +359,13 @@ impl Agent {
                     match fd {
                         Some(fd) => pio.terminal = Some(File::from(fd)),
                         None => {
-                            return Err(fail(
-                                AgentError::Helper("no terminal from hull-init".into()),
-                                &self.reaper,
-                            ))
+                            return Err(fail(AgentError::Helper("no terminal from hull-init".into()), &self.reaper))
                         }
                     }
                 }
             }
-            Ok(Some((FromHelper::Error(e), _))) => {
-                return Err(fail(AgentError::Helper(e), &self.reaper))
-            }
-            Ok(_) => {
-                return Err(fail(
-                    AgentError::Helper("hull-init ended during setup".into()),
-                    &self.reaper,
-                ))
-            }
+            Ok(Some((FromHelper::Error(e), _))) => return Err(fail(AgentError::Helper(e), &self.reaper)),
+            Ok(_) => return Err(fail(AgentError::Helper("hull-init ended during setup".into()), &self.reaper)),
             Err(e) => return Err(fail(io_err("waiting for hull-init")(e), &self.reaper)),
         }
         let _ = ch.set_read_timeout(None);
@@ -468,10 +382,7 @@ impl Agent {
             state: Mutex::new(State::Created),
             oom_seen: Mutex::new(oom_seen),
         });
-        self.containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), c);
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), c);
         Ok(())
     }
 
@@ -479,10 +390,7 @@ impl Agent {
         let c = self.container(id)?;
         let mut state = c.state.lock().unwrap_or_else(|p| p.into_inner());
         if *state != State::Created {
-            return Err(AgentError::BadState(
-                id.into(),
-                "start needs a created container",
-            ));
+            return Err(AgentError::BadState(id.into(), "start needs a created container"));
         }
         let mut ch = c
             .channel
@@ -490,8 +398,7 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or(AgentError::BadState(id.into(), "no channel"))?;
-        ch.send(&ToHelper::Start)
-            .map_err(io_err("starting the container"))?;
+        ch.send(&ToHelper::Start).map_err(io_err("starting the container"))?;
         match ch.recv::<FromHelper>() {
             Ok(Some((FromHelper::Started { .. }, _))) => {}
             Ok(Some((FromHelper::Error(e), _))) => return Err(AgentError::Helper(e)),
@@ -518,50 +425,30 @@ impl Agent {
                 }
                 let raw = reaper.wait(c2.init.pid);
                 let status = reported.unwrap_or(raw);
-                let oom_killed =
-                    c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
+                let oom_killed = c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
                 *c2.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Stopped;
-                c2.init.set_exit(ProcessExit {
-                    status,
-                    oom_killed,
-                    at_unix_nanos: now_nanos(),
-                });
+                c2.init.set_exit(ProcessExit { status, oom_killed, at_unix_nanos: now_nanos() });
             })
             .map_err(io_err("spawning a watcher thread"))?;
         Ok(())
     }
 
-    pub fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        process_json: &[u8],
-        stdio: &StdioConfig,
-    ) -> Result<(), AgentError> {
+    pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8], stdio: &StdioConfig) -> Result<(), AgentError> {
         validate_id(exec_id)?;
         let c = self.container(id)?;
         if *c.state.lock().unwrap_or_else(|p| p.into_inner()) != State::Running {
-            return Err(AgentError::BadState(
-                id.into(),
-                "exec needs a running container",
-            ));
+            return Err(AgentError::BadState(id.into(), "exec needs a running container"));
         }
-        if c.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(exec_id)
-        {
+        if c.execs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(exec_id) {
             return Err(AgentError::ProcessExists(exec_id.into()));
         }
-        let process: Process =
-            serde_json::from_slice(process_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let process: Process = serde_json::from_slice(process_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
         let terminal = process.terminal().unwrap_or(false);
-        let (mut pio, child) =
-            crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
-                .map_err(io_err("creating stdio pipes"))?;
+        let (mut pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
+            .map_err(io_err("creating stdio pipes"))?;
         let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
-        let helper = spawn_helper(EXEC_ARGV0, 0, child.raw(), helper_end.as_raw_fd())
-            .map_err(io_err("starting hull-exec"))?;
+        let helper =
+            spawn_helper(EXEC_ARGV0, 0, child.raw(), helper_end.as_raw_fd()).map_err(io_err("starting hull-exec"))?;
         self.reaper.watch(helper);
         drop(child);
         drop(helper_end);
@@ -575,10 +462,7 @@ impl Agent {
         let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));
         let answer = sent
             .map_err(io_err("sending the exec configuration"))
-            .and_then(|()| {
-                ch.recv::<FromHelper>()
-                    .map_err(io_err("waiting for hull-exec"))
-            });
+            .and_then(|()| ch.recv::<FromHelper>().map_err(io_err("waiting for hull-exec")));
         let pid = match answer {
             Ok(Some((FromHelper::Started { pid }, fd))) if pid > 0 => {
                 if terminal {
@@ -593,9 +477,7 @@ impl Agent {
             }
             Ok(_) => {
                 self.reaper.wait(helper);
-                return Err(AgentError::Helper(
-                    "hull-exec ended without starting the process".into(),
-                ));
+                return Err(AgentError::Helper("hull-exec ended without starting the process".into()));
             }
             Err(e) => {
                 let _ = crate::sys::kill(helper, libc::SIGKILL);
@@ -606,21 +488,12 @@ impl Agent {
         self.reaper.watch(pid);
         self.reaper.wait(helper);
         let entry = ProcessEntry::new(pid, pio);
-        c.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(exec_id.to_string(), entry.clone());
+        c.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(exec_id.to_string(), entry.clone());
         let reaper = self.reaper.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("wait-{id}-{exec_id}"))
-            .spawn(move || {
-                let status = reaper.wait(pid);
-                entry.set_exit(ProcessExit {
-                    status,
-                    oom_killed: false,
-                    at_unix_nanos: now_nanos(),
-                });
-            });
+        let _ = std::thread::Builder::new().name(format!("wait-{id}-{exec_id}")).spawn(move || {
+            let status = reaper.wait(pid);
+            entry.set_exit(ProcessExit { status, oom_killed: false, at_unix_nanos: now_nanos() });
+        });
         Ok(())
     }
 
@@ -673,42 +546,22 @@ impl Agent {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        let fd = io
-            .terminal
-            .as_ref()
-            .map(|t| t.as_raw_fd())
-            .ok_or(AgentError::BadState(id.into(), "no terminal"))?;
+        let fd = io.terminal.as_ref().map(|t| t.as_raw_fd()).ok_or(AgentError::BadState(id.into(), "no terminal"))?;
         // SAFETY: TIOCSWINSZ reads one winsize we own.
-        crate::sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
-            .map_err(io_err("TIOCSWINSZ"))
-            .map(drop)
+        crate::sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map_err(io_err("TIOCSWINSZ")).map(drop)
     }
 
     /// The stdio attach lookup for the stdio listener.
     pub fn attach(&self, req: &StdioRequest) -> Result<Attach, String> {
-        let (_, p) = self
-            .process(&req.container_id, &req.exec_id)
-            .map_err(|e| e.to_string())?;
+        let (_, p) = self.process(&req.container_id, &req.exec_id).map_err(|e| e.to_string())?;
         let mut io = p.io.lock().unwrap_or_else(|p| p.into_inner());
         let taken = match req.stream {
-            Stream::Stdin => io
-                .stdin
-                .take()
-                .map(|f| Attach::Input(f, io.stdin_ctl.clone())),
+            Stream::Stdin => io.stdin.take().map(|f| Attach::Input(f, io.stdin_ctl.clone())),
             Stream::Stdout => io.stdout.take().map(Attach::Output),
             Stream::Stderr => io.stderr.take().map(Attach::Output),
-            Stream::Terminal => io
-                .terminal
-                .as_ref()
-                .and_then(|t| t.try_clone().ok())
-                .map(Attach::Terminal),
+            Stream::Terminal => io.terminal.as_ref().and_then(|t| t.try_clone().ok()).map(Attach::Terminal),
         };
-        taken.ok_or_else(|| {
-            format!(
-                "{} is not available (not requested, or already attached)",
-                req.stream.as_str()
-            )
-        })
+        taken.ok_or_else(|| format!("{} is not available (not requested, or already attached)", req.stream.as_str()))
     }
 
     pub fn list(&self, id: &str) -> Result<Vec<(i32, String)>, AgentError> {
@@ -718,27 +571,18 @@ impl Agent {
             .into_iter()
             .map(|pid| {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd)
-                    .replace('\0', " ")
-                    .trim()
-                    .chars()
-                    .take(4096)
-                    .collect();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().chars().take(4096).collect();
                 (pid, cmd)
             })
             .collect())
     }
 
-    pub fn stats(
-        &self,
-        id: &str,
-    ) -> Result<hull_agent_protocol::agent::StatsContainerResponse, AgentError> {
+    pub fn stats(&self, id: &str) -> Result<hull_agent_protocol::agent::StatsContainerResponse, AgentError> {
         Ok(self.container(id)?.cgroup.stats())
     }
 
     pub fn update(&self, id: &str, json: &[u8]) -> Result<(), AgentError> {
-        let r: LinuxResources =
-            serde_json::from_slice(json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let r: LinuxResources = serde_json::from_slice(json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
         Ok(self.container(id)?.cgroup.apply(&r)?)
     }
 
@@ -761,13 +605,8 @@ impl Agent {
         let mut last: HashMap<String, u64> = HashMap::new();
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let cs: Vec<Arc<Container>> = self
-                .containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let cs: Vec<Arc<Container>> =
+                self.containers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             for c in cs {
                 let n = c.cgroup.oom_kills();
                 let prev = last.entry(c.id.clone()).or_insert(0);
@@ -793,11 +632,7 @@ impl Agent {
                 // No watcher thread yet: collect the helper here.
                 c.channel.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let st = self.reaper.wait(c.init.pid);
-                c.init.set_exit(ProcessExit {
-                    status: st,
-                    oom_killed: false,
-                    at_unix_nanos: now_nanos(),
-                });
+                c.init.set_exit(ProcessExit { status: st, oom_killed: false, at_unix_nanos: now_nanos() });
             } else {
                 c.init.wait();
             }
@@ -813,22 +648,13 @@ impl Agent {
         }
         let _ = c.cgroup.remove();
         let _ = std::fs::remove_dir_all(&c.dir);
-        self.containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(())
     }
 
     /// Removes every container (for Shutdown).
     pub fn remove_all(&self) {
-        let ids: Vec<String> = self
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let ids: Vec<String> = self.containers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for id in ids {
             let _ = self.remove(&id);
         }

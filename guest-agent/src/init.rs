@@ -48,12 +48,7 @@ pub struct ExecConfig {
 
 /// Starts `/proc/self/exe` as `argv0` with `stdio` as fds 0-2 and `channel` as fd 3, in a child created with
 /// `clone_flags` (namespaces). The child only duplicates descriptors and execs: safe from a threaded agent.
-pub fn spawn_helper(
-    argv0: &str,
-    clone_flags: libc::c_int,
-    stdio: [RawFd; 3],
-    channel: RawFd,
-) -> io::Result<i32> {
+pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], channel: RawFd) -> io::Result<i32> {
     let exe = c"/proc/self/exe";
     let arg0 = cstr(argv0)?;
     let argv = [arg0.as_ptr(), std::ptr::null()];
@@ -98,20 +93,14 @@ pub fn spawn_helper(
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: open/ioctl with valid C strings and pointers to locals.
     unsafe {
-        let master = cvt(libc::open(
-            c"/dev/ptmx".as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        ))?;
+        let master = cvt(libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
         let master = OwnedFd::from_raw_fd(master);
         let unlock: libc::c_int = 0;
         cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock))?;
         let mut n: libc::c_uint = 0;
         cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n))?;
         let path = cstr(format!("/dev/pts/{n}"))?;
-        let slave = cvt(libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        ))?;
+        let slave = cvt(libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
         Ok((master, OwnedFd::from_raw_fd(slave)))
     }
 }
@@ -157,28 +146,18 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     if cfg.cgroup_ns {
         // SAFETY: unshare takes a flag word.
-        cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
-            .map_err(|e| format!("unshare(cgroup): {e}"))?;
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map_err(|e| format!("unshare(cgroup): {e}"))?;
     }
     crate::rootfs::setup(&cfg.spec, &cfg.rootfs).map_err(|e| e.to_string())?;
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         // SAFETY: pointer and length of a live string.
-        cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) })
-            .map_err(|e| format!("sethostname: {e}"))?;
+        cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) }).map_err(|e| format!("sethostname: {e}"))?;
     }
-    let process = cfg
-        .spec
-        .process()
-        .clone()
-        .ok_or("the spec has no process")?;
+    let process = cfg.spec.process().clone().ok_or("the spec has no process")?;
     let prepared = PreparedProcess::prepare(&process).map_err(|e| e.to_string())?;
-    let pty = if prepared.controlling_tty {
-        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
-    } else {
-        None
-    };
-    ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
+    let pty =
+        if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd())).map_err(|e| e.to_string())?;
     match ch.recv::<ToHelper>() {
         Ok(Some((ToHelper::Start, _))) => {}
         _ => return Err("expected Start".into()),
@@ -190,10 +169,7 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         return Err(format!("fork: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
-        let _ = std::fs::write(
-            "/proc/self/oom_score_adj",
-            process.oom_score_adj().unwrap_or(0).to_string(),
-        );
+        let _ = std::fs::write("/proc/self/oom_score_adj", process.oom_score_adj().unwrap_or(0).to_string());
         if let Some((_, slave)) = &pty {
             attach_slave(slave.as_raw_fd());
         }
@@ -218,10 +194,7 @@ fn forwarding_signals() -> libc::sigset_t {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            libc::signal(
-                sig,
-                noop as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
+            libc::signal(sig, noop as extern "C" fn(libc::c_int) as libc::sighandler_t);
             libc::sigaddset(&mut set, sig);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -272,11 +245,8 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
         Ok(Some((ToHelper::Exec(cfg), _))) => cfg,
         _ => return Err("expected an exec configuration".into()),
     };
-    crate::sys::write_file(
-        &cfg.cgroup.join("cgroup.procs"),
-        &std::process::id().to_string(),
-    )
-    .map_err(|e| format!("joining the container's cgroup: {e}"))?;
+    crate::sys::write_file(&cfg.cgroup.join("cgroup.procs"), &std::process::id().to_string())
+        .map_err(|e| format!("joining the container's cgroup: {e}"))?;
     // Open every namespace first: /proc changes meaning once we are in the container's mount namespace.
     let mut fds = Vec::new();
     for ns in &cfg.namespaces {
@@ -284,8 +254,7 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
             return Err(format!("unknown namespace {ns}"));
         }
         let path = PathBuf::from(format!("/proc/{}/ns/{ns}", cfg.init_pid));
-        let f =
-            std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let f = std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
         fds.push((ns.clone(), f));
     }
     for (ns, f) in &fds {
@@ -297,15 +266,9 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     // SAFETY: a valid C string.
     cvt(unsafe { libc::chdir(root.as_ptr()) }).map_err(|e| format!("chdir /: {e}"))?;
     let prepared = PreparedProcess::prepare(&cfg.process).map_err(|e| e.to_string())?;
-    let pty = if prepared.controlling_tty {
-        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
-    } else {
-        None
-    };
-    let _ = std::fs::write(
-        "/proc/self/oom_score_adj",
-        cfg.process.oom_score_adj().unwrap_or(0).to_string(),
-    );
+    let pty =
+        if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    let _ = std::fs::write("/proc/self/oom_score_adj", cfg.process.oom_score_adj().unwrap_or(0).to_string());
     // SAFETY: fork-like clone from a single-threaded process; the child runs PreparedProcess::exec.
     let pid = unsafe {
         libc::syscall(
@@ -328,11 +291,8 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
         // SAFETY: leave the child.
         unsafe { libc::_exit(127) };
     }
-    ch.send_with_fd(
-        &FromHelper::Started { pid: pid as i32 },
-        pty.as_ref().map(|(m, _)| m.as_raw_fd()),
-    )
-    .map_err(|e| e.to_string())?;
+    ch.send_with_fd(&FromHelper::Started { pid: pid as i32 }, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
     let _ = HELPER_FD;
     Ok(())
 }

@@ -37,19 +37,10 @@ static CONSOLE: OnceLock<Mutex<Option<File>>> = OnceLock::new();
 fn console_line(text: &str) {
     let line = format!("{text}\n");
     let console = CONSOLE.get_or_init(|| {
-        Mutex::new(
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOCTTY)
-                .open("/dev/console")
-                .ok(),
-        )
+        Mutex::new(OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").ok())
     });
     let mut guard = console.lock().unwrap_or_else(|p| p.into_inner());
-    let written = guard
-        .as_mut()
-        .map(|f| f.write_all(line.as_bytes()).is_ok())
-        .unwrap_or(false);
+    let written = guard.as_mut().map(|f| f.write_all(line.as_bytes()).is_ok()).unwrap_or(false);
     if !written {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
@@ -61,10 +52,7 @@ pub fn log(text: &str) {
 }
 
 fn main() {
-    let argv0 = std::env::args_os()
-        .next()
-        .map(|a| a.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let argv0 = std::env::args_os().next().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
     match argv0.as_str() {
         init::INIT_ARGV0 => init::init_main(),
         init::EXEC_ARGV0 => init::exec_main(),
@@ -80,13 +68,8 @@ fn main() {
     reaper::block_sigchld();
     pid1::mount_early();
     // Reopen the console now that devtmpfs is there.
-    let _ = CONSOLE.set(Mutex::new(
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open("/dev/console")
-            .ok(),
-    ));
+    let _ =
+        CONSOLE.set(Mutex::new(OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").ok()));
 
     match pid1::write_boot_timer() {
         Ok(()) => log("boot timer written"),
@@ -113,10 +96,7 @@ fn main() {
     let _server = match server::serve(agent.clone()) {
         Ok(s) => Some(s),
         Err(e) => {
-            log(&format!(
-                "cannot serve the agent protocol on vsock port {}: {e}",
-                hull_agent_protocol::AGENT_PORT
-            ));
+            log(&format!("cannot serve the agent protocol on vsock port {}: {e}", hull_agent_protocol::AGENT_PORT));
             None
         }
     };
@@ -131,29 +111,24 @@ fn start_stdio_listener(agent: Arc<containers::Agent>) {
     let listener = match stdio::listen(hull_agent_protocol::STDIO_PORT) {
         Ok(l) => l,
         Err(e) => {
-            log(&format!(
-                "cannot listen on vsock port {}: {e}",
-                hull_agent_protocol::STDIO_PORT
-            ));
+            log(&format!("cannot listen on vsock port {}: {e}", hull_agent_protocol::STDIO_PORT));
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("stdio-accept".into())
-        .spawn(move || loop {
-            match stdio::accept(&listener) {
-                Ok(conn) => {
-                    let agent = agent.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("stdio".into())
-                        .spawn(move || stdio::serve_connection(conn, |req| agent.attach(req)));
-                }
-                Err(e) => {
-                    log(&format!("stdio accept: {e}"));
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
+    let spawned = std::thread::Builder::new().name("stdio-accept".into()).spawn(move || loop {
+        match stdio::accept(&listener) {
+            Ok(conn) => {
+                let agent = agent.clone();
+                let _ = std::thread::Builder::new()
+                    .name("stdio".into())
+                    .spawn(move || stdio::serve_connection(conn, |req| agent.attach(req)));
             }
-        });
+            Err(e) => {
+                log(&format!("stdio accept: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    });
     if let Err(e) = spawned {
         log(&format!("cannot start the stdio listener: {e}"));
     }

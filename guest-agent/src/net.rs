@@ -20,9 +20,7 @@ fn socket() -> Result<OwnedFd, String> {
 fn ifreq(name: &str) -> Result<libc::ifreq, String> {
     if name.is_empty()
         || name.len() >= libc::IFNAMSIZ
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
     {
         return Err(format!("bad interface name {name:?}"));
     }
@@ -44,57 +42,30 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
     }
 }
 
-fn ioctl(
-    fd: &OwnedFd,
-    req: libc::c_ulong,
-    arg: *mut libc::c_void,
-    what: &str,
-) -> Result<(), String> {
+fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), String> {
     // SAFETY: `arg` points at an ifreq or rtentry owned by the caller, as `req` expects.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) })
-        .map(drop)
-        .map_err(|e| format!("{what}: {e}"))
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) }).map(drop).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Brings an interface up.
 pub fn link_up(name: &str) -> Result<(), String> {
     let s = socket()?;
     let mut r = ifreq(name)?;
-    ioctl(
-        &s,
-        libc::SIOCGIFFLAGS,
-        &mut r as *mut _ as *mut _,
-        "SIOCGIFFLAGS",
-    )?;
+    ioctl(&s, libc::SIOCGIFFLAGS, &mut r as *mut _ as *mut _, "SIOCGIFFLAGS")?;
     // SAFETY: the flags member of the union, just filled by the kernel.
     unsafe { r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    ioctl(
-        &s,
-        libc::SIOCSIFFLAGS,
-        &mut r as *mut _ as *mut _,
-        "SIOCSIFFLAGS",
-    )
+    ioctl(&s, libc::SIOCSIFFLAGS, &mut r as *mut _ as *mut _, "SIOCSIFFLAGS")
 }
 
 fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("bad IPv4 address {cidr:?}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or(format!("bad prefix length in {cidr:?}"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("bad IPv4 address {cidr:?}"))?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or(format!("bad prefix length in {cidr:?}"))?;
     Ok((ip, len))
 }
 
 fn mask(len: u8) -> Ipv4Addr {
-    Ipv4Addr::from(if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len as u32)
-    })
+    Ipv4Addr::from(if len == 0 { 0 } else { u32::MAX << (32 - len as u32) })
 }
 
 pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
@@ -104,29 +75,14 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
             let (ip, len) = parse_cidr(addr)?;
             let mut r = ifreq(&iface.name)?;
             r.ifr_ifru.ifru_addr = sockaddr(ip);
-            ioctl(
-                &s,
-                libc::SIOCSIFADDR,
-                &mut r as *mut _ as *mut _,
-                "SIOCSIFADDR",
-            )?;
+            ioctl(&s, libc::SIOCSIFADDR, &mut r as *mut _ as *mut _, "SIOCSIFADDR")?;
             r.ifr_ifru.ifru_netmask = sockaddr(mask(len));
-            ioctl(
-                &s,
-                libc::SIOCSIFNETMASK,
-                &mut r as *mut _ as *mut _,
-                "SIOCSIFNETMASK",
-            )?;
+            ioctl(&s, libc::SIOCSIFNETMASK, &mut r as *mut _ as *mut _, "SIOCSIFNETMASK")?;
         }
         if iface.mtu > 0 {
             let mut r = ifreq(&iface.name)?;
             r.ifr_ifru.ifru_mtu = iface.mtu.min(65535) as libc::c_int;
-            ioctl(
-                &s,
-                libc::SIOCSIFMTU,
-                &mut r as *mut _ as *mut _,
-                "SIOCSIFMTU",
-            )?;
+            ioctl(&s, libc::SIOCSIFMTU, &mut r as *mut _ as *mut _, "SIOCSIFMTU")?;
         }
         link_up(&iface.name)?;
     }
@@ -141,10 +97,7 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
         rt.rt_genmask = sockaddr(mask(len));
         rt.rt_flags = libc::RTF_UP;
         if !route.gateway.is_empty() {
-            let gw: Ipv4Addr = route
-                .gateway
-                .parse()
-                .map_err(|_| format!("bad gateway {:?}", route.gateway))?;
+            let gw: Ipv4Addr = route.gateway.parse().map_err(|_| format!("bad gateway {:?}", route.gateway))?;
             rt.rt_gateway = sockaddr(gw);
             rt.rt_flags |= libc::RTF_GATEWAY;
         }
@@ -157,12 +110,7 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
             ifreq(&route.device)?;
             rt.rt_dev = d.as_ptr() as *mut _;
         }
-        ioctl(
-            &s,
-            libc::SIOCADDRT,
-            &mut rt as *mut _ as *mut _,
-            "SIOCADDRT",
-        )?;
+        ioctl(&s, libc::SIOCADDRT, &mut rt as *mut _ as *mut _, "SIOCADDRT")?;
     }
     if !req.dns_servers.is_empty() {
         let mut conf = String::new();
@@ -173,8 +121,7 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
         let _ = std::fs::create_dir_all("/etc");
         let _ = std::fs::create_dir_all("/run/hull");
         std::fs::write("/etc/resolv.conf", &conf).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
-        std::fs::write("/run/hull/resolv.conf", &conf)
-            .map_err(|e| format!("/run/hull/resolv.conf: {e}"))?;
+        std::fs::write("/run/hull/resolv.conf", &conf).map_err(|e| format!("/run/hull/resolv.conf: {e}"))?;
     }
     if !req.hostname.is_empty() {
         crate::pid1::set_hostname(&req.hostname);
@@ -188,10 +135,7 @@ mod tests {
 
     #[test]
     fn cidrs_and_masks() {
-        assert_eq!(
-            parse_cidr("10.0.0.2/24").unwrap(),
-            (Ipv4Addr::new(10, 0, 0, 2), 24)
-        );
+        assert_eq!(parse_cidr("10.0.0.2/24").unwrap(), (Ipv4Addr::new(10, 0, 0, 2), 24));
         assert_eq!(mask(24), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(mask(0), Ipv4Addr::UNSPECIFIED);
         assert!(parse_cidr("10.0.0.2/33").is_err());

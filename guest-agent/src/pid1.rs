@@ -36,14 +36,8 @@ pub fn switch_root_to_tmpfs() {
         true
     };
     if !step("mkdir", std::fs::create_dir_all(new))
-        || !step(
-            "mount",
-            crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")),
-        )
-        || !step(
-            "copy /init",
-            std::fs::copy("/init", new.join("init")).map(drop),
-        )
+        || !step("mount", crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")))
+        || !step("copy /init", std::fs::copy("/init", new.join("init")).map(drop))
     {
         return;
     }
@@ -56,20 +50,11 @@ pub fn switch_root_to_tmpfs() {
     unsafe {
         let newc = crate::sys::cpath(new).unwrap_or_default();
         if libc::chdir(newc.as_ptr()) != 0
-            || libc::mount(
-                dot.as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_MOVE,
-                std::ptr::null(),
-            ) != 0
+            || libc::mount(dot.as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0
             || libc::chroot(dot.as_ptr()) != 0
             || libc::chdir(c"/".as_ptr()) != 0
         {
-            log(&format!(
-                "cannot switch to a tmpfs root: {}",
-                std::io::Error::last_os_error()
-            ));
+            log(&format!("cannot switch to a tmpfs root: {}", std::io::Error::last_os_error()));
             return;
         }
         let argv = [c"/init".as_ptr(), std::ptr::null()];
@@ -77,75 +62,25 @@ pub fn switch_root_to_tmpfs() {
         let envp = [env.as_ptr(), std::ptr::null()];
         libc::execve(c"/init".as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    log(&format!(
-        "re-executing /init on the tmpfs root failed: {}",
-        std::io::Error::last_os_error()
-    ));
+    log(&format!("re-executing /init on the tmpfs root failed: {}", std::io::Error::last_os_error()));
 }
 
 /// Mounts what every guest needs. Failures are logged and the boot goes on.
 pub fn mount_early() {
     let nosuid_noexec = libc::MS_NOSUID | libc::MS_NOEXEC;
     let table: [(&CStr, &str, &str, libc::c_ulong, Option<&str>); 7] = [
-        (
-            c"proc",
-            "/proc",
-            "proc",
-            nosuid_noexec | libc::MS_NODEV,
-            None,
-        ),
-        (
-            c"sysfs",
-            "/sys",
-            "sysfs",
-            nosuid_noexec | libc::MS_NODEV,
-            None,
-        ),
-        (
-            c"devtmpfs",
-            "/dev",
-            "devtmpfs",
-            libc::MS_NOSUID,
-            Some("mode=0755"),
-        ),
-        (
-            c"devpts",
-            "/dev/pts",
-            "devpts",
-            nosuid_noexec,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ),
-        (
-            c"tmpfs",
-            "/dev/shm",
-            "tmpfs",
-            nosuid_noexec | libc::MS_NODEV,
-            Some("mode=1777"),
-        ),
-        (
-            c"cgroup2",
-            "/sys/fs/cgroup",
-            "cgroup2",
-            nosuid_noexec | libc::MS_NODEV,
-            None,
-        ),
-        (
-            c"tmpfs",
-            "/run",
-            "tmpfs",
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=0755"),
-        ),
+        (c"proc", "/proc", "proc", nosuid_noexec | libc::MS_NODEV, None),
+        (c"sysfs", "/sys", "sysfs", nosuid_noexec | libc::MS_NODEV, None),
+        (c"devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, Some("mode=0755")),
+        (c"devpts", "/dev/pts", "devpts", nosuid_noexec, Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
+        (c"tmpfs", "/dev/shm", "tmpfs", nosuid_noexec | libc::MS_NODEV, Some("mode=1777")),
+        (c"cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_noexec | libc::MS_NODEV, None),
+        (c"tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755")),
     ];
     for (source, target, fstype, flags, data) in table {
         let _ = std::fs::create_dir_all(target);
-        if let Err(e) = crate::sys::mount(
-            Some(&source.to_string_lossy()),
-            Path::new(target),
-            Some(fstype),
-            flags,
-            data,
-        ) {
+        if let Err(e) = crate::sys::mount(Some(&source.to_string_lossy()), Path::new(target), Some(fstype), flags, data)
+        {
             log(&format!("cannot mount {fstype} on {target}: {e}"));
         }
     }
@@ -153,11 +88,7 @@ pub fn mount_early() {
 
 /// Writes BOOT_TIMER_VALUE to the boot-timer MMIO address through a shared mapping of /dev/mem.
 pub fn write_boot_timer() -> std::io::Result<()> {
-    let mem = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_SYNC)
-        .open("/dev/mem")?;
+    let mem = OpenOptions::new().read(true).write(true).custom_flags(libc::O_SYNC).open("/dev/mem")?;
     let page = 4096;
     // SAFETY: a fresh shared mapping of one page of /dev/mem at a page-aligned offset; the kernel checks the
     // offset and access. The result is checked before use.
@@ -185,16 +116,12 @@ pub fn write_boot_timer() -> std::io::Result<()> {
 
 /// Whether the kernel command line asks for a power-off once the agent is ready.
 pub fn wants_poweroff(cmdline: &str) -> bool {
-    cmdline
-        .split_whitespace()
-        .any(|word| word == POWEROFF_SWITCH)
+    cmdline.split_whitespace().any(|word| word == POWEROFF_SWITCH)
 }
 
 /// The value of `key=` on the command line (first occurrence).
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// Sets CLOCK_REALTIME; refuses times before 2020 or after 2200 (a garbled value must not be applied).
@@ -205,10 +132,7 @@ pub fn set_clock(unix_nanos: i64) -> Result<(), String> {
     if !(MIN..MAX).contains(&secs) {
         return Err(format!("clock value {unix_nanos} ns is out of range"));
     }
-    let ts = libc::timespec {
-        tv_sec: secs,
-        tv_nsec: unix_nanos.rem_euclid(1_000_000_000),
-    };
+    let ts = libc::timespec { tv_sec: secs, tv_nsec: unix_nanos.rem_euclid(1_000_000_000) };
     // SAFETY: clock_settime reads one timespec we own.
     crate::sys::cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
         .map(drop)
@@ -233,9 +157,7 @@ pub fn clock_from_cmdline(cmdline: &str) {
 pub fn set_hostname(name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if !ok {
         log("ignoring an invalid hostname");
         return;
@@ -253,10 +175,7 @@ pub fn power_off() {
     unsafe { libc::sync() };
     let rc = unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     if rc != 0 {
-        log(&format!(
-            "reboot failed: {}",
-            std::io::Error::last_os_error()
-        ));
+        log(&format!("reboot failed: {}", std::io::Error::last_os_error()));
     }
 }
 
@@ -276,10 +195,7 @@ mod tests {
 
     #[test]
     fn cmdline_values() {
-        assert_eq!(
-            cmdline_value("a=1 hull.time=12.5 b", "hull.time"),
-            Some("12.5")
-        );
+        assert_eq!(cmdline_value("a=1 hull.time=12.5 b", "hull.time"), Some("12.5"));
         assert_eq!(cmdline_value("hull.timex=1", "hull.time"), None);
         assert!(set_clock(5).is_err());
     }

@@ -128,15 +128,9 @@ pub struct PreparedProcess {
 fn cap_mask(set: &Option<Capabilities>) -> Result<u64, ProcessError> {
     let mut mask = 0u64;
     for cap in set.iter().flatten() {
-        let name = serde_json::to_value(cap)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = serde_json::to_value(cap).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         let short = name.strip_prefix("CAP_").unwrap_or(&name);
-        let bit = CAPS
-            .iter()
-            .position(|c| *c == short)
-            .ok_or(ProcessError::UnknownCapability(name.clone()))?;
+        let bit = CAPS.iter().position(|c| *c == short).ok_or(ProcessError::UnknownCapability(name.clone()))?;
         mask |= 1 << bit;
     }
     Ok(mask)
@@ -155,10 +149,7 @@ impl PreparedProcess {
         let args = p.args().clone().unwrap_or_default();
         let first = args.first().ok_or(ProcessError::NoArgs)?;
         let env = p.env().clone().unwrap_or_default();
-        let path_var = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH);
+        let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
         let candidates = if first.contains('/') {
             vec![cstr(first)?]
         } else {
@@ -180,16 +171,10 @@ impl PreparedProcess {
         };
         let mut rlimits = Vec::new();
         for r in p.rlimits().iter().flatten() {
-            let name = serde_json::to_value(r.typ())
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let name =
+                serde_json::to_value(r.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             let short = name.strip_prefix("RLIMIT_").unwrap_or(&name);
-            let res = RLIMITS
-                .iter()
-                .find(|(n, _)| *n == short)
-                .ok_or(ProcessError::UnknownRlimit(name.clone()))?
-                .1;
+            let res = RLIMITS.iter().find(|(n, _)| *n == short).ok_or(ProcessError::UnknownRlimit(name.clone()))?.1;
             rlimits.push((res, r.soft(), r.hard()));
         }
         let cwd = p.cwd().to_string_lossy().to_string();
@@ -221,11 +206,7 @@ impl PreparedProcess {
         let msg = e.to_string();
         // SAFETY: writes of valid buffers to fd 2.
         unsafe {
-            libc::write(
-                2,
-                self.failure_prefix.as_ptr().cast(),
-                self.failure_prefix.len(),
-            );
+            libc::write(2, self.failure_prefix.as_ptr().cast(), self.failure_prefix.len());
             libc::write(2, msg.as_ptr().cast(), msg.len());
             libc::write(2, b"\n".as_ptr().cast(), 1);
         }
@@ -242,22 +223,13 @@ impl PreparedProcess {
                 cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
             }
             for &(res, soft, hard) in &self.rlimits {
-                let lim = libc::rlimit {
-                    rlim_cur: soft,
-                    rlim_max: hard,
-                };
+                let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
                 cvt(libc::setrlimit(res, &lim))?;
             }
             if let Some(caps) = &self.caps {
                 for cap in 0..=self.last_cap.min(63) {
                     if caps.bounding & (1 << cap) == 0 {
-                        cvt(libc::prctl(
-                            libc::PR_CAPBSET_DROP,
-                            cap as libc::c_ulong,
-                            0,
-                            0,
-                            0,
-                        ))?;
+                        cvt(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0))?;
                     }
                 }
                 cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
@@ -268,13 +240,7 @@ impl PreparedProcess {
             if let Some(caps) = &self.caps {
                 cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0))?;
                 capset(caps)?;
-                cvt(libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ))?;
+                cvt(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
                 for cap in 0..=self.last_cap.min(63) {
                     if caps.ambient & (1 << cap) != 0 {
                         cvt(libc::prctl(
@@ -329,10 +295,7 @@ fn capset(caps: &CapSets) -> io::Result<()> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let hdr = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
+    let hdr = Header { version: VERSION_3, pid: 0 };
     let half = |m: u64, i: u32| (m >> (32 * i)) as u32;
     let data = [0, 1].map(|i| Data {
         effective: half(caps.effective, i),
@@ -368,20 +331,12 @@ mod tests {
 
     #[test]
     fn path_lookup_uses_the_process_env() {
-        let p: Process = serde_json::from_str(
-            r#"{"cwd":"/","user":{"uid":1,"gid":2},"args":["ls","-l"],"env":["PATH=/a:/b/"]}"#,
-        )
-        .unwrap();
-        let pp = PreparedProcess::prepare(&p).unwrap();
-        assert_eq!(
-            pp.candidates,
-            vec![cstr("/a/ls").unwrap(), cstr("/b/ls").unwrap()]
-        );
         let p: Process =
-            serde_json::from_str(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}"#).unwrap();
-        assert!(matches!(
-            PreparedProcess::prepare(&p),
-            Err(ProcessError::NoArgs)
-        ));
+            serde_json::from_str(r#"{"cwd":"/","user":{"uid":1,"gid":2},"args":["ls","-l"],"env":["PATH=/a:/b/"]}"#)
+                .unwrap();
+        let pp = PreparedProcess::prepare(&p).unwrap();
+        assert_eq!(pp.candidates, vec![cstr("/a/ls").unwrap(), cstr("/b/ls").unwrap()]);
+        let p: Process = serde_json::from_str(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}"#).unwrap();
+        assert!(matches!(PreparedProcess::prepare(&p), Err(ProcessError::NoArgs)));
     }
 }

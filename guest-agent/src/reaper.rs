@@ -38,10 +38,7 @@ impl Reaper {
     pub fn start() -> Arc<Reaper> {
         let r = Arc::new(Reaper::default());
         let r2 = r.clone();
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || r2.run())
-            .expect("spawning the reaper thread");
+        std::thread::Builder::new().name("reaper".into()).spawn(move || r2.run()).expect("spawning the reaper thread");
         r
     }
 

@@ -24,16 +24,9 @@ pub enum RootfsError {
     #[error("mount destination {0:?} resolves outside the rootfs")]
     Escapes(PathBuf),
     #[error("mounting {what} on {target}: {source}")]
-    Mount {
-        what: String,
-        target: String,
-        source: io::Error,
-    },
+    Mount { what: String, target: String, source: io::Error },
     #[error("{step}: {source}")]
-    Step {
-        step: &'static str,
-        source: io::Error,
-    },
+    Step { step: &'static str, source: io::Error },
 }
 
 fn step(step: &'static str) -> impl FnOnce(io::Error) -> RootfsError {
@@ -56,11 +49,7 @@ fn create_target(rootfs: &Path, target: &Path, file: bool) -> Result<PathBuf, Ro
                 std::fs::create_dir_all(parent)?;
             }
             if !p.exists() {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(p)?;
+                std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p)?;
             }
             Ok(())
         } else {
@@ -72,9 +61,7 @@ fn create_target(rootfs: &Path, target: &Path, file: bool) -> Result<PathBuf, Ro
         target: target.display().to_string(),
         source,
     })?;
-    let real = target
-        .canonicalize()
-        .map_err(step("resolving a mount point"))?;
+    let real = target.canonicalize().map_err(step("resolving a mount point"))?;
     if !real.starts_with(rootfs) {
         return Err(RootfsError::Escapes(target.to_path_buf()));
     }
@@ -150,61 +137,28 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
     let (flags, prop, data) = parse_options(&options);
     let declared = m.typ().clone().unwrap_or_else(|| "none".into());
     // The guest kernel has cgroup v2 only.
-    let fstype = if declared == "cgroup" {
-        "cgroup2".to_string()
-    } else {
-        declared
-    };
+    let fstype = if declared == "cgroup" { "cgroup2".to_string() } else { declared };
     let is_bind = flags & libc::MS_BIND != 0 || fstype == "bind";
-    let source = m
-        .source()
-        .as_ref()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| fstype.clone());
+    let source = m.source().as_ref().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| fstype.clone());
     let dest = join_inside(rootfs, m.destination())?;
-    let source_is_file = is_bind
-        && Path::new(&source)
-            .metadata()
-            .map(|md| !md.is_dir())
-            .unwrap_or(false);
+    let source_is_file = is_bind && Path::new(&source).metadata().map(|md| !md.is_dir()).unwrap_or(false);
     let target = create_target(rootfs, &dest, source_is_file)?;
     let err = |source: io::Error| RootfsError::Mount {
         what: format!(
             "{fstype} {source_name}",
-            source_name = m
-                .source()
-                .as_ref()
-                .map_or(String::new(), |s| s.display().to_string())
+            source_name = m.source().as_ref().map_or(String::new(), |s| s.display().to_string())
         ),
         target: m.destination().display().to_string(),
         source,
     };
     if is_bind {
-        mount(
-            Some(&source),
-            &target,
-            None,
-            libc::MS_BIND | (flags & libc::MS_REC),
-            None,
-        )
-        .map_err(err)?;
+        mount(Some(&source), &target, None, libc::MS_BIND | (flags & libc::MS_REC), None).map_err(err)?;
         let rest = flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if rest != 0 {
-            mount(
-                None,
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | rest,
-                None,
-            )
-            .map_err(err)?;
+            mount(None, &target, None, libc::MS_BIND | libc::MS_REMOUNT | rest, None).map_err(err)?;
         }
     } else {
-        let data = if fstype == "cgroup2" {
-            String::new()
-        } else {
-            data
-        };
+        let data = if fstype == "cgroup2" { String::new() } else { data };
         mount(Some(&source), &target, Some(&fstype), flags, Some(&data)).map_err(err)?;
     }
     if prop != 0 {
@@ -214,49 +168,26 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
 }
 
 /// Character devices every container gets when its /dev is a fresh tmpfs: (name, major, minor).
-const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+const DEFAULT_DEVICES: &[(&str, u32, u32)] =
+    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
     let dev = rootfs.join("dev");
-    let mknod =
-        |path: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32| -> io::Result<()> {
-            let _ = std::fs::remove_file(path);
-            let p = cpath(path)?;
-            // SAFETY: `p` is a valid C string; mknod takes plain values otherwise.
-            cvt(unsafe {
-                libc::mknod(
-                    p.as_ptr(),
-                    kind | mode as libc::mode_t,
-                    libc::makedev(major, minor),
-                )
-            })?;
-            // The umask applied to mknod; set the mode the spec asked for.
-            // SAFETY: as above.
-            cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(drop)
-        };
+    let mknod = |path: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32| -> io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let p = cpath(path)?;
+        // SAFETY: `p` is a valid C string; mknod takes plain values otherwise.
+        cvt(unsafe { libc::mknod(p.as_ptr(), kind | mode as libc::mode_t, libc::makedev(major, minor)) })?;
+        // The umask applied to mknod; set the mode the spec asked for.
+        // SAFETY: as above.
+        cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(drop)
+    };
     for (name, major, minor) in DEFAULT_DEVICES {
-        mknod(&dev.join(name), libc::S_IFCHR, 0o666, *major, *minor)
-            .map_err(step("creating default devices"))?;
+        mknod(&dev.join(name), libc::S_IFCHR, 0o666, *major, *minor).map_err(step("creating default devices"))?;
     }
-    for d in spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-    {
+    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
         let path = join_inside(rootfs, d.path())?;
-        let kind = match serde_json::to_value(d.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .as_deref()
-        {
+        let kind = match serde_json::to_value(d.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).as_deref() {
             Some("b") => libc::S_IFBLK,
             Some("p") => libc::S_IFIFO,
             _ => libc::S_IFCHR,
@@ -264,21 +195,10 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(step("creating a device's directory"))?;
         }
-        let (major, minor) = (
-            u32::try_from(d.major()).unwrap_or(0),
-            u32::try_from(d.minor()).unwrap_or(0),
-        );
-        mknod(
-            &path,
-            kind,
-            d.file_mode().unwrap_or(0o666) & 0o7777,
-            major,
-            minor,
-        )
-        .map_err(step("creating a device"))?;
+        let (major, minor) = (u32::try_from(d.major()).unwrap_or(0), u32::try_from(d.minor()).unwrap_or(0));
+        mknod(&path, kind, d.file_mode().unwrap_or(0o666) & 0o7777, major, minor).map_err(step("creating a device"))?;
         if let (Some(uid), Some(gid)) = (d.uid(), d.gid()) {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(step("chown of a device"))?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(step("chown of a device"))?;
         }
     }
     for (link, to) in [
@@ -298,32 +218,16 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
 /// Builds the view and pivots into it. Called in `hull-init`, in its own mount namespace.
 pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the agent's namespace.
-    mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(step("making / private"))?;
-    mount(
-        Some(&rootfs.to_string_lossy()),
-        rootfs,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .map_err(step("binding the rootfs onto itself"))?;
-    let rootfs = rootfs
-        .canonicalize()
-        .map_err(step("resolving the rootfs"))?;
+    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(step("making / private"))?;
+    mount(Some(&rootfs.to_string_lossy()), rootfs, None, libc::MS_BIND | libc::MS_REC, None)
+        .map_err(step("binding the rootfs onto itself"))?;
+    let rootfs = rootfs.canonicalize().map_err(step("resolving the rootfs"))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
         mount_one(&rootfs, m)?;
     }
-    let dev_is_tmpfs = mounts
-        .iter()
-        .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
+    let dev_is_tmpfs =
+        mounts.iter().any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
     if dev_is_tmpfs {
         create_devices(&rootfs, spec)?;
     }
@@ -335,30 +239,15 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
     for p in linux.readonly_paths().clone().unwrap_or_default() {
         read_only(Path::new(&p))?;
     }
-    if spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false)
-    {
-        mount(
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            None,
-        )
-        .map_err(step("making the rootfs read-only"))?;
+    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+        mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)
+            .map_err(step("making the rootfs read-only"))?;
     }
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
         if key.contains('/') || key.split('.').any(|c| c.is_empty() || c == "..") {
-            return Err(RootfsError::Step {
-                step: "sysctl",
-                source: io::Error::other(format!("bad key {key:?}")),
-            });
+            return Err(RootfsError::Step { step: "sysctl", source: io::Error::other(format!("bad key {key:?}")) });
         }
-        crate::sys::write_file(&Path::new("/proc/sys").join(key.replace('.', "/")), &value)
-            .map_err(step("sysctl"))?;
+        crate::sys::write_file(&Path::new("/proc/sys").join(key.replace('.', "/")), &value).map_err(step("sysctl"))?;
     }
     Ok(())
 }
@@ -372,54 +261,29 @@ fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
         cvt(libc::chdir(r.as_ptr())).map_err(step("chdir to the rootfs"))?;
         cvt(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int)
             .map_err(step("pivot_root"))?;
-        cvt(libc::umount2(dot.as_ptr(), libc::MNT_DETACH))
-            .map_err(step("detaching the old root"))?;
+        cvt(libc::umount2(dot.as_ptr(), libc::MNT_DETACH)).map_err(step("detaching the old root"))?;
         cvt(libc::chdir(c"/".as_ptr())).map_err(step("chdir /"))?;
     }
     Ok(())
 }
 
 fn mask(path: &Path) -> Result<(), RootfsError> {
-    let err = |source| RootfsError::Mount {
-        what: "mask".into(),
-        target: path.display().to_string(),
-        source,
-    };
+    let err = |source| RootfsError::Mount { what: "mask".into(), target: path.display().to_string(), source };
     match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err(e)),
-        Ok(md) if md.is_dir() => {
-            mount(Some("tmpfs"), path, Some("tmpfs"), libc::MS_RDONLY, None).map_err(err)
-        }
+        Ok(md) if md.is_dir() => mount(Some("tmpfs"), path, Some("tmpfs"), libc::MS_RDONLY, None).map_err(err),
         Ok(_) => mount(Some("/dev/null"), path, None, libc::MS_BIND, None).map_err(err),
     }
 }
 
 fn read_only(path: &Path) -> Result<(), RootfsError> {
-    let err = |source| RootfsError::Mount {
-        what: "read-only".into(),
-        target: path.display().to_string(),
-        source,
-    };
+    let err = |source| RootfsError::Mount { what: "read-only".into(), target: path.display().to_string(), source };
     if !path.exists() {
         return Ok(());
     }
-    mount(
-        Some(&path.to_string_lossy()),
-        path,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .map_err(err)?;
-    mount(
-        None,
-        path,
-        None,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
-        None,
-    )
-    .map_err(err)
+    mount(Some(&path.to_string_lossy()), path, None, libc::MS_BIND | libc::MS_REC, None).map_err(err)?;
+    mount(None, path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC, None).map_err(err)
 }
 
 #[cfg(test)]
@@ -440,10 +304,7 @@ mod tests {
     #[test]
     fn destinations_must_stay_inside() {
         let root = Path::new("/r");
-        assert_eq!(
-            join_inside(root, Path::new("/proc")).unwrap(),
-            PathBuf::from("/r/proc")
-        );
+        assert_eq!(join_inside(root, Path::new("/proc")).unwrap(), PathBuf::from("/r/proc"));
         assert!(join_inside(root, Path::new("proc")).is_err());
         assert!(join_inside(root, Path::new("/a/../../etc")).is_err());
     }

@@ -17,9 +17,7 @@ pub struct Service {
 
 fn status(e: AgentError) -> ttrpc::Error {
     let code = match &e {
-        AgentError::BadId(_) | AgentError::BadSpec(_) | AgentError::BadDevice(_) => {
-            Code::INVALID_ARGUMENT
-        }
+        AgentError::BadId(_) | AgentError::BadSpec(_) | AgentError::BadDevice(_) => Code::INVALID_ARGUMENT,
         AgentError::NoContainer(_) | AgentError::NoProcess { .. } => Code::NOT_FOUND,
         AgentError::Exists(_) | AgentError::ProcessExists(_) => Code::ALREADY_EXISTS,
         AgentError::BadState(..) => Code::FAILED_PRECONDITION,
@@ -40,10 +38,7 @@ impl agent_ttrpc::Agent for Service {
         let mut r = VersionResponse::new();
         r.agent_version = env!("CARGO_PKG_VERSION").into();
         r.protocol_revision = hull_agent_protocol::PROTOCOL_REVISION;
-        r.kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .into();
+        r.kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into();
         Ok(r)
     }
 
@@ -60,23 +55,14 @@ impl agent_ttrpc::Agent for Service {
     }
 
     fn configure_network(&self, _: &TtrpcContext, req: ConfigureNetworkRequest) -> R<Empty> {
-        crate::net::configure(&req)
-            .map_err(|e| ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, e)))?;
+        crate::net::configure(&req).map_err(|e| ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, e)))?;
         Ok(Empty::new())
     }
 
     fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> R<Empty> {
         let rootfs = req.rootfs.as_ref().ok_or_else(|| invalid("no rootfs"))?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        self.agent
-            .create(
-                &req.container_id,
-                &req.oci_spec_json,
-                rootfs,
-                &req.mounts,
-                &stdio,
-            )
-            .map_err(status)?;
+        self.agent.create(&req.container_id, &req.oci_spec_json, rootfs, &req.mounts, &stdio).map_err(status)?;
         Ok(Empty::new())
     }
 
@@ -87,29 +73,17 @@ impl agent_ttrpc::Agent for Service {
 
     fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> R<Empty> {
         let stdio = req.stdio.clone().unwrap_or_default();
-        self.agent
-            .exec(
-                &req.container_id,
-                &req.exec_id,
-                &req.oci_process_json,
-                &stdio,
-            )
-            .map_err(status)?;
+        self.agent.exec(&req.container_id, &req.exec_id, &req.oci_process_json, &stdio).map_err(status)?;
         Ok(Empty::new())
     }
 
     fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> R<Empty> {
-        self.agent
-            .signal(&req.container_id, &req.exec_id, req.signal, req.all)
-            .map_err(status)?;
+        self.agent.signal(&req.container_id, &req.exec_id, req.signal, req.all).map_err(status)?;
         Ok(Empty::new())
     }
 
     fn wait_process(&self, _: &TtrpcContext, req: ProcessRequest) -> R<WaitProcessResponse> {
-        let e = self
-            .agent
-            .wait(&req.container_id, &req.exec_id)
-            .map_err(status)?;
+        let e = self.agent.wait(&req.container_id, &req.exec_id).map_err(status)?;
         let mut r = WaitProcessResponse::new();
         r.exit_code = e.status.code;
         r.signal = e.status.signal;
@@ -119,16 +93,12 @@ impl agent_ttrpc::Agent for Service {
     }
 
     fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> R<Empty> {
-        self.agent
-            .close_stdin(&req.container_id, &req.exec_id, req.total_bytes)
-            .map_err(status)?;
+        self.agent.close_stdin(&req.container_id, &req.exec_id, req.total_bytes).map_err(status)?;
         Ok(Empty::new())
     }
 
     fn resize_terminal(&self, _: &TtrpcContext, req: ResizeTerminalRequest) -> R<Empty> {
-        self.agent
-            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)
-            .map_err(status)?;
+        self.agent.resize(&req.container_id, &req.exec_id, req.rows, req.columns).map_err(status)?;
         Ok(Empty::new())
     }
 
@@ -143,18 +113,12 @@ impl agent_ttrpc::Agent for Service {
         Ok(r)
     }
 
-    fn stats_container(
-        &self,
-        _: &TtrpcContext,
-        req: ContainerRequest,
-    ) -> R<StatsContainerResponse> {
+    fn stats_container(&self, _: &TtrpcContext, req: ContainerRequest) -> R<StatsContainerResponse> {
         self.agent.stats(&req.container_id).map_err(status)
     }
 
     fn update_resources(&self, _: &TtrpcContext, req: UpdateResourcesRequest) -> R<Empty> {
-        self.agent
-            .update(&req.container_id, &req.oci_resources_json)
-            .map_err(status)?;
+        self.agent.update(&req.container_id, &req.oci_resources_json).map_err(status)?;
         Ok(Empty::new())
     }
 

@@ -33,38 +33,20 @@ pub struct ChildStdio {
 
 impl ChildStdio {
     pub fn raw(&self) -> [RawFd; 3] {
-        [
-            self.fds[0].as_raw_fd(),
-            self.fds[1].as_raw_fd(),
-            self.fds[2].as_raw_fd(),
-        ]
+        [self.fds[0].as_raw_fd(), self.fds[1].as_raw_fd(), self.fds[2].as_raw_fd()]
     }
 }
 
 fn dev_null() -> io::Result<OwnedFd> {
-    Ok(std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?
-        .into())
+    Ok(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into())
 }
 
 /// Pipes for the requested streams; `/dev/null` for the rest (and for all three with a terminal, whose
 /// slave the helper puts in place itself).
-pub fn make(
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    terminal: bool,
-) -> io::Result<(ProcessIo, ChildStdio)> {
+pub fn make(stdin: bool, stdout: bool, stderr: bool, terminal: bool) -> io::Result<(ProcessIo, ChildStdio)> {
     let mut io = ProcessIo::default();
     if terminal {
-        return Ok((
-            io,
-            ChildStdio {
-                fds: [dev_null()?, dev_null()?, dev_null()?],
-            },
-        ));
+        return Ok((io, ChildStdio { fds: [dev_null()?, dev_null()?, dev_null()?] }));
     }
     let fd0 = if stdin {
         let (r, w) = crate::sys::pipe()?;
@@ -84,12 +66,7 @@ pub fn make(
     };
     let fd1 = out(stdout, &mut io.stdout)?;
     let fd2 = out(stderr, &mut io.stderr)?;
-    Ok((
-        io,
-        ChildStdio {
-            fds: [fd0, fd1, fd2],
-        },
-    ))
+    Ok((io, ChildStdio { fds: [fd0, fd1, fd2] }))
 }
 
 /// Where stdin stands: bytes passed so far and where the host said it ends.
@@ -121,11 +98,7 @@ impl StdinCtl {
 pub fn listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: socket/bind/listen with a zeroed sockaddr_vm we fill; the fd is owned right away.
     unsafe {
-        let fd = cvt(libc::socket(
-            libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        ))?;
+        let fd = cvt(libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
         let fd = OwnedFd::from_raw_fd(fd);
         let mut addr: libc::sockaddr_vm = std::mem::zeroed();
         addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
@@ -144,12 +117,7 @@ pub fn listen(port: u32) -> io::Result<OwnedFd> {
 pub fn accept(listener: &OwnedFd) -> io::Result<File> {
     // SAFETY: accept4 with null address pointers.
     let fd = cvt(unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
+        libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
     })?;
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { File::from_raw_fd(fd) })
@@ -174,9 +142,8 @@ pub fn serve_connection(
 ) {
     let req = match read_line(&mut conn)
         .map_err(|e| e.to_string())
-        .and_then(|l| {
-            hull_agent_protocol::stdio::StdioRequest::parse(&l).map_err(|e| e.to_string())
-        }) {
+        .and_then(|l| hull_agent_protocol::stdio::StdioRequest::parse(&l).map_err(|e| e.to_string()))
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = conn.write_all(format!("ERR {e}\n").as_bytes());
@@ -233,11 +200,7 @@ fn copy_in(mut conn: File, mut dst: File, ctl: &StdinCtl) {
         if ctl.done() {
             break;
         }
-        let mut pfd = libc::pollfd {
-            fd: conn.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd we own.
         let rc = unsafe { libc::poll(&mut pfd, 1, 200) };
         if rc == 0 {

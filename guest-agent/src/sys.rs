@@ -16,8 +16,7 @@ pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 pub fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
-    CString::new(s.as_ref())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string holds a NUL byte"))
+    CString::new(s.as_ref()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string holds a NUL byte"))
 }
 
 pub fn cpath(p: &Path) -> io::Result<CString> {
@@ -38,16 +37,7 @@ pub fn mount(
     let data = data.filter(|d| !d.is_empty()).map(cstr).transpose()?;
     let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
-    cvt(unsafe {
-        libc::mount(
-            p(&source),
-            target.as_ptr(),
-            p(&fstype),
-            flags,
-            p(&data).cast(),
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::mount(p(&source), target.as_ptr(), p(&fstype), flags, p(&data).cast()) }).map(drop)
 }
 
 pub fn umount_detach(target: &Path) -> io::Result<()> {
@@ -63,12 +53,7 @@ pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
     // SAFETY: `fds` is a two-element array pipe2 fills.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    })
+    Ok(unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
 }
 
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
@@ -84,12 +69,8 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
 
 /// Writes a whole file (cgroup and proc files want one write).
 pub fn write_file(path: &Path, value: &str) -> io::Result<()> {
-    std::fs::write(path, value.as_bytes()).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("writing {value:?} to {}: {e}", path.display()),
-        )
-    })
+    std::fs::write(path, value.as_bytes())
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
 }
 
 /// Unblocks every signal and puts every handler back to the default; run in a child before exec.
@@ -119,15 +100,9 @@ pub struct ExitStatus {
 impl ExitStatus {
     pub fn from_wait(status: libc::c_int) -> ExitStatus {
         if libc::WIFSIGNALED(status) {
-            ExitStatus {
-                code: -1,
-                signal: libc::WTERMSIG(status),
-            }
+            ExitStatus { code: -1, signal: libc::WTERMSIG(status) }
         } else {
-            ExitStatus {
-                code: libc::WEXITSTATUS(status),
-                signal: 0,
-            }
+            ExitStatus { code: libc::WEXITSTATUS(status), signal: 0 }
         }
     }
 }

@@ -18,15 +18,9 @@ pub enum AgentError {
     #[error(transparent)]
     Connect(#[from] hybrid::HybridError),
     #[error("agent call {call}: {source}")]
-    Call {
-        call: &'static str,
-        source: ttrpc::Error,
-    },
+    Call { call: &'static str, source: ttrpc::Error },
     #[error("stdio stream {stream}: {source}")]
-    Stdio {
-        stream: &'static str,
-        source: hull_agent_protocol::stdio::StdioError,
-    },
+    Stdio { stream: &'static str, source: hull_agent_protocol::stdio::StdioError },
 }
 
 pub struct Agent {
@@ -42,13 +36,7 @@ fn ctx(t: Duration) -> context::Context {
 
 macro_rules! call {
     ($self:ident, $method:ident, $name:literal, $req:expr, $t:expr) => {
-        $self
-            .client
-            .$method(ctx($t), &$req)
-            .map_err(|source| AgentError::Call {
-                call: $name,
-                source,
-            })
+        $self.client.$method(ctx($t), &$req).map_err(|source| AgentError::Call { call: $name, source })
     };
 }
 
@@ -61,26 +49,12 @@ impl Agent {
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             let stream = hybrid::connect_retry(uds, AGENT_PORT, left)?;
-            let client =
-                ttrpc::Client::new(stream.into_raw_fd()).map_err(|source| AgentError::Call {
-                    call: "connect",
-                    source,
-                })?;
-            let agent = Agent {
-                client: AgentClient::new(client),
-                uds: uds.to_path_buf(),
-            };
-            match agent
-                .client
-                .health(ctx(Duration::from_secs(2)), &HealthRequest::new())
-            {
+            let client = ttrpc::Client::new(stream.into_raw_fd())
+                .map_err(|source| AgentError::Call { call: "connect", source })?;
+            let agent = Agent { client: AgentClient::new(client), uds: uds.to_path_buf() };
+            match agent.client.health(ctx(Duration::from_secs(2)), &HealthRequest::new()) {
                 Ok(_) => return Ok(agent),
-                Err(source) if start.elapsed() >= timeout => {
-                    return Err(AgentError::Call {
-                        call: "Health",
-                        source,
-                    })
-                }
+                Err(source) if start.elapsed() >= timeout => return Err(AgentError::Call { call: "Health", source }),
                 Err(e) => {
                     tracing::debug!(error = %e, "agent not answering yet");
                     std::thread::sleep(Duration::from_millis(50));
@@ -107,14 +81,7 @@ impl Agent {
     }
 
     pub fn create(&self, r: CreateContainerRequest) -> Result<(), AgentError> {
-        call!(
-            self,
-            create_container,
-            "CreateContainer",
-            r,
-            Duration::from_secs(120)
-        )
-        .map(drop)
+        call!(self, create_container, "CreateContainer", r, Duration::from_secs(120)).map(drop)
     }
 
     pub fn start(&self, id: &str) -> Result<(), AgentError> {
@@ -143,10 +110,7 @@ impl Agent {
         r.exec_id = exec.into();
         self.client
             .wait_process(context::with_timeout(0), &r)
-            .map_err(|source| AgentError::Call {
-                call: "WaitProcess",
-                source,
-            })
+            .map_err(|source| AgentError::Call { call: "WaitProcess", source })
     }
 
     pub fn close_stdin(&self, id: &str, exec: &str, total: u64) -> Result<(), AgentError> {
@@ -173,33 +137,15 @@ impl Agent {
     }
 
     pub fn shutdown(&self) -> Result<(), AgentError> {
-        call!(
-            self,
-            shutdown,
-            "Shutdown",
-            ShutdownRequest::new(),
-            Duration::from_secs(2)
-        )
-        .map(drop)
+        call!(self, shutdown, "Shutdown", ShutdownRequest::new(), Duration::from_secs(2)).map(drop)
     }
 
     /// Opens one stdio stream of a process.
-    pub fn open_stream(
-        &self,
-        id: &str,
-        exec: &str,
-        stream: Stream,
-    ) -> Result<UnixStream, AgentError> {
+    pub fn open_stream(&self, id: &str, exec: &str, stream: Stream) -> Result<UnixStream, AgentError> {
         let mut s = hybrid::connect(&self.uds, STDIO_PORT)?;
-        let req = StdioRequest {
-            container_id: id.into(),
-            exec_id: exec.into(),
-            stream,
-        };
-        hull_agent_protocol::stdio::open(&mut s, &req).map_err(|source| AgentError::Stdio {
-            stream: stream.as_str(),
-            source,
-        })?;
+        let req = StdioRequest { container_id: id.into(), exec_id: exec.into(), stream };
+        hull_agent_protocol::stdio::open(&mut s, &req)
+            .map_err(|source| AgentError::Stdio { stream: stream.as_str(), source })?;
         Ok(s)
     }
 }

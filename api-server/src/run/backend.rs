@@ -26,10 +26,7 @@ pub enum BackendKind {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("starting {what}: {source}")]
-    Spawn {
-        what: String,
-        source: std::io::Error,
-    },
+    Spawn { what: String, source: std::io::Error },
     #[error("{what} did not come up (log: {log})")]
     NotUp { what: String, log: String },
     #[error("hull API {path}: {detail}")]
@@ -61,21 +58,14 @@ pub trait Vm {
 /// Decides the backend; returns it with the reason, which the caller prints.
 pub fn choose(requested: BackendKind) -> (BackendKind, String) {
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let kvm_ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let kvm_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     match requested {
         BackendKind::Kvm => (BackendKind::Kvm, "requested".into()),
         BackendKind::Qemu => (BackendKind::Qemu, "requested".into()),
-        BackendKind::Auto if kvm_ok && !pvm => {
-            (BackendKind::Kvm, "/dev/kvm is hardware KVM".into())
+        BackendKind::Auto if kvm_ok && !pvm => (BackendKind::Kvm, "/dev/kvm is hardware KVM".into()),
+        BackendKind::Auto if pvm => {
+            (BackendKind::Qemu, "/dev/kvm is the software kvm_pvm, which cannot run guest user space".into())
         }
-        BackendKind::Auto if pvm => (
-            BackendKind::Qemu,
-            "/dev/kvm is the software kvm_pvm, which cannot run guest user space".into(),
-        ),
         BackendKind::Auto => (BackendKind::Qemu, "/dev/kvm is not usable".into()),
     }
 }
@@ -96,26 +86,14 @@ fn hull_exe() -> PathBuf {
 }
 
 /// Starts `hull vhost-user <args>` and waits for its socket.
-fn vhost_user(
-    dir: &Path,
-    name: &str,
-    socket: &Path,
-    args: &[&str],
-) -> Result<ChildGuard, BackendError> {
+fn vhost_user(dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Result<ChildGuard, BackendError> {
     let mut cmd = Command::new(hull_exe());
-    cmd.arg("vhost-user")
-        .args(args)
-        .args(["--log-level", "Warning"]);
+    cmd.arg("vhost-user").args(args).args(["--log-level", "Warning"]);
     let log = dir.join(format!("{name}.log"));
-    let mut child = ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn {
-        what: name.into(),
-        source,
-    })?;
+    let mut child =
+        ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn { what: name.into(), source })?;
     if !wait_for_path(socket, &mut child, Duration::from_secs(20)) {
-        return Err(BackendError::NotUp {
-            what: name.into(),
-            log: log.display().to_string(),
-        });
+        return Err(BackendError::NotUp { what: name.into(), log: log.display().to_string() });
     }
     Ok(child)
 }
@@ -137,16 +115,7 @@ impl QemuVm {
             d,
             "vhost-user-blk",
             &blk_sock,
-            &[
-                "blk",
-                "--socket",
-                &blk_sock.to_string_lossy(),
-                "--path",
-                &image,
-                "--read-only",
-                "--id",
-                "rootfs",
-            ],
+            &["blk", "--socket", &blk_sock.to_string_lossy(), "--path", &image, "--read-only", "--id", "rootfs"],
         )?);
         let vsock_sock = d.join("vsock-vu.sock");
         let uds = d.join("vsock.sock");
@@ -186,10 +155,7 @@ impl QemuVm {
         ])
         .args(["-smp", &cfg.cpus.to_string(), "-m", &mem.to_string()])
         .args(["-global", "virtio-mmio.force-legacy=false"])
-        .args([
-            "-object",
-            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-        ])
+        .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem}M,share=on")])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-serial", &format!("file:{}", console.display())])
         .arg("-kernel")
@@ -210,30 +176,19 @@ impl QemuVm {
             "vhost-user-vsock-device,chardev=vsock0",
         ]);
         if cfg.tap.is_some() {
-            cmd.args([
-                "-chardev",
-                &format!("socket,id=net0,path={}", net_sock.display()),
-            ])
-            .args([
+            cmd.args(["-chardev", &format!("socket,id=net0,path={}", net_sock.display())]).args([
                 "-netdev",
                 "vhost-user,id=n0,chardev=net0",
                 "-device",
                 "virtio-net-device,netdev=n0",
             ]);
         }
-        let qemu = ChildGuard::spawn("qemu", cmd, &d.join("qemu.log")).map_err(|source| {
-            BackendError::Spawn {
-                what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
-                source,
-            }
+        let qemu = ChildGuard::spawn("qemu", cmd, &d.join("qemu.log")).map_err(|source| BackendError::Spawn {
+            what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
+            source,
         })?;
         tracing::debug!(pid = qemu.pid(), "qemu started");
-        Ok(QemuVm {
-            uds,
-            console,
-            qemu,
-            backends,
-        })
+        Ok(QemuVm { uds, console, qemu, backends })
     }
 }
 
@@ -274,22 +229,17 @@ impl KvmVm {
         let console = d.join("console.log");
         let uds = d.join("vsock.sock");
         let mut cmd = Command::new(hull_exe());
-        cmd.arg("--api-sock")
-            .arg(&api)
-            .arg("--serial-out")
-            .arg(&console)
-            .args(["--id", "hull-run", "--log-level", "Warning"]);
+        cmd.arg("--api-sock").arg(&api).arg("--serial-out").arg(&console).args([
+            "--id",
+            "hull-run",
+            "--log-level",
+            "Warning",
+        ]);
         let log = d.join("hull-vmm.log");
-        let mut hull =
-            ChildGuard::spawn("hull", cmd, &log).map_err(|source| BackendError::Spawn {
-                what: "hull".into(),
-                source,
-            })?;
+        let mut hull = ChildGuard::spawn("hull", cmd, &log)
+            .map_err(|source| BackendError::Spawn { what: "hull".into(), source })?;
         if !wait_for_path(&api, &mut hull, Duration::from_secs(10)) {
-            return Err(BackendError::NotUp {
-                what: "hull API socket".into(),
-                log: log.display().to_string(),
-            });
+            return Err(BackendError::NotUp { what: "hull API socket".into(), log: log.display().to_string() });
         }
         let put = |path: &str, body: serde_json::Value| api_put(&api, path, &body);
         put(
@@ -298,30 +248,18 @@ impl KvmVm {
                 "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cfg.cmdline_extra)
             }),
         )?;
-        put(
-            "/machine-config",
-            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }),
-        )?;
+        put("/machine-config", serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }))?;
         put(
             "/drives/rootfs",
             serde_json::json!({
                 "drive_id": "rootfs", "path_on_host": cfg.rootfs.path, "is_root_device": false, "is_read_only": true
             }),
         )?;
-        put(
-            "/vsock",
-            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }),
-        )?;
+        put("/vsock", serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }))?;
         if let Some(tap) = cfg.tap {
-            put(
-                "/network-interfaces/eth0",
-                serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }),
-            )?;
+            put("/network-interfaces/eth0", serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }))?;
         }
-        put(
-            "/actions",
-            serde_json::json!({ "action_type": "InstanceStart" }),
-        )?;
+        put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))?;
         Ok(KvmVm { uds, console, hull })
     }
 }
@@ -329,10 +267,7 @@ impl KvmVm {
 /// One `PUT` on the API socket; any status but 2xx is an error carrying the body (the fault message).
 fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
     use std::io::{Read, Write};
-    let err = |detail: String| BackendError::Api {
-        path: path.into(),
-        detail,
-    };
+    let err = |detail: String| BackendError::Api { path: path.into(), detail };
     let body = body.to_string();
     let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| err(e.to_string()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -340,18 +275,11 @@ fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), Back
         "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+    s.write_all(req.as_bytes()).map_err(|e| err(e.to_string()))?;
     let mut resp = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut resp)
-        .map_err(|e| err(e.to_string()))?;
+    s.take(1 << 20).read_to_end(&mut resp).map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8_lossy(&resp);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     if (200..300).contains(&status) {
         Ok(())
     } else {

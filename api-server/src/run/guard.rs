@@ -20,21 +20,11 @@ impl ChildGuard {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<ChildGuard> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -42,10 +32,7 @@ impl ChildGuard {
         }
         let child = cmd.spawn()?;
         tracing::debug!(name, pid = child.id(), "started");
-        Ok(ChildGuard {
-            name: name.to_string(),
-            child: Some(child),
-        })
+        Ok(ChildGuard { name: name.to_string(), child: Some(child) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -95,10 +82,8 @@ impl RunDir {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&dir)?;
         Ok(RunDir(dir))

@@ -104,11 +104,7 @@ fn parse_env(s: &str) -> Result<String, String> {
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
     let (u, g) = s.split_once(':').unwrap_or((s, s));
     let uid = u.parse().map_err(|_| format!("bad uid {u:?}"))?;
-    let gid = if s.contains(':') {
-        g.parse().map_err(|_| format!("bad gid {g:?}"))?
-    } else {
-        uid
-    };
+    let gid = if s.contains(':') { g.parse().map_err(|_| format!("bad gid {g:?}"))? } else { uid };
     Ok((uid, gid))
 }
 
@@ -166,9 +162,7 @@ fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
             })
         })
         .ok_or_else(|| {
-            RunError::Setup(
-                "no guest kernel: pass --kernel (bash resources/build-guest.sh prints it)".into(),
-            )
+            RunError::Setup("no guest kernel: pass --kernel (bash resources/build-guest.sh prints it)".into())
         })?;
     let initrd = args
         .initrd
@@ -181,10 +175,7 @@ fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
             })
         })
         .ok_or_else(|| {
-            RunError::Setup(
-                "no guest initramfs: pass --initrd (bash resources/build-guest.sh prints it)"
-                    .into(),
-            )
+            RunError::Setup("no guest initramfs: pass --initrd (bash resources/build-guest.sh prints it)".into())
         })?;
     for f in [&kernel, &initrd] {
         if !f.is_file() {
@@ -210,23 +201,13 @@ enum Event {
 fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunError> {
     let t0 = Instant::now();
     let (kind, why) = backend::choose(args.backend);
-    eprintln!(
-        "hull run: backend {} ({why})",
-        if kind == BackendKind::Kvm {
-            "kvm"
-        } else {
-            "qemu"
-        }
-    );
+    eprintln!("hull run: backend {} ({why})", if kind == BackendKind::Kvm { "kvm" } else { "qemu" });
     let (kernel, initrd) = guest_files(args)?;
-    let dir = guard::RunDir::create()
-        .map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
+    let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
     let image = image::prepare(&args.rootfs, dir.path())?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let cfg = VmConfig {
         kernel: &kernel,
         initrd: &initrd,
@@ -254,9 +235,9 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     drop(vm);
     let out = match result {
         Ok((code, _)) => Ok(code),
-        Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => Err(RunError::Setup(
-            format!("{e}\nguest console {}", console_tail(&console)),
-        )),
+        Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => {
+            Err(RunError::Setup(format!("{e}\nguest console {}", console_tail(&console))))
+        }
         Err(e) => Err(e),
     };
     drop(dir);
@@ -309,10 +290,8 @@ fn run_container(
         gid,
         terminal: args.tty,
     });
-    let limits = spec::Limits {
-        pids: args.pids_limit,
-        memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)),
-    };
+    let limits =
+        spec::Limits { pids: args.pids_limit, memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)) };
     let oci = spec::spec(process, "hull", &limits);
     let mut req = CreateContainerRequest::new();
     req.container_id = CONTAINER_ID.into();
@@ -339,12 +318,8 @@ fn run_container(
             let _ = agent.resize(CONTAINER_ID, "", rows, cols);
         }
         raw_guard = tty::RawMode::enter();
-        let mut from_guest = term
-            .try_clone()
-            .map_err(|e| RunError::Setup(e.to_string()))?;
-        outputs.push(std::thread::spawn(move || {
-            copy_to(&mut from_guest, &mut std::io::stdout())
-        }));
+        let mut from_guest = term.try_clone().map_err(|e| RunError::Setup(e.to_string()))?;
+        outputs.push(std::thread::spawn(move || copy_to(&mut from_guest, &mut std::io::stdout())));
         let mut to_guest = term;
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -357,13 +332,9 @@ fn run_container(
         });
     } else {
         let mut out = agent.open_stream(CONTAINER_ID, "", Stream::Stdout)?;
-        outputs.push(std::thread::spawn(move || {
-            copy_to(&mut out, &mut std::io::stdout())
-        }));
+        outputs.push(std::thread::spawn(move || copy_to(&mut out, &mut std::io::stdout())));
         let mut err = agent.open_stream(CONTAINER_ID, "", Stream::Stderr)?;
-        outputs.push(std::thread::spawn(move || {
-            copy_to(&mut err, &mut std::io::stderr())
-        }));
+        outputs.push(std::thread::spawn(move || copy_to(&mut err, &mut std::io::stderr())));
         let stdin_conn = agent.open_stream(CONTAINER_ID, "", Stream::Stdin)?;
         let closer = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
         std::thread::spawn(move || pump_stdin(stdin_conn, closer));
@@ -391,11 +362,7 @@ fn run_container(
             Ok(Event::Signal(sig)) => {
                 interrupts += 1;
                 // First: pass it on. Again: the user means it.
-                let sig = if interrupts > 1 && sig != libc::SIGHUP {
-                    libc::SIGKILL
-                } else {
-                    sig
-                };
+                let sig = if interrupts > 1 && sig != libc::SIGHUP { libc::SIGKILL } else { sig };
                 tracing::info!(signal = sig, "forwarding a signal to the container");
                 let _ = agent.signal(CONTAINER_ID, "", sig as u32, false);
             }
@@ -405,9 +372,7 @@ fn run_container(
                     return Err(RunError::VmDied(console_tail(&vm.console_log())));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(RunError::Setup("lost the wait thread".into()))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(RunError::Setup("lost the wait thread".into())),
         }
     };
     // Output ends when every writer in the guest is gone; don't wait forever for stray daemons.
@@ -422,18 +387,10 @@ fn run_container(
     if status.oom_killed {
         eprintln!("hull run: the container was killed by the OOM killer (memory limit)");
     }
-    let code = if status.signal > 0 {
-        128 + status.signal.min(127)
-    } else {
-        status.exit_code.clamp(0, 255)
-    };
+    let code = if status.signal > 0 { 128 + status.signal.min(127) } else { status.exit_code.clamp(0, 255) };
     tracing::info!(code, elapsed = ?t0.elapsed(), "container exited");
     if std::env::var_os("HULL_RUN_TIMING").is_some() {
-        eprintln!(
-            "hull run: boot {:.3}s, total {:.3}s",
-            booted_secs(t0, &agent),
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("hull run: boot {:.3}s, total {:.3}s", booted_secs(t0, &agent), t0.elapsed().as_secs_f64());
     }
     let _ = agent.remove(CONTAINER_ID);
     Ok((code, Some(agent)))

@@ -13,39 +13,24 @@ use crate::stdio::read_line;
 #[derive(Debug, Error)]
 pub enum HybridError {
     #[error("cannot connect to the vsock socket {path}: {source}")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("vsock handshake for guest port {port}: {source}")]
-    Handshake {
-        port: u32,
-        source: crate::stdio::StdioError,
-    },
+    Handshake { port: u32, source: crate::stdio::StdioError },
     #[error("guest port {port} refused the connection (answer {answer:?})")]
     Refused { port: u32, answer: String },
     #[error("guest port {port} not reachable within {waited:?}: {last}")]
-    Timeout {
-        port: u32,
-        waited: Duration,
-        last: String,
-    },
+    Timeout { port: u32, waited: Duration, last: String },
 }
 
 /// One connection attempt to guest `port` through the hybrid socket at `uds`.
 pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, HybridError> {
     use std::io::Write;
-    let mut s = UnixStream::connect(uds).map_err(|source| HybridError::Connect {
-        path: uds.display().to_string(),
-        source,
-    })?;
+    let mut s =
+        UnixStream::connect(uds).map_err(|source| HybridError::Connect { path: uds.display().to_string(), source })?;
     // A guest that never answers must not hang the host forever.
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(|e| HybridError::Handshake {
-            port,
-            source: e.into(),
-        })?;
+        .map_err(|e| HybridError::Handshake { port, source: e.into() })?;
     let answer = read_line(&mut s).map_err(|source| HybridError::Handshake { port, source })?;
     if !answer.starts_with("OK ") {
         return Err(HybridError::Refused { port, answer });
@@ -62,11 +47,7 @@ pub fn connect_retry(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
             Ok(s) => return Ok(s),
             Err(e) => {
                 if start.elapsed() >= timeout {
-                    return Err(HybridError::Timeout {
-                        port,
-                        waited: start.elapsed(),
-                        last: e.to_string(),
-                    });
+                    return Err(HybridError::Timeout { port, waited: start.elapsed(), last: e.to_string() });
                 }
             }
         }

@@ -12,9 +12,7 @@ pub enum IdError {
     Empty,
     #[error("identifier is {0} bytes long (at most {MAX_ID_LEN})")]
     TooLong(usize),
-    #[error(
-        "identifier {0:?} may only hold letters, digits, '_', '-', '.' and may not start with '.'"
-    )]
+    #[error("identifier {0:?} may only hold letters, digits, '_', '-', '.' and may not start with '.'")]
     BadCharacter(String),
 }
 
@@ -26,11 +24,7 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
     if id.len() > MAX_ID_LEN {
         return Err(IdError::TooLong(id.len()));
     }
-    if id.starts_with('.')
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-    {
+    if id.starts_with('.') || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
         return Err(IdError::BadCharacter(id.chars().take(MAX_ID_LEN).collect()));
     }
     Ok(())

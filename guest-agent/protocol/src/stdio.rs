@@ -74,17 +74,8 @@ pub enum StdioError {
 impl StdioRequest {
     /// The handshake line, newline included.
     pub fn encode(&self) -> String {
-        let exec = if self.exec_id.is_empty() {
-            "-"
-        } else {
-            &self.exec_id
-        };
-        format!(
-            "STDIO {} {} {}\n",
-            self.container_id,
-            exec,
-            self.stream.as_str()
-        )
+        let exec = if self.exec_id.is_empty() { "-" } else { &self.exec_id };
+        format!("STDIO {} {} {}\n", self.container_id, exec, self.stream.as_str())
     }
 
     /// Parses a handshake line (without or with its newline).
@@ -101,17 +92,9 @@ impl StdioRequest {
             return Err(bad());
         }
         validate_id(&container_id)?;
-        let exec_id = if exec == "-" {
-            String::new()
-        } else {
-            exec.to_string()
-        };
+        let exec_id = if exec == "-" { String::new() } else { exec.to_string() };
         validate_exec_id(&exec_id)?;
-        Ok(StdioRequest {
-            container_id,
-            exec_id,
-            stream,
-        })
+        Ok(StdioRequest { container_id, exec_id, stream })
     }
 }
 
@@ -142,9 +125,7 @@ pub fn open(conn: &mut (impl Read + Write), req: &StdioRequest) -> Result<(), St
     if answer == "OK" {
         Ok(())
     } else {
-        Err(StdioError::Refused(
-            answer.strip_prefix("ERR ").unwrap_or(&answer).to_string(),
-        ))
+        Err(StdioError::Refused(answer.strip_prefix("ERR ").unwrap_or(&answer).to_string()))
     }
 }
 
@@ -154,18 +135,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let r = StdioRequest {
-            container_id: "c1".into(),
-            exec_id: String::new(),
-            stream: Stream::Stdout,
-        };
+        let r = StdioRequest { container_id: "c1".into(), exec_id: String::new(), stream: Stream::Stdout };
         assert_eq!(r.encode(), "STDIO c1 - stdout\n");
         assert_eq!(StdioRequest::parse(&r.encode()).unwrap(), r);
-        let r = StdioRequest {
-            container_id: "c1".into(),
-            exec_id: "e2".into(),
-            stream: Stream::Terminal,
-        };
+        let r = StdioRequest { container_id: "c1".into(), exec_id: "e2".into(), stream: Stream::Terminal };
         assert_eq!(StdioRequest::parse(&r.encode()).unwrap(), r);
     }
 
@@ -191,10 +164,7 @@ mod tests {
         assert_eq!(read_line(&mut data).unwrap(), "OK");
         assert_eq!(data, b"rest");
         let long = vec![b'a'; 1000];
-        assert!(matches!(
-            read_line(&mut long.as_slice()),
-            Err(StdioError::LineTooLong)
-        ));
+        assert!(matches!(read_line(&mut long.as_slice()), Err(StdioError::LineTooLong)));
         assert!(read_line(&mut &b"no newline"[..]).is_err());
     }
 }
