@@ -1,0 +1,124 @@
+//! End to end: `hull run` through the qemu backend runs a busybox container inside the guest kernel, with
+//! the exit status, stdio, environment, user, pid namespace, read-only paths and cgroup limits the spec
+//! asks for.
+
+mod run_common;
+
+use run_common::*;
+
+#[test]
+fn runs_inside_the_guest_kernel() {
+    let out = run(&[], &["uname", "-r"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let release = out.out().trim().to_string();
+    assert!(release.starts_with("6.1.") && release.ends_with("-hull"), "guest release {release:?}\n{}", out.stderr);
+    assert_ne!(release, host_release());
+    assert!(out.stderr.contains("backend qemu"), "hull run must say which backend it chose: {}", out.stderr);
+}
+
+#[test]
+fn exit_statuses_and_signals() {
+    assert_eq!(run(&[], &["true"]).code(), 0);
+    let out = run(&[], &["sh", "-c", "exit 3"]);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    let out = run(&[], &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.code(), 137, "{}", out.stderr);
+    let out = run(&[], &["/no/such/program"]);
+    assert_eq!(out.code(), 127, "{}", out.stderr);
+    assert!(out.stderr.contains("/no/such/program"), "{}", out.stderr);
+}
+
+#[test]
+fn stdin_comes_back_byte_exact() {
+    let data: Vec<u8> = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let out = HullRun::spawn(command(&[], &["cat"]), Some(data.clone())).finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout.len(), data.len(), "{}", out.stderr);
+    assert!(out.stdout == data, "the bytes differ");
+    // stdout and stderr stay apart.
+    let out = run(&[], &["sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(out.out(), "out\n");
+    assert!(out.stderr.contains("err\n"), "{}", out.stderr);
+}
+
+#[test]
+fn env_cwd_and_user_are_honoured() {
+    let out = run(
+        &["-e", "GREETING=hello world", "-w", "/tmp", "-u", "1000:1000"],
+        &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; id -g; touch /tmp/f && stat -c %u:%g /tmp/f"],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.out(), "hello world\n/tmp\n1000\n1000\n1000:1000\n", "{}", out.stderr);
+    // Root keeps the default capabilities; an unprivileged user has none effective.
+    let out = run(&["-u", "1000"], &["sh", "-c", "grep CapEff /proc/self/status"]);
+    assert!(out.out().contains("0000000000000000"), "{}", out.out());
+    let out = run(&[], &["sh", "-c", "grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status"]);
+    // Docker's default set: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap,
+    // net_bind_service, net_raw, sys_chroot, mknod, audit_write, setfcap = 0xa80425fb.
+    assert!(out.out().contains("CapEff:\t00000000a80425fb"), "{}", out.out());
+    assert!(out.out().contains("CapBnd:\t00000000a80425fb"), "{}", out.out());
+    assert!(out.out().contains("NoNewPrivs:\t1"), "{}", out.out());
+}
+
+#[test]
+fn only_its_own_processes_and_read_only_paths() {
+    let out = run(&[], &["sh", "-c", "ps -o pid,comm | tail -n +2 | wc -l; hostname"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let lines: Vec<&str> =
+        out.stdout.split(|b| *b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("").trim()).collect();
+    // hull-init, sh, ps, tail, wc: nothing of the guest's (the agent, kernel threads).
+    let count: usize = lines[0].parse().unwrap();
+    assert!(count <= 5, "the container sees {count} processes:\n{}", out.out());
+    assert_eq!(lines[1], "hull");
+    let out = run(&[], &["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"]);
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr.contains("Read-only file system"), "{}", out.stderr);
+    // The rootfs itself is writable (tmpfs overlay), and masked paths are empty.
+    let out = run(
+        &[],
+        &["sh", "-c", "echo x > /etc/new && cat /etc/new && wc -c < /proc/timer_list && ls /sys/firmware | wc -l"],
+    );
+    assert_eq!(out.out(), "x\n0\n0\n", "{}", out.stderr);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb_and_the_vm_stays_healthy() {
+    let out = run(
+        &["--pids-limit", "32"],
+        &["sh", "-c", "b() { b | b & }; b; sleep 3; echo max=$(cat /sys/fs/cgroup/pids.max); echo alive"],
+    );
+    assert!(out.out().contains("max=32"), "{}\n{}", out.out(), out.stderr);
+    assert!(out.out().contains("alive"), "{}\n{}", out.out(), out.stderr);
+    assert!(
+        out.stderr.contains("can't fork") || out.stderr.contains("Resource temporarily unavailable"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn memory_limit_oom_kill_is_reported() {
+    let out =
+        run(&["--memory-limit", "24"], &["sh", "-c", "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"]);
+    assert_eq!(out.code(), 137, "{}\n{}", out.out(), out.stderr);
+    assert!(!out.out().contains("survived"));
+    assert!(out.stderr.contains("OOM"), "{}", out.stderr);
+}
+
+#[test]
+fn tty_mode_gives_a_terminal() {
+    let out = run(&["-t"], &["sh", "-c", "tty; stty size"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = out.out();
+    assert!(text.lines().next().unwrap_or("").trim().starts_with("/dev/pts/"), "{text:?}");
+}
