@@ -1,0 +1,113 @@
+//! End to end: a second client of a running `hull run` container's agent (through the same hybrid vsock
+//! socket) execs a process in the running container, reads its stdio, waits for it, lists processes, reads
+//! cgroup stats, pauses and resumes; and signals reach the container (hull forwards SIGTERM; the agent's
+//! SignalProcess kills with SIGKILL → 137).
+
+mod run_common;
+
+use std::io::Read;
+use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::agent::*;
+use hull_agent_protocol::agent_ttrpc::AgentClient;
+use hull_agent_protocol::stdio::{StdioRequest, Stream};
+use hull_agent_protocol::ttrpc::{self, context};
+use hull_agent_protocol::{hybrid, AGENT_PORT, STDIO_PORT};
+use run_common::*;
+
+/// The hybrid vsock socket of `hull run` process `pid`.
+fn vsock_of(pid: u32) -> PathBuf {
+    let dirs = leftover_dirs(pid);
+    assert_eq!(dirs.len(), 1, "run directories of {pid}: {dirs:?}");
+    dirs[0].join("vsock.sock")
+}
+
+fn client(uds: &std::path::Path) -> AgentClient {
+    let s = hybrid::connect_retry(uds, AGENT_PORT, Duration::from_secs(30)).unwrap();
+    AgentClient::new(ttrpc::Client::new(s.into_raw_fd()).unwrap())
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+fn stream(uds: &std::path::Path, exec: &str, which: Stream) -> std::os::unix::net::UnixStream {
+    let mut s = hybrid::connect(uds, STDIO_PORT).unwrap();
+    let req = StdioRequest { container_id: "run".into(), exec_id: exec.into(), stream: which };
+    hull_agent_protocol::stdio::open(&mut s, &req).unwrap();
+    s
+}
+
+#[test]
+fn exec_a_second_process_and_use_the_other_calls() {
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let uds = vsock_of(run.pid());
+    let agent = client(&uds);
+
+    let version = agent.version(ctx(), &VersionRequest::new()).unwrap();
+    assert!(version.kernel_release.ends_with("-hull"), "{version:?}");
+
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo in-exec $(hostname); ps -o comm | grep -c sleep; echo oops >&2; exit 5"],
+        "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 }
+    });
+    let mut req = ExecProcessRequest::new();
+    req.container_id = "run".into();
+    req.exec_id = "e1".into();
+    req.oci_process_json = process.to_string().into_bytes();
+    let mut stdio = StdioConfig::new();
+    stdio.stdout = true;
+    stdio.stderr = true;
+    req.stdio = Some(stdio).into();
+    agent.exec_process(ctx(), &req).unwrap();
+    let mut out = String::new();
+    stream(&uds, "e1", Stream::Stdout).read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    stream(&uds, "e1", Stream::Stderr).read_to_string(&mut err).unwrap();
+    let mut w = ProcessRequest::new();
+    w.container_id = "run".into();
+    w.exec_id = "e1".into();
+    let status = agent.wait_process(ctx(), &w).unwrap();
+    assert_eq!((status.exit_code, status.signal), (5, 0));
+    // Same UTS and PID namespaces as the container's sleep.
+    assert_eq!(out, "in-exec hull\n1\n");
+    assert_eq!(err, "oops\n");
+    // Waiting again gives the same answer.
+    assert_eq!(agent.wait_process(ctx(), &w).unwrap().exit_code, 5);
+
+    let mut c = ContainerRequest::new();
+    c.container_id = "run".into();
+    let procs = agent.list_processes(ctx(), &c).unwrap();
+    assert!(procs.processes.iter().any(|p| p.command.starts_with("sleep 600")), "{procs:?}");
+    let stats = agent.stats_container(ctx(), &c).unwrap();
+    assert!(stats.memory.current > 0 && stats.pids.current >= 2, "{stats:?}");
+    agent.pause_container(ctx(), &c).unwrap();
+    agent.resume_container(ctx(), &c).unwrap();
+    let mut bad = ContainerRequest::new();
+    bad.container_id = "../etc".into();
+    assert!(agent.stats_container(ctx(), &bad).is_err());
+
+    // SIGKILL through the agent ends the container; hull run reports 137.
+    let mut s = SignalProcessRequest::new();
+    s.container_id = "run".into();
+    s.signal = 9;
+    agent.signal_process(ctx(), &s).unwrap();
+    let out = run.finish();
+    assert_eq!(out.code(), 137, "{}", out.stderr);
+}
+
+#[test]
+fn hull_forwards_sigterm_to_the_container() {
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done";
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", script]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let start = Instant::now();
+    run.signal(libc::SIGTERM);
+    let out = run.finish();
+    assert_eq!(out.code(), 7, "{}\n{}", out.out(), out.stderr);
+    assert!(out.out().contains("got-term"), "{}", out.out());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
