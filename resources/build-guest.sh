@@ -37,6 +37,14 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 
+# One build at a time: a second invocation waits here, then finds the cache filled.
+mkdir -p "$cache"
+exec 9>"$cache/.build-guest.lock"
+if ! flock -n 9; then
+  log "another build-guest.sh is running (lock $cache/.build-guest.lock); waiting for it"
+  flock 9
+fi
+
 src_tar=$(ls /usr/src/linux-source-6.1.tar.xz)
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 
