@@ -90,10 +90,6 @@ impl Agent {
         call!(self, start_container, "StartContainer", r, SHORT).map(drop)
     }
 
-    pub fn exec(&self, r: ExecProcessRequest) -> Result<(), AgentError> {
-        call!(self, exec_process, "ExecProcess", r, SHORT).map(drop)
-    }
-
     pub fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), AgentError> {
         let mut r = SignalProcessRequest::new();
         r.container_id = id.into();

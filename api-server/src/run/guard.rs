@@ -61,6 +61,7 @@ impl ChildGuard {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            tracing::debug!(name = %self.name, pid = c.id(), "stopping");
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -91,10 +92,6 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
     }
 }
 

@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// How long the guest may take to boot, in seconds.
     #[arg(long, default_value_t = 120)]
     pub boot_timeout: u64,
+    /// Print how long the boot, the container and the whole run took (on standard error).
+    #[arg(long)]
+    pub timing: bool,
     /// Log level on standard error.
     #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
@@ -219,11 +222,12 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         dir: dir.path(),
     };
     let mut vm = backend::start(kind, &cfg)?;
-    let result = run_container(args, vm.as_mut(), signals, t0);
-    // Tear down: the agent powers the VM off if it still answers; whatever remains is killed.
+    let result = run_container(args, vm.as_mut(), image.fstype, signals, t0);
+    // Tear down: the agent is asked to power off (the VM is disposable: a short grace only, then the VM and
+    // its backends are killed; the image and sockets go with the run directory).
     let grace = if let Ok(Some(a)) = result.as_ref().map(|(_, a)| a) {
         if a.shutdown().is_ok() {
-            Duration::from_secs(3)
+            Duration::from_millis(300)
         } else {
             Duration::ZERO
         }
@@ -241,23 +245,36 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         Err(e) => Err(e),
     };
     drop(dir);
+    if args.timing {
+        eprintln!(
+            "hull run: end to end {:.3} s (backend {})",
+            t0.elapsed().as_secs_f64(),
+            if kind == BackendKind::Kvm { "kvm" } else { "qemu" }
+        );
+    }
     out
 }
 
 fn run_container(
     args: &RunArgs,
     vm: &mut dyn backend::Vm,
+    fstype: &str,
     signals: tty::BlockedSignals,
     t0: Instant,
 ) -> Result<(i32, Option<agent::Agent>), RunError> {
     let deadline = Duration::from_secs(args.boot_timeout);
-    let agent = match agent::Agent::connect(vm.vsock_uds(), deadline) {
-        Ok(a) => a,
-        Err(e) => {
-            if !vm.alive() {
-                return Err(RunError::VmDied(console_tail(&vm.console_log())));
+    // Short attempts, so a VM that died during boot is noticed at once.
+    let agent = loop {
+        match agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(1)) {
+            Ok(a) => break a,
+            Err(e) => {
+                if !vm.alive() {
+                    return Err(RunError::VmDied(console_tail(&vm.console_log())));
+                }
+                if t0.elapsed() >= deadline {
+                    return Err(e.into());
+                }
             }
-            return Err(e.into());
         }
     };
     let booted = t0.elapsed();
@@ -298,7 +315,7 @@ fn run_container(
     req.oci_spec_json = oci.to_string().into_bytes();
     let mut rootfs = Storage::new();
     rootfs.device = "vda".into();
-    rootfs.fstype = image_fstype(vm, args)?;
+    rootfs.fstype = fstype.into();
     rootfs.read_only = true;
     rootfs.writable_overlay = true;
     req.rootfs = Some(rootfs).into();
@@ -389,24 +406,15 @@ fn run_container(
     }
     let code = if status.signal > 0 { 128 + status.signal.min(127) } else { status.exit_code.clamp(0, 255) };
     tracing::info!(code, elapsed = ?t0.elapsed(), "container exited");
-    if std::env::var_os("HULL_RUN_TIMING").is_some() {
-        eprintln!("hull run: boot {:.3}s, total {:.3}s", booted_secs(t0, &agent), t0.elapsed().as_secs_f64());
+    if args.timing {
+        eprintln!(
+            "hull run: agent answered after {:.3} s, container exited after {:.3} s",
+            booted.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
     }
     let _ = agent.remove(CONTAINER_ID);
     Ok((code, Some(agent)))
-}
-
-fn booted_secs(t0: Instant, _a: &agent::Agent) -> f64 {
-    t0.elapsed().as_secs_f64()
-}
-
-fn image_fstype(_vm: &dyn backend::Vm, args: &RunArgs) -> Result<String, RunError> {
-    // The image was prepared by `image::prepare`; directories always become ext4.
-    if args.rootfs.is_dir() {
-        return Ok("ext4".into());
-    }
-    let img = image::prepare(&args.rootfs, Path::new("/nonexistent"))?;
-    Ok(img.fstype.into())
 }
 
 fn copy_to(from: &mut UnixStream, to: &mut dyn Write) {
