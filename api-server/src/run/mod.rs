@@ -272,7 +272,11 @@ fn run_container(
                     return Err(RunError::VmDied(console_tail(&vm.console_log())));
                 }
                 if t0.elapsed() >= deadline {
-                    return Err(e.into());
+                    return Err(RunError::Setup(format!(
+                        "the guest agent did not answer within --boot-timeout {} s ({e})\nguest console {}",
+                        args.boot_timeout,
+                        console_tail(&vm.console_log())
+                    )));
                 }
             }
         }

@@ -22,13 +22,18 @@ pub enum HybridError {
     Timeout { port: u32, waited: Duration, last: String },
 }
 
-/// One connection attempt to guest `port` through the hybrid socket at `uds`.
+/// One connection attempt to guest `port` through the hybrid socket at `uds`; the handshake may take 30 s.
 pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, HybridError> {
+    connect_within(uds, port, Duration::from_secs(30))
+}
+
+/// One connection attempt whose handshake answer must come within `limit`.
+pub fn connect_within(uds: &Path, port: u32, limit: Duration) -> Result<UnixStream, HybridError> {
     use std::io::Write;
     let mut s =
         UnixStream::connect(uds).map_err(|source| HybridError::Connect { path: uds.display().to_string(), source })?;
     // A guest that never answers must not hang the host forever.
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_read_timeout(Some(limit.max(Duration::from_millis(10))));
     s.write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|e| HybridError::Handshake { port, source: e.into() })?;
     let answer = read_line(&mut s).map_err(|source| HybridError::Handshake { port, source })?;
@@ -43,7 +48,8 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, HybridError> {
 pub fn connect_retry(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, HybridError> {
     let start = Instant::now();
     loop {
-        match connect(uds, port) {
+        let left = timeout.saturating_sub(start.elapsed()).min(Duration::from_secs(30));
+        match connect_within(uds, port, left) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 if start.elapsed() >= timeout {

@@ -68,9 +68,14 @@ impl RunOutput {
 
 /// `hull run --backend qemu --rootfs <busybox> <opts> -- <cmd>` with the test guest.
 pub fn command(opts: &[&str], cmd: &[&str]) -> Command {
+    command_on("qemu", opts, cmd)
+}
+
+/// `hull run --backend <backend> ...` with the test guest and the busybox rootfs.
+pub fn command_on(backend: &str, opts: &[&str], cmd: &[&str]) -> Command {
     let g = guest_images();
     let mut c = Command::new(hull_bin());
-    c.arg("run").arg("--backend").arg("qemu").arg("--rootfs").arg(busybox_rootfs());
+    c.arg("run").arg("--backend").arg(backend).arg("--rootfs").arg(busybox_rootfs());
     c.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
     c.args(opts).arg("--").args(cmd);
     c
