@@ -313,7 +313,10 @@ fn run_container(
     });
     let limits =
         spec::Limits { pids: args.pids_limit, memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)) };
-    let oci = spec::spec(process, "hull", &limits);
+    let mut oci = spec::spec(process, "hull", &limits);
+    if args.net.is_some() && !args.dns.is_empty() {
+        spec::add_resolv_conf(&mut oci);
+    }
     let mut req = CreateContainerRequest::new();
     req.container_id = CONTAINER_ID.into();
     req.oci_spec_json = oci.to_string().into_bytes();

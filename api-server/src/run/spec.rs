@@ -110,6 +110,18 @@ pub fn spec(process: Value, hostname: &str, limits: &Limits) -> Value {
     })
 }
 
+/// Where the agent writes the DNS servers of ConfigureNetwork, in the guest.
+const GUEST_RESOLV_CONF: &str = "/run/hull/resolv.conf";
+
+/// Binds the guest's resolv.conf (written by the agent) read-only onto the container's /etc/resolv.conf.
+pub fn add_resolv_conf(spec: &mut Value) {
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(json!({
+            "destination": "/etc/resolv.conf", "type": "bind", "source": GUEST_RESOLV_CONF, "options": ["rbind", "ro"]
+        }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
