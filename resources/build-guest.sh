@@ -104,8 +104,12 @@ if [ "$kernel_only" = 1 ]; then
   exit 0
 fi
 target=x86_64-unknown-linux-gnu
-log "building hull-agent (static, $target)"
+# Built for size (opt-level z, LTO, one codegen unit: 3.2 MB instead of 4.9): under the software KVM the kernel
+# unpacks the initramfs in emulated ring 0 at roughly 10 s per MB, so every megabyte is felt in every boot.
+# The profile overrides apply to this build only (its own --target directory).
+log "building hull-agent (static, size-optimised, $target)"
 (cd "$repo" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
   cargo build --release --quiet -p guest-agent --bin hull-agent --target "$target" >&2)
 agent="${CARGO_TARGET_DIR:-$repo/target}/$target/release/hull-agent"
 # A static(-pie) binary has no program interpreter; ldd cannot tell (it "runs" static-pie binaries).
