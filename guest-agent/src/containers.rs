@@ -425,7 +425,8 @@ impl Agent {
                 }
                 let raw = reaper.wait(c2.init.pid);
                 let status = reported.unwrap_or(raw);
-                let oom_killed = c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
+                let oom_killed = status.signal == libc::SIGKILL
+                    && c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
                 *c2.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Stopped;
                 c2.init.set_exit(ProcessExit { status, oom_killed, at_unix_nanos: now_nanos() });
             })
@@ -490,9 +491,12 @@ impl Agent {
         let entry = ProcessEntry::new(pid, pio);
         c.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(exec_id.to_string(), entry.clone());
         let reaper = self.reaper.clone();
+        let ooms_before = c.cgroup.oom_kills();
         let _ = std::thread::Builder::new().name(format!("wait-{id}-{exec_id}")).spawn(move || {
             let status = reaper.wait(pid);
-            entry.set_exit(ProcessExit { status, oom_killed: false, at_unix_nanos: now_nanos() });
+            // Killed by SIGKILL while the cgroup counted a new OOM kill: the OOM killer did it.
+            let oom_killed = status.signal == libc::SIGKILL && c.cgroup.oom_kills() > ooms_before;
+            entry.set_exit(ProcessExit { status, oom_killed, at_unix_nanos: now_nanos() });
         });
         Ok(())
     }
@@ -519,10 +523,8 @@ impl Agent {
     }
 
     pub fn wait(&self, id: &str, exec: &str) -> Result<ProcessExit, AgentError> {
-        let (c, p) = self.process(id, exec)?;
-        if exec.is_empty() && *c.state.lock().unwrap_or_else(|p| p.into_inner()) == State::Created {
-            // Waiting before Start is allowed (containerd does it): block until it ends.
-        }
+        // Waiting before Start is allowed (containerd does it): it blocks until the process ends.
+        let (_, p) = self.process(id, exec)?;
         Ok(p.wait())
     }
 

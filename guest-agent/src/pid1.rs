@@ -27,6 +27,16 @@ pub fn switch_root_to_tmpfs() {
     if std::env::var_os(SWITCHED_ENV).is_some() {
         return;
     }
+    // A VM booted only to power off again (hull.poweroff=1) runs no container: skip the copy.
+    let proc_dir = Path::new("/proc");
+    let _ = std::fs::create_dir_all(proc_dir);
+    if crate::sys::mount(Some("proc"), proc_dir, Some("proc"), 0, None).is_ok() {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let _ = crate::sys::umount_detach(proc_dir);
+        if wants_poweroff(&cmdline) {
+            return;
+        }
+    }
     let new = Path::new("/newroot");
     let step = |what: &str, r: std::io::Result<()>| -> bool {
         if let Err(e) = r {

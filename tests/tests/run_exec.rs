@@ -111,3 +111,82 @@ fn hull_forwards_sigterm_to_the_container() {
     assert!(out.out().contains("got-term"), "{}", out.out());
     assert!(start.elapsed() < Duration::from_secs(30));
 }
+
+fn exec(agent: &AgentClient, id: &str, process: serde_json::Value, stdout: bool) {
+    let mut req = ExecProcessRequest::new();
+    req.container_id = "run".into();
+    req.exec_id = id.into();
+    req.oci_process_json = process.to_string().into_bytes();
+    let mut stdio = StdioConfig::new();
+    stdio.stdout = stdout;
+    req.stdio = Some(stdio).into();
+    agent.exec_process(ctx(), &req).unwrap();
+}
+
+fn wait(agent: &AgentClient, id: &str) -> WaitProcessResponse {
+    let mut w = ProcessRequest::new();
+    w.container_id = "run".into();
+    w.exec_id = id.into();
+    agent.wait_process(ctx(), &w).unwrap()
+}
+
+#[test]
+fn terminal_exec_resource_updates_and_oom_events() {
+    let mut run = HullRun::spawn(command(&["--memory-limit", "32"], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let uds = vsock_of(run.pid());
+    let agent = client(&uds);
+
+    // A process with a terminal from the container's own devpts.
+    exec(
+        &agent,
+        "tty",
+        serde_json::json!({ "terminal": true, "args": ["sh", "-c", "tty; stty size"], "env": ["PATH=/bin"], "cwd": "/",
+                            "user": { "uid": 0, "gid": 0 } }),
+        false,
+    );
+    let mut r = ResizeTerminalRequest::new();
+    r.container_id = "run".into();
+    r.exec_id = "tty".into();
+    r.rows = 33;
+    r.columns = 99;
+    let _ = agent.resize_terminal(ctx(), &r);
+    let mut text = String::new();
+    let _ = stream(&uds, "tty", Stream::Terminal).read_to_string(&mut text);
+    assert_eq!(wait(&agent, "tty").exit_code, 0);
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+
+    // New limits apply to the running container.
+    let mut u = UpdateResourcesRequest::new();
+    u.container_id = "run".into();
+    u.oci_resources_json = br#"{"pids": {"limit": 50}}"#.to_vec();
+    agent.update_resources(ctx(), &u).unwrap();
+    let mut c = ContainerRequest::new();
+    c.container_id = "run".into();
+    assert_eq!(agent.stats_container(ctx(), &c).unwrap().pids.max, 50);
+
+    // An exec'd memory hog is OOM-killed: the event names the container, the wait says so.
+    let oom_client = client(&uds);
+    let events = std::thread::spawn(move || oom_client.get_oom_event(ctx(), &GetOomEventRequest::new()));
+    exec(
+        &agent,
+        "hog",
+        serde_json::json!({ "args": ["sh", "-c", "x=$(head -c 80000000 /dev/zero | tr '\\0' a); echo $x"],
+                            "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 } }),
+        false,
+    );
+    let hog = wait(&agent, "hog");
+    let event = events.join().unwrap().expect("GetOomEvent");
+    assert_eq!(event.container_id, "run");
+    assert!(agent.stats_container(ctx(), &c).unwrap().memory.oom_kill >= 1);
+    if hog.signal == 9 {
+        assert!(hog.oom_killed, "{hog:?}");
+    }
+    // The container itself lives on.
+    assert!(agent.list_processes(ctx(), &c).unwrap().processes.iter().any(|p| p.command.starts_with("sleep")));
+    let mut s = SignalProcessRequest::new();
+    s.container_id = "run".into();
+    s.signal = 9;
+    agent.signal_process(ctx(), &s).unwrap();
+    assert_eq!(run.finish().code(), 137);
+}

@@ -174,7 +174,8 @@ fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
         .or_else(|| {
             newest_in_cache(|p| {
                 let n = p.file_name()?.to_str()?;
-                (n.starts_with("initramfs-") && n.ends_with(".cpio.gz")).then(|| p.to_path_buf())
+                (n.starts_with("initramfs-") && (n.ends_with(".cpio") || n.ends_with(".cpio.gz")))
+                    .then(|| p.to_path_buf())
             })
         })
         .ok_or_else(|| {
