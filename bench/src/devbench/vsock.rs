@@ -431,6 +431,37 @@ fn device_h2g(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
     Ok(rates)
 }
 
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+}
+
+/// write_all that rides out socket timeouts (the peer thread may be descheduled on a loaded machine) for up to
+/// `STALL`.
+fn write_patiently(stream: &mut UnixStream, mut data: &[u8]) -> Result<()> {
+    let deadline = Instant::now() + STALL;
+    while !data.is_empty() {
+        match stream.write(data) {
+            Ok(0) => return Err(BenchError::failed("the socket pair closed")),
+            Ok(n) => data = &data[n..],
+            Err(e) if is_timeout(&e) && Instant::now() < deadline => {}
+            Err(e) => return Err(BenchError::failed(format!("write to the socket pair: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// One read that rides out socket timeouts for up to `STALL`.
+fn read_patiently(stream: &mut UnixStream, buf: &mut [u8]) -> Result<usize> {
+    let deadline = Instant::now() + STALL;
+    loop {
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if is_timeout(&e) && Instant::now() < deadline => {}
+            Err(e) => return Err(BenchError::failed(format!("read from the socket pair: {e}"))),
+        }
+    }
+}
+
 /// Raw unix socket pair, this thread writing `size` chunks, a thread reading.
 fn raw_write(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
     let (mut ours, theirs) = UnixStream::pair().map_err(fail("socketpair"))?;
@@ -442,7 +473,7 @@ fn raw_write(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
     for _ in 0..opts.runs {
         rates.push(timed(opts.window, || {
             for _ in 0..TX_BATCH {
-                ours.write_all(&data).map_err(fail("write to the socket pair"))?;
+                write_patiently(&mut ours, &data)?;
             }
             Ok((TX_BATCH as u64, (TX_BATCH * size) as u64))
         })?);
@@ -462,7 +493,7 @@ fn raw_read(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
         rates.push(timed(opts.window, || {
             let (mut reads, mut bytes) = (0u64, 0u64);
             for _ in 0..TX_BATCH {
-                let n = ours.read(&mut buf).map_err(fail("read from the socket pair"))?;
+                let n = read_patiently(&mut ours, &mut buf)?;
                 if n == 0 {
                     return Err(BenchError::failed("the socket pair closed"));
                 }
