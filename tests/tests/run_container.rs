@@ -121,4 +121,20 @@ fn tty_mode_gives_a_terminal() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let text = out.out();
     assert!(text.lines().next().unwrap_or("").trim().starts_with("/dev/pts/"), "{text:?}");
+    // No terminal on the test's side: hull gives the container 24x80.
+    assert_eq!(text.lines().nth(1).map(str::trim), Some("24 80"), "{text:?}");
+}
+
+#[test]
+fn clock_rlimits_and_hostname() {
+    let out = run(&[], &["sh", "-c", "date +%s; ulimit -n; hostname"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = out.out();
+    let mut lines = text.lines();
+    let guest_now: u64 = lines.next().unwrap().trim().parse().unwrap();
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // No RTC, no kvmclock under TCG: the agent's clock comes from the host.
+    assert!(host_now.abs_diff(guest_now) < 30, "guest {guest_now} vs host {host_now}");
+    assert_eq!(lines.next(), Some("1048576"));
+    assert_eq!(lines.next(), Some("hull"));
 }

@@ -339,9 +339,9 @@ fn run_container(
     let mut raw_guard = None;
     if args.tty {
         let term = agent.open_stream(CONTAINER_ID, "", Stream::Terminal)?;
-        if let Some((rows, cols)) = tty::size() {
-            let _ = agent.resize(CONTAINER_ID, "", rows, cols);
-        }
+        // Without a terminal on our side, a conventional 24x80.
+        let (rows, cols) = tty::size().unwrap_or((24, 80));
+        let _ = agent.resize(CONTAINER_ID, "", rows, cols);
         raw_guard = tty::RawMode::enter();
         let mut from_guest = term.try_clone().map_err(|e| RunError::Setup(e.to_string()))?;
         outputs.push(std::thread::spawn(move || copy_to(&mut from_guest, &mut std::io::stdout())));
