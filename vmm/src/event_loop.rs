@@ -50,6 +50,23 @@ impl MutEventSubscriber for SerialInput {
     }
 }
 
+/// Wakes the loop when the VM ends, so it stops at once instead of at its next timeout. It watches
+/// the exit eventfd without reading it: others poll the same fd.
+struct ExitWatcher(RawFd);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.0, EventSet::IN)) {
+            tracing::warn!(error = ?e, "cannot watch the VM exit; the event loop stops at its next timeout");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // Level-triggered and never read: stop watching, the loop condition ends the thread.
+        let _ = ops.remove(events);
+    }
+}
+
 /// Runs `subscribers` until the VM ends.
 pub fn spawn(
     subscribers: Vec<Subscriber>,
@@ -60,6 +77,7 @@ pub fn spawn(
     for s in subscribers {
         manager.add_subscriber(s);
     }
+    manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(control.exit_evt.as_raw_fd()))));
     std::thread::Builder::new().name("hull_events".into()).spawn(move || {
         while control.exit_reason().is_none() {
             if let Err(e) = manager.run_with_timeout(Duration::from_millis(100).as_millis() as i32) {
