@@ -96,6 +96,7 @@ const SOFT_KVM_L7_EDX: u32 = L7_EDX_FSRM;
 /// Builds vCPU `index`'s CPUID (of `count` vCPUs) from KVM's supported set and the template.
 pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, template: CpuTemplate) -> CpuId {
     let mut cpuid = supported.clone();
+    ensure_topology_leaf(&mut cpuid);
     let apic_id = u32::from(index);
     // Bits needed to number every vCPU at the "core" level of the topology.
     let core_shift = 32 - u32::from(count.max(1) - 1).leading_zeros();
@@ -106,6 +107,28 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, template: CpuTemplate
         }
     }
     cpuid
+}
+
+/// KVM may report leaf 0xb without its core level; without it Linux puts every vCPU in its own
+/// package. Add the SMT and core subleaves when the CPU has leaf 0xb at all (values come in `normalize`).
+fn ensure_topology_leaf(cpuid: &mut CpuId) {
+    let max_basic = cpuid.as_slice().iter().find(|e| e.function == 0).map(|e| e.eax).unwrap_or(0);
+    if max_basic < 0xb {
+        return;
+    }
+    for index in 0..2 {
+        if !cpuid.as_slice().iter().any(|e| e.function == 0xb && e.index == index) {
+            let entry = kvm_cpuid_entry2 {
+                function: 0xb,
+                index,
+                flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
+            if cpuid.push(entry).is_err() {
+                tracing::warn!("CPUID table full: leaf 0xb subleaf {index} not added");
+            }
+        }
+    }
 }
 
 fn normalize(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: u32) {
@@ -225,6 +248,18 @@ mod tests {
 
         let p = vcpu_cpuid(&sample(), 0, 1, CpuTemplate::PassThrough);
         assert_ne!(find(&p, 1, 0).ecx & L1_ECX_POPCNT, 0);
+    }
+
+    #[test]
+    fn missing_core_level_is_added() {
+        let sparse = CpuId::from_entries(&[
+            kvm_cpuid_entry2 { function: 0, eax: 0xd, ..Default::default() },
+            entry(0xb, 0, 0, 0),
+        ])
+        .unwrap();
+        let c = vcpu_cpuid(&sparse, 1, 2, CpuTemplate::PassThrough);
+        let core = find(&c, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (1, 2, (2 << 8) | 1, 1));
     }
 
     #[test]
