@@ -274,7 +274,8 @@ impl MutEventSubscriber for MmioDeviceHandler {
                 let index = token as usize;
                 if let Some((_, evt)) = self.ioeventfds.iter().find(|(i, _)| *i == index) {
                     // The count says how many kicks arrived; one pass over the queue serves them all.
-                    let _ = evt.read();
+                    let kicks = evt.read().unwrap_or(0);
+                    debug!(device = %self.label, index, kicks, "queue kicked through its ioeventfd");
                 }
                 lock(&self.transport).notify_queue(index);
                 self.sync_backend(ops);
