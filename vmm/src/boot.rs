@@ -116,11 +116,23 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Resul
     Ok(InitrdRegion { addr: GuestAddress(addr), size })
 }
 
-/// The command line: the user's, then what the machine needs (`extra`), each part space separated.
+/// The command line: the user's kernel parameters, then what the machine needs (`extra`), then whatever
+/// the user put after ` -- ` (arguments for init, which must stay last).
 pub fn build_cmdline(user: &str, extra: &[&str]) -> Result<Cmdline, BootError> {
+    let (kernel_part, init_part) = match user.split_once(" -- ") {
+        Some((k, i)) => (k, Some(i)),
+        None if user.trim_start().starts_with("-- ") => ("", user.trim_start().strip_prefix("-- ")),
+        None => (user, None),
+    };
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    for part in std::iter::once(user).chain(extra.iter().copied()).filter(|p| !p.trim().is_empty()) {
+    for part in std::iter::once(kernel_part).chain(extra.iter().copied()).filter(|p| !p.trim().is_empty()) {
         cmdline.insert_str(part.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    }
+    if let Some(init_args) = init_part {
+        cmdline.insert_str("--").map_err(|e| BootError::Cmdline(e.to_string()))?;
+        if !init_args.trim().is_empty() {
+            cmdline.insert_str(init_args.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        }
     }
     Ok(cmdline)
 }
@@ -248,6 +260,16 @@ mod tests {
         let mut text = vec![0u8; len as usize + 1];
         mem.read_slice(&mut text, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&text, b"console=ttyS0 reboot=k\0");
+    }
+
+    #[test]
+    fn machine_parameters_go_before_the_init_arguments() {
+        let c = build_cmdline("console=ttyS0 -- --verbose x", &["reboot=k"]).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0 reboot=k -- --verbose x");
+        let c = build_cmdline("-- single", &["reboot=k"]).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "reboot=k -- single");
+        let c = build_cmdline("quiet", &["a=1", "b=2"]).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "quiet a=1 b=2");
     }
 
     #[test]
