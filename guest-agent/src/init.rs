@@ -114,7 +114,15 @@ fn attach_slave(slave: RawFd) {
 }
 
 /// Entry point of `hull-init`. Never returns.
+/// Keeps container processes from ptrace-ing or reading /proc/<pid>/{mem,exe,root} of the helper (which
+/// runs as root with every capability, next to container code).
+fn not_dumpable() {
+    // SAFETY: prctl with plain values.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
+
 pub fn init_main() -> ! {
+    not_dumpable();
     let mut ch = match Channel::from_helper_fd() {
         Ok(c) => c,
         Err(_) => std::process::exit(125),
@@ -227,6 +235,7 @@ fn supervise(program: i32, set: &libc::sigset_t) -> ExitStatus {
 
 /// Entry point of `hull-exec`. Never returns.
 pub fn exec_main() -> ! {
+    not_dumpable();
     let mut ch = match Channel::from_helper_fd() {
         Ok(c) => c,
         Err(_) => std::process::exit(125),

@@ -91,7 +91,15 @@ fn main() {
     }
     cgroup::init();
 
-    let reaper = reaper::Reaper::start();
+    let reaper = match reaper::Reaper::start() {
+        Ok(r) => r,
+        Err(e) => {
+            // Without threads nothing can be served; PID 1 must still live and reap.
+            log(&format!("cannot start the reaper thread, serving nothing: {e}"));
+            console_line(READY_LINE);
+            reaper::Reaper::default().run();
+        }
+    };
     let agent = containers::Agent::new(reaper);
     let _server = match server::serve(agent.clone()) {
         Ok(s) => Some(s),

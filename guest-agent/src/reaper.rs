@@ -35,11 +35,11 @@ pub fn block_sigchld() {
 
 impl Reaper {
     /// Starts the reaping thread.
-    pub fn start() -> Arc<Reaper> {
+    pub fn start() -> std::io::Result<Arc<Reaper>> {
         let r = Arc::new(Reaper::default());
         let r2 = r.clone();
-        std::thread::Builder::new().name("reaper".into()).spawn(move || r2.run()).expect("spawning the reaper thread");
-        r
+        std::thread::Builder::new().name("reaper".into()).spawn(move || r2.run())?;
+        Ok(r)
     }
 
     /// Marks `pid` as ours: its status is kept for [`Reaper::wait`]. Call right after starting it.
@@ -60,7 +60,8 @@ impl Reaper {
         }
     }
 
-    fn run(&self) -> ! {
+    /// Reaps forever in the calling thread.
+    pub fn run(&self) -> ! {
         // SAFETY: a local signal set holding SIGCHLD (blocked since main).
         let set = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
