@@ -138,3 +138,26 @@ fn clock_rlimits_and_hostname() {
     assert_eq!(lines.next(), Some("1048576"));
     assert_eq!(lines.next(), Some("hull"));
 }
+
+#[test]
+fn volumes_from_a_directory_and_an_image() {
+    let dir = hull_tests::TempDir::new("run-volumes").unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("greeting"), "hello-volume\n").unwrap();
+    let img = dir.path().join("disk.ext4");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).status().unwrap();
+    assert!(st.success());
+    let ro = format!("{}:/data:ro", src.display());
+    let rw = format!("{}:/scratch", img.display());
+    let out = run(
+        &["-v", &ro, "-v", &rw],
+        &["sh", "-c", "cat /data/greeting; touch /data/x 2>/dev/null || echo data-ro; echo kept > /scratch/f; sync"],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.out(), "hello-volume\ndata-ro\n", "{}", out.stderr);
+    // The image volume is the host file itself: the write is there after the VM is gone.
+    let dump = std::process::Command::new("debugfs").args(["-R", "cat /f"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&dump.stdout), "kept\n");
+}

@@ -33,12 +33,20 @@ pub enum BackendError {
     Api { path: String, detail: String },
 }
 
+/// A block device for the guest: the rootfs first, then volumes. `id` is the drive id (kvm) and the
+/// virtio-blk serial (qemu: `hull vhost-user blk --id`), which the agent finds devices by.
+pub struct Drive {
+    pub id: String,
+    pub image: RootfsImage,
+    pub read_only: bool,
+}
+
 pub struct VmConfig<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub cpus: u8,
     pub mem_mib: u32,
-    pub rootfs: &'a RootfsImage,
+    pub drives: &'a [Drive],
     pub tap: Option<&'a str>,
     pub cmdline_extra: String,
     pub dir: &'a Path,
@@ -110,14 +118,23 @@ impl QemuVm {
     fn start(cfg: &VmConfig) -> Result<QemuVm, BackendError> {
         let d = cfg.dir;
         let mut backends = Vec::new();
-        let blk_sock = d.join("blk.sock");
-        let image = cfg.rootfs.path.to_string_lossy().to_string();
-        backends.push(vhost_user(
-            d,
-            "vhost-user-blk",
-            &blk_sock,
-            &["blk", "--socket", &blk_sock.to_string_lossy(), "--path", &image, "--read-only", "--id", "rootfs"],
-        )?);
+        let mut blk_args = Vec::new();
+        for (i, drive) in cfg.drives.iter().enumerate() {
+            let sock = d.join(format!("blk{i}.sock"));
+            let image = drive.image.path.to_string_lossy().to_string();
+            let sock_s = sock.to_string_lossy().to_string();
+            let mut args = vec!["blk", "--socket", &sock_s, "--path", &image, "--id", &drive.id];
+            if drive.read_only {
+                args.push("--read-only");
+            }
+            backends.push(vhost_user(d, &format!("vhost-user-blk{i}"), &sock, &args)?);
+            blk_args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=blk{i},path={}", sock.display()),
+                "-device".to_string(),
+                format!("vhost-user-blk,chardev=blk{i}"),
+            ]);
+        }
         let vsock_sock = d.join("vsock-vu.sock");
         let uds = d.join("vsock.sock");
         backends.push(vhost_user(
@@ -164,12 +181,7 @@ impl QemuVm {
         .arg("-initrd")
         .arg(cfg.initrd)
         .args(["-append", &base_cmdline(&cfg.cmdline_extra)])
-        .args([
-            "-chardev",
-            &format!("socket,id=blk0,path={}", blk_sock.display()),
-            "-device",
-            "vhost-user-blk,chardev=blk0",
-        ])
+        .args(&blk_args)
         .args([
             "-chardev",
             &format!("socket,id=vsock0,path={}", vsock_sock.display()),
@@ -250,12 +262,15 @@ impl KvmVm {
             }),
         )?;
         put("/machine-config", serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }))?;
-        put(
-            "/drives/rootfs",
-            serde_json::json!({
-                "drive_id": "rootfs", "path_on_host": cfg.rootfs.path, "is_root_device": false, "is_read_only": true
-            }),
-        )?;
+        for drive in cfg.drives {
+            put(
+                &format!("/drives/{}", drive.id),
+                serde_json::json!({
+                    "drive_id": drive.id, "path_on_host": drive.image.path, "is_root_device": false,
+                    "is_read_only": drive.read_only
+                }),
+            )?;
+        }
         put("/vsock", serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }))?;
         if let Some(tap) = cfg.tap {
             put("/network-interfaces/eth0", serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }))?;

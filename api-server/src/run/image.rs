@@ -42,7 +42,9 @@ fn tree_size(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((bytes, entries))
 }
 
-pub fn prepare(rootfs: &Path, run_dir: &Path) -> Result<RootfsImage, ImageError> {
+/// Prepares `rootfs` (a directory or an image file) as a block image; a packed directory becomes
+/// `<run_dir>/<name>.ext4`.
+pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<RootfsImage, ImageError> {
     let name = rootfs.display().to_string();
     let md = std::fs::metadata(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
     if md.is_file() {
@@ -53,7 +55,7 @@ pub fn prepare(rootfs: &Path, run_dir: &Path) -> Result<RootfsImage, ImageError>
     }
     let (bytes, entries) = tree_size(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
     let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
-    let image = run_dir.join("rootfs.ext4");
+    let image = run_dir.join(format!("{name_in_dir}.ext4"));
     let f = std::fs::File::create(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     f.set_len(size).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     drop(f);
@@ -68,7 +70,7 @@ pub fn prepare(rootfs: &Path, run_dir: &Path) -> Result<RootfsImage, ImageError>
             "-N",
             &(entries + 256).to_string(),
             "-L",
-            "rootfs",
+            name_in_dir,
             "-d",
         ])
         .arg(rootfs)

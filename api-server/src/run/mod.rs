@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// DNS server (with --net; repeatable).
     #[arg(long, value_name = "IP", requires = "net")]
     pub dns: Vec<String>,
+    /// Extra block device: SRC (a directory, packed into ext4 — changes die with the VM — or an ext4/erofs
+    /// image file) mounted at DEST in the container; `:ro` for read-only (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:ro]", value_parser = parse_volume)]
+    pub volumes: Vec<VolumeArg>,
     /// Container pids limit (cgroup pids.max).
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
@@ -102,6 +106,25 @@ fn parse_env(s: &str) -> Result<String, String> {
         Some((k, _)) if !k.is_empty() && !k.contains('\0') => Ok(s.to_string()),
         _ => Err("expected K=V".into()),
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct VolumeArg {
+    pub source: PathBuf,
+    pub dest: String,
+    pub read_only: bool,
+}
+
+fn parse_volume(s: &str) -> Result<VolumeArg, String> {
+    let (rest, read_only) = match s.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    };
+    let (src, dest) = rest.rsplit_once(':').ok_or("expected SRC:DEST[:ro]")?;
+    if src.is_empty() || !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+        return Err("SRC must be set and DEST absolute, without '..'".into());
+    }
+    Ok(VolumeArg { source: PathBuf::from(src), dest: dest.to_string(), read_only })
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
@@ -208,8 +231,14 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     eprintln!("hull run: backend {} ({why})", if kind == BackendKind::Kvm { "kvm" } else { "qemu" });
     let (kernel, initrd) = guest_files(args)?;
     let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
-    let image = image::prepare(&args.rootfs, dir.path())?;
+    let image = image::prepare(&args.rootfs, dir.path(), "rootfs")?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
+    let mut drives = vec![backend::Drive { id: "rootfs".into(), image, read_only: true }];
+    for (i, v) in args.volumes.iter().enumerate() {
+        let id = format!("vol{i}");
+        let image = image::prepare(&v.source, dir.path(), &id)?;
+        drives.push(backend::Drive { id, image, read_only: v.read_only });
+    }
 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let cfg = VmConfig {
@@ -217,13 +246,13 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         initrd: &initrd,
         cpus: args.cpus,
         mem_mib: args.mem,
-        rootfs: &image,
+        drives: &drives,
         tap: args.net.as_deref(),
         cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
         dir: dir.path(),
     };
     let mut vm = backend::start(kind, &cfg)?;
-    let result = run_container(args, vm.as_mut(), image.fstype, signals, t0);
+    let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
     // Tear down: the agent is asked to power off (the VM is disposable: a short grace only, then the VM and
     // its backends are killed; the image and sockets go with the run directory).
     let grace = if let Ok(Some(a)) = result.as_ref().map(|(_, a)| a) {
@@ -259,7 +288,8 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
 fn run_container(
     args: &RunArgs,
     vm: &mut dyn backend::Vm,
-    fstype: &str,
+    kind: BackendKind,
+    drives: &[backend::Drive],
     signals: tty::BlockedSignals,
     t0: Instant,
 ) -> Result<(i32, Option<agent::Agent>), RunError> {
@@ -322,11 +352,22 @@ fn run_container(
     req.container_id = CONTAINER_ID.into();
     req.oci_spec_json = oci.to_string().into_bytes();
     let mut rootfs = Storage::new();
-    rootfs.device = "vda".into();
-    rootfs.fstype = fstype.into();
+    // QEMU's vhost-user disks carry their id as serial; the kvm backend attaches the rootfs first (vda).
+    let device =
+        |id: &str| if kind == BackendKind::Kvm && id == "rootfs" { "vda".to_string() } else { format!("serial:{id}") };
+    rootfs.device = device("rootfs");
+    rootfs.fstype = drives[0].image.fstype.into();
     rootfs.read_only = true;
     rootfs.writable_overlay = true;
     req.rootfs = Some(rootfs).into();
+    for (drive, v) in drives[1..].iter().zip(&args.volumes) {
+        let mut m = Storage::new();
+        m.device = device(&drive.id);
+        m.fstype = drive.image.fstype.into();
+        m.read_only = v.read_only;
+        m.container_path = v.dest.clone();
+        req.mounts.push(m);
+    }
     let mut stdio = StdioConfig::new();
     stdio.stdin = !args.tty;
     stdio.stdout = !args.tty;
