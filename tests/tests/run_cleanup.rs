@@ -65,3 +65,23 @@ fn a_failing_boot_leaves_nothing_either() {
     assert_eq!(out.code(), 125, "{}", out.stderr);
     assert_nothing_left(pid);
 }
+
+#[test]
+fn sigkill_of_hull_takes_the_vm_along_and_the_next_run_sweeps_its_directory() {
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let pid = run.pid();
+    assert!(!leftover_processes(pid).is_empty(), "the VM's processes should be visible while it runs");
+    run.signal(libc::SIGKILL);
+    let _ = run.finish();
+    // PR_SET_PDEATHSIG: QEMU and the vhost-user backends die with hull.
+    let start = std::time::Instant::now();
+    while !leftover_processes(pid).is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", leftover_processes(pid));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // No clean-up survives SIGKILL; the next hull run removes the directory.
+    let out = run_common::run(&[], &["true"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(leftover_dirs(pid), Vec::<std::path::PathBuf>::new());
+}

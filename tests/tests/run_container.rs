@@ -161,3 +161,18 @@ fn volumes_from_a_directory_and_an_image() {
     let dump = std::process::Command::new("debugfs").args(["-R", "cat /f"]).arg(&img).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout), "kept\n");
 }
+
+#[test]
+fn large_output_arrives_complete_and_in_order() {
+    // 8 MiB of numbered lines: any lost, doubled or reordered byte breaks the sequence.
+    let out = run(&[], &["sh", "-c", "seq 1 1000000; echo end >&2"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = out.out();
+    let mut expected = 1u64;
+    for line in text.lines() {
+        assert_eq!(line.parse::<u64>().ok(), Some(expected), "line {expected} is {line:?}");
+        expected += 1;
+    }
+    assert_eq!(expected, 1_000_001);
+    assert!(out.stderr.ends_with("end\n"), "{}", out.stderr);
+}

@@ -85,6 +85,7 @@ impl RunDir {
             .unwrap_or_else(std::env::temp_dir);
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        sweep_stale(&base);
         let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&dir)?;
         Ok(RunDir(dir))
@@ -102,6 +103,28 @@ impl Drop for RunDir {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes run directories of `hull run` processes that no longer exist (killed with SIGKILL, which no
+/// clean-up survives; their children died with them through PR_SET_PDEATHSIG).
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hull-run-")).and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && e.path().is_dir() {
+            tracing::info!(dir = %e.path().display(), "removing the run directory of a hull run that was killed");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

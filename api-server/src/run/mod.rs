@@ -504,3 +504,24 @@ fn pump_stdin(mut conn: UnixStream, agent: agent::Agent) {
     let _ = agent.close_stdin(CONTAINER_ID, "", total);
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_users_and_env_parse_strictly() {
+        let v = parse_volume("/a/b:/data:ro").unwrap();
+        assert_eq!((v.source, v.dest.as_str(), v.read_only), (PathBuf::from("/a/b"), "/data", true));
+        let v = parse_volume("img.ext4:/scratch").unwrap();
+        assert!(!v.read_only);
+        for bad in ["/a", ":/x", "/a:rel", "/a:/x/../y", "/a:/x:ro:ro"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000:5").unwrap(), (1000, 5));
+        assert!(parse_user("root").is_err());
+        assert!(parse_env("A=1").is_ok() && parse_env("A=").is_ok());
+        assert!(parse_env("=1").is_err() && parse_env("A").is_err());
+    }
+}
