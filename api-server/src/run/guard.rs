@@ -41,10 +41,7 @@ impl ChildGuard {
 
     /// Whether the process has ended (reaping it if so).
     pub fn exited(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) | None => true,
-            _ => false,
-        }
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))) | None)
     }
 
     /// Waits up to `timeout` for the process to end by itself.
