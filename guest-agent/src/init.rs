@@ -162,6 +162,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) }).map_err(|e| format!("sethostname: {e}"))?;
     }
     let process = cfg.spec.process().clone().ok_or("the spec has no process")?;
+    // Like runc: a missing working directory is created (as root, inside the new root).
+    if process.cwd().is_absolute() {
+        let _ = std::fs::create_dir_all(process.cwd());
+    }
     let prepared = PreparedProcess::prepare(&process).map_err(|e| e.to_string())?;
     let pty =
         if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };

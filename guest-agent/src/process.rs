@@ -1,9 +1,10 @@
 //! Turning an OCI `process` object into what a child needs to become it, and becoming it.
 //!
 //! [`PreparedProcess::prepare`] does every allocation and parse up front (argv, env, PATH lookup candidates,
-//! capability masks, rlimits); [`PreparedProcess::exec`] then makes system calls only — signal reset,
+//! capability masks, rlimits); [`PreparedProcess::exec`] then makes the system calls — signal reset,
 //! controlling terminal, rlimits, bounding set, groups and ids, capabilities, ambient set, no_new_privs,
-//! umask, cwd, execve — so it is safe to run in a child created by a raw clone(2) from any process.
+//! umask, cwd, execve — allocating only the argv/envp pointer arrays and, on failure, the message. It runs
+//! in single-threaded helpers (`hull-init`'s fork, `hull-exec`'s clone), never in the threaded agent.
 //!
 //! The order follows the runtime spec's intent: rlimits and the bounding set while still privileged, then
 //! ids with PR_SET_KEEPCAPS so the listed capabilities survive setuid, then exactly the listed effective,
@@ -214,33 +215,36 @@ impl PreparedProcess {
     }
 
     fn exec_steps(&self) -> io::Result<()> {
+        let at = |stage: &str, e: io::Error| io::Error::new(e.kind(), format!("{stage}: {e}"));
         crate::sys::reset_signals();
         // SAFETY (whole block): system calls with plain values or pointers to data owned by `self`, which
         // outlives them; the arrays handed to execve are NULL-terminated and point into `self`.
         unsafe {
             if self.controlling_tty {
                 libc::setsid();
-                cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+                cvt(libc::ioctl(0, libc::TIOCSCTTY, 0)).map_err(|e| at("setting the controlling terminal", e))?;
             }
             for &(res, soft, hard) in &self.rlimits {
                 let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-                cvt(libc::setrlimit(res, &lim))?;
+                cvt(libc::setrlimit(res, &lim)).map_err(|e| at("setrlimit", e))?;
             }
             if let Some(caps) = &self.caps {
                 for cap in 0..=self.last_cap.min(63) {
                     if caps.bounding & (1 << cap) == 0 {
-                        cvt(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0))?;
+                        cvt(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0))
+                            .map_err(|e| at("dropping from the bounding set", e))?;
                     }
                 }
-                cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+                cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0)).map_err(|e| at("PR_SET_KEEPCAPS", e))?;
             }
-            cvt(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            cvt(libc::setresgid(self.gid, self.gid, self.gid))?;
-            cvt(libc::setresuid(self.uid, self.uid, self.uid))?;
+            cvt(libc::setgroups(self.groups.len(), self.groups.as_ptr())).map_err(|e| at("setgroups", e))?;
+            cvt(libc::setresgid(self.gid, self.gid, self.gid)).map_err(|e| at("setresgid", e))?;
+            cvt(libc::setresuid(self.uid, self.uid, self.uid)).map_err(|e| at("setresuid", e))?;
             if let Some(caps) = &self.caps {
-                cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0))?;
-                capset(caps)?;
-                cvt(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
+                cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0)).map_err(|e| at("PR_SET_KEEPCAPS", e))?;
+                capset(caps).map_err(|e| at("capset", e))?;
+                cvt(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))
+                    .map_err(|e| at("clearing the ambient set", e))?;
                 for cap in 0..=self.last_cap.min(63) {
                     if caps.ambient & (1 << cap) != 0 {
                         cvt(libc::prctl(
@@ -249,16 +253,17 @@ impl PreparedProcess {
                             cap as libc::c_ulong,
                             0,
                             0,
-                        ))?;
+                        ))
+                        .map_err(|e| at("raising an ambient capability", e))?;
                     }
                 }
             }
             if let Some(mask) = self.umask {
                 libc::umask(mask as libc::mode_t);
             }
-            cvt(libc::chdir(self.cwd.as_ptr()))?;
+            cvt(libc::chdir(self.cwd.as_ptr())).map_err(|e| at("chdir to the working directory", e))?;
             if self.no_new_privs {
-                cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+                cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(|e| at("no_new_privileges", e))?;
             }
             let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
             argv.push(std::ptr::null());
