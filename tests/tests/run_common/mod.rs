@@ -27,18 +27,28 @@ pub fn ensure_tools() {
     });
 }
 
-/// The busybox rootfs directory, built once per test binary under the target directory.
+/// The busybox rootfs directory, shared by the test binaries (`target/<profile>/hull-test-busybox-rootfs`):
+/// built into a private directory and renamed into place, so concurrent builders never see half of it.
 pub fn busybox_rootfs() -> PathBuf {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS
         .get_or_init(|| {
             ensure_tools();
             let exe = std::env::current_exe().unwrap();
-            let base = exe.parent().unwrap().join(format!("hull-run-rootfs-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&base);
-            let st = Command::new("bash").arg(repo_root().join("tests/rootfs/busybox.sh")).arg(&base).status().unwrap();
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+            let done = profile_dir.join("hull-test-busybox-rootfs");
+            if done.join("bin/busybox").is_file() {
+                return done;
+            }
+            let tmp = profile_dir.join(format!("hull-test-busybox-rootfs.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let st = Command::new("bash").arg(repo_root().join("tests/rootfs/busybox.sh")).arg(&tmp).status().unwrap();
             assert!(st.success(), "tests/rootfs/busybox.sh failed");
-            base
+            if std::fs::rename(&tmp, &done).is_err() {
+                // Someone else won the race; theirs is identical.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            done
         })
         .clone()
 }
