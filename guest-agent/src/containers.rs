@@ -297,6 +297,13 @@ impl Agent {
 
         // Namespaces: the ones the spec lists (paths to join are not supported: one VM is one sandbox).
         let linux = spec.linux().clone().unwrap_or_default();
+        // Not implemented yet; said out loud rather than silently (the VM stays the isolation boundary).
+        if linux.seccomp().is_some() {
+            crate::log(&format!("container {id}: the spec's seccomp profile is NOT applied (not implemented)"));
+        }
+        if linux.resources().as_ref().and_then(|r| r.devices().as_ref()).is_some_and(|d| !d.is_empty()) {
+            crate::log(&format!("container {id}: device cgroup rules are not applied (only listed devices exist)"));
+        }
         let mut clone_flags = 0;
         let mut names = Vec::new();
         let mut cgroup_ns = false;
