@@ -44,6 +44,8 @@ pub struct ExecConfig {
     pub namespaces: Vec<String>,
     /// The container's cgroup directory.
     pub cgroup: PathBuf,
+    /// The container's seccomp profile, which applies to every process in it.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Starts `/proc/self/exe` as `argv0` with `stdio` as fds 0-2 and `channel` as fd 3, in a child created with
@@ -166,7 +168,8 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     if process.cwd().is_absolute() {
         let _ = std::fs::create_dir_all(process.cwd());
     }
-    let prepared = PreparedProcess::prepare(&process).map_err(|e| e.to_string())?;
+    let seccomp = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let prepared = PreparedProcess::prepare(&process, seccomp.as_ref()).map_err(|e| e.to_string())?;
     let pty =
         if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
     ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd())).map_err(|e| e.to_string())?;
@@ -278,7 +281,7 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     let root = cpath(Path::new("/")).map_err(|e| e.to_string())?;
     // SAFETY: a valid C string.
     cvt(unsafe { libc::chdir(root.as_ptr()) }).map_err(|e| format!("chdir /: {e}"))?;
-    let prepared = PreparedProcess::prepare(&cfg.process).map_err(|e| e.to_string())?;
+    let prepared = PreparedProcess::prepare(&cfg.process, cfg.seccomp.as_ref()).map_err(|e| e.to_string())?;
     let pty =
         if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
     let _ = std::fs::write("/proc/self/oom_score_adj", cfg.process.oom_score_adj().unwrap_or(0).to_string());

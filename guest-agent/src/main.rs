@@ -19,6 +19,7 @@ mod pid1;
 mod process;
 mod reaper;
 mod rootfs;
+mod seccomp;
 mod server;
 mod stdio;
 mod sys;

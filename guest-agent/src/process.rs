@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::io;
 
-use oci_spec::runtime::{Capabilities, Process};
+use oci_spec::runtime::{Capabilities, LinuxSeccomp, Process};
 
 use crate::sys::{cstr, cvt};
 
@@ -91,6 +91,8 @@ pub enum ProcessError {
     UnknownCapability(String),
     #[error("unknown rlimit {0}")]
     UnknownRlimit(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("invalid string in the process: {0}")]
     BadString(#[from] io::Error),
 }
@@ -120,6 +122,8 @@ pub struct PreparedProcess {
     caps: Option<CapSets>,
     last_cap: u32,
     no_new_privs: bool,
+    /// seccomp programs from the container's profile, installed last before exec.
+    seccomp: Vec<seccompiler::BpfProgram>,
     /// Make standard input the controlling terminal (it is a pty slave).
     pub controlling_tty: bool,
     /// First line written on standard error when exec fails.
@@ -146,7 +150,7 @@ fn last_cap() -> u32 {
 }
 
 impl PreparedProcess {
-    pub fn prepare(p: &Process) -> Result<PreparedProcess, ProcessError> {
+    pub fn prepare(p: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<PreparedProcess, ProcessError> {
         let args = p.args().clone().unwrap_or_default();
         let first = args.first().ok_or(ProcessError::NoArgs)?;
         let env = p.env().clone().unwrap_or_default();
@@ -192,6 +196,7 @@ impl PreparedProcess {
             caps,
             last_cap: last_cap(),
             no_new_privs: p.no_new_privileges().unwrap_or(false),
+            seccomp: seccomp.map(crate::seccomp::compile).transpose()?.unwrap_or_default(),
             controlling_tty: p.terminal().unwrap_or(false),
             failure_prefix: format!("hull: cannot run {first}: ").into_bytes(),
         })
@@ -237,6 +242,13 @@ impl PreparedProcess {
                 }
                 cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0)).map_err(|e| at("PR_SET_KEEPCAPS", e))?;
             }
+            // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we still have it
+            // (as runc does); with it, as late as possible so the filter does not see our own set-up.
+            if !self.no_new_privs {
+                for prog in &self.seccomp {
+                    crate::seccomp::install(prog).map_err(|e| at("installing the seccomp filter", e))?;
+                }
+            }
             cvt(libc::setgroups(self.groups.len(), self.groups.as_ptr())).map_err(|e| at("setgroups", e))?;
             cvt(libc::setresgid(self.gid, self.gid, self.gid)).map_err(|e| at("setresgid", e))?;
             cvt(libc::setresuid(self.uid, self.uid, self.uid)).map_err(|e| at("setresuid", e))?;
@@ -264,6 +276,11 @@ impl PreparedProcess {
             cvt(libc::chdir(self.cwd.as_ptr())).map_err(|e| at("chdir to the working directory", e))?;
             if self.no_new_privs {
                 cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(|e| at("no_new_privileges", e))?;
+            }
+            if self.no_new_privs {
+                for prog in &self.seccomp {
+                    crate::seccomp::install(prog).map_err(|e| at("installing the seccomp filter", e))?;
+                }
             }
             let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
             argv.push(std::ptr::null());
@@ -327,7 +344,7 @@ mod tests {
                "capabilities":{"bounding":["CAP_CHOWN","CAP_KILL","CAP_NET_BIND_SERVICE"],"ambient":["CAP_KILL"]}}"#,
         )
         .unwrap();
-        let pp = PreparedProcess::prepare(&p).unwrap();
+        let pp = PreparedProcess::prepare(&p, None).unwrap();
         let caps = pp.caps.unwrap();
         assert_eq!(caps.bounding, (1 << 0) | (1 << 5) | (1 << 10));
         assert_eq!(caps.ambient, 1 << 5);
@@ -339,9 +356,9 @@ mod tests {
         let p: Process =
             serde_json::from_str(r#"{"cwd":"/","user":{"uid":1,"gid":2},"args":["ls","-l"],"env":["PATH=/a:/b/"]}"#)
                 .unwrap();
-        let pp = PreparedProcess::prepare(&p).unwrap();
+        let pp = PreparedProcess::prepare(&p, None).unwrap();
         assert_eq!(pp.candidates, vec![cstr("/a/ls").unwrap(), cstr("/b/ls").unwrap()]);
         let p: Process = serde_json::from_str(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}"#).unwrap();
-        assert!(matches!(PreparedProcess::prepare(&p), Err(ProcessError::NoArgs)));
+        assert!(matches!(PreparedProcess::prepare(&p, None), Err(ProcessError::NoArgs)));
     }
 }

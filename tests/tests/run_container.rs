@@ -176,3 +176,37 @@ fn large_output_arrives_complete_and_in_order() {
     assert_eq!(expected, 1_000_001);
     assert!(out.stderr.ends_with("end\n"), "{}", out.stderr);
 }
+
+#[test]
+fn seccomp_profile_denies_what_it_lists() {
+    let dir = hull_tests::TempDir::new("run-seccomp").unwrap();
+    let profile = dir.path().join("seccomp.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1},
+            {"names":["socket"],"action":"SCMP_ACT_ERRNO","errnoRet":97,
+             "args":[{"index":0,"value":2,"op":"SCMP_CMP_EQ"}]},
+            {"names":["a_syscall_nobody_has"],"action":"SCMP_ACT_KILL"}]}"#,
+    )
+    .unwrap();
+    let opt = profile.to_string_lossy().to_string();
+    let out = run(
+        &["--seccomp", &opt],
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/d || echo mkdir-denied; touch /tmp/f && echo touch-ok; ping -c 1 127.0.0.1 2>&1 | tail -1",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = out.out();
+    assert!(text.contains("mkdir-denied") && text.contains("touch-ok"), "{text}\n{}", out.stderr);
+    assert!(text.contains("Address family not supported"), "{text}");
+    assert!(out.stderr.contains("Operation not permitted"), "{}", out.stderr);
+    // A profile the agent cannot apply is refused, not ignored.
+    std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).unwrap();
+    let out = run(&["--seccomp", &opt], &["true"]);
+    assert_eq!(out.code(), 125, "{}", out.stderr);
+    assert!(out.stderr.contains("SCMP_ACT_NOTIFY"), "{}", out.stderr);
+}

@@ -75,6 +75,9 @@ pub struct RunArgs {
     /// image file) mounted at DEST in the container; `:ro` for read-only (repeatable).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:ro]", value_parser = parse_volume)]
     pub volumes: Vec<VolumeArg>,
+    /// OCI seccomp profile (the `linux.seccomp` object, JSON) for the container's processes.
+    #[arg(long, value_name = "FILE")]
+    pub seccomp: Option<PathBuf>,
     /// Container pids limit (cgroup pids.max).
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
@@ -345,6 +348,13 @@ fn run_container(
     let limits =
         spec::Limits { pids: args.pids_limit, memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)) };
     let mut oci = spec::spec(process, "hull", &limits);
+    if let Some(path) = &args.seccomp {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RunError::Setup(format!("reading the seccomp profile {}: {e}", path.display())))?;
+        let profile: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| RunError::Setup(format!("the seccomp profile {} is not JSON: {e}", path.display())))?;
+        oci["linux"]["seccomp"] = profile;
+    }
     if args.net.is_some() && !args.dns.is_empty() {
         spec::add_resolv_conf(&mut oci);
     }

@@ -1,0 +1,172 @@
+//! OCI seccomp profiles (`linux.seccomp`) compiled to classic BPF with seccompiler and installed in the
+//! container's processes just before exec.
+//!
+//! seccompiler filters have one action on match and one on mismatch, while an OCI profile has a default
+//! action and an action per rule. The profile becomes several filters, which the kernel runs together and
+//! whose most restrictive answer wins: one filter per distinct rule action (its rules → that action,
+//! anything else → allow), and, when the default is not "allow", one more (every rule → allow, anything
+//! else → the default). Syscall names seccompiler does not know for x86_64 are skipped, as runc skips names
+//! libseccomp does not know. SCMP_ACT_NOTIFY, flags and listener paths are refused.
+//!
+//! The profile comes from the host and is validated here: unknown actions or operators are errors.
+
+use std::collections::BTreeMap;
+
+use oci_spec::runtime::LinuxSeccomp;
+use seccompiler::{BpfProgram, TargetArch};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp: unsupported action {0}")]
+    Action(String),
+    #[error("seccomp: unsupported operator {0}")]
+    Operator(String),
+    #[error("seccomp: {0}")]
+    Compile(String),
+    #[error("seccomp: {0} is not supported")]
+    Unsupported(&'static str),
+}
+
+/// An action in seccompiler's JSON form.
+fn action(name: &str, errno: Option<u64>) -> Result<Value, SeccompError> {
+    Ok(match name {
+        "SCMP_ACT_ALLOW" => json!("allow"),
+        "SCMP_ACT_ERRNO" => json!({ "errno": errno.unwrap_or(libc::EPERM as u64) }),
+        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => json!("kill_thread"),
+        "SCMP_ACT_KILL_PROCESS" => json!("kill_process"),
+        "SCMP_ACT_TRAP" => json!("trap"),
+        "SCMP_ACT_LOG" => json!("log"),
+        "SCMP_ACT_TRACE" => json!({ "trace": errno.unwrap_or(0) }),
+        other => return Err(SeccompError::Action(other.to_string())),
+    })
+}
+
+/// One OCI argument condition in seccompiler's JSON form.
+fn condition(arg: &Value) -> Result<Value, SeccompError> {
+    let index = arg["index"].as_u64().unwrap_or(0);
+    let value = arg["value"].as_u64().unwrap_or(0);
+    let op = arg["op"].as_str().unwrap_or_default();
+    let (op, val) = match op {
+        "SCMP_CMP_EQ" => (json!("eq"), value),
+        "SCMP_CMP_NE" => (json!("ne"), value),
+        "SCMP_CMP_LT" => (json!("lt"), value),
+        "SCMP_CMP_LE" => (json!("le"), value),
+        "SCMP_CMP_GT" => (json!("gt"), value),
+        "SCMP_CMP_GE" => (json!("ge"), value),
+        // OCI: (arg & value) == valueTwo.
+        "SCMP_CMP_MASKED_EQ" => (json!({ "masked_eq": value }), arg["valueTwo"].as_u64().unwrap_or(0)),
+        other => return Err(SeccompError::Operator(other.to_string())),
+    };
+    if index > 5 {
+        return Err(SeccompError::Compile(format!("argument index {index} is out of range")));
+    }
+    Ok(json!({ "index": index, "type": "qword", "op": op, "val": val }))
+}
+
+fn known(name: &str) -> bool {
+    let probe =
+        json!({ "p": { "mismatch_action": "allow", "match_action": "trap", "filter": [ { "syscall": name } ] } });
+    seccompiler::compile_from_json(probe.to_string().as_bytes(), TargetArch::x86_64).is_ok()
+}
+
+/// Compiles a profile into the programs to install, in order.
+pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> {
+    let p = serde_json::to_value(profile).map_err(|e| SeccompError::Compile(e.to_string()))?;
+    if p.get("listenerPath").is_some_and(|v| !v.is_null()) {
+        return Err(SeccompError::Unsupported("a seccomp listener"));
+    }
+    let default_errno = p["defaultErrnoRet"].as_u64();
+    let default = action(p["defaultAction"].as_str().unwrap_or_default(), default_errno)?;
+    // Rules grouped by their action (as JSON text, so equal actions share a filter).
+    let mut by_action: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
+    let mut all_rules = Vec::new();
+    let mut checked: BTreeMap<String, bool> = BTreeMap::new();
+    for rule in p["syscalls"].as_array().cloned().unwrap_or_default() {
+        let act = action(rule["action"].as_str().unwrap_or_default(), rule["errnoRet"].as_u64().or(default_errno))?;
+        let args: Vec<Value> =
+            rule["args"].as_array().cloned().unwrap_or_default().iter().map(condition).collect::<Result<_, _>>()?;
+        for name in rule["names"].as_array().cloned().unwrap_or_default() {
+            let Some(name) = name.as_str() else { continue };
+            if !*checked.entry(name.to_string()).or_insert_with(|| known(name)) {
+                continue;
+            }
+            let entry =
+                if args.is_empty() { json!({ "syscall": name }) } else { json!({ "syscall": name, "args": args }) };
+            all_rules.push(entry.clone());
+            if act != json!("allow") {
+                by_action.entry(act.to_string()).or_insert_with(|| (act.clone(), Vec::new())).1.push(entry);
+            }
+        }
+    }
+    let mut filters = serde_json::Map::new();
+    for (i, (_, (act, rules))) in by_action.into_iter().enumerate() {
+        filters.insert(format!("a{i}"), json!({ "mismatch_action": "allow", "match_action": act, "filter": rules }));
+    }
+    if default != json!("allow") {
+        filters.insert(
+            "default".into(),
+            json!({ "mismatch_action": default, "match_action": "allow", "filter": all_rules }),
+        );
+    }
+    let compiled = seccompiler::compile_from_json(Value::Object(filters).to_string().as_bytes(), TargetArch::x86_64)
+        .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    // The default filter first, the per-action ones after (order does not change the combined result).
+    let mut programs: Vec<(String, BpfProgram)> = compiled.into_iter().collect();
+    programs.sort_by_key(|(k, _)| k != "default");
+    Ok(programs.into_iter().map(|(_, p)| p).filter(|p| !p.is_empty()).collect())
+}
+
+/// Installs one program with seccomp(SECCOMP_SET_MODE_FILTER); needs no_new_privs or CAP_SYS_ADMIN.
+/// Only system calls: safe in the child right before exec.
+pub fn install(program: &BpfProgram) -> std::io::Result<()> {
+    let prog =
+        libc::sock_fprog { len: program.len() as libc::c_ushort, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `program`'s instructions, which outlive the call; the kernel copies them.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(json: &str) -> LinuxSeccomp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn allow_by_default_with_denied_calls() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["mkdir","mkdirat","no_such_syscall"],"action":"SCMP_ACT_ERRNO","errnoRet":1},
+                {"names":["socket"],"action":"SCMP_ACT_ERRNO","errnoRet":97,"args":[{"index":0,"value":2,"op":"SCMP_CMP_EQ"}]},
+                {"names":["getpid"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        );
+        // Two distinct rule actions (errno 1, errno 97), no default filter.
+        assert_eq!(compile(&p).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deny_by_default_adds_a_default_filter() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        );
+        assert_eq!(compile(&p).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_do() {
+        let p = profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#);
+        assert!(compile(&p).is_err());
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":9,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
+        assert!(compile(&p).is_err());
+    }
+}
