@@ -32,8 +32,8 @@ pub struct Cli {
     pub vmm: VmmArgs,
 }
 
-/// Subcommands; each one replaces the Firecracker-style flags. `hull run ...` (boot a container image
-/// directly) will be added here next to `hull vhost-user {blk,net,vsock} ...` (device backends).
+/// Subcommands; each one replaces the Firecracker-style flags: `hull run ...` (a container in a fresh
+/// microVM, `crate::run`) and `hull vhost-user {blk,net,vsock} ...` (device backends).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a container in a fresh microVM: `hull run --rootfs DIR -- CMD...`.
