@@ -13,6 +13,7 @@
 mod boot;
 mod devbench;
 mod error;
+mod guest_io;
 mod machine;
 mod report;
 mod smaps;
@@ -33,7 +34,8 @@ suites:
   boot       hull spawn → API socket; InstanceStart → tiny guest's boot timer (API and --config-file);
              hull RSS minus guest memory; with --linux, hull start → Linux `Run /init`
   devices    virtio-blk, -vsock and -net device cores driven through guest-memory queues, next to the
-             raw host operation (pread/pwrite, unix socket pair, TAP write)
+             raw host operation (pread/pwrite, unix socket pair, TAP write); then guest-measured MB/s
+             of blk (dd) and vsock (bulk transfer) in a QEMU TCG guest with hull's vhost-user backends
 
 options:
   --runs N         samples per boot metric (default 20), timed windows per device row (default 5)
@@ -157,6 +159,11 @@ fn run(args: Args) -> Result<Vec<Section>> {
                     |s| devbench::vsock::run(s, &opts),
                 ),
                 run_section("devices.net", "virtio-net core vs raw TAP writes", |s| devbench::net::run(s, &opts)),
+                run_section(
+                    "devices.qemu_guest",
+                    "guest-measured blk and vsock MB/s, QEMU TCG guest with hull's vhost-user backends",
+                    |s| guest_io::run(s, &guest_io::GuestOptions { runs: opts.runs, hull: args.hull.clone() }),
+                ),
             ]
         }
     };
