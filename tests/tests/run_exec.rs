@@ -190,3 +190,35 @@ fn terminal_exec_resource_updates_and_oom_events() {
     agent.signal_process(ctx(), &s).unwrap();
     assert_eq!(run.finish().code(), 137);
 }
+
+#[test]
+fn the_container_seccomp_profile_covers_exec_processes_too() {
+    let dir = hull_tests::TempDir::new("exec-seccomp").unwrap();
+    let profile = dir.path().join("seccomp.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let opt = profile.to_string_lossy().to_string();
+    let mut run = HullRun::spawn(command(&["--seccomp", &opt], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let uds = vsock_of(run.pid());
+    let agent = client(&uds);
+    exec(
+        &agent,
+        "mk",
+        serde_json::json!({ "args": ["sh", "-c", "mkdir /tmp/x 2>&1 || echo denied"], "env": ["PATH=/bin"], "cwd": "/",
+                            "user": { "uid": 0, "gid": 0 } }),
+        true,
+    );
+    let mut out = String::new();
+    stream(&uds, "mk", Stream::Stdout).read_to_string(&mut out).unwrap();
+    assert_eq!(wait(&agent, "mk").exit_code, 0);
+    assert!(out.contains("Operation not permitted") && out.contains("denied"), "{out}");
+    let mut s = SignalProcessRequest::new();
+    s.container_id = "run".into();
+    s.signal = 9;
+    agent.signal_process(ctx(), &s).unwrap();
+    assert_eq!(run.finish().code(), 137);
+}

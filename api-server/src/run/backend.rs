@@ -90,8 +90,10 @@ fn base_cmdline(extra: &str) -> String {
     format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 no_timer_check {extra}")
 }
 
+/// This very binary, for `hull vhost-user ...` and the kvm backend's `hull`: through /proc/self/exe, which
+/// stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
 fn hull_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hull"))
+    PathBuf::from("/proc/self/exe")
 }
 
 /// Starts `hull vhost-user <args>` and waits for its socket.
