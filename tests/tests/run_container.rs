@@ -214,3 +214,33 @@ fn seccomp_profile_denies_what_it_lists() {
     assert_eq!(out.code(), 125, "{}", out.stderr);
     assert!(out.stderr.contains("SCMP_ACT_NOTIFY"), "{}", out.stderr);
 }
+
+#[test]
+fn rootfs_from_an_image_file_and_more_cpus_and_memory() {
+    let dir = hull_tests::TempDir::new("run-image").unwrap();
+    let img = dir.path().join("rootfs.ext4");
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(busybox_rootfs())
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let g = hull_tests::guest_images();
+    let mut cmd = std::process::Command::new(hull_tests::hull_bin());
+    cmd.args(["run", "--backend", "qemu", "--cpus", "2", "--mem", "384", "--rootfs"]).arg(&img);
+    cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
+    cmd.args(["--", "sh", "-c", "nproc; grep MemTotal /proc/meminfo; echo changed > /etc/passwd && echo written"]);
+    let out = HullRun::spawn(cmd, None).finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = out.out();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("2"));
+    let kib: u64 = lines.next().unwrap_or("").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!((300_000..400_000).contains(&kib), "MemTotal {kib} kB");
+    assert_eq!(lines.next(), Some("written"));
+    // The image is served read-only; writes went to the tmpfs overlay.
+    let dump = std::process::Command::new("debugfs").args(["-R", "cat /etc/passwd"]).arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&dump.stdout).starts_with("root:"), "the image was modified");
+}
