@@ -70,6 +70,14 @@ const L7_ECX_AVX512_ALL: u32 = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 
 const L7_ECX_RDPID: u32 = 1 << 22;
 const L7_EDX_FSRM: u32 = 1 << 4;
 
+// KVM paravirtual features (leaf 0x4000_0001 EAX) that the guest drives through VMCALL hypercalls.
+// kvm_pvm re-executes a VMCALL from emulated guest ring 0 forever (seen with PV IPIs and the PTP
+// clock), so the SoftKvm template hides them: pv spinlock kicks, PV IPIs, PV sched_yield.
+const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+const SOFT_KVM_KVM_FEATURES: u32 = KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD;
+
 const SOFT_KVM_L1_ECX: u32 = L1_ECX_FMA
     | L1_ECX_CX16
     | L1_ECX_PCID
@@ -189,6 +197,7 @@ fn soft_kvm(e: &mut kvm_cpuid_entry2) {
             e.ecx &= !SOFT_KVM_L7_ECX;
             e.edx &= !SOFT_KVM_L7_EDX;
         }
+        (0x4000_0001, _) => e.eax &= !SOFT_KVM_KVM_FEATURES,
         // XSAVE state enumeration: nothing to save when XSAVE is hidden.
         (0xd, _) => {
             e.eax = 0;
@@ -219,6 +228,7 @@ mod tests {
             entry(0xb, 0, 0, 0),
             entry(0xb, 1, 0, 0),
             entry(0xd, 0, 7, 0x240),
+            kvm_cpuid_entry2 { function: 0x4000_0001, eax: KVM_FEATURE_PV_SEND_IPI | 1, ..Default::default() },
         ])
         .unwrap()
     }
@@ -245,6 +255,7 @@ mod tests {
         assert_eq!(l7.ebx, 1 << 3, "only BMI1 stays");
         assert_eq!(l7.ecx & L7_ECX_RDPID, 0);
         assert_eq!(find(&c, 0xd, 0).eax, 0);
+        assert_eq!(find(&c, 0x4000_0001, 0).eax, 1, "kvm-clock stays, PV IPIs go");
 
         let p = vcpu_cpuid(&sample(), 0, 1, CpuTemplate::PassThrough);
         assert_ne!(find(&p, 1, 0).ecx & L1_ECX_POPCNT, 0);
