@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{Channel, FromHelper, ToHelper, HELPER_FD};
+use crate::channel::{Channel, FromHelper, ToHelper};
 use crate::process::PreparedProcess;
 use crate::sys::{cpath, cstr, cvt, ExitStatus};
 
@@ -162,6 +162,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         // SAFETY: pointer and length of a live string.
         cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) }).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    if let Some(d) = cfg.spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        // SAFETY: pointer and length of a live string.
+        cvt(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) }).map_err(|e| format!("setdomainname: {e}"))?;
     }
     let process = cfg.spec.process().clone().ok_or("the spec has no process")?;
     // Like runc: a missing working directory is created (as root, inside the new root).
@@ -309,6 +313,5 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     }
     ch.send_with_fd(&FromHelper::Started { pid: pid as i32 }, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
         .map_err(|e| e.to_string())?;
-    let _ = HELPER_FD;
     Ok(())
 }

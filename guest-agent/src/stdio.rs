@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use hull_agent_protocol::stdio::{read_line, Stream};
 
@@ -225,5 +224,4 @@ fn copy_in(mut conn: File, mut dst: File, ctl: &StdinCtl) {
         }
     }
     drop(dst);
-    let _ = Duration::ZERO;
 }
