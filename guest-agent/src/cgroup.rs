@@ -213,3 +213,74 @@ impl Cgroup {
         std::fs::remove_dir(&self.path).map_err(io_err(&self.path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_temp_dir() -> Cgroup {
+        let path = std::env::temp_dir().join(format!(
+            "hull-cgroup-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Cgroup { path }
+    }
+
+    fn read(c: &Cgroup, f: &str) -> String {
+        std::fs::read_to_string(c.path.join(f)).unwrap_or_default()
+    }
+
+    #[test]
+    fn oci_resources_become_cgroup_v2_values() {
+        let c = in_temp_dir();
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":104857600,"swap":209715200,"reservation":1048576},
+                "cpu":{"quota":50000,"period":100000,"shares":1024,"cpus":"0"},
+                "pids":{"limit":64},"unified":{"memory.high":"max"}}"#,
+        )
+        .unwrap();
+        c.apply(&r).unwrap();
+        assert_eq!(read(&c, "memory.max"), "104857600");
+        assert_eq!(read(&c, "memory.swap.max"), "104857600");
+        assert_eq!(read(&c, "memory.low"), "1048576");
+        assert_eq!(read(&c, "cpu.max"), "50000 100000");
+        assert_eq!(read(&c, "cpu.weight"), "39");
+        assert_eq!(read(&c, "cpuset.cpus"), "0");
+        assert_eq!(read(&c, "pids.max"), "64");
+        assert_eq!(read(&c, "memory.high"), "max");
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"memory":{"limit":-1},"pids":{"limit":0},"cpu":{"quota":-1}}"#).unwrap();
+        c.apply(&r).unwrap();
+        assert_eq!(read(&c, "memory.max"), "max");
+        assert_eq!(read(&c, "pids.max"), "max");
+        assert_eq!(read(&c, "cpu.max"), "max 100000");
+        let r: LinuxResources = serde_json::from_str(r#"{"unified":{"../escape":"1"}}"#).unwrap();
+        assert!(matches!(c.apply(&r), Err(CgroupError::BadKey(_))));
+        let _ = std::fs::remove_dir_all(&c.path);
+    }
+
+    #[test]
+    fn stats_parse_the_kernel_files() {
+        let c = in_temp_dir();
+        std::fs::write(c.path.join("cpu.stat"), "usage_usec 10\nuser_usec 7\nsystem_usec 3\n").unwrap();
+        std::fs::write(c.path.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(c.path.join("memory.events"), "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(c.path.join("pids.current"), "3\n").unwrap();
+        std::fs::write(
+            c.path.join("io.stat"),
+            "254:0 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0\nbad line\n",
+        )
+        .unwrap();
+        let s = c.stats();
+        assert_eq!((s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec), (10, 7, 3));
+        assert_eq!((s.memory.current, s.memory.oom_kill), (4096, 1));
+        assert_eq!(s.pids.current, 3);
+        assert_eq!(s.io.len(), 1);
+        assert_eq!((s.io[0].major, s.io[0].minor, s.io[0].rbytes, s.io[0].wios), (254, 0, 512, 2));
+        assert_eq!(c.oom_kills(), 1);
+        let _ = std::fs::remove_dir_all(&c.path);
+    }
+}

@@ -172,3 +172,50 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
         Ok((n, first))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, Write};
+
+    use super::*;
+
+    #[test]
+    fn frames_and_a_passed_descriptor_arrive_intact() {
+        let (mut agent, helper) = Channel::pair().unwrap();
+        let mut helper = Channel { sock: helper };
+        let mut file = tempfile_with(b"passed");
+        helper.send_with_fd(&FromHelper::Started { pid: 42 }, Some(file.as_raw_fd())).unwrap();
+        helper.send(&FromHelper::Exited(ExitStatus { code: -1, signal: 9 })).unwrap();
+        let (msg, fd) = agent.recv::<FromHelper>().unwrap().unwrap();
+        assert!(matches!(msg, FromHelper::Started { pid: 42 }));
+        let mut got = std::fs::File::from(fd.expect("a descriptor"));
+        let mut text = String::new();
+        got.rewind().unwrap();
+        got.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "passed");
+        let (msg, fd) = agent.recv::<FromHelper>().unwrap().unwrap();
+        assert!(matches!(msg, FromHelper::Exited(ExitStatus { code: -1, signal: 9 })) && fd.is_none());
+        drop(helper);
+        assert!(agent.recv::<FromHelper>().unwrap().is_none());
+        file.flush().unwrap();
+    }
+
+    #[test]
+    fn oversized_and_garbled_frames_are_errors() {
+        let (mut agent, mut raw) = Channel::pair().unwrap();
+        raw.write_all(&(MAX_FRAME as u32 + 1).to_le_bytes()).unwrap();
+        assert!(agent.recv::<FromHelper>().is_err());
+        let (mut agent, mut raw) = Channel::pair().unwrap();
+        raw.write_all(&3u32.to_le_bytes()).unwrap();
+        raw.write_all(b"{{{").unwrap();
+        assert!(agent.recv::<FromHelper>().is_err());
+    }
+
+    fn tempfile_with(data: &[u8]) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("hull-channel-test-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        f.write_all(data).unwrap();
+        let _ = std::fs::remove_file(&path);
+        f
+    }
+}
