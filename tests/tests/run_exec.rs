@@ -6,15 +6,14 @@
 mod run_common;
 
 use std::io::Read;
-use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hull_agent_protocol::agent::*;
 use hull_agent_protocol::agent_ttrpc::AgentClient;
 use hull_agent_protocol::stdio::{StdioRequest, Stream};
-use hull_agent_protocol::ttrpc::{self, context};
-use hull_agent_protocol::{hybrid, AGENT_PORT, STDIO_PORT};
+use hull_agent_protocol::ttrpc::context;
+use hull_agent_protocol::{hybrid, STDIO_PORT};
 use run_common::*;
 
 /// The hybrid vsock socket of `hull run` process `pid`.
@@ -25,8 +24,7 @@ fn vsock_of(pid: u32) -> PathBuf {
 }
 
 fn client(uds: &std::path::Path) -> AgentClient {
-    let s = hybrid::connect_retry(uds, AGENT_PORT, Duration::from_secs(30)).unwrap();
-    AgentClient::new(ttrpc::Client::new(s.into_raw_fd()).unwrap())
+    hull_agent_protocol::client::connect(uds, Duration::from_secs(30)).unwrap()
 }
 
 fn ctx() -> context::Context {

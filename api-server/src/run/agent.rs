@@ -2,7 +2,6 @@
 //! (guest port 1025, one connection per stream). Wraps the generated client with timeouts suited to each call
 //! and errors that say which call failed.
 
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,12 +10,14 @@ use hull_agent_protocol::agent::*;
 use hull_agent_protocol::agent_ttrpc::AgentClient;
 use hull_agent_protocol::stdio::{StdioRequest, Stream};
 use hull_agent_protocol::ttrpc::{self, context};
-use hull_agent_protocol::{hybrid, AGENT_PORT, STDIO_PORT};
+use hull_agent_protocol::{hybrid, STDIO_PORT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Connect(#[from] hybrid::HybridError),
+    #[error(transparent)]
+    Client(#[from] hull_agent_protocol::client::ClientError),
     #[error("agent call {call}: {source}")]
     Call { call: &'static str, source: ttrpc::Error },
     #[error("stdio stream {stream}: {source}")]
@@ -42,25 +43,10 @@ macro_rules! call {
 
 impl Agent {
     /// Connects, retrying until the agent listens (the guest may still be booting) or `timeout` passes.
-    /// A vsock backend may accept the host side before the guest listens, so each connection is proven
-    /// with a Health call before it is used.
+    /// Connects, retrying until the agent answers (the guest may still be booting) or `timeout` passes.
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Agent, AgentError> {
-        let start = std::time::Instant::now();
-        loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            let stream = hybrid::connect_retry(uds, AGENT_PORT, left)?;
-            let client = ttrpc::Client::new(stream.into_raw_fd())
-                .map_err(|source| AgentError::Call { call: "connect", source })?;
-            let agent = Agent { client: AgentClient::new(client), uds: uds.to_path_buf() };
-            match agent.client.health(ctx(Duration::from_secs(2)), &HealthRequest::new()) {
-                Ok(_) => return Ok(agent),
-                Err(source) if start.elapsed() >= timeout => return Err(AgentError::Call { call: "Health", source }),
-                Err(e) => {
-                    tracing::debug!(error = %e, "agent not answering yet");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
+        let client = hull_agent_protocol::client::connect(uds, timeout)?;
+        Ok(Agent { client, uds: uds.to_path_buf() })
     }
 
     pub fn version(&self) -> Result<VersionResponse, AgentError> {

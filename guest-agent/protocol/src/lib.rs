@@ -5,6 +5,7 @@
 //! - [`stdio`]: the one-line handshake that opens a process's stdio stream on its own vsock connection.
 //! - [`ids`]: the identifier rule both sides enforce.
 //! - [`hybrid`]: the host end of Firecracker's hybrid vsock (`CONNECT <port>\n` → `OK <port>\n`).
+//! - [`client`]: a checked ttrpc client connection to the agent over that socket.
 //!
 //! Nothing here trusts the peer: every text read from a connection is length-bounded and validated.
 
@@ -21,6 +22,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod client;
 pub mod hybrid;
 pub mod ids;
 pub mod stdio;

@@ -1,0 +1,41 @@
+//! The host's ttrpc client for the agent, over the hybrid vsock: connect to guest port 1024, prove the
+//! connection with a Health call (a vsock backend may accept before the guest's agent does), and hand back
+//! the generated [`AgentClient`]. Shared by `hull run`, the containerd shim and the tests.
+
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::agent::HealthRequest;
+use crate::agent_ttrpc::AgentClient;
+use crate::hybrid::{self, HybridError};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] HybridError),
+    #[error("the agent did not answer Health within {waited:?}: {source}")]
+    NotAnswering { waited: Duration, source: ttrpc::Error },
+    #[error("ttrpc client: {0}")]
+    Ttrpc(ttrpc::Error),
+}
+
+/// Connects and checks the agent answers, retrying until `timeout` has passed.
+pub fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, ClientError> {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        let stream = hybrid::connect_retry(uds, crate::AGENT_PORT, left)?;
+        let client = AgentClient::new(ttrpc::Client::new(stream.into_raw_fd()).map_err(ClientError::Ttrpc)?);
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64);
+        match client.health(ctx, &HealthRequest::new()) {
+            Ok(_) => return Ok(client),
+            Err(source) if start.elapsed() >= timeout => {
+                return Err(ClientError::NotAnswering { waited: start.elapsed(), source })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
