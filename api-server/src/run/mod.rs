@@ -319,8 +319,7 @@ fn run_container(
     agent.sync_clock()?;
     let version = agent.version()?;
     tracing::info!(kernel = %version.kernel_release, agent = %version.agent_version, ?booted, "agent connected");
-    if let Some(tap) = &args.net {
-        let _ = tap;
+    if args.net.is_some() {
         let mut req = hull_agent_protocol::agent::ConfigureNetworkRequest::new();
         let mut iface = hull_agent_protocol::agent::Interface::new();
         iface.name = "eth0".into();
