@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hull_agent_protocol::agent::*;
 use hull_agent_protocol::agent_ttrpc::AgentClient;
 use hull_agent_protocol::stdio::{StdioRequest, Stream};
-use hull_agent_protocol::ttrpc::context;
+use hull_agent_protocol::ttrpc::{self, context};
 use hull_agent_protocol::{hybrid, STDIO_PORT};
 use run_common::*;
 
@@ -214,6 +214,110 @@ fn the_container_seccomp_profile_covers_exec_processes_too() {
     stream(&uds, "mk", Stream::Stdout).read_to_string(&mut out).unwrap();
     assert_eq!(wait(&agent, "mk").exit_code, 0);
     assert!(out.contains("Operation not permitted") && out.contains("denied"), "{out}");
+    let mut s = SignalProcessRequest::new();
+    s.container_id = "run".into();
+    s.signal = 9;
+    agent.signal_process(ctx(), &s).unwrap();
+    assert_eq!(run.finish().code(), 137);
+}
+
+/// The spec `hull run` would send, for a second container created directly through the protocol.
+fn spec_json(args: &[&str]) -> Vec<u8> {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+        "root": { "path": "rootfs" },
+        "hostname": "second",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] }
+        ],
+        "linux": { "namespaces": [ { "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" } ] }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn create_request(id: &str, spec: Vec<u8>, device: &str) -> CreateContainerRequest {
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec;
+    let mut rootfs = Storage::new();
+    rootfs.device = device.into();
+    rootfs.fstype = "ext4".into();
+    rootfs.read_only = true;
+    rootfs.writable_overlay = true;
+    req.rootfs = Some(rootfs).into();
+    let mut stdio = StdioConfig::new();
+    stdio.stdout = true;
+    req.stdio = Some(stdio).into();
+    req
+}
+
+fn code_of(e: ttrpc::Error) -> ttrpc::Code {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_container_in_the_same_vm_and_the_error_codes() {
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let uds = vsock_of(run.pid());
+    let agent = client(&uds);
+
+    // Same read-only image, its own overlay, namespaces and cgroup.
+    agent
+        .create_container(
+            ctx(),
+            &create_request("c2", spec_json(&["sh", "-c", "hostname; ps -o comm | wc -l"]), "serial:rootfs"),
+        )
+        .unwrap();
+    let mut out_stream = {
+        let mut s = hybrid::connect(&uds, STDIO_PORT).unwrap();
+        let req = StdioRequest { container_id: "c2".into(), exec_id: String::new(), stream: Stream::Stdout };
+        hull_agent_protocol::stdio::open(&mut s, &req).unwrap();
+        s
+    };
+    let mut c2 = ContainerRequest::new();
+    c2.container_id = "c2".into();
+    agent.start_container(ctx(), &c2).unwrap();
+    let mut out = String::new();
+    out_stream.read_to_string(&mut out).unwrap();
+    let mut w = ProcessRequest::new();
+    w.container_id = "c2".into();
+    assert_eq!(agent.wait_process(ctx(), &w).unwrap().exit_code, 0);
+    // hostname "second"; its processes: hull-init, sh, ps, wc (and the header line) — not the first container's.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"second"), "{out}");
+    assert!(lines.get(1).and_then(|n| n.trim().parse::<u32>().ok()).is_some_and(|n| n <= 5), "{out}");
+
+    // Error codes a shim can act on.
+    let again = agent.start_container(ctx(), &c2).unwrap_err();
+    assert_eq!(code_of(again), ttrpc::Code::FAILED_PRECONDITION);
+    let dup = agent.create_container(ctx(), &create_request("run", spec_json(&["true"]), "serial:rootfs")).unwrap_err();
+    assert_eq!(code_of(dup), ttrpc::Code::ALREADY_EXISTS);
+    let bad_id =
+        agent.create_container(ctx(), &create_request("a/b", spec_json(&["true"]), "serial:rootfs")).unwrap_err();
+    assert_eq!(code_of(bad_id), ttrpc::Code::INVALID_ARGUMENT);
+    let bad_spec =
+        agent.create_container(ctx(), &create_request("c3", b"{not json".to_vec(), "serial:rootfs")).unwrap_err();
+    assert_eq!(code_of(bad_spec), ttrpc::Code::INVALID_ARGUMENT);
+    let bad_dev =
+        agent.create_container(ctx(), &create_request("c4", spec_json(&["true"]), "../../dev/mem")).unwrap_err();
+    assert_eq!(code_of(bad_dev), ttrpc::Code::INVALID_ARGUMENT);
+    let mut stray = hybrid::connect(&uds, STDIO_PORT).unwrap();
+    let req = StdioRequest { container_id: "nope".into(), exec_id: String::new(), stream: Stream::Stdout };
+    assert!(hull_agent_protocol::stdio::open(&mut stray, &req).is_err());
+
+    agent.remove_container(ctx(), &RemoveContainerRequest { container_id: "c2".into(), ..Default::default() }).unwrap();
+    assert_eq!(code_of(agent.stats_container(ctx(), &c2).unwrap_err()), ttrpc::Code::NOT_FOUND);
+    // The failed creations left nothing: the id is free again.
+    agent.create_container(ctx(), &create_request("c3", spec_json(&["true"]), "serial:rootfs")).unwrap();
+    agent.remove_container(ctx(), &RemoveContainerRequest { container_id: "c3".into(), ..Default::default() }).unwrap();
+
     let mut s = SignalProcessRequest::new();
     s.container_id = "run".into();
     s.signal = 9;
