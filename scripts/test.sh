@@ -49,8 +49,9 @@ log "cargo build --workspace --bins"
 cargo build --workspace --bins
 
 # --- 4. tests
-log "cargo test --workspace $*"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+log "cargo test --workspace --no-fail-fast $*"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 log "done in $(( $(date +%s) - start )) s, exit status $status"
 exit "$status"

@@ -121,9 +121,16 @@ pub fn hardware_kvm() -> bool {
     kvm_usable() && !software_kvm()
 }
 
-/// Prints a line that cannot be missed in test output, saying which test was skipped and why.
+/// Writes a line straight to the process's stderr. The test harness captures `eprintln!` of passing tests;
+/// this is not captured, so it shows in every `cargo test` run.
+pub fn note(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// Prints a line that cannot be missed in test output (not captured by the harness), saying which test was
+/// skipped and why.
 pub fn skip(test: &str, reason: &str) {
-    eprintln!("\n*** SKIPPED {test}: {reason} ***\n");
+    note(&format!("\n*** SKIPPED {test}: {reason} ***\n"));
 }
 
 /// Returns from the calling test (after a loud SKIPPED line) when `/dev/kvm` cannot be used.

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use hull_tests::{guest_images, hardware_kvm, require_kvm, skip, software_kvm, FileLock, Hull};
+use hull_tests::{guest_images, hardware_kvm, note, require_kvm, skip, software_kvm, FileLock, Hull};
 use serde_json::json;
 
 /// Per boot, to `Run /init` under kvm_pvm: measured 106-121 s for 1 vCPU and ~140 s for 2 vCPUs (QEMU, same
@@ -58,7 +58,7 @@ fn linux_reaches_init_with_one_vcpu_from_a_config_file() {
     });
     let mut hull = Hull::with_config("linux-1cpu", &config, &[]);
     hull.expect_output("Run /init as init process", linux_timeout());
-    eprintln!("1 vCPU, 128 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64());
+    note(&format!("linux_boot: 1 vCPU, 128 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64()));
     hull.kill();
     assert_early_boot(&hull, args, 128, 1);
 }
@@ -89,7 +89,7 @@ fn linux_brings_up_two_vcpus_booted_through_the_api() {
         };
         panic!("no `Run /init` within {:?}{hint}\n{}", linux_timeout(), hull.report());
     }
-    eprintln!("2 vCPUs, 512 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64());
+    note(&format!("linux_boot: 2 vCPUs, 512 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64()));
     hull.kill();
     assert_early_boot(&hull, args, 512, 2);
 }
