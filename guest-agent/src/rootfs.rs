@@ -1,9 +1,11 @@
 //! The container's file system view, built by `hull-init` inside its new mount namespace: the spec's mounts
 //! under the prepared rootfs, default device nodes, pivot_root, then masked and read-only paths.
 //!
-//! Written with plain mount(2) calls rather than youki's libcontainer: libcontainer pulls in a large
-//! dependency tree (libseccomp bindings, dbus for systemd cgroups, a second oci-spec and nix), and the agent
-//! needs only the mount, namespace, cgroup v2 and credential parts of the spec, inside a VM it owns.
+//! Written with plain mount(2) calls rather than youki's libcontainer: libcontainer 0.7 (the current release)
+//! is built on oci-spec 0.10 while the agent protocol and the containerd shim use oci-spec 0.9 (what
+//! containerd-shim 0.11 brings), so it would put a second, incompatible copy of the spec types into the
+//! agent (plus nix 0.29 and 0.31, and 165 crates in all); and the agent needs only the mount, namespace,
+//! cgroup v2 and credential parts of the spec, inside a VM it owns. (`cargo tree` in a scratch project.)
 //!
 //! Mount destinations come from the spec and the rootfs comes from an image; neither is trusted: a
 //! destination is created under the rootfs and then resolved, and a mount whose resolved destination leaves
