@@ -43,6 +43,50 @@ fn join_inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, RootfsError> {
     Ok(rootfs.join(dest.strip_prefix("/").unwrap_or(dest)))
 }
 
+/// Resolves `path` (absolute, container view) under `root` the way the container will see it: each existing
+/// component that is a symlink is followed *inside* `root` (an absolute target restarts at `root`, `..`
+/// stops at `root`), as runc's securejoin does; at most 40 links. Missing components are kept as named.
+fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let split = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut parts = split(path);
+    let mut current = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = parts.pop_front() {
+        if part == ".." {
+            current.pop();
+            continue;
+        }
+        let candidate = root.join(&current).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    current = PathBuf::new();
+                }
+                let mut rest = split(&target);
+                rest.extend(parts);
+                parts = rest;
+            }
+            _ => current.push(part),
+        }
+    }
+    Ok(root.join(current))
+}
+
 /// Creates `target` (a directory, or an empty file when `file`), then checks its real path stays inside.
 fn create_target(rootfs: &Path, target: &Path, file: bool) -> Result<PathBuf, RootfsError> {
     let make = |p: &Path| -> io::Result<()> {
@@ -142,7 +186,9 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
     let fstype = if declared == "cgroup" { "cgroup2".to_string() } else { declared };
     let is_bind = flags & libc::MS_BIND != 0 || fstype == "bind";
     let source = m.source().as_ref().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| fstype.clone());
-    let dest = join_inside(rootfs, m.destination())?;
+    // Validated (absolute, no `..`), then resolved inside the rootfs, symlinks included.
+    join_inside(rootfs, m.destination())?;
+    let dest = secure_join(rootfs, m.destination()).map_err(step("resolving a mount destination"))?;
     let source_is_file = is_bind && Path::new(&source).metadata().map(|md| !md.is_dir()).unwrap_or(false);
     let target = create_target(rootfs, &dest, source_is_file)?;
     let err = |source: io::Error| RootfsError::Mount {
@@ -301,6 +347,23 @@ mod tests {
         assert_eq!(d, "mode=755,size=65536k");
         let (f, _, _) = o(&["ro", "rw"]);
         assert_eq!(f, 0);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let root = std::env::temp_dir().join(format!("hull-securejoin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("run/shm")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        symlink("/run", root.join("varrun")).unwrap();
+        symlink("../../../../etc", root.join("etc/up")).unwrap();
+        symlink("/etc/loop", root.join("etc/loop")).unwrap();
+        let j = |p: &str| secure_join(&root, Path::new(p));
+        assert_eq!(j("/varrun/shm").unwrap(), root.join("run/shm"));
+        assert_eq!(j("/etc/up/passwd").unwrap(), root.join("etc/passwd"));
+        assert_eq!(j("/new/dir").unwrap(), root.join("new/dir"));
+        assert_eq!(j("/etc/loop").unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -244,3 +244,29 @@ fn rootfs_from_an_image_file_and_more_cpus_and_memory() {
     let dump = std::process::Command::new("debugfs").args(["-R", "cat /etc/passwd"]).arg(&img).output().unwrap();
     assert!(String::from_utf8_lossy(&dump.stdout).starts_with("root:"), "the image was modified");
 }
+
+#[test]
+fn mount_destinations_follow_symlinks_inside_the_rootfs_only() {
+    let dir = hull_tests::TempDir::new("run-symlinks").unwrap();
+    let root = dir.path().join("rootfs");
+    let st = std::process::Command::new("cp").arg("-a").arg(busybox_rootfs()).arg(&root).status().unwrap();
+    assert!(st.success());
+    // An absolute symlink in the image must resolve inside the container, never on the guest's root.
+    std::os::unix::fs::symlink("/run", root.join("varrun")).unwrap();
+    let vol = dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("f"), "inside\n").unwrap();
+    let v = format!("{}:/varrun/data:ro", vol.display());
+    let out = run_on_rootfs(&root, &["-v", &v], &["sh", "-c", "cat /run/data/f"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.out(), "inside\n");
+}
+
+fn run_on_rootfs(rootfs: &std::path::Path, opts: &[&str], cmd: &[&str]) -> RunOutput {
+    let g = hull_tests::guest_images();
+    let mut c = std::process::Command::new(hull_tests::hull_bin());
+    c.args(["run", "--backend", "qemu", "--rootfs"]).arg(rootfs);
+    c.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
+    c.args(opts).arg("--").args(cmd);
+    HullRun::spawn(c, None).finish()
+}
