@@ -32,11 +32,14 @@ pub fn resolve(name: CpuTemplateName, software_kvm: bool) -> CpuTemplate {
 /// Kernel command-line switches that go with a template. On `kvm_pvm` CPUID is only partly honoured
 /// (popcnt, xsave, AVX and SSE4 stay visible whatever the VMM writes), so Linux is also told directly.
 /// Linux 6.1 truncates `clearcpuid=` at about 128 characters: keep the list short.
+/// `tsc=unstable` keeps the guest on kvm-clock: switching to the TSC clocksource needs stop_machine,
+/// which livelocked a 2-vCPU guest whose emulated timer ticks took longer than a tick, and a 1-vCPU
+/// boot reached `Run /init` in well under half the time without the switch.
 pub fn cmdline_switches(template: CpuTemplate) -> Option<&'static str> {
     match template {
         CpuTemplate::PassThrough => None,
         CpuTemplate::SoftKvm => Some(
-            "noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,rdpid,fsgsbase,smap,pcid,invpcid,movbe,erms,fsrm,\
+            "tsc=unstable noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,rdpid,fsgsbase,smap,pcid,invpcid,movbe,erms,fsrm,\
              xsaveopt,xsavec,xsaves,avx,avx2,avx512f,sse4_1",
         ),
     }
