@@ -107,6 +107,22 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
+/// The terminal belongs to the process's user, as a login terminal would.
+fn give_terminal(slave: &OwnedFd, process: &Process) {
+    // SAFETY: fchown on a descriptor we own.
+    unsafe { libc::fchown(slave.as_raw_fd(), process.user().uid(), process.user().gid()) };
+}
+
+/// Like runc, the container's /dev/console is its terminal: the slave bound over it (best effort: a
+/// rootfs whose /dev is not ours may not allow it).
+fn console_on(slave: &OwnedFd) {
+    let Ok(pts) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) else { return };
+    let console = Path::new("/dev/console");
+    if std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(console).is_ok() {
+        let _ = crate::sys::mount(Some(&pts.to_string_lossy()), console, None, libc::MS_BIND, None);
+    }
+}
+
 /// Puts the slave on fds 0-2 (in the child that becomes the process).
 fn attach_slave(slave: RawFd) {
     for fd in 0..3 {
@@ -176,6 +192,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     let prepared = PreparedProcess::prepare(&process, seccomp.as_ref()).map_err(|e| e.to_string())?;
     let pty =
         if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    if let Some((_, slave)) = &pty {
+        give_terminal(slave, &process);
+        console_on(slave);
+    }
     ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd())).map_err(|e| e.to_string())?;
     match ch.recv::<ToHelper>() {
         Ok(Some((ToHelper::Start, _))) => {}
@@ -288,6 +308,9 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     let prepared = PreparedProcess::prepare(&cfg.process, cfg.seccomp.as_ref()).map_err(|e| e.to_string())?;
     let pty =
         if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    if let Some((_, slave)) = &pty {
+        give_terminal(slave, &cfg.process);
+    }
     let _ = std::fs::write("/proc/self/oom_score_adj", cfg.process.oom_score_adj().unwrap_or(0).to_string());
     // SAFETY: fork-like clone from a single-threaded process; the child runs PreparedProcess::exec.
     let pid = unsafe {
