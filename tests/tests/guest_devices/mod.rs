@@ -30,7 +30,7 @@ use super::vhost_user_common::{chardev, hull, initramfs, kernel, repo_root, star
 
 /// The kernel command line both VMMs give the guest before the scenario's own `hull.*` parameters; the same
 /// words `vhost_user_common::start_qemu` uses (hull appends its `virtio_mmio.device=` entries after them).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 loglevel=4";
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 loglevel=4 no_timer_check";
 /// Guest RAM, as in `start_qemu`.
 pub const GUEST_MEM_MIB: u32 = 256;
 /// The guest port `vsock-tool serve` listens on in `vsock.sh` (and `bench-io.sh`).
