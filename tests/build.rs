@@ -15,6 +15,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("triplefault.S", "triplefault.elf"),
     ("smp.S", "smp.elf"),
     ("counter.S", "counter.elf"),
+    ("keyboard.S", "keyboard.elf"),
 ];
 
 fn main() {
@@ -33,7 +34,11 @@ fn main() {
     let obj = assemble(&src, "bzimage.S", &out);
     let elf = out.join("bzimage.elf");
     link(&[&obj], &src.join("bzimage.ld"), &elf);
-    run(Command::new("objcopy").arg("-O").arg("binary").arg(&elf).arg(out.join("tiny.bzImage")));
+    run(Command::new("objcopy")
+        .arg("-O")
+        .arg("binary")
+        .arg(&elf)
+        .arg(out.join("tiny.bzImage")));
 
     println!("cargo:rustc-env=HULL_TINY_GUESTS_DIR={}", out.display());
 }
@@ -53,8 +58,23 @@ fn assemble(src: &Path, source: &str, out: &Path) -> PathBuf {
 /// Links objects with a linker script into a static image without any of the usual ELF extras.
 fn link(objs: &[&Path], script: &Path, image: &Path) {
     run(Command::new("ld")
-        .args(["-m", "elf_x86_64", "-nostdlib", "-static", "--build-id=none", "-z", "noexecstack"])
-        .args(["-z", "max-page-size=4096", "-z", "noseparate-code", "--no-warn-rwx-segments", "--fatal-warnings"])
+        .args([
+            "-m",
+            "elf_x86_64",
+            "-nostdlib",
+            "-static",
+            "--build-id=none",
+            "-z",
+            "noexecstack",
+        ])
+        .args([
+            "-z",
+            "max-page-size=4096",
+            "-z",
+            "noseparate-code",
+            "--no-warn-rwx-segments",
+            "--fatal-warnings",
+        ])
         .arg("-T")
         .arg(script)
         .arg("-o")

@@ -47,7 +47,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct VmmArgs {
     /// Path of the unix socket the REST API listens on. A stale socket at that path is replaced.
-    #[arg(long, value_name = "PATH", required_unless_present = "no_api", conflicts_with = "no_api")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "no_api",
+        conflicts_with = "no_api"
+    )]
     pub api_sock: Option<PathBuf>,
 
     /// Boot from this JSON file (Firecracker's shape: boot-source, machine-config, drives, ...).

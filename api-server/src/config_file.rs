@@ -20,7 +20,11 @@ pub enum ConfigFileError {
     #[error("Invalid config file {path}: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("Invalid config file {path}: {section}: {source}")]
-    Section { path: PathBuf, section: &'static str, source: InstanceError },
+    Section {
+        path: PathBuf,
+        section: &'static str,
+        source: InstanceError,
+    },
     #[error("Cannot start the microVM from {path}: {source}")]
     Start { path: PathBuf, source: InstanceError },
 }
@@ -60,7 +64,9 @@ impl ConfigFile {
             instance.put_metrics(metrics).map_err(|e| ("metrics", e))?;
         }
         if let Some(machine) = self.machine_config {
-            instance.put_machine_config(machine).map_err(|e| ("machine-config", e))?;
+            instance
+                .put_machine_config(machine)
+                .map_err(|e| ("machine-config", e))?;
         }
         if let Some(boot_source) = self.boot_source {
             instance.put_boot_source(boot_source).map_err(|e| ("boot-source", e))?;
@@ -74,7 +80,9 @@ impl ConfigFile {
         for iface in self.network_interfaces {
             let id = devices::entry_id(&iface, "iface_id").to_string();
             let devices = instance.devices_mut().map_err(|e| ("network-interfaces", e))?;
-            devices.put_network_interface(&id, iface).map_err(in_section("network-interfaces"))?;
+            devices
+                .put_network_interface(&id, iface)
+                .map_err(in_section("network-interfaces"))?;
         }
         if let Some(vsock) = self.vsock {
             let devices = instance.devices_mut().map_err(|e| ("vsock", e))?;
@@ -86,16 +94,24 @@ impl ConfigFile {
 
 /// Reads `path`, configures `instance` from it and starts the microVM.
 pub fn boot_from_file(path: &Path, instance: &mut Instance) -> Result<(), ConfigFileError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.to_path_buf(), source })?;
-    let file =
-        ConfigFile::parse(&text).map_err(|source| ConfigFileError::Parse { path: path.to_path_buf(), source })?;
-    file.apply(instance).map_err(|(section, source)| ConfigFileError::Section {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_path_buf(),
-        section,
         source,
     })?;
-    instance.start().map_err(|source| ConfigFileError::Start { path: path.to_path_buf(), source })
+    let file = ConfigFile::parse(&text).map_err(|source| ConfigFileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    file.apply(instance)
+        .map_err(|(section, source)| ConfigFileError::Section {
+            path: path.to_path_buf(),
+            section,
+            source,
+        })?;
+    instance.start().map_err(|source| ConfigFileError::Start {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -182,7 +198,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hull-config-file-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vm.json");
-        std::fs::write(&path, r#"{"boot-source": {"kernel_image_path": "/missing/vmlinux"}, "drives": []}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"boot-source": {"kernel_image_path": "/missing/vmlinux"}, "drives": []}"#,
+        )
+        .unwrap();
         let e = boot_from_file(&path, &mut instance()).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(e.contains("boot-source") && e.contains("/missing/vmlinux"), "{e}");
@@ -191,10 +211,18 @@ mod tests {
     #[test]
     fn vm_config_output_reads_back_as_a_config_file() {
         let mut i = instance();
-        i.put_metrics(MetricsConfig { metrics_path: "/m".into() }).unwrap();
+        i.put_metrics(MetricsConfig {
+            metrics_path: "/m".into(),
+        })
+        .unwrap();
         let text = serde_json::to_string(&i.full_config()).unwrap();
         let file = ConfigFile::parse(&text).unwrap();
         assert_eq!(file.machine_config, Some(MachineConfig::default()));
-        assert_eq!(file.metrics, Some(MetricsConfig { metrics_path: "/m".into() }));
+        assert_eq!(
+            file.metrics,
+            Some(MetricsConfig {
+                metrics_path: "/m".into()
+            })
+        );
     }
 }

@@ -94,7 +94,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
         Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_SIZE => return Err(HttpError::HeadTooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_SIZE => return Err(HttpError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete { expects_continue: false }),
+        Ok(httparse::Status::Partial) => {
+            return Ok(Parsed::Incomplete {
+                expects_continue: false,
+            })
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
     };
@@ -106,7 +110,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
         return Err(HttpError::UnsupportedVersion(version));
     }
     if !target.starts_with('/') {
-        return Err(HttpError::Malformed(format!("the request target {target:?} is not an absolute path")));
+        return Err(HttpError::Malformed(format!(
+            "the request target {target:?} is not an absolute path"
+        )));
     }
 
     let mut content_length: Option<u64> = None;
@@ -146,8 +152,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
     }
 
     let path = target.split(['?', '#']).next().unwrap_or(target).to_string();
-    let keep_alive = if version == 1 { !connection_close } else { connection_keep_alive };
-    let request = Request { method: Method::from_token(method), path, body: buf[head_len..total].to_vec(), keep_alive };
+    let keep_alive = if version == 1 {
+        !connection_close
+    } else {
+        connection_keep_alive
+    };
+    let request = Request {
+        method: Method::from_token(method),
+        path,
+        body: buf[head_len..total].to_vec(),
+        keep_alive,
+    };
     Ok(Parsed::Complete(request, total))
 }
 
@@ -173,11 +188,19 @@ pub struct Response {
 
 impl Response {
     pub fn no_content() -> Response {
-        Response { status: 204, body: None, allow: None }
+        Response {
+            status: 204,
+            body: None,
+            allow: None,
+        }
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response { status, body: Some(value.to_string()), allow: None }
+        Response {
+            status,
+            body: Some(value.to_string()),
+            allow: None,
+        }
     }
 
     /// An error response in Firecracker's shape: `{"fault_message": "..."}`.
@@ -186,8 +209,16 @@ impl Response {
     }
 
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\nServer: hull API\r\n", self.status, reason_phrase(self.status));
-        out.push_str(if keep_alive { "Connection: keep-alive\r\n" } else { "Connection: close\r\n" });
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nServer: hull API\r\n",
+            self.status,
+            reason_phrase(self.status)
+        );
+        out.push_str(if keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            "Connection: close\r\n"
+        });
         if let Some(allow) = &self.allow {
             out.push_str(&format!("Allow: {allow}\r\n"));
         }
@@ -241,10 +272,17 @@ mod tests {
 
     #[test]
     fn partial_input_asks_for_more() {
-        assert_eq!(parse_request(b"GET / HT"), Ok(Parsed::Incomplete { expects_continue: false }));
+        assert_eq!(
+            parse_request(b"GET / HT"),
+            Ok(Parsed::Incomplete {
+                expects_continue: false
+            })
+        );
         assert_eq!(
             parse_request(b"PUT /a HTTP/1.1\r\nContent-Length: 5\r\n\r\n{}"),
-            Ok(Parsed::Incomplete { expects_continue: false })
+            Ok(Parsed::Incomplete {
+                expects_continue: false
+            })
         );
         assert_eq!(
             parse_request(b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"),
@@ -256,15 +294,25 @@ mod tests {
     fn connection_options_decide_keep_alive() {
         assert!(!complete("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").0.keep_alive);
         assert!(!complete("GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").0.keep_alive);
+        assert!(
+            complete("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
     }
 
     #[test]
     fn oversized_bodies_are_refused_before_they_arrive() {
         let raw = format!("PUT /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_SIZE + 1);
-        assert_eq!(parse_request(raw.as_bytes()), Err(HttpError::PayloadTooLarge(MAX_BODY_SIZE as u64 + 1)));
+        assert_eq!(
+            parse_request(raw.as_bytes()),
+            Err(HttpError::PayloadTooLarge(MAX_BODY_SIZE as u64 + 1))
+        );
         let raw = "PUT /a HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
-        assert!(matches!(parse_request(raw.as_bytes()), Err(HttpError::PayloadTooLarge(_))));
+        assert!(matches!(
+            parse_request(raw.as_bytes()),
+            Err(HttpError::PayloadTooLarge(_))
+        ));
     }
 
     #[test]

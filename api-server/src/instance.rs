@@ -125,7 +125,12 @@ impl Instance {
             // Only seen in the moment between the guest's end and the process's exit.
             Some(VmState::Exited) => "Exited",
         };
-        InstanceInfo { id: &self.id, state, vmm_version: vmm::VMM_VERSION, app_name: APP_NAME }
+        InstanceInfo {
+            id: &self.id,
+            state,
+            vmm_version: vmm::VMM_VERSION,
+            app_name: APP_NAME,
+        }
     }
 
     pub fn machine_config(&self) -> &MachineConfig {
@@ -265,10 +270,18 @@ mod tests {
     #[test]
     fn patch_changes_only_what_it_names_and_only_when_valid() {
         let mut i = instance();
-        i.patch_machine_config(&MachineConfigUpdate { mem_size_mib: Some(256), ..Default::default() }).unwrap();
+        i.patch_machine_config(&MachineConfigUpdate {
+            mem_size_mib: Some(256),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(i.machine_config().mem_size_mib, 256);
         assert_eq!(i.machine_config().vcpu_count, 1);
-        let bad = MachineConfigUpdate { vcpu_count: Some(2), mem_size_mib: Some(1), ..Default::default() };
+        let bad = MachineConfigUpdate {
+            vcpu_count: Some(2),
+            mem_size_mib: Some(1),
+            ..Default::default()
+        };
         assert!(matches!(i.patch_machine_config(&bad), Err(InstanceError::Config(_))));
         assert_eq!(i.machine_config().vcpu_count, 1, "a failed update changes nothing");
     }
@@ -277,14 +290,20 @@ mod tests {
     fn post_boot_operations_are_refused_before_start() {
         let i = instance();
         let e = i.send_ctrl_alt_del().unwrap_err().to_string();
-        assert_eq!(e, "The requested operation is not supported before starting the microVM.");
+        assert_eq!(
+            e,
+            "The requested operation is not supported before starting the microVM."
+        );
         assert!(i.set_vm_state(RequestedVmState::Paused).is_err());
     }
 
     #[test]
     fn start_without_boot_source_names_what_is_missing() {
         let e = instance().start().unwrap_err();
-        assert!(matches!(e, InstanceError::Config(ConfigError::MissingBootSource)), "{e}");
+        assert!(
+            matches!(e, InstanceError::Config(ConfigError::MissingBootSource)),
+            "{e}"
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ impl LogLevel {
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),
             "trace" => Ok(LogLevel::Trace),
-            _ => Err(format!("unknown log level {text:?}: use Error, Warning, Info, Debug, Trace or Off")),
+            _ => Err(format!(
+                "unknown log level {text:?}: use Error, Warning, Info, Debug, Trace or Off"
+            )),
         }
     }
 
@@ -86,7 +88,9 @@ pub fn init(level: LogLevel) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let installed = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => builder.with_env_filter(tracing_subscriber::EnvFilter::new(spec)).try_init(),
+        Ok(spec) if !spec.is_empty() => builder
+            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .try_init(),
         _ => builder.with_max_level(level.filter()).try_init(),
     };
     // Only fails if a subscriber is already installed, which leaves logging working.

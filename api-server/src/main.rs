@@ -67,7 +67,13 @@ fn run_vmm(args: VmmArgs, signals: &SignalFd) -> i32 {
         Some(path) => SerialOutput::File(path),
         None => SerialOutput::Stdout,
     };
-    let mut instance = Instance::new(args.id, VmmOptions { boot_timer: args.boot_timer, serial });
+    let mut instance = Instance::new(
+        args.id,
+        VmmOptions {
+            boot_timer: args.boot_timer,
+            serial,
+        },
+    );
 
     if let Some(path) = &args.config_file {
         if let Err(e) = config_file::boot_from_file(path, &mut instance) {

@@ -16,7 +16,11 @@ pub enum RouteError {
     #[error("Invalid request method and/or path: {method} {path}.")]
     NotFound { method: Method, path: String },
     #[error("Invalid request method and/or path: {method} {path}. Allowed methods: {allowed}.")]
-    MethodNotAllowed { method: Method, path: String, allowed: &'static str },
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allowed: &'static str,
+    },
     #[error("Empty {0} request.")]
     EmptyBody(Method),
     #[error("GET request cannot have a body.")]
@@ -143,8 +147,10 @@ pub fn handle(instance: &mut Instance, req: &Request) -> Response {
 }
 
 fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteError> {
-    let route = Route::resolve(&req.path)
-        .ok_or_else(|| RouteError::NotFound { method: req.method.clone(), path: req.path.clone() })?;
+    let route = Route::resolve(&req.path).ok_or_else(|| RouteError::NotFound {
+        method: req.method.clone(),
+        path: req.path.clone(),
+    })?;
     if req.method == Method::Get && !req.body.is_empty() {
         return Err(RouteError::BodyOnGet);
     }
@@ -214,7 +220,9 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         }
         (Route::NetworkInterface(id), Method::Patch) => {
             let update = device_body(req, id, "iface_id")?;
-            instance.running_devices_mut()?.patch(DeviceKind::NetworkInterface, id, update)?;
+            instance
+                .running_devices_mut()?
+                .patch(DeviceKind::NetworkInterface, id, update)?;
             Ok(Response::no_content())
         }
         (Route::Vsock, Method::Put) => {
@@ -232,7 +240,11 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
 
 /// 200 with `value` as the body, its fields in declaration order.
 fn ok_json<T: serde::Serialize>(value: &T) -> Result<Response, RouteError> {
-    Ok(Response { status: 200, body: Some(serde_json::to_string(value)?), allow: None })
+    Ok(Response {
+        status: 200,
+        body: Some(serde_json::to_string(value)?),
+        allow: None,
+    })
 }
 
 /// Decodes a required JSON body.
@@ -270,9 +282,18 @@ mod tests {
     use super::*;
 
     fn call(instance: &mut Instance, method: Method, path: &str, body: &str) -> (u16, Value) {
-        let req = Request { method, path: path.into(), body: body.as_bytes().to_vec(), keep_alive: true };
+        let req = Request {
+            method,
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        };
         let response = handle(instance, &req);
-        let json = response.body.as_deref().map(|b| serde_json::from_str(b).unwrap()).unwrap_or(Value::Null);
+        let json = response
+            .body
+            .as_deref()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .unwrap_or(Value::Null);
         (response.status, json)
     }
 
@@ -303,7 +324,12 @@ mod tests {
         let (status, json) = call(&mut i, Method::Get, "/boot-source", "");
         assert_eq!(status, 405);
         assert!(fault(&json).contains("Allowed methods: PUT"), "{json}");
-        let req = Request { method: Method::Other("DELETE".into()), path: "/".into(), body: vec![], keep_alive: true };
+        let req = Request {
+            method: Method::Other("DELETE".into()),
+            path: "/".into(),
+            body: vec![],
+            keep_alive: true,
+        };
         let response = handle(&mut i, &req);
         assert_eq!((response.status, response.allow.as_deref()), (405, Some("GET")));
     }
@@ -325,7 +351,12 @@ mod tests {
     #[test]
     fn machine_config_put_patch_get() {
         let mut i = instance();
-        let (status, _) = call(&mut i, Method::Put, "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 512}"#);
+        let (status, _) = call(
+            &mut i,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 512}"#,
+        );
         assert_eq!(status, 204);
         let (status, _) = call(&mut i, Method::Patch, "/machine-config", r#"{"smt": true}"#);
         assert_eq!(status, 204);
@@ -350,25 +381,80 @@ mod tests {
                 "{",
                 "An error occurred when deserializing the json body of a request: EOF",
             ),
-            (Method::Put, "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128,"x":1}"#, "unknown field `x`"),
-            (Method::Put, "/machine-config", r#"{"vcpu_count":1}"#, "missing field `mem_size_mib`"),
-            (Method::Put, "/machine-config", r#"{"vcpu_count":0,"mem_size_mib":128}"#, "between 1 and 32"),
-            (Method::Put, "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":1}"#, "memory size"),
-            (Method::Put, "/boot-source", r#"{"kernel_image_path":"/no/such/vmlinux"}"#, "/no/such/vmlinux"),
-            (Method::Put, "/actions", r#"{"action_type":"Explode"}"#, "unknown variant `Explode`"),
-            (Method::Put, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, "before starting the microVM"),
-            (Method::Put, "/actions", r#"{"action_type":"InstanceStart"}"#, "Missing boot source"),
-            (Method::Patch, "/vm", r#"{"state":"Paused"}"#, "before starting the microVM"),
+            (
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count":1,"mem_size_mib":128,"x":1}"#,
+                "unknown field `x`",
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count":1}"#,
+                "missing field `mem_size_mib`",
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count":0,"mem_size_mib":128}"#,
+                "between 1 and 32",
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count":1,"mem_size_mib":1}"#,
+                "memory size",
+            ),
+            (
+                Method::Put,
+                "/boot-source",
+                r#"{"kernel_image_path":"/no/such/vmlinux"}"#,
+                "/no/such/vmlinux",
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"Explode"}"#,
+                "unknown variant `Explode`",
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"SendCtrlAltDel"}"#,
+                "before starting the microVM",
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+                "Missing boot source",
+            ),
+            (
+                Method::Patch,
+                "/vm",
+                r#"{"state":"Paused"}"#,
+                "before starting the microVM",
+            ),
             (Method::Patch, "/vm", r#"{"state":"Sleeping"}"#, "unknown variant"),
             (Method::Get, "/", "{}", "GET request cannot have a body."),
-            (Method::Put, "/drives/rootfs", r#"{"drive_id":"rootfs","is_root_device":true}"#, "missing field `path_on_host`"),
+            (
+                Method::Put,
+                "/drives/rootfs",
+                r#"{"drive_id":"rootfs","is_root_device":true}"#,
+                "missing field `path_on_host`",
+            ),
             (
                 Method::Put,
                 "/drives/rootfs",
                 r#"{"drive_id":"rootfs","path_on_host":"/no/rootfs.ext4","is_root_device":true}"#,
                 "/no/rootfs.ext4",
             ),
-            (Method::Put, "/drives/rootfs", r#"{"drive_id":"other"}"#, "does not match"),
+            (
+                Method::Put,
+                "/drives/rootfs",
+                r#"{"drive_id":"other"}"#,
+                "does not match",
+            ),
             (Method::Put, "/drives/a.b", "{}", "alphanumeric"),
             (
                 Method::Put,
@@ -376,10 +462,25 @@ mod tests {
                 r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:ac:10:00"}"#,
                 "guest_mac",
             ),
-            (Method::Put, "/network-interfaces/eth0", r#"{"iface_id":"eth1","host_dev_name":"tap0"}"#, "does not match"),
-            (Method::Put, "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/v"}"#, "guest_cid 2 is reserved"),
+            (
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth1","host_dev_name":"tap0"}"#,
+                "does not match",
+            ),
+            (
+                Method::Put,
+                "/vsock",
+                r#"{"guest_cid":2,"uds_path":"/tmp/v"}"#,
+                "guest_cid 2 is reserved",
+            ),
             (Method::Put, "/vsock", r#"{"guest_cid":3}"#, "missing field `uds_path`"),
-            (Method::Patch, "/drives/rootfs", r#"{"drive_id":"rootfs"}"#, "before starting the microVM"),
+            (
+                Method::Patch,
+                "/drives/rootfs",
+                r#"{"drive_id":"rootfs"}"#,
+                "before starting the microVM",
+            ),
             (Method::Put, "/logger", r#"{"level":"Loud"}"#, "unknown log level"),
         ];
         for (method, path, body, expected) in cases {
@@ -394,7 +495,12 @@ mod tests {
     #[test]
     fn vm_config_reflects_what_was_put() {
         let mut i = instance();
-        call(&mut i, Method::Put, "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 64}"#);
+        call(
+            &mut i,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+        );
         call(&mut i, Method::Put, "/metrics", r#"{"metrics_path": "/tmp/m"}"#);
         let (status, json) = call(&mut i, Method::Get, "/vm/config", "");
         assert_eq!(status, 200);
@@ -406,7 +512,12 @@ mod tests {
 
     #[test]
     fn flush_metrics_is_accepted() {
-        let (status, _) = call(&mut instance(), Method::Put, "/actions", r#"{"action_type":"FlushMetrics"}"#);
+        let (status, _) = call(
+            &mut instance(),
+            Method::Put,
+            "/actions",
+            r#"{"action_type":"FlushMetrics"}"#,
+        );
         assert_eq!(status, 204);
     }
 }

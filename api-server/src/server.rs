@@ -45,16 +45,27 @@ impl ApiSocket {
     pub fn bind(path: &Path) -> Result<ApiSocket, ServerError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(ServerError::NotASocket { path: path.to_path_buf() });
+                return Err(ServerError::NotASocket {
+                    path: path.to_path_buf(),
+                });
             }
-            std::fs::remove_file(path)
-                .map_err(|source| ServerError::RemoveStale { path: path.to_path_buf(), source })?;
+            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
-        let bind_error = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let bind_error = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         let listener = UnixListener::bind(path).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let meta = std::fs::symlink_metadata(path).map_err(bind_error)?;
-        Ok(ApiSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) })
+        Ok(ApiSocket {
+            listener,
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -255,7 +266,8 @@ impl Connection {
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "malformed API request; closing the connection");
-                    self.output.extend_from_slice(&Response::fault(400, &e.to_string()).to_bytes(false));
+                    self.output
+                        .extend_from_slice(&Response::fault(400, &e.to_string()).to_bytes(false));
                     self.input.clear();
                     self.closing = true;
                 }
@@ -307,21 +319,30 @@ mod tests {
         let mut conn = Connection::new(server);
 
         let answer = exchange(&mut conn, &mut client, &mut instance, b"GET / HTTP/1.1\r\n\r\n");
-        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.contains("Not started"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK") && answer.contains("Not started"),
+            "{answer}"
+        );
         assert!(!conn.finished());
 
         // A request split over two reads, with 100-continue.
         let body = br#"{"vcpu_count":2,"mem_size_mib":256}"#;
-        let head =
-            format!("PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len());
+        let head = format!(
+            "PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
         let answer = exchange(&mut conn, &mut client, &mut instance, head.as_bytes());
         assert_eq!(answer, "HTTP/1.1 100 Continue\r\n\r\n");
         let answer = exchange(&mut conn, &mut client, &mut instance, body);
         assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
         assert_eq!(instance.machine_config().vcpu_count, 2);
 
-        let answer =
-            exchange(&mut conn, &mut client, &mut instance, b"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let answer = exchange(
+            &mut conn,
+            &mut client,
+            &mut instance,
+            b"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(conn.finished());
     }
@@ -334,7 +355,10 @@ mod tests {
         let mut instance = Instance::new("x".into(), VmmOptions::default());
         let mut conn = Connection::new(server);
         let answer = exchange(&mut conn, &mut client, &mut instance, b"\x16\x03\x01 hello\r\n\r\n");
-        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("fault_message"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("fault_message"),
+            "{answer}"
+        );
         assert!(conn.finished());
     }
 

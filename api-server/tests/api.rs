@@ -68,7 +68,12 @@ impl Hull {
             .stderr(std::fs::File::create(&stderr).expect("create stderr log"))
             .spawn()
             .expect("spawn hull");
-        Hull { child, sock, stderr, dir }
+        Hull {
+            child,
+            sock,
+            stderr,
+            dir,
+        }
     }
 
     /// Starts hull with an API socket and waits until it accepts connections.
@@ -86,7 +91,11 @@ impl Hull {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        panic!("hull did not listen on {} in time; stderr:\n{}", self.sock.display(), self.stderr_text());
+        panic!(
+            "hull did not listen on {} in time; stderr:\n{}",
+            self.sock.display(),
+            self.stderr_text()
+        );
     }
 
     fn connect(&self) -> UnixStream {
@@ -138,25 +147,37 @@ impl Reply {
     }
 
     fn fault(&self) -> String {
-        self.json()["fault_message"].as_str().unwrap_or_else(|| panic!("no fault_message in {}", self.body)).into()
+        self.json()["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {}", self.body))
+            .into()
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Asserts a 400-class error whose fault_message contains `expected`.
     fn assert_fault(&self, status: u16, expected: &str) {
         assert_eq!(self.status, status, "body: {}", self.body);
         let fault = self.fault();
-        assert!(fault.contains(expected), "fault_message {fault:?} does not contain {expected:?}");
+        assert!(
+            fault.contains(expected),
+            "fault_message {fault:?} does not contain {expected:?}"
+        );
     }
 }
 
 fn send(stream: &mut UnixStream, method: &str, path: &str, body: Option<&str>) {
     let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
     if let Some(body) = body {
-        raw.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        raw.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     raw.push_str("\r\n");
     raw.push_str(body.unwrap_or(""));
@@ -171,17 +192,27 @@ fn read_reply(stream: &mut UnixStream) -> Reply {
         match stream.read(&mut byte) {
             Ok(1) => data.push(byte[0]),
             other => {
-                panic!("connection ended inside a response head ({other:?}): {:?}", String::from_utf8_lossy(&data))
+                panic!(
+                    "connection ended inside a response head ({other:?}): {:?}",
+                    String::from_utf8_lossy(&data)
+                )
             }
         }
     }
     let head = String::from_utf8(data).expect("UTF-8 head");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let length: usize = headers
         .iter()
@@ -190,7 +221,11 @@ fn read_reply(stream: &mut UnixStream) -> Reply {
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).expect("read response body");
-    Reply { status, headers, body: String::from_utf8(body).expect("UTF-8 body") }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
 }
 
 /// A file that passes the kernel-path check (it exists and is readable; it is never booted here).
@@ -240,7 +275,11 @@ fn put_then_get_roundtrip() {
     let kernel = fake_kernel(&hull.dir.0);
     let kernel = kernel.to_str().expect("UTF-8 path");
 
-    let reply = hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#));
+    let reply = hull.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+    );
     assert_eq!(reply.status, 204, "{}", reply.body);
     assert_eq!(reply.body, "");
     let reply = hull.request("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 512}"#));
@@ -250,7 +289,10 @@ fn put_then_get_roundtrip() {
     assert_eq!(reply.status, 204, "{}", reply.body);
 
     let machine = hull.request("GET", "/machine-config", None).json();
-    assert_eq!((machine["vcpu_count"].as_u64(), machine["mem_size_mib"].as_u64()), (Some(2), Some(512)));
+    assert_eq!(
+        (machine["vcpu_count"].as_u64(), machine["mem_size_mib"].as_u64()),
+        (Some(2), Some(512))
+    );
 
     let config = hull.request("GET", "/vm/config", None).json();
     assert_eq!(config["boot-source"]["kernel_image_path"], kernel);
@@ -265,7 +307,12 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     let hull = Hull::start();
     let mut stream = hull.connect();
     for _ in 0..3 {
-        send(&mut stream, "PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#));
+        send(
+            &mut stream,
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
+        );
         assert_eq!(read_reply(&mut stream).status, 204);
         send(&mut stream, "GET", "/", None);
         let reply = read_reply(&mut stream);
@@ -283,7 +330,10 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 fn malformed_json_is_400() {
     let hull = Hull::start();
     hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 1,"#))
-        .assert_fault(400, "An error occurred when deserializing the json body of a request: EOF while parsing");
+        .assert_fault(
+            400,
+            "An error occurred when deserializing the json body of a request: EOF while parsing",
+        );
     hull.request("PUT", "/actions", Some("[1, 2]"))
         .assert_fault(400, "An error occurred when deserializing the json body of a request");
 }
@@ -291,10 +341,18 @@ fn malformed_json_is_400() {
 #[test]
 fn unknown_field_is_400() {
     let hull = Hull::start();
-    hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "ht_enabled": true}"#))
-        .assert_fault(400, "unknown field `ht_enabled`");
-    hull.request("PUT", "/boot-source", Some(r#"{"kernel_image_path": "/k", "kernel": "/k"}"#))
-        .assert_fault(400, "unknown field `kernel`");
+    hull.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "ht_enabled": true}"#),
+    )
+    .assert_fault(400, "unknown field `ht_enabled`");
+    hull.request(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/k", "kernel": "/k"}"#),
+    )
+    .assert_fault(400, "unknown field `kernel`");
 }
 
 #[test]
@@ -304,7 +362,8 @@ fn missing_field_is_400() {
         .assert_fault(400, "missing field `mem_size_mib`");
     hull.request("PUT", "/boot-source", Some(r#"{"boot_args": "console=ttyS0"}"#))
         .assert_fault(400, "missing field `kernel_image_path`");
-    hull.request("PUT", "/actions", Some("{}")).assert_fault(400, "missing field `action_type`");
+    hull.request("PUT", "/actions", Some("{}"))
+        .assert_fault(400, "missing field `action_type`");
 }
 
 #[test]
@@ -317,17 +376,30 @@ fn vcpu_count_out_of_range_is_400() {
             &format!("The number of vCPUs must be between 1 and 32, and 1 or even when SMT is enabled (got {count})"),
         );
     }
-    hull.request("PATCH", "/machine-config", Some(r#"{"vcpu_count": 0}"#)).assert_fault(400, "(got 0)");
-    hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#))
-        .assert_fault(400, "(got 3)");
-    assert_eq!(hull.request("GET", "/machine-config", None).json()["vcpu_count"], 1, "nothing changed");
+    hull.request("PATCH", "/machine-config", Some(r#"{"vcpu_count": 0}"#))
+        .assert_fault(400, "(got 0)");
+    hull.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#),
+    )
+    .assert_fault(400, "(got 3)");
+    assert_eq!(
+        hull.request("GET", "/machine-config", None).json()["vcpu_count"],
+        1,
+        "nothing changed"
+    );
 }
 
 #[test]
 fn too_little_memory_is_400() {
     let hull = Hull::start();
-    hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 1}"#))
-        .assert_fault(400, "The memory size (MiB) must be between 16 and");
+    hull.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 1}"#),
+    )
+    .assert_fault(400, "The memory size (MiB) must be between 16 and");
 }
 
 #[test]
@@ -343,9 +415,12 @@ fn missing_kernel_file_is_400() {
 #[test]
 fn empty_body_is_400() {
     let hull = Hull::start();
-    hull.request("PUT", "/boot-source", None).assert_fault(400, "Empty PUT request.");
-    hull.request("PATCH", "/machine-config", Some("")).assert_fault(400, "Empty PATCH request.");
-    hull.request("PATCH", "/machine-config", Some("{}")).assert_fault(400, "Empty PATCH request.");
+    hull.request("PUT", "/boot-source", None)
+        .assert_fault(400, "Empty PUT request.");
+    hull.request("PATCH", "/machine-config", Some(""))
+        .assert_fault(400, "Empty PATCH request.");
+    hull.request("PATCH", "/machine-config", Some("{}"))
+        .assert_fault(400, "Empty PATCH request.");
 }
 
 #[test]
@@ -354,7 +429,8 @@ fn wrong_method_is_405() {
     let reply = hull.request("POST", "/machine-config", Some("{}"));
     reply.assert_fault(405, "Invalid request method and/or path: POST /machine-config.");
     assert_eq!(reply.header("Allow"), Some("GET, PUT, PATCH"));
-    hull.request("GET", "/actions", None).assert_fault(405, "Invalid request method and/or path: GET /actions.");
+    hull.request("GET", "/actions", None)
+        .assert_fault(405, "Invalid request method and/or path: GET /actions.");
     hull.request("DELETE", "/", None).assert_fault(405, "DELETE /");
 }
 
@@ -363,7 +439,8 @@ fn unknown_path_is_404() {
     let hull = Hull::start();
     hull.request("GET", "/snapshot/create", None)
         .assert_fault(404, "Invalid request method and/or path: GET /snapshot/create.");
-    hull.request("PUT", "/machine-configuration", Some("{}")).assert_fault(404, "PUT /machine-configuration");
+    hull.request("PUT", "/machine-configuration", Some("{}"))
+        .assert_fault(404, "PUT /machine-configuration");
 }
 
 #[test]
@@ -375,13 +452,19 @@ fn oversized_body_is_refused_without_being_read() {
         .write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n")
         .expect("send head");
     let reply = read_reply(&mut stream);
-    reply.assert_fault(400, "Request payload with size 60000 is larger than the limit of 51200 allowed by server.");
+    reply.assert_fault(
+        400,
+        "Request payload with size 60000 is larger than the limit of 51200 allowed by server.",
+    );
     assert_eq!(reply.header("Connection"), Some("close"));
 
     // The whole body sent at once gets the same answer (the client may see EPIPE while writing).
     let mut stream = hull.connect();
     let body = format!(r#"{{"boot_args": "{}"}}"#, "x".repeat(60 * 1024));
-    let raw = format!("PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let raw = format!(
+        "PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let _ = stream.write_all(raw.as_bytes());
     read_reply(&mut stream).assert_fault(400, "is larger than the limit of 51200");
 
@@ -398,11 +481,15 @@ fn oversized_or_garbage_heads_are_400() {
     read_reply(&mut stream).assert_fault(400, "Request headers are larger than the limit");
 
     let mut stream = hull.connect();
-    stream.write_all(b"\x16\x03\x01\x02\x00 not http\r\n\r\n").expect("send garbage");
+    stream
+        .write_all(b"\x16\x03\x01\x02\x00 not http\r\n\r\n")
+        .expect("send garbage");
     read_reply(&mut stream).assert_fault(400, "Invalid HTTP request");
 
     let mut stream = hull.connect();
-    stream.write_all(b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").expect("send");
+    stream
+        .write_all(b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("send");
     read_reply(&mut stream).assert_fault(400, "Transfer-Encoding is not supported");
 
     assert_eq!(hull.request("GET", "/", None).status, 200);
@@ -421,17 +508,23 @@ fn patch_vm_before_start_is_400() {
     let hull = Hull::start();
     for state in ["Paused", "Resumed"] {
         let body = json!({ "state": state }).to_string();
-        hull.request("PATCH", "/vm", Some(&body))
-            .assert_fault(400, "The requested operation is not supported before starting the microVM.");
+        hull.request("PATCH", "/vm", Some(&body)).assert_fault(
+            400,
+            "The requested operation is not supported before starting the microVM.",
+        );
     }
-    hull.request("PATCH", "/vm", Some(r#"{"state": "Frozen"}"#)).assert_fault(400, "unknown variant `Frozen`");
+    hull.request("PATCH", "/vm", Some(r#"{"state": "Frozen"}"#))
+        .assert_fault(400, "unknown variant `Frozen`");
 }
 
 #[test]
 fn send_ctrl_alt_del_before_start_is_400() {
     let hull = Hull::start();
     hull.request("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#))
-        .assert_fault(400, "The requested operation is not supported before starting the microVM.");
+        .assert_fault(
+            400,
+            "The requested operation is not supported before starting the microVM.",
+        );
 }
 
 #[test]
@@ -446,28 +539,45 @@ fn devices_are_validated_accepted_and_shown_in_vm_config() {
         Some(r#"{"drive_id": "rootfs", "path_on_host": "/no/such/r.ext4", "is_root_device": true, "is_read_only": false}"#),
     )
     .assert_fault(400, "/no/such/r.ext4");
-    hull.request("PUT", "/drives/rootfs", Some(r#"{"drive_id": "other", "path_on_host": "/r", "is_root_device": true}"#))
-        .assert_fault(400, "The id from the path does not match the id from the body!");
-    hull.request("PUT", "/drives/rootfs", Some(r#"{"drive_id": "rootfs", "is_root_device": true}"#))
-        .assert_fault(400, "missing field `path_on_host`");
+    hull.request(
+        "PUT",
+        "/drives/rootfs",
+        Some(r#"{"drive_id": "other", "path_on_host": "/r", "is_root_device": true}"#),
+    )
+    .assert_fault(400, "The id from the path does not match the id from the body!");
+    hull.request(
+        "PUT",
+        "/drives/rootfs",
+        Some(r#"{"drive_id": "rootfs", "is_root_device": true}"#),
+    )
+    .assert_fault(400, "missing field `path_on_host`");
     let drive = json!({"drive_id": "rootfs", "path_on_host": image, "is_root_device": true, "is_read_only": false});
     let reply = hull.request("PUT", "/drives/rootfs", Some(&drive.to_string()));
     assert_eq!(reply.status, 204, "{}", reply.body);
     let second_root = json!({"drive_id": "other", "path_on_host": image, "is_root_device": true});
-    hull.request("PUT", "/drives/other", Some(&second_root.to_string())).assert_fault(400, "root device");
+    hull.request("PUT", "/drives/other", Some(&second_root.to_string()))
+        .assert_fault(400, "root device");
     let reply = hull.request(
         "PUT",
         "/network-interfaces/eth0",
         Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#),
     );
     assert_eq!(reply.status, 204, "{}", reply.body);
-    hull.request("PUT", "/network-interfaces/eth1", Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "x"}"#))
-        .assert_fault(400, "guest_mac");
-    hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#)).assert_fault(400, "guest_cid");
+    hull.request(
+        "PUT",
+        "/network-interfaces/eth1",
+        Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "x"}"#),
+    )
+    .assert_fault(400, "guest_mac");
+    hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#))
+        .assert_fault(400, "guest_cid");
     let reply = hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#));
     assert_eq!(reply.status, 204, "{}", reply.body);
     hull.request("PATCH", "/drives/rootfs", Some(&drive.to_string()))
-        .assert_fault(400, "The requested operation is not supported before starting the microVM.");
+        .assert_fault(
+            400,
+            "The requested operation is not supported before starting the microVM.",
+        );
 
     let config = hull.request("GET", "/vm/config", None).json();
     assert_eq!(config["drives"][0]["drive_id"], "rootfs");
@@ -494,7 +604,12 @@ fn sigterm_exits_cleanly_and_removes_the_socket() {
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(hull.child.id() as i32, libc::SIGTERM) }, 0);
     let status = hull.wait_exit();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}; stderr:\n{}", hull.stderr_text());
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "{status:?}; stderr:\n{}",
+        hull.stderr_text()
+    );
     assert!(!hull.sock.exists(), "socket left behind");
     assert!(hull.stderr_text().contains("API server listening on"));
 }
@@ -519,7 +634,10 @@ fn config_file_with_empty_device_lists_is_accepted_up_to_the_kernel_check() {
     let stderr = hull.stderr_text();
     assert_eq!(status.code(), Some(152), "{status:?}; stderr:\n{stderr}");
     // The drives were fine; the boot source is what failed, and the message says why.
-    assert!(stderr.contains("boot-source") && stderr.contains("The kernel file cannot be opened"), "{stderr}");
+    assert!(
+        stderr.contains("boot-source") && stderr.contains("The kernel file cannot be opened"),
+        "{stderr}"
+    );
     assert!(stderr.contains(missing.to_str().expect("UTF-8 path")), "{stderr}");
     assert!(!hull.sock.exists(), "socket left behind after exit");
 }
@@ -537,7 +655,10 @@ fn config_file_with_a_missing_drive_image_is_refused_with_a_clear_message() {
     let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
     assert_eq!(hull.wait_exit().code(), Some(152));
     let stderr = hull.stderr_text();
-    assert!(stderr.contains("drives") && stderr.contains("rootfs") && stderr.contains("/no/such/r.ext4"), "{stderr}");
+    assert!(
+        stderr.contains("drives") && stderr.contains("rootfs") && stderr.contains("/no/such/r.ext4"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -547,7 +668,11 @@ fn config_file_with_an_unknown_key_is_refused() {
     std::fs::write(&path, r#"{"boot-source": {"kernel_image_path": "/k"}, "baloon": {}}"#).expect("write config");
     let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
     assert_eq!(hull.wait_exit().code(), Some(152));
-    assert!(hull.stderr_text().contains("unknown field `baloon`"), "{}", hull.stderr_text());
+    assert!(
+        hull.stderr_text().contains("unknown field `baloon`"),
+        "{}",
+        hull.stderr_text()
+    );
 }
 
 #[test]
@@ -555,8 +680,11 @@ fn no_api_mode_reports_a_bad_config_and_exits() {
     let dir = TempDir::new();
     let path = dir.join("vm.json");
     let missing = dir.join("missing-vmlinux");
-    std::fs::write(&path, json!({"boot-source": {"kernel_image_path": missing}, "drives": []}).to_string())
-        .expect("write config");
+    std::fs::write(
+        &path,
+        json!({"boot-source": {"kernel_image_path": missing}, "drives": []}).to_string(),
+    )
+    .expect("write config");
     let mut hull = Hull::spawn_with(dir, &["--no-api", "--config-file", path.to_str().expect("UTF-8 path")]);
     let status = hull.wait_exit();
     let stderr = hull.stderr_text();

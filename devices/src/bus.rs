@@ -38,7 +38,10 @@ impl Bus {
 
     /// Maps `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::InvalidRange { base, len })?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::InvalidRange { base, len })?;
         if let Some((&other, e)) = self.by_base.range(..end).next_back() {
             if other + e.len > base {
                 return Err(BusError::Overlap { base, len, other });
@@ -102,9 +105,16 @@ mod tests {
         bus.insert(Arc::new(Mutex::new(Echo(10))), 0x3f8, 8).unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo(0))), 0x3ff, 1),
-            Err(BusError::Overlap { base: 0x3ff, len: 1, other: 0x3f8 })
+            Err(BusError::Overlap {
+                base: 0x3ff,
+                len: 1,
+                other: 0x3f8
+            })
         );
-        assert_eq!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x10, 0), Err(BusError::InvalidRange { base: 0x10, len: 0 }));
+        assert_eq!(
+            bus.insert(Arc::new(Mutex::new(Echo(0))), 0x10, 0),
+            Err(BusError::InvalidRange { base: 0x10, len: 0 })
+        );
         assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), u64::MAX, 2).is_err());
         bus.insert(Arc::new(Mutex::new(Echo(0))), 0x400, 1).unwrap();
         let mut b = [0u8; 1];

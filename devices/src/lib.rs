@@ -5,4 +5,5 @@
 pub mod bus;
 pub mod legacy;
 pub mod transport;
-pub mod virtio; pub mod vhost_user;
+pub mod vhost_user;
+pub mod virtio;

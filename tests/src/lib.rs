@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (the parent of this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `hull` binary: `$HULL_BIN`, else `hull` next to the directory holding this test executable (cargo
@@ -71,10 +74,16 @@ pub fn guest_images() -> GuestImages {
     IMAGES
         .get_or_init(|| {
             if let (Some(kernel), Some(initrd)) = (std::env::var_os("HULL_KERNEL"), std::env::var_os("HULL_INITRD")) {
-                return GuestImages { kernel: kernel.into(), initrd: initrd.into() };
+                return GuestImages {
+                    kernel: kernel.into(),
+                    initrd: initrd.into(),
+                };
             }
             let script = repo_root().join("resources/build-guest.sh");
-            eprintln!("running {} (set HULL_KERNEL and HULL_INITRD to skip this)", script.display());
+            eprintln!(
+                "running {} (set HULL_KERNEL and HULL_INITRD to skip this)",
+                script.display()
+            );
             let out = Command::new("bash")
                 .arg(&script)
                 .current_dir(repo_root())
@@ -99,7 +108,10 @@ pub fn parse_build_guest_output(stdout: &str) -> Option<GuestImages> {
             initrd = Some(PathBuf::from(i.trim()));
         }
     }
-    Some(GuestImages { kernel: kernel?, initrd: initrd? })
+    Some(GuestImages {
+        kernel: kernel?,
+        initrd: initrd?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -236,7 +248,11 @@ impl Captured {
             if st.closed || now >= deadline {
                 return None;
             }
-            st = self.changed.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -291,7 +307,11 @@ impl Hull {
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&sock).is_err() {
             if hull.try_status().is_some() || Instant::now() > deadline {
-                panic!("hull's API socket {} never accepted a connection\n{}", sock.display(), hull.report());
+                panic!(
+                    "hull's API socket {} never accepted a connection\n{}",
+                    sock.display(),
+                    hull.report()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -305,7 +325,11 @@ impl Hull {
     {
         let bin = hull_bin();
         let mut cmd = Command::new(&bin);
-        cmd.args(args).current_dir(dir.path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
         // async-signal-safe; it touches no memory of the parent.
         unsafe {
@@ -316,7 +340,9 @@ impl Hull {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = Arc::new(Captured::default());
         let stderr = Arc::new(Captured::default());
         let out: ChildStdout = child.stdout.take().expect("stdout is piped");
@@ -350,7 +376,11 @@ impl Hull {
 
     /// A client for this hull's API socket. Panics if it was started without one.
     pub fn api(&self) -> ApiClient {
-        ApiClient::new(self.api_sock.as_ref().expect("this hull was started without --api-sock"))
+        ApiClient::new(
+            self.api_sock
+                .as_ref()
+                .expect("this hull was started without --api-sock"),
+        )
     }
 
     /// Time since the process was started.
@@ -392,21 +422,34 @@ impl Hull {
     /// [`Hull::wait_for_output`], panicking with the captured output when the line does not come.
     pub fn expect_output(&self, pattern: &str, timeout: Duration) -> String {
         self.wait_for_output(pattern, timeout).unwrap_or_else(|| {
-            panic!("no serial output line containing {pattern:?} within {timeout:?}\n{}", self.report())
+            panic!(
+                "no serial output line containing {pattern:?} within {timeout:?}\n{}",
+                self.report()
+            )
         })
     }
 
     /// [`Hull::wait_for_log`], panicking with the captured output when the line does not come.
     pub fn expect_log(&self, pattern: &str, timeout: Duration) -> String {
-        self.wait_for_log(pattern, timeout)
-            .unwrap_or_else(|| panic!("no log line containing {pattern:?} within {timeout:?}\n{}", self.report()))
+        self.wait_for_log(pattern, timeout).unwrap_or_else(|| {
+            panic!(
+                "no log line containing {pattern:?} within {timeout:?}\n{}",
+                self.report()
+            )
+        })
     }
 
     /// The exit status if the process has ended, without waiting.
     pub fn try_status(&self) -> Option<ExitStatus> {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.is_none() {
-            *status = self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait().ok().flatten();
+            *status = self
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_wait()
+                .ok()
+                .flatten();
         }
         *status
     }
@@ -489,7 +532,8 @@ pub fn tail(text: &str, max: usize) -> &str {
 
 /// The value of `key=` in a line of `key=value` words, e.g. `field("x cr0=11 y=2", "cr0")` is `Some("11")`.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|word| word.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
 /// Parses a hex number with or without `0x`.
@@ -499,12 +543,16 @@ pub fn parse_hex(text: &str) -> Option<u64> {
 
 /// [`field`] parsed as hex; panics with the line when it is missing or malformed.
 pub fn hex_field(line: &str, key: &str) -> u64 {
-    field(line, key).and_then(parse_hex).unwrap_or_else(|| panic!("no hex {key}= in {line:?}"))
+    field(line, key)
+        .and_then(parse_hex)
+        .unwrap_or_else(|| panic!("no hex {key}= in {line:?}"))
 }
 
 /// [`field`] parsed as decimal; panics with the line when it is missing or malformed.
 pub fn dec_field(line: &str, key: &str) -> u64 {
-    field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no decimal {key}= in {line:?}"))
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no decimal {key}= in {line:?}"))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -588,8 +636,15 @@ impl ApiClient {
 
     /// PUT/PATCH that must succeed (2xx); panics with the response otherwise.
     pub fn expect_ok(&self, method: &str, uri: &str, body: &serde_json::Value) -> ApiResponse {
-        let resp = self.request(method, uri, Some(&body.to_string())).unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
-        assert!(resp.is_success(), "{method} {uri} {body} answered {} {}", resp.status, resp.body);
+        let resp = self
+            .request(method, uri, Some(&body.to_string()))
+            .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
+        assert!(
+            resp.is_success(),
+            "{method} {uri} {body} answered {} {}",
+            resp.status,
+            resp.body
+        );
         resp
     }
 
@@ -603,7 +658,10 @@ impl ApiClient {
         if !body.is_empty() {
             request.push_str("Content-Type: application/json\r\n");
         }
-        request.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+        request.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
         stream.write_all(request.as_bytes())?;
         read_response(BufReader::new(stream))
     }
@@ -632,7 +690,10 @@ fn read_response<R: BufRead>(mut reader: R) -> io::Result<ApiResponse> {
         }
         if let Some((name, value)) = line.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
-                let n = value.trim().parse().map_err(|_| bad(format!("bad Content-Length {value:?}")))?;
+                let n = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("bad Content-Length {value:?}")))?;
                 content_length = Some(n);
             }
         }
@@ -648,7 +709,10 @@ fn read_response<R: BufRead>(mut reader: R) -> io::Result<ApiResponse> {
             reader.read_to_end(&mut body)?;
         }
     }
-    Ok(ApiResponse { status, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(ApiResponse {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -28,8 +28,11 @@ use vhost_user_common::{ensure_tools, pattern, sha256_bytes, sha256_file, WorkDi
 
 /// hull, like Firecracker, takes drive ids of letters, digits and underscores; the guest scripts' dashed
 /// serials become these (see `guest_devices::guest_script`).
-const DRIVE_RENAMES: &[(&str, &str)] =
-    &[("pattern-drive", "pattern_drive"), ("ro-drive", "ro_drive"), ("data-drive", "data_drive")];
+const DRIVE_RENAMES: &[(&str, &str)] = &[
+    ("pattern-drive", "pattern_drive"),
+    ("ro-drive", "ro_drive"),
+    ("data-drive", "data_drive"),
+];
 const GUEST_CID: u32 = 7;
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
@@ -54,7 +57,11 @@ fn hull_runs_linux_guests(test: &str) -> bool {
 }
 
 fn drive(id: &str, path: PathBuf, read_only: bool) -> DriveSpec {
-    DriveSpec { id: id.into(), path, read_only }
+    DriveSpec {
+        id: id.into(),
+        path,
+        read_only,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -73,7 +80,10 @@ fn blk_reads_pattern_and_read_only_drive_refuses_writes(vmm: Vmm) {
 
     let spec = GuestSpec {
         script: guest_script(dir.path(), "blk.sh", DRIVE_RENAMES),
-        drives: vec![drive("pattern_drive", image.clone(), false), drive("ro_drive", ro_image.clone(), true)],
+        drives: vec![
+            drive("pattern_drive", image.clone(), false),
+            drive("ro_drive", ro_image.clone(), true),
+        ],
         ..Default::default()
     };
     let mut guest = boot(vmm, dir.path(), &spec);
@@ -92,7 +102,12 @@ fn blk_reads_pattern_and_read_only_drive_refuses_writes(vmm: Vmm) {
     assert_eq!(sha256_file(&ro_image), ro_sha_before, "the read-only image changed");
     // The guest's reset (reboot=k) ends the VMM: QEMU through -no-reboot, hull by exiting 0.
     let status = guest.console.wait_exit(Duration::from_secs(60));
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "the VMM did not exit 0 after the reset\n{}", guest.report());
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the VMM did not exit 0 after the reset\n{}",
+        guest.report()
+    );
 }
 
 fn blk_write_with_fsync_survives_kill_9(vmm: Vmm) {
@@ -111,17 +126,31 @@ fn blk_write_with_fsync_survives_kill_9(vmm: Vmm) {
     let mut guest = boot(vmm, dir.path(), &spec);
     let line = guest.expect("WRITTEN", GUEST_TIMEOUT);
     guest.kill9();
-    eprintln!("{vmm:?}: write acknowledged after {:?}; killed the VMM (and any backend)", started.elapsed());
+    eprintln!(
+        "{vmm:?}: write acknowledged after {:?}; killed the VMM (and any backend)",
+        started.elapsed()
+    );
 
-    let expected: Vec<u8> =
-        format!("hull-durable-{seed}\n").into_bytes().into_iter().cycle().take(1024 * 1024).collect();
+    let expected: Vec<u8> = format!("hull-durable-{seed}\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(1024 * 1024)
+        .collect();
     let disk = std::fs::read(&image).unwrap();
-    assert_eq!(marker(&line, "WRITTEN"), sha256_bytes(&expected), "guest wrote something else");
+    assert_eq!(
+        marker(&line, "WRITTEN"),
+        sha256_bytes(&expected),
+        "guest wrote something else"
+    );
     assert!(
         disk[4 * 1024 * 1024..5 * 1024 * 1024] == expected[..],
         "the fsynced write is not in the image after kill -9"
     );
-    assert!(disk[..4 * 1024 * 1024].iter().all(|b| *b == 0), "bytes before the write changed");
+    assert!(
+        disk[..4 * 1024 * 1024].iter().all(|b| *b == 0),
+        "bytes before the write changed"
+    );
 }
 
 #[test]
@@ -175,7 +204,10 @@ fn boot_vsock(vmm: Vmm, name: &str) -> VsockGuest {
     let spec = GuestSpec {
         script: "vsock.sh".into(),
         extra_files: vec![("/bin/vsock-tool".into(), tool)],
-        vsock: Some(VsockSpec { cid: GUEST_CID, uds: uds.clone() }),
+        vsock: Some(VsockSpec {
+            cid: GUEST_CID,
+            uds: uds.clone(),
+        }),
         ..Default::default()
     };
     let mut guest = boot(vmm, dir.path(), &spec);
@@ -223,9 +255,17 @@ fn vsock_100_concurrent_connections(vmm: Vmm) {
 fn vsock_100_mib_each_way_at_once(vmm: Vmm) {
     let vm = boot_vsock(vmm, "dev-vsock-bulk");
     let start = Instant::now();
-    assert_eq!(xfer(&vm.uds, 100 * 1024 * 1024, 12345), "RESULT OK", "{}", vm.guest.report());
+    assert_eq!(
+        xfer(&vm.uds, 100 * 1024 * 1024, 12345),
+        "RESULT OK",
+        "{}",
+        vm.guest.report()
+    );
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{vmm:?}: 100 MiB each way in {secs:.1} s ({:.1} MiB/s per direction)", 100.0 / secs);
+    eprintln!(
+        "{vmm:?}: 100 MiB each way in {secs:.1} s ({:.1} MiB/s per direction)",
+        100.0 / secs
+    );
 }
 
 #[test]
@@ -312,7 +352,11 @@ fn net_ping_and_tcp_both_ways_over_tap_in_netns(vmm: Vmm) {
     let spec = GuestSpec {
         script: "net.sh".into(),
         cmdline: format!("hull.ip={GUEST_IP} hull.host={HOST_IP}"),
-        net: Some(NetSpec { tap: TAP.into(), mac: GUEST_MAC.into(), netns: ns.0.clone() }),
+        net: Some(NetSpec {
+            tap: TAP.into(),
+            mac: GUEST_MAC.into(),
+            netns: ns.0.clone(),
+        }),
         ..Default::default()
     };
     let start = Instant::now();
@@ -368,15 +412,30 @@ fn hull_takes_the_scenario_devices(vmm: Vmm, test: &str) {
         extra_files: vec![],
         cmdline: format!("hull.ip={GUEST_IP} hull.host={HOST_IP}"),
         drives: vec![drive("pattern_drive", image, false), drive("ro_drive", ro_image, true)],
-        net: Some(NetSpec { tap: TAP.into(), mac: GUEST_MAC.into(), netns: ns.0.clone() }),
-        vsock: Some(VsockSpec { cid: GUEST_CID, uds: uds.clone() }),
+        net: Some(NetSpec {
+            tap: TAP.into(),
+            mac: GUEST_MAC.into(),
+            netns: ns.0.clone(),
+        }),
+        vsock: Some(VsockSpec {
+            cid: GUEST_CID,
+            uds: uds.clone(),
+        }),
     };
     let mut guest = boot(vmm, dir.path(), &spec);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let wanted = ["device=block:pattern_drive", "device=block:ro_drive", "device=net:eth0", "device=vsock:"];
+    let wanted = [
+        "device=block:pattern_drive",
+        "device=block:ro_drive",
+        "device=net:eth0",
+        "device=vsock:",
+    ];
     loop {
         let log = guest.hull_log();
-        let attached = |w: &&str| log.lines().any(|l| l.contains("virtio-mmio device attached") && l.contains(*w));
+        let attached = |w: &&str| {
+            log.lines()
+                .any(|l| l.contains("virtio-mmio device attached") && l.contains(*w))
+        };
         if wanted.iter().all(attached) && log.contains("microVM started") && uds.exists() {
             break;
         }
@@ -401,5 +460,8 @@ fn hull_takes_the_scenario_devices_through_the_api() {
 
 #[test]
 fn hull_takes_the_scenario_devices_from_a_config_file() {
-    hull_takes_the_scenario_devices(Vmm::HullConfigFile, "hull_takes_the_scenario_devices_from_a_config_file");
+    hull_takes_the_scenario_devices(
+        Vmm::HullConfigFile,
+        "hull_takes_the_scenario_devices_from_a_config_file",
+    );
 }

@@ -19,7 +19,10 @@ use serde_json::json;
 /// kernel) on a 2-core machine shared with compilers; hardware KVM needs about a second. Override with
 /// `HULL_LINUX_BOOT_TIMEOUT_SECS`.
 fn linux_timeout() -> Duration {
-    let secs = std::env::var("HULL_LINUX_BOOT_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let secs = std::env::var("HULL_LINUX_BOOT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     Duration::from_secs(secs)
 }
 const MIB: u64 = 1 << 20;
@@ -33,8 +36,14 @@ fn e820_high_ram_line(mem_mib: u64) -> String {
 /// configured memory size, `vcpus` CPUs brought up, and the initramfs unpacked.
 fn assert_early_boot(hull: &Hull, boot_args: &str, mem_mib: u64, vcpus: u8) {
     let cmdline = hull.expect_output("Command line:", Duration::ZERO);
-    let given = cmdline.split_once("Command line:").map(|(_, c)| c.trim_start()).unwrap_or_default();
-    assert!(given.starts_with(boot_args), "kernel command line {given:?} does not start with {boot_args:?}");
+    let given = cmdline
+        .split_once("Command line:")
+        .map(|(_, c)| c.trim_start())
+        .unwrap_or_default();
+    assert!(
+        given.starts_with(boot_args),
+        "kernel command line {given:?} does not start with {boot_args:?}"
+    );
     hull.expect_output(&e820_high_ram_line(mem_mib), Duration::ZERO);
     let cpus = if vcpus == 1 {
         "smp: Brought up 1 node, 1 CPU".to_string()
@@ -58,7 +67,10 @@ fn linux_reaches_init_with_one_vcpu_from_a_config_file() {
     });
     let mut hull = Hull::with_config("linux-1cpu", &config, &[]);
     hull.expect_output("Run /init as init process", linux_timeout());
-    note(&format!("linux_boot: 1 vCPU, 128 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64()));
+    note(&format!(
+        "linux_boot: 1 vCPU, 128 MiB: `Run /init` after {:.1} s",
+        hull.elapsed().as_secs_f64()
+    ));
     hull.kill();
     assert_early_boot(&hull, args, 128, 1);
 }
@@ -76,9 +88,16 @@ fn linux_brings_up_two_vcpus_booted_through_the_api() {
         "/boot-source",
         &json!({ "kernel_image_path": images.kernel, "initrd_path": images.initrd, "boot_args": args }),
     );
-    api.expect_ok("PUT", "/machine-config", &json!({ "vcpu_count": 2, "mem_size_mib": 512 }));
+    api.expect_ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 2, "mem_size_mib": 512 }),
+    );
     api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
-    if hull.wait_for_output("Run /init as init process", linux_timeout()).is_none() {
+    if hull
+        .wait_for_output("Run /init as init process", linux_timeout())
+        .is_none()
+    {
         // A known way to hang here: under kvm_pvm a KVM hypercall (VMCALL) is re-executed forever, and Linux
         // uses them for PV IPIs, PV sched-yield and PV spinlock kicks once it has more than one CPU.
         let hint = if software_kvm() && hull.stdout().contains("kvm-guest: setup PV IPIs") {
@@ -89,7 +108,10 @@ fn linux_brings_up_two_vcpus_booted_through_the_api() {
         };
         panic!("no `Run /init` within {:?}{hint}\n{}", linux_timeout(), hull.report());
     }
-    note(&format!("linux_boot: 2 vCPUs, 512 MiB: `Run /init` after {:.1} s", hull.elapsed().as_secs_f64()));
+    note(&format!(
+        "linux_boot: 2 vCPUs, 512 MiB: `Run /init` after {:.1} s",
+        hull.elapsed().as_secs_f64()
+    ));
     hull.kill();
     assert_early_boot(&hull, args, 512, 2);
 }
@@ -119,7 +141,12 @@ fn linux_boots_to_the_agent_and_powers_off() {
     let mut hull = Hull::with_config("linux-agent", &config, &["--boot-timer"]);
     hull.expect_output("hull-agent ready", Duration::from_secs(60));
     let status = hull.expect_exit(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "the agent's power-off should end hull with 0\n{}", hull.report());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the agent's power-off should end hull with 0\n{}",
+        hull.report()
+    );
     hull.expect_log("Guest-boot-time", Duration::ZERO);
     assert!(!hull.stdout().contains("boot timer not written"), "{}", hull.report());
 }

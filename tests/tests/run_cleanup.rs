@@ -23,8 +23,16 @@ fn taps() -> BTreeSet<String> {
 fn assert_nothing_left(pid: u32) {
     // Processes are killed and reaped before hull exits; give the kernel a moment to drop /proc entries.
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(leftover_processes(pid), Vec::<String>::new(), "processes left by hull run {pid}");
-    assert_eq!(leftover_dirs(pid), Vec::<std::path::PathBuf>::new(), "run directory left by hull run {pid}");
+    assert_eq!(
+        leftover_processes(pid),
+        Vec::<String>::new(),
+        "processes left by hull run {pid}"
+    );
+    assert_eq!(
+        leftover_dirs(pid),
+        Vec::<std::path::PathBuf>::new(),
+        "run directory left by hull run {pid}"
+    );
 }
 
 #[test]
@@ -57,8 +65,13 @@ fn a_failing_boot_leaves_nothing_either() {
     let g = hull_tests::guest_images();
     let mut cmd = std::process::Command::new(hull_tests::hull_bin());
     // The kernel as initrd: the guest never gets an agent; hull must give up and clean up.
-    cmd.args(["run", "--backend", "qemu", "--boot-timeout", "8", "--rootfs"]).arg(busybox_rootfs());
-    cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.kernel).args(["--", "true"]);
+    cmd.args(["run", "--backend", "qemu", "--boot-timeout", "8", "--rootfs"])
+        .arg(busybox_rootfs());
+    cmd.arg("--kernel")
+        .arg(&g.kernel)
+        .arg("--initrd")
+        .arg(&g.kernel)
+        .args(["--", "true"]);
     let run = HullRun::spawn(cmd, None);
     let pid = run.pid();
     let out = run.finish();
@@ -71,13 +84,20 @@ fn sigkill_of_hull_takes_the_vm_along_and_the_next_run_sweeps_its_directory() {
     let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
     let pid = run.pid();
-    assert!(!leftover_processes(pid).is_empty(), "the VM's processes should be visible while it runs");
+    assert!(
+        !leftover_processes(pid).is_empty(),
+        "the VM's processes should be visible while it runs"
+    );
     run.signal(libc::SIGKILL);
     let _ = run.finish();
     // PR_SET_PDEATHSIG: QEMU and the vhost-user backends die with hull.
     let start = std::time::Instant::now();
     while !leftover_processes(pid).is_empty() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", leftover_processes(pid));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            leftover_processes(pid)
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // No clean-up survives SIGKILL; the next hull run removes the directory.

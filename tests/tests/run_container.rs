@@ -11,9 +11,17 @@ fn runs_inside_the_guest_kernel() {
     let out = run(&[], &["uname", "-r"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let release = out.out().trim().to_string();
-    assert!(release.starts_with("6.1.") && release.ends_with("-hull"), "guest release {release:?}\n{}", out.stderr);
+    assert!(
+        release.starts_with("6.1.") && release.ends_with("-hull"),
+        "guest release {release:?}\n{}",
+        out.stderr
+    );
     assert_ne!(release, host_release());
-    assert!(out.stderr.contains("backend qemu"), "hull run must say which backend it chose: {}", out.stderr);
+    assert!(
+        out.stderr.contains("backend qemu"),
+        "hull run must say which backend it chose: {}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -55,14 +63,26 @@ fn stdin_comes_back_byte_exact() {
 fn env_cwd_and_user_are_honoured() {
     let out = run(
         &["-e", "GREETING=hello world", "-w", "/tmp", "-u", "1000:1000"],
-        &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; id -g; touch /tmp/f && stat -c %u:%g /tmp/f"],
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd; id -u; id -g; touch /tmp/f && stat -c %u:%g /tmp/f",
+        ],
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert_eq!(out.out(), "hello world\n/tmp\n1000\n1000\n1000:1000\n", "{}", out.stderr);
+    assert_eq!(
+        out.out(),
+        "hello world\n/tmp\n1000\n1000\n1000:1000\n",
+        "{}",
+        out.stderr
+    );
     // Root keeps the default capabilities; an unprivileged user has none effective.
     let out = run(&["-u", "1000"], &["sh", "-c", "grep CapEff /proc/self/status"]);
     assert!(out.out().contains("0000000000000000"), "{}", out.out());
-    let out = run(&[], &["sh", "-c", "grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status"]);
+    let out = run(
+        &[],
+        &["sh", "-c", "grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status"],
+    );
     // Docker's default set: chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap,
     // net_bind_service, net_raw, sys_chroot, mknod, audit_write, setfcap = 0xa80425fb.
     assert!(out.out().contains("CapEff:\t00000000a80425fb"), "{}", out.out());
@@ -74,8 +94,11 @@ fn env_cwd_and_user_are_honoured() {
 fn only_its_own_processes_and_read_only_paths() {
     let out = run(&[], &["sh", "-c", "ps -o pid,comm | tail -n +2 | wc -l; hostname"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let lines: Vec<&str> =
-        out.stdout.split(|b| *b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("").trim()).collect();
+    let lines: Vec<&str> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .map(|l| std::str::from_utf8(l).unwrap_or("").trim())
+        .collect();
     // hull-init, sh, ps, tail, wc: nothing of the guest's (the agent, kernel threads).
     let count: usize = lines[0].parse().unwrap();
     assert!(count <= 5, "the container sees {count} processes:\n{}", out.out());
@@ -86,7 +109,11 @@ fn only_its_own_processes_and_read_only_paths() {
     // The rootfs itself is writable (tmpfs overlay), and masked paths are empty.
     let out = run(
         &[],
-        &["sh", "-c", "echo x > /etc/new && cat /etc/new && wc -c < /proc/timer_list && ls /sys/firmware | wc -l"],
+        &[
+            "sh",
+            "-c",
+            "echo x > /etc/new && cat /etc/new && wc -c < /proc/timer_list && ls /sys/firmware | wc -l",
+        ],
     );
     assert_eq!(out.out(), "x\n0\n0\n", "{}", out.stderr);
 }
@@ -103,7 +130,11 @@ fn pids_limit_stops_a_fork_bomb_and_the_vm_stays_healthy() {
     assert_eq!(out.code(), 0, "{}\n{}", out.out(), out.stderr);
     let text = out.out();
     assert!(text.contains("max=32"), "{text}\n{}", out.stderr);
-    let hits: u64 = text.lines().find_map(|l| l.strip_prefix("max ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let hits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
     assert!(hits > 0, "the pids limit was never reached:\n{text}");
     assert!(text.contains("alive"), "{text}");
     // The guest stayed healthy: after the bomb the shell forks again (`cat`), and the agent answered Wait,
@@ -112,8 +143,14 @@ fn pids_limit_stops_a_fork_bomb_and_the_vm_stays_healthy() {
 
 #[test]
 fn memory_limit_oom_kill_is_reported() {
-    let out =
-        run(&["--memory-limit", "24"], &["sh", "-c", "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"]);
+    let out = run(
+        &["--memory-limit", "24"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
     assert_eq!(out.code(), 137, "{}\n{}", out.out(), out.stderr);
     assert!(!out.out().contains("survived"));
     assert!(out.stderr.contains("OOM"), "{}", out.stderr);
@@ -124,7 +161,10 @@ fn tty_mode_gives_a_terminal() {
     let out = run(&["-t"], &["sh", "-c", "tty; stty size"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let text = out.out();
-    assert!(text.lines().next().unwrap_or("").trim().starts_with("/dev/pts/"), "{text:?}");
+    assert!(
+        text.lines().next().unwrap_or("").trim().starts_with("/dev/pts/"),
+        "{text:?}"
+    );
     // No terminal on the test's side: hull gives the container 24x80.
     assert_eq!(text.lines().nth(1).map(str::trim), Some("24 80"), "{text:?}");
 }
@@ -136,9 +176,15 @@ fn clock_rlimits_and_hostname() {
     let text = out.out();
     let mut lines = text.lines();
     let guest_now: u64 = lines.next().unwrap().trim().parse().unwrap();
-    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     // No RTC, no kvmclock under TCG: the agent's clock comes from the host.
-    assert!(host_now.abs_diff(guest_now) < 30, "guest {guest_now} vs host {host_now}");
+    assert!(
+        host_now.abs_diff(guest_now) < 30,
+        "guest {guest_now} vs host {host_now}"
+    );
     assert_eq!(lines.next(), Some("1048576"));
     assert_eq!(lines.next(), Some("hull"));
 }
@@ -151,18 +197,30 @@ fn volumes_from_a_directory_and_an_image() {
     std::fs::write(src.join("greeting"), "hello-volume\n").unwrap();
     let img = dir.path().join("disk.ext4");
     std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
-    let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).status().unwrap();
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .unwrap();
     assert!(st.success());
     let ro = format!("{}:/data:ro", src.display());
     let rw = format!("{}:/scratch", img.display());
     let out = run(
         &["-v", &ro, "-v", &rw],
-        &["sh", "-c", "cat /data/greeting; touch /data/x 2>/dev/null || echo data-ro; echo kept > /scratch/f; sync"],
+        &[
+            "sh",
+            "-c",
+            "cat /data/greeting; touch /data/x 2>/dev/null || echo data-ro; echo kept > /scratch/f; sync",
+        ],
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(out.out(), "hello-volume\ndata-ro\n", "{}", out.stderr);
     // The image volume is the host file itself: the write is there after the VM is gone.
-    let dump = std::process::Command::new("debugfs").args(["-R", "cat /f"]).arg(&img).output().unwrap();
+    let dump = std::process::Command::new("debugfs")
+        .args(["-R", "cat /f"])
+        .arg(&img)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout), "kept\n");
 }
 
@@ -205,7 +263,11 @@ fn seccomp_profile_denies_what_it_lists() {
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let text = out.out();
-    assert!(text.contains("mkdir-denied") && text.contains("touch-ok"), "{text}\n{}", out.stderr);
+    assert!(
+        text.contains("mkdir-denied") && text.contains("touch-ok"),
+        "{text}\n{}",
+        out.stderr
+    );
     assert!(text.contains("Address family not supported"), "{text}");
     assert!(out.stderr.contains("Operation not permitted"), "{}", out.stderr);
     // A profile the agent cannot apply is refused, not ignored.
@@ -229,27 +291,51 @@ fn rootfs_from_an_image_file_and_more_cpus_and_memory() {
     assert!(st.success());
     let g = hull_tests::guest_images();
     let mut cmd = std::process::Command::new(hull_tests::hull_bin());
-    cmd.args(["run", "--backend", "qemu", "--cpus", "2", "--mem", "384", "--rootfs"]).arg(&img);
+    cmd.args(["run", "--backend", "qemu", "--cpus", "2", "--mem", "384", "--rootfs"])
+        .arg(&img);
     cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
-    cmd.args(["--", "sh", "-c", "nproc; grep MemTotal /proc/meminfo; echo changed > /etc/passwd && echo written"]);
+    cmd.args([
+        "--",
+        "sh",
+        "-c",
+        "nproc; grep MemTotal /proc/meminfo; echo changed > /etc/passwd && echo written",
+    ]);
     let out = HullRun::spawn(cmd, None).finish();
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let text = out.out();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("2"));
-    let kib: u64 = lines.next().unwrap_or("").split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let kib: u64 = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!((300_000..400_000).contains(&kib), "MemTotal {kib} kB");
     assert_eq!(lines.next(), Some("written"));
     // The image is served read-only; writes went to the tmpfs overlay.
-    let dump = std::process::Command::new("debugfs").args(["-R", "cat /etc/passwd"]).arg(&img).output().unwrap();
-    assert!(String::from_utf8_lossy(&dump.stdout).starts_with("root:"), "the image was modified");
+    let dump = std::process::Command::new("debugfs")
+        .args(["-R", "cat /etc/passwd"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dump.stdout).starts_with("root:"),
+        "the image was modified"
+    );
 }
 
 #[test]
 fn mount_destinations_follow_symlinks_inside_the_rootfs_only() {
     let dir = hull_tests::TempDir::new("run-symlinks").unwrap();
     let root = dir.path().join("rootfs");
-    let st = std::process::Command::new("cp").arg("-a").arg(busybox_rootfs()).arg(&root).status().unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(&root)
+        .status()
+        .unwrap();
     assert!(st.success());
     // An absolute symlink in the image must resolve inside the container, never on the guest's root.
     std::os::unix::fs::symlink("/run", root.join("varrun")).unwrap();

@@ -33,7 +33,11 @@ fn ctx() -> context::Context {
 
 fn stream(uds: &std::path::Path, exec: &str, which: Stream) -> std::os::unix::net::UnixStream {
     let mut s = hybrid::connect(uds, STDIO_PORT).unwrap();
-    let req = StdioRequest { container_id: "run".into(), exec_id: exec.into(), stream: which };
+    let req = StdioRequest {
+        container_id: "run".into(),
+        exec_id: exec.into(),
+        stream: which,
+    };
     hull_agent_protocol::stdio::open(&mut s, &req).unwrap();
     s
 }
@@ -79,7 +83,10 @@ fn exec_a_second_process_and_use_the_other_calls() {
     let mut c = ContainerRequest::new();
     c.container_id = "run".into();
     let procs = agent.list_processes(ctx(), &c).unwrap();
-    assert!(procs.processes.iter().any(|p| p.command.starts_with("sleep 600")), "{procs:?}");
+    assert!(
+        procs.processes.iter().any(|p| p.command.starts_with("sleep 600")),
+        "{procs:?}"
+    );
     let stats = agent.stats_container(ctx(), &c).unwrap();
     assert!(stats.memory.current > 0 && stats.pids.current >= 2, "{stats:?}");
     agent.pause_container(ctx(), &c).unwrap();
@@ -130,7 +137,10 @@ fn wait(agent: &AgentClient, id: &str) -> WaitProcessResponse {
 
 #[test]
 fn terminal_exec_resource_updates_and_oom_events() {
-    let mut run = HullRun::spawn(command(&["--memory-limit", "32"], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    let mut run = HullRun::spawn(
+        command(&["--memory-limit", "32"], &["sh", "-c", "echo ready; exec sleep 600"]),
+        None,
+    );
     run.wait_stdout("ready", RUN_TIMEOUT);
     let uds = vsock_of(run.pid());
     let agent = client(&uds);
@@ -181,7 +191,12 @@ fn terminal_exec_resource_updates_and_oom_events() {
         assert!(hog.oom_killed, "{hog:?}");
     }
     // The container itself lives on.
-    assert!(agent.list_processes(ctx(), &c).unwrap().processes.iter().any(|p| p.command.starts_with("sleep")));
+    assert!(agent
+        .list_processes(ctx(), &c)
+        .unwrap()
+        .processes
+        .iter()
+        .any(|p| p.command.starts_with("sleep")));
     let mut s = SignalProcessRequest::new();
     s.container_id = "run".into();
     s.signal = 9;
@@ -199,7 +214,10 @@ fn the_container_seccomp_profile_covers_exec_processes_too() {
     )
     .unwrap();
     let opt = profile.to_string_lossy().to_string();
-    let mut run = HullRun::spawn(command(&["--seccomp", &opt], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    let mut run = HullRun::spawn(
+        command(&["--seccomp", &opt], &["sh", "-c", "echo ready; exec sleep 600"]),
+        None,
+    );
     run.wait_stdout("ready", RUN_TIMEOUT);
     let uds = vsock_of(run.pid());
     let agent = client(&uds);
@@ -213,7 +231,10 @@ fn the_container_seccomp_profile_covers_exec_processes_too() {
     let mut out = String::new();
     stream(&uds, "mk", Stream::Stdout).read_to_string(&mut out).unwrap();
     assert_eq!(wait(&agent, "mk").exit_code, 0);
-    assert!(out.contains("Operation not permitted") && out.contains("denied"), "{out}");
+    assert!(
+        out.contains("Operation not permitted") && out.contains("denied"),
+        "{out}"
+    );
     let mut s = SignalProcessRequest::new();
     s.container_id = "run".into();
     s.signal = 9;
@@ -272,12 +293,20 @@ fn a_second_container_in_the_same_vm_and_the_error_codes() {
     agent
         .create_container(
             ctx(),
-            &create_request("c2", spec_json(&["sh", "-c", "hostname; ps -o comm | wc -l"]), "serial:rootfs"),
+            &create_request(
+                "c2",
+                spec_json(&["sh", "-c", "hostname; ps -o comm | wc -l"]),
+                "serial:rootfs",
+            ),
         )
         .unwrap();
     let mut out_stream = {
         let mut s = hybrid::connect(&uds, STDIO_PORT).unwrap();
-        let req = StdioRequest { container_id: "c2".into(), exec_id: String::new(), stream: Stream::Stdout };
+        let req = StdioRequest {
+            container_id: "c2".into(),
+            exec_id: String::new(),
+            stream: Stream::Stdout,
+        };
         hull_agent_protocol::stdio::open(&mut s, &req).unwrap();
         s
     };
@@ -292,31 +321,67 @@ fn a_second_container_in_the_same_vm_and_the_error_codes() {
     // hostname "second"; its processes: hull-init, sh, ps, wc (and the header line) — not the first container's.
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"second"), "{out}");
-    assert!(lines.get(1).and_then(|n| n.trim().parse::<u32>().ok()).is_some_and(|n| n <= 5), "{out}");
+    assert!(
+        lines
+            .get(1)
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .is_some_and(|n| n <= 5),
+        "{out}"
+    );
 
     // Error codes a shim can act on.
     let again = agent.start_container(ctx(), &c2).unwrap_err();
     assert_eq!(code_of(again), ttrpc::Code::FAILED_PRECONDITION);
-    let dup = agent.create_container(ctx(), &create_request("run", spec_json(&["true"]), "serial:rootfs")).unwrap_err();
+    let dup = agent
+        .create_container(ctx(), &create_request("run", spec_json(&["true"]), "serial:rootfs"))
+        .unwrap_err();
     assert_eq!(code_of(dup), ttrpc::Code::ALREADY_EXISTS);
-    let bad_id =
-        agent.create_container(ctx(), &create_request("a/b", spec_json(&["true"]), "serial:rootfs")).unwrap_err();
+    let bad_id = agent
+        .create_container(ctx(), &create_request("a/b", spec_json(&["true"]), "serial:rootfs"))
+        .unwrap_err();
     assert_eq!(code_of(bad_id), ttrpc::Code::INVALID_ARGUMENT);
-    let bad_spec =
-        agent.create_container(ctx(), &create_request("c3", b"{not json".to_vec(), "serial:rootfs")).unwrap_err();
+    let bad_spec = agent
+        .create_container(ctx(), &create_request("c3", b"{not json".to_vec(), "serial:rootfs"))
+        .unwrap_err();
     assert_eq!(code_of(bad_spec), ttrpc::Code::INVALID_ARGUMENT);
-    let bad_dev =
-        agent.create_container(ctx(), &create_request("c4", spec_json(&["true"]), "../../dev/mem")).unwrap_err();
+    let bad_dev = agent
+        .create_container(ctx(), &create_request("c4", spec_json(&["true"]), "../../dev/mem"))
+        .unwrap_err();
     assert_eq!(code_of(bad_dev), ttrpc::Code::INVALID_ARGUMENT);
     let mut stray = hybrid::connect(&uds, STDIO_PORT).unwrap();
-    let req = StdioRequest { container_id: "nope".into(), exec_id: String::new(), stream: Stream::Stdout };
+    let req = StdioRequest {
+        container_id: "nope".into(),
+        exec_id: String::new(),
+        stream: Stream::Stdout,
+    };
     assert!(hull_agent_protocol::stdio::open(&mut stray, &req).is_err());
 
-    agent.remove_container(ctx(), &RemoveContainerRequest { container_id: "c2".into(), ..Default::default() }).unwrap();
-    assert_eq!(code_of(agent.stats_container(ctx(), &c2).unwrap_err()), ttrpc::Code::NOT_FOUND);
+    agent
+        .remove_container(
+            ctx(),
+            &RemoveContainerRequest {
+                container_id: "c2".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        code_of(agent.stats_container(ctx(), &c2).unwrap_err()),
+        ttrpc::Code::NOT_FOUND
+    );
     // The failed creations left nothing: the id is free again.
-    agent.create_container(ctx(), &create_request("c3", spec_json(&["true"]), "serial:rootfs")).unwrap();
-    agent.remove_container(ctx(), &RemoveContainerRequest { container_id: "c3".into(), ..Default::default() }).unwrap();
+    agent
+        .create_container(ctx(), &create_request("c3", spec_json(&["true"]), "serial:rootfs"))
+        .unwrap();
+    agent
+        .remove_container(
+            ctx(),
+            &RemoveContainerRequest {
+                container_id: "c3".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
 
     let mut s = SignalProcessRequest::new();
     s.container_id = "run".into();

@@ -14,7 +14,10 @@ fn kvm_run(cmd: &[&str]) -> RunOutput {
 #[test]
 fn kvm_backend_runs_the_container_in_the_guest_kernel() {
     if !hardware_kvm() {
-        skip("kvm_backend_runs_the_container_in_the_guest_kernel", "needs hardware KVM (/dev/kvm missing, or kvm_pvm)");
+        skip(
+            "kvm_backend_runs_the_container_in_the_guest_kernel",
+            "needs hardware KVM (/dev/kvm missing, or kvm_pvm)",
+        );
         return;
     }
     let out = kvm_run(&["uname", "-r"]);
@@ -30,7 +33,11 @@ fn auto_backend_names_its_choice() {
     let expected = if hardware_kvm() { "backend kvm" } else { "backend qemu" };
     assert!(out.stderr.contains(expected), "{}", out.stderr);
     if software_kvm() {
-        assert!(out.stderr.contains("kvm_pvm"), "the reason must be given: {}", out.stderr);
+        assert!(
+            out.stderr.contains("kvm_pvm"),
+            "the reason must be given: {}",
+            out.stderr
+        );
     }
     assert_eq!(out.code(), 0, "{}", out.stderr);
 }

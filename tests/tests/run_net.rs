@@ -37,7 +37,10 @@ fn net_tap_address_route_and_dns() {
     ensure_tools();
     let name = format!("hrt{}", std::process::id() % 100_000);
     let Some(_tap) = Tap::create(&name, "10.78.0.1/24") else {
-        hull_tests::skip("net_tap_address_route_and_dns", "cannot create a TAP device (needs CAP_NET_ADMIN and ip)");
+        hull_tests::skip(
+            "net_tap_address_route_and_dns",
+            "cannot create a TAP device (needs CAP_NET_ADMIN and ip)",
+        );
         return;
     };
     let out = run(

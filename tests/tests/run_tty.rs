@@ -16,7 +16,12 @@ use run_common::*;
 
 fn openpty(rows: u16, cols: u16) -> (File, OwnedFd) {
     let (mut master, mut slave) = (0, 0);
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: openpty writes two descriptors; the name and termios pointers may be null.
     let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
@@ -65,7 +70,11 @@ fn interactive_shell_on_a_real_terminal() {
     let wait_for = |needle: &str, timeout: Duration| {
         let start = Instant::now();
         while !screen.lock().unwrap().contains(needle) {
-            assert!(start.elapsed() < timeout, "no {needle:?} on the terminal:\n{}", screen.lock().unwrap());
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} on the terminal:\n{}",
+                screen.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -85,7 +94,11 @@ fn interactive_shell_on_a_real_terminal() {
         if let Some(st) = child.0.try_wait().unwrap() {
             break st;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "hull run did not end:\n{}", screen.lock().unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hull run did not end:\n{}",
+            screen.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(6), "{}", screen.lock().unwrap());

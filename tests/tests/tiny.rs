@@ -27,14 +27,25 @@ fn config(guest: &str, vcpus: u8, mem_mib: u64, boot_args: &str) -> Value {
 fn boot_to_reset(label: &str, guest: &str, vcpus: u8, mem_mib: u64, boot_args: &str, extra: &[&str]) -> Hull {
     let mut hull = Hull::with_config(label, &config(guest, vcpus, mem_mib, boot_args), extra);
     let status = hull.expect_exit(EXIT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "hull should exit 0 after the guest resets\n{}", hull.report());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "hull should exit 0 after the guest resets\n{}",
+        hull.report()
+    );
     hull
 }
 
 /// The command line the guest saw must start with what was configured (hull may append its own switches).
 fn assert_cmdline(line: &str, prefix: &str, configured: &str) {
-    let seen = line.split_once(prefix).map(|(_, rest)| rest).unwrap_or_else(|| panic!("no {prefix:?} in {line:?}"));
-    assert!(seen.starts_with(configured), "guest command line {seen:?} does not start with {configured:?}");
+    let seen = line
+        .split_once(prefix)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no {prefix:?} in {line:?}"));
+    assert!(
+        seen.starts_with(configured),
+        "guest command line {seen:?} does not start with {configured:?}"
+    );
 }
 
 #[test]
@@ -44,17 +55,32 @@ fn pvh_guest_boots_and_exits_cleanly() {
     let hull = boot_to_reset("pvh", "pvh.elf", 1, 128, args, &[]);
 
     let ok = hull.expect_output("hull-tiny: pvh ", Duration::ZERO);
-    assert!(ok.starts_with("hull-tiny: pvh ok magic=336ec578 "), "bad PVH start info: {ok:?}");
+    assert!(
+        ok.starts_with("hull-tiny: pvh ok magic=336ec578 "),
+        "bad PVH start info: {ok:?}"
+    );
     let cr0 = hex_field(&ok, "cr0");
     assert_eq!(cr0 & 1, 1, "PVH entry must be in protected mode (CR0.PE): cr0={cr0:#x}");
-    assert_eq!(cr0 & (1 << 31), 0, "PVH entry must have paging off (CR0.PG): cr0={cr0:#x}");
+    assert_eq!(
+        cr0 & (1 << 31),
+        0,
+        "PVH entry must have paging off (CR0.PG): cr0={cr0:#x}"
+    );
     assert_ne!(hex_field(&ok, "start_info"), 0);
 
-    assert_cmdline(&hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO), "cmdline=", args);
+    assert_cmdline(
+        &hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO),
+        "cmdline=",
+        args,
+    );
     let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
     assert_eq!(hex_field(&memmap, "ram_end"), 128 * MIB, "{memmap}");
     hull.expect_output("hull-tiny: pvh reset", Duration::ZERO);
-    assert!(!hull.stderr().contains("Guest-boot-time"), "boot time logged without --boot-timer\n{}", hull.stderr());
+    assert!(
+        !hull.stderr().contains("Guest-boot-time"),
+        "boot time logged without --boot-timer\n{}",
+        hull.stderr()
+    );
 }
 
 #[test]
@@ -64,10 +90,22 @@ fn boot_timer_logs_the_guest_boot_time() {
     hull.expect_output("hull-tiny: pvh boot timer written", Duration::ZERO);
     // "Guest-boot-time = <N> us <M> ms"
     let line = hull.expect_log("Guest-boot-time", Duration::ZERO);
-    let words: Vec<&str> = line.split_once("Guest-boot-time").unwrap().1.split_whitespace().collect();
-    assert!(words.len() >= 5 && words[0] == "=" && words[2] == "us" && words[4] == "ms", "{line:?}");
-    let us: u64 = words[1].parse().unwrap_or_else(|_| panic!("bad microseconds in {line:?}"));
-    let ms: u64 = words[3].parse().unwrap_or_else(|_| panic!("bad milliseconds in {line:?}"));
+    let words: Vec<&str> = line
+        .split_once("Guest-boot-time")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert!(
+        words.len() >= 5 && words[0] == "=" && words[2] == "us" && words[4] == "ms",
+        "{line:?}"
+    );
+    let us: u64 = words[1]
+        .parse()
+        .unwrap_or_else(|_| panic!("bad microseconds in {line:?}"));
+    let ms: u64 = words[3]
+        .parse()
+        .unwrap_or_else(|_| panic!("bad milliseconds in {line:?}"));
     assert_eq!(ms, us / 1000, "{line:?}");
     assert!(us > 0 && us < 30_000_000, "implausible boot time {us} us");
 }
@@ -80,17 +118,29 @@ fn long64_guest_runs_in_long_mode_and_reads_boot_params() {
 
     let ok = hull.expect_output("hull-tiny: long64 ok", Duration::ZERO);
     let efer = hex_field(&ok, "efer");
-    assert_ne!(efer & (1 << 10), 0, "EFER.LMA must be set in the 64-bit entry: efer={efer:#x}");
+    assert_ne!(
+        efer & (1 << 10),
+        0,
+        "EFER.LMA must be set in the 64-bit entry: efer={efer:#x}"
+    );
     assert_ne!(hex_field(&ok, "cr0") & (1 << 31), 0, "paging must be on: {ok}");
     assert_ne!(hex_field(&ok, "cr4") & (1 << 5), 0, "CR4.PAE must be set: {ok}");
     let bp = hex_field(&ok, "boot_params");
     assert!(bp != 0 && bp < MIB, "boot_params at {bp:#x} should be in low memory");
 
-    assert_cmdline(&hull.expect_output("hull-tiny: long64 cmdline=", Duration::ZERO), "cmdline=", args);
+    assert_cmdline(
+        &hull.expect_output("hull-tiny: long64 cmdline=", Duration::ZERO),
+        "cmdline=",
+        args,
+    );
     let e820 = hull.expect_output("hull-tiny: long64 e820 entries=", Duration::ZERO);
     let entries = dec_field(&e820, "entries");
     assert!(entries >= 2, "expected low RAM and RAM above 1 MiB at least: {e820}");
-    let listed = hull.stdout().lines().filter(|l| l.starts_with("hull-tiny: e820 addr=")).count() as u64;
+    let listed = hull
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("hull-tiny: e820 addr="))
+        .count() as u64;
     assert_eq!(listed, entries);
     assert_eq!(hex_field(&e820, "ram_end"), 128 * MIB, "{e820}");
 }
@@ -100,13 +150,21 @@ fn bzimage_guest_boots_through_the_64bit_entry() {
     require_kvm!("bzimage_guest_boots_through_the_64bit_entry");
     let args = "console=ttyS0 hull.test=bzimage";
     let hull = boot_to_reset("bzimage", "tiny.bzImage", 1, 128, args, &[]);
-    assert!(!hull.stdout().contains("startup_32"), "entered at the 32-bit entry point\n{}", hull.stdout());
+    assert!(
+        !hull.stdout().contains("startup_32"),
+        "entered at the 32-bit entry point\n{}",
+        hull.stdout()
+    );
     let ok = hull.expect_output("hull-tiny: bzimage ok", Duration::ZERO);
     // The protected-mode part belongs at code32_start (1 MiB); the 64-bit entry is 0x200 into it.
     assert_eq!(hex_field(&ok, "entry"), 0x10_0200, "{ok}");
     // boot_params.hdr must be the image's setup header (protocol 2.15), as the boot protocol requires.
     assert_eq!(hex_field(&ok, "hdr_version"), 0x20f, "{ok}");
-    assert_cmdline(&hull.expect_output("hull-tiny: bzimage cmdline=", Duration::ZERO), "cmdline=", args);
+    assert_cmdline(
+        &hull.expect_output("hull-tiny: bzimage cmdline=", Duration::ZERO),
+        "cmdline=",
+        args,
+    );
     hull.expect_output("hull-tiny: bzimage reset", Duration::ZERO);
 }
 
@@ -116,9 +174,21 @@ fn triple_fault_ends_hull_with_an_error() {
     let mut hull = Hull::with_config("triplefault", &config("triplefault.elf", 1, 128, "console=ttyS0"), &[]);
     let status = hull.expect_exit(EXIT_TIMEOUT);
     hull.expect_output("hull-tiny: triple fault next", Duration::ZERO);
-    assert!(!hull.stdout().contains("still running"), "the guest survived its triple fault\n{}", hull.report());
-    assert!(!status.success() && status.code().is_some(), "hull should exit non-zero: {status}\n{}", hull.report());
-    assert!(hull.stderr().to_lowercase().contains("triple"), "hull did not log the triple fault\n{}", hull.report());
+    assert!(
+        !hull.stdout().contains("still running"),
+        "the guest survived its triple fault\n{}",
+        hull.report()
+    );
+    assert!(
+        !status.success() && status.code().is_some(),
+        "hull should exit non-zero: {status}\n{}",
+        hull.report()
+    );
+    assert!(
+        hull.stderr().to_lowercase().contains("triple"),
+        "hull did not log the triple fault\n{}",
+        hull.report()
+    );
 }
 
 #[test]
@@ -132,7 +202,10 @@ fn two_vcpus_both_report() {
     hull.expect_output("hull-tiny: smp 2 cpus alive", Duration::ZERO);
     // The guest serialises its lines with a spinlock: none may be interleaved.
     for line in hull.stdout().lines().filter(|l| l.contains("hull-tiny")) {
-        assert!(line.starts_with("hull-tiny: ") && line.matches("hull-tiny").count() == 1, "mangled line {line:?}");
+        assert!(
+            line.starts_with("hull-tiny: ") && line.matches("hull-tiny").count() == 1,
+            "mangled line {line:?}"
+        );
     }
 }
 
@@ -149,10 +222,19 @@ fn one_vcpu_has_no_application_processor() {
 fn check_memory_size(mem_mib: u64) {
     let hull = boot_to_reset(&format!("mem{mem_mib}"), "long64.elf", 1, mem_mib, "console=ttyS0", &[]);
     let e820 = hull.expect_output("hull-tiny: long64 e820 entries=", Duration::ZERO);
-    assert_eq!(hex_field(&e820, "ram_end"), mem_mib * MIB, "e820 for {mem_mib} MiB: {e820}\n{}", hull.stdout());
+    assert_eq!(
+        hex_field(&e820, "ram_end"),
+        mem_mib * MIB,
+        "e820 for {mem_mib} MiB: {e820}\n{}",
+        hull.stdout()
+    );
     let hull = boot_to_reset(&format!("pvhmem{mem_mib}"), "pvh.elf", 1, mem_mib, "console=ttyS0", &[]);
     let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
-    assert_eq!(hex_field(&memmap, "ram_end"), mem_mib * MIB, "PVH memmap for {mem_mib} MiB: {memmap}");
+    assert_eq!(
+        hex_field(&memmap, "ram_end"),
+        mem_mib * MIB,
+        "PVH memmap for {mem_mib} MiB: {memmap}"
+    );
 }
 
 #[test]
@@ -176,19 +258,33 @@ fn memory_above_3_gib_skips_the_mmio_hole() {
     assert_eq!(hex_field(&e820, "ram_end"), 0x1_4000_0000, "{}", hull.stdout());
     let mut ram = 0;
     for line in hull.stdout().lines().filter(|l| l.starts_with("hull-tiny: e820 addr=")) {
-        let (addr, size, kind) = (hex_field(line, "addr"), hex_field(line, "size"), dec_field(line, "type"));
+        let (addr, size, kind) = (
+            hex_field(line, "addr"),
+            hex_field(line, "size"),
+            dec_field(line, "type"),
+        );
         if kind == 1 {
-            assert!(addr + size <= 0xc000_0000 || addr >= 0x1_0000_0000, "RAM over the MMIO hole: {line}");
+            assert!(
+                addr + size <= 0xc000_0000 || addr >= 0x1_0000_0000,
+                "RAM over the MMIO hole: {line}"
+            );
             ram += size;
         }
     }
     // All of it is usable except the legacy hole (0x9fc00..1 MiB) below 1 MiB.
-    assert!(ram <= 4096 * MIB && ram > 4096 * MIB - MIB, "usable RAM {ram:#x}\n{}", hull.stdout());
+    assert!(
+        ram <= 4096 * MIB && ram > 4096 * MIB - MIB,
+        "usable RAM {ram:#x}\n{}",
+        hull.stdout()
+    );
 }
 
 /// The tick number on a `tick N` line.
 fn tick_number(line: &str) -> u64 {
-    line.trim().strip_prefix("tick ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad tick {line:?}"))
+    line.trim()
+        .strip_prefix("tick ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad tick {line:?}"))
 }
 
 #[test]
@@ -218,7 +314,12 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         paused_at.elapsed(),
         &after[before.len()..]
     );
-    let last = before.lines().rev().find(|l| l.starts_with("tick ")).map(tick_number).expect("a tick line");
+    let last = before
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("tick "))
+        .map(tick_number)
+        .expect("a tick line");
 
     api.expect_ok("PATCH", "/vm", &json!({ "state": "Resumed" }));
     let next = hull
@@ -235,17 +336,66 @@ fn pvh_boot_through_the_api_socket() {
     let api = hull.api();
     let sock = hull.api_sock().unwrap().to_path_buf();
     let args = "console=ttyS0 reboot=k hull.test=api";
-    api.expect_ok("PUT", "/boot-source", &json!({ "kernel_image_path": tiny_guest("pvh.elf"), "boot_args": args }));
-    api.expect_ok("PUT", "/machine-config", &json!({ "vcpu_count": 1, "mem_size_mib": 256 }));
+    api.expect_ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny_guest("pvh.elf"), "boot_args": args }),
+    );
+    api.expect_ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 1, "mem_size_mib": 256 }),
+    );
     api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
 
     let status = hull.expect_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", hull.report());
     let ok = hull.expect_output("hull-tiny: pvh ", Duration::ZERO);
     assert!(ok.starts_with("hull-tiny: pvh ok magic=336ec578 "), "{ok}");
-    assert_cmdline(&hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO), "cmdline=", args);
+    assert_cmdline(
+        &hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO),
+        "cmdline=",
+        args,
+    );
     let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
     assert_eq!(hex_field(&memmap, "ram_end"), 256 * MIB, "{memmap}");
     assert!(!sock.exists(), "hull left its API socket {} behind", sock.display());
     assert!(field(&ok, "magic").is_some());
+}
+
+#[test]
+fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
+    require_kvm!("send_ctrl_alt_del_reaches_the_guest_keyboard");
+    let dir = hull_tests::TempDir::new("keyboard-cfg").unwrap();
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, config("keyboard.elf", 1, 128, "console=ttyS0").to_string()).unwrap();
+    let mut hull = Hull::with_api("keyboard", &["--config-file", cfg.to_str().unwrap()]);
+    let api = hull.api();
+    hull.expect_output("hull-tiny: keyboard waiting", Duration::from_secs(30));
+    assert!(
+        !hull.stdout().contains("key "),
+        "no key before SendCtrlAltDel\n{}",
+        hull.report()
+    );
+
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "SendCtrlAltDel" }));
+    hull.expect_output("hull-tiny: ctrl-alt-del", Duration::from_secs(30));
+    let keys: Vec<String> = hull
+        .stdout()
+        .lines()
+        .filter_map(|l| l.strip_prefix("key ").map(str::to_string))
+        .collect();
+    assert_eq!(
+        keys,
+        ["14", "11", "e0", "71"],
+        "set-2 scan codes of Ctrl, Alt, Delete\n{}",
+        hull.report()
+    );
+    let status = hull.expect_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the guest resets after the keys\n{}",
+        hull.report()
+    );
 }

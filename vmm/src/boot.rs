@@ -71,25 +71,39 @@ pub struct LoadedKernel {
 /// Loads an ELF vmlinux (preferring its PVH entry) or a bzImage at 1 MiB and up.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let shown = path.display().to_string();
-    let mut file = File::open(path).map_err(|source| BootError::OpenKernel { path: shown.clone(), source })?;
+    let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
+        path: shown.clone(),
+        source,
+    })?;
     let elf_err = match Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => {
             let entry = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
                 _ => EntryPoint::Linux64(r.kernel_load),
             };
-            return Ok(LoadedKernel { entry, setup_header: None, end: r.kernel_load.raw_value() + r.kernel_end });
+            return Ok(LoadedKernel {
+                entry,
+                setup_header: None,
+                end: r.kernel_load.raw_value() + r.kernel_end,
+            });
         }
         Err(e) => e.to_string(),
     };
-    file.seek(SeekFrom::Start(0)).map_err(|source| BootError::OpenKernel { path: shown.clone(), source })?;
+    file.seek(SeekFrom::Start(0)).map_err(|source| BootError::OpenKernel {
+        path: shown.clone(),
+        source,
+    })?;
     match BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => Ok(LoadedKernel {
             entry: EntryPoint::Linux64(r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET)),
             setup_header: r.setup_header,
             end: r.kernel_load.raw_value() + r.kernel_end,
         }),
-        Err(e) => Err(BootError::LoadKernel { path: shown, elf: elf_err, bzimage: e.to_string() }),
+        Err(e) => Err(BootError::LoadKernel {
+            path: shown,
+            elf: elf_err,
+            bzimage: e.to_string(),
+        }),
     }
 }
 
@@ -103,17 +117,35 @@ pub struct InitrdRegion {
 /// Loads the initrd at the top of low RAM, page aligned, above the kernel.
 pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<InitrdRegion, BootError> {
     let shown = path.display().to_string();
-    let mut file = File::open(path).map_err(|source| BootError::ReadInitrd { path: shown.clone(), source })?;
-    let size = file.metadata().map_err(|source| BootError::ReadInitrd { path: shown.clone(), source })?.len();
-    let too_big = || BootError::InitrdTooBig { path: shown.clone(), size };
+    let mut file = File::open(path).map_err(|source| BootError::ReadInitrd {
+        path: shown.clone(),
+        source,
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|source| BootError::ReadInitrd {
+            path: shown.clone(),
+            source,
+        })?
+        .len();
+    let too_big = || BootError::InitrdTooBig {
+        path: shown.clone(),
+        size,
+    };
     let top = low_ram_end(mem);
     let addr = top.checked_sub(size).ok_or_else(too_big)? & !0xfff;
     if addr < kernel_end.max(HIMEM_START) {
         return Err(too_big());
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|e| BootError::ReadInitrd { path: shown.clone(), source: std::io::Error::other(e.to_string()) })?;
-    Ok(InitrdRegion { addr: GuestAddress(addr), size })
+        .map_err(|e| BootError::ReadInitrd {
+            path: shown.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(InitrdRegion {
+        addr: GuestAddress(addr),
+        size,
+    })
 }
 
 /// The command line: the user's kernel parameters, then what the machine needs (`extra`), then whatever
@@ -125,13 +157,22 @@ pub fn build_cmdline(user: &str, extra: &[&str]) -> Result<Cmdline, BootError> {
         None => (user, None),
     };
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    for part in std::iter::once(kernel_part).chain(extra.iter().copied()).filter(|p| !p.trim().is_empty()) {
-        cmdline.insert_str(part.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    for part in std::iter::once(kernel_part)
+        .chain(extra.iter().copied())
+        .filter(|p| !p.trim().is_empty())
+    {
+        cmdline
+            .insert_str(part.trim())
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
     }
     if let Some(init_args) = init_part {
-        cmdline.insert_str("--").map_err(|e| BootError::Cmdline(e.to_string()))?;
+        cmdline
+            .insert_str("--")
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
         if !init_args.trim().is_empty() {
-            cmdline.insert_str(init_args.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
+            cmdline
+                .insert_str(init_args.trim())
+                .map_err(|e| BootError::Cmdline(e.to_string()))?;
         }
     }
     Ok(cmdline)
@@ -140,7 +181,11 @@ pub fn build_cmdline(user: &str, extra: &[&str]) -> Result<Cmdline, BootError> {
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<u32, BootError> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    let len = cmdline.as_cstring().map_err(|e| BootError::Cmdline(e.to_string()))?.as_bytes().len();
+    let len = cmdline
+        .as_cstring()
+        .map_err(|e| BootError::Cmdline(e.to_string()))?
+        .as_bytes()
+        .len();
     Ok(len as u32)
 }
 
@@ -150,7 +195,10 @@ pub type E820Entry = (u64, u64, u32);
 /// The memory map the guest is given: low RAM up to the EBDA, the EBDA..1 MiB legacy area reserved
 /// (the MP table lives there), RAM from 1 MiB, and RAM above 4 GiB when the guest is that large.
 pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
-    let mut map = vec![(0, EBDA_START, E820_RAM), (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED)];
+    let mut map = vec![
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+    ];
     for region in mem.iter() {
         let start = region.start_addr().raw_value().max(HIMEM_START);
         let end = region.start_addr().raw_value() + region.len();
@@ -186,10 +234,15 @@ pub fn write_linux_boot_params(
     }
     let map = e820_map(mem);
     for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(map.iter()) {
-        *slot = boot_e820_entry { addr: *addr, size: *size, r#type: *kind };
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *kind,
+        };
     }
     params.e820_entries = map.len().min(params.e820_table.len()) as u8;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_START)).map_err(BootError::Write)
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+        .map_err(BootError::Write)
 }
 
 /// Writes `hvm_start_info`, its memory map and the initrd module entry for the PVH entry point.
@@ -205,17 +258,28 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<InitrdRegion>)
     };
     let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
     for (i, (addr, size, kind)) in map.iter().enumerate() {
-        let e = hvm_memmap_table_entry { addr: *addr, size: *size, type_: *kind, reserved: 0 };
-        mem.write_obj(e, GuestAddress(PVH_MEMMAP_START + i as u64 * entry_size)).map_err(BootError::Write)?;
+        let e = hvm_memmap_table_entry {
+            addr: *addr,
+            size: *size,
+            type_: *kind,
+            reserved: 0,
+        };
+        mem.write_obj(e, GuestAddress(PVH_MEMMAP_START + i as u64 * entry_size))
+            .map_err(BootError::Write)?;
     }
     if let Some(rd) = initrd {
         let modlist = PVH_MEMMAP_START + map.len() as u64 * entry_size;
-        let module = hvm_modlist_entry { paddr: rd.addr.raw_value(), size: rd.size, ..Default::default() };
+        let module = hvm_modlist_entry {
+            paddr: rd.addr.raw_value(),
+            size: rd.size,
+            ..Default::default()
+        };
         mem.write_obj(module, GuestAddress(modlist)).map_err(BootError::Write)?;
         info.nr_modules = 1;
         info.modlist_paddr = modlist;
     }
-    mem.write_obj(info, GuestAddress(PVH_INFO_START)).map_err(BootError::Write)
+    mem.write_obj(info, GuestAddress(PVH_INFO_START))
+        .map_err(BootError::Write)
 }
 
 #[cfg(test)]
@@ -244,7 +308,10 @@ mod tests {
     #[test]
     fn linux_boot_params_carry_cmdline_initrd_and_e820() {
         let mem = create_guest_memory(64).unwrap();
-        let rd = InitrdRegion { addr: GuestAddress(0x300_0000), size: 0x1234 };
+        let rd = InitrdRegion {
+            addr: GuestAddress(0x300_0000),
+            size: 0x1234,
+        };
         let cmdline = build_cmdline("console=ttyS0", &["reboot=k", ""]).unwrap();
         let len = write_cmdline(&mem, &cmdline).unwrap();
         assert_eq!(len as usize, "console=ttyS0 reboot=k".len());
@@ -265,7 +332,10 @@ mod tests {
     #[test]
     fn machine_parameters_go_before_the_init_arguments() {
         let c = build_cmdline("console=ttyS0 -- --verbose x", &["reboot=k"]).unwrap();
-        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0 reboot=k -- --verbose x");
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 reboot=k -- --verbose x"
+        );
         let c = build_cmdline("-- single", &["reboot=k"]).unwrap();
         assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "reboot=k -- single");
         let c = build_cmdline("quiet", &["a=1", "b=2"]).unwrap();
@@ -275,7 +345,10 @@ mod tests {
     #[test]
     fn pvh_start_info_points_at_memmap_and_module() {
         let mem = create_guest_memory(32).unwrap();
-        let rd = InitrdRegion { addr: GuestAddress(0x100_0000), size: 4096 };
+        let rd = InitrdRegion {
+            addr: GuestAddress(0x100_0000),
+            size: 4096,
+        };
         write_pvh_start_info(&mem, Some(rd)).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
@@ -284,7 +357,10 @@ mod tests {
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((m.paddr, m.size), (0x100_0000, 4096));
         let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(info.memmap_paddr + 2 * 24)).unwrap();
-        assert_eq!((e.addr, e.size, e.type_), (HIMEM_START, (32 << 20) - HIMEM_START, E820_RAM));
+        assert_eq!(
+            (e.addr, e.size, e.type_),
+            (HIMEM_START, (32 << 20) - HIMEM_START, E820_RAM)
+        );
         // The module list must not overlap the start info or run into the zero page.
         assert!(info.modlist_paddr + 32 <= ZERO_PAGE_START);
     }
@@ -305,7 +381,10 @@ mod tests {
         assert_eq!(b[0], 7);
         let big = dir.join("big");
         std::fs::write(&big, vec![0u8; 33 << 20]).unwrap();
-        assert!(matches!(load_initrd(&mem, &big, 0x20_0000), Err(BootError::InitrdTooBig { .. })));
+        assert!(matches!(
+            load_initrd(&mem, &big, 0x20_0000),
+            Err(BootError::InitrdTooBig { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use devices::bus::{Bus, BusDevice};
 use devices::legacy::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
 use devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
-use devices::legacy::{BootTimer, I8042, IrqLine, SerialConsole};
+use devices::legacy::{BootTimer, IrqLine, SerialConsole, I8042};
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -25,8 +25,8 @@ use crate::layout::*;
 use crate::memory::{self, GuestMemoryMmap};
 use crate::microvm::{MicroVm, VmmError};
 use crate::mptable;
-use crate::virtio_devices;
 use crate::vcpu::{self, VcpuContext, VcpuControl};
+use crate::virtio_devices;
 
 /// Kernel switches for the i8042: no mouse port, no multiplexer, no PnP probing, and a keyboard
 /// that is not asked for its ID — what hull's minimal controller provides, and faster to boot.
@@ -37,7 +37,10 @@ pub enum BuildError {
     #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
     #[error("KVM: {what} failed: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
@@ -64,7 +67,10 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
 pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
     let started = Instant::now();
     config.validate()?;
-    let boot_source = config.boot_source.as_ref().ok_or(crate::config::ConfigError::MissingBootSource)?;
+    let boot_source = config
+        .boot_source
+        .as_ref()
+        .ok_or(crate::config::ConfigError::MissingBootSource)?;
     let machine = &config.machine;
 
     let template = choose_cpu_template(machine.cpu_template);
@@ -107,7 +113,16 @@ pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<Mi
         build_ms = started.elapsed().as_millis() as u64,
         "microVM started"
     );
-    Ok(MicroVm::new(kvm, vm, mem, control, threads, event_thread, legacy.i8042, usize::from(machine.vcpu_count)))
+    Ok(MicroVm::new(
+        kvm,
+        vm,
+        mem,
+        control,
+        threads,
+        event_thread,
+        legacy.i8042,
+        usize::from(machine.vcpu_count),
+    ))
 }
 
 /// Step: the CPU template, chosen automatically on a software KVM.
@@ -127,10 +142,15 @@ fn choose_cpu_template(name: crate::config::CpuTemplateName) -> CpuTemplate {
 /// Step: the VM with its in-kernel interrupt controllers (PIC, IO APIC, LAPICs) and PIT.
 fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
     vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(vm)
 }
@@ -158,18 +178,20 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
             // SAFETY: dup returns a new descriptor (or -1, checked) that we own from here on.
             let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
             if fd < 0 {
-                return Err(BuildError::SerialOutput { path: "stdout".into(), source: std::io::Error::last_os_error() });
+                return Err(BuildError::SerialOutput {
+                    path: "stdout".into(),
+                    source: std::io::Error::last_os_error(),
+                });
             }
             // SAFETY: fd is a fresh descriptor owned by nobody else.
             Box::new(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
         }
-        SerialOutput::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::SerialOutput { path: path.display().to_string(), source })?,
-        ),
+        SerialOutput::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(
+            |source| BuildError::SerialOutput {
+                path: path.display().to_string(),
+                source,
+            },
+        )?),
         SerialOutput::Sink => Box::new(std::io::sink()),
     })
 }
@@ -178,26 +200,43 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
 fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> Result<LegacyDevices, BuildError> {
     let dev_err = |e: std::io::Error| BuildError::Devices(e.to_string());
     let serial_irq = IrqLine::new().map_err(dev_err)?;
-    vm.register_irqfd(&serial_irq.0, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, serial_writer(&options.serial)?)));
+    vm.register_irqfd(&serial_irq.0, COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        serial_irq,
+        serial_writer(&options.serial)?,
+    )));
 
     let kbd_irq = IrqLine::new().map_err(dev_err)?;
-    vm.register_irqfd(&kbd_irq.0, I8042_KBD_IRQ).map_err(kvm_err("KVM_IRQFD (i8042)"))?;
+    vm.register_irqfd(&kbd_irq.0, I8042_KBD_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (i8042)"))?;
     let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, reset_evt.try_clone().map_err(dev_err)?)));
 
     let bus_err = |e: devices::bus::BusError| BuildError::Devices(e.to_string());
     let mut pio = Bus::new();
-    pio.insert(serial.clone() as Arc<Mutex<dyn BusDevice>>, COM1_BASE, COM1_LEN).map_err(bus_err)?;
-    // The controller decodes 0x60 and 0x64 only; offsets on the bus are relative to 0x60.
-    pio.insert(i8042.clone() as Arc<Mutex<dyn BusDevice>>, I8042_DATA_PORT, I8042_COMMAND_PORT - I8042_DATA_PORT + 1)
+    pio.insert(serial.clone() as Arc<Mutex<dyn BusDevice>>, COM1_BASE, COM1_LEN)
         .map_err(bus_err)?;
+    // The controller decodes 0x60 and 0x64 only; offsets on the bus are relative to 0x60.
+    pio.insert(
+        i8042.clone() as Arc<Mutex<dyn BusDevice>>,
+        I8042_DATA_PORT,
+        I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
+    )
+    .map_err(bus_err)?;
     let mut mmio = Bus::new();
     if options.boot_timer {
-        mmio.insert(Arc::new(Mutex::new(BootTimer::new(started))), BOOT_TIMER_ADDR, 0x1000).map_err(bus_err)?;
+        mmio.insert(Arc::new(Mutex::new(BootTimer::new(started))), BOOT_TIMER_ADDR, 0x1000)
+            .map_err(bus_err)?;
     }
     let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial)))];
-    Ok(LegacyDevices { pio: Arc::new(pio), mmio, i8042, reset_evt, subscribers })
+    Ok(LegacyDevices {
+        pio: Arc::new(pio),
+        mmio,
+        i8042,
+        reset_evt,
+        subscribers,
+    })
 }
 
 /// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
@@ -222,7 +261,12 @@ fn attach_virtio_devices(
 }
 
 /// Step: the command line, the user's first, then what the machine needs.
-fn write_cmdline(mem: &GuestMemoryMmap, user: &str, template: CpuTemplate, devices: &[String]) -> Result<u32, BuildError> {
+fn write_cmdline(
+    mem: &GuestMemoryMmap,
+    user: &str,
+    template: CpuTemplate,
+    devices: &[String],
+) -> Result<u32, BuildError> {
     let mut extra: Vec<&str> = devices.iter().map(String::as_str).collect();
     if !user.contains("i8042.") {
         extra.push(I8042_CMDLINE);
@@ -259,7 +303,9 @@ fn create_vcpus(
     template: CpuTemplate,
     entry: EntryPoint,
 ) -> Result<Vec<VcpuFd>, BuildError> {
-    let supported: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported: CpuId = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     (0..count)
         .map(|index| {
             let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;

@@ -128,7 +128,13 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { vcpu_count: 1, mem_size_mib: 128, smt: false, cpu_template: CpuTemplateName::None, track_dirty_pages: false }
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            cpu_template: CpuTemplateName::None,
+            track_dirty_pages: false,
+        }
     }
 }
 

@@ -66,7 +66,8 @@ const L7_EBX_FSGSBASE: u32 = 1 << 0;
 const L7_EBX_AVX2: u32 = 1 << 5;
 const L7_EBX_ERMS: u32 = 1 << 9;
 const L7_EBX_INVPCID: u32 = 1 << 10;
-const L7_EBX_AVX512_ALL: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const L7_EBX_AVX512_ALL: u32 =
+    (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
 const L7_EBX_RDSEED: u32 = 1 << 18;
 const L7_EBX_SMAP: u32 = 1 << 20;
 const L7_ECX_AVX512_ALL: u32 = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14);
@@ -94,13 +95,8 @@ const SOFT_KVM_L1_ECX: u32 = L1_ECX_FMA
     | L1_ECX_AVX
     | L1_ECX_F16C
     | L1_ECX_RDRAND;
-const SOFT_KVM_L7_EBX: u32 = L7_EBX_FSGSBASE
-    | L7_EBX_AVX2
-    | L7_EBX_ERMS
-    | L7_EBX_INVPCID
-    | L7_EBX_AVX512_ALL
-    | L7_EBX_RDSEED
-    | L7_EBX_SMAP;
+const SOFT_KVM_L7_EBX: u32 =
+    L7_EBX_FSGSBASE | L7_EBX_AVX2 | L7_EBX_ERMS | L7_EBX_INVPCID | L7_EBX_AVX512_ALL | L7_EBX_RDSEED | L7_EBX_SMAP;
 const SOFT_KVM_L7_ECX: u32 = L7_ECX_AVX512_ALL | L7_ECX_RDPID;
 const SOFT_KVM_L7_EDX: u32 = L7_EDX_FSRM;
 
@@ -123,7 +119,12 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, template: CpuTemplate
 /// KVM may report leaf 0xb without its core level; without it Linux puts every vCPU in its own
 /// package. Add the SMT and core subleaves when the CPU has leaf 0xb at all (values come in `normalize`).
 fn ensure_topology_leaf(cpuid: &mut CpuId) {
-    let max_basic = cpuid.as_slice().iter().find(|e| e.function == 0).map(|e| e.eax).unwrap_or(0);
+    let max_basic = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map(|e| e.eax)
+        .unwrap_or(0);
     if max_basic < 0xb {
         return;
     }
@@ -217,21 +218,39 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32, ecx: u32, ebx: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ecx, ebx, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ecx,
+            ebx,
+            ..Default::default()
+        }
     }
 
     fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
-        *c.as_slice().iter().find(|e| e.function == function && e.index == index).unwrap()
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
     }
 
     fn sample() -> CpuId {
         CpuId::from_entries(&[
-            entry(0x1, 0, L1_ECX_CX16 | L1_ECX_POPCNT | L1_ECX_XSAVE | (1 << 0), 0x0000_0800),
+            entry(
+                0x1,
+                0,
+                L1_ECX_CX16 | L1_ECX_POPCNT | L1_ECX_XSAVE | (1 << 0),
+                0x0000_0800,
+            ),
             entry(0x7, 0, L7_ECX_RDPID, L7_EBX_AVX2 | L7_EBX_SMAP | (1 << 3)),
             entry(0xb, 0, 0, 0),
             entry(0xb, 1, 0, 0),
             entry(0xd, 0, 7, 0x240),
-            kvm_cpuid_entry2 { function: 0x4000_0001, eax: KVM_FEATURE_PV_SEND_IPI | 1, ..Default::default() },
+            kvm_cpuid_entry2 {
+                function: 0x4000_0001,
+                eax: KVM_FEATURE_PV_SEND_IPI | 1,
+                ..Default::default()
+            },
         ])
         .unwrap()
     }
@@ -267,7 +286,11 @@ mod tests {
     #[test]
     fn missing_core_level_is_added() {
         let sparse = CpuId::from_entries(&[
-            kvm_cpuid_entry2 { function: 0, eax: 0xd, ..Default::default() },
+            kvm_cpuid_entry2 {
+                function: 0,
+                eax: 0xd,
+                ..Default::default()
+            },
             entry(0xb, 0, 0, 0),
         ])
         .unwrap();

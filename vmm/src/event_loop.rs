@@ -24,7 +24,10 @@ pub struct SerialInput {
 
 impl SerialInput {
     pub fn new(serial: Arc<Mutex<SerialConsole>>) -> Self {
-        SerialInput { serial, stdin: std::io::stdin().as_raw_fd() }
+        SerialInput {
+            serial,
+            stdin: std::io::stdin().as_raw_fd(),
+        }
     }
 }
 
@@ -37,7 +40,11 @@ impl MutEventSubscriber for SerialInput {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut buf = [0u8; 64];
-        let n = if events.event_set().contains(EventSet::IN) { std::io::stdin().read(&mut buf).unwrap_or(0) } else { 0 };
+        let n = if events.event_set().contains(EventSet::IN) {
+            std::io::stdin().read(&mut buf).unwrap_or(0)
+        } else {
+            0
+        };
         if n == 0 {
             // End of input or hang-up: stop watching stdin.
             let _ = ops.remove(events);
@@ -45,7 +52,10 @@ impl MutEventSubscriber for SerialInput {
         }
         let taken = lock(&self.serial).enqueue_input(&buf[..n]);
         if taken < n {
-            tracing::warn!(dropped = n - taken, "serial input FIFO full; the guest is not reading its console");
+            tracing::warn!(
+                dropped = n - taken,
+                "serial input FIFO full; the guest is not reading its console"
+            );
         }
     }
 }
@@ -68,10 +78,7 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 /// Runs `subscribers` until the VM ends.
-pub fn spawn(
-    subscribers: Vec<Subscriber>,
-    control: Arc<VcpuControl>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(subscribers: Vec<Subscriber>, control: Arc<VcpuControl>) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut manager: EventManager<Subscriber> =
         EventManager::new().map_err(|e| std::io::Error::other(format!("event manager: {e:?}")))?;
     for s in subscribers {

@@ -14,7 +14,12 @@ pub enum MemoryError {
     #[error("cannot map {mib} MiB of guest memory: {reason}")]
     Mmap { mib: usize, reason: String },
     #[error("KVM refused memory slot {slot} ({size:#x} bytes at {addr:#x}): {source}")]
-    KvmSlot { slot: u32, addr: u64, size: u64, source: kvm_ioctls::Error },
+    KvmSlot {
+        slot: u32,
+        addr: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// RAM ranges for a guest of `mem_bytes`: up to the MMIO hole, then the rest from 4 GiB.
@@ -22,7 +27,10 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
     let low = mem_bytes.min(MMIO_HOLE_START);
     let mut ranges = vec![(GuestAddress(0), low as usize)];
     if mem_bytes > MMIO_HOLE_START {
-        ranges.push((GuestAddress(MMIO_HOLE_START + MMIO_HOLE_SIZE), (mem_bytes - MMIO_HOLE_START) as usize));
+        ranges.push((
+            GuestAddress(MMIO_HOLE_START + MMIO_HOLE_SIZE),
+            (mem_bytes - MMIO_HOLE_START) as usize,
+        ));
     }
     ranges
 }
@@ -30,8 +38,10 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
 /// Maps the guest's RAM in this process.
 pub fn create_guest_memory(mem_mib: usize) -> Result<GuestMemoryMmap, MemoryError> {
     let bytes = (mem_mib as u64) << 20;
-    GuestMemoryMmap::from_ranges(&ram_ranges(bytes))
-        .map_err(|e| MemoryError::Mmap { mib: mem_mib, reason: e.to_string() })
+    GuestMemoryMmap::from_ranges(&ram_ranges(bytes)).map_err(|e| MemoryError::Mmap {
+        mib: mem_mib,
+        reason: e.to_string(),
+    })
 }
 
 /// Tells KVM about every RAM region, one slot each.

@@ -108,7 +108,8 @@ pub fn build(num_cpus: u8) -> Result<Vec<u8>, MpTableError> {
 /// Writes the MP table for `num_cpus` into guest memory.
 pub fn write(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MpTableError> {
     let bytes = build(num_cpus)?;
-    mem.write_slice(&bytes, GuestAddress(MPTABLE_START)).map_err(MpTableError::Write)
+    mem.write_slice(&bytes, GuestAddress(MPTABLE_START))
+        .map_err(MpTableError::Write)
 }
 
 #[cfg(test)]
@@ -136,7 +137,10 @@ mod tests {
             // Processor entries: only the first is the bootstrap processor.
             let procs: Vec<&[u8]> = t[44..].chunks(20).take(cpus as usize).collect();
             assert_eq!(procs[0][3], CPU_ENABLED | CPU_BOOTPROCESSOR);
-            assert!(procs.iter().enumerate().all(|(i, p)| p[0] == MP_PROCESSOR && p[1] == i as u8));
+            assert!(procs
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p[0] == MP_PROCESSOR && p[1] == i as u8));
             assert!(procs[1..].iter().all(|p| p[3] == CPU_ENABLED));
         }
     }

@@ -23,7 +23,11 @@ use crate::microvm::ExitReason;
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("vCPU {index}: {what} failed: {source}")]
-    Kvm { index: u8, what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        index: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("vCPU {index}: KVM accepted only {set} of {wanted} boot MSRs")]
     Msrs { index: u8, set: usize, wanted: usize },
     #[error("cannot write boot page tables or GDT into guest memory: {0}")]
@@ -115,10 +119,13 @@ fn boot_gdt(entry: EntryPoint) -> [u64; 4] {
 
 /// Identity-maps the first GiB with 2 MiB pages for the 64-bit entry.
 fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
-    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(VcpuError::Memory)?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)).map_err(VcpuError::Memory)?;
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
+        .map_err(VcpuError::Memory)?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
+        .map_err(VcpuError::Memory)?;
     for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8)).map_err(VcpuError::Memory)?;
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))
+            .map_err(VcpuError::Memory)?;
     }
     Ok(())
 }
@@ -126,9 +133,11 @@ fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
 fn boot_sregs(mem: &GuestMemoryMmap, mut sregs: kvm_sregs, entry: EntryPoint) -> Result<kvm_sregs, VcpuError> {
     let gdt = boot_gdt(entry);
     for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(BOOT_GDT_START + i as u64 * 8)).map_err(VcpuError::Memory)?;
+        mem.write_obj(*e, GuestAddress(BOOT_GDT_START + i as u64 * 8))
+            .map_err(VcpuError::Memory)?;
     }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)).map_err(VcpuError::Memory)?;
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
+        .map_err(VcpuError::Memory)?;
     let code = segment_from_gdt(gdt[1], 1);
     let data = segment_from_gdt(gdt[2], 2);
     let tss = segment_from_gdt(gdt[3], 3);
@@ -170,12 +179,21 @@ fn boot_regs(entry: EntryPoint) -> kvm_regs {
             rsi: ZERO_PAGE_START,
             ..Default::default()
         },
-        EntryPoint::Pvh(addr) => kvm_regs { rflags: 0x2, rip: addr.0, rbx: PVH_INFO_START, ..Default::default() },
+        EntryPoint::Pvh(addr) => kvm_regs {
+            rflags: 0x2,
+            rip: addr.0,
+            rbx: PVH_INFO_START,
+            ..Default::default()
+        },
     }
 }
 
 fn boot_msrs() -> Vec<kvm_msr_entry> {
-    let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let msr = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         msr(MSR_IA32_SYSENTER_CS, 0),
         msr(MSR_IA32_SYSENTER_ESP, 0),
@@ -214,15 +232,28 @@ pub fn configure_vcpu(
     let kvm = |what| move |source| VcpuError::Kvm { index, what, source };
     vcpu.set_cpuid2(cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
     let entries = boot_msrs();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs { index, set: 0, wanted: entries.len() })?;
+    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs {
+        index,
+        set: 0,
+        wanted: entries.len(),
+    })?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     if set != entries.len() {
-        return Err(VcpuError::Msrs { index, set, wanted: entries.len() });
+        return Err(VcpuError::Msrs {
+            index,
+            set,
+            wanted: entries.len(),
+        });
     }
     vcpu.set_regs(&boot_regs(entry)).map_err(kvm("KVM_SET_REGS"))?;
     let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-    vcpu.set_sregs(&boot_sregs(mem, sregs, entry)?).map_err(kvm("KVM_SET_SREGS"))?;
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_sregs(&boot_sregs(mem, sregs, entry)?)
+        .map_err(kvm("KVM_SET_SREGS"))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))?;
     let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
@@ -339,14 +370,20 @@ impl VcpuControl {
 
     /// Stops all `vcpus` threads and waits until each one is parked. False if the VM is not running.
     pub fn pause(&self, vcpus: usize) -> bool {
-        if self.target.compare_exchange(TARGET_RUN, TARGET_PAUSE, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if self
+            .target
+            .compare_exchange(TARGET_RUN, TARGET_PAUSE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return false;
         }
         let mut st = lock(&self.state);
         Self::kick_all(&st);
         while st.paused < vcpus.min(st.running_threads.len()) && st.exit.is_none() {
-            let (next, timeout) =
-                self.changed.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner());
+            let (next, timeout) = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner());
             st = next;
             if timeout.timed_out() {
                 // A thread may have been between its state check and KVM_RUN; kick again.
@@ -358,7 +395,11 @@ impl VcpuControl {
 
     /// Lets paused vCPUs run again. False if the VM is not paused.
     pub fn resume(&self) -> bool {
-        if self.target.compare_exchange(TARGET_PAUSE, TARGET_RUN, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if self
+            .target
+            .compare_exchange(TARGET_PAUSE, TARGET_RUN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return false;
         }
         let _st = lock(&self.state);
@@ -431,14 +472,22 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         }
         VcpuExit::MmioRead(addr, data) => {
             if !ctx.mmio.read(addr, data) {
-                tracing::debug!(vcpu = index, addr = format_args!("{addr:#x}"), "MMIO read of an unmapped address");
+                tracing::debug!(
+                    vcpu = index,
+                    addr = format_args!("{addr:#x}"),
+                    "MMIO read of an unmapped address"
+                );
                 data.fill(0);
             }
             Next::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
             if !ctx.mmio.write(addr, data) {
-                tracing::debug!(vcpu = index, addr = format_args!("{addr:#x}"), "MMIO write to an unmapped address");
+                tracing::debug!(
+                    vcpu = index,
+                    addr = format_args!("{addr:#x}"),
+                    "MMIO write to an unmapped address"
+                );
             }
             Next::Continue
         }
@@ -458,7 +507,9 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         VcpuExit::FailEntry(reason, cpu) => Next::Stop(ExitReason::VcpuError(format!(
             "vCPU {index}: KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host CPU {cpu}"
         ))),
-        other => Next::Stop(ExitReason::VcpuError(format!("vCPU {index}: unexpected KVM exit {other:?}"))),
+        other => Next::Stop(ExitReason::VcpuError(format!(
+            "vCPU {index}: unexpected KVM exit {other:?}"
+        ))),
     }
 }
 
@@ -518,7 +569,11 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, me: libc::pthread_t
 }
 
 /// Starts vCPU `index` on its own thread.
-pub fn spawn_vcpu(index: u8, mut vcpu: VcpuFd, ctx: Arc<VcpuContext>) -> Result<std::thread::JoinHandle<()>, VcpuError> {
+pub fn spawn_vcpu(
+    index: u8,
+    mut vcpu: VcpuFd,
+    ctx: Arc<VcpuContext>,
+) -> Result<std::thread::JoinHandle<()>, VcpuError> {
     install_kick_handler()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
@@ -550,8 +605,14 @@ mod tests {
     #[test]
     fn gdt_entries_round_trip_to_segments() {
         let code64 = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((code64.selector, code64.type_, code64.l, code64.db, code64.g), (8, 0xb, 1, 0, 1));
-        assert_eq!((code64.base, code64.limit, code64.present, code64.s), (0, 0xffff_ffff, 1, 1));
+        assert_eq!(
+            (code64.selector, code64.type_, code64.l, code64.db, code64.g),
+            (8, 0xb, 1, 0, 1)
+        );
+        assert_eq!(
+            (code64.base, code64.limit, code64.present, code64.s),
+            (0, 0xffff_ffff, 1, 1)
+        );
         let data = segment_from_gdt(gdt_entry(0xc093, 0, 0xfffff), 2);
         assert_eq!((data.selector, data.type_, data.db, data.l), (16, 3, 1, 0));
         let code32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xffff_ffff), 1);
@@ -594,7 +655,12 @@ mod tests {
         regs[APIC_LVT0] = 0x20; // vector 0x20
         regs[APIC_LVT0 + 2] = 0x01; // mask bit (16)
         set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
-        let v = u32::from_le_bytes([regs[0x350] as u8, regs[0x351] as u8, regs[0x352] as u8, regs[0x353] as u8]);
+        let v = u32::from_le_bytes([
+            regs[0x350] as u8,
+            regs[0x351] as u8,
+            regs[0x352] as u8,
+            regs[0x353] as u8,
+        ]);
         assert_eq!(v, 0x0001_0720);
     }
 }

@@ -21,7 +21,10 @@ pub enum AgentError {
     #[error("agent call {call}: {source}")]
     Call { call: &'static str, source: ttrpc::Error },
     #[error("stdio stream {stream}: {source}")]
-    Stdio { stream: &'static str, source: hull_agent_protocol::stdio::StdioError },
+    Stdio {
+        stream: &'static str,
+        source: hull_agent_protocol::stdio::StdioError,
+    },
 }
 
 pub struct Agent {
@@ -37,7 +40,10 @@ fn ctx(t: Duration) -> context::Context {
 
 macro_rules! call {
     ($self:ident, $method:ident, $name:literal, $req:expr, $t:expr) => {
-        $self.client.$method(ctx($t), &$req).map_err(|source| AgentError::Call { call: $name, source })
+        $self
+            .client
+            .$method(ctx($t), &$req)
+            .map_err(|source| AgentError::Call { call: $name, source })
     };
 }
 
@@ -46,7 +52,10 @@ impl Agent {
     /// Connects, retrying until the agent answers (the guest may still be booting) or `timeout` passes.
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Agent, AgentError> {
         let client = hull_agent_protocol::client::connect(uds, timeout)?;
-        Ok(Agent { client, uds: uds.to_path_buf() })
+        Ok(Agent {
+            client,
+            uds: uds.to_path_buf(),
+        })
     }
 
     pub fn version(&self) -> Result<VersionResponse, AgentError> {
@@ -92,7 +101,10 @@ impl Agent {
         r.exec_id = exec.into();
         self.client
             .wait_process(context::with_timeout(0), &r)
-            .map_err(|source| AgentError::Call { call: "WaitProcess", source })
+            .map_err(|source| AgentError::Call {
+                call: "WaitProcess",
+                source,
+            })
     }
 
     pub fn close_stdin(&self, id: &str, exec: &str, total: u64) -> Result<(), AgentError> {
@@ -119,15 +131,28 @@ impl Agent {
     }
 
     pub fn shutdown(&self) -> Result<(), AgentError> {
-        call!(self, shutdown, "Shutdown", ShutdownRequest::new(), Duration::from_secs(2)).map(drop)
+        call!(
+            self,
+            shutdown,
+            "Shutdown",
+            ShutdownRequest::new(),
+            Duration::from_secs(2)
+        )
+        .map(drop)
     }
 
     /// Opens one stdio stream of a process.
     pub fn open_stream(&self, id: &str, exec: &str, stream: Stream) -> Result<UnixStream, AgentError> {
         let mut s = hybrid::connect(&self.uds, STDIO_PORT)?;
-        let req = StdioRequest { container_id: id.into(), exec_id: exec.into(), stream };
-        hull_agent_protocol::stdio::open(&mut s, &req)
-            .map_err(|source| AgentError::Stdio { stream: stream.as_str(), source })?;
+        let req = StdioRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            stream,
+        };
+        hull_agent_protocol::stdio::open(&mut s, &req).map_err(|source| AgentError::Stdio {
+            stream: stream.as_str(),
+            source,
+        })?;
         Ok(s)
     }
 }

@@ -66,14 +66,19 @@ pub trait Vm {
 /// Decides the backend; returns it with the reason, which the caller prints.
 pub fn choose(requested: BackendKind) -> (BackendKind, String) {
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let kvm_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     match requested {
         BackendKind::Kvm => (BackendKind::Kvm, "requested".into()),
         BackendKind::Qemu => (BackendKind::Qemu, "requested".into()),
         BackendKind::Auto if kvm_ok && !pvm => (BackendKind::Kvm, "/dev/kvm is hardware KVM".into()),
-        BackendKind::Auto if pvm => {
-            (BackendKind::Qemu, "/dev/kvm is the software kvm_pvm, which cannot run guest user space".into())
-        }
+        BackendKind::Auto if pvm => (
+            BackendKind::Qemu,
+            "/dev/kvm is the software kvm_pvm, which cannot run guest user space".into(),
+        ),
         BackendKind::Auto => (BackendKind::Qemu, "/dev/kvm is not usable".into()),
     }
 }
@@ -101,10 +106,15 @@ fn vhost_user(dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Result<Ch
     let mut cmd = Command::new(hull_exe());
     cmd.arg("vhost-user").args(args).args(["--log-level", "Warning"]);
     let log = dir.join(format!("{name}.log"));
-    let mut child =
-        ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn { what: name.into(), source })?;
+    let mut child = ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn {
+        what: name.into(),
+        source,
+    })?;
     if !wait_for_path(socket, &mut child, Duration::from_secs(20)) {
-        return Err(BackendError::NotUp { what: name.into(), log: log.display().to_string() });
+        return Err(BackendError::NotUp {
+            what: name.into(),
+            log: log.display().to_string(),
+        });
     }
     Ok(child)
 }
@@ -191,19 +201,25 @@ impl QemuVm {
             "vhost-user-vsock-device,chardev=vsock0",
         ]);
         if cfg.tap.is_some() {
-            cmd.args(["-chardev", &format!("socket,id=net0,path={}", net_sock.display())]).args([
-                "-netdev",
-                "vhost-user,id=n0,chardev=net0",
-                "-device",
-                "virtio-net-device,netdev=n0",
-            ]);
+            cmd.args(["-chardev", &format!("socket,id=net0,path={}", net_sock.display())])
+                .args([
+                    "-netdev",
+                    "vhost-user,id=n0,chardev=net0",
+                    "-device",
+                    "virtio-net-device,netdev=n0",
+                ]);
         }
         let qemu = ChildGuard::spawn("qemu", cmd, &d.join("qemu.log")).map_err(|source| BackendError::Spawn {
             what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
             source,
         })?;
         tracing::debug!(pid = qemu.pid(), "qemu started");
-        Ok(QemuVm { uds, console, qemu, backends })
+        Ok(QemuVm {
+            uds,
+            console,
+            qemu,
+            backends,
+        })
     }
 }
 
@@ -251,10 +267,15 @@ impl KvmVm {
             "Warning",
         ]);
         let log = d.join("hull-vmm.log");
-        let mut hull = ChildGuard::spawn("hull", cmd, &log)
-            .map_err(|source| BackendError::Spawn { what: "hull".into(), source })?;
+        let mut hull = ChildGuard::spawn("hull", cmd, &log).map_err(|source| BackendError::Spawn {
+            what: "hull".into(),
+            source,
+        })?;
         if !wait_for_path(&api, &mut hull, Duration::from_secs(10)) {
-            return Err(BackendError::NotUp { what: "hull API socket".into(), log: log.display().to_string() });
+            return Err(BackendError::NotUp {
+                what: "hull API socket".into(),
+                log: log.display().to_string(),
+            });
         }
         let put = |path: &str, body: serde_json::Value| api_put(&api, path, &body);
         put(
@@ -263,7 +284,10 @@ impl KvmVm {
                 "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cfg.cmdline_extra)
             }),
         )?;
-        put("/machine-config", serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }))?;
+        put(
+            "/machine-config",
+            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }),
+        )?;
         for drive in cfg.drives {
             put(
                 &format!("/drives/{}", drive.id),
@@ -273,9 +297,15 @@ impl KvmVm {
                 }),
             )?;
         }
-        put("/vsock", serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }))?;
+        put(
+            "/vsock",
+            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }),
+        )?;
         if let Some(tap) = cfg.tap {
-            put("/network-interfaces/eth0", serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }))?;
+            put(
+                "/network-interfaces/eth0",
+                serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }),
+            )?;
         }
         put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))?;
         Ok(KvmVm { uds, console, hull })
@@ -285,7 +315,10 @@ impl KvmVm {
 /// One `PUT` on the API socket; any status but 2xx is an error carrying the body (the fault message).
 fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
     use std::io::{Read, Write};
-    let err = |detail: String| BackendError::Api { path: path.into(), detail };
+    let err = |detail: String| BackendError::Api {
+        path: path.into(),
+        detail,
+    };
     let body = body.to_string();
     let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| err(e.to_string()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));

@@ -32,7 +32,10 @@ impl ChildGuard {
         }
         let child = cmd.spawn()?;
         tracing::debug!(name, pid = child.id(), "started");
-        Ok(ChildGuard { name: name.to_string(), child: Some(child) })
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -80,8 +83,10 @@ impl RunDir {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         sweep_stale(&base);
         let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&dir)?;
@@ -109,7 +114,10 @@ fn sweep_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else { return };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hull-run-")).and_then(|r| r.split('-').next())
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hull-run-"))
+            .and_then(|r| r.split('-').next())
         else {
             continue;
         };

@@ -48,7 +48,10 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     let name = rootfs.display().to_string();
     let md = std::fs::metadata(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
     if md.is_file() {
-        return Ok(RootfsImage { path: rootfs.to_path_buf(), fstype: detect(rootfs)? });
+        return Ok(RootfsImage {
+            path: rootfs.to_path_buf(),
+            fstype: detect(rootfs)?,
+        });
     }
     if !md.is_dir() {
         return Err(ImageError::NotUsable(name));
@@ -57,7 +60,8 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
     let image = run_dir.join(format!("{name_in_dir}.ext4"));
     let f = std::fs::File::create(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    f.set_len(size).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    f.set_len(size)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     drop(f);
     let out = Command::new("mkfs.ext4")
         .args([
@@ -79,9 +83,15 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
         .output()
         .map_err(|e| ImageError::Io("mkfs.ext4 (install e2fsprogs)".into(), e))?;
     if !out.status.success() {
-        return Err(ImageError::Mkfs { dir: name, output: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ImageError::Mkfs {
+            dir: name,
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-    Ok(RootfsImage { path: image, fstype: "ext4" })
+    Ok(RootfsImage {
+        path: image,
+        fstype: "ext4",
+    })
 }
 
 /// ext2/3/4: 0xEF53 at byte 1080; erofs: 0xE0F5E1E2 at byte 1024.
@@ -89,7 +99,8 @@ fn detect(image: &Path) -> Result<&'static str, ImageError> {
     use std::io::Read;
     let mut buf = [0u8; 1082];
     let mut f = std::fs::File::open(image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    f.read_exact(&mut buf).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    f.read_exact(&mut buf)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     if u32::from_le_bytes([buf[1024], buf[1025], buf[1026], buf[1027]]) == 0xE0F5_E1E2 {
         return Ok("erofs");
     }

@@ -127,13 +127,21 @@ fn parse_volume(s: &str) -> Result<VolumeArg, String> {
     if src.is_empty() || !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
         return Err("SRC must be set and DEST absolute, without '..'".into());
     }
-    Ok(VolumeArg { source: PathBuf::from(src), dest: dest.to_string(), read_only })
+    Ok(VolumeArg {
+        source: PathBuf::from(src),
+        dest: dest.to_string(),
+        read_only,
+    })
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
     let (u, g) = s.split_once(':').unwrap_or((s, s));
     let uid = u.parse().map_err(|_| format!("bad uid {u:?}"))?;
-    let gid = if s.contains(':') { g.parse().map_err(|_| format!("bad gid {g:?}"))? } else { uid };
+    let gid = if s.contains(':') {
+        g.parse().map_err(|_| format!("bad gid {g:?}"))?
+    } else {
+        uid
+    };
     Ok((uid, gid))
 }
 
@@ -231,19 +239,32 @@ enum Event {
 fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunError> {
     let t0 = Instant::now();
     let (kind, why) = backend::choose(args.backend);
-    eprintln!("hull run: backend {} ({why})", if kind == BackendKind::Kvm { "kvm" } else { "qemu" });
+    eprintln!(
+        "hull run: backend {} ({why})",
+        if kind == BackendKind::Kvm { "kvm" } else { "qemu" }
+    );
     let (kernel, initrd) = guest_files(args)?;
     let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
     let image = image::prepare(&args.rootfs, dir.path(), "rootfs")?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
-    let mut drives = vec![backend::Drive { id: "rootfs".into(), image, read_only: true }];
+    let mut drives = vec![backend::Drive {
+        id: "rootfs".into(),
+        image,
+        read_only: true,
+    }];
     for (i, v) in args.volumes.iter().enumerate() {
         let id = format!("vol{i}");
         let image = image::prepare(&v.source, dir.path(), &id)?;
-        drives.push(backend::Drive { id, image, read_only: v.read_only });
+        drives.push(backend::Drive {
+            id,
+            image,
+            read_only: v.read_only,
+        });
     }
 
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let cfg = VmConfig {
         kernel: &kernel,
         initrd: &initrd,
@@ -272,9 +293,10 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     drop(vm);
     let out = match result {
         Ok((code, _)) => Ok(code),
-        Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => {
-            Err(RunError::Setup(format!("{e}\nguest console {}", console_tail(&console))))
-        }
+        Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => Err(RunError::Setup(format!(
+            "{e}\nguest console {}",
+            console_tail(&console)
+        ))),
         Err(e) => Err(e),
     };
     drop(dir);
@@ -344,8 +366,10 @@ fn run_container(
         gid,
         terminal: args.tty,
     });
-    let limits =
-        spec::Limits { pids: args.pids_limit, memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)) };
+    let limits = spec::Limits {
+        pids: args.pids_limit,
+        memory_bytes: args.memory_limit.map(|m| m.saturating_mul(1 << 20)),
+    };
     let mut oci = spec::spec(process, "hull", &limits);
     if let Some(path) = &args.seccomp {
         let text = std::fs::read_to_string(path)
@@ -362,8 +386,13 @@ fn run_container(
     req.oci_spec_json = oci.to_string().into_bytes();
     let mut rootfs = Storage::new();
     // QEMU's vhost-user disks carry their id as serial; the kvm backend attaches the rootfs first (vda).
-    let device =
-        |id: &str| if kind == BackendKind::Kvm && id == "rootfs" { "vda".to_string() } else { format!("serial:{id}") };
+    let device = |id: &str| {
+        if kind == BackendKind::Kvm && id == "rootfs" {
+            "vda".to_string()
+        } else {
+            format!("serial:{id}")
+        }
+    };
     rootfs.device = device("rootfs");
     rootfs.fstype = drives[0].image.fstype.into();
     rootfs.read_only = true;
@@ -394,7 +423,9 @@ fn run_container(
         let _ = agent.resize(CONTAINER_ID, "", rows, cols);
         raw_guard = tty::RawMode::enter();
         let mut from_guest = term.try_clone().map_err(|e| RunError::Setup(e.to_string()))?;
-        outputs.push(std::thread::spawn(move || copy_to(&mut from_guest, &mut std::io::stdout())));
+        outputs.push(std::thread::spawn(move || {
+            copy_to(&mut from_guest, &mut std::io::stdout())
+        }));
         let mut to_guest = term;
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -437,7 +468,11 @@ fn run_container(
             Ok(Event::Signal(sig)) => {
                 interrupts += 1;
                 // First: pass it on. Again: the user means it.
-                let sig = if interrupts > 1 && sig != libc::SIGHUP { libc::SIGKILL } else { sig };
+                let sig = if interrupts > 1 && sig != libc::SIGHUP {
+                    libc::SIGKILL
+                } else {
+                    sig
+                };
                 tracing::info!(signal = sig, "forwarding a signal to the container");
                 let _ = agent.signal(CONTAINER_ID, "", sig as u32, false);
             }
@@ -462,7 +497,11 @@ fn run_container(
     if status.oom_killed {
         eprintln!("hull run: the container was killed by the OOM killer (memory limit)");
     }
-    let code = if status.signal > 0 { 128 + status.signal.min(127) } else { status.exit_code.clamp(0, 255) };
+    let code = if status.signal > 0 {
+        128 + status.signal.min(127)
+    } else {
+        status.exit_code.clamp(0, 255)
+    };
     tracing::info!(code, elapsed = ?t0.elapsed(), "container exited");
     if args.timing {
         eprintln!(
@@ -521,7 +560,10 @@ mod tests {
     #[test]
     fn volumes_users_and_env_parse_strictly() {
         let v = parse_volume("/a/b:/data:ro").unwrap();
-        assert_eq!((v.source, v.dest.as_str(), v.read_only), (PathBuf::from("/a/b"), "/data", true));
+        assert_eq!(
+            (v.source, v.dest.as_str(), v.read_only),
+            (PathBuf::from("/a/b"), "/data", true)
+        );
         let v = parse_volume("img.ext4:/scratch").unwrap();
         assert!(!v.read_only);
         for bad in ["/a", ":/x", "/a:rel", "/a:/x/../y", "/a:/x:ro:ro"] {

@@ -130,12 +130,31 @@ mod tests {
     fn env_overrides_and_caps_by_user() {
         let args = vec!["sh".to_string()];
         let env = vec!["PATH=/x".to_string(), "A=1".to_string()];
-        let p = process(&ProcessOptions { args: &args, env: &env, cwd: "/", uid: 1000, gid: 1000, terminal: false });
-        let env: Vec<&str> = p["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let p = process(&ProcessOptions {
+            args: &args,
+            env: &env,
+            cwd: "/",
+            uid: 1000,
+            gid: 1000,
+            terminal: false,
+        });
+        let env: Vec<&str> = p["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert_eq!(env, vec!["HOME=/root", "PATH=/x", "A=1"]);
         assert!(p["capabilities"]["effective"].as_array().unwrap().is_empty());
         assert_eq!(p["capabilities"]["bounding"].as_array().unwrap().len(), CAPS.len());
-        let s = spec(p, "h", &Limits { pids: Some(10), memory_bytes: None });
+        let s = spec(
+            p,
+            "h",
+            &Limits {
+                pids: Some(10),
+                memory_bytes: None,
+            },
+        );
         assert_eq!(s["linux"]["resources"]["pids"]["limit"], 10);
     }
 }

@@ -2,8 +2,15 @@
 //! drop), the window size, and the signals hull forwards (INT, TERM, HUP, QUIT, USR1, USR2, WINCH), which are
 //! blocked in every thread and taken by one sigwait thread.
 
-const FORWARDED: [libc::c_int; 7] =
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+const FORWARDED: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
 
 /// Proof that the signals are blocked (call before any thread exists).
 pub struct BlockedSignals(libc::sigset_t);

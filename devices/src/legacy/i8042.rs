@@ -228,7 +228,10 @@ mod tests {
         d.write(4, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, 0), ctr | 0x40);
         d.write(0, &[KBD_GET_ID]);
-        assert_eq!([read(&mut d, 0), read(&mut d, 0), read(&mut d, 0)], [KBD_ACK, 0xab, 0x83]);
+        assert_eq!(
+            [read(&mut d, 0), read(&mut d, 0), read(&mut d, 0)],
+            [KBD_ACK, 0xab, 0x83]
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
-        SerialConsole { uart: Serial::new(irq, out) }
+        SerialConsole {
+            uart: Serial::new(irq, out),
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.

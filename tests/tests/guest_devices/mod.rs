@@ -122,7 +122,10 @@ impl Guest {
 
     /// hull's log (empty under QEMU).
     pub fn hull_log(&self) -> String {
-        self.hull_log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+        self.hull_log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// The console, hull's log and the backends' output, for failure messages.
@@ -158,7 +161,11 @@ pub fn marker(log: &str, key: &str) -> String {
 /// Boots `spec` under `vmm`, with scratch files (initramfs, sockets, hull's config and log) in `dir`.
 /// Returns once the VMM runs the guest; the caller waits for the guest's markers.
 pub fn boot(vmm: Vmm, dir: &Path, spec: &GuestSpec) -> Guest {
-    let extra: Vec<(&str, &Path)> = spec.extra_files.iter().map(|(g, h)| (g.as_str(), h.as_path())).collect();
+    let extra: Vec<(&str, &Path)> = spec
+        .extra_files
+        .iter()
+        .map(|(g, h)| (g.as_str(), h.as_path()))
+        .collect();
     let initrd = initramfs(dir, spec.script.to_str().expect("UTF-8 script path"), &extra);
     match vmm {
         Vmm::Qemu => boot_qemu(dir, spec, &initrd),
@@ -172,7 +179,15 @@ fn boot_qemu(dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
     let mut args: Vec<String> = Vec::new();
     for (i, d) in spec.drives.iter().enumerate() {
         let sock = dir.join(format!("blk{i}.sock"));
-        let mut a = vec!["blk", "--socket", path_str(&sock), "--path", path_str(&d.path), "--id", &d.id];
+        let mut a = vec![
+            "blk",
+            "--socket",
+            path_str(&sock),
+            "--path",
+            path_str(&d.path),
+            "--id",
+            &d.id,
+        ];
         if d.read_only {
             a.push("--read-only");
         }
@@ -185,7 +200,8 @@ fn boot_qemu(dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
         let sock = dir.join("net.sock");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &n.netns]).arg(hull());
-        cmd.args(["vhost-user", "net", "--socket", path_str(&sock), "--tap", &n.tap]).env("RUST_LOG", "info");
+        cmd.args(["vhost-user", "net", "--socket", path_str(&sock), "--tap", &n.tap])
+            .env("RUST_LOG", "info");
         let mut backend = Proc::spawn("net-backend", cmd);
         wait_for_socket(&mut backend, &sock);
         backends.push(backend);
@@ -200,13 +216,26 @@ fn boot_qemu(dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
     if let Some(v) = &spec.vsock {
         let sock = dir.join("vsock.sock");
         let cid = v.cid.to_string();
-        let a = ["vsock", "--socket", path_str(&sock), "--guest-cid", &cid, "--uds-path", path_str(&v.uds)];
+        let a = [
+            "vsock",
+            "--socket",
+            path_str(&sock),
+            "--guest-cid",
+            &cid,
+            "--uds-path",
+            path_str(&v.uds),
+        ];
         backends.push(start_backend("vsock-backend", &sock, &a));
         args.extend(chardev("v0", &sock));
         args.extend(["-device".into(), "vhost-user-vsock-device,chardev=v0".into()]);
     }
     let console = start_qemu(initrd, &spec.cmdline, &args);
-    Guest { vmm: Vmm::Qemu, console, backends, hull_log: None }
+    Guest {
+        vmm: Vmm::Qemu,
+        console,
+        backends,
+        hull_log: None,
+    }
 }
 
 /// The microVM in Firecracker's JSON shapes: `boot-source`, `machine-config`, `drives`,
@@ -224,8 +253,11 @@ pub fn hull_vm_config(spec: &GuestSpec, initrd: &Path) -> Value {
             })
         })
         .collect();
-    let ifaces: Vec<Value> =
-        spec.net.iter().map(|n| json!({ "iface_id": "eth0", "host_dev_name": n.tap, "guest_mac": n.mac })).collect();
+    let ifaces: Vec<Value> = spec
+        .net
+        .iter()
+        .map(|n| json!({ "iface_id": "eth0", "host_dev_name": n.tap, "guest_mac": n.mac }))
+        .collect();
     let mut config = json!({
         "boot-source": {
             "kernel_image_path": kernel(),
@@ -268,9 +300,16 @@ fn boot_hull(vmm: Vmm, dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
         }
         None => Command::new("sh"),
     };
-    cmd.args(["-c", "exec \"$0\" \"$@\" 2>>\"$HULL_TEST_LOG\""]).arg(hull()).args(&hull_args);
+    cmd.args(["-c", "exec \"$0\" \"$@\" 2>>\"$HULL_TEST_LOG\""])
+        .arg(hull())
+        .args(&hull_args);
     cmd.env("HULL_TEST_LOG", &log);
-    let mut guest = Guest { vmm, console: Proc::spawn("hull", cmd), backends: Vec::new(), hull_log: Some(log) };
+    let mut guest = Guest {
+        vmm,
+        console: Proc::spawn("hull", cmd),
+        backends: Vec::new(),
+        hull_log: Some(log),
+    };
     if vmm == Vmm::HullApi {
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&api_sock).is_err() {
@@ -282,7 +321,12 @@ fn boot_hull(vmm: Vmm, dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
         let api = hull_tests::ApiClient::new(&api_sock);
         let put = |uri: &str, body: &Value| {
             let resp = api.put(uri, body).unwrap_or_else(|e| panic!("PUT {uri}: {e}"));
-            assert!(resp.is_success(), "PUT {uri} {body} answered {} {}", resp.status, resp.body);
+            assert!(
+                resp.is_success(),
+                "PUT {uri} {body} answered {} {}",
+                resp.status,
+                resp.body
+            );
         };
         put("/machine-config", &config["machine-config"]);
         put("/boot-source", &config["boot-source"]);
@@ -339,7 +383,10 @@ pub struct Netns(pub String);
 impl Netns {
     pub fn new(label: &str) -> Self {
         let name = format!("hulldev-{}-{label}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         run("ip", &["netns", "add", &name]);
         let ns = Netns(name);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -381,7 +428,11 @@ impl Drop for Netns {
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------

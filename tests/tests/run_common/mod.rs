@@ -22,7 +22,10 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 pub fn ensure_tools() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let st = Command::new("bash").arg(repo_root().join("scripts/install-qemu.sh")).status().unwrap();
+        let st = Command::new("bash")
+            .arg(repo_root().join("scripts/install-qemu.sh"))
+            .status()
+            .unwrap();
         assert!(st.success(), "scripts/install-qemu.sh failed");
     });
 }
@@ -42,7 +45,11 @@ pub fn busybox_rootfs() -> PathBuf {
             }
             let tmp = profile_dir.join(format!("hull-test-busybox-rootfs.{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
-            let st = Command::new("bash").arg(repo_root().join("tests/rootfs/busybox.sh")).arg(&tmp).status().unwrap();
+            let st = Command::new("bash")
+                .arg(repo_root().join("tests/rootfs/busybox.sh"))
+                .arg(&tmp)
+                .status()
+                .unwrap();
             assert!(st.success(), "tests/rootfs/busybox.sh failed");
             if std::fs::rename(&tmp, &done).is_err() {
                 // Someone else won the race; theirs is identical.
@@ -85,7 +92,11 @@ pub fn command(opts: &[&str], cmd: &[&str]) -> Command {
 pub fn command_on(backend: &str, opts: &[&str], cmd: &[&str]) -> Command {
     let g = guest_images();
     let mut c = Command::new(hull_bin());
-    c.arg("run").arg("--backend").arg(backend).arg("--rootfs").arg(busybox_rootfs());
+    c.arg("run")
+        .arg("--backend")
+        .arg(backend)
+        .arg("--rootfs")
+        .arg(busybox_rootfs());
     c.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
     c.args(opts).arg("--").args(cmd);
     c
@@ -107,8 +118,14 @@ impl HullRun {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         for (pipe, sink) in [
-            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stdout.clone()),
-            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stderr.clone()),
+            (
+                child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                stdout.clone(),
+            ),
+            (
+                child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                stderr.clone(),
+            ),
         ] {
             let mut pipe = pipe.unwrap();
             readers.push(std::thread::spawn(move || {
@@ -121,7 +138,12 @@ impl HullRun {
                 }
             }));
         }
-        HullRun { child: Some(child), stdout, stderr, readers }
+        HullRun {
+            child: Some(child),
+            stdout,
+            stderr,
+            readers,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -141,8 +163,16 @@ impl HullRun {
         let start = Instant::now();
         while !self.stdout_now().contains(needle) {
             let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(exited.is_none(), "hull run exited ({exited:?}) before printing {needle:?}\n{}", self.stderr_now());
-            assert!(start.elapsed() < timeout, "no {needle:?} within {timeout:?}\n{}", self.stderr_now());
+            assert!(
+                exited.is_none(),
+                "hull run exited ({exited:?}) before printing {needle:?}\n{}",
+                self.stderr_now()
+            );
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} within {timeout:?}\n{}",
+                self.stderr_now()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -196,19 +226,29 @@ pub fn run_dir_prefix(pid: u32) -> String {
 }
 
 pub fn runtime_base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// Run directories of `hull run` process `pid` that still exist.
 pub fn leftover_dirs(pid: u32) -> Vec<PathBuf> {
     let prefix = run_dir_prefix(pid);
     std::fs::read_dir(runtime_base())
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| name_starts(p, &prefix)).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| name_starts(p, &prefix))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn name_starts(p: &Path, prefix: &str) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(prefix))
 }
 
 /// Processes whose command line mentions the run directory of `hull run` `pid` (QEMU, vhost-user backends).
@@ -216,7 +256,10 @@ pub fn leftover_processes(pid: u32) -> Vec<String> {
     let prefix = run_dir_prefix(pid);
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_str().is_none_or(|n| !n.bytes().all(|b| b.is_ascii_digit())) {
+        if e.file_name()
+            .to_str()
+            .is_none_or(|n| !n.bytes().all(|b| b.is_ascii_digit()))
+        {
             continue;
         }
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
@@ -230,5 +273,8 @@ pub fn leftover_processes(pid: u32) -> Vec<String> {
 
 /// The host's kernel release, to tell it from the guest's.
 pub fn host_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
 }
