@@ -1,6 +1,6 @@
 //! `hull-bench`, the project's benchmark harness.
 //!
-//! `hull-bench <boot|devices> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
+//! `hull-bench <boot|devices|run> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
 //! one-paragraph description of the machine, then one table per benchmark (median, p90, min, max) as each
 //! finishes, and with `--json` writes every sample and summary to FILE.
 //!
@@ -11,6 +11,7 @@
 //! its guests print is only searched.
 
 mod boot;
+mod container;
 mod devbench;
 mod error;
 mod guest_io;
@@ -36,9 +37,12 @@ suites:
   devices    virtio-blk, -vsock and -net device cores driven through guest-memory queues, next to the
              raw host operation (pread/pwrite, unix socket pair, TAP write); then guest-measured MB/s
              of blk (dd) and vsock (bulk transfer) in a QEMU TCG guest with hull's vhost-user backends
+  run        `hull run -- /bin/true` end to end per backend, split into phases (VM start, agent ready,
+             container created, process exit, teardown), next to `runc run` of the same busybox rootfs
+             (installs Debian's runc if missing), with the hull/runc ratio of the medians
 
 options:
-  --runs N         samples per boot metric (default 20), timed windows per device row (default 5)
+  --runs N         samples per boot or run metric (default 20), timed windows per device row (default 5)
   --json FILE      also write all samples and summaries as JSON to FILE
   --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
   --window-ms MS   devices: length of one timed window (default 1000)
@@ -95,8 +99,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             }
         }
     }
-    let suite = suite.ok_or_else(|| usage("which suite? boot or devices".into()))?;
-    if suite != "boot" && suite != "devices" {
+    let suite = suite.ok_or_else(|| usage("which suite? boot, devices or run".into()))?;
+    if !["boot", "devices", "run"].contains(&suite.as_str()) {
         return Err(usage(format!("unknown suite {suite:?}")));
     }
     if parsed.linux && suite != "boot" {
@@ -145,6 +149,12 @@ fn run(args: Args) -> Result<Vec<Section>> {
             print_header(&machine, &format!("hull binary: {}{profile}.", hull.display()));
             json["hull_bin"] = serde_json::json!(hull);
             boot::run(&boot::BootOptions { runs: args.runs.unwrap_or(20), linux: args.linux, hull_bin: hull })
+        }
+        "run" => {
+            let hull = find_hull(args.hull.clone())?;
+            print_header(&machine, &format!("hull binary: {}.", hull.display()));
+            json["hull_bin"] = serde_json::json!(hull);
+            container::run(&container::RunOptions { runs: args.runs.unwrap_or(20), hull_bin: hull })
         }
         _ => {
             print_header(&machine, "");
@@ -228,6 +238,8 @@ mod tests {
         let a = parse(&["boot", "--runs", "7", "--json", "/tmp/x.json", "--linux"]).unwrap().unwrap();
         assert_eq!((a.suite.as_str(), a.runs, a.linux), ("boot", Some(7), true));
         assert_eq!(a.json, Some(PathBuf::from("/tmp/x.json")));
+        let r = parse(&["run", "--runs", "3"]).unwrap().unwrap();
+        assert_eq!((r.suite.as_str(), r.runs), ("run", Some(3)));
         let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
         assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
         assert!(parse(&["--help"]).unwrap().is_none());

@@ -276,6 +276,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         dir: dir.path(),
     };
     let mut vm = backend::start(kind, &cfg)?;
+    timing_phase(args, "vm_started", t0);
     let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
     // Tear down: the agent is asked to power off (the VM is disposable: a short grace only, then the VM and
     // its backends are killed; the image and sockets go with the run directory).
@@ -300,6 +301,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         Err(e) => Err(e),
     };
     drop(dir);
+    timing_phase(args, "teardown_done", t0);
     if args.timing {
         eprintln!(
             "hull run: end to end {:.3} s (backend {})",
@@ -308,6 +310,15 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         );
     }
     out
+}
+
+/// With `--timing`, one line per phase for tools (hull-bench parses it): `hull run: phase NAME SECONDS`,
+/// seconds since `hull run` started, in the order vm_started, agent_ready, container_created,
+/// process_exited, teardown_done.
+fn timing_phase(args: &RunArgs, name: &str, t0: Instant) {
+    if args.timing {
+        eprintln!("hull run: phase {name} {:.6}", t0.elapsed().as_secs_f64());
+    }
 }
 
 fn run_container(
@@ -338,6 +349,7 @@ fn run_container(
         }
     };
     let booted = t0.elapsed();
+    timing_phase(args, "agent_ready", t0);
     agent.sync_clock()?;
     let version = agent.version()?;
     tracing::info!(kernel = %version.kernel_release, agent = %version.agent_version, ?booted, "agent connected");
@@ -412,6 +424,7 @@ fn run_container(
     stdio.stderr = !args.tty;
     req.stdio = Some(stdio).into();
     agent.create(req)?;
+    timing_phase(args, "container_created", t0);
 
     // Stdio before Start, so not a byte is missed.
     let mut outputs = Vec::new();
@@ -459,7 +472,11 @@ fn run_container(
     let mut interrupts = 0;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Event::Exited(r)) => break r?,
+            Ok(Event::Exited(r)) => {
+                let status = r?;
+                timing_phase(args, "process_exited", t0);
+                break status;
+            }
             Ok(Event::Signal(libc::SIGWINCH)) => {
                 if let Some((rows, cols)) = tty::size() {
                     let _ = agent.resize(CONTAINER_ID, "", rows, cols);
