@@ -29,6 +29,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Installs QEMU, busybox-static and the other tools the QEMU guest tests need, when missing (once per
+/// test process), through `scripts/install-qemu.sh`.
+pub fn ensure_qemu_tools() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let st = Command::new("bash")
+            .arg(repo_root().join("scripts/install-qemu.sh"))
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "scripts/install-qemu.sh failed");
+    });
+}
+
 /// The `hull` binary: `$HULL_BIN`, else `hull` next to the directory holding this test executable (cargo
 /// puts tests in `target/<profile>/deps/` and binaries in `target/<profile>/`), else `target/debug/hull`.
 /// Panics with instructions when it has not been built: tests do not run cargo themselves.

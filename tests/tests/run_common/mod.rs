@@ -18,17 +18,7 @@ use hull_tests::{guest_images, hull_bin, repo_root};
 /// How long one `hull run` may take (TCG boot ~2 s; leave room for a loaded machine).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// QEMU and busybox-static, once per test binary.
-pub fn ensure_tools() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let st = Command::new("bash")
-            .arg(repo_root().join("scripts/install-qemu.sh"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/install-qemu.sh failed");
-    });
-}
+pub use hull_tests::ensure_qemu_tools as ensure_tools;
 
 /// The busybox rootfs directory, shared by the test binaries (`target/<profile>/hull-test-busybox-rootfs`):
 /// built into a private directory and renamed into place, so concurrent builders never see half of it.

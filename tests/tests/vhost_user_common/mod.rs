@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 /// Default wait for a guest marker (TCG boots in ~3 s; leave room for a loaded machine).
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+pub use hull_tests::repo_root;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -27,17 +25,8 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// Installs QEMU, busybox-static, gcc, cpio, iproute2 if missing (once per test binary).
-pub fn ensure_tools() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let st = Command::new("bash")
-            .arg(repo_root().join("scripts/install-qemu.sh"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/install-qemu.sh failed");
-    });
-}
+#[allow(unused_imports)] // not every includer (the bench) installs tools
+pub use hull_tests::ensure_qemu_tools as ensure_tools;
 
 /// The guest kernel: `$HULL_TEST_KERNEL`, else `$HULL_KERNEL` (scripts/test.sh exports it), else
 /// `resources/build-guest.sh --kernel-only`.
