@@ -9,16 +9,11 @@
 //!
 //! Trust: the guest is not trusted; what the agent answers is only used as numbers and bytes to copy.
 
-mod agent;
-mod backend;
-mod guard;
-mod image;
-mod spec;
 mod tty;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +21,9 @@ use clap::Args;
 use hull_agent_protocol::agent::{CreateContainerRequest, StdioConfig, Storage};
 use hull_agent_protocol::stdio::Stream;
 
-use self::backend::{BackendKind, VmConfig};
 use crate::logging::LogLevel;
+use hull_runtime::backend::{self, BackendKind, VmConfig};
+use hull_runtime::{agent, console_tail, guard, image, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
 const EXIT_HULL_FAILED: i32 = 125;
@@ -173,62 +169,16 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-/// The newest file matching `prefix*suffix` (or `dir/prefix*/name`) under the build cache.
-fn newest_in_cache(pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
-    let cache = std::env::var_os("HULL_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hull")))?;
-    std::fs::read_dir(cache)
-        .ok()?
-        .flatten()
-        .filter_map(|e| pick(&e.path()))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-}
-
 fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
-    let kernel = args
-        .kernel
-        .clone()
-        .or_else(|| std::env::var_os("HULL_KERNEL").map(PathBuf::from))
-        .or_else(|| {
-            newest_in_cache(|p| {
-                let k = p.join("vmlinux");
-                (p.file_name()?.to_str()?.starts_with("kernel-") && k.is_file()).then_some(k)
-            })
+    hull_runtime::guest_files(args.kernel.as_deref(), args.initrd.as_deref()).map_err(|e| {
+        RunError::Setup(match e {
+            hull_runtime::GuestFilesError::Missing(what) => format!(
+                "no guest {what}: pass --{} (bash resources/build-guest.sh prints it)",
+                if what == "kernel" { "kernel" } else { "initrd" }
+            ),
+            other => other.to_string(),
         })
-        .ok_or_else(|| {
-            RunError::Setup("no guest kernel: pass --kernel (bash resources/build-guest.sh prints it)".into())
-        })?;
-    let initrd = args
-        .initrd
-        .clone()
-        .or_else(|| std::env::var_os("HULL_INITRD").map(PathBuf::from))
-        .or_else(|| {
-            newest_in_cache(|p| {
-                let n = p.file_name()?.to_str()?;
-                (n.starts_with("initramfs-") && (n.ends_with(".cpio") || n.ends_with(".cpio.gz")))
-                    .then(|| p.to_path_buf())
-            })
-        })
-        .ok_or_else(|| {
-            RunError::Setup("no guest initramfs: pass --initrd (bash resources/build-guest.sh prints it)".into())
-        })?;
-    for f in [&kernel, &initrd] {
-        if !f.is_file() {
-            return Err(RunError::Setup(format!("{} is not a file", f.display())));
-        }
-    }
-    Ok((kernel, initrd))
-}
-
-/// The tail of the guest console, for error messages.
-fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-    format!("{}:\n{tail}", path.display())
+    })
 }
 
 enum Event {
@@ -265,13 +215,19 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
+    // This very binary, for `hull vhost-user ...` and the kvm backend's VMM: through /proc/self/exe, which
+    // stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
+    let hull = PathBuf::from("/proc/self/exe");
     let cfg = VmConfig {
+        hull: &hull,
         kernel: &kernel,
         initrd: &initrd,
         cpus: args.cpus,
         mem_mib: args.mem,
         drives: &drives,
         tap: args.net.as_deref(),
+        mac: None,
+        netns: None,
         cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
         dir: dir.path(),
     };

@@ -1,6 +1,8 @@
-//! Ownership of everything `hull run` creates on the host, so that nothing outlives it: child processes
-//! (SIGKILL by PID and reaped on drop; started with PR_SET_PDEATHSIG so they die with hull even if hull is
-//! killed with SIGKILL) and the run directory (removed on drop, with the sockets and image inside).
+//! Ownership of everything a run creates on the host, so that nothing outlives it: child processes
+//! (SIGKILL by PID and reaped on drop; started with PR_SET_PDEATHSIG so they die with their parent even if it
+//! is killed with SIGKILL — the signal follows the *thread* that spawned them, so long-lived callers spawn
+//! from a thread that lives as long as the process) and the run directory (removed on drop, with the sockets
+//! and images inside).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -16,16 +18,25 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd` in its own process group (a terminal's Ctrl-C reaches hull only), with stdout and stderr
-    /// appended to `log`, and the parent-death signal set to SIGKILL.
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<ChildGuard> {
+    /// appended to `log`, and the parent-death signal set to SIGKILL; inside the network namespace `netns`
+    /// (a path like /var/run/netns/NAME) when one is given.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path, netns: Option<&Path>) -> std::io::Result<ChildGuard> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+        let ns = netns.map(File::open).transpose()?;
+        // SAFETY: prctl(PR_SET_PDEATHSIG) and setns are async-signal-safe and touch no memory of the parent
+        // but the namespace file descriptor, which stays open until spawn returns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(ns) = &ns {
+                    use std::os::fd::AsRawFd;
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -78,16 +89,23 @@ impl Drop for ChildGuard {
 pub struct RunDir(PathBuf);
 
 impl RunDir {
+    /// A fresh directory under `$XDG_RUNTIME_DIR` (else the temp dir); directories of runs whose process is
+    /// gone are swept first.
     pub fn create() -> std::io::Result<RunDir> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        Self::create_in(&base)
+    }
+
+    /// A fresh directory `hull-run-<pid>-<nanos>` under `base`, after sweeping those of dead processes.
+    pub fn create_in(base: &Path) -> std::io::Result<RunDir> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        sweep_stale(&base);
+        sweep_stale(base);
         let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&dir)?;
         Ok(RunDir(dir))

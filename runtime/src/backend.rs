@@ -1,4 +1,4 @@
-//! The two VM backends behind one interface, used by `hull run` (and later by the containerd shim):
+//! The two VM backends behind one interface, used by `hull run` and the containerd shim:
 //!
 //! - `kvm`: the hull VMM in its own `hull` process, configured through its API socket (boot source,
 //!   machine config, the rootfs drive, vsock, network interface) and started with InstanceStart.
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::guard::{wait_for_path, ChildGuard};
-use super::image::RootfsImage;
+use crate::guard::{wait_for_path, ChildGuard};
+use crate::image::RootfsImage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -42,12 +42,18 @@ pub struct Drive {
 }
 
 pub struct VmConfig<'a> {
+    /// The `hull` binary (the kvm backend's VMM, and the vhost-user device backends of the qemu backend).
+    pub hull: &'a Path,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub cpus: u8,
     pub mem_mib: u32,
     pub drives: &'a [Drive],
     pub tap: Option<&'a str>,
+    /// The guest NIC's MAC address (default: the backend's choice).
+    pub mac: Option<&'a str>,
+    /// Run the VM's processes in this network namespace (where the TAP lives).
+    pub netns: Option<&'a Path>,
     pub cmdline_extra: String,
     pub dir: &'a Path,
 }
@@ -57,6 +63,10 @@ pub trait Vm {
     fn vsock_uds(&self) -> &Path;
     /// Whether the VM's process still runs.
     fn alive(&mut self) -> bool;
+    /// The PID of the process that runs the guest (QEMU or the hull VMM).
+    fn vmm_pid(&self) -> u32;
+    /// Every PID this VM started (the VMM and its device backends).
+    fn pids(&self) -> Vec<u32>;
     /// Where the guest console goes.
     fn console_log(&self) -> PathBuf;
     /// Waits up to `grace` for the VM to end by itself, then kills everything it started.
@@ -95,18 +105,19 @@ fn base_cmdline(extra: &str) -> String {
     format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 no_timer_check {extra}")
 }
 
-/// This very binary, for `hull vhost-user ...` and the kvm backend's `hull`: through /proc/self/exe, which
-/// stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
-fn hull_exe() -> PathBuf {
-    PathBuf::from("/proc/self/exe")
-}
-
 /// Starts `hull vhost-user <args>` and waits for its socket.
-fn vhost_user(dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Result<ChildGuard, BackendError> {
-    let mut cmd = Command::new(hull_exe());
+fn vhost_user(
+    hull: &Path,
+    netns: Option<&Path>,
+    dir: &Path,
+    name: &str,
+    socket: &Path,
+    args: &[&str],
+) -> Result<ChildGuard, BackendError> {
+    let mut cmd = Command::new(hull);
     cmd.arg("vhost-user").args(args).args(["--log-level", "Warning"]);
     let log = dir.join(format!("{name}.log"));
-    let mut child = ChildGuard::spawn(name, cmd, &log).map_err(|source| BackendError::Spawn {
+    let mut child = ChildGuard::spawn(name, cmd, &log, netns).map_err(|source| BackendError::Spawn {
         what: name.into(),
         source,
     })?;
@@ -139,7 +150,14 @@ impl QemuVm {
             if drive.read_only {
                 args.push("--read-only");
             }
-            backends.push(vhost_user(d, &format!("vhost-user-blk{i}"), &sock, &args)?);
+            backends.push(vhost_user(
+                cfg.hull,
+                cfg.netns,
+                d,
+                &format!("vhost-user-blk{i}"),
+                &sock,
+                &args,
+            )?);
             blk_args.extend([
                 "-chardev".to_string(),
                 format!("socket,id=blk{i},path={}", sock.display()),
@@ -150,6 +168,8 @@ impl QemuVm {
         let vsock_sock = d.join("vsock-vu.sock");
         let uds = d.join("vsock.sock");
         backends.push(vhost_user(
+            cfg.hull,
+            cfg.netns,
             d,
             "vhost-user-vsock",
             &vsock_sock,
@@ -166,6 +186,8 @@ impl QemuVm {
         let net_sock = d.join("net.sock");
         if let Some(tap) = cfg.tap {
             backends.push(vhost_user(
+                cfg.hull,
+                cfg.netns,
                 d,
                 "vhost-user-net",
                 &net_sock,
@@ -202,17 +224,20 @@ impl QemuVm {
         ]);
         if cfg.tap.is_some() {
             cmd.args(["-chardev", &format!("socket,id=net0,path={}", net_sock.display())])
+                .args(["-netdev", "vhost-user,id=n0,chardev=net0"])
                 .args([
-                    "-netdev",
-                    "vhost-user,id=n0,chardev=net0",
                     "-device",
-                    "virtio-net-device,netdev=n0",
+                    &match cfg.mac {
+                        Some(mac) => format!("virtio-net-device,netdev=n0,mac={mac}"),
+                        None => "virtio-net-device,netdev=n0".into(),
+                    },
                 ]);
         }
-        let qemu = ChildGuard::spawn("qemu", cmd, &d.join("qemu.log")).map_err(|source| BackendError::Spawn {
-            what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
-            source,
-        })?;
+        let qemu =
+            ChildGuard::spawn("qemu", cmd, &d.join("qemu.log"), cfg.netns).map_err(|source| BackendError::Spawn {
+                what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
+                source,
+            })?;
         tracing::debug!(pid = qemu.pid(), "qemu started");
         Ok(QemuVm {
             uds,
@@ -230,6 +255,17 @@ impl Vm for QemuVm {
 
     fn alive(&mut self) -> bool {
         !self.qemu.exited()
+    }
+
+    fn vmm_pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(&self.qemu)
+            .chain(&self.backends)
+            .map(ChildGuard::pid)
+            .collect()
     }
 
     fn console_log(&self) -> PathBuf {
@@ -259,7 +295,7 @@ impl KvmVm {
         let api = d.join("api.sock");
         let console = d.join("console.log");
         let uds = d.join("vsock.sock");
-        let mut cmd = Command::new(hull_exe());
+        let mut cmd = Command::new(cfg.hull);
         cmd.arg("--api-sock").arg(&api).arg("--serial-out").arg(&console).args([
             "--id",
             "hull-run",
@@ -267,7 +303,7 @@ impl KvmVm {
             "Warning",
         ]);
         let log = d.join("hull-vmm.log");
-        let mut hull = ChildGuard::spawn("hull", cmd, &log).map_err(|source| BackendError::Spawn {
+        let mut hull = ChildGuard::spawn("hull", cmd, &log, cfg.netns).map_err(|source| BackendError::Spawn {
             what: "hull".into(),
             source,
         })?;
@@ -304,7 +340,10 @@ impl KvmVm {
         if let Some(tap) = cfg.tap {
             put(
                 "/network-interfaces/eth0",
-                serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }),
+                match cfg.mac {
+                    Some(mac) => serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": mac }),
+                    None => serde_json::json!({ "iface_id": "eth0", "host_dev_name": tap }),
+                },
             )?;
         }
         put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))?;
@@ -346,6 +385,14 @@ impl Vm for KvmVm {
 
     fn alive(&mut self) -> bool {
         !self.hull.exited()
+    }
+
+    fn vmm_pid(&self) -> u32 {
+        self.hull.pid()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.hull.pid()]
     }
 
     fn console_log(&self) -> PathBuf {
