@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use hull_agent_protocol::agent::{StdioConfig, Storage};
+use hull_agent_protocol::agent::{File as HostFile, StdioConfig, Storage};
 use hull_agent_protocol::ids::{validate_exec_id, validate_id, IdError};
 use hull_agent_protocol::stdio::{StdioRequest, Stream};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
@@ -136,6 +136,45 @@ fn now_nanos() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+const MAX_FILES: usize = 64;
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Writes the host's small files into `<dir>/files/` and points the spec's `hull-file:<name>` mount sources
+/// at them. Names, counts and sizes are checked: they come from the host, but a bad one is still an error,
+/// not a write outside the directory.
+fn write_files(dir: &Path, files: &[HostFile], spec: &mut Spec) -> Result<(), AgentError> {
+    if files.len() > MAX_FILES {
+        return Err(AgentError::BadSpec(format!("{} files (at most {MAX_FILES})", files.len())));
+    }
+    let fdir = dir.join("files");
+    std::fs::create_dir_all(&fdir).map_err(io_err("mkdir files"))?;
+    for f in files {
+        validate_id(&f.name).map_err(|_| AgentError::BadSpec(format!("bad file name {:?}", f.name)))?;
+        if f.content.len() > MAX_FILE_BYTES {
+            return Err(AgentError::BadSpec(format!("file {} is over 1 MiB", f.name)));
+        }
+        let path = fdir.join(&f.name);
+        std::fs::write(&path, &f.content).map_err(io_err(format!("writing {}", path.display())))?;
+        let mode = if f.mode == 0 { 0o644 } else { f.mode & 0o7777 };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in &mut mounts {
+        let Some(name) = m.source().as_ref().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("hull-file:")) else {
+            continue;
+        };
+        if !files.iter().any(|f| f.name == name) {
+            return Err(AgentError::BadSpec(format!("mount source hull-file:{name} names no file")));
+        }
+        let path = fdir.join(name);
+        m.set_source(Some(path));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
 /// `/dev/<name>` for "vda"-style names, or the device whose virtio-blk serial matches "serial:<s>".
 fn resolve_device(device: &str) -> Result<PathBuf, AgentError> {
     let bad = || AgentError::BadDevice(device.chars().take(64).collect());
@@ -213,6 +252,7 @@ impl Agent {
         spec_json: &[u8],
         rootfs: &Storage,
         extra: &[Storage],
+        files: &[HostFile],
         stdio: &StdioConfig,
     ) -> Result<(), AgentError> {
         validate_id(id)?;
@@ -224,7 +264,8 @@ impl Agent {
         let dir = Path::new(STATE_DIR).join(id);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut mounts = Vec::new();
-        let result = self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, stdio, &mut mounts);
+        let result = write_files(&dir, files, &mut spec)
+            .and_then(|()| self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, stdio, &mut mounts));
         if result.is_err() {
             for m in mounts.iter().rev() {
                 let _ = umount_detach(m);

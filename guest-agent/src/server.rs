@@ -62,7 +62,9 @@ impl agent_ttrpc::Agent for Service {
     fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> R<Empty> {
         let rootfs = req.rootfs.as_ref().ok_or_else(|| invalid("no rootfs"))?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        self.agent.create(&req.container_id, &req.oci_spec_json, rootfs, &req.mounts, &stdio).map_err(status)?;
+        self.agent
+            .create(&req.container_id, &req.oci_spec_json, rootfs, &req.mounts, &req.files, &stdio)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 

@@ -85,6 +85,58 @@ impl Agent {
         call!(self, start_container, "StartContainer", r, SHORT).map(drop)
     }
 
+    /// Starts another process in a running container (`process_json`: an OCI `process` object).
+    pub fn exec(&self, id: &str, exec: &str, process_json: Vec<u8>, stdio: StdioConfig) -> Result<(), AgentError> {
+        let mut r = ExecProcessRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec.into();
+        r.oci_process_json = process_json;
+        r.stdio = Some(stdio).into();
+        call!(self, exec_process, "ExecProcess", r, SHORT).map(drop)
+    }
+
+    pub fn list_processes(&self, id: &str) -> Result<ListProcessesResponse, AgentError> {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, list_processes, "ListProcesses", r, SHORT)
+    }
+
+    pub fn stats(&self, id: &str) -> Result<StatsContainerResponse, AgentError> {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, stats_container, "StatsContainer", r, SHORT)
+    }
+
+    /// New cgroup limits (`resources_json`: an OCI LinuxResources object).
+    pub fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), AgentError> {
+        let mut r = UpdateResourcesRequest::new();
+        r.container_id = id.into();
+        r.oci_resources_json = resources_json;
+        call!(self, update_resources, "UpdateResources", r, SHORT).map(drop)
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), AgentError> {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, pause_container, "PauseContainer", r, SHORT).map(drop)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), AgentError> {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        call!(self, resume_container, "ResumeContainer", r, SHORT).map(drop)
+    }
+
+    /// Blocks until some container of the VM records an OOM kill (no timeout).
+    pub fn next_oom(&self) -> Result<OomEvent, AgentError> {
+        self.client
+            .get_oom_event(context::with_timeout(0), &GetOomEventRequest::new())
+            .map_err(|source| AgentError::Call {
+                call: "GetOomEvent",
+                source,
+            })
+    }
+
     pub fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), AgentError> {
         let mut r = SignalProcessRequest::new();
         r.container_id = id.into();

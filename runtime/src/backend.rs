@@ -49,6 +49,9 @@ pub struct VmConfig<'a> {
     pub cpus: u8,
     pub mem_mib: u32,
     pub drives: &'a [Drive],
+    /// Spare disk slots (ids `slot0`, `slot1`, ...): empty at boot, given an image later with
+    /// [`Vm::attach_disk`] (the guest sees the capacity change).
+    pub slots: usize,
     pub tap: Option<&'a str>,
     /// The guest NIC's MAC address (default: the backend's choice).
     pub mac: Option<&'a str>,
@@ -58,7 +61,7 @@ pub struct VmConfig<'a> {
     pub dir: &'a Path,
 }
 
-pub trait Vm {
+pub trait Vm: Send {
     /// The host end of the hybrid vsock.
     fn vsock_uds(&self) -> &Path;
     /// Whether the VM's process still runs.
@@ -71,6 +74,37 @@ pub trait Vm {
     fn console_log(&self) -> PathBuf;
     /// Waits up to `grace` for the VM to end by itself, then kills everything it started.
     fn stop(&mut self, grace: Duration);
+    /// Gives spare slot `slot` (`slot0`, ...) the disk image `image` (replacing what it had).
+    fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError>;
+}
+
+/// The id of spare slot `i`.
+pub fn slot_id(i: usize) -> String {
+    format!("slot{i}")
+}
+
+/// The guest device a drive or slot shows up as, for the agent's `Storage.device`: the disk's virtio-blk
+/// serial, which both backends set to the drive id; the kvm backend's first drive is `vda`.
+pub fn guest_device(kind: BackendKind, index: usize, id: &str) -> String {
+    if kind == BackendKind::Kvm && index == 0 {
+        "vda".into()
+    } else {
+        format!("serial:{id}")
+    }
+}
+
+/// Creates the empty placeholder image of every slot.
+fn slot_placeholders(cfg: &VmConfig) -> Result<Vec<(String, PathBuf)>, BackendError> {
+    (0..cfg.slots)
+        .map(|i| {
+            let path = cfg.dir.join(format!("{}.empty", slot_id(i)));
+            std::fs::File::create(&path).map_err(|source| BackendError::Spawn {
+                what: format!("slot placeholder {}", path.display()),
+                source,
+            })?;
+            Ok((slot_id(i), path))
+        })
+        .collect()
 }
 
 /// Decides the backend; returns it with the reason, which the caller prints.
@@ -135,6 +169,8 @@ pub struct QemuVm {
     console: PathBuf,
     qemu: ChildGuard,
     backends: Vec<ChildGuard>,
+    /// Each slot's `hull vhost-user blk --control` socket.
+    controls: Vec<(String, PathBuf)>,
 }
 
 impl QemuVm {
@@ -164,6 +200,40 @@ impl QemuVm {
                 "-device".to_string(),
                 format!("vhost-user-blk,chardev=blk{i}"),
             ]);
+        }
+        let mut controls = Vec::new();
+        for (j, (id, placeholder)) in slot_placeholders(cfg)?.into_iter().enumerate() {
+            let i = cfg.drives.len() + j;
+            let sock = d.join(format!("blk{i}.sock"));
+            let control = d.join(format!("{id}.ctl"));
+            let args = [
+                "blk",
+                "--socket",
+                &sock.to_string_lossy(),
+                "--path",
+                &placeholder.to_string_lossy(),
+                "--id",
+                &id,
+                "--control",
+                &control.to_string_lossy(),
+            ]
+            .map(str::to_string);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            backends.push(vhost_user(
+                cfg.hull,
+                cfg.netns,
+                d,
+                &format!("vhost-user-{id}"),
+                &sock,
+                &args,
+            )?);
+            blk_args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=blk{i},path={}", sock.display()),
+                "-device".to_string(),
+                format!("vhost-user-blk,chardev=blk{i}"),
+            ]);
+            controls.push((id, control));
         }
         let vsock_sock = d.join("vsock-vu.sock");
         let uds = d.join("vsock.sock");
@@ -244,6 +314,7 @@ impl QemuVm {
             console,
             qemu,
             backends,
+            controls,
         })
     }
 }
@@ -272,6 +343,31 @@ impl Vm for QemuVm {
         self.console.clone()
     }
 
+    fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let err = |detail: String| BackendError::Api {
+            path: format!("{slot} control"),
+            detail,
+        };
+        let (_, control) = self
+            .controls
+            .iter()
+            .find(|(id, _)| id == slot)
+            .ok_or_else(|| err("no such slot".into()))?;
+        let mut s = std::os::unix::net::UnixStream::connect(control).map_err(|e| err(e.to_string()))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let line = format!("attach {} {}\n", image.display(), if read_only { "ro" } else { "rw" });
+        s.write_all(line.as_bytes()).map_err(|e| err(e.to_string()))?;
+        let mut answer = String::new();
+        BufReader::new((&s).take(4096))
+            .read_line(&mut answer)
+            .map_err(|e| err(e.to_string()))?;
+        match answer.trim_end() {
+            "ok" => Ok(()),
+            other => Err(err(other.to_string())),
+        }
+    }
+
     fn stop(&mut self, grace: Duration) {
         self.qemu.wait_timeout(grace);
         self.qemu.kill();
@@ -287,6 +383,7 @@ pub struct KvmVm {
     uds: PathBuf,
     console: PathBuf,
     hull: ChildGuard,
+    api: PathBuf,
 }
 
 impl KvmVm {
@@ -333,6 +430,14 @@ impl KvmVm {
                 }),
             )?;
         }
+        for (id, placeholder) in slot_placeholders(cfg)? {
+            put(
+                &format!("/drives/{id}"),
+                serde_json::json!({
+                    "drive_id": id, "path_on_host": placeholder, "is_root_device": false, "is_read_only": true
+                }),
+            )?;
+        }
         put(
             "/vsock",
             serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }),
@@ -347,12 +452,22 @@ impl KvmVm {
             )?;
         }
         put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))?;
-        Ok(KvmVm { uds, console, hull })
+        Ok(KvmVm {
+            uds,
+            console,
+            hull,
+            api,
+        })
     }
 }
 
 /// One `PUT` on the API socket; any status but 2xx is an error carrying the body (the fault message).
 fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
+    api_call(sock, "PUT", path, body)
+}
+
+/// One request on the API socket; any status but 2xx is an error carrying the body (the fault message).
+fn api_call(sock: &Path, method: &str, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
     use std::io::{Read, Write};
     let err = |detail: String| BackendError::Api {
         path: path.into(),
@@ -362,7 +477,7 @@ fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), Back
     let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| err(e.to_string()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(|e| err(e.to_string()))?;
@@ -397,6 +512,23 @@ impl Vm for KvmVm {
 
     fn console_log(&self) -> PathBuf {
         self.console.clone()
+    }
+
+    fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError> {
+        // Firecracker's semantics: PATCH replaces the backing file of a running VM's drive; its read-only
+        // flag stays what the slot was configured with (read-only, so a shared cached image stays intact).
+        if !read_only {
+            return Err(BackendError::Api {
+                path: format!("/drives/{slot}"),
+                detail: "the kvm backend attaches disks to a running VM read-only".into(),
+            });
+        }
+        api_call(
+            &self.api,
+            "PATCH",
+            &format!("/drives/{slot}"),
+            &serde_json::json!({ "drive_id": slot, "path_on_host": image }),
+        )
     }
 
     fn stop(&mut self, grace: Duration) {

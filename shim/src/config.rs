@@ -1,0 +1,180 @@
+//! The shim's configuration file (TOML): which VM backend, where the `hull` binary, guest kernel and
+//! initramfs are, VM size defaults and limits, how many spare disk slots a pod VM gets, and where images and
+//! per-VM state live.
+//!
+//! Found at (first that exists): the `ConfigPath` runtime option containerd passes for the handler, the
+//! `HULL_SHIM_CONFIG` environment variable, `/etc/hull/shim.toml`. Without a file, the defaults apply.
+//! Unknown keys are refused, so a typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use hull_runtime::backend::BackendKind;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/hull/shim.toml";
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+impl From<Backend> for BackendKind {
+    fn from(b: Backend) -> BackendKind {
+        match b {
+            Backend::Auto => BackendKind::Auto,
+            Backend::Kvm => BackendKind::Kvm,
+            Backend::Qemu => BackendKind::Qemu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShimConfig {
+    /// `auto` (hull on hardware KVM, else QEMU TCG with hull's device backends), `kvm` or `qemu`.
+    pub backend: Backend,
+    /// The `hull` binary (default: `hull` next to the shim binary, else /usr/local/bin/hull).
+    pub hull_binary: Option<PathBuf>,
+    /// Guest kernel and initramfs (default: /var/lib/hull/{vmlinux,initramfs.cpio} when present, else
+    /// `$HULL_KERNEL`/`$HULL_INITRD`, else the newest in the build cache).
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// vCPUs and memory of a VM before the workload's own limits are added.
+    pub default_vcpus: u8,
+    pub default_memory_mib: u32,
+    /// Upper bounds for a VM whatever the limits ask.
+    pub max_vcpus: u8,
+    pub max_memory_mib: u32,
+    /// Spare virtio-blk slots of a pod VM, for images and volumes of containers created after boot.
+    pub pod_slots: usize,
+    /// Read-only rootfs images, one per snapshot parent chain.
+    pub image_cache: PathBuf,
+    /// Per-VM state (sockets, console log, logs).
+    pub work_dir: PathBuf,
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig {
+            backend: Backend::Auto,
+            hull_binary: None,
+            kernel: None,
+            initrd: None,
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            max_vcpus: 8,
+            max_memory_mib: 16384,
+            pod_slots: 6,
+            image_cache: PathBuf::from("/var/lib/hull/images"),
+            work_dir: PathBuf::from("/run/hull/shim"),
+            boot_timeout_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the shim config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("the shim config {0} is not valid: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("the shim config {0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+impl ShimConfig {
+    /// Loads the config: `explicit` (the runtime option), else `$HULL_SHIM_CONFIG`, else the default path;
+    /// a missing default file means the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<ShimConfig, ConfigError> {
+        let env = std::env::var_os("HULL_SHIM_CONFIG").map(PathBuf::from);
+        let (path, required) = match (explicit, env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(ShimConfig::default()),
+            Err(e) => return Err(ConfigError::Read(path, e)),
+        };
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid(_, m) => ConfigError::Invalid(path.clone(), m),
+            ConfigError::Parse(_, m) => ConfigError::Parse(path.clone(), m),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<ShimConfig, ConfigError> {
+        let c: ShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(PathBuf::new(), e))?;
+        let bad = |m: &str| Err(ConfigError::Invalid(PathBuf::new(), m.into()));
+        if c.default_vcpus == 0 || c.default_vcpus > c.max_vcpus {
+            return bad("default_vcpus must be 1..=max_vcpus");
+        }
+        if c.default_memory_mib < 64 || c.default_memory_mib > c.max_memory_mib {
+            return bad("default_memory_mib must be 64..=max_memory_mib");
+        }
+        if c.pod_slots > 16 {
+            return bad("pod_slots must be at most 16");
+        }
+        if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
+            return bad("image_cache and work_dir must be absolute paths");
+        }
+        Ok(c)
+    }
+
+    pub fn hull_binary(&self) -> PathBuf {
+        if let Some(p) = &self.hull_binary {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.join("hull")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/hull"))
+    }
+
+    /// The guest kernel and initramfs: configured, else the installed ones, else the runtime's defaults.
+    pub fn guest_files(&self) -> Result<(PathBuf, PathBuf), hull_runtime::GuestFilesError> {
+        let installed = |name: &str| {
+            let p = Path::new("/var/lib/hull").join(name);
+            p.is_file().then_some(p)
+        };
+        let kernel = self.kernel.clone().or_else(|| {
+            std::env::var_os("HULL_KERNEL")
+                .is_none()
+                .then(|| installed("vmlinux"))
+                .flatten()
+        });
+        let initrd = self.initrd.clone().or_else(|| {
+            std::env::var_os("HULL_INITRD")
+                .is_none()
+                .then(|| installed("initramfs.cpio"))
+                .flatten()
+        });
+        hull_runtime::guest_files(kernel.as_deref(), initrd.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_typos_are_refused() {
+        let c = ShimConfig::parse("").unwrap();
+        assert_eq!(c.backend, Backend::Auto);
+        assert_eq!(c.default_memory_mib, 256);
+        let c = ShimConfig::parse("backend = \"qemu\"\ndefault_memory_mib = 512\n").unwrap();
+        assert_eq!((c.backend, c.default_memory_mib), (Backend::Qemu, 512));
+        assert!(ShimConfig::parse("backnd = \"qemu\"").is_err());
+        assert!(ShimConfig::parse("backend = \"xen\"").is_err());
+        assert!(ShimConfig::parse("default_vcpus = 0").is_err());
+        assert!(ShimConfig::parse("default_memory_mib = 999999").is_err());
+        assert!(ShimConfig::parse("image_cache = \"rel\"").is_err());
+        assert!(ShimConfig::parse("pod_slots = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! containerd's OCI spec (the bundle's config.json) made fit for the guest. The spec describes the
+//! container as runc would see it on the host; inside hull the VM is the pod's boundary, so:
+//!
+//! - the network namespace goes (the pod's containers share the VM's interfaces), and so do ipc/uts
+//!   namespaces the spec joins by path (CRI points them at the sandbox's: sharing the VM's is that sharing);
+//!   a pid namespace given by path becomes a new one; the `hostname` goes with the uts namespace;
+//! - host bind mounts are carried over: a regular file up to 1 MiB (`/etc/hosts`, `/etc/resolv.conf`,
+//!   `/etc/hostname`, `/dev/termination-log`, secrets and config maps) is copied into the guest; a directory
+//!   (volumes, hostPath, emptyDir) is packed into an ext4 image given to the guest as a disk (a snapshot at
+//!   create time: guest writes stay in the VM); the pod's `/dev/shm` becomes a tmpfs; anything else (sockets,
+//!   device nodes, larger files) is left out with a warning in the shim's log;
+//! - hooks, AppArmor/SELinux labels and the cgroups path are host matters and are dropped.
+//!
+//! Everything here is data from containerd's client (the spec) and treated as untrusted input: no panic.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+pub const MAX_FILE: u64 = 1 << 20;
+pub const MAX_FILES: usize = 64;
+
+/// A file copied into the guest.
+pub struct CopiedFile {
+    pub name: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// A host directory the guest gets as a disk.
+#[derive(Debug, Clone)]
+pub struct DirVolume {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+pub struct GuestSpec {
+    pub spec: Value,
+    pub files: Vec<CopiedFile>,
+    pub volumes: Vec<DirVolume>,
+    pub warnings: Vec<String>,
+    /// The network namespace path the spec named (the pod's CNI namespace).
+    pub netns: Option<PathBuf>,
+    pub hostname: Option<String>,
+}
+
+fn is_bind(m: &Value) -> bool {
+    m["type"] == "bind"
+        || m["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+fn read_only(m: &Value) -> bool {
+    m["options"].as_array().is_some_and(|o| o.iter().any(|x| x == "ro"))
+}
+
+/// Rewrites `spec` (consumed) for the guest.
+pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
+    if !spec.is_object() {
+        return Err("the OCI spec is not a JSON object".into());
+    }
+    let mut warnings = Vec::new();
+    let mut netns = None;
+    let mut keep_uts = true;
+    if let Some(nss) = spec["linux"]["namespaces"].as_array_mut() {
+        let mut out = Vec::new();
+        for ns in nss.drain(..) {
+            let t = ns["type"].as_str().unwrap_or_default().to_string();
+            let path = ns["path"].as_str().filter(|p| !p.is_empty()).map(PathBuf::from);
+            match (t.as_str(), path) {
+                ("network", p) => {
+                    netns = p.or(netns);
+                }
+                ("ipc", Some(_)) => {}
+                ("uts", Some(_)) => keep_uts = false,
+                (_, Some(_)) => out.push(json!({ "type": t })),
+                (_, None) => out.push(ns),
+            }
+        }
+        *nss = out;
+    }
+    let hostname = spec["hostname"].as_str().map(str::to_string);
+    if !keep_uts {
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("hostname");
+        }
+    }
+    if let Some(o) = spec.as_object_mut() {
+        if o.remove("hooks").is_some() {
+            warnings.push("OCI hooks are not run inside hull".into());
+        }
+    }
+    if let Some(l) = spec["linux"].as_object_mut() {
+        l.remove("cgroupsPath");
+        l.remove("mountLabel");
+    }
+    strip_process_labels(&mut spec["process"]);
+
+    let mut files = Vec::new();
+    let mut volumes = Vec::new();
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        let mut out = Vec::new();
+        for mut m in mounts.drain(..) {
+            let dest = m["destination"].as_str().unwrap_or_default().to_string();
+            if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+                return Err(format!("mount destination {dest:?} must be absolute, without '..'"));
+            }
+            if !is_bind(&m) {
+                out.push(m);
+                continue;
+            }
+            let source = PathBuf::from(m["source"].as_str().unwrap_or_default());
+            if dest == "/dev/shm" {
+                out.push(json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }));
+                continue;
+            }
+            match std::fs::metadata(&source) {
+                Ok(md) if md.is_file() && md.len() <= MAX_FILE && files.len() < MAX_FILES => {
+                    let content = std::fs::read(&source)
+                        .map_err(|e| format!("reading mount source {}: {e}", source.display()))?;
+                    let name = format!("f{}", files.len());
+                    use std::os::unix::fs::PermissionsExt;
+                    files.push(CopiedFile {
+                        name: name.clone(),
+                        content,
+                        mode: md.permissions().mode() & 0o7777,
+                    });
+                    m["source"] = json!(format!("hull-file:{name}"));
+                    out.push(m);
+                }
+                Ok(md) if md.is_dir() => volumes.push(DirVolume {
+                    source,
+                    destination: dest,
+                    read_only: read_only(&m),
+                }),
+                Ok(_) => warnings.push(format!(
+                    "mount {dest}: {} is neither a directory nor a file of at most 1 MiB; left out",
+                    source.display()
+                )),
+                Err(e) => warnings.push(format!("mount {dest}: {}: {e}; left out", source.display())),
+            }
+        }
+        *mounts = out;
+    }
+    Ok(GuestSpec {
+        spec,
+        files,
+        volumes,
+        warnings,
+        netns,
+        hostname,
+    })
+}
+
+/// Host security labels mean nothing in the guest.
+pub fn strip_process_labels(process: &mut Value) {
+    if let Some(p) = process.as_object_mut() {
+        p.remove("apparmorProfile");
+        p.remove("selinuxLabel");
+    }
+}
+
+/// VM size for a workload: the defaults plus what the spec's limits ask (memory limit, CPU quota), capped.
+pub fn vm_size(spec: &Value, cfg: &crate::config::ShimConfig) -> (u8, u32) {
+    let res = &spec["linux"]["resources"];
+    let mem_extra = res["memory"]["limit"]
+        .as_i64()
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20))
+        .unwrap_or(0);
+    let cpu_extra = match (res["cpu"]["quota"].as_i64(), res["cpu"]["period"].as_u64()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => (q as u64).div_ceil(p),
+        _ => 0,
+    };
+    let mem = (cfg.default_memory_mib as u64 + mem_extra).min(cfg.max_memory_mib as u64) as u32;
+    let cpus = (cfg.default_vcpus as u64 + cpu_extra).min(cfg.max_vcpus as u64) as u8;
+    (cpus, mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_mounts_and_labels_are_fitted() {
+        let dir = std::env::temp_dir().join(format!("hull-shim-spec-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("vol")).unwrap();
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let spec = json!({
+            "hostname": "pod",
+            "process": { "args": ["sh"], "apparmorProfile": "x" },
+            "hooks": { "prestart": [] },
+            "mounts": [
+                { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/etc/hosts", "type": "bind", "source": dir.join("hosts"), "options": ["rbind", "ro"] },
+                { "destination": "/data", "type": "bind", "source": dir.join("vol"), "options": ["rbind", "ro"] },
+                { "destination": "/dev/shm", "type": "bind", "source": "/run/x/shm", "options": ["rbind"] },
+                { "destination": "/gone", "type": "bind", "source": "/no/such/path", "options": ["rbind"] }
+            ],
+            "linux": {
+                "cgroupsPath": "/k8s/x",
+                "namespaces": [
+                    { "type": "pid" }, { "type": "ipc", "path": "/proc/1/ns/ipc" }, { "type": "uts", "path": "/proc/1/ns/uts" },
+                    { "type": "mount" }, { "type": "network", "path": "/var/run/netns/cni-1" }
+                ]
+            }
+        });
+        let g = for_guest(spec).unwrap();
+        assert_eq!(g.netns, Some(PathBuf::from("/var/run/netns/cni-1")));
+        assert_eq!(g.hostname.as_deref(), Some("pod"));
+        assert!(g.spec.get("hostname").is_none() && g.spec.get("hooks").is_none());
+        assert!(g.spec["process"].get("apparmorProfile").is_none());
+        let types: Vec<&str> = g.spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, vec!["pid", "mount"]);
+        let mounts = g.spec["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 3, "{mounts:?}");
+        assert_eq!(mounts[1]["source"], "hull-file:f0");
+        assert_eq!(mounts[2]["type"], "tmpfs");
+        assert_eq!(g.files[0].content, b"127.0.0.1 localhost\n");
+        assert_eq!(g.volumes.len(), 1);
+        assert!(g.volumes[0].read_only && g.volumes[0].destination == "/data");
+        assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
+        assert!(for_guest(json!({ "mounts": [ { "destination": "rel", "type": "bind", "source": "/" } ] })).is_err());
+        assert!(for_guest(json!("x")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vm_size_adds_limits_and_caps() {
+        let cfg = crate::config::ShimConfig::default();
+        assert_eq!(vm_size(&json!({}), &cfg), (1, 256));
+        let s = json!({ "linux": { "resources": { "memory": { "limit": 512u64 << 20 }, "cpu": { "quota": 150000, "period": 100000 } } } });
+        assert_eq!(vm_size(&s, &cfg), (3, 768));
+        let s = json!({ "linux": { "resources": { "memory": { "limit": 1u64 << 50 } } } });
+        assert_eq!(vm_size(&s, &cfg).1, cfg.max_memory_mib);
+    }
+}

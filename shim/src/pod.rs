@@ -1,0 +1,285 @@
+//! The pod's microVM: booted at the first container's Create with that container's rootfs image as its
+//! first disk (plus spare slots when the container is a pod sandbox), connected to hull-agent, networked
+//! when the spec names a CNI namespace. Disks are shared by key within the VM: a second container of the same
+//! image (or a second mount of the same host directory) reuses the disk the first one got.
+//!
+//! The VM's processes are started from one long-lived thread ([`Spawner`]): they carry PR_SET_PDEATHSIG,
+//! which fires when the *thread* that forked them ends, and ttrpc's worker threads come and go.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hull_runtime::agent::Agent;
+use hull_runtime::backend::{self, BackendKind, Drive, Vm};
+use hull_runtime::guard::RunDir;
+use hull_runtime::image::RootfsImage;
+
+use crate::config::ShimConfig;
+use crate::network::PodNetwork;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Agent(#[from] hull_runtime::agent::AgentError),
+    #[error(transparent)]
+    Net(#[from] crate::network::NetError),
+    #[error("the VM has no free disk slot left for {0} (pod_slots in the shim config)")]
+    NoSlot(String),
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs closures on one thread that lives as long as the shim.
+#[derive(Clone)]
+pub struct Spawner(mpsc::Sender<Job>);
+
+impl Spawner {
+    pub fn new() -> Spawner {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vm-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("starting the VM spawner thread");
+        Spawner(tx)
+    }
+
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = mpsc::channel();
+        self.0
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.recv().ok()
+    }
+}
+
+/// A disk of the VM: a boot drive or a slot, and what it holds.
+struct Disk {
+    id: String,
+    index: usize,
+    /// What it holds ("" for a free slot).
+    key: String,
+    users: usize,
+    slot: bool,
+    /// An image made for this VM only (removed with the work directory).
+    private: bool,
+}
+
+pub struct Pod {
+    pub vm: Box<dyn Vm>,
+    pub kind: BackendKind,
+    pub dir: RunDir,
+    pub agent: Arc<Agent>,
+    pub net: Option<PodNetwork>,
+    disks: Vec<Disk>,
+    pub dead: bool,
+}
+
+/// What the first container brings to the VM's boot.
+pub struct BootRequest<'a> {
+    pub cfg: &'a ShimConfig,
+    pub rootfs: RootfsImage,
+    pub rootfs_key: String,
+    pub cpus: u8,
+    pub mem_mib: u32,
+    pub slots: usize,
+    pub netns: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub dns: Vec<String>,
+}
+
+impl Pod {
+    /// Boots the VM and waits for its agent.
+    pub fn boot(req: BootRequest, spawner: &Spawner) -> Result<Pod, PodError> {
+        let t0 = Instant::now();
+        let cfg = req.cfg;
+        let (kind, why) = backend::choose(cfg.backend.into());
+        log::info!("VM backend {kind:?} ({why})");
+        let (kernel, initrd) = cfg.guest_files().map_err(|e| PodError::Setup(e.to_string()))?;
+        std::fs::create_dir_all(&cfg.work_dir)
+            .map_err(|e| PodError::Setup(format!("creating {}: {e}", cfg.work_dir.display())))?;
+        let dir =
+            RunDir::create_in(&cfg.work_dir).map_err(|e| PodError::Setup(format!("creating the VM directory: {e}")))?;
+        let net = match &req.netns {
+            Some(ns) => Some(crate::network::setup(ns, req.hostname.as_deref(), req.dns.clone())?),
+            None => None,
+        };
+        let hull = cfg.hull_binary();
+        let dir_path = dir.path().to_path_buf();
+        let (cpus, mem, slots) = (req.cpus, req.mem_mib, req.slots);
+        let rootfs = RootfsImage {
+            path: req.rootfs.path.clone(),
+            fstype: req.rootfs.fstype,
+        };
+        let (tap, mac, netns) = match &net {
+            Some(n) => (
+                Some(crate::network::TAP.to_string()),
+                Some(n.mac.clone()),
+                Some(n.netns.clone()),
+            ),
+            None => (None, None, None),
+        };
+        let started = spawner
+            .run(move || {
+                let drives = [Drive {
+                    id: "rootfs".into(),
+                    image: rootfs,
+                    read_only: true,
+                }];
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let vm_cfg = backend::VmConfig {
+                    hull: &hull,
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    cpus,
+                    mem_mib: mem,
+                    drives: &drives,
+                    slots,
+                    tap: tap.as_deref(),
+                    mac: mac.as_deref(),
+                    netns: netns.as_deref(),
+                    cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+                    dir: &dir_path,
+                };
+                backend::start(kind, &vm_cfg)
+            })
+            .ok_or_else(|| PodError::Setup("the VM spawner thread is gone".into()))?;
+        let mut vm = match started {
+            Ok(vm) => vm,
+            Err(e) => {
+                if let Some(n) = &net {
+                    n.teardown();
+                }
+                return Err(e.into());
+            }
+        };
+        let deadline = Duration::from_secs(cfg.boot_timeout_secs);
+        let agent = loop {
+            match Agent::connect(vm.vsock_uds(), Duration::from_secs(1)) {
+                Ok(a) => break a,
+                Err(e) => {
+                    if !vm.alive() || t0.elapsed() >= deadline {
+                        let msg = format!(
+                            "the guest agent did not answer ({e}); guest console {}",
+                            hull_runtime::console_tail(&vm.console_log())
+                        );
+                        vm.stop(Duration::ZERO);
+                        if let Some(n) = &net {
+                            n.teardown();
+                        }
+                        return Err(PodError::Setup(msg));
+                    }
+                }
+            }
+        };
+        let setup = || -> Result<(), PodError> {
+            agent.sync_clock()?;
+            let v = agent.version()?;
+            log::info!(
+                "VM up in {:?}: guest kernel {}, agent {}",
+                t0.elapsed(),
+                v.kernel_release,
+                v.agent_version
+            );
+            if let Some(n) = &net {
+                agent.configure_network(n.guest.clone())?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            vm.stop(Duration::ZERO);
+            if let Some(n) = &net {
+                n.teardown();
+            }
+            return Err(e);
+        }
+        let mut disks = vec![Disk {
+            id: "rootfs".into(),
+            index: 0,
+            key: req.rootfs_key,
+            users: 0,
+            slot: false,
+            private: false,
+        }];
+        for i in 0..slots {
+            disks.push(Disk {
+                id: backend::slot_id(i),
+                index: 1 + i,
+                key: String::new(),
+                users: 0,
+                slot: true,
+                private: false,
+            });
+        }
+        Ok(Pod {
+            vm,
+            kind,
+            dir,
+            agent: Arc::new(agent),
+            net,
+            disks,
+            dead: false,
+        })
+    }
+
+    /// The guest device holding `key` (attaching `image` to a free slot when no disk holds it yet); one
+    /// more user of it.
+    pub fn disk_for(&mut self, key: &str, image: &Path, read_only: bool, private: bool) -> Result<String, PodError> {
+        if let Some(d) = self.disks.iter_mut().find(|d| d.key == key) {
+            d.users += 1;
+            return Ok(backend::guest_device(self.kind, d.index, &d.id));
+        }
+        let d = self
+            .disks
+            .iter_mut()
+            .find(|d| d.slot && d.users == 0)
+            .ok_or_else(|| PodError::NoSlot(key.to_string()))?;
+        self.vm.attach_disk(&d.id, image, read_only)?;
+        d.key = key.to_string();
+        d.users = 1;
+        d.private = private;
+        Ok(backend::guest_device(self.kind, d.index, &d.id))
+    }
+
+    /// One user less of the disk holding `key`; a slot nobody uses is free again.
+    pub fn release_disk(&mut self, key: &str) {
+        if let Some(d) = self.disks.iter_mut().find(|d| d.key == key) {
+            d.users = d.users.saturating_sub(1);
+            if d.users == 0 && d.slot {
+                d.key.clear();
+            }
+        }
+    }
+
+    /// Every PID of the VM, for the record `delete` reads after a shim crash.
+    pub fn pids(&self) -> Vec<u32> {
+        self.vm.pids()
+    }
+
+    /// Powers the VM off (a short grace after the agent's Shutdown), kills what is left, removes the TAP.
+    pub fn shutdown(mut self) {
+        let grace = if !self.dead && self.agent.shutdown().is_ok() {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        };
+        self.vm.stop(grace);
+        if let Some(n) = &self.net {
+            n.teardown();
+        }
+        let _ = self.disks.iter().filter(|d| d.private).count();
+    }
+}

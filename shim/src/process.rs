@@ -1,0 +1,191 @@
+//! A container process as the shim tracks it (the init process or an exec), and its stdio: containerd's
+//! FIFOs on the host side, the agent's per-stream vsock connections on the guest side, copied byte for byte
+//! by one thread per stream. Output FIFOs are closed only after the guest's side ended (or a drain limit),
+//! before the exit is reported, so containerd has every byte when it sees the exit. Stdin ends on CloseIO:
+//! the FIFO is opened read-write (containerd's writer may come and go), and the byte count read so far is
+//! handed to the agent, which closes the process's stdin after exactly that many bytes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use containerd_shim::api::Status;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use hull_agent_protocol::agent::StdioConfig;
+use hull_agent_protocol::stdio::Stream;
+use hull_runtime::agent::{Agent, AgentError};
+
+pub struct Proc {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+    pub status: Status,
+    pub exit: Option<(u32, Timestamp)>,
+    pub stdin_closed: Arc<AtomicBool>,
+    pub outputs: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Proc {
+        Proc {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            terminal,
+            status: Status::CREATED,
+            exit: None,
+            stdin_closed: Arc::new(AtomicBool::new(false)),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Which streams the agent must keep for us (the others are /dev/null in the guest).
+    pub fn stdio_config(&self) -> StdioConfig {
+        let mut s = StdioConfig::new();
+        if !self.terminal {
+            s.stdin = !self.stdin.is_empty();
+            s.stdout = !self.stdout.is_empty();
+            s.stderr = !self.stderr.is_empty();
+        }
+        s
+    }
+
+    /// Opens the agent's streams (before the process starts, so nothing is missed) and starts copying.
+    pub fn attach(&mut self, agent: &Agent, uds: &std::path::Path, cid: &str, exec: &str) -> Result<(), AgentError> {
+        if self.terminal {
+            let term = agent.open_stream(cid, exec, Stream::Terminal)?;
+            if !self.stdout.is_empty() {
+                let from_guest = term.try_clone().map_err(io_agent)?;
+                let path = self.stdout.clone();
+                self.outputs
+                    .push(std::thread::spawn(move || copy_out(from_guest, &path)));
+            }
+            if !self.stdin.is_empty() {
+                let path = self.stdin.clone();
+                let closed = self.stdin_closed.clone();
+                std::thread::spawn(move || pump_in(&path, term, closed, None));
+            }
+            return Ok(());
+        }
+        for (path, stream) in [(&self.stdout, Stream::Stdout), (&self.stderr, Stream::Stderr)] {
+            if path.is_empty() {
+                continue;
+            }
+            let conn = agent.open_stream(cid, exec, stream)?;
+            let path = path.clone();
+            self.outputs.push(std::thread::spawn(move || copy_out(conn, &path)));
+        }
+        if !self.stdin.is_empty() {
+            let conn = agent.open_stream(cid, exec, Stream::Stdin)?;
+            let closer = Agent::connect(uds, Duration::from_secs(10))?;
+            let (path, closed) = (self.stdin.clone(), self.stdin_closed.clone());
+            let (cid, exec) = (cid.to_string(), exec.to_string());
+            std::thread::spawn(move || pump_in(&path, conn, closed, Some((closer, cid, exec))));
+        }
+        Ok(())
+    }
+
+    /// Waits (up to `limit`) for the output copies to finish.
+    pub fn drain(outputs: Vec<JoinHandle<()>>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for h in outputs {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn io_agent(e: std::io::Error) -> AgentError {
+    AgentError::Stdio {
+        stream: "terminal",
+        source: hull_agent_protocol::stdio::StdioError::Io(e),
+    }
+}
+
+/// Guest stream → containerd's output FIFO, until the guest side ends.
+fn copy_out(mut from: UnixStream, fifo: &str) {
+    // containerd holds the read side open already; opening for write does not block then.
+    let mut to = match OpenOptions::new().write(true).open(fifo) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("opening the output FIFO {fifo}: {e}");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    // Nobody reads any more; keep draining the guest so it is not blocked.
+                    continue;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// containerd's stdin FIFO → the guest stream; at CloseIO, what was written so far still goes, then the
+/// agent learns the total and ends the process's stdin.
+fn pump_in(fifo: &str, mut to: UnixStream, closed: Arc<AtomicBool>, closer: Option<(Agent, String, String)>) {
+    let f: File = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("opening the stdin FIFO {fifo}: {e}");
+            return;
+        }
+    };
+    let mut f = f;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let closing = closed.load(Ordering::SeqCst);
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&f),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, if closing { 0 } else { 100 }) };
+        if ready > 0 {
+            match f.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    total += n as u64;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
+                }
+                Err(_) => break,
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    if let Some((agent, cid, exec)) = closer {
+        let _ = agent.close_stdin(&cid, &exec, total);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}

@@ -1,0 +1,112 @@
+//! The shim process's life as containerd drives it (containerd-shim's `Shim` trait): `start` picks the
+//! pod's grouping key and starts (or finds) the shim serving it; `delete` cleans up after a container when
+//! containerd asks — the VM stays while the pod's shim still runs, and is killed when the shim is gone; the
+//! serving process waits for the task service to say the last task is gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{spawn, Config, ExitSignal, Flags, Shim, StartOpts};
+
+use crate::service::Service;
+
+/// The annotation CRI puts on every container of a pod, naming the pod's sandbox.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What the shim writes into a bundle so that `delete` can find the VM after the shim is gone.
+pub const VM_RECORD: &str = "hull-vm.json";
+
+pub struct HullShim {
+    namespace: String,
+    id: String,
+    bundle: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl Shim for HullShim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        HullShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the bundle directory.
+        let grouping = std::fs::read_to_string("config.json")
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|s| s["annotations"][SANDBOX_ID].as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| opts.id.clone());
+        let (_, address) = spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = if self.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&self.bundle)
+        };
+        cleanup_after(&bundle, &self.id);
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 137;
+        resp.exited_at = Some(containerd_shim::util::timestamp()?).into();
+        Ok(resp)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service::new(self.namespace.clone(), publisher, self.exit.clone())
+    }
+}
+
+/// Whether `pid` runs the program named `comm` (guards against PID reuse).
+fn runs(pid: i32, comm: &[&str]) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| comm.iter().any(|n| c.trim() == *n))
+        .unwrap_or(false)
+}
+
+/// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left.
+fn cleanup_after(bundle: &Path, id: &str) {
+    let Ok(text) = std::fs::read_to_string(bundle.join(VM_RECORD)) else {
+        return;
+    };
+    let Ok(rec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let shim_pid = rec["shim_pid"].as_i64().unwrap_or(0) as i32;
+    if shim_pid > 0 && runs(shim_pid, &["containerd-shim", "containerd-shim-h"]) {
+        // The pod's shim still serves other containers; the VM is its to stop.
+        return;
+    }
+    for pid in rec["vm_pids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_i64())
+    {
+        let pid = pid as i32;
+        if pid > 0 && runs(pid, &["qemu-system-x86", "hull"]) {
+            log::warn!("container {id}: the shim is gone; killing its VM process {pid}");
+            // SAFETY: plain kill(2) of a PID checked to run a VM process just above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    if let Some(dir) = rec["work_dir"].as_str() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(bundle.join(VM_RECORD));
+}
