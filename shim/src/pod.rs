@@ -72,8 +72,6 @@ struct Disk {
     key: String,
     users: usize,
     slot: bool,
-    /// An image made for this VM only (removed with the work directory).
-    private: bool,
 }
 
 pub struct Pod {
@@ -89,6 +87,8 @@ pub struct Pod {
 /// What the first container brings to the VM's boot.
 pub struct BootRequest<'a> {
     pub cfg: &'a ShimConfig,
+    /// The VM's own directory (sockets, logs, images made for it alone).
+    pub dir: RunDir,
     pub rootfs: RootfsImage,
     pub rootfs_key: String,
     pub cpus: u8,
@@ -104,13 +104,10 @@ impl Pod {
     pub fn boot(req: BootRequest, spawner: &Spawner) -> Result<Pod, PodError> {
         let t0 = Instant::now();
         let cfg = req.cfg;
+        let dir = req.dir;
         let (kind, why) = backend::choose(cfg.backend.into());
         log::info!("VM backend {kind:?} ({why})");
         let (kernel, initrd) = cfg.guest_files().map_err(|e| PodError::Setup(e.to_string()))?;
-        std::fs::create_dir_all(&cfg.work_dir)
-            .map_err(|e| PodError::Setup(format!("creating {}: {e}", cfg.work_dir.display())))?;
-        let dir =
-            RunDir::create_in(&cfg.work_dir).map_err(|e| PodError::Setup(format!("creating the VM directory: {e}")))?;
         let net = match &req.netns {
             Some(ns) => Some(crate::network::setup(ns, req.hostname.as_deref(), req.dns.clone())?),
             None => None,
@@ -212,7 +209,6 @@ impl Pod {
             key: req.rootfs_key,
             users: 0,
             slot: false,
-            private: false,
         }];
         for i in 0..slots {
             disks.push(Disk {
@@ -221,7 +217,6 @@ impl Pod {
                 key: String::new(),
                 users: 0,
                 slot: true,
-                private: false,
             });
         }
         Ok(Pod {
@@ -237,7 +232,7 @@ impl Pod {
 
     /// The guest device holding `key` (attaching `image` to a free slot when no disk holds it yet); one
     /// more user of it.
-    pub fn disk_for(&mut self, key: &str, image: &Path, read_only: bool, private: bool) -> Result<String, PodError> {
+    pub fn disk_for(&mut self, key: &str, image: &Path, read_only: bool) -> Result<String, PodError> {
         if let Some(d) = self.disks.iter_mut().find(|d| d.key == key) {
             d.users += 1;
             return Ok(backend::guest_device(self.kind, d.index, &d.id));
@@ -250,7 +245,6 @@ impl Pod {
         self.vm.attach_disk(&d.id, image, read_only)?;
         d.key = key.to_string();
         d.users = 1;
-        d.private = private;
         Ok(backend::guest_device(self.kind, d.index, &d.id))
     }
 
@@ -280,6 +274,5 @@ impl Pod {
         if let Some(n) = &self.net {
             n.teardown();
         }
-        let _ = self.disks.iter().filter(|d| d.private).count();
     }
 }

@@ -251,16 +251,25 @@ impl Service {
         if st.containers.contains_key(&req.id) {
             return Err(format!("container {} already exists", req.id));
         }
-        let work = match &st.pod {
-            Some(p) => p.dir.path().to_path_buf(),
+        // A new VM gets its directory first: images made for this container alone go there, and go with it.
+        let new_dir = match &st.pod {
+            Some(_) => None,
             None => {
                 std::fs::create_dir_all(&cfg.work_dir).map_err(|e| format!("{}: {e}", cfg.work_dir.display()))?;
-                cfg.work_dir.clone()
+                Some(
+                    hull_runtime::guard::RunDir::create_in(&cfg.work_dir)
+                        .map_err(|e| format!("creating the VM directory: {e}"))?,
+                )
             }
+        };
+        let work = match (&st.pod, &new_dir) {
+            (Some(p), _) => p.dir.path().to_path_buf(),
+            (None, Some(d)) => d.path().to_path_buf(),
+            (None, None) => return Err("internal: no VM directory".into()),
         };
         let image = rootfs::prepare(&src, &cfg.image_cache, &work, &format!("rootfs-{}", req.id))
             .map_err(|e| format!("preparing the rootfs image: {e}"))?;
-        if st.pod.is_none() {
+        if let Some(dir) = new_dir {
             let (cpus, mem) = guest_spec::vm_size(&g.spec, &cfg);
             let dns = g
                 .spec
@@ -279,6 +288,7 @@ impl Service {
             let pod = Pod::boot(
                 BootRequest {
                     cfg: &cfg,
+                    dir,
                     rootfs: hull_runtime::image::RootfsImage {
                         path: image.image.path.clone(),
                         fstype: image.image.fstype,
@@ -286,7 +296,9 @@ impl Service {
                     rootfs_key: image.key.clone(),
                     cpus,
                     mem_mib: mem,
-                    slots: if is_sandbox { cfg.pod_slots } else { 0 },
+                    // A sandbox's later containers bring their images and volumes; a lone container only its
+                    // own volumes.
+                    slots: if is_sandbox { cfg.pod_slots } else { g.volumes.len() },
                     netns: g.netns.clone(),
                     hostname: g.hostname.clone(),
                     dns,
@@ -307,7 +319,7 @@ impl Service {
         let mut held = Vec::new();
         let result = (|| -> Result<Proc, String> {
             let device = pod
-                .disk_for(&image.key, &image.image.path, true, false)
+                .disk_for(&image.key, &image.image.path, true)
                 .map_err(|e| e.to_string())?;
             held.push(image.key.clone());
             let mut rootfs = Storage::new();
@@ -327,7 +339,6 @@ impl Service {
                         &key,
                         &vol.path,
                         v.read_only || pod.kind == hull_runtime::backend::BackendKind::Kvm,
-                        true,
                     )
                     .map_err(|e| format!("volume {}: {e}", v.destination))?;
                 held.push(key);

@@ -72,11 +72,19 @@ impl Shim for HullShim {
     }
 }
 
-/// Whether `pid` runs the program named `comm` (guards against PID reuse).
+/// Whether `pid` is alive (not a zombie) and runs a program named like one of `comm` (guards against PID
+/// reuse).
 fn runs(pid: i32, comm: &[&str]) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| comm.iter().any(|n| c.trim() == *n))
-        .unwrap_or(false)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so split at the last ')'.
+    let Some((head, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let name = head.split_once('(').map(|(_, n)| n).unwrap_or_default();
+    let state = rest.trim_start().chars().next().unwrap_or('?');
+    state != 'Z' && state != 'X' && comm.iter().any(|n| name == *n)
 }
 
 /// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left.
