@@ -18,6 +18,10 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod containerd;
+pub mod cri;
+pub mod oci_image;
+
 // ---------------------------------------------------------------------------------------------------------
 // Where things are
 
