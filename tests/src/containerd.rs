@@ -242,6 +242,11 @@ impl Containerd {
         }
     }
 
+    /// containerd's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The instance's unique name, `hull-test-<pid>-<n>` (also its netns and CNI network name).
     pub fn name(&self) -> &str {
         &self.name

@@ -133,6 +133,15 @@ impl Cri {
             .map_err(err("Version"))
     }
 
+    /// Status with `verbose`: the `info` map (containerd puts its effective CRI config, as JSON, under
+    /// `config`, runtime handlers and their options included).
+    pub fn status_info(&self) -> CriResult<HashMap<String, String>> {
+        let mut c = self.runtime();
+        self.block_on(c.status(k8s_cri::v1::StatusRequest { verbose: true }))
+            .map(|r| r.into_inner().info)
+            .map_err(err("Status"))
+    }
+
     /// Whether containerd's CRI image store knows `image` (e.g. right after `ctr -n k8s.io image import`).
     pub fn image_present(&self, image: &str) -> CriResult<bool> {
         let mut c = self.images();

@@ -249,3 +249,59 @@ fn drop_cleans_up_running_work() {
     let left = footprint.leftovers(&[(CTR_NAMESPACE, &id), (CRI_NAMESPACE, &pod.id)]);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// The `hull` runtime handler is configured as a shim test needs it: runtime type `io.containerd.hull.v2`, the
+/// shim config path in its options, extra runtime keys, and the profile directory first on containerd's PATH.
+#[test]
+fn hull_handler_is_configured() {
+    require_root!("hull_handler_is_configured");
+    let shim_config = std::env::temp_dir().join("hull-shim-config-for-test.toml");
+    let ctd = Containerd::start(ContainerdOptions {
+        hull_config_path: Some(shim_config.clone()),
+        hull_runtime_toml: "pod_annotations = [\"io.hull.*\"]".into(),
+        ..Default::default()
+    });
+    let cri = ctd.cri();
+    let info = cri.status_info().expect("CRI Status");
+    let config: serde_json::Value = serde_json::from_str(info.get("config").expect("config in Status info")).unwrap();
+    let hull = &config["containerd"]["runtimes"]["hull"];
+    assert_eq!(hull["runtimeType"], "io.containerd.hull.v2", "{hull}");
+    assert_eq!(
+        hull["options"]["ConfigPath"],
+        shim_config.to_string_lossy().as_ref(),
+        "{hull}"
+    );
+    assert_eq!(hull["PodAnnotations"][0], "io.hull.*", "{hull}");
+    assert_eq!(
+        config["containerd"]["runtimes"]["runc"]["runtimeType"],
+        "io.containerd.runc.v2"
+    );
+    assert_eq!(config["sandboxImage"], "hull.test/pause:1");
+    assert_eq!(config["restrictOOMScoreAdj"], true);
+
+    let environ = containerd_environ(&ctd);
+    let path = environ
+        .iter()
+        .find_map(|v| v.strip_prefix("PATH="))
+        .expect("PATH in containerd's environment");
+    let first = path.split(':').next().unwrap_or_default();
+    assert_eq!(
+        Some(std::path::PathBuf::from(first)),
+        hull_tests::containerd::profile_dir()
+    );
+
+    let footprint = ctd.footprint();
+    drop(cri);
+    drop(ctd);
+    let left = footprint.leftovers(&[]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+fn containerd_environ(ctd: &Containerd) -> Vec<String> {
+    let pid = ctd.pid().expect("containerd runs");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .expect("read environ")
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
