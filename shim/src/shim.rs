@@ -22,6 +22,7 @@ pub struct HullShim {
     namespace: String,
     id: String,
     bundle: String,
+    address: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -33,18 +34,14 @@ impl Shim for HullShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle: args.bundle.clone(),
+            address: args.address.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // containerd runs `start` in the bundle directory.
-        let grouping = std::fs::read_to_string("config.json")
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|s| s["annotations"][SANDBOX_ID].as_str().map(str::to_string))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping(Path::new("."), &opts.id);
         let (_, address) = spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)
@@ -56,7 +53,14 @@ impl Shim for HullShim {
         } else {
             PathBuf::from(&self.bundle)
         };
-        cleanup_after(&bundle, &self.id);
+        if cleanup_after(&bundle, &self.id) {
+            // The shim died without removing its socket; containerd does not either.
+            let address = containerd_shim::socket_address(&self.address, &self.namespace, &grouping(&bundle, &self.id));
+            let path = address.strip_prefix("unix://").unwrap_or(&address);
+            if std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
         resp.exited_at = Some(containerd_shim::util::timestamp()?).into();
@@ -87,18 +91,29 @@ fn runs(pid: i32, comm: &[&str]) -> bool {
     state != 'Z' && state != 'X' && comm.iter().any(|n| name == *n)
 }
 
-/// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left.
-fn cleanup_after(bundle: &Path, id: &str) {
+/// The shim grouping of the container whose bundle is `bundle`: its pod's sandbox id, else its own id.
+fn grouping(bundle: &Path, id: &str) -> String {
+    std::fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|s| s["annotations"][SANDBOX_ID].as_str().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left; returns
+/// whether the shim was found dead.
+fn cleanup_after(bundle: &Path, id: &str) -> bool {
     let Ok(text) = std::fs::read_to_string(bundle.join(VM_RECORD)) else {
-        return;
+        return false;
     };
     let Ok(rec) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return;
+        return false;
     };
     let shim_pid = rec["shim_pid"].as_i64().unwrap_or(0) as i32;
     if shim_pid > 0 && runs(shim_pid, &["containerd-shim", "containerd-shim-h"]) {
         // The pod's shim still serves other containers; the VM is its to stop.
-        return;
+        return false;
     }
     for pid in rec["vm_pids"]
         .as_array()
@@ -117,4 +132,5 @@ fn cleanup_after(bundle: &Path, id: &str) {
         let _ = std::fs::remove_dir_all(dir);
     }
     let _ = std::fs::remove_file(bundle.join(VM_RECORD));
+    true
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs hull for containerd on this machine; idempotent, no arguments needed (run as root from a clone):
+#   /usr/local/bin/{hull,containerd-shim-hull-v2}     release builds of this checkout
+#   /var/lib/hull/{vmlinux,initramfs.cpio}             the guest kernel and the agent's initramfs
+#   /etc/hull/shim.toml                                the shim's config (kept if present)
+#   /etc/containerd/config.toml                        gains the `hull` runtime handler (once)
+#   QEMU (Debian's qemu-system-x86), for hosts where KVM cannot run guest user space
+# Then: systemctl restart containerd; kubectl apply -f resources/runtimeclass.yaml
+# Environment: PREFIX (default /usr/local), HULL_LIB (default /var/lib/hull), CONTAINERD_CONFIG.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+prefix="${PREFIX:-/usr/local}"
+lib="${HULL_LIB:-/var/lib/hull}"
+ctd_config="${CONTAINERD_CONFIG:-/etc/containerd/config.toml}"
+say() { echo "[install] $*" >&2; }
+
+bash "$here/scripts/install-qemu.sh"
+need=()
+for p in e2fsprogs iproute2; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+
+say "building hull and containerd-shim-hull-v2 (release)"
+(cd "$here" && cargo build --release -p api-server -p containerd-shim-hull-v2 >&2)
+install -D -m 0755 "$here/target/release/hull" "$prefix/bin/hull"
+install -D -m 0755 "$here/target/release/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"
+
+say "building the guest kernel and initramfs (cached)"
+out="$(bash "$here/resources/build-guest.sh")"
+kernel="$(sed -n 's/^kernel=//p' <<<"$out" | tail -1)"
+initrd="$(sed -n 's/^initrd=//p' <<<"$out" | tail -1)"
+install -D -m 0644 "$kernel" "$lib/vmlinux"
+install -D -m 0644 "$initrd" "$lib/initramfs.cpio"
+mkdir -p "$lib/images"
+
+if [ ! -e /etc/hull/shim.toml ]; then
+  install -D -m 0644 "$here/resources/shim.toml" /etc/hull/shim.toml
+  say "wrote /etc/hull/shim.toml"
+fi
+
+if [ -d "$(dirname "$ctd_config")" ] || command -v containerd >/dev/null; then
+  mkdir -p "$(dirname "$ctd_config")"
+  [ -e "$ctd_config" ] || { containerd config default > "$ctd_config" 2>/dev/null || echo "version = 2" > "$ctd_config"; }
+  if grep -q 'runtimes.hull\]' "$ctd_config"; then
+    say "$ctd_config already has the hull handler"
+  else
+    { echo; cat "$here/resources/containerd-hull.toml"; } >> "$ctd_config"
+    say "added the hull handler to $ctd_config (restart containerd)"
+  fi
+fi
+say "done: $prefix/bin/containerd-shim-hull-v2, $lib/vmlinux, $lib/initramfs.cpio"
