@@ -215,6 +215,12 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: drop per-session state (connections, pending packets).
     fn reset(&mut self);
+
+    /// The concrete device, for host-side operations only one kind has (replacing a block device's
+    /// file); `None` for devices that offer none.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// Pops the next available chain of `queue`, turning ring corruption into a `DeviceError`.

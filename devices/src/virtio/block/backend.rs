@@ -56,6 +56,35 @@ impl RawFile {
     }
 }
 
+/// No disk at all: capacity 0. What an empty slot holds after `detach`; the request checks refuse every
+/// read and write before they get here, and these methods refuse them again if they ever do.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EmptyDisk;
+
+impl DiskBackend for EmptyDisk {
+    fn capacity_bytes(&self) -> u64 {
+        0
+    }
+
+    fn read_at(&mut self, _buf: &mut [u8], offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("no disk attached (read at byte {offset})"),
+        ))
+    }
+
+    fn write_at(&mut self, _buf: &[u8], offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("no disk attached (write at byte {offset})"),
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl DiskBackend for RawFile {
     fn capacity_bytes(&self) -> u64 {
         self.capacity

@@ -4,13 +4,22 @@
 //! Owns: the disk backend, the drive id, the bounce buffer and the metrics. Never trusts: anything in the
 //! queue (validated by `request`) or config-space writes from the driver (ignored: every field is
 //! read-only).
+//!
+//! The backing file can be replaced at run time ([`Block::attach`], [`Block::detach`]). The caller must hold
+//! the same `&mut Block` the queue is served through (the transport's lock), so a swap always falls between
+//! two requests: a request is served wholly by the old file or wholly by the new one. Afterwards the caller
+//! tells the driver that the config space changed (virtio-mmio: a config interrupt; vhost-user: the
+//! frontend's config-change message). The read-only *feature* the driver negotiated cannot change after
+//! boot: a drive created read-only only takes read-only files; a read-write drive may take a read-only
+//! file, and then answers writes with an I/O error.
 
-use std::path::PathBuf;
+use std::any::Any;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::backend::{DiskBackend, RawFile};
+use super::backend::{DiskBackend, EmptyDisk, RawFile};
 use super::metrics::BlockMetrics;
 use super::request::{BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
@@ -36,7 +45,7 @@ pub struct BlockConfig {
     pub id: Option<String>,
 }
 
-/// Building a drive failed.
+/// Building a drive, or replacing its file, failed. A failed replacement leaves the drive as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     #[error("opening disk image {path}: {source}")]
@@ -45,12 +54,25 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk image {path} must be given as an absolute path")]
+    RelativePath { path: PathBuf },
+    #[error("disk image {path} is not a regular file or block device")]
+    NotADisk { path: PathBuf },
+    #[error(
+        "the drive was created read-only (the guest negotiated VIRTIO_BLK_F_RO); {path} can only be attached read-only"
+    )]
+    ReadOnlyDrive { path: PathBuf },
 }
 
 /// A virtio-blk device.
 pub struct Block {
     disk: Box<dyn DiskBackend>,
+    /// Writes are refused (the feature bit, or a read-only file attached to a read-write drive).
     read_only: bool,
+    /// `VIRTIO_BLK_F_RO` is offered: fixed for the device's life.
+    created_read_only: bool,
+    /// The file behind the disk; `None` for an empty slot or a test backend.
+    path: Option<PathBuf>,
     id: [u8; ID_BYTES],
     avail_features: u64,
     acked_features: u64,
@@ -73,7 +95,9 @@ impl Block {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        Ok(Self::with_backend(Box::new(disk), cfg.read_only, &id))
+        let mut block = Self::with_backend(Box::new(disk), cfg.read_only, &id);
+        block.path = Some(cfg.path.clone());
+        Ok(block)
     }
 
     /// A drive over any backend (tests use in-memory disks).
@@ -93,6 +117,8 @@ impl Block {
         Block {
             disk,
             read_only,
+            created_read_only: read_only,
+            path: None,
             id: id_bytes,
             avail_features,
             acked_features: 0,
@@ -116,6 +142,69 @@ impl Block {
     /// Counters for the API.
     pub fn metrics(&self) -> Arc<BlockMetrics> {
         self.metrics.clone()
+    }
+
+    /// Current capacity in 512-byte sectors (0 for an empty slot).
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.capacity_bytes() / SECTOR_SIZE
+    }
+
+    /// Whether guest writes are refused right now.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The file behind the disk (`None` when the slot is empty).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Replaces the backing file with `path` (absolute; a regular file or block device, possibly empty) and
+    /// returns the new capacity in sectors. On error nothing changes. The caller then announces the config
+    /// change to the driver.
+    pub fn attach(&mut self, path: &Path, read_only: bool) -> Result<u64, BlockError> {
+        if !path.is_absolute() {
+            return Err(BlockError::RelativePath { path: path.to_owned() });
+        }
+        if self.created_read_only && !read_only {
+            return Err(BlockError::ReadOnlyDrive { path: path.to_owned() });
+        }
+        let open_err = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(BlockError::NotADisk { path: path.to_owned() });
+        }
+        let disk = RawFile::open(path, read_only).map_err(open_err)?;
+        self.replace_backend(Box::new(disk), read_only);
+        self.path = Some(path.to_owned());
+        Ok(self.capacity_sectors())
+    }
+
+    /// Empties the slot: capacity 0, every read or write answered with an I/O error. The caller then
+    /// announces the config change to the driver.
+    pub fn detach(&mut self) {
+        self.replace_backend(Box::new(EmptyDisk), self.created_read_only);
+        self.path = None;
+    }
+
+    /// Swaps in `disk` (any backend; tests use in-memory disks) and rewrites the capacity in the config
+    /// space. Writes acknowledged by the old file are flushed first; a failing flush is logged, since the
+    /// host asked for the swap and the guest was never promised durability without a FLUSH request.
+    pub fn replace_backend(&mut self, disk: Box<dyn DiskBackend>, read_only: bool) {
+        if !self.read_only {
+            if let Err(error) = self.disk.flush() {
+                warn!(%error, "flushing the previous disk before replacing it failed");
+            }
+        }
+        self.disk = disk;
+        self.read_only = read_only || self.created_read_only;
+        let capacity = self.capacity_sectors();
+        self.config[0..8].copy_from_slice(&capacity.to_le_bytes());
+        debug!(capacity, read_only = self.read_only, "virtio-blk backing file replaced");
     }
 
     fn geometry(&self) -> DiskGeometry {
@@ -284,6 +373,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.broken = false;
         self.acked_features = 0;
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
@@ -492,6 +585,171 @@ mod tests {
         let mut q = GuestQueue::new(16);
         q.add_raw_chain(&[(0x40_000, 17, crate::virtio::test_utils::F_INDIRECT, 0)]);
         assert!(run(&mut dev, &mut q).is_err());
+    }
+
+    /// A scratch file under the temp dir, removed on drop.
+    struct TempImage(PathBuf);
+
+    impl TempImage {
+        fn new(name: &str, bytes: &[u8]) -> Self {
+            let p = std::env::temp_dir().join(format!("hull-blk-slot-{}-{name}", std::process::id()));
+            std::fs::write(&p, bytes).unwrap();
+            TempImage(p)
+        }
+    }
+
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn slot(name: &str, read_only: bool) -> (Block, TempImage) {
+        let empty = TempImage::new(name, &[]);
+        let cfg = BlockConfig {
+            path: empty.0.clone(),
+            read_only,
+            id: Some("slot0".into()),
+        };
+        (Block::new(&cfg).unwrap(), empty)
+    }
+
+    fn config_capacity(dev: &Block) -> u64 {
+        let mut cap = [0u8; 8];
+        dev.read_config(0, &mut cap);
+        u64::from_le_bytes(cap)
+    }
+
+    fn read_sector(dev: &mut Block, sector: u64) -> (u8, Vec<u8>) {
+        let mut q = GuestQueue::new(16);
+        q.mem().write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+        offer_request(&mut q, VIRTIO_BLK_T_IN, sector, &[Desc::write(DATA, 512)]);
+        run(dev, &mut q).unwrap();
+        let mut got = vec![0u8; 512];
+        q.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        (status(&q), got)
+    }
+
+    fn write_sector(dev: &mut Block, sector: u64, byte: u8) -> u8 {
+        let mut q = GuestQueue::new(16);
+        q.mem().write_slice(&[byte; 512], GuestAddress(DATA)).unwrap();
+        offer_request(&mut q, VIRTIO_BLK_T_OUT, sector, &[Desc::read(DATA, 512)]);
+        run(dev, &mut q).unwrap();
+        status(&q)
+    }
+
+    #[test]
+    fn empty_placeholder_has_capacity_zero_and_refuses_io() {
+        let (mut dev, _f) = slot("empty", false);
+        assert_eq!((dev.capacity_sectors(), config_capacity(&dev)), (0, 0));
+        assert_eq!(read_sector(&mut dev, 0).0, VIRTIO_BLK_S_IOERR);
+        assert_eq!(write_sector(&mut dev, 0, 1), VIRTIO_BLK_S_IOERR);
+        assert_eq!(read_sector(&mut dev, u64::MAX).0, VIRTIO_BLK_S_IOERR);
+        // A zero-length read and a flush are fine on an empty disk.
+        let mut q = GuestQueue::new(16);
+        offer_request(&mut q, VIRTIO_BLK_T_IN, 0, &[]);
+        run(&mut dev, &mut q).unwrap();
+        assert_eq!(status(&q), VIRTIO_BLK_S_OK);
+        offer_request(&mut q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        run(&mut dev, &mut q).unwrap();
+        assert_eq!(status(&q), VIRTIO_BLK_S_OK);
+        assert_eq!(BlockMetrics::get(&dev.metrics().io_errors), 3);
+    }
+
+    #[test]
+    fn attach_swaps_the_file_between_requests_and_detach_empties_the_slot() {
+        let (mut dev, _f) = slot("swap", false);
+        let first = TempImage::new("first", &[0x11; 4096]);
+        let second = TempImage::new("second", &[0x22; 8192 + 100]);
+        assert_eq!(dev.attach(&first.0, false).unwrap(), 8);
+        assert_eq!(config_capacity(&dev), 8);
+        assert_eq!(dev.path(), Some(first.0.as_path()));
+        assert_eq!(read_sector(&mut dev, 7), (VIRTIO_BLK_S_OK, vec![0x11; 512]));
+        assert_eq!(write_sector(&mut dev, 0, 0x33), VIRTIO_BLK_S_OK);
+        // The next request after the swap is served by the new file (size rounded down to sectors).
+        assert_eq!(dev.attach(&second.0, false).unwrap(), 16);
+        assert_eq!(config_capacity(&dev), 16);
+        assert_eq!(read_sector(&mut dev, 0), (VIRTIO_BLK_S_OK, vec![0x22; 512]));
+        assert_eq!(read_sector(&mut dev, 16).0, VIRTIO_BLK_S_IOERR);
+        // The write went to the first file, and stayed there.
+        assert_eq!(std::fs::read(&first.0).unwrap()[..512], [0x33; 512]);
+        dev.detach();
+        assert_eq!(
+            (dev.capacity_sectors(), config_capacity(&dev), dev.path()),
+            (0, 0, None)
+        );
+        assert_eq!(read_sector(&mut dev, 0).0, VIRTIO_BLK_S_IOERR);
+        assert_eq!(write_sector(&mut dev, 0, 1), VIRTIO_BLK_S_IOERR);
+        // Back to a real file after a detach.
+        dev.attach(&first.0, false).unwrap();
+        assert_eq!(read_sector(&mut dev, 0), (VIRTIO_BLK_S_OK, vec![0x33; 512]));
+    }
+
+    #[test]
+    fn read_only_attach_on_a_read_write_drive_refuses_writes() {
+        let (mut dev, _f) = slot("ro-on-rw", false);
+        let image = TempImage::new("ro-image", &[0x44; 1024]);
+        dev.attach(&image.0, true).unwrap();
+        assert!(dev.is_read_only());
+        assert_eq!(write_sector(&mut dev, 0, 0x55), VIRTIO_BLK_S_IOERR);
+        assert_eq!(std::fs::read(&image.0).unwrap(), vec![0x44; 1024]);
+        // The feature bit never changes after creation.
+        assert_eq!(dev.avail_features() & VIRTIO_BLK_F_RO, 0);
+        dev.attach(&image.0, false).unwrap();
+        assert!(!dev.is_read_only());
+    }
+
+    #[test]
+    fn read_only_drive_takes_only_read_only_files() {
+        let (mut dev, _f) = slot("ro-drive", true);
+        let image = TempImage::new("ro-drive-image", &[0x66; 1024]);
+        let e = dev.attach(&image.0, false).unwrap_err();
+        assert!(matches!(e, BlockError::ReadOnlyDrive { .. }), "{e}");
+        assert_eq!(dev.capacity_sectors(), 0, "a refused attach changes nothing");
+        dev.attach(&image.0, true).unwrap();
+        assert_eq!(dev.capacity_sectors(), 2);
+        dev.detach();
+        assert!(dev.is_read_only());
+    }
+
+    #[test]
+    fn bad_attach_requests_change_nothing() {
+        let (mut dev, _f) = slot("bad", false);
+        let image = TempImage::new("bad-image", &[0x77; 512]);
+        dev.attach(&image.0, false).unwrap();
+        let cases: Vec<(PathBuf, &str)> = vec![
+            (PathBuf::from("relative/disk.img"), "absolute path"),
+            (PathBuf::from("/no/such/disk.img"), "/no/such/disk.img"),
+            (std::env::temp_dir(), "not a regular file"),
+        ];
+        for (path, expected) in cases {
+            let e = dev.attach(&path, false).unwrap_err().to_string();
+            assert!(e.contains(expected), "{}: {e}", path.display());
+            assert_eq!(dev.capacity_sectors(), 1);
+            assert_eq!(dev.path(), Some(image.0.as_path()));
+        }
+        assert_eq!(read_sector(&mut dev, 0), (VIRTIO_BLK_S_OK, vec![0x77; 512]));
+    }
+
+    #[test]
+    fn garbage_on_an_empty_slot_never_panics() {
+        let (mut dev, _f) = slot("fuzz", false);
+        let mut seed = 0x0bad_cafe_u64;
+        for _ in 0..200 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut q = GuestQueue::new(8);
+            let kind = (seed % 12) as u32;
+            offer_request(
+                &mut q,
+                kind,
+                seed >> 8,
+                &[Desc::write(DATA, ((seed >> 40) % 4096) as u32)],
+            );
+            let _ = run(&mut dev, &mut q);
+            dev.reset();
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! virtio-blk: a raw-file-backed disk. `device` is the core both transports drive, `request` turns a
-//! descriptor chain into a validated `BlockRequest`, `backend` is the file behind the disk.
+//! descriptor chain into a validated `BlockRequest`, `backend` is the file behind the disk. The file can be
+//! replaced while the guest runs (`Block::attach`/`Block::detach`: the "slot" model, where a drive boots
+//! on an empty placeholder and gets its image later); the transport then announces a config change.
 //!
 //! Never trusts: request headers, sector numbers, data lengths or descriptor addresses from the guest.
 
@@ -10,7 +12,7 @@ pub mod request;
 #[cfg(test)]
 pub mod test_utils;
 
-pub use backend::{DiskBackend, RawFile};
+pub use backend::{DiskBackend, EmptyDisk, RawFile};
 pub use device::{Block, BlockConfig, BlockError};
 pub use metrics::BlockMetrics;
 
