@@ -293,6 +293,29 @@ impl MmioTransport {
         self.deliver(result);
     }
 
+    /// Runs `f` on the device core when it is a `T`: host-side operations one kind of device has (replacing
+    /// a block device's file). It runs under the same `&mut self` that serves the queues, so never in the
+    /// middle of a request. `None` when the core is something else.
+    pub fn with_device<T: 'static, R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.device.as_any_mut()?.downcast_mut::<T>().map(f)
+    }
+
+    /// The host changed the device's config space (a new disk capacity): ConfigGeneration moves on, and a
+    /// driver that has the device running (DRIVER_OK) gets a configuration-change interrupt, on which
+    /// Linux's virtio drivers re-read the config space.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.raise(INT_CONFIG);
+        }
+        debug!(device = %self.label, generation = self.config_generation, "config space changed");
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
     /// The device's backend fd polled readable.
     pub fn process_backend(&mut self) {
         if !self.is_serving() {
@@ -764,6 +787,43 @@ mod tests {
         assert_eq!(status(&r.q), VIRTIO_BLK_S_OK);
         assert!(r.disk.data.lock().unwrap()[5 * 512..6 * 512].iter().all(|b| *b == 0x5a));
         assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), INT_VRING);
+    }
+
+    #[test]
+    fn replacing_the_disk_bumps_config_generation_and_raises_a_config_interrupt() {
+        let mut r = rig();
+        // Before the driver runs the device: the generation moves, no interrupt.
+        let replaced = r.t.with_device(|b: &mut Block| {
+            b.replace_backend(Box::new(MemDisk::new(8 * 512)), false);
+            b.capacity_sectors()
+        });
+        assert_eq!(replaced, Some(8));
+        r.t.config_changed();
+        assert_eq!(rd(&mut r.t, CONFIG_GENERATION), 1);
+        assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), 0);
+        assert!(r.irq.read().is_err(), "no interrupt before DRIVER_OK");
+        assert_eq!(rd(&mut r.t, CONFIG_SPACE), 8);
+
+        bring_up(&mut r);
+        let bigger = MemDisk::new(128 * 512);
+        r.t.with_device(|b: &mut Block| b.replace_backend(Box::new(bigger.clone()), false))
+            .unwrap();
+        r.t.config_changed();
+        assert_eq!(r.irq.read().unwrap(), 1);
+        assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), INT_CONFIG);
+        assert_eq!(rd(&mut r.t, CONFIG_GENERATION), 2);
+        assert_eq!(rd(&mut r.t, CONFIG_SPACE), 128);
+        wr(&mut r.t, INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), 0);
+        // The queue keeps working and reads the new disk; a past-the-old-end sector is now fine.
+        offer_request(&mut r.q, VIRTIO_BLK_T_IN, 100, &[Desc::write(DATA, 512)]);
+        r.t.notify_queue(0);
+        assert_eq!(status(&r.q), VIRTIO_BLK_S_OK);
+        let mut got = vec![0u8; 512];
+        r.q.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, bigger.data.lock().unwrap()[100 * 512..101 * 512]);
+        // Asking for another kind of device gets nothing.
+        assert!(r.t.with_device(|_: &mut crate::virtio::vsock::Vsock| ()).is_none());
     }
 
     #[test]
