@@ -24,7 +24,7 @@ pub struct BlkArgs {
     /// vhost-user socket to listen on (a stale one is replaced).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Raw disk image.
+    /// Raw disk image; an empty file makes a placeholder slot of capacity 0 (see --control).
     #[arg(long, value_name = "FILE")]
     pub path: PathBuf,
     /// Refuse guest writes (VIRTIO_BLK_F_RO).
@@ -33,6 +33,10 @@ pub struct BlkArgs {
     /// Drive id returned by GET_ID (first 20 bytes; default: the image's file name).
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
+    /// Control socket for swapping the disk while the guest runs: lines `attach <absolute-path> ro|rw` and
+    /// `detach`, each answered `ok` or `error: <reason>`; the frontend is sent a config-change message.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Log level on standard error.
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
@@ -78,6 +82,7 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
                 path: a.path,
                 read_only: a.read_only,
                 id: a.id,
+                control: a.control,
             })
         }
         VhostUserCommand::Vsock(a) => {

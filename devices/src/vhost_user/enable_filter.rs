@@ -7,6 +7,10 @@
 //! first `SET_FEATURES`: it acknowledges those itself (when a reply is asked for), remembers the last
 //! state per ring, and replays them to the backend right after `SET_FEATURES`.
 //!
+//! The relay also watches two messages for a [`ConfigNotifier`], when given one: the protocol features the
+//! frontend acknowledges (`SET_PROTOCOL_FEATURES`, for `REPLY_ACK`) and the backend request channel
+//! (`SET_BACKEND_REQ_FD`, of which it keeps a duplicate fd); both still reach the backend unchanged.
+//!
 //! Owns: the two sockets and the file descriptors in flight (closed after forwarding). Never trusts the
 //! frontend's framing: a header announcing more than `MAX_PAYLOAD` bytes, or more fds than fit, ends the
 //! session.
@@ -20,10 +24,14 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, warn};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use super::config_notify::ConfigNotifier;
+
 const HDR_LEN: usize = 12;
 const MAX_PAYLOAD: usize = 64 * 1024;
 const MAX_FDS: usize = 32;
 const SET_FEATURES: u32 = 2;
+const SET_PROTOCOL_FEATURES: u32 = 16;
+const SET_BACKEND_REQ_FD: u32 = 21;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_VERSION_1: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
@@ -97,8 +105,34 @@ fn write_message(sock: &UnixStream, msg: &Message) -> io::Result<()> {
     Ok(())
 }
 
-/// Relays between `frontend` and `backend` until either side closes.
-pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
+/// Shows `notifier` what it needs from a frontend message (see the module docs).
+fn watch_for_notifier(msg: &Message, notifier: &ConfigNotifier) {
+    match msg.request() {
+        SET_PROTOCOL_FEATURES if msg.bytes.len() >= HDR_LEN + 8 => {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&msg.bytes[HDR_LEN..HDR_LEN + 8]);
+            notifier.set_protocol_features(u64::from_le_bytes(v));
+        }
+        SET_BACKEND_REQ_FD => match msg.fds.first() {
+            Some(&fd) => {
+                // SAFETY: `fd` is open and owned by `msg` for this call; the duplicate is ours alone.
+                let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+                match dup {
+                    Ok(owned) => notifier.set_channel(UnixStream::from(owned)),
+                    Err(e) => {
+                        warn!(error = %e, "cannot keep the backend request channel; config changes will not be announced")
+                    }
+                }
+            }
+            None => warn!("SET_BACKEND_REQ_FD without a file descriptor"),
+        },
+        _ => {}
+    }
+}
+
+/// Relays between `frontend` and `backend` until either side closes; `notifier` (if any) gets the backend
+/// request channel.
+pub fn relay(frontend: UnixStream, backend: UnixStream, notifier: Option<&ConfigNotifier>) -> io::Result<()> {
     let front_writer = Arc::new(Mutex::new(frontend.try_clone()?));
     let mut back_reader = backend.try_clone()?;
     let to_front = front_writer.clone();
@@ -125,6 +159,9 @@ pub fn relay(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
+        if let Some(n) = notifier {
+            watch_for_notifier(&msg, n);
+        }
         match msg.request() {
             SET_FEATURES if !features_seen => {
                 features_seen = true;
@@ -219,7 +256,7 @@ mod tests {
         for s in [&qemu, &backend] {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         }
-        let relay = std::thread::spawn(move || relay(relay_front, relay_back));
+        let relay = std::thread::spawn(move || relay(relay_front, relay_back, None));
 
         // Before SET_FEATURES: enable(0, 1) wants a reply, enable(1, 1) does not; neither reaches the backend.
         qemu.write_all(&enable(0, 1, FLAG_VERSION_1 | FLAG_NEED_REPLY)).unwrap();
@@ -266,10 +303,53 @@ mod tests {
     }
 
     #[test]
+    fn backend_request_channel_and_reply_ack_reach_the_notifier() {
+        let (mut qemu, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, mut backend) = UnixStream::pair().unwrap();
+        backend.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let notifier = ConfigNotifier::new();
+        let n = notifier.clone();
+        let relay = std::thread::spawn(move || relay(relay_front, relay_back, Some(&n)));
+        qemu.write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &0u64.to_le_bytes()))
+            .unwrap();
+        qemu.write_all(&msg(SET_PROTOCOL_FEATURES, FLAG_VERSION_1, &0x8u64.to_le_bytes()))
+            .unwrap();
+        let (channel_ours, mut channel_qemu) = UnixStream::pair().unwrap();
+        qemu.send_with_fds(
+            &[&msg(SET_BACKEND_REQ_FD, FLAG_VERSION_1, &[])[..]],
+            &[channel_ours.as_raw_fd()],
+        )
+        .unwrap();
+        drop(channel_ours);
+        // Everything still reaches the backend, the fd included.
+        assert_eq!(read_msg(&mut backend).0, SET_FEATURES);
+        assert_eq!(read_msg(&mut backend).0, SET_PROTOCOL_FEATURES);
+        let (req, _, _, nfds) = read_msg(&mut backend);
+        assert_eq!((req, nfds), (SET_BACKEND_REQ_FD, 1));
+        assert!(notifier.has_channel());
+        // REPLY_ACK was negotiated: the notifier asks for and waits for an acknowledgement.
+        let fe = std::thread::spawn(move || {
+            let mut hdr = [0u8; HDR_LEN];
+            channel_qemu.read_exact(&mut hdr).unwrap();
+            assert_eq!(
+                u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+                FLAG_VERSION_1 | FLAG_NEED_REPLY
+            );
+            channel_qemu
+                .write_all(&msg(2, FLAG_VERSION_1 | FLAG_REPLY, &0u64.to_le_bytes()))
+                .unwrap();
+        });
+        notifier.notify_config_change().unwrap();
+        fe.join().unwrap();
+        drop(qemu);
+        relay.join().unwrap().unwrap();
+    }
+
+    #[test]
     fn oversized_payload_ends_the_session() {
         let (mut qemu, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, _backend) = UnixStream::pair().unwrap();
-        let relay = std::thread::spawn(move || relay(relay_front, relay_back));
+        let relay = std::thread::spawn(move || relay(relay_front, relay_back, None));
         let mut hdr = msg(13, FLAG_VERSION_1, &[]);
         hdr[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         qemu.write_all(&hdr).unwrap();

@@ -6,8 +6,14 @@
 //! eventfds, and the device's broken (needs-reset) state. Never trusts: the frontend's messages beyond
 //! what the crate validates, and the guest memory it shares (the device cores validate everything read
 //! from it; a device error stops that device, never the process).
+//!
+//! Host-side changes to a served device (a block slot getting a new disk) go through a [`DeviceHandle`],
+//! which takes the same lock the queues are served under, and are announced to the frontend by a
+//! [`ConfigNotifier`] (`Protocol::ConfigNotify`).
 
 pub mod blk;
+pub mod blk_control;
+pub mod config_notify;
 mod enable_filter;
 pub mod net;
 pub mod vsock;
@@ -25,6 +31,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use crate::virtio::{GuestMemory, QueueSet, VirtioDevice};
+pub use config_notify::{ConfigNotifier, NotifyError};
 
 type AtomicMem = GuestMemoryAtomic<GuestMemory>;
 
@@ -66,13 +73,16 @@ pub struct DeviceBackend<D> {
 }
 
 /// How the session with the frontend is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Protocol {
     /// The crate talks to the frontend directly.
     Direct,
     /// Messages pass through `enable_filter` (QEMU's vhost-user netdev enables rings before setting
     /// features, which the crate refuses).
     DeferEarlyEnable,
+    /// Messages pass through the relay, `VHOST_USER_PROTOCOL_F_BACKEND_REQ` is offered, and the notifier
+    /// gets the backend request channel, to announce config changes (`ConfigNotifier`).
+    ConfigNotify(ConfigNotifier),
 }
 
 impl<D: VirtioDevice> DeviceBackend<D> {
@@ -99,6 +109,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             protocol_features: match protocol {
                 Protocol::Direct => VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ,
                 Protocol::DeferEarlyEnable => VhostUserProtocolFeatures::MQ,
+                Protocol::ConfigNotify(_) => {
+                    VhostUserProtocolFeatures::CONFIG
+                        | VhostUserProtocolFeatures::MQ
+                        | VhostUserProtocolFeatures::BACKEND_REQ
+                }
             },
         }
     }
@@ -231,6 +246,27 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
     }
 }
 
+/// A host-side handle on a device being served: runs code on the device under the lock its queues are
+/// served under, so never in the middle of a request.
+pub struct DeviceHandle<D> {
+    backend: Arc<DeviceBackend<D>>,
+}
+
+impl<D> Clone for DeviceHandle<D> {
+    fn clone(&self) -> Self {
+        DeviceHandle {
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+impl<D: VirtioDevice> DeviceHandle<D> {
+    /// Runs `f` on the device.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
+        f(&mut self.backend.lock().device)
+    }
+}
+
 /// Listens on `socket`, serves one frontend until it disconnects, then returns.
 pub fn serve<D: VirtioDevice + 'static>(
     name: &'static str,
@@ -239,8 +275,24 @@ pub fn serve<D: VirtioDevice + 'static>(
     protocol: Protocol,
     socket: &Path,
 ) -> Result<(), Error> {
+    serve_with(name, device, num_queues, protocol, socket, |_| Ok(()))
+}
+
+/// [`serve`], handing `on_start` a [`DeviceHandle`] before the socket is listened on; an error from
+/// `on_start` is returned at once.
+pub fn serve_with<D: VirtioDevice + 'static>(
+    name: &'static str,
+    device: D,
+    num_queues: usize,
+    protocol: Protocol,
+    socket: &Path,
+    on_start: impl FnOnce(DeviceHandle<D>) -> Result<(), Error>,
+) -> Result<(), Error> {
     let backend_fd = device.backend_fd();
-    let backend = Arc::new(DeviceBackend::new(name, device, num_queues, protocol));
+    let backend = Arc::new(DeviceBackend::new(name, device, num_queues, protocol.clone()));
+    on_start(DeviceHandle {
+        backend: backend.clone(),
+    })?;
     let token = backend.backend_token();
     let mem = GuestMemoryAtomic::new(GuestMemory::new());
     let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| Error::Daemon {
@@ -260,7 +312,8 @@ pub fn serve<D: VirtioDevice + 'static>(
     info!(device = name, socket = %socket.display(), "vhost-user backend listening");
     let result = match protocol {
         Protocol::Direct => daemon.serve(socket).map_err(|e| e.to_string()),
-        Protocol::DeferEarlyEnable => serve_filtered(&mut daemon, socket),
+        Protocol::DeferEarlyEnable => serve_filtered(&mut daemon, socket, None),
+        Protocol::ConfigNotify(notifier) => serve_filtered(&mut daemon, socket, Some(&notifier)),
     }
     .map_err(|reason| Error::Serve {
         socket: socket.to_owned(),
@@ -272,8 +325,13 @@ pub fn serve<D: VirtioDevice + 'static>(
 }
 
 /// Serves one frontend through `enable_filter`: the daemon connects to a private socket that the relay
-/// accepts, and the relay accepts the frontend on `socket`.
-fn serve_filtered<T>(daemon: &mut VhostUserDaemon<T>, socket: &Path) -> Result<(), String>
+/// accepts, and the relay accepts the frontend on `socket` (and shows `notifier` the backend request
+/// channel).
+fn serve_filtered<T>(
+    daemon: &mut VhostUserDaemon<T>,
+    socket: &Path,
+    notifier: Option<&ConfigNotifier>,
+) -> Result<(), String>
 where
     T: VhostUserBackend + Clone + 'static,
     T::Bitmap: vhost_user_backend::bitmap::BitmapReplace + vm_memory::mmap::NewBitmap + Clone + Send + Sync,
@@ -291,7 +349,7 @@ where
     let _ = std::fs::remove_file(&inner);
     let (backend, _) = backend?;
     let (frontend, _) = frontend_listener.accept().map_err(|e| format!("accept: {e}"))?;
-    let relayed = enable_filter::relay(frontend, backend);
+    let relayed = enable_filter::relay(frontend, backend, notifier);
     let waited = daemon.wait().map_err(|e| e.to_string());
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
