@@ -78,7 +78,7 @@ pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<Mi
     let vm = create_vm(&kvm)?;
     let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
-    let virtio_cmdline = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
+    let (virtio_cmdline, drives) = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -122,6 +122,7 @@ pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<Mi
         event_thread,
         legacy.i8042,
         usize::from(machine.vcpu_count),
+        drives,
     ))
 }
 
@@ -242,22 +243,28 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 /// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
-/// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive.
+/// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive, and the
+/// drives, for `PATCH /drives`.
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     legacy: &mut LegacyDevices,
-) -> Result<Vec<String>, BuildError> {
+) -> Result<(Vec<String>, virtio_devices::Drives), BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
+    let mut drives = virtio_devices::Drives::default();
     for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
         let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
         let irq = IRQ_BASE + slot as u32;
-        let subscriber = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+        let drive = device.drive.clone();
+        let (subscriber, transport) = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+        if let Some((id, read_only)) = drive {
+            drives.add(id, read_only, transport);
+        }
         legacy.subscribers.push(subscriber);
         cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
     }
-    Ok(cmdline)
+    Ok((cmdline, drives))
 }
 
 /// Step: the command line, the user's first, then what the machine needs.

@@ -3,6 +3,7 @@
 //! Dropping it stops the guest and joins every thread before guest memory is unmapped.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,6 +14,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::config::{VmConfig, VmmOptions};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuControl;
+use crate::virtio_devices::{DriveUpdateError, Drives};
 
 /// Lifecycle state, as the API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +60,8 @@ pub enum VmmError {
     NotPaused,
     #[error("Cannot send Ctrl-Alt-Del: {0}")]
     CtrlAltDel(#[from] devices::legacy::i8042::I8042Error),
+    #[error("Unable to patch the block device: {0}")]
+    DriveUpdate(#[from] DriveUpdateError),
 }
 
 /// A started microVM.
@@ -67,6 +71,7 @@ pub struct MicroVm {
     event_thread: Option<JoinHandle<()>>,
     i8042: Arc<Mutex<I8042>>,
     vcpu_count: usize,
+    drives: Drives,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -89,6 +94,7 @@ impl MicroVm {
         event_thread: JoinHandle<()>,
         i8042: Arc<Mutex<I8042>>,
         vcpu_count: usize,
+        drives: Drives,
     ) -> Self {
         MicroVm {
             control,
@@ -96,6 +102,7 @@ impl MicroVm {
             event_thread: Some(event_thread),
             i8042,
             vcpu_count,
+            drives,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -151,6 +158,16 @@ impl MicroVm {
         }
         lock(&self.i8042).trigger_ctrl_alt_del()?;
         Ok(())
+    }
+
+    /// Replaces drive `id`'s backing file with `path` (`PATCH /drives/{id}`): the device takes the new file
+    /// between two requests, the capacity comes from its size, and the guest gets a config-change interrupt.
+    /// Returns the new capacity in sectors.
+    pub fn update_drive(&self, id: &str, path: &Path) -> Result<u64, VmmError> {
+        if self.state() == VmState::Exited {
+            return Err(VmmError::NotRunning);
+        }
+        Ok(self.drives.update(id, path)?)
     }
 
     /// An eventfd that becomes readable once the guest has ended (poll it; do not read it).

@@ -8,6 +8,7 @@
 //! never the VMM.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, Bus, BusDevice};
@@ -71,6 +72,66 @@ pub enum AttachError {
 pub struct DeviceCore {
     pub label: String,
     pub core: Box<dyn VirtioDevice>,
+    /// For drives: the `drive_id` and whether it was configured read-only.
+    pub drive: Option<(String, bool)>,
+}
+
+/// Replacing a running drive's backing file failed; the drive keeps its previous file.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveUpdateError {
+    #[error("no drive {0:?} is attached to the microVM")]
+    NotFound(String),
+    #[error("drive {id:?}: {source}")]
+    Backing {
+        id: String,
+        #[source]
+        source: devices::virtio::block::BlockError,
+    },
+}
+
+/// One attached drive: its id, its configured read-only flag and its transport.
+struct DriveHandle {
+    id: String,
+    read_only: bool,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The running microVM's drives, for `PATCH /drives/{id}`.
+#[derive(Default)]
+pub struct Drives(Vec<DriveHandle>);
+
+impl Drives {
+    /// Remembers an attached drive.
+    pub fn add(&mut self, id: String, read_only: bool, transport: Arc<Mutex<MmioTransport>>) {
+        self.0.push(DriveHandle {
+            id,
+            read_only,
+            transport,
+        });
+    }
+
+    /// Swaps drive `id`'s backing file for `path` (its read-only flag stays as configured) and tells the
+    /// driver through a config-change interrupt. Runs under the transport's lock, the one queue
+    /// processing takes, so no request is split between the two files. Returns the new capacity in
+    /// sectors.
+    pub fn update(&self, id: &str, path: &Path) -> Result<u64, DriveUpdateError> {
+        let drive = self
+            .0
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| DriveUpdateError::NotFound(id.to_string()))?;
+        let mut transport = lock(&drive.transport);
+        let attached = transport
+            .with_device(|block: &mut Block| block.attach(path, drive.read_only))
+            .ok_or_else(|| DriveUpdateError::NotFound(id.to_string()))?;
+        let capacity = attached.map_err(|source| DriveUpdateError::Backing {
+            id: id.to_string(),
+            source,
+        })?;
+        transport.config_changed();
+        info!(drive_id = id, path = %path.display(), capacity, "drive backing file replaced");
+        Ok(capacity)
+    }
 }
 
 /// Builds every configured device core, in attachment order: the root drive first (so it is always
@@ -90,6 +151,7 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
         cores.push(DeviceCore {
             label: format!("block:{}", drive.drive_id),
             core: Box::new(block),
+            drive: Some((drive.drive_id.clone(), drive.is_read_only)),
         });
     }
     for iface in &config.net {
@@ -104,6 +166,7 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
         cores.push(DeviceCore {
             label: format!("net:{}", iface.iface_id),
             core: Box::new(net),
+            drive: None,
         });
     }
     if let Some(vsock) = &config.vsock {
@@ -116,6 +179,7 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
         cores.push(DeviceCore {
             label,
             core: Box::new(core),
+            drive: None,
         });
     }
     Ok(cores)
@@ -139,7 +203,8 @@ pub fn mmio_cmdline(addr: u64, irq: u32) -> String {
 
 /// Puts `core` behind a virtio-mmio window at `addr` with interrupt line `irq`: the transport goes on the
 /// MMIO bus, its interrupt eventfd becomes a KVM irqfd, each queue gets an ioeventfd on QueueNotify (the
-/// MMIO-exit path stays as the fallback when KVM refuses one). Returns the event-loop subscriber.
+/// MMIO-exit path stays as the fallback when KVM refuses one). Returns the event-loop subscriber and the
+/// transport (kept for host-side updates such as `PATCH /drives`).
 pub fn attach_mmio(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -147,7 +212,7 @@ pub fn attach_mmio(
     device: DeviceCore,
     addr: u64,
     irq: u32,
-) -> Result<Subscriber, AttachError> {
+) -> Result<(Subscriber, Arc<Mutex<MmioTransport>>), AttachError> {
     let label = device.label;
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| AttachError::EventFd {
         device: label.clone(),
@@ -186,7 +251,8 @@ pub fn attach_mmio(
             source,
         })?;
     info!(device = %label, kind = %kind, addr = format_args!("{addr:#x}"), irq, ioeventfds = ioeventfds.len(), "virtio-mmio device attached");
-    Ok(Arc::new(Mutex::new(MmioDeviceHandler::new(transport, ioeventfds))))
+    let handler = Arc::new(Mutex::new(MmioDeviceHandler::new(transport.clone(), ioeventfds)));
+    Ok((handler, transport))
 }
 
 /// Event token of the transport's state eventfd (queue tokens are the queue indices).
@@ -287,6 +353,67 @@ impl MutEventSubscriber for MmioDeviceHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drive transport over `path`, as `attach_mmio` builds it (without KVM: a plain eventfd for the IRQ).
+    fn drive_transport(path: &Path, read_only: bool) -> (Arc<Mutex<MmioTransport>>, EventFd) {
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let block = Block::new(&BlockConfig {
+            path: path.to_owned(),
+            read_only,
+            id: Some("slot0".into()),
+        })
+        .unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let t = MmioTransport::new("block:slot0", Box::new(block), mem, irq.try_clone().unwrap()).unwrap();
+        (Arc::new(Mutex::new(t)), irq)
+    }
+
+    fn capacity(t: &Arc<Mutex<MmioTransport>>) -> u64 {
+        let mut b = [0u8; 8];
+        lock(t).read(devices::transport::mmio::CONFIG_SPACE, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn drive_update_swaps_the_file_and_moves_the_config_generation() {
+        let dir = std::env::temp_dir().join(format!("hull-vmm-drives-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (empty, image) = (dir.join("empty"), dir.join("image"));
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&image, vec![1u8; 4096]).unwrap();
+        let (transport, _irq) = drive_transport(&empty, false);
+        let (ro_transport, _ro_irq) = drive_transport(&empty, true);
+        let mut drives = Drives::default();
+        drives.add("slot0".into(), false, transport.clone());
+        drives.add("ro_slot".into(), true, ro_transport.clone());
+        assert_eq!(capacity(&transport), 0);
+
+        assert_eq!(drives.update("slot0", &image).unwrap(), 8);
+        assert_eq!(capacity(&transport), 8);
+        assert_eq!(lock(&transport).config_generation(), 1);
+        // The configured read-only flag is kept: a read-only drive takes the file read-only.
+        assert_eq!(drives.update("ro_slot", &image).unwrap(), 8);
+        assert_eq!(
+            lock(&ro_transport).with_device(|b: &mut Block| b.is_read_only()),
+            Some(true)
+        );
+
+        // Failures change nothing.
+        let e = drives.update("nope", &image).unwrap_err().to_string();
+        assert_eq!(e, "no drive \"nope\" is attached to the microVM");
+        let e = drives.update("slot0", &dir.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        let e = drives
+            .update("slot0", Path::new("relative.img"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute"), "{e}");
+        assert_eq!((capacity(&transport), lock(&transport).config_generation()), (8, 1));
+        // Back to the empty placeholder.
+        assert_eq!(drives.update("slot0", &empty).unwrap(), 0);
+        assert_eq!((capacity(&transport), lock(&transport).config_generation()), (0, 2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn command_line_entries_look_like_firecrackers() {
