@@ -2,28 +2,15 @@
 //! `PUT /network-interfaces/{id}`, `PUT /vsock`) and the config file alike. This is the one place where
 //! they are accepted into the instance: each body is decoded into the VMM's typed config (Firecracker's
 //! shapes, unknown fields refused), validated on its own and against the devices already configured, and
-//! kept until `InstanceStart` hands them to the [`VmConfig`]. The JSON received is user input and is not
-//! trusted.
+//! kept until `InstanceStart` hands them to the [`VmConfig`]. `PATCH /drives/{id}` changes a drive's
+//! `path_on_host` (before boot: the stored config; after boot the instance also swaps the running drive's
+//! file). The JSON received is user input and is not trusted.
 
-use serde::Serialize;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vmm::{BlockDeviceConfig, ConfigError, NetworkInterfaceConfig, VmConfig, VsockConfig};
-
-/// Which kind of device a request concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    Drive,
-    NetworkInterface,
-}
-
-impl std::fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DeviceKind::Drive => "Block devices (drives)",
-            DeviceKind::NetworkInterface => "Network interfaces",
-        })
-    }
-}
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +21,25 @@ pub enum DeviceError {
     IdMismatch,
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{kind} cannot be updated after boot in hull (refused: update of {id:?}).")]
-    UpdateNotSupported { kind: DeviceKind, id: String },
+    #[error("Network interfaces cannot be updated after boot in hull (refused: update of {id:?}).")]
+    NetworkUpdateNotSupported { id: String },
+    #[error("Invalid drive {0:?}: no drive with this id is configured.")]
+    NoSuchDrive(String),
+    #[error("Nothing to update for drive {0:?}: PATCH /drives takes path_on_host.")]
+    EmptyDriveUpdate(String),
+    #[error("Invalid drive {0:?}: rate_limiter is accepted only as null (hull has no rate limiters).")]
+    RateLimiter(String),
+}
+
+/// `PATCH /drives/{id}`: Firecracker's partial drive (`BlockDeviceUpdateConfig`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
+    #[serde(default)]
+    pub rate_limiter: Option<Value>,
 }
 
 /// The devices configured so far, in Firecracker's `GET /vm/config` shape.
@@ -107,13 +111,45 @@ impl DeviceConfigs {
         Ok(())
     }
 
-    /// Post-boot updates (`PATCH /drives/{id}`, `PATCH /network-interfaces/{id}`): rate limiters, backing
-    /// file. hull's devices are fixed once the microVM runs.
-    pub fn patch(&mut self, kind: DeviceKind, id: &str, _update: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::UpdateNotSupported {
-            kind,
-            id: id.to_string(),
-        })
+    /// Checks `PATCH /drives/{id}` against the configured drives without changing anything: returns the
+    /// device set with the new `path_on_host` (validated like `PUT`: the file exists and opens the way the
+    /// drive uses it) and that path. The caller commits it with [`DeviceConfigs::replace`] once the running
+    /// drive (if any) took the file too.
+    pub fn prepare_drive_update(&self, id: &str, update: Value) -> Result<(DeviceConfigs, PathBuf), DeviceError> {
+        let update: DriveUpdate = serde_json::from_value(update)?;
+        if update.drive_id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        if update.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(DeviceError::RateLimiter(id.to_string()));
+        }
+        let path = update
+            .path_on_host
+            .ok_or_else(|| DeviceError::EmptyDriveUpdate(id.to_string()))?;
+        let mut candidate = self.clone();
+        let drive = candidate
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == id)
+            .ok_or_else(|| DeviceError::NoSuchDrive(id.to_string()))?;
+        drive.path_on_host = path.clone();
+        let vm = VmConfig {
+            drives: candidate.drives.clone(),
+            ..Default::default()
+        };
+        vm.validate_devices()?;
+        Ok((candidate, path))
+    }
+
+    /// Takes a device set prepared by [`DeviceConfigs::prepare_drive_update`].
+    pub fn replace(&mut self, prepared: DeviceConfigs) {
+        *self = prepared;
+    }
+
+    /// Post-boot network interface updates (`PATCH /network-interfaces/{id}`): rate limiters only in
+    /// Firecracker, and hull has none, so they are refused.
+    pub fn patch_network_interface(&mut self, id: &str, _update: Value) -> Result<(), DeviceError> {
+        Err(DeviceError::NetworkUpdateNotSupported { id: id.to_string() })
     }
 
     /// Hands the devices to the VMM's configuration (at `InstanceStart`).
@@ -225,10 +261,65 @@ mod tests {
         assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap0");
         assert_eq!(json["vsock"]["guest_cid"], 3);
         let e = devices
-            .patch(DeviceKind::Drive, "rootfs", Value::Null)
+            .patch_network_interface("eth0", Value::Null)
             .unwrap_err()
             .to_string();
         assert!(e.contains("after boot"), "{e}");
+    }
+
+    #[test]
+    fn drive_updates_change_only_path_on_host_and_only_when_valid() {
+        let (img, other) = (image("update-a"), image("update-b"));
+        let mut devices = DeviceConfigs::default();
+        devices
+            .put_drive(
+                "slot0",
+                json!({"drive_id": "slot0", "path_on_host": img, "is_root_device": false, "is_read_only": true}),
+            )
+            .unwrap();
+        let (prepared, path) = devices
+            .prepare_drive_update(
+                "slot0",
+                json!({"drive_id": "slot0", "path_on_host": other, "rate_limiter": null}),
+            )
+            .unwrap();
+        assert_eq!(path, other);
+        assert_eq!(devices.drives[0].path_on_host, img, "nothing changes before replace");
+        devices.replace(prepared);
+        assert_eq!(devices.drives[0].path_on_host, other);
+        assert!(devices.drives[0].is_read_only);
+
+        let refused = [
+            (json!({"drive_id": "slot0"}), "Nothing to update"),
+            (
+                json!({"drive_id": "slot0", "path_on_host": "/no/such.img"}),
+                "/no/such.img",
+            ),
+            (
+                json!({"drive_id": "slot0", "path_on_host": img, "is_read_only": false}),
+                "unknown field `is_read_only`",
+            ),
+            (
+                json!({"drive_id": "slot0", "path_on_host": img, "rate_limiter": {}}),
+                "rate_limiter",
+            ),
+            (json!({"drive_id": "other", "path_on_host": img}), "does not match"),
+        ];
+        for (body, expected) in refused {
+            let e = devices
+                .prepare_drive_update("slot0", body.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{body}: {e}");
+        }
+        let e = devices
+            .prepare_drive_update("nope", json!({"drive_id": "nope", "path_on_host": img}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "Invalid drive \"nope\": no drive with this id is configured.");
+        assert_eq!(devices.drives[0].path_on_host, other);
+        std::fs::remove_file(img).unwrap();
+        std::fs::remove_file(other).unwrap();
     }
 
     #[test]

@@ -186,10 +186,23 @@ impl Instance {
         Ok(&mut self.devices)
     }
 
-    /// Post-boot device updates go through here (Firecracker's PATCH /drives, /network-interfaces).
+    /// Post-boot device updates go through here (Firecracker's PATCH /network-interfaces).
     pub fn running_devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
         self.running_vm()?;
         Ok(&mut self.devices)
+    }
+
+    /// `PATCH /drives/{id}`: a new `path_on_host`. Before boot only the stored configuration changes; on a
+    /// running microVM the drive takes the new file first (capacity from its size, a config-change
+    /// interrupt for the guest), and the stored configuration follows only when that worked.
+    pub fn patch_drive(&mut self, id: &str, update: serde_json::Value) -> Result<(), InstanceError> {
+        let (prepared, path) = self.devices.prepare_drive_update(id, update)?;
+        if let Some(vm) = &self.vm {
+            let capacity = vm.update_drive(id, &path)?;
+            tracing::info!(drive_id = id, path = %path.display(), capacity, "drive updated on the running microVM");
+        }
+        self.devices.replace(prepared);
+        Ok(())
     }
 
     pub fn put_logger(&mut self, logger: LoggerConfig) -> Result<(), InstanceError> {

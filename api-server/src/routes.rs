@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::devices::{self, DeviceKind};
+use crate::devices;
 use crate::http::{Method, Request, Response};
 use crate::instance::{Instance, InstanceError, MachineConfigUpdate, RequestedVmState};
 
@@ -215,14 +215,12 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         }
         (Route::Drive(id), Method::Patch) => {
             let update = device_body(req, id, "drive_id")?;
-            instance.running_devices_mut()?.patch(DeviceKind::Drive, id, update)?;
+            instance.patch_drive(id, update)?;
             Ok(Response::no_content())
         }
         (Route::NetworkInterface(id), Method::Patch) => {
             let update = device_body(req, id, "iface_id")?;
-            instance
-                .running_devices_mut()?
-                .patch(DeviceKind::NetworkInterface, id, update)?;
+            instance.running_devices_mut()?.patch_network_interface(id, update)?;
             Ok(Response::no_content())
         }
         (Route::Vsock, Method::Put) => {
@@ -478,7 +476,19 @@ mod tests {
             (
                 Method::Patch,
                 "/drives/rootfs",
-                r#"{"drive_id":"rootfs"}"#,
+                r#"{"drive_id":"rootfs","path_on_host":"/tmp"}"#,
+                "no drive with this id",
+            ),
+            (
+                Method::Patch,
+                "/drives/rootfs",
+                r#"{"drive_id":"rootfs","is_root_device":true}"#,
+                "unknown field `is_root_device`",
+            ),
+            (
+                Method::Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0"}"#,
                 "before starting the microVM",
             ),
             (Method::Put, "/logger", r#"{"level":"Loud"}"#, "unknown log level"),

@@ -573,11 +573,9 @@ fn devices_are_validated_accepted_and_shown_in_vm_config() {
         .assert_fault(400, "guest_cid");
     let reply = hull.request("PUT", "/vsock", Some(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#));
     assert_eq!(reply.status, 204, "{}", reply.body);
+    // PATCH takes Firecracker's partial drive: a whole drive body is refused.
     hull.request("PATCH", "/drives/rootfs", Some(&drive.to_string()))
-        .assert_fault(
-            400,
-            "The requested operation is not supported before starting the microVM.",
-        );
+        .assert_fault(400, "unknown field `is_read_only`");
 
     let config = hull.request("GET", "/vm/config", None).json();
     assert_eq!(config["drives"][0]["drive_id"], "rootfs");
@@ -585,6 +583,76 @@ fn devices_are_validated_accepted_and_shown_in_vm_config() {
     assert_eq!(config["drives"].as_array().map(Vec::len), Some(1));
     assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
     assert_eq!(config["vsock"]["guest_cid"], 3);
+}
+
+#[test]
+fn patch_drive_before_boot_changes_path_on_host_and_refuses_bad_updates() {
+    let hull = Hull::start();
+    let empty = hull.dir.join("slot0.empty");
+    std::fs::write(&empty, b"").expect("write a placeholder");
+    let image = hull.dir.join("image.ext4");
+    std::fs::write(&image, vec![0u8; 64 * 1024]).expect("write a disk image");
+    let (empty, image) = (empty.to_str().unwrap(), image.to_str().unwrap());
+    let slot = json!({"drive_id": "slot0", "path_on_host": empty, "is_root_device": false, "is_read_only": true});
+    let reply = hull.request("PUT", "/drives/slot0", Some(&slot.to_string()));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    let update = json!({"drive_id": "slot0", "path_on_host": image});
+    let reply = hull.request("PATCH", "/drives/slot0", Some(&update.to_string()));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let config = hull.request("GET", "/vm/config", None).json();
+    assert_eq!(config["drives"][0]["path_on_host"], image);
+    assert_eq!(config["drives"][0]["is_read_only"], true, "only path_on_host changes");
+
+    let refused = [
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0", "path_on_host": "/no/such.img"}"#,
+            "/no/such.img",
+        ),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0"}"#,
+            "Nothing to update for drive \"slot0\"",
+        ),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0", "path_on_host": 7}"#,
+            "invalid type",
+        ),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0", "path_on_host": "/tmp", "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0", "path_on_host": "/tmp"}"#,
+            "not a regular file or block device",
+        ),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "other", "path_on_host": "/tmp"}"#,
+            "does not match",
+        ),
+        (
+            "/drives/nope",
+            r#"{"drive_id": "nope", "path_on_host": "/tmp"}"#,
+            "Invalid drive \"nope\": no drive with this id is configured.",
+        ),
+        ("/drives/a.b", r#"{"drive_id": "a.b"}"#, "alphanumeric"),
+        ("/drives/slot0", "", "Empty PATCH request."),
+    ];
+    for (path, body, expected) in refused {
+        hull.request("PATCH", path, Some(body)).assert_fault(400, expected);
+    }
+    let config = hull.request("GET", "/vm/config", None).json();
+    assert_eq!(
+        config["drives"][0]["path_on_host"], image,
+        "refused updates change nothing"
+    );
+    hull.request("PATCH", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth0"}"#))
+        .assert_fault(400, "not supported before starting the microVM");
 }
 
 #[test]
