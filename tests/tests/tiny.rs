@@ -399,3 +399,67 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
         hull.report()
     );
 }
+
+#[test]
+fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
+    require_kvm!("patch_drive_on_a_running_microvm_swaps_the_backing_file");
+    let dir = hull_tests::TempDir::new("patch-drive").unwrap();
+    let empty = dir.path().join("slot0.empty");
+    std::fs::write(&empty, b"").unwrap();
+    let image = dir.path().join("image.raw");
+    std::fs::write(&image, vec![0x5a; 64 * 1024]).unwrap();
+    // The counter guest runs until stopped; it never touches the drive, which hull attaches regardless.
+    let mut vm = config("counter.elf", 1, 128, "console=ttyS0");
+    vm["drives"] = json!([{ "drive_id": "slot0", "path_on_host": empty, "is_root_device": false }]);
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, vm.to_string()).unwrap();
+    let hull = Hull::with_api("patch-drive", &["--config-file", cfg.to_str().unwrap()]);
+    let api = hull.api();
+    hull.expect_output("tick 1", Duration::from_secs(30));
+
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "path_on_host": image }),
+    );
+    let config = api.get("/vm/config").unwrap().json();
+    assert_eq!(config["drives"][0]["path_on_host"], json!(image), "{config}");
+    assert!(
+        hull.stderr().contains("drive backing file replaced"),
+        "hull did not log the swap\n{}",
+        hull.report()
+    );
+
+    // Refused updates on the running microVM change nothing.
+    for (path, body, expected) in [
+        (
+            "/drives/slot0",
+            json!({ "drive_id": "slot0", "path_on_host": dir.path().join("missing") }),
+            "missing",
+        ),
+        (
+            "/drives/nope",
+            json!({ "drive_id": "nope", "path_on_host": image }),
+            "no drive with this id",
+        ),
+    ] {
+        let resp = api.patch(path, &body).unwrap();
+        assert_eq!(resp.status, 400, "{path} {body}: {}", resp.body);
+        assert!(resp.body.contains(expected), "{path} {body}: {}", resp.body);
+    }
+    let config = api.get("/vm/config").unwrap().json();
+    assert_eq!(config["drives"][0]["path_on_host"], json!(image));
+    // Back to the empty placeholder; the guest keeps running throughout.
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "path_on_host": empty }),
+    );
+    let seen = hull.stdout().len();
+    assert!(
+        hull.wait_for_output_after("tick ", seen, Duration::from_secs(30))
+            .is_some(),
+        "the guest stopped after the drive updates\n{}",
+        hull.report()
+    );
+}
