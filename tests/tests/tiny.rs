@@ -424,11 +424,16 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     );
     let config = api.get("/vm/config").unwrap().json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(image), "{config}");
-    assert!(
-        hull.stderr().contains("drive backing file replaced"),
-        "hull did not log the swap\n{}",
-        hull.report()
-    );
+    // hull's log reaches the harness through a reader thread: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hull.stderr().contains("drive backing file replaced") {
+        assert!(
+            Instant::now() < deadline,
+            "hull did not log the swap\n{}",
+            hull.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Refused updates on the running microVM change nothing.
     for (path, body, expected) in [
