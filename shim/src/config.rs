@@ -68,7 +68,7 @@ impl Default for ShimConfig {
             default_memory_mib: 256,
             max_vcpus: 8,
             max_memory_mib: 16384,
-            pod_slots: 6,
+            pod_slots: 4,
             image_cache: PathBuf::from("/var/lib/hull/images"),
             work_dir: PathBuf::from("/run/hull/shim"),
             boot_timeout_secs: 120,
@@ -117,8 +117,10 @@ impl ShimConfig {
         if c.default_memory_mib < 64 || c.default_memory_mib > c.max_memory_mib {
             return bad("default_memory_mib must be 64..=max_memory_mib");
         }
-        if c.pod_slots > 16 {
-            return bad("pod_slots must be at most 16");
+        if c.pod_slots > 5 {
+            return bad(
+                "pod_slots must be at most 5 (QEMU's microvm has 8 virtio-mmio slots: rootfs, vsock, net and 5)",
+            );
         }
         if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
             return bad("image_cache and work_dir must be absolute paths");

@@ -169,10 +169,16 @@ impl Pod {
                 Ok(a) => break a,
                 Err(e) => {
                     if !vm.alive() || t0.elapsed() >= deadline {
-                        let msg = format!(
+                        let mut msg = format!(
                             "the guest agent did not answer ({e}); guest console {}",
                             hull_runtime::console_tail(&vm.console_log())
                         );
+                        // The VM's own processes say why they ended.
+                        for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                            if e.path().extension().is_some_and(|x| x == "log") && e.path() != vm.console_log() {
+                                msg.push_str(&format!("\n{}", hull_runtime::console_tail(&e.path())));
+                            }
+                        }
                         vm.stop(Duration::ZERO);
                         if let Some(n) = &net {
                             n.teardown();
