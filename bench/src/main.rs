@@ -1,6 +1,6 @@
 //! `hull-bench`, the project's benchmark harness.
 //!
-//! `hull-bench <boot|devices|run> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
+//! `hull-bench <boot|devices|run|containerd> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
 //! one-paragraph description of the machine, then one table per benchmark (median, p90, min, max) as each
 //! finishes, and with `--json` writes every sample and summary to FILE.
 //!
@@ -12,6 +12,7 @@
 
 mod boot;
 mod container;
+mod containerd;
 mod devbench;
 mod error;
 mod guest_io;
@@ -40,13 +41,18 @@ suites:
   run        `hull run -- /bin/true` end to end per backend, split into phases (VM start, agent ready,
              container created, process exit, teardown), next to `runc run` of the same busybox rootfs
              (installs Debian's runc if missing), with the hull/runc ratio of the medians
+  containerd `ctr run --rm busybox echo hello` through containerd-shim-hull-v2 vs runc (20 each), CRI pod
+             start (RunPodSandbox → CreateContainer → StartContainer) handler hull vs runc (10 each),
+             and the host RSS of one running hull pod's VM processes; private containerd, needs root
 
 options:
-  --runs N         samples per boot or run metric (default 20), timed windows per device row (default 5)
+  --runs N         samples per boot or run metric (default 20), timed windows per device row (default 5),
+                   containerd: both ctr runs and pod starts (default 20 and 10)
   --json FILE      also write all samples and summaries as JSON to FILE
   --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
   --window-ms MS   devices: length of one timed window (default 1000)
-  --hull PATH      the hull binary (default: $HULL_BIN, else target/release/hull, else target/debug/hull)
+  --hull PATH      the hull binary (default: $HULL_BIN, else target/release/hull, else target/debug/hull;
+                   containerd: the hull beside the containerd-shim-hull-v2 found in target/release or debug)
   -h, --help       this text
 
 exit codes: 0 all figures produced, 1 a benchmark failed, 2 usage or environment error";
@@ -99,8 +105,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             }
         }
     }
-    let suite = suite.ok_or_else(|| usage("which suite? boot, devices or run".into()))?;
-    if !["boot", "devices", "run"].contains(&suite.as_str()) {
+    let suite = suite.ok_or_else(|| usage("which suite? boot, devices, run or containerd".into()))?;
+    if !["boot", "devices", "run", "containerd"].contains(&suite.as_str()) {
         return Err(usage(format!("unknown suite {suite:?}")));
     }
     if parsed.linux && suite != "boot" {
@@ -123,6 +129,29 @@ fn find_hull(explicit: Option<PathBuf>) -> Result<PathBuf> {
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
     })
+}
+
+/// `containerd-shim-hull-v2` (target/release, then target/debug) and the hull binary it should start: `--hull`,
+/// `$HULL_BIN`, else the hull built beside the shim (the shim and hull share the hull-runtime library, so a
+/// pair from one build is what the suite measures).
+fn find_shim_and_hull(explicit: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
+    let root = hull_tests::repo_root();
+    let dirs = [root.join("target/release"), root.join("target/debug")];
+    let shim = |d: &&PathBuf| is_executable(&d.join("containerd-shim-hull-v2"));
+    let shim_dir = dirs.iter().find(shim).cloned().ok_or_else(|| {
+        BenchError::env(
+            "no containerd-shim-hull-v2 in target/release or target/debug; build it with \
+             `cargo build -p containerd-shim-hull-v2 -p api-server`",
+        )
+    })?;
+    let hull = match explicit.or_else(|| std::env::var_os("HULL_BIN").map(PathBuf::from)) {
+        Some(p) => p,
+        None => shim_dir.join("hull"),
+    };
+    if !is_executable(&hull) {
+        return Err(BenchError::env(format!("no hull binary at {}; pass --hull PATH", hull.display())));
+    }
+    Ok((shim_dir, hull))
 }
 
 fn run(args: Args) -> Result<Vec<Section>> {
@@ -155,6 +184,25 @@ fn run(args: Args) -> Result<Vec<Section>> {
             print_header(&machine, &format!("hull binary: {}.", hull.display()));
             json["hull_bin"] = serde_json::json!(hull);
             container::run(&container::RunOptions { runs: args.runs.unwrap_or(20), hull_bin: hull })
+        }
+        "containerd" => {
+            let (shim_dir, hull) = find_shim_and_hull(args.hull.clone())?;
+            let profile = if shim_dir.ends_with("debug") {
+                " (DEBUG builds of the shim and of hull's vhost-user backends)"
+            } else {
+                ""
+            };
+            print_header(
+                &machine,
+                &format!("shim: {}/containerd-shim-hull-v2, hull: {}{profile}.", shim_dir.display(), hull.display()),
+            );
+            json["hull_bin"] = serde_json::json!(hull);
+            containerd::run(&containerd::ContainerdBenchOptions {
+                ctr_runs: args.runs.unwrap_or(20),
+                pod_runs: args.runs.unwrap_or(10),
+                shim_dir,
+                hull_bin: hull,
+            })
         }
         _ => {
             print_header(&machine, "");
@@ -240,6 +288,8 @@ mod tests {
         assert_eq!(a.json, Some(PathBuf::from("/tmp/x.json")));
         let r = parse(&["run", "--runs", "3"]).unwrap().unwrap();
         assert_eq!((r.suite.as_str(), r.runs), ("run", Some(3)));
+        let c = parse(&["containerd", "--runs", "2"]).unwrap().unwrap();
+        assert_eq!((c.suite.as_str(), c.runs), ("containerd", Some(2)));
         let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
         assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
         assert!(parse(&["--help"]).unwrap().is_none());
@@ -255,6 +305,7 @@ mod tests {
             &[],
             &["boot", "devices"],
             &["devices", "--linux"],
+            &["containerd", "--linux"],
             &["boot", "--frob"],
         ] {
             let e = parse(bad).unwrap_err();
