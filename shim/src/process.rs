@@ -123,19 +123,26 @@ fn copy_out(mut from: UnixStream, fifo: &str) {
         }
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let (mut copied, mut lost) = (0u64, 0u64);
     loop {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
+                if let Err(e) = to.write_all(&buf[..n]) {
                     // Nobody reads any more; keep draining the guest so it is not blocked.
+                    if lost == 0 {
+                        log::warn!("writing to {fifo}: {e}");
+                    }
+                    lost += n as u64;
                     continue;
                 }
+                copied += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
+    log::debug!("{fifo}: {copied} bytes copied, {lost} lost");
 }
 
 /// containerd's stdin FIFO → the guest stream; at CloseIO, what was written so far still goes, then the

@@ -209,10 +209,52 @@ fn ctr_run_echo_status_and_writes() {
     assert!(out.stdout.contains("No such file"), "{out:?}");
     assert_eq!(std::fs::read_dir(&images).unwrap().count(), 1);
 
-    // stdin: 1 MiB of patterned bytes through `ctr run -i`... ctr 1.6 has no -i; stdin is attached with
-    // --fifo-dir defaults only for terminals, so stdin is covered by `ctr task exec` below and the -t test.
+    // stdin: ctr attaches its own stdin; 1 MiB of every byte value goes through and back, and the end of
+    // ctr's stdin (CloseIO) ends the container's `cat`.
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let id4 = format!("stdin-{pid}");
+    let cfg = s.shim_config.to_string_lossy().to_string();
+    let mut cmd = std::process::Command::new("ctr");
+    cmd.arg("--address").arg(s.ctd.socket()).args([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg,
+        BUSYBOX_IMAGE,
+        &id4,
+        "cat",
+    ]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.ctd.report()
+    );
+    assert_eq!(out.stdout.len(), data.len(), "stdin → stdout length");
+    assert!(out.stdout == data, "stdin → stdout bytes differ");
     assert!(s.vm_pids().is_empty(), "VMs left after --rm: {:?}", s.vm_pids());
-    s.finish(&[(CTR_NAMESPACE, &id1), (CTR_NAMESPACE, &id2), (CTR_NAMESPACE, &id3)]);
+    s.finish(&[
+        (CTR_NAMESPACE, &id1),
+        (CTR_NAMESPACE, &id2),
+        (CTR_NAMESPACE, &id3),
+        (CTR_NAMESPACE, &id4),
+    ]);
 }
 
 /// `ctr run -t`: the container has a terminal; its output and exit status come back.
@@ -255,6 +297,15 @@ fn ctr_detached_task_operations() {
     let s = setup(false);
     s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("detached-{}", std::process::id());
+    // containerd's event stream, to check the shim's task events.
+    let mut events = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(s.ctd.socket())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let out = s.ctr_run(&["-d", BUSYBOX_IMAGE, &id, "sh", "-c", "while true; do sleep 1; done"]);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
     let ls = s.ctd.ctr(&["task", "ls"]);
@@ -299,6 +350,22 @@ fn ctr_detached_task_operations() {
     );
     assert!(s.ctd.ctr(&["container", "rm", &id]).success());
     wait_until("the VM to end", Duration::from_secs(10), || s.vm_pids().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let seen = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(seen.contains(topic), "no {topic} event from the shim:\n{seen}");
+    }
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
 
@@ -373,7 +440,11 @@ fn cri_pod_two_containers_one_vm() {
                 &pod,
                 name,
                 BUSYBOX_IMAGE,
-                &["sh", "-c", &format!("echo {name} > /tmp/me; sleep 1000")],
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo {name} > /tmp/me; echo out-{name}; echo err-{name} >&2; sleep 1000"),
+                ],
             )
             .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
         cri.start_container(&id)
@@ -395,6 +466,20 @@ fn cri_pod_two_containers_one_vm() {
         let mut lines = out.stdout.lines();
         assert_guest_kernel(lines.next().unwrap_or_default(), "ExecSync");
         assert_eq!(lines.next(), Some(name), "each container has its own rootfs: {out:?}");
+    }
+    // CRI opened both output FIFOs: the container log has stdout and stderr lines.
+    let log_dir = PathBuf::from(&pod.config.log_directory);
+    for name in ["first", "second"] {
+        let log = log_dir.join(format!("{name}.log"));
+        wait_until("the container's log lines", Duration::from_secs(20), || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|t| t.contains(&format!("out-{name}")) && t.contains(&format!("err-{name}")))
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(" stdout F out-") && text.contains(" stderr F err-"),
+            "{text}"
+        );
     }
     let stats = cri.container_stats(&ids[0]).unwrap_or_else(|e| panic!("{e}"));
     assert!(
