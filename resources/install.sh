@@ -6,11 +6,13 @@
 #   /etc/containerd/config.toml                        gains the `hull` runtime handler (once)
 #   QEMU (Debian's qemu-system-x86), for hosts where KVM cannot run guest user space
 # Then: systemctl restart containerd; kubectl apply -f resources/runtimeclass.yaml
-# Environment: PREFIX (default /usr/local), HULL_LIB (default /var/lib/hull), CONTAINERD_CONFIG.
+# Environment: PREFIX (default /usr/local), HULL_LIB (default /var/lib/hull), HULL_ETC (default /etc/hull),
+# CONTAINERD_CONFIG (default /etc/containerd/config.toml), HULL_PROFILE (release; `debug` reuses a debug build).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="${PREFIX:-/usr/local}"
 lib="${HULL_LIB:-/var/lib/hull}"
+etc="${HULL_ETC:-/etc/hull}"
 ctd_config="${CONTAINERD_CONFIG:-/etc/containerd/config.toml}"
 say() { echo "[install] $*" >&2; }
 
@@ -24,10 +26,15 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
 
-say "building hull and containerd-shim-hull-v2 (release)"
-(cd "$here" && cargo build --release -p api-server -p containerd-shim-hull-v2 >&2)
-install -D -m 0755 "$here/target/release/hull" "$prefix/bin/hull"
-install -D -m 0755 "$here/target/release/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"
+profile="${HULL_PROFILE:-release}"
+say "building hull and containerd-shim-hull-v2 ($profile)"
+if [ "$profile" = release ]; then
+  (cd "$here" && cargo build --release -p api-server -p containerd-shim-hull-v2 >&2)
+else
+  (cd "$here" && cargo build -p api-server -p containerd-shim-hull-v2 >&2)
+fi
+install -D -m 0755 "$here/target/$profile/hull" "$prefix/bin/hull"
+install -D -m 0755 "$here/target/$profile/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"
 
 say "building the guest kernel and initramfs (cached)"
 out="$(bash "$here/resources/build-guest.sh")"
@@ -37,9 +44,17 @@ install -D -m 0644 "$kernel" "$lib/vmlinux"
 install -D -m 0644 "$initrd" "$lib/initramfs.cpio"
 mkdir -p "$lib/images"
 
-if [ ! -e /etc/hull/shim.toml ]; then
-  install -D -m 0644 "$here/resources/shim.toml" /etc/hull/shim.toml
-  say "wrote /etc/hull/shim.toml"
+if [ ! -e "$etc/shim.toml" ]; then
+  mkdir -p "$etc"
+  # Point the shim at what was just installed when the locations are not the defaults it looks at.
+  sed -e "s|^# hull_binary = .*|hull_binary = \"$prefix/bin/hull\"|" \
+      -e "s|^# kernel = .*|kernel = \"$lib/vmlinux\"|" \
+      -e "s|^# initrd = .*|initrd = \"$lib/initramfs.cpio\"|" \
+      -e "s|^image_cache = .*|image_cache = \"$lib/images\"|" \
+      "$here/resources/shim.toml" > "$etc/shim.toml.new"
+  chmod 0644 "$etc/shim.toml.new"
+  mv "$etc/shim.toml.new" "$etc/shim.toml"
+  say "wrote $etc/shim.toml"
 fi
 
 if [ -d "$(dirname "$ctd_config")" ] || command -v containerd >/dev/null; then
@@ -48,7 +63,7 @@ if [ -d "$(dirname "$ctd_config")" ] || command -v containerd >/dev/null; then
   if grep -q 'runtimes.hull\]' "$ctd_config"; then
     say "$ctd_config already has the hull handler"
   else
-    { echo; cat "$here/resources/containerd-hull.toml"; } >> "$ctd_config"
+    { echo; sed "s|/etc/hull/shim.toml|$etc/shim.toml|" "$here/resources/containerd-hull.toml"; } >> "$ctd_config"
     say "added the hull handler to $ctd_config (restart containerd)"
   fi
 fi

@@ -66,6 +66,9 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     spawner: Spawner,
+    /// Containers whose OOM kill was published (the agent's OOM watch and a process's wait status can both
+    /// tell; containerd hears it once).
+    oom_reported: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -96,6 +99,7 @@ impl Service {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             spawner: Spawner::new(),
+            oom_reported: Mutex::new(Default::default()),
         }))
     }
 
@@ -153,6 +157,22 @@ impl Service {
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e));
     }
 
+    /// Publishes /tasks/oom for container `id`, once.
+    fn oom(&self, id: &str) {
+        if !self
+            .0
+            .oom_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+        {
+            return;
+        }
+        let mut e = TaskOOM::new();
+        e.container_id = id.into();
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
+    }
+
     /// Follows a started process: its exit status from the agent, after its output is drained.
     fn watch(&self, id: &str, exec: &str, uds: PathBuf) {
         let me = self.clone();
@@ -161,6 +181,9 @@ impl Service {
             let status = Agent::connect(&uds, Duration::from_secs(10))
                 .and_then(|a| a.wait(&id, &exec))
                 .map(|w| {
+                    if w.oom_killed {
+                        me.oom(&id);
+                    }
                     if w.signal > 0 {
                         128 + w.signal.min(127) as u32
                     } else {
@@ -225,9 +248,7 @@ impl Service {
                 return;
             };
             while let Ok(ev) = agent.next_oom() {
-                let mut e = TaskOOM::new();
-                e.container_id = ev.container_id;
-                me.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
+                me.oom(&ev.container_id);
             }
         });
     }
@@ -563,6 +584,11 @@ impl Task for Service {
             if let Some(c) = removed {
                 let _ = std::fs::remove_file(Path::new(&c.bundle).join(VM_RECORD));
             }
+            self.0
+                .oom_reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req.id);
             let mut ev = TaskDelete::new();
             ev.container_id = req.id.clone();
             ev.pid = pid;

@@ -108,6 +108,12 @@ impl Setup {
             shim_config,
             footprint,
         } = self;
+        // Shims end on containerd's Shutdown, a moment after the last delete: give them time to go by
+        // themselves (dropping containerd would SIGKILL them, which leaves their sockets behind).
+        let t0 = Instant::now();
+        while !ctd.shim_pids().is_empty() && t0.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         drop(ctd);
         // Processes killed a moment ago may still be on their way out: allow them a few seconds.
         let t0 = Instant::now();
@@ -560,4 +566,118 @@ fn cri_pod_network_reaches_gateway() {
     let pod_id = pod.id.clone();
     drop(cri);
     s.finish(&[(CRI_NAMESPACE, &pod_id)]);
+}
+
+/// `resources/install.sh` (no arguments; locations redirected into a temporary directory) places the
+/// binaries, the guest kernel and initramfs, the shim config and the containerd handler; run twice, it
+/// changes nothing more; the installed shim then runs a container with only its installed config.
+#[test]
+fn install_script_sets_up_a_working_shim() {
+    require_root!("install_script_sets_up_a_working_shim");
+    let root = std::env::temp_dir().join(format!("hull-install-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("containerd")).unwrap();
+    let ctd_config = root.join("containerd/config.toml");
+    std::fs::write(&ctd_config, "version = 2\n").unwrap();
+    let run_install = || {
+        let out = std::process::Command::new("bash")
+            .arg(hull_tests::repo_root().join("resources/install.sh"))
+            .env("PREFIX", root.join("usr"))
+            .env("HULL_LIB", root.join("lib"))
+            .env("HULL_ETC", root.join("etc"))
+            .env("CONTAINERD_CONFIG", &ctd_config)
+            .env("HULL_PROFILE", "debug")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "install.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run_install();
+    for f in [
+        "usr/bin/hull",
+        "usr/bin/containerd-shim-hull-v2",
+        "lib/vmlinux",
+        "lib/initramfs.cpio",
+        "etc/shim.toml",
+    ] {
+        assert!(root.join(f).is_file(), "{f} installed");
+    }
+    let shim_toml = std::fs::read_to_string(root.join("etc/shim.toml")).unwrap();
+    let config_once = std::fs::read_to_string(&ctd_config).unwrap();
+    assert_eq!(config_once.matches("runtimes.hull]").count(), 1, "{config_once}");
+    assert!(config_once.contains("io.containerd.hull.v2"));
+    run_install();
+    assert_eq!(
+        std::fs::read_to_string(&ctd_config).unwrap(),
+        config_once,
+        "a second run changes nothing"
+    );
+    assert_eq!(std::fs::read_to_string(root.join("etc/shim.toml")).unwrap(), shim_toml);
+
+    // The installed shim, found on PATH, with nothing but its installed config.
+    let ctd = Containerd::start(ContainerdOptions {
+        path_prepend: vec![root.join("usr/bin")],
+        ..Default::default()
+    });
+    let footprint = ctd.footprint();
+    ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
+    let id = format!("installed-{}", std::process::id());
+    let cfg = root.join("etc/shim.toml").to_string_lossy().to_string();
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg,
+        BUSYBOX_IMAGE,
+        &id,
+        "uname",
+        "-r",
+    ]);
+    assert!(out.success(), "{out:?}\n{}", ctd.report());
+    assert_guest_kernel(&out.stdout, "installed shim");
+    drop(ctd);
+    let left = footprint.leftovers(&[(CTR_NAMESPACE, &id)]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A container that outgrows its memory limit is OOM-killed inside the guest: containerd gets the shim's
+/// /tasks/oom event and the task's exit status 137.
+#[test]
+fn oom_kill_is_reported() {
+    require_root!("oom_kill_is_reported");
+    let s = setup(false);
+    s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
+    let id = format!("oom-{}", std::process::id());
+    let mut events = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(s.ctd.socket())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // 32 MiB limit; the shell's variable grows until the cgroup's OOM killer ends it.
+    let out = s.ctr_run(&[
+        "--rm",
+        "--memory-limit",
+        &(32u64 << 20).to_string(),
+        BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "x=a; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(out.code(), 137, "{out:?}\n{}", s.ctd.report());
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let seen = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(seen.contains("/tasks/oom"), "no /tasks/oom event:\n{seen}");
+    s.finish(&[(CTR_NAMESPACE, &id)]);
 }
