@@ -197,7 +197,7 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
     })
 }
 
-/// Step: COM1, the i8042 and the boot timer on their buses, with their interrupt lines.
+/// Step: COM1, the i8042, the CMOS clock and the boot timer on their buses, with their interrupt lines.
 fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> Result<LegacyDevices, BuildError> {
     let dev_err = |e: std::io::Error| BuildError::Devices(e.to_string());
     let serial_irq = IrqLine::new().map_err(dev_err)?;
@@ -223,6 +223,13 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
         i8042.clone() as Arc<Mutex<dyn BusDevice>>,
         I8042_DATA_PORT,
         I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
+    )
+    .map_err(bus_err)?;
+    // Without a clock at 0x70, Linux waits a second for an update that never ends.
+    pio.insert(
+        Arc::new(Mutex::new(devices::legacy::Cmos::default())) as Arc<Mutex<dyn BusDevice>>,
+        devices::legacy::cmos::CMOS_PORT,
+        devices::legacy::cmos::CMOS_LEN,
     )
     .map_err(bus_err)?;
     let mut mmio = Bus::new();

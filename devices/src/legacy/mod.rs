@@ -1,11 +1,13 @@
 //! Legacy devices every hull microVM has: the 8250 UART on COM1 (console), the i8042 controller
-//! (reset line and Ctrl-Alt-Del) and Firecracker's boot-timer MMIO page.
+//! (reset line and Ctrl-Alt-Del), a read-only CMOS clock, and Firecracker's boot-timer MMIO page.
 
 pub mod boot_timer;
+pub mod cmos;
 pub mod i8042;
 pub mod serial;
 
 pub use boot_timer::BootTimer;
+pub use cmos::Cmos;
 pub use i8042::I8042;
 pub use serial::SerialConsole;
 
