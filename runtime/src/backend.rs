@@ -269,7 +269,7 @@ impl QemuVm {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-M",
-            "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+            "microvm,x-option-roms=off,rtc=on,acpi=off,memory-backend=mem",
             "-accel",
             "tcg",
             "-cpu",

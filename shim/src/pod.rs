@@ -269,14 +269,10 @@ impl Pod {
         self.vm.pids()
     }
 
-    /// Powers the VM off (a short grace after the agent's Shutdown), kills what is left, removes the TAP.
+    /// Ends the VM at once (nothing in it outlives the pod: the rootfs is a read-only image under a tmpfs
+    /// layer and volumes are copies), kills what is left, removes the TAP.
     pub fn shutdown(mut self) {
-        let grace = if !self.dead && self.agent.shutdown().is_ok() {
-            Duration::from_millis(300)
-        } else {
-            Duration::ZERO
-        };
-        self.vm.stop(grace);
+        self.vm.stop(Duration::ZERO);
         if let Some(n) = &self.net {
             n.teardown();
         }
