@@ -681,3 +681,38 @@ fn oom_kill_is_reported() {
     assert!(seen.contains("/tasks/oom"), "no /tasks/oom event:\n{seen}");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
+
+/// Extra OCI mounts reach the container: a host directory (packed into its own disk) and a host file
+/// (copied), read-only as asked; the host directory is never written.
+#[test]
+fn ctr_run_with_host_mounts() {
+    require_root!("ctr_run_with_host_mounts");
+    let s = setup(false);
+    s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
+    let host = s.ctd.dir().join("host-data");
+    std::fs::create_dir_all(host.join("sub")).unwrap();
+    std::fs::write(host.join("sub/hello.txt"), "from the host\n").unwrap();
+    let file = s.ctd.dir().join("host-file.conf");
+    std::fs::write(&file, "key=value\n").unwrap();
+    let id = format!("mounts-{}", std::process::id());
+    let dir_mount = format!("type=bind,src={},dst=/data,options=rbind:ro", host.display());
+    let file_mount = format!("type=bind,src={},dst=/etc/app.conf,options=rbind:ro", file.display());
+    let out = s.ctr_run(&[
+        "--rm",
+        "--mount",
+        &dir_mount,
+        "--mount",
+        &file_mount,
+        BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "cat /data/sub/hello.txt /etc/app.conf; touch /data/x 2>/dev/null && echo writable || echo read-only; uname -r",
+    ]);
+    assert!(out.success(), "{out:?}\n{}", s.ctd.report());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(&lines[..3], &["from the host", "key=value", "read-only"], "{out:?}");
+    assert_guest_kernel(lines.get(3).copied().unwrap_or_default(), "mounts");
+    assert!(!host.join("x").exists());
+    s.finish(&[(CTR_NAMESPACE, &id)]);
+}
