@@ -9,6 +9,8 @@
 //!   (volumes, hostPath, emptyDir) is packed into an ext4 image given to the guest as a disk (a snapshot at
 //!   create time: guest writes stay in the VM); the pod's `/dev/shm` becomes a tmpfs; anything else (sockets,
 //!   device nodes, larger files) is left out with a warning in the shim's log;
+//! - every container gets its own cgroup namespace, so its `/sys/fs/cgroup` is its own cgroup (what runc
+//!   shows on a cgroup v2 host), whatever the spec asked;
 //! - hooks, AppArmor/SELinux labels and the cgroups path are host matters and are dropped.
 //!
 //! Everything here is data from containerd's client (the spec) and treated as untrusted input: no panic.
@@ -78,6 +80,9 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
                 (_, Some(_)) => out.push(json!({ "type": t })),
                 (_, None) => out.push(ns),
             }
+        }
+        if !out.iter().any(|n| n["type"] == "cgroup") {
+            out.push(json!({ "type": "cgroup" }));
         }
         *nss = out;
     }
@@ -219,7 +224,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, vec!["pid", "mount"]);
+        assert_eq!(types, vec!["pid", "mount", "cgroup"]);
         let mounts = g.spec["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 3, "{mounts:?}");
         assert_eq!(mounts[1]["source"], "hull-file:f0");

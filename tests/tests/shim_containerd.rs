@@ -487,6 +487,22 @@ fn cri_pod_two_containers_one_vm() {
             "{text}"
         );
     }
+    // Update: new limits reach the container's cgroup in the guest.
+    let mut rt = cri.runtime();
+    let req = k8s_cri::v1::UpdateContainerResourcesRequest {
+        container_id: ids[0].clone(),
+        linux: Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    cri.block_on(rt.update_container_resources(req))
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", s.ctd.report()));
+    let out = cri
+        .exec_sync(&ids[0], &["cat", "/sys/fs/cgroup/memory.max"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(out.stdout.trim(), (96u64 << 20).to_string(), "{out:?}");
     let stats = cri.container_stats(&ids[0]).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         stats
