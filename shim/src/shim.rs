@@ -88,7 +88,7 @@ fn runs(pid: i32, comm: &[&str]) -> bool {
     };
     let name = head.split_once('(').map(|(_, n)| n).unwrap_or_default();
     let state = rest.trim_start().chars().next().unwrap_or('?');
-    state != 'Z' && state != 'X' && comm.iter().any(|n| name == *n)
+    state != 'Z' && state != 'X' && comm.contains(&name)
 }
 
 /// The shim grouping of the container whose bundle is `bundle`: its pod's sandbox id, else its own id.
