@@ -164,6 +164,16 @@ fn vhost_user(
     Ok(child)
 }
 
+/// QEMU's arguments for vhost-user disk `i` served on `sock`.
+fn vhost_user_blk_args(i: usize, sock: &Path) -> [String; 4] {
+    [
+        "-chardev".to_string(),
+        format!("socket,id=blk{i},path={}", sock.display()),
+        "-device".to_string(),
+        format!("vhost-user-blk,chardev=blk{i}"),
+    ]
+}
+
 pub struct QemuVm {
     uds: PathBuf,
     console: PathBuf,
@@ -194,12 +204,7 @@ impl QemuVm {
                 &sock,
                 &args,
             )?);
-            blk_args.extend([
-                "-chardev".to_string(),
-                format!("socket,id=blk{i},path={}", sock.display()),
-                "-device".to_string(),
-                format!("vhost-user-blk,chardev=blk{i}"),
-            ]);
+            blk_args.extend(vhost_user_blk_args(i, &sock));
         }
         let mut controls = Vec::new();
         for (j, (id, placeholder)) in slot_placeholders(cfg)?.into_iter().enumerate() {
@@ -227,12 +232,7 @@ impl QemuVm {
                 &sock,
                 &args,
             )?);
-            blk_args.extend([
-                "-chardev".to_string(),
-                format!("socket,id=blk{i},path={}", sock.display()),
-                "-device".to_string(),
-                format!("vhost-user-blk,chardev=blk{i}"),
-            ]);
+            blk_args.extend(vhost_user_blk_args(i, &sock));
             controls.push((id, control));
         }
         let vsock_sock = d.join("vsock-vu.sock");

@@ -29,6 +29,8 @@ pub struct Proc {
     pub exit: Option<(u32, Timestamp)>,
     pub stdin_closed: Arc<AtomicBool>,
     pub outputs: Vec<JoinHandle<()>>,
+    /// An exec's OCI process (JSON), from Exec until Start sends it to the agent.
+    pub exec_spec: Option<Vec<u8>>,
 }
 
 impl Proc {
@@ -42,6 +44,7 @@ impl Proc {
             exit: None,
             stdin_closed: Arc::new(AtomicBool::new(false)),
             outputs: Vec::new(),
+            exec_spec: None,
         }
     }
 

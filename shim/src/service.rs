@@ -495,23 +495,23 @@ impl Task for Service {
         if req.exec_id.is_empty() {
             agent.start(&req.id).map_err(|e| err(Code::INTERNAL, e))?;
         } else {
-            // Execs were created and started by the agent at Exec time, stopped before the program; the
-            // agent's ExecProcess runs it at once, so it is issued here, at Start.
-            let spec = {
+            // The agent starts an exec's program as soon as it is asked to, so Exec only records the process
+            // spec and the request goes out here, at Start.
+            let (stdio, process) = {
                 let mut st = self.lock();
                 let c = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id, ""))?;
                 let p = c
                     .execs
                     .get_mut(&req.exec_id)
                     .ok_or_else(|| not_found(&req.id, &req.exec_id))?;
-                (p.stdio_config(), std::mem::take(&mut p.stdin_closed))
+                let process = p.exec_spec.take().ok_or_else(|| {
+                    err(
+                        Code::FAILED_PRECONDITION,
+                        format!("exec {} was started already", req.exec_id),
+                    )
+                })?;
+                (p.stdio_config(), process)
             };
-            let (stdio, closed) = spec;
-            let process = EXEC_SPECS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(req.id.clone(), req.exec_id.clone()))
-                .ok_or_else(|| err(Code::INTERNAL, "the exec's process spec is gone"))?;
             agent
                 .exec(&req.id, &req.exec_id, process, stdio)
                 .map_err(|e| err(Code::INTERNAL, e))?;
@@ -521,7 +521,6 @@ impl Task for Service {
                 .execs
                 .get_mut(&req.exec_id)
                 .ok_or_else(|| not_found(&req.id, &req.exec_id))?;
-            p.stdin_closed = closed;
             p.attach(&agent, &uds, &req.id, &req.exec_id)
                 .map_err(|e| err(Code::INTERNAL, e))?;
         }
@@ -701,15 +700,10 @@ impl Task for Service {
                     format!("exec {} already exists", req.exec_id),
                 ));
             }
-            c.execs.insert(
-                req.exec_id.clone(),
-                Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
-            );
+            let mut p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+            p.exec_spec = Some(process.to_string().into_bytes());
+            c.execs.insert(req.exec_id.clone(), p);
         }
-        EXEC_SPECS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((req.id.clone(), req.exec_id.clone()), process.to_string().into_bytes());
         let mut ev = TaskExecAdded::new();
         ev.container_id = req.id.clone();
         ev.exec_id = req.exec_id.clone();
@@ -862,7 +856,3 @@ impl Task for Service {
         Ok(Empty::new())
     }
 }
-
-/// Exec process specs between Exec and Start, by (container, exec).
-static EXEC_SPECS: Mutex<std::collections::BTreeMap<(String, String), Vec<u8>>> =
-    Mutex::new(std::collections::BTreeMap::new());

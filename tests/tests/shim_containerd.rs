@@ -89,6 +89,19 @@ impl Setup {
         self.ctd.ctr(&full)
     }
 
+    /// `ctr events` from now on, read with [`EventStream::collect`].
+    fn events(&self) -> EventStream {
+        let child = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(self.ctd.socket())
+            .arg("events")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        EventStream(child)
+    }
+
     /// PIDs of VM processes (QEMU, hull, hull's device backends) started for this containerd (their sockets
     /// live under its dir).
     fn vm_pids(&self) -> Vec<u32> {
@@ -130,6 +143,18 @@ impl Setup {
         }
         let _ = std::fs::remove_dir_all(shim_config.parent().unwrap());
         assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+struct EventStream(std::process::Child);
+
+impl EventStream {
+    /// Everything containerd published so far (after a moment for the last events to arrive).
+    fn collect(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -304,14 +329,7 @@ fn ctr_detached_task_operations() {
     s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("detached-{}", std::process::id());
     // containerd's event stream, to check the shim's task events.
-    let mut events = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(s.ctd.socket())
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let events = s.events();
     let out = s.ctr_run(&["-d", BUSYBOX_IMAGE, &id, "sh", "-c", "while true; do sleep 1; done"]);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
     let ls = s.ctd.ctr(&["task", "ls"]);
@@ -356,10 +374,7 @@ fn ctr_detached_task_operations() {
     );
     assert!(s.ctd.ctr(&["container", "rm", &id]).success());
     wait_until("the VM to end", Duration::from_secs(10), || s.vm_pids().is_empty());
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let seen = events.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = events.collect();
     for topic in [
         "/tasks/create",
         "/tasks/start",
@@ -670,14 +685,7 @@ fn oom_kill_is_reported() {
     let s = setup(false);
     s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("oom-{}", std::process::id());
-    let mut events = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(s.ctd.socket())
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let events = s.events();
     // 32 MiB limit; the shell's variable grows until the cgroup's OOM killer ends it.
     let out = s.ctr_run(&[
         "--rm",
@@ -690,10 +698,7 @@ fn oom_kill_is_reported() {
         "x=a; while true; do x=$x$x; done",
     ]);
     assert_eq!(out.code(), 137, "{out:?}\n{}", s.ctd.report());
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let seen = events.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = events.collect();
     assert!(seen.contains("/tasks/oom"), "no /tasks/oom event:\n{seen}");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
