@@ -23,6 +23,8 @@ pub struct HullShim {
     id: String,
     bundle: String,
     address: String,
+    /// The socket this process serves on (empty for the `start` and `delete` actions).
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -35,6 +37,7 @@ impl Shim for HullShim {
             id: args.id.clone(),
             bundle: args.bundle.clone(),
             address: args.address.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -69,6 +72,13 @@ impl Shim for HullShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The library removes the socket after this returns, but finds it through the `address` file in the
+        // bundle — which containerd may already have deleted once Shutdown answered, leaving the socket
+        // behind. The serving process knows its socket: remove it here. Open connections are unaffected.
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
