@@ -15,28 +15,13 @@ const BOOT_TIMER_VALUE: u8 = 123;
 /// The command-line switch asking the agent to power the VM off once ready.
 pub const POWEROFF_SWITCH: &str = "hull.poweroff=1";
 
-/// Set in the environment of the re-executed agent once the root is a tmpfs.
-const SWITCHED_ENV: &str = "HULL_ROOT_SWITCHED";
-
-/// Moves the agent from the initramfs (the kernel's `rootfs`, which pivot_root(2) refuses to leave) onto a
-/// tmpfs root and re-executes it there, as `switch_root` does: tmpfs on /newroot, copy /init, unlink the
-/// initramfs copy (its memory comes back), move the tmpfs onto /, chroot, exec. Containers can then
-/// pivot_root out of the agent's root. Returns only when it did nothing (already switched, or a step failed,
-/// which is logged: containers then fail to start, the agent still serves).
+/// Moves the agent's root from the initramfs (the kernel's `rootfs`, which pivot_root(2) refuses to leave)
+/// onto an empty tmpfs: tmpfs on /newroot, unlink /init (the running agent keeps its pages; they come back
+/// when it exits), move the tmpfs onto /, chroot. Containers can then pivot_root out of the agent's root.
+/// The agent runs on from the initramfs's pages: nothing is copied or re-executed (under TCG a copy and a
+/// second exec cost about 60 ms of boot), and its helpers start through /proc/self/exe, which does not
+/// need a path. A failed step is logged: containers then fail to start, the agent still serves.
 pub fn switch_root_to_tmpfs() {
-    if std::env::var_os(SWITCHED_ENV).is_some() {
-        return;
-    }
-    // A VM booted only to power off again (hull.poweroff=1) runs no container: skip the copy.
-    let proc_dir = Path::new("/proc");
-    let _ = std::fs::create_dir_all(proc_dir);
-    if crate::sys::mount(Some("proc"), proc_dir, Some("proc"), 0, None).is_ok() {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let _ = crate::sys::umount_detach(proc_dir);
-        if wants_poweroff(&cmdline) {
-            return;
-        }
-    }
     let new = Path::new("/newroot");
     let step = |what: &str, r: std::io::Result<()>| -> bool {
         if let Err(e) = r {
@@ -47,7 +32,6 @@ pub fn switch_root_to_tmpfs() {
     };
     if !step("mkdir", std::fs::create_dir_all(new))
         || !step("mount", crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")))
-        || !step("copy /init", std::fs::copy("/init", new.join("init")).map(drop))
     {
         return;
     }
@@ -56,7 +40,7 @@ pub fn switch_root_to_tmpfs() {
     }
     let _ = std::fs::remove_file("/init");
     let dot = c".";
-    // SAFETY: chdir/mount/chroot/execve with valid C strings and NULL-terminated arrays that outlive them.
+    // SAFETY: chdir/mount/chroot with valid NUL-terminated C strings that outlive the calls.
     unsafe {
         let newc = crate::sys::cpath(new).unwrap_or_default();
         if libc::chdir(newc.as_ptr()) != 0
@@ -65,14 +49,8 @@ pub fn switch_root_to_tmpfs() {
             || libc::chdir(c"/".as_ptr()) != 0
         {
             log(&format!("cannot switch to a tmpfs root: {}", std::io::Error::last_os_error()));
-            return;
         }
-        let argv = [c"/init".as_ptr(), std::ptr::null()];
-        let env = c"HULL_ROOT_SWITCHED=1";
-        let envp = [env.as_ptr(), std::ptr::null()];
-        libc::execve(c"/init".as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    log(&format!("re-executing /init on the tmpfs root failed: {}", std::io::Error::last_os_error()));
 }
 
 /// Mounts what every guest needs. Failures are logged and the boot goes on.
