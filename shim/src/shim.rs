@@ -144,3 +144,31 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
     let _ = std::fs::remove_file(bundle.join(VM_RECORD));
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once the task service says the last task is gone, the serving process removes its own socket, even
+    /// when the bundle (whose `address` file the library relies on) is already deleted.
+    #[test]
+    fn serving_shim_removes_its_socket_when_told_to_exit() {
+        let dir = std::env::temp_dir().join(format!("hull-shim-socket-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut shim = HullShim {
+            namespace: "default".into(),
+            id: "c1".into(),
+            bundle: dir.join("gone").to_string_lossy().into_owned(),
+            address: String::new(),
+            socket: format!("unix://{}", sock.display()),
+            exit: Arc::new(ExitSignal::default()),
+        };
+        shim.exit.signal();
+        shim.wait();
+        let still_there = sock.exists();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!still_there, "socket {} left behind", sock.display());
+    }
+}
