@@ -288,7 +288,8 @@ fn ctr_run_echo_status_and_writes() {
     ]);
 }
 
-/// `ctr run -t`: the container has a terminal; its output and exit status come back.
+/// `ctr run -t`: the container has a terminal, sized by ctr through ResizePty; its output and exit status come
+/// back.
 #[test]
 fn ctr_run_tty() {
     require_root!("ctr_run_tty");
@@ -296,10 +297,13 @@ fn ctr_run_tty() {
     s.ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("tty-{}", std::process::id());
     let cfg = s.shim_config.to_string_lossy().to_string();
-    // ctr -t wants a terminal on its side: `script` gives it one.
+    // ctr -t wants a terminal on its side: `script` gives it one, sized 33x101 so that ctr's ResizePty to its
+    // own terminal size shows in the container's `stty size` (the shim's ResizePty reaching the guest pty).
     let ctr = format!(
-        "ctr --address {} run --rm -t --runtime {RUNTIME} --runtime-config-path {cfg} {BUSYBOX_IMAGE} {id} \
-         sh -c 'tty; uname -r; exit 4'",
+        "stty rows 33 cols 101; \
+         ctr --address {} run --rm -t --runtime {RUNTIME} --runtime-config-path {cfg} {BUSYBOX_IMAGE} {id} \
+         sh -c 'tty; uname -r; i=0; while [ \"$(stty size)\" != \"33 101\" ] && [ $i -lt 100 ]; do \
+         sleep 0.1; i=$((i+1)); done; stty size; exit 4'",
         s.ctd.socket().display()
     );
     let mut cmd = std::process::Command::new("script");
@@ -318,6 +322,7 @@ fn ctr_run_tty() {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     assert!(lines.next().unwrap_or_default().starts_with("/dev/pts/"), "{text}");
     assert_guest_kernel(lines.next().unwrap_or_default(), "ctr run -t");
+    assert_eq!(lines.next().map(str::trim), Some("33 101"), "terminal size after ResizePty: {text}");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
 
