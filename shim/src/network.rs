@@ -21,6 +21,8 @@ pub enum NetError {
     Command { cmd: String, detail: String },
     #[error("the pod's network namespace has no interface besides lo")]
     NoInterface,
+    #[error("network namespace {0} is the host's (or the shim's own): its traffic will not be redirected into a VM")]
+    HostNamespace(String),
 }
 
 pub struct PodNetwork {
@@ -70,6 +72,7 @@ fn json(netns: &Path, args: &[&str]) -> Result<Vec<Value>, NetError> {
 
 /// Reads the pod's interface, creates the TAP and the redirects; returns what the guest must be told.
 pub fn setup(netns: &Path, hostname: Option<&str>, dns: Vec<String>) -> Result<PodNetwork, NetError> {
+    refuse_host_namespace(netns)?;
     let links = json(netns, &["ip", "-j", "link", "show"])?;
     let link = links
         .iter()
@@ -108,30 +111,56 @@ pub fn setup(netns: &Path, hostname: Option<&str>, dns: Vec<String>) -> Result<P
     guest.dns_servers = dns;
     guest.hostname = hostname.unwrap_or_default().to_string();
 
-    let mtu_s = mtu.to_string();
-    let _ = in_netns(netns, &["ip", "link", "del", TAP]);
-    in_netns(netns, &["ip", "tuntap", "add", "dev", TAP, "mode", "tap"])?;
-    in_netns(netns, &["ip", "link", "set", TAP, "mtu", &mtu_s, "up"])?;
-    for (from, to) in [(veth.as_str(), TAP), (TAP, veth.as_str())] {
-        let _ = in_netns(netns, &["tc", "qdisc", "del", "dev", from, "ingress"]);
-        in_netns(netns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
-        in_netns(
-            netns,
-            &[
-                "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u8", "0",
-                "0", "action", "mirred", "egress", "redirect", "dev", to,
-            ],
-        )?;
-    }
-    Ok(PodNetwork {
+    let net = PodNetwork {
         netns: netns.to_path_buf(),
         veth,
         mac,
         guest,
-    })
+    };
+    if let Err(e) = net.redirect(mtu) {
+        net.teardown();
+        return Err(e);
+    }
+    Ok(net)
+}
+
+/// A spec may name any namespace file: the one the shim (or the host's init) lives in would have the host's
+/// own interface redirected into the VM. CNI always makes the pod a namespace of its own.
+fn refuse_host_namespace(netns: &Path) -> Result<(), NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(netns).map_err(|e| NetError::Netns(netns.display().to_string(), e))?;
+    for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if let Ok(m) = std::fs::metadata(own) {
+            if (m.dev(), m.ino()) == (target.dev(), target.ino()) {
+                return Err(NetError::HostNamespace(netns.display().to_string()));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl PodNetwork {
+    /// Creates the TAP and the tc redirects between it and the veth.
+    fn redirect(&self, mtu: u32) -> Result<(), NetError> {
+        let (netns, veth) = (self.netns.as_path(), self.veth.as_str());
+        let mtu_s = mtu.to_string();
+        let _ = in_netns(netns, &["ip", "link", "del", TAP]);
+        in_netns(netns, &["ip", "tuntap", "add", "dev", TAP, "mode", "tap"])?;
+        in_netns(netns, &["ip", "link", "set", TAP, "mtu", &mtu_s, "up"])?;
+        for (from, to) in [(veth, TAP), (TAP, veth)] {
+            let _ = in_netns(netns, &["tc", "qdisc", "del", "dev", from, "ingress"]);
+            in_netns(netns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+            in_netns(
+                netns,
+                &[
+                    "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u8",
+                    "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Removes the TAP and the veth's redirect (the namespace itself is CNI's).
     pub fn teardown(&self) {
         let _ = in_netns(&self.netns, &["tc", "qdisc", "del", "dev", &self.veth, "ingress"]);
@@ -155,5 +184,11 @@ mod tests {
     fn nameservers_are_read_strictly() {
         let t = "search x\nnameserver 10.0.0.10\nnameserver bogus\n  nameserver 1.1.1.1 \n";
         assert_eq!(super::nameservers(t), vec!["10.0.0.10", "1.1.1.1"]);
+    }
+
+    #[test]
+    fn the_shims_own_network_namespace_is_refused() {
+        let e = super::setup(std::path::Path::new("/proc/self/ns/net"), None, Vec::new()).err();
+        assert!(matches!(e, Some(super::NetError::HostNamespace(_))), "{e:?}");
     }
 }
