@@ -101,6 +101,17 @@ fn runs(pid: i32, comm: &[&str]) -> bool {
     state != 'Z' && state != 'X' && comm.contains(&name)
 }
 
+/// Whether the command line of `pid` has an argument inside `dir` (a VM process's sockets and logs are).
+fn names_dir(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = dir.to_string_lossy();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|a| String::from_utf8_lossy(a).contains(needle.as_ref()))
+}
+
 /// The shim grouping of the container whose bundle is `bundle`: its pod's sandbox id, else its own id.
 fn grouping(bundle: &Path, id: &str) -> String {
     std::fs::read_to_string(bundle.join("config.json"))
@@ -125,20 +136,28 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
         // The pod's shim still serves other containers; the VM is its to stop.
         return false;
     }
+    // Only directories the shim makes (RunDir's `hull-run-*`), so a damaged record cannot remove others.
+    let work_dir = rec["work_dir"]
+        .as_str()
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hull-run-")));
     for pid in rec["vm_pids"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|p| p.as_i64())
     {
-        let pid = pid as i32;
-        if pid > 0 && runs(pid, &["qemu-system-x86", "hull"]) {
+        let Ok(pid) = i32::try_from(pid) else { continue };
+        // The VM's processes die with the shim, so their PIDs may have been reused by now, perhaps by another
+        // pod's VM: kill only a process whose command line names this VM's directory.
+        let ours = work_dir.as_ref().is_some_and(|d| names_dir(pid, d));
+        if pid > 0 && ours && runs(pid, &["qemu-system-x86", "hull"]) {
             log::warn!("container {id}: the shim is gone; killing its VM process {pid}");
             // SAFETY: plain kill(2) of a PID checked to run a VM process just above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    if let Some(dir) = rec["work_dir"].as_str() {
+    if let Some(dir) = work_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
     let _ = std::fs::remove_file(bundle.join(VM_RECORD));
