@@ -178,18 +178,26 @@ impl Service {
         let me = self.clone();
         let (id, exec) = (id.to_string(), exec.to_string());
         std::thread::spawn(move || {
-            let status = Agent::connect(&uds, Duration::from_secs(10))
-                .and_then(|a| a.wait(&id, &exec))
-                .map(|w| {
-                    if w.oom_killed {
-                        me.oom(&id);
+            // A broken connection while the VM still runs is retried a few times: reporting 137 for a
+            // process that still runs would have it restarted next to itself.
+            let mut attempts = 0;
+            let status = loop {
+                let r = Agent::connect(&uds, Duration::from_secs(10)).and_then(|a| a.wait(&id, &exec));
+                attempts += 1;
+                match r {
+                    Err(e) if attempts < 5 && me.vm_running() => {
+                        log::warn!("waiting for {id}/{exec}: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
                     }
-                    if w.signal > 0 {
-                        128 + w.signal.min(127) as u32
-                    } else {
-                        w.exit_code.clamp(0, 255) as u32
-                    }
-                });
+                    r => break r,
+                }
+            };
+            let status = status.map(|w| {
+                if w.oom_killed {
+                    me.oom(&id);
+                }
+                exit_status(w.exit_code, w.signal)
+            });
             let outputs = {
                 let mut st = me.lock();
                 st.containers
@@ -208,6 +216,12 @@ impl Service {
             };
             me.exited(&id, &exec, status);
         });
+    }
+
+    /// Whether the pod's VM still runs.
+    fn vm_running(&self) -> bool {
+        let mut st = self.lock();
+        st.pod.as_mut().is_some_and(|p| !p.dead && p.vm.alive())
     }
 
     /// Watches the VM: when its process ends, every process still running has exited with 137.
@@ -429,6 +443,19 @@ impl Service {
             p.shutdown();
         }
         self.0.exit.signal();
+    }
+}
+
+/// The status containerd gets for the agent's report: 128+N for signal N, else the exit code; a code no
+/// process can have (the guest is not trusted) is reported as 255, never as success.
+fn exit_status(exit_code: i32, signal: i32) -> u32 {
+    if signal > 0 {
+        128 + signal.min(127) as u32
+    } else if (0..=255).contains(&exit_code) {
+        exit_code as u32
+    } else {
+        log::warn!("the agent reported exit code {exit_code}; reporting 255");
+        255
     }
 }
 
@@ -854,5 +881,20 @@ impl Task for Service {
     fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         self.maybe_finish();
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_status;
+
+    #[test]
+    fn exit_statuses_follow_the_shell_convention_and_bogus_codes_are_not_success() {
+        assert_eq!(exit_status(0, 0), 0);
+        assert_eq!(exit_status(3, 0), 3);
+        assert_eq!(exit_status(0, 9), 137);
+        assert_eq!(exit_status(0, 1000), 255);
+        assert_eq!(exit_status(-1, 0), 255);
+        assert_eq!(exit_status(256, 0), 255);
     }
 }
