@@ -206,13 +206,13 @@ mod tests {
                 "lowerdir=/l/2:/l/1",
             ],
         );
-        let s = source(&[m.clone()], Path::new("/b"), None).unwrap();
+        let s = source(std::slice::from_ref(&m), Path::new("/b"), None).unwrap();
         assert_eq!(s, Source::Layers(vec!["/l/2".into(), "/l/1".into()]));
         assert_eq!(cache_key(&["/l/2".into(), "/l/1".into()]).len(), 32);
         assert_ne!(cache_key(&["/l/2".into()]), cache_key(&["/l/1".into()]));
         std::fs::write(d.join("upper/file"), "x").unwrap();
         assert!(matches!(
-            source(&[m.clone()], Path::new("/b"), None).unwrap(),
+            source(std::slice::from_ref(&m), Path::new("/b"), None).unwrap(),
             Source::Dir { upper: Some(_), .. }
         ));
         assert_eq!(

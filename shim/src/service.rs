@@ -548,8 +548,13 @@ impl Task for Service {
                 .execs
                 .get_mut(&req.exec_id)
                 .ok_or_else(|| not_found(&req.id, &req.exec_id))?;
-            p.attach(&agent, &uds, &req.id, &req.exec_id)
-                .map_err(|e| err(Code::INTERNAL, e))?;
+            if let Err(e) = p.attach(&agent, &uds, &req.id, &req.exec_id) {
+                // The program already runs in the guest: end it and follow it, so Wait and Delete see it go.
+                drop(st);
+                let _ = agent.signal(&req.id, &req.exec_id, libc::SIGKILL as u32, false);
+                self.watch(&req.id, &req.exec_id, uds);
+                return Err(err(Code::INTERNAL, e));
+            }
         }
         {
             let mut st = self.lock();
@@ -627,6 +632,8 @@ impl Task for Service {
                 c.execs.remove(&req.exec_id);
             }
         }
+        // A Wait still pending on what was deleted answers "not found" now instead of hanging.
+        self.0.changed.notify_all();
         let mut resp = DeleteResponse::new();
         resp.pid = pid;
         resp.exit_status = status;
