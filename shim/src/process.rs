@@ -108,6 +108,31 @@ impl Proc {
     }
 }
 
+/// Checks containerd's stdio addresses: FIFO paths (also as `fifo://`) and `file://` logs (ctr's
+/// `--log-uri file://...`) are served; `binary://` loggers and other schemes are refused with a clear error
+/// rather than their output being dropped.
+pub fn check_stdio_uris(stdin: &str, stdout: &str, stderr: &str) -> Result<(), String> {
+    for (u, outputs) in [(stdin, false), (stdout, true), (stderr, true)] {
+        if let Some((scheme, _)) = u.split_once("://") {
+            if scheme != "fifo" && !(outputs && scheme == "file") {
+                return Err(format!(
+                    "stdio address {u:?}: only FIFO paths (and file:// logs for output) are supported"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens an output address for writing: a FIFO (containerd holds its read side open already, so this does
+/// not block), or a `file://` log, created or appended to.
+fn open_output(uri: &str) -> std::io::Result<std::fs::File> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return OpenOptions::new().create(true).append(true).open(path);
+    }
+    OpenOptions::new().write(true).open(uri.strip_prefix("fifo://").unwrap_or(uri))
+}
+
 fn io_agent(e: std::io::Error) -> AgentError {
     AgentError::Stdio {
         stream: "terminal",
@@ -117,8 +142,7 @@ fn io_agent(e: std::io::Error) -> AgentError {
 
 /// Guest stream → containerd's output FIFO, until the guest side ends.
 fn copy_out(mut from: UnixStream, fifo: &str) {
-    // containerd holds the read side open already; opening for write does not block then.
-    let mut to = match OpenOptions::new().write(true).open(fifo) {
+    let mut to = match open_output(fifo) {
         Ok(f) => f,
         Err(e) => {
             log::warn!("opening the output FIFO {fifo}: {e}");
@@ -155,7 +179,7 @@ fn pump_in(fifo: &str, mut to: UnixStream, closed: Arc<AtomicBool>, closer: Opti
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(fifo)
+        .open(fifo.strip_prefix("fifo://").unwrap_or(fifo))
     {
         Ok(f) => f,
         Err(e) => {
@@ -198,4 +222,30 @@ fn pump_in(fifo: &str, mut to: UnixStream, closed: Arc<AtomicBool>, closer: Opti
         let _ = agent.close_stdin(&cid, &exec, total);
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_addresses_are_fifos_or_file_logs() {
+        assert!(check_stdio_uris("/run/fifo/in", "/run/fifo/out", "").is_ok());
+        assert!(check_stdio_uris("fifo:///run/fifo/in", "file:///var/log/c.log", "fifo:///run/fifo/err").is_ok());
+        let e = check_stdio_uris("", "binary:///usr/bin/logger?id=1", "").unwrap_err();
+        assert!(e.contains("binary://"), "{e}");
+        assert!(check_stdio_uris("file:///etc/passwd", "", "").is_err(), "stdin from a file is not served");
+    }
+
+    #[test]
+    fn file_logs_are_created_and_appended_to() {
+        let path = std::env::temp_dir().join(format!("hull-shim-log-{}", std::process::id()));
+        let uri = format!("file://{}", path.display());
+        for line in ["one\n", "two\n"] {
+            open_output(&uri).unwrap().write_all(line.as_bytes()).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(text, "one\ntwo\n");
+    }
 }

@@ -269,6 +269,7 @@ impl Service {
 
     fn create_inner(&self, req: &CreateTaskRequest) -> Result<u32, String> {
         hull_agent_protocol::ids::validate_id(&req.id).map_err(|e| format!("container id {:?}: {e}", req.id))?;
+        crate::process::check_stdio_uris(&req.stdin, &req.stdout, &req.stderr)?;
         let bundle = Path::new(&req.bundle);
         let spec_text = std::fs::read_to_string(bundle.join("config.json"))
             .map_err(|e| format!("reading {}/config.json: {e}", req.bundle))?;
@@ -725,6 +726,8 @@ impl Task for Service {
         let mut process: serde_json::Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("the exec's process spec: {e}")))?;
         guest_spec::strip_process_labels(&mut process);
+        crate::process::check_stdio_uris(&req.stdin, &req.stdout, &req.stderr)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
         {
             let mut st = self.lock();
             let c = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id, ""))?;

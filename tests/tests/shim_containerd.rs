@@ -203,7 +203,8 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// `ctr run --rm IMG id echo hello` prints hello; the exit status propagates; the rootfs image is cached;
-/// container writes are private and gone after delete; stdin reaches the container byte for byte.
+/// container writes are private and gone after delete; `--log-uri file://` output lands in the file; stdin
+/// reaches the container byte for byte.
 #[test]
 fn ctr_run_echo_status_and_writes() {
     require_root!("ctr_run_echo_status_and_writes");
@@ -239,6 +240,14 @@ fn ctr_run_echo_status_and_writes() {
     let out = s.ctr_run(&["--rm", BUSYBOX_IMAGE, &id3, "sh", "-c", "ls /written 2>&1; true"]);
     assert!(out.stdout.contains("No such file"), "{out:?}");
     assert_eq!(std::fs::read_dir(&images).unwrap().count(), 1);
+
+    // `--log-uri file://` sends the output to a file, as with runc.
+    let id5 = format!("log-{pid}");
+    let log = s.ctd.dir().join(format!("{id5}.log"));
+    let uri = format!("file://{}", log.display());
+    let out = s.ctr_run(&["--rm", "--log-uri", &uri, BUSYBOX_IMAGE, &id5, "sh", "-c", "echo to-the-log"]);
+    assert!(out.success(), "{out:?}\n{}", s.ctd.report());
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "to-the-log\n", "{out:?}");
 
     // stdin: ctr attaches its own stdin; 1 MiB of every byte value goes through and back, and the end of
     // ctr's stdin (CloseIO) ends the container's `cat`.
@@ -285,6 +294,7 @@ fn ctr_run_echo_status_and_writes() {
         (CTR_NAMESPACE, &id2),
         (CTR_NAMESPACE, &id3),
         (CTR_NAMESPACE, &id4),
+        (CTR_NAMESPACE, &id5),
     ]);
 }
 
