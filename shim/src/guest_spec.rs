@@ -15,12 +15,29 @@
 //!
 //! Everything here is data from containerd's client (the spec) and treated as untrusted input: no panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 pub const MAX_FILE: u64 = 1 << 20;
 pub const MAX_FILES: usize = 64;
+
+/// Reads a file mount's source, at most [`MAX_FILE`] bytes: the size checked before may have grown since,
+/// and files like /proc/kmsg claim 0 bytes and never end (non-blocking, they answer EAGAIN instead).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let mut content = Vec::new();
+    f.take(MAX_FILE + 1).read_to_end(&mut content)?;
+    if content.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!("grew past {MAX_FILE} bytes")));
+    }
+    Ok(content)
+}
 
 /// A file copied into the guest.
 pub struct CopiedFile {
@@ -124,7 +141,7 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
             }
             match std::fs::metadata(&source) {
                 Ok(md) if md.is_file() && md.len() <= MAX_FILE && files.len() < MAX_FILES => {
-                    let content = std::fs::read(&source)
+                    let content = read_bounded(&source)
                         .map_err(|e| format!("reading mount source {}: {e}", source.display()))?;
                     let name = format!("f{}", files.len());
                     use std::os::unix::fs::PermissionsExt;
@@ -188,6 +205,25 @@ pub fn vm_size(spec: &Value, cfg: &crate::config::ShimConfig) -> (u8, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_mounts_are_read_within_the_limit_and_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("hull-shim-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        assert_eq!(read_bounded(&small).unwrap(), b"abc");
+        let big = dir.join("big");
+        std::fs::write(&big, vec![0u8; MAX_FILE as usize + 1]).unwrap();
+        assert!(read_bounded(&big).is_err());
+        // A FIFO with no writer: the non-blocking open and read return at once (empty) instead of hanging.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_bounded(&fifo).unwrap(), b"");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn namespaces_mounts_and_labels_are_fitted() {
