@@ -31,6 +31,10 @@ impl From<Backend> for BackendKind {
     }
 }
 
+/// Disk slots a VM can have besides its rootfs: QEMU's microvm has 8 virtio-mmio transports, and the rootfs,
+/// vsock and net take 3.
+pub const MAX_SLOTS: usize = 5;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShimConfig {
@@ -117,7 +121,7 @@ impl ShimConfig {
         if c.default_memory_mib < 64 || c.default_memory_mib > c.max_memory_mib {
             return bad("default_memory_mib must be 64..=max_memory_mib");
         }
-        if c.pod_slots > 5 {
+        if c.pod_slots > MAX_SLOTS {
             return bad(
                 "pod_slots must be at most 5 (QEMU's microvm has 8 virtio-mmio slots: rootfs, vsock, net and 5)",
             );

@@ -282,6 +282,13 @@ impl Service {
             log::warn!("container {}: {w}", req.id);
         }
         let src = rootfs::source(&req.rootfs, bundle, g.spec["root"]["path"].as_str()).map_err(|e| e.to_string())?;
+        if g.volumes.len() > crate::config::MAX_SLOTS {
+            return Err(format!(
+                "{} directory mounts; a VM takes at most {} (each is a disk of its own)",
+                g.volumes.len(),
+                crate::config::MAX_SLOTS
+            ));
+        }
 
         let mut st = self.lock();
         if st.containers.contains_key(&req.id) {
