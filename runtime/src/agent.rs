@@ -12,6 +12,9 @@ use hull_agent_protocol::stdio::{StdioRequest, Stream};
 use hull_agent_protocol::ttrpc::{self, context};
 use hull_agent_protocol::{hybrid, STDIO_PORT};
 
+/// How long the guest may take to answer a stdio stream request.
+const STDIO_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -201,10 +204,13 @@ impl Agent {
             exec_id: exec.into(),
             stream,
         };
+        // The guest answers the stream request at once; one that never does must not hang the caller.
+        let _ = s.set_read_timeout(Some(STDIO_ANSWER_TIMEOUT));
         hull_agent_protocol::stdio::open(&mut s, &req).map_err(|source| AgentError::Stdio {
             stream: stream.as_str(),
             source,
         })?;
+        let _ = s.set_read_timeout(None);
         Ok(s)
     }
 }
