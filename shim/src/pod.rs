@@ -72,6 +72,9 @@ struct Disk {
     key: String,
     users: usize,
     slot: bool,
+    /// An image made for this VM alone (a volume's), deleted once no container uses it: the VM's device
+    /// backend keeps it open until the slot gets another image, and the directory may be on tmpfs.
+    own_image: Option<PathBuf>,
 }
 
 pub struct Pod {
@@ -215,6 +218,7 @@ impl Pod {
             key: req.rootfs_key,
             users: 0,
             slot: false,
+            own_image: None,
         }];
         for i in 0..slots {
             disks.push(Disk {
@@ -223,6 +227,7 @@ impl Pod {
                 key: String::new(),
                 users: 0,
                 slot: true,
+                own_image: None,
             });
         }
         Ok(Pod {
@@ -239,9 +244,8 @@ impl Pod {
     /// The guest device holding `key` (attaching `image` to a free slot when no disk holds it yet); one
     /// more user of it.
     pub fn disk_for(&mut self, key: &str, image: &Path, read_only: bool) -> Result<String, PodError> {
-        if let Some(d) = self.disks.iter_mut().find(|d| d.key == key) {
-            d.users += 1;
-            return Ok(backend::guest_device(self.kind, d.index, &d.id));
+        if let Some(device) = self.reuse_disk(key) {
+            return Ok(device);
         }
         let d = self
             .disks
@@ -251,7 +255,15 @@ impl Pod {
         self.vm.attach_disk(&d.id, image, read_only)?;
         d.key = key.to_string();
         d.users = 1;
+        d.own_image = image.starts_with(self.dir.path()).then(|| image.to_path_buf());
         Ok(backend::guest_device(self.kind, d.index, &d.id))
+    }
+
+    /// The guest device of a disk already holding `key`, with one more user; `None` when no disk holds it.
+    pub fn reuse_disk(&mut self, key: &str) -> Option<String> {
+        let d = self.disks.iter_mut().find(|d| !d.key.is_empty() && d.key == key)?;
+        d.users += 1;
+        Some(backend::guest_device(self.kind, d.index, &d.id))
     }
 
     /// One user less of the disk holding `key`; a slot nobody uses is free again.
@@ -260,6 +272,9 @@ impl Pod {
             d.users = d.users.saturating_sub(1);
             if d.users == 0 && d.slot {
                 d.key.clear();
+                if let Some(image) = d.own_image.take() {
+                    let _ = std::fs::remove_file(image);
+                }
             }
         }
     }

@@ -374,20 +374,26 @@ impl Service {
             creq.container_id = req.id.clone();
             creq.rootfs = Some(rootfs).into();
             for (i, v) in g.volumes.iter().enumerate() {
-                let vol = hull_runtime::image::prepare(&v.source, pod.dir.path(), &format!("vol-{}-{i}", req.id))
-                    .map_err(|e| format!("packing volume {}: {e}", v.destination))?;
                 let key = format!("vol:{}", v.source.display());
-                let device = pod
-                    .disk_for(
-                        &key,
-                        &vol.path,
-                        v.read_only || pod.kind == hull_runtime::backend::BackendKind::Kvm,
-                    )
-                    .map_err(|e| format!("volume {}: {e}", v.destination))?;
+                // Another container of the pod may have this volume's disk already: no second copy then.
+                let (device, fstype) = match pod.reuse_disk(&key) {
+                    Some(device) => (device, "ext4"),
+                    None => {
+                        let vol =
+                            hull_runtime::image::prepare(&v.source, pod.dir.path(), &format!("vol-{}-{i}", req.id))
+                                .map_err(|e| format!("packing volume {}: {e}", v.destination))?;
+                        let read_only = v.read_only || pod.kind == hull_runtime::backend::BackendKind::Kvm;
+                        let device = pod.disk_for(&key, &vol.path, read_only).map_err(|e| {
+                            let _ = std::fs::remove_file(&vol.path);
+                            format!("volume {}: {e}", v.destination)
+                        })?;
+                        (device, vol.fstype)
+                    }
+                };
                 held.push(key);
                 let mut m = Storage::new();
                 m.device = device;
-                m.fstype = vol.fstype.into();
+                m.fstype = fstype.into();
                 m.read_only = v.read_only;
                 m.container_path = v.destination.clone();
                 creq.mounts.push(m);

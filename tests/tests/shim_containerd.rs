@@ -469,19 +469,29 @@ fn cri_pod_two_containers_one_vm() {
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
     assert_eq!(s.vm_count(), 1, "the sandbox's VM");
     let vms_after_sandbox = s.vm_pids();
+    // Both containers mount the same host directory (a hostPath volume): the pod packs it into one disk.
+    let shared = s.ctd.dir().join("shared-volume");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("note"), "from the host\n").unwrap();
     let mut ids = Vec::new();
     for name in ["first", "second"] {
+        let mut config = cri.container_config(
+            name,
+            BUSYBOX_IMAGE,
+            &[
+                "sh",
+                "-c",
+                &format!("echo {name} > /tmp/me; echo out-{name}; echo err-{name} >&2; sleep 1000"),
+            ],
+        );
+        config.mounts.push(k8s_cri::v1::Mount {
+            container_path: "/shared".into(),
+            host_path: shared.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        });
         let id = cri
-            .create_container(
-                &pod,
-                name,
-                BUSYBOX_IMAGE,
-                &[
-                    "sh",
-                    "-c",
-                    &format!("echo {name} > /tmp/me; echo out-{name}; echo err-{name} >&2; sleep 1000"),
-                ],
-            )
+            .create_container_with(&pod, config)
             .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
         cri.start_container(&id)
             .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
@@ -494,7 +504,7 @@ fn cri_pod_two_containers_one_vm() {
         let out = cri
             .exec_sync(
                 id,
-                &["sh", "-c", "uname -r; sleep 0.2; cat /tmp/me"],
+                &["sh", "-c", "uname -r; sleep 0.2; cat /tmp/me; cat /shared/note"],
                 Duration::from_secs(60),
             )
             .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
@@ -502,7 +512,9 @@ fn cri_pod_two_containers_one_vm() {
         let mut lines = out.stdout.lines();
         assert_guest_kernel(lines.next().unwrap_or_default(), "ExecSync");
         assert_eq!(lines.next(), Some(name), "each container has its own rootfs: {out:?}");
+        assert_eq!(lines.next(), Some("from the host"), "the hostPath volume: {out:?}");
     }
+    assert_eq!(volume_images(&s).len(), 1, "one disk image for the volume both containers mount");
     // CRI opened both output FIFOs: the container log has stdout and stderr lines.
     let log_dir = PathBuf::from(&pod.config.log_directory);
     for name in ["first", "second"] {
@@ -547,6 +559,15 @@ fn cri_pod_two_containers_one_vm() {
                 .is_some_and(|u| u.value > 0),
         "stats from the guest: {stats:?}"
     );
+    // The volume's image goes when its last user does (the VM, on tmpfs, lives on).
+    for (i, id) in ids.iter().enumerate() {
+        cri.stop_container(id, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+        cri.remove_container(id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+        let expected = if i == 0 { 1 } else { 0 };
+        assert_eq!(volume_images(&s).len(), expected, "volume images after removing {} container(s)", i + 1);
+    }
     cri.stop_pod_sandbox(&pod.id)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
     cri.remove_pod_sandbox(&pod.id)
@@ -557,6 +578,22 @@ fn cri_pod_two_containers_one_vm() {
     let pod_id = pod.id.clone();
     drop(cri);
     s.finish(&[(CRI_NAMESPACE, &pod_id)]);
+}
+
+/// The volume images (`vol-*.ext4`) in the VM directories of this test's shims.
+fn volume_images(s: &Setup) -> Vec<PathBuf> {
+    let vms = s.ctd.dir().join("hull-vms");
+    std::fs::read_dir(vms)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.starts_with("vol-") && n.ends_with(".ext4")
+        })
+        .collect()
 }
 
 /// CNI: containerd runs in a test network namespace with a bridge network; the pod's VM gets the pod's
