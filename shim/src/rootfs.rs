@@ -121,8 +121,15 @@ pub fn prepare(src: &Source, cache: &Path, work: &Path, name: &str) -> Result<Im
                 let tmp_name = format!("{key}.tmp{}", std::process::id());
                 let built = with_merged(layers, None, work, |dir| {
                     Ok(hull_runtime::image::prepare(dir, cache, &tmp_name)?)
-                })?;
-                std::fs::rename(&built.path, &path).map_err(|e| RootfsError::Io(path.display().to_string(), e))?;
+                })
+                .and_then(|built| {
+                    std::fs::rename(&built.path, &path).map_err(|e| RootfsError::Io(path.display().to_string(), e))
+                });
+                if let Err(e) = built {
+                    // A half-made image must not stay in the cache.
+                    let _ = std::fs::remove_file(cache.join(format!("{tmp_name}.ext4")));
+                    return Err(e);
+                }
                 log::info!("packed image layers into {}", path.display());
             }
             let _ = std::fs::remove_file(cache.join(format!("{key}.lock")));
