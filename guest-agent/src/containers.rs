@@ -478,6 +478,29 @@ impl Agent {
         Ok(())
     }
 
+    /// A file given at create, as the container has left it; at most 1 MiB, and never through a symlink the
+    /// container may have put in its place.
+    pub fn read_file(&self, id: &str, name: &str) -> Result<Vec<u8>, AgentError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let c = self.container(id)?;
+        validate_id(name).map_err(|_| AgentError::BadSpec(format!("bad file name {name:?}")))?;
+        let path = c.dir.join("files").join(name);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        let mut content = Vec::new();
+        f.take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut content)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if content.len() > MAX_FILE_BYTES {
+            return Err(AgentError::BadSpec(format!("file {name} is over 1 MiB")));
+        }
+        Ok(content)
+    }
+
     pub fn start(&self, id: &str) -> Result<(), AgentError> {
         let c = self.container(id)?;
         let mut state = c.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -140,6 +140,12 @@ impl agent_ttrpc::Agent for Service {
         Ok(r)
     }
 
+    fn read_file(&self, _: &TtrpcContext, req: ReadFileRequest) -> R<ReadFileResponse> {
+        let mut r = ReadFileResponse::new();
+        r.content = self.agent.read_file(&req.container_id, &req.name).map_err(status)?;
+        Ok(r)
+    }
+
     fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> R<Empty> {
         self.agent.remove(&req.container_id).map_err(status)?;
         Ok(Empty::new())

@@ -179,6 +179,14 @@ impl Agent {
         call!(self, resize_terminal, "ResizeTerminal", r, SHORT).map(drop)
     }
 
+    /// A file given at create, as the container has left it.
+    pub fn read_file(&self, id: &str, name: &str) -> Result<Vec<u8>, AgentError> {
+        let mut r = ReadFileRequest::new();
+        r.container_id = id.into();
+        r.name = name.into();
+        call!(self, read_file, "ReadFile", r, SHORT).map(|r| r.content)
+    }
+
     pub fn remove(&self, id: &str) -> Result<(), AgentError> {
         let mut r = RemoveContainerRequest::new();
         r.container_id = id.into();

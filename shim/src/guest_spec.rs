@@ -44,6 +44,9 @@ pub struct CopiedFile {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
+    /// The host file, written back with the guest's copy when the container exits if the mount is
+    /// read-write (e.g. Kubernetes' `/dev/termination-log`).
+    pub write_back: Option<PathBuf>,
 }
 
 /// A host directory the guest gets as a disk.
@@ -149,6 +152,7 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
                         name: name.clone(),
                         content,
                         mode: md.permissions().mode() & 0o7777,
+                        write_back: (!read_only(&m)).then(|| source.clone()),
                     });
                     m["source"] = json!(format!("hull-file:{name}"));
                     out.push(m);

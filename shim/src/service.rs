@@ -41,6 +41,8 @@ struct Container {
     execs: HashMap<String, Proc>,
     /// Disk keys this container holds in the pod.
     disks: Vec<String>,
+    /// Read-write file mounts: the agent's file name and the host file it goes back to at exit.
+    write_back: Vec<(String, PathBuf)>,
 }
 
 impl Container {
@@ -198,6 +200,9 @@ impl Service {
                 }
                 exit_status(w.exit_code, w.signal)
             });
+            if exec.is_empty() && status.is_ok() {
+                me.write_back_files(&id, &uds);
+            }
             let outputs = {
                 let mut st = me.lock();
                 st.containers
@@ -216,6 +221,37 @@ impl Service {
             };
             me.exited(&id, &exec, status);
         });
+    }
+
+    /// Copies the container's read-write file mounts back to their host files (before its exit is
+    /// reported, so whoever reacts to the exit, like the kubelet reading the termination log, finds them).
+    fn write_back_files(&self, id: &str, uds: &Path) {
+        let files = {
+            let st = self.lock();
+            st.containers.get(id).map(|c| c.write_back.clone()).unwrap_or_default()
+        };
+        if files.is_empty() {
+            return;
+        }
+        let agent = match Agent::connect(uds, Duration::from_secs(10)) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("container {id}: file mounts not written back: {e}");
+                return;
+            }
+        };
+        for (name, host) in files {
+            match agent.read_file(id, &name) {
+                Ok(content) => {
+                    if std::fs::read(&host).ok().as_deref() != Some(content.as_slice()) {
+                        if let Err(e) = write_regular_file(&host, &content) {
+                            log::warn!("container {id}: writing back {}: {e}", host.display());
+                        }
+                    }
+                }
+                Err(e) => log::warn!("container {id}: reading back {}: {e}", host.display()),
+            }
+        }
     }
 
     /// Whether the pod's VM still runs.
@@ -439,6 +475,11 @@ impl Service {
                 init: proc_,
                 execs: HashMap::new(),
                 disks: held,
+                write_back: g
+                    .files
+                    .iter()
+                    .filter_map(|f| Some((f.name.clone(), f.write_back.clone()?)))
+                    .collect(),
             },
         );
         Ok(pid)
@@ -458,6 +499,21 @@ impl Service {
         }
         self.0.exit.signal();
     }
+}
+
+/// Overwrites `path` with `content`, only if it is still a regular file (not a symlink put in its place).
+fn write_regular_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    f.set_len(0)?;
+    f.write_all(content)
 }
 
 /// The status containerd gets for the agent's report: 128+N for signal N, else the exit code; a code no

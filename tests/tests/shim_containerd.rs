@@ -755,8 +755,9 @@ fn oom_kill_is_reported() {
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
 
-/// Extra OCI mounts reach the container: a host directory (packed into its own disk) and a host file
-/// (copied), read-only as asked; the host directory is never written.
+/// Extra OCI mounts reach the container: a host directory (packed into its own disk) and host files
+/// (copied), read-only as asked; the host directory is never written; a read-write file mount is copied
+/// back to the host when the container exits.
 #[test]
 fn ctr_run_with_host_mounts() {
     require_root!("ctr_run_with_host_mounts");
@@ -770,22 +771,32 @@ fn ctr_run_with_host_mounts() {
     let id = format!("mounts-{}", std::process::id());
     let dir_mount = format!("type=bind,src={},dst=/data,options=rbind:ro", host.display());
     let file_mount = format!("type=bind,src={},dst=/etc/app.conf,options=rbind:ro", file.display());
+    // A read-write file mount, like Kubernetes' /dev/termination-log: what the container wrote is on the
+    // host once the container has exited.
+    let log = s.ctd.dir().join("termination-log");
+    std::fs::write(&log, "").unwrap();
+    let log_mount = format!("type=bind,src={},dst=/dev/termination-log,options=rbind:rw", log.display());
     let out = s.ctr_run(&[
         "--rm",
         "--mount",
         &dir_mount,
         "--mount",
         &file_mount,
+        "--mount",
+        &log_mount,
         BUSYBOX_IMAGE,
         &id,
         "sh",
         "-c",
-        "cat /data/sub/hello.txt /etc/app.conf; touch /data/x 2>/dev/null && echo writable || echo read-only; uname -r",
+        "cat /data/sub/hello.txt /etc/app.conf; touch /data/x 2>/dev/null && echo writable || echo read-only; uname -r; \
+         echo 'last words' > /dev/termination-log",
     ]);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(&lines[..3], &["from the host", "key=value", "read-only"], "{out:?}");
     assert_guest_kernel(lines.get(3).copied().unwrap_or_default(), "mounts");
     assert!(!host.join("x").exists());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "last words\n", "the read-write file mount, written back");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=value\n");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
