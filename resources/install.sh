@@ -29,9 +29,9 @@ fi
 profile="${HULL_PROFILE:-release}"
 say "building hull and containerd-shim-hull-v2 ($profile)"
 if [ "$profile" = release ]; then
-  (cd "$here" && cargo build --release -p api-server -p containerd-shim-hull-v2 >&2)
+  (cd "$here" && cargo build --release -p hull -p containerd-shim-hull-v2 >&2)
 else
-  (cd "$here" && cargo build -p api-server -p containerd-shim-hull-v2 >&2)
+  (cd "$here" && cargo build -p hull -p containerd-shim-hull-v2 >&2)
 fi
 install -D -m 0755 "$here/target/$profile/hull" "$prefix/bin/hull"
 install -D -m 0755 "$here/target/$profile/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"

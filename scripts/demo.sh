@@ -25,7 +25,7 @@ guest=$(bash resources/build-guest.sh)
 kernel=$(sed -n 's/^kernel=//p' <<<"$guest" | tail -n 1)
 initrd=$(sed -n 's/^initrd=//p' <<<"$guest" | tail -n 1)
 log "building hull (cargo build --release)"
-cargo build --release --quiet -p api-server
+cargo build --release --quiet -p hull
 hull=target/release/hull
 
 work=$(mktemp -d)

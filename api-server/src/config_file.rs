@@ -11,7 +11,7 @@ use vmm::{BootSourceConfig, MachineConfig};
 
 use crate::devices;
 use crate::instance::{Instance, InstanceError};
-use crate::logging::{LoggerConfig, MetricsConfig};
+use crate::logger::{LoggerConfig, MetricsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {

@@ -12,7 +12,7 @@ use vmm::{
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};
-use crate::logging::{LoggerConfig, MetricsConfig};
+use crate::logger::{LoggerConfig, MetricsConfig};
 
 /// The `app_name` reported by `GET /`.
 pub const APP_NAME: &str = "hull";

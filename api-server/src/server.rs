@@ -15,7 +15,6 @@ use vmm::ExitReason;
 use crate::http::{self, Parsed, Response, MAX_REQUEST_SIZE};
 use crate::instance::Instance;
 use crate::routes;
-use crate::signals::SignalFd;
 
 /// Connections served at once; more are accepted and closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -101,8 +100,19 @@ impl Outcome {
     }
 }
 
+/// Where the main loop learns that hull must stop: a descriptor that is readable while a termination signal
+/// is pending (the `hull` binary uses a signalfd), and a way to take that signal.
+pub trait TerminationSignals: AsRawFd {
+    /// The number of a pending termination signal, if any; it is consumed.
+    fn take(&self) -> Option<i32>;
+}
+
 /// Serves the API on `socket` (if any) until the guest ends or a termination signal arrives.
-pub fn run(instance: &mut Instance, socket: Option<&ApiSocket>, signals: &SignalFd) -> Result<Outcome, ServerError> {
+pub fn run(
+    instance: &mut Instance,
+    socket: Option<&ApiSocket>,
+    signals: &impl TerminationSignals,
+) -> Result<Outcome, ServerError> {
     let mut connections: Vec<Connection> = Vec::new();
     loop {
         // Fixed slots first: signals, guest exit, listener; then one per connection.

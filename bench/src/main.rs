@@ -125,7 +125,7 @@ fn find_hull(explicit: Option<PathBuf>) -> Result<PathBuf> {
     };
     candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| {
         BenchError::env(format!(
-            "no hull binary (looked at {}); build it with `cargo build --release -p api-server`, or pass --hull PATH",
+            "no hull binary (looked at {}); build it with `cargo build --release -p hull`, or pass --hull PATH",
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
     })
@@ -141,7 +141,7 @@ fn find_shim_and_hull(explicit: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
     let shim_dir = dirs.iter().find(shim).cloned().ok_or_else(|| {
         BenchError::env(
             "no containerd-shim-hull-v2 in target/release or target/debug; build it with \
-             `cargo build -p containerd-shim-hull-v2 -p api-server`",
+             `cargo build -p containerd-shim-hull-v2 -p hull`",
         )
     })?;
     let hull = match explicit.or_else(|| std::env::var_os("HULL_BIN").map(PathBuf::from)) {

@@ -62,7 +62,7 @@ pub fn hull_bin() -> PathBuf {
     candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!(
             "the hull binary was not found (looked at {candidates:?}); build it with \
-             `cargo build -p api-server --bin hull`, or set HULL_BIN"
+             `cargo build -p hull`, or set HULL_BIN"
         )
     })
 }

@@ -66,7 +66,7 @@ pub fn hull() -> PathBuf {
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "api-server", "--bin", "hull"])
+            .args(["build", "-q", "-p", "hull"])
             .current_dir(repo_root())
             .status()
             .unwrap();

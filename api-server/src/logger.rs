@@ -1,14 +1,10 @@
-//! Logging set-up: `tracing` events go to standard error, because standard output carries the guest's
-//! serial console. The level comes from `--log-level` (Firecracker's names) or, when set, `RUST_LOG`.
-//! Also the `logger` and `metrics` sections Firecracker clients send (API or config file): their shapes
-//! are checked (they are user input), they are kept for `GET /vm/config`, and otherwise not acted on yet.
-
-use std::io::IsTerminal;
+//! The `logger` and `metrics` sections Firecracker clients send (API or config file), and Firecracker's log
+//! level names, which the `hull` command line uses too. The sections are user input: their shapes are
+//! checked, they are kept for `GET /vm/config`, and otherwise not acted on yet (hull logs to standard error).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::filter::LevelFilter;
 
 /// Firecracker's `logger` section (`PUT /logger`). hull logs to standard error whatever it says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,33 +64,6 @@ impl LogLevel {
             )),
         }
     }
-
-    fn filter(self) -> LevelFilter {
-        match self {
-            LogLevel::Off => LevelFilter::OFF,
-            LogLevel::Error => LevelFilter::ERROR,
-            LogLevel::Warning => LevelFilter::WARN,
-            LogLevel::Info => LevelFilter::INFO,
-            LogLevel::Debug => LevelFilter::DEBUG,
-            LogLevel::Trace => LevelFilter::TRACE,
-        }
-    }
-}
-
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level` (and allows per-crate filters).
-pub fn init(level: LogLevel) {
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    let installed = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => builder
-            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-            .try_init(),
-        _ => builder.with_max_level(level.filter()).try_init(),
-    };
-    // Only fails if a subscriber is already installed, which leaves logging working.
-    let _ = installed;
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub enum Command {
     Run(Box<crate::run::RunArgs>),
     /// Serve one virtio device to a vhost-user frontend (QEMU) until it disconnects.
     #[command(subcommand)]
-    VhostUser(crate::vhost_user_cmd::VhostUserCommand),
+    VhostUser(crate::vhost_user::VhostUserCommand),
 }
 
 /// The Firecracker-compatible mode: serve the REST API on a unix socket and/or boot from a JSON file.

@@ -5,6 +5,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use api_server::server::TerminationSignals;
+
 const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 pub struct SignalFd {
@@ -54,6 +56,12 @@ impl SignalFd {
             )
         };
         (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl TerminationSignals for SignalFd {
+    fn take(&self) -> Option<i32> {
+        SignalFd::take(self)
     }
 }
 

@@ -1,57 +1,26 @@
-//! The `hull` binary: parses the command line, then runs the Firecracker-compatible mode: listen on the
-//! API socket (first, so clients can connect within milliseconds), boot from `--config-file` if given, and
-//! serve until the guest ends or a termination signal arrives. The process exits with the guest's exit
-//! code (0 after a guest reset), 128 + signal on a signal, 152 for a bad configuration, 1 otherwise.
+//! `hull --api-sock PATH` / `hull --no-api --config-file FILE`: the Firecracker-compatible mode, one microVM
+//! per process. It listens on the API socket first (so clients can connect within milliseconds), boots from
+//! `--config-file` if given, and serves until the guest ends or a termination signal arrives. Requests and
+//! config files are handled by the `api_server` library; this file owns the order of those steps and the
+//! process exit status: the guest's (0 after a guest reset), 128 + signal on a signal, 152 for a bad
+//! configuration, 1 otherwise.
 
-mod cli;
-mod config_file;
-mod devices;
-mod http;
-mod instance;
-mod logging;
-mod routes;
-mod run;
-mod server;
-mod signals;
-mod vhost_user_cmd;
-
-use clap::Parser;
+use api_server::config_file;
+use api_server::instance::Instance;
+use api_server::server::{self, ApiSocket};
 use vmm::{SerialOutput, VmmOptions};
 
-use crate::cli::{Cli, VmmArgs};
-use crate::instance::Instance;
-use crate::server::ApiSocket;
+use crate::cli::VmmArgs;
 use crate::signals::SignalFd;
 
 /// Exit status for a configuration that cannot boot (Firecracker's `BadConfiguration`).
 const EXIT_BAD_CONFIGURATION: i32 = 152;
 /// Exit status for any other failure of hull itself.
-const EXIT_GENERIC_ERROR: i32 = 1;
+pub const EXIT_GENERIC_ERROR: i32 = 1;
 
-fn main() {
-    let cli = Cli::parse();
-    if let Some(command) = cli.command {
-        match command {
-            cli::Command::VhostUser(cmd) => std::process::exit(vhost_user_cmd::run(cmd)),
-            cli::Command::Run(args) => std::process::exit(run::run(*args)),
-        }
-    }
-    logging::init(cli.vmm.log_level);
-    // Before any thread exists, so every thread inherits the blocked mask.
-    let signals = match SignalFd::for_termination_signals() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up signal handling");
-            std::process::exit(EXIT_GENERIC_ERROR);
-        }
-    };
-    let code = run_vmm(cli.vmm, &signals);
-    std::process::exit(code);
-}
-
-/// The Firecracker-compatible mode. Returns the process exit status; the API socket is removed before
-/// this returns.
-fn run_vmm(args: VmmArgs, signals: &SignalFd) -> i32 {
+/// Runs the Firecracker-compatible mode. Returns the process exit status; the API socket is removed
+/// before this returns.
+pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
     let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
         Ok(socket) => socket,
         Err(e) => {
