@@ -39,6 +39,16 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(content)
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("the OCI spec is not a JSON object")]
+    NotAnObject,
+    #[error("mount destination {0:?} must be absolute, without '..'")]
+    BadDestination(String),
+    #[error("reading mount source {path}: {source}")]
+    ReadSource { path: PathBuf, source: std::io::Error },
+}
+
 /// A file copied into the guest.
 pub struct CopiedFile {
     pub name: String,
@@ -79,9 +89,9 @@ fn read_only(m: &Value) -> bool {
 }
 
 /// Rewrites `spec` (consumed) for the guest.
-pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
+pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
     if !spec.is_object() {
-        return Err("the OCI spec is not a JSON object".into());
+        return Err(SpecError::NotAnObject);
     }
     let mut warnings = Vec::new();
     let mut netns = None;
@@ -130,7 +140,7 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
         for mut m in mounts.drain(..) {
             let dest = m["destination"].as_str().unwrap_or_default().to_string();
             if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
-                return Err(format!("mount destination {dest:?} must be absolute, without '..'"));
+                return Err(SpecError::BadDestination(dest));
             }
             if !is_bind(&m) {
                 out.push(m);
@@ -144,8 +154,10 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, String> {
             }
             match std::fs::metadata(&source) {
                 Ok(md) if md.is_file() && md.len() <= MAX_FILE && files.len() < MAX_FILES => {
-                    let content = read_bounded(&source)
-                        .map_err(|e| format!("reading mount source {}: {e}", source.display()))?;
+                    let content = read_bounded(&source).map_err(|e| SpecError::ReadSource {
+                        path: source.clone(),
+                        source: e,
+                    })?;
                     let name = format!("f{}", files.len());
                     use std::os::unix::fs::PermissionsExt;
                     files.push(CopiedFile {

@@ -7,6 +7,9 @@
 //! gets a shim and a VM of its own.
 
 mod config;
+mod create;
+mod error;
+mod events;
 mod guest_spec;
 mod network;
 mod pod;
@@ -14,6 +17,11 @@ mod process;
 mod rootfs;
 mod service;
 mod shim;
+mod state;
+mod stats;
+mod tasks;
+mod vm_record;
+mod watch;
 
 fn main() {
     let config = containerd_shim::Config {

@@ -21,8 +21,16 @@ use crate::network::PodNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    GuestFiles(#[from] hull_runtime::GuestFilesError),
+    #[error("the guest agent did not answer ({source}); guest console {console}")]
+    NoAgent {
+        source: hull_runtime::agent::AgentError,
+        /// The console's tail and the VM processes' logs.
+        console: String,
+    },
+    #[error("the VM spawner thread is gone")]
+    SpawnerGone,
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
@@ -110,7 +118,7 @@ impl Pod {
         let dir = req.dir;
         let (kind, why) = backend::choose(cfg.backend.into());
         log::info!("VM backend {kind:?} ({why})");
-        let (kernel, initrd) = cfg.guest_files().map_err(|e| PodError::Setup(e.to_string()))?;
+        let (kernel, initrd) = cfg.guest_files()?;
         let net = match &req.netns {
             Some(ns) => Some(crate::network::setup(ns, req.hostname.as_deref(), req.dns.clone())?),
             None => None,
@@ -156,7 +164,7 @@ impl Pod {
                 };
                 backend::start(kind, &vm_cfg)
             })
-            .ok_or_else(|| PodError::Setup("the VM spawner thread is gone".into()))?;
+            .ok_or(PodError::SpawnerGone)?;
         let mut vm = match started {
             Ok(vm) => vm,
             Err(e) => {
@@ -172,21 +180,19 @@ impl Pod {
                 Ok(a) => break a,
                 Err(e) => {
                     if !vm.alive() || t0.elapsed() >= deadline {
-                        let mut msg = format!(
-                            "the guest agent did not answer ({e}); guest console {}",
-                            hull_runtime::console_tail(&vm.console_log())
-                        );
+                        let mut console = hull_runtime::console_tail(&vm.console_log());
                         // The VM's own processes say why they ended.
-                        for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
-                            if e.path().extension().is_some_and(|x| x == "log") && e.path() != vm.console_log() {
-                                msg.push_str(&format!("\n{}", hull_runtime::console_tail(&e.path())));
+                        for entry in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                            let file = entry.path();
+                            if file.extension().is_some_and(|x| x == "log") && file != vm.console_log() {
+                                console.push_str(&format!("\n{}", hull_runtime::console_tail(&file)));
                             }
                         }
                         vm.stop(Duration::ZERO);
                         if let Some(n) = &net {
                             n.teardown();
                         }
-                        return Err(PodError::Setup(msg));
+                        return Err(PodError::NoAgent { source: e, console });
                     }
                 }
             }

@@ -20,6 +20,29 @@ use hull_agent_protocol::agent::StdioConfig;
 use hull_agent_protocol::stdio::Stream;
 use hull_runtime::agent::{Agent, AgentError};
 
+/// containerd's stdio addresses for a process (FIFO paths, `fifo://` or `file://` URIs, "" for none) and
+/// whether it gets a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct StdioAddrs {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+impl StdioAddrs {
+    /// Refuses addresses the shim cannot serve (see [`check_stdio_uris`]).
+    pub fn check(&self) -> Result<(), StdioUriError> {
+        check_stdio_uris(&self.stdin, &self.stdout, &self.stderr)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stdio address {uri:?}: only FIFO paths (and file:// logs for output) are supported")]
+pub struct StdioUriError {
+    pub uri: String,
+}
+
 pub struct Proc {
     pub stdin: String,
     pub stdout: String,
@@ -34,12 +57,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Proc {
+    pub fn new(stdio: &StdioAddrs) -> Proc {
         Proc {
-            stdin: stdin.into(),
-            stdout: stdout.into(),
-            stderr: stderr.into(),
-            terminal,
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+            terminal: stdio.terminal,
             status: Status::CREATED,
             exit: None,
             stdin_closed: Arc::new(AtomicBool::new(false)),
@@ -111,13 +134,11 @@ impl Proc {
 /// Checks containerd's stdio addresses: FIFO paths (also as `fifo://`) and `file://` logs (ctr's
 /// `--log-uri file://...`) are served; `binary://` loggers and other schemes are refused with a clear error
 /// rather than their output being dropped.
-pub fn check_stdio_uris(stdin: &str, stdout: &str, stderr: &str) -> Result<(), String> {
+pub fn check_stdio_uris(stdin: &str, stdout: &str, stderr: &str) -> Result<(), StdioUriError> {
     for (u, outputs) in [(stdin, false), (stdout, true), (stderr, true)] {
         if let Some((scheme, _)) = u.split_once("://") {
             if scheme != "fifo" && !(outputs && scheme == "file") {
-                return Err(format!(
-                    "stdio address {u:?}: only FIFO paths (and file:// logs for output) are supported"
-                ));
+                return Err(StdioUriError { uri: u.to_string() });
             }
         }
     }
@@ -130,7 +151,9 @@ fn open_output(uri: &str) -> std::io::Result<std::fs::File> {
     if let Some(path) = uri.strip_prefix("file://") {
         return OpenOptions::new().create(true).append(true).open(path);
     }
-    OpenOptions::new().write(true).open(uri.strip_prefix("fifo://").unwrap_or(uri))
+    OpenOptions::new()
+        .write(true)
+        .open(uri.strip_prefix("fifo://").unwrap_or(uri))
 }
 
 fn io_agent(e: std::io::Error) -> AgentError {
@@ -232,9 +255,14 @@ mod tests {
     fn stdio_addresses_are_fifos_or_file_logs() {
         assert!(check_stdio_uris("/run/fifo/in", "/run/fifo/out", "").is_ok());
         assert!(check_stdio_uris("fifo:///run/fifo/in", "file:///var/log/c.log", "fifo:///run/fifo/err").is_ok());
-        let e = check_stdio_uris("", "binary:///usr/bin/logger?id=1", "").unwrap_err();
+        let e = check_stdio_uris("", "binary:///usr/bin/logger?id=1", "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("binary://"), "{e}");
-        assert!(check_stdio_uris("file:///etc/passwd", "", "").is_err(), "stdin from a file is not served");
+        assert!(
+            check_stdio_uris("file:///etc/passwd", "", "").is_err(),
+            "stdin from a file is not served"
+        );
     }
 
     #[test]

@@ -11,12 +11,10 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{spawn, Config, ExitSignal, Flags, Shim, StartOpts};
 
 use crate::service::Service;
+use crate::vm_record::VmRecord;
 
 /// The annotation CRI puts on every container of a pod, naming the pod's sandbox.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// What the shim writes into a bundle so that `delete` can find the VM after the shim is gone.
-pub const VM_RECORD: &str = "hull-vm.json";
 
 pub struct HullShim {
     namespace: String,
@@ -125,28 +123,21 @@ fn grouping(bundle: &Path, id: &str) -> String {
 /// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left; returns
 /// whether the shim was found dead.
 fn cleanup_after(bundle: &Path, id: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(bundle.join(VM_RECORD)) else {
+    let Some(rec) = VmRecord::read(bundle) else {
         return false;
     };
-    let Ok(rec) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let shim_pid = rec["shim_pid"].as_i64().unwrap_or(0) as i32;
+    let shim_pid = i32::try_from(rec.shim_pid).unwrap_or(0);
     if shim_pid > 0 && runs(shim_pid, &["containerd-shim", "containerd-shim-h"]) {
         // The pod's shim still serves other containers; the VM is its to stop.
         return false;
     }
     // Only directories the shim makes (RunDir's `hull-run-*`), so a damaged record cannot remove others.
-    let work_dir = rec["work_dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute() && d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hull-run-")));
-    for pid in rec["vm_pids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.as_i64())
-    {
+    let work_dir = Some(rec.work_dir).filter(|d| {
+        d.is_absolute()
+            && d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("hull-run-"))
+    });
+    for pid in rec.vm_pids {
         let Ok(pid) = i32::try_from(pid) else { continue };
         // The VM's processes die with the shim, so their PIDs may have been reused by now, perhaps by another
         // pod's VM: kill only a process whose command line names this VM's directory.
@@ -160,7 +151,7 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
     if let Some(dir) = work_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
-    let _ = std::fs::remove_file(bundle.join(VM_RECORD));
+    VmRecord::remove(bundle);
     true
 }
 
