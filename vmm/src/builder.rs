@@ -101,7 +101,7 @@ pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<Mi
         match vcpu::spawn_vcpu(index as u8, fd, ctx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                control.request_exit(crate::microvm::ExitReason::VcpuError(e.to_string()));
+                control.request_exit(crate::exit::ExitReason::VcpuError(e.to_string()));
                 return Err(BuildError::Vcpu(e).into());
             }
         }

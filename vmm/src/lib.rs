@@ -8,6 +8,7 @@ mod builder;
 pub mod config;
 pub mod cpu_template;
 mod event_loop;
+mod exit;
 pub mod layout;
 pub mod memory;
 mod microvm;
@@ -20,7 +21,8 @@ pub use config::{
     BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
     NetworkInterfaceConfig, SerialOutput, VmConfig, VmmOptions, VsockConfig,
 };
-pub use microvm::{ExitReason, MicroVm, VmState, VmmError};
+pub use exit::ExitReason;
+pub use microvm::{MicroVm, VmState, VmmError};
 
 /// The version reported by the API (`GET /version`, `GET /`).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,6 +12,7 @@ use devices::legacy::I8042;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::config::{VmConfig, VmmOptions};
+use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuControl;
 use crate::virtio_devices::{DriveUpdateError, Drives};
@@ -22,28 +23,6 @@ pub enum VmState {
     Running,
     Paused,
     Exited,
-}
-
-/// How the guest ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest reset the machine (i8042 reset, as Linux's `reboot=k` does): a normal end.
-    GuestReset,
-    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
-    TripleFault,
-    /// A vCPU stopped on something the VMM could not handle; the text says what.
-    VcpuError(String),
-}
-
-impl ExitReason {
-    /// The `hull` process's exit status for this ending.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ExitReason::GuestReset => 0,
-            ExitReason::TripleFault => 3,
-            ExitReason::VcpuError(_) => 4,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
