@@ -10,7 +10,6 @@
 //! counted as sent in its metrics (a TAP refusal is an error, not a silent drop).
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 
 use devices::virtio::net::{Net, NetBackend, NetConfig, Tap, TX_QUEUE, VNET_HDR_LEN};
 use devices::virtio::{GuestMemory, QueueSet, VirtioDevice};
@@ -166,13 +165,13 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
         let len = bytes.len() as u32;
         let (mut dev_rates, mut raw_rates) = (Vec::<Rate>::new(), Vec::<Rate>::new());
         for _ in 0..opts.runs {
-            let sent_before = metrics.tx_frames.load(Ordering::Relaxed);
+            let sent_before = metrics.tx_frames.get();
             let rate = timed(opts.window, || {
                 driver.batch(len)?;
                 Ok((BATCH as u64, (BATCH * eth_len) as u64))
             })?;
-            let sent = metrics.tx_frames.load(Ordering::Relaxed) - sent_before;
-            let dropped = metrics.tx_dropped.load(Ordering::Relaxed);
+            let sent = metrics.tx_frames.get() - sent_before;
+            let dropped = metrics.tx_dropped.get();
             if sent != rate.ops || dropped != 0 {
                 return Err(BenchError::failed(format!(
                     "the device took {} frames but sent {sent} ({dropped} dropped in total)",

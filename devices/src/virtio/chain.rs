@@ -1,6 +1,8 @@
 //! Turns a descriptor chain the driver offered into a validated list of device-readable and
 //! device-writable regions, and gives byte-offset access across them (the device must not assume any
-//! framing: a header may be split over descriptors, data and status may share one).
+//! framing: a header may be split over descriptors, data and status may share one). [`Chains`] is the
+//! one loop every device core runs over a queue: pop a chain, check its structure, answer it, return it to
+//! the used ring, with ring and chain corruption turned into a `DeviceError` for the transport.
 //!
 //! Owns: the structural checks every device needs (chain terminates, readable before writable, no
 //! overflowing lengths). Never trusts: descriptor addresses, lengths, flags or `next` indices; each region
@@ -9,10 +11,10 @@
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as GuestMemoryT};
 
-use super::GuestMemory;
+use super::{DeviceError, GuestMemory, QueueSignals};
 
 /// Why a chain cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,14 +120,10 @@ impl ParsedChain {
 
     /// Reads `buf.len()` bytes at `offset` of the readable part.
     pub fn read_at(&self, mem: &GuestMemory, offset: u64, buf: &mut [u8]) -> Result<(), ChainError> {
-        let len = buf.len() as u64;
         let mut done = 0usize;
-        for (addr, n) in Self::span(&self.readable, self.readable_len, "readable", offset, len)? {
+        for (addr, n) in self.span(Part::Readable, offset, buf.len() as u64)? {
             mem.read_slice(&mut buf[done..done + n], addr)
-                .map_err(|_| ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                })?;
+                .map_err(|_| out_of_memory(addr, n))?;
             done += n;
         }
         Ok(())
@@ -133,14 +131,10 @@ impl ParsedChain {
 
     /// Writes `buf` at `offset` of the writable part.
     pub fn write_at(&self, mem: &GuestMemory, offset: u64, buf: &[u8]) -> Result<(), ChainError> {
-        let len = buf.len() as u64;
         let mut done = 0usize;
-        for (addr, n) in Self::span(&self.writable, self.writable_len, "writable", offset, len)? {
+        for (addr, n) in self.span(Part::Writable, offset, buf.len() as u64)? {
             mem.write_slice(&buf[done..done + n], addr)
-                .map_err(|_| ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                })?;
+                .map_err(|_| out_of_memory(addr, n))?;
             done += n;
         }
         Ok(())
@@ -148,38 +142,29 @@ impl ParsedChain {
 
     /// Whether `[offset, offset+len)` of the writable part lies in guest memory (writes nothing).
     pub fn check_writable(&self, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), ChainError> {
-        for (addr, n) in Self::span(&self.writable, self.writable_len, "writable", offset, len)? {
-            if !vm_memory::GuestMemoryBackend::check_range(mem, addr, n) {
-                return Err(ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                });
-            }
-        }
-        Ok(())
+        self.check(Part::Writable, mem, offset, len)
     }
 
     /// Whether `[offset, offset+len)` of the readable part lies in guest memory.
     pub fn check_readable(&self, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), ChainError> {
-        for (addr, n) in Self::span(&self.readable, self.readable_len, "readable", offset, len)? {
+        self.check(Part::Readable, mem, offset, len)
+    }
+
+    fn check(&self, part: Part, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), ChainError> {
+        for (addr, n) in self.span(part, offset, len)? {
             if !vm_memory::GuestMemoryBackend::check_range(mem, addr, n) {
-                return Err(ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                });
+                return Err(out_of_memory(addr, n));
             }
         }
         Ok(())
     }
 
     /// The (address, length) pieces covering `[offset, offset+len)` of `regions`.
-    fn span(
-        regions: &[Region],
-        total: u64,
-        kind: &'static str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<(GuestAddress, usize)>, ChainError> {
+    fn span(&self, part: Part, offset: u64, len: u64) -> Result<Vec<(GuestAddress, usize)>, ChainError> {
+        let (regions, total, kind) = match part {
+            Part::Readable => (&self.readable, self.readable_len, "readable"),
+            Part::Writable => (&self.writable, self.writable_len, "writable"),
+        };
         let end = offset
             .checked_add(len)
             .filter(|end| *end <= total)
@@ -209,6 +194,97 @@ impl ParsedChain {
             pos = r_end;
         }
         Ok(pieces)
+    }
+}
+
+/// The chains of one queue during one processing call: what a device core consumes a queue through.
+pub struct Chains<'a> {
+    queue: &'a mut Queue,
+    mem: &'a GuestMemory,
+    index: usize,
+}
+
+impl<'a> Chains<'a> {
+    /// Queue `index` of the device, living in `mem`.
+    pub fn new(queue: &'a mut Queue, mem: &'a GuestMemory, index: usize) -> Self {
+        Chains { queue, mem, index }
+    }
+
+    /// The next chain the driver made available, structurally checked; `None` when the ring is empty.
+    pub fn next(&mut self) -> Result<Option<ParsedChain>, DeviceError> {
+        let mut iter = self.queue.iter(self.mem).map_err(|source| DeviceError::InvalidRing {
+            queue: self.index,
+            source,
+        })?;
+        let Some(chain) = iter.next() else { return Ok(None) };
+        let head = chain.head_index();
+        ParsedChain::parse(chain).map(Some).map_err(self.malformed(head))
+    }
+
+    /// Gives the chain `next` returned back to the ring: the next call returns it again.
+    pub fn put_back(&mut self) {
+        self.queue.go_to_previous_position();
+    }
+
+    /// Returns chain `head` to the used ring with `len` bytes written into it, and records in `signals`
+    /// whether the driver wants an interrupt.
+    pub fn complete(&mut self, head: u16, len: u32, signals: &mut QueueSignals) -> Result<(), DeviceError> {
+        self.queue
+            .add_used(self.mem, head, len)
+            .map_err(|source| DeviceError::UsedRing {
+                queue: self.index,
+                source,
+            })?;
+        match self.queue.needs_notification(self.mem) {
+            Ok(true) => signals.set(self.index),
+            Ok(false) => {}
+            // An unreadable avail->flags/used_event: notify anyway, the used entry is already there.
+            Err(_) => signals.set(self.index),
+        }
+        Ok(())
+    }
+
+    /// Answers every available chain with `answer` (which returns the bytes it wrote into the chain) and
+    /// completes it; stops at the first fatal error.
+    pub fn serve_all(
+        &mut self,
+        signals: &mut QueueSignals,
+        mut answer: impl FnMut(&ParsedChain) -> Result<u32, DeviceError>,
+    ) -> Result<(), DeviceError> {
+        while let Some(chain) = self.next()? {
+            let written = answer(&chain)?;
+            self.complete(chain.head, written, signals)?;
+        }
+        Ok(())
+    }
+
+    /// The error for chain `head` of this queue being structurally broken (`source` says how).
+    pub fn malformed(&self, head: u16) -> impl FnOnce(ChainError) -> DeviceError {
+        let queue = self.index;
+        move |source| DeviceError::MalformedChain { queue, head, source }
+    }
+
+    /// The error for chain `head` of this queue giving the device no place for its answer.
+    pub fn unanswerable(&self, head: u16, reason: impl std::fmt::Display) -> DeviceError {
+        DeviceError::Unanswerable {
+            queue: self.index,
+            head,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The two parts of a chain, in the order the spec requires them.
+#[derive(Clone, Copy)]
+enum Part {
+    Readable,
+    Writable,
+}
+
+fn out_of_memory(addr: GuestAddress, len: usize) -> ChainError {
+    ChainError::OutOfMemory {
+        addr: addr.0,
+        len: len as u64,
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod metrics;
 pub mod net;
 #[cfg(test)]
 pub mod test_utils;
@@ -26,10 +27,11 @@ pub mod vsock;
 
 use std::os::unix::io::RawFd;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-pub use chain::{ChainError, ParsedChain};
+pub use chain::{ChainError, Chains, ParsedChain};
+pub use metrics::{Counter, DeviceMetrics, MetricsSnapshot};
 
 /// Guest memory as every device sees it (no dirty-page bitmap).
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -118,6 +120,13 @@ impl QueueSignals {
         self.0 != 0
     }
 
+    /// Runs `step`, which marks the queues it used, and returns what it marked.
+    pub fn collect<E>(step: impl FnOnce(&mut QueueSignals) -> Result<(), E>) -> Result<QueueSignals, E> {
+        let mut signals = QueueSignals::NONE;
+        step(&mut signals)?;
+        Ok(signals)
+    }
+
     /// Union of two sets.
     pub fn merge(&mut self, other: QueueSignals) {
         self.0 |= other.0;
@@ -163,6 +172,11 @@ impl<'q> QueueSet<'q> {
             Some(Some(q)) => Some(&mut **q),
             _ => None,
         }
+    }
+
+    /// The chains of queue `index` (in `mem`), if the queue is present and usable.
+    pub fn chains<'a>(&'a mut self, index: usize, mem: &'a GuestMemory) -> Option<Chains<'a>> {
+        self.get(index).map(|queue| Chains::new(queue, mem, index))
     }
 }
 
@@ -221,39 +235,6 @@ pub trait VirtioDevice: Send {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
-}
-
-/// Pops the next available chain of `queue`, turning ring corruption into a `DeviceError`.
-pub(crate) fn pop_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemory,
-    index: usize,
-) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMemory>>, DeviceError> {
-    let mut iter = queue
-        .iter(mem)
-        .map_err(|source| DeviceError::InvalidRing { queue: index, source })?;
-    Ok(iter.next())
-}
-
-/// Returns a chain to the device's used ring and records whether the driver wants an interrupt.
-pub(crate) fn add_used(
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    index: usize,
-    head: u16,
-    len: u32,
-    signals: &mut QueueSignals,
-) -> Result<(), DeviceError> {
-    queue
-        .add_used(mem, head, len)
-        .map_err(|source| DeviceError::UsedRing { queue: index, source })?;
-    match queue.needs_notification(mem) {
-        Ok(true) => signals.set(index),
-        Ok(false) => {}
-        // An unreadable avail->flags/used_event: notify anyway, the used entry is already there.
-        Err(_) => signals.set(index),
-    }
-    Ok(())
 }
 
 /// Copies `src` into the config-space window `[offset, offset + data.len())`, zero past the end.

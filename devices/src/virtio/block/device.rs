@@ -25,8 +25,8 @@ use super::request::{BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_
 use super::{ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
-    VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -214,12 +214,42 @@ impl Block {
         }
     }
 
+    /// Answers one request chain: validates it, runs it and writes its status. Returns the bytes written
+    /// into the chain; an error means the chain has no usable status byte.
+    fn answer(&mut self, chain: &ParsedChain, mem: &GuestMemory) -> Result<u32, DeviceError> {
+        let head = chain.head;
+        let slot = StatusSlot::locate(chain, mem).map_err(|e| DeviceError::Unanswerable {
+            queue: 0,
+            head,
+            reason: e.to_string(),
+        })?;
+        let (status, written) = match BlockRequest::parse(chain, &slot, mem, self.geometry()) {
+            Ok(req) => {
+                debug!(head, ?req, "virtio-blk request");
+                self.execute(&req, chain, mem)
+            }
+            Err(e) => {
+                debug!(head, error = %e, "virtio-blk request refused");
+                if e.status() == VIRTIO_BLK_S_IOERR {
+                    self.metrics.io_errors.inc();
+                } else {
+                    self.metrics.unsupported.inc();
+                }
+                (e.status(), 0)
+            }
+        };
+        // The slot was checked to be in memory; a failure now means memory changed under us.
+        slot.write(chain, mem, status)
+            .map_err(|source| DeviceError::MalformedChain { queue: 0, head, source })?;
+        Ok(written.saturating_add(1))
+    }
+
     /// Runs a validated request; returns the status and how many data bytes were written to the guest.
     fn execute(&mut self, req: &BlockRequest, chain: &ParsedChain, mem: &GuestMemory) -> (u8, u32) {
         let m = &self.metrics;
         let result = match *req {
             BlockRequest::Read { offset, len } => {
-                BlockMetrics::inc(&m.read_requests);
+                m.read_requests.inc();
                 let mut done = 0u64;
                 let mut res = Ok(());
                 while done < len {
@@ -235,11 +265,11 @@ impl Block {
                     }
                     done += n as u64;
                 }
-                BlockMetrics::add(&m.read_bytes, done);
+                m.read_bytes.add(done);
                 res.map(|()| len)
             }
             BlockRequest::Write { offset, len } => {
-                BlockMetrics::inc(&m.write_requests);
+                m.write_requests.inc();
                 let mut done = 0u64;
                 let mut res = Ok(0);
                 while done < len {
@@ -255,15 +285,15 @@ impl Block {
                     }
                     done += n as u64;
                 }
-                BlockMetrics::add(&m.write_bytes, done);
+                m.write_bytes.add(done);
                 res
             }
             BlockRequest::Flush => {
-                BlockMetrics::inc(&m.flush_requests);
+                m.flush_requests.inc();
                 self.disk.flush().map(|()| 0).map_err(|e| e.to_string())
             }
             BlockRequest::GetId => {
-                BlockMetrics::inc(&m.get_id_requests);
+                m.get_id_requests.inc();
                 chain
                     .write_at(mem, 0, &self.id)
                     .map(|()| ID_BYTES as u64)
@@ -275,7 +305,7 @@ impl Block {
             Ok(written) => (VIRTIO_BLK_S_OK, u32::try_from(written).unwrap_or(u32::MAX)),
             Err(error) => {
                 warn!(?req, %error, "virtio-blk request failed");
-                BlockMetrics::inc(&self.metrics.io_errors);
+                self.metrics.io_errors.inc();
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         }
@@ -320,50 +350,15 @@ impl VirtioDevice for Block {
         if index != 0 {
             return Ok(signals);
         }
-        let Some(queue) = queues.get(0) else {
+        let Some(mut queue) = queues.chains(0, mem) else {
             return Ok(signals);
         };
-        let result = (|| {
-            while let Some(desc_chain) = pop_chain(queue, mem, 0)? {
-                let head = desc_chain.head_index();
-                let fatal = |source| DeviceError::MalformedChain { queue: 0, head, source };
-                let chain = ParsedChain::parse(desc_chain).map_err(fatal)?;
-                let slot = match StatusSlot::locate(&chain, mem) {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        return Err(DeviceError::Unanswerable {
-                            queue: 0,
-                            head,
-                            reason: e.to_string(),
-                        })
-                    }
-                };
-                let (status, written) = match BlockRequest::parse(&chain, &slot, mem, self.geometry()) {
-                    Ok(req) => {
-                        debug!(head, ?req, "virtio-blk request");
-                        self.execute(&req, &chain, mem)
-                    }
-                    Err(e) => {
-                        debug!(head, error = %e, "virtio-blk request refused");
-                        if e.status() == VIRTIO_BLK_S_IOERR {
-                            BlockMetrics::inc(&self.metrics.io_errors);
-                        } else {
-                            BlockMetrics::inc(&self.metrics.unsupported);
-                        }
-                        (e.status(), 0)
-                    }
-                };
-                // The slot was checked to be in memory; a failure now means memory changed under us.
-                slot.write(&chain, mem, status).map_err(fatal)?;
-                add_used(queue, mem, 0, head, written.saturating_add(1), &mut signals)?;
-            }
-            Ok(())
-        })();
+        let result = queue.serve_all(&mut signals, |chain| self.answer(chain, mem));
         match result {
             Ok(()) => Ok(signals),
             Err(e) => {
                 self.broken = true;
-                BlockMetrics::inc(&self.metrics.fatal_chains);
+                self.metrics.fatal_chains.inc();
                 warn!(error = %e, "virtio-blk needs a reset");
                 Err(e)
             }
@@ -480,7 +475,7 @@ mod tests {
         offer_request(&mut q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 512)]);
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
-        assert_eq!(BlockMetrics::get(&dev.metrics().unsupported), 1);
+        assert_eq!(dev.metrics().unsupported.get(), 1);
     }
 
     #[test]
@@ -653,7 +648,7 @@ mod tests {
         offer_request(&mut q, VIRTIO_BLK_T_FLUSH, 0, &[]);
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
-        assert_eq!(BlockMetrics::get(&dev.metrics().io_errors), 3);
+        assert_eq!(dev.metrics().io_errors.get(), 3);
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
-use virtio_queue::QueueOwnedT;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::metrics::NetMetrics;
@@ -21,8 +20,8 @@ use super::tap::{NetBackend, Tap, TapError};
 use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
-    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -119,33 +118,33 @@ impl<B: NetBackend> Net<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
-        let Some(txq) = queues.get(TX_QUEUE) else { return Ok(()) };
-        while let Some(desc_chain) = pop_chain(txq, mem, TX_QUEUE)? {
-            let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
-                queue: TX_QUEUE,
-                head,
-                source,
-            })?;
-            match read_tx_frame(&chain, mem, &mut self.tx_frame) {
-                Ok(()) => match self.backend.write_frame(&self.tx_frame) {
-                    Ok(()) => {
-                        NetMetrics::inc(&self.metrics.tx_frames);
-                        NetMetrics::add(&self.metrics.tx_bytes, self.tx_frame.len() as u64);
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "TAP refused a frame");
-                        NetMetrics::inc(&self.metrics.tx_dropped);
-                    }
-                },
-                Err(e) => {
-                    debug!(head, error = %e, "virtio-net TX frame dropped");
-                    NetMetrics::inc(&self.metrics.tx_dropped);
+        let Some(mut txq) = queues.chains(TX_QUEUE, mem) else {
+            return Ok(());
+        };
+        txq.serve_all(signals, |chain| {
+            self.transmit(chain, mem);
+            Ok(0)
+        })
+    }
+
+    /// Sends one TX chain's frame to the TAP, or drops it (counted) if it is malformed or refused.
+    fn transmit(&mut self, chain: &ParsedChain, mem: &GuestMemory) {
+        match read_tx_frame(chain, mem, &mut self.tx_frame) {
+            Ok(()) => match self.backend.write_frame(&self.tx_frame) {
+                Ok(()) => {
+                    self.metrics.tx_frames.inc();
+                    self.metrics.tx_bytes.add(self.tx_frame.len() as u64);
                 }
+                Err(e) => {
+                    debug!(error = %e, "TAP refused a frame");
+                    self.metrics.tx_dropped.inc();
+                }
+            },
+            Err(e) => {
+                debug!(head = chain.head, error = %e, "virtio-net TX frame dropped");
+                self.metrics.tx_dropped.inc();
             }
-            add_used(txq, mem, TX_QUEUE, head, 0, signals)?;
         }
-        Ok(())
     }
 
     fn process_rx(
@@ -154,7 +153,7 @@ impl<B: NetBackend> Net<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
-        let Some(rxq) = queues.get(RX_QUEUE) else {
+        let Some(mut rxq) = queues.chains(RX_QUEUE, mem) else {
             // No usable RX queue: stop watching the TAP so its frames do not wake us in a loop.
             let _ = self.watch_backend(false);
             return Ok(());
@@ -177,42 +176,26 @@ impl<B: NetBackend> Net<B> {
                 },
             };
             self.pending = Some(len);
-            let Some(desc_chain) = pop_chain(rxq, mem, RX_QUEUE)? else {
+            let Some(chain) = rxq.next()? else {
                 // No buffer: keep the frame, stop watching the TAP until the driver adds buffers.
                 let _ = self.watch_backend(false);
                 return Ok(());
             };
-            let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
-                queue: RX_QUEUE,
-                head,
-                source,
-            })?;
-            let cap = rx_capacity(&chain).map_err(|e| DeviceError::Unanswerable {
-                queue: RX_QUEUE,
-                head,
-                reason: e.to_string(),
-            })?;
+            let cap = rx_capacity(&chain).map_err(|e| rxq.unanswerable(chain.head, e))?;
             if (len as u64) > cap {
                 // The frame fits no buffer of this size: drop the frame, keep the buffer.
-                NetMetrics::inc(&self.metrics.rx_dropped);
+                self.metrics.rx_dropped.inc();
                 self.pending = None;
-                rxq.go_to_previous_position();
+                rxq.put_back();
                 continue;
             }
             let frame = &mut self.rx_frame[..len];
             prepare_rx_header(frame);
-            chain
-                .write_at(mem, 0, frame)
-                .map_err(|source| DeviceError::MalformedChain {
-                    queue: RX_QUEUE,
-                    head,
-                    source,
-                })?;
+            chain.write_at(mem, 0, frame).map_err(rxq.malformed(chain.head))?;
             self.pending = None;
-            NetMetrics::inc(&self.metrics.rx_frames);
-            NetMetrics::add(&self.metrics.rx_bytes, len as u64);
-            add_used(rxq, mem, RX_QUEUE, head, len as u32, signals)?;
+            self.metrics.rx_frames.inc();
+            self.metrics.rx_bytes.add(len as u64);
+            rxq.complete(chain.head, len as u32, signals)?;
         }
     }
 
@@ -229,7 +212,7 @@ impl<B: NetBackend> Net<B> {
             Err(e) => {
                 self.broken = true;
                 let _ = self.watch_backend(false);
-                NetMetrics::inc(&self.metrics.fatal_chains);
+                self.metrics.fatal_chains.inc();
                 warn!(error = %e, "virtio-net needs a reset");
                 Err(e)
             }
@@ -392,7 +375,7 @@ mod tests {
         run(&mut dev, &mut rx, &mut tx, None).unwrap();
         let used = rx.take_used();
         assert_eq!(used, vec![(0, (VNET_HDR_LEN + 100) as u32)]);
-        assert_eq!(NetMetrics::get(&dev.metrics().rx_dropped), 1);
+        assert_eq!(dev.metrics().rx_dropped.get(), 1);
     }
 
     #[test]
@@ -405,7 +388,7 @@ mod tests {
         tx.add_chain(&[Desc::read(0xffff_0000_0000, 100)]);
         tx.add_chain(&[Desc::read(0x40_000, u32::MAX)]);
         run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap();
-        assert_eq!(NetMetrics::get(&dev.metrics().tx_dropped), 4);
+        assert_eq!(dev.metrics().tx_dropped.get(), 4);
         assert!(tap.outbound.lock().unwrap().is_empty());
         assert_eq!(tx.take_used().len(), 4);
     }

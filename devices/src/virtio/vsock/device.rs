@@ -10,17 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
-use virtio_queue::QueueOwnedT;
 
 use super::backend::VsockBackend;
 use super::metrics::VsockMetrics;
 use super::packet::{parse_tx, rx_capacity, write_rx};
 use super::unix::{HybridUnixBackend, UnixBackendError};
 use super::{MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
-use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    add_used, pop_chain, read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals,
-    VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver (rx, tx, event).
@@ -86,28 +84,23 @@ impl<B: VsockBackend> Vsock<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
-        let Some(txq) = queues.get(TX_QUEUE) else { return Ok(()) };
-        while let Some(desc_chain) = pop_chain(txq, mem, TX_QUEUE)? {
-            let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
-                queue: TX_QUEUE,
-                head,
-                source,
-            })?;
-            match parse_tx(&chain, mem, &mut self.tx_payload) {
+        let Some(mut txq) = queues.chains(TX_QUEUE, mem) else {
+            return Ok(());
+        };
+        txq.serve_all(signals, |chain| {
+            match parse_tx(chain, mem, &mut self.tx_payload) {
                 Ok(hdr) => {
-                    VsockMetrics::inc(&self.metrics.tx_packets);
-                    VsockMetrics::add(&self.metrics.tx_bytes, self.tx_payload.len() as u64);
+                    self.metrics.tx_packets.inc();
+                    self.metrics.tx_bytes.add(self.tx_payload.len() as u64);
                     self.backend.send_pkt(&hdr, &self.tx_payload);
                 }
                 Err(e) => {
-                    debug!(head, error = %e, "vsock TX packet dropped");
-                    VsockMetrics::inc(&self.metrics.tx_dropped);
+                    debug!(head = chain.head, error = %e, "vsock TX packet dropped");
+                    self.metrics.tx_dropped.inc();
                 }
             }
-            add_used(txq, mem, TX_QUEUE, head, 0, signals)?;
-        }
-        Ok(())
+            Ok(0)
+        })
     }
 
     /// Fills RX buffers with whatever the backend has for the guest.
@@ -117,36 +110,23 @@ impl<B: VsockBackend> Vsock<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
-        let Some(rxq) = queues.get(RX_QUEUE) else { return Ok(()) };
+        let Some(mut rxq) = queues.chains(RX_QUEUE, mem) else {
+            return Ok(());
+        };
         while self.backend.has_pending_rx() {
             // Starved: the guest kicks the RX queue when it adds buffers.
-            let Some(desc_chain) = pop_chain(rxq, mem, RX_QUEUE)? else {
+            let Some(chain) = rxq.next()? else {
                 break;
             };
-            let head = desc_chain.head_index();
-            let chain = ParsedChain::parse(desc_chain).map_err(|source| DeviceError::MalformedChain {
-                queue: RX_QUEUE,
-                head,
-                source,
-            })?;
-            let cap = rx_capacity(&chain, mem).map_err(|e| DeviceError::Unanswerable {
-                queue: RX_QUEUE,
-                head,
-                reason: e.to_string(),
-            })?;
+            let cap = rx_capacity(&chain, mem).map_err(|e| rxq.unanswerable(chain.head, e))?;
             let Some((hdr, n)) = self.backend.recv_pkt(&mut self.rx_buf[..cap]) else {
-                rxq.go_to_previous_position();
+                rxq.put_back();
                 break;
             };
-            let used =
-                write_rx(&chain, mem, &hdr, &self.rx_buf[..n]).map_err(|source| DeviceError::MalformedChain {
-                    queue: RX_QUEUE,
-                    head,
-                    source,
-                })?;
-            VsockMetrics::inc(&self.metrics.rx_packets);
-            VsockMetrics::add(&self.metrics.rx_bytes, n as u64);
-            add_used(rxq, mem, RX_QUEUE, head, used, signals)?;
+            let used = write_rx(&chain, mem, &hdr, &self.rx_buf[..n]).map_err(rxq.malformed(chain.head))?;
+            self.metrics.rx_packets.inc();
+            self.metrics.rx_bytes.add(n as u64);
+            rxq.complete(chain.head, used, signals)?;
         }
         Ok(())
     }
@@ -163,7 +143,7 @@ impl<B: VsockBackend> Vsock<B> {
             Ok(()) => Ok(signals),
             Err(e) => {
                 self.broken = true;
-                VsockMetrics::inc(&self.metrics.fatal_chains);
+                self.metrics.fatal_chains.inc();
                 warn!(error = %e, "virtio-vsock needs a reset");
                 Err(e)
             }
@@ -430,7 +410,7 @@ mod tests {
         wrong_cid.src_cid = 77;
         h.send(&wrong_cid, b"").unwrap();
         assert!(h.received().is_empty());
-        assert_eq!(VsockMetrics::get(&h.dev.metrics().tx_dropped), 5);
+        assert_eq!(h.dev.metrics().tx_dropped.get(), 5);
         assert_eq!(h.tx.take_used().len(), 5);
         // Still works.
         h.send(&guest_hdr(OP_REQUEST, 5000, 4242), b"").unwrap();

@@ -361,7 +361,7 @@ impl HybridUnixBackend {
             }
             self.tokens.remove(&conn.token);
             self.local_ports.remove(&key.0);
-            VsockMetrics::inc(&self.metrics.conns_closed);
+            self.metrics.conns_closed.inc();
             debug!(host_port = key.0, guest_port = key.1, "vsock connection closed");
         }
         self.rx_order.retain(|k| *k != key);
@@ -372,7 +372,7 @@ impl HybridUnixBackend {
         self.tokens.insert(conn.token, key);
         self.local_ports.insert(key.0);
         self.conns.insert(key, conn);
-        VsockMetrics::inc(&self.metrics.conns_opened);
+        self.metrics.conns_opened.inc();
         self.sync_interest(key);
         self.schedule(key);
     }
@@ -523,7 +523,7 @@ impl HybridUnixBackend {
         let conn = self.conns.get_mut(&key)?;
         if conn.need_rst {
             let hdr = conn.header(guest_cid, OP_RST);
-            VsockMetrics::inc(&self.metrics.rst_sent);
+            self.metrics.rst_sent.inc();
             self.remove_conn(key);
             return Some((hdr, 0));
         }
@@ -706,11 +706,11 @@ impl VsockBackend for HybridUnixBackend {
                 dst_cid = hdr.dst_cid,
                 "vsock packet with wrong cids dropped"
             );
-            VsockMetrics::inc(&self.metrics.tx_dropped);
+            self.metrics.tx_dropped.inc();
             return;
         }
         if hdr.type_ != TYPE_STREAM {
-            VsockMetrics::inc(&self.metrics.tx_dropped);
+            self.metrics.tx_dropped.inc();
             self.queue_rst(hdr);
             return;
         }
@@ -731,7 +731,7 @@ impl VsockBackend for HybridUnixBackend {
             OP_REQUEST => self.guest_connect(hdr),
             OP_RST => {}
             _ => {
-                VsockMetrics::inc(&self.metrics.tx_dropped);
+                self.metrics.tx_dropped.inc();
                 self.queue_rst(hdr);
             }
         }
@@ -739,7 +739,7 @@ impl VsockBackend for HybridUnixBackend {
 
     fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<(PacketHeader, usize)> {
         if let Some(rst) = self.pending_rst.pop_front() {
-            VsockMetrics::inc(&self.metrics.rst_sent);
+            self.metrics.rst_sent.inc();
             return Some((rst, 0));
         }
         while let Some(key) = self.rx_order.pop_front() {
