@@ -1,230 +1,77 @@
-//! End-to-end tests of the `hull` binary's API: each test starts the real binary with its own socket in a
-//! fresh temporary directory, speaks raw HTTP/1.1 over a UnixStream and checks status codes and
-//! `fault_message` texts. No guest is booted here (that needs KVM; see the `tests` crate). Every process
-//! and directory a test creates is removed on drop, also when the test fails.
+//! End-to-end tests of the `hull` binary's API: each test starts this crate's binary with its own socket in
+//! a fresh temporary directory, speaks HTTP/1.1 through hull-runtime's API client (raw bytes where a test
+//! sends what no client should) and checks status codes and `fault_message` texts. No guest is booted here
+//! (that needs KVM; see the `tests` crate). The process wrapper and temporary directories are the
+//! `hull-tests` harness's: every process and directory a test creates is removed on drop, also when the
+//! test fails.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use hull_tests::{ApiConnection, ApiResponse, Hull, TempDir};
+use serde_json::json;
 
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hull-api-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+/// A fresh temporary directory for one test.
+fn temp_dir() -> TempDir {
+    TempDir::new("api").expect("create temp dir")
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Starts this crate's `hull` with `--api-sock <dir>/api.sock` plus `args` in `dir`, without waiting for
+/// the socket.
+fn spawn_in(dir: TempDir, args: &[&str]) -> Hull {
+    let sock = dir.path().join("api.sock");
+    let sock_arg = sock.to_str().expect("UTF-8 path").to_string();
+    spawn_with(dir, &[&["--api-sock", &sock_arg], args].concat())
 }
 
-/// A running `hull`, killed on drop.
-struct Hull {
-    child: Child,
-    sock: PathBuf,
-    stderr: PathBuf,
-    // Dropped after the process is killed (fields drop in order, after Drop::drop).
-    dir: TempDir,
+/// Starts this crate's `hull` with exactly `args` in `dir`.
+fn spawn_with(dir: TempDir, args: &[&str]) -> Hull {
+    Hull::spawn_binary_in(Path::new(HULL), dir, args)
 }
 
-impl Hull {
-    /// Starts `hull --api-sock <dir>/api.sock` plus `args`, without waiting for the socket.
-    fn spawn_in(dir: TempDir, args: &[&str]) -> Hull {
-        let sock = dir.join("api.sock");
-        let sock_arg = sock.to_str().expect("UTF-8 path").to_string();
-        Hull::spawn_with(dir, &[&["--api-sock", &sock_arg], args].concat())
-    }
-
-    /// Starts `hull` with exactly `args`; stderr goes to `<dir>/stderr.log`.
-    fn spawn_with(dir: TempDir, args: &[&str]) -> Hull {
-        let sock = dir.join("api.sock");
-        let stderr = dir.join("stderr.log");
-        let child = Command::new(HULL)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("create stderr log"))
-            .spawn()
-            .expect("spawn hull");
-        Hull {
-            child,
-            sock,
-            stderr,
-            dir,
-        }
-    }
-
-    /// Starts hull with an API socket and waits until it accepts connections.
-    fn start() -> Hull {
-        let hull = Hull::spawn_in(TempDir::new(), &[]);
-        hull.wait_for_socket();
-        hull
-    }
-
-    fn wait_for_socket(&self) {
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if UnixStream::connect(&self.sock).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!(
-            "hull did not listen on {} in time; stderr:\n{}",
-            self.sock.display(),
-            self.stderr_text()
-        );
-    }
-
-    fn connect(&self) -> UnixStream {
-        let stream = UnixStream::connect(&self.sock).expect("connect to the API socket");
-        stream.set_read_timeout(Some(TIMEOUT)).expect("set read timeout");
-        stream.set_write_timeout(Some(TIMEOUT)).expect("set write timeout");
-        stream
-    }
-
-    /// One request on a fresh connection.
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let mut stream = self.connect();
-        send(&mut stream, method, path, body);
-        read_reply(&mut stream)
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("wait for hull") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("hull did not exit in time; stderr:\n{}", self.stderr_text());
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
+/// Starts hull with an API socket and waits until it accepts connections.
+fn start() -> Hull {
+    let hull = spawn_in(temp_dir(), &[]);
+    hull.wait_for_api(TIMEOUT);
+    hull
 }
 
-impl Drop for Hull {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The API socket of a hull started by [`spawn_in`].
+fn sock(hull: &Hull) -> PathBuf {
+    hull.dir().join("api.sock")
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// Sends one request on a kept-alive connection.
+fn send(conn: &mut ApiConnection, method: &str, path: &str, body: Option<&str>) {
+    conn.send(method, path, body, true).expect("send request");
 }
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
+/// Reads one response on a kept-alive connection.
+fn read_reply(conn: &mut ApiConnection) -> ApiResponse {
+    conn.read_response().expect("read a response")
+}
 
-    fn fault(&self) -> String {
-        self.json()["fault_message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no fault_message in {}", self.body))
-            .into()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+/// What these tests check in an error answer.
+trait Fault {
     /// Asserts a 400-class error whose fault_message contains `expected`.
+    fn assert_fault(&self, status: u16, expected: &str);
+}
+
+impl Fault for ApiResponse {
     fn assert_fault(&self, status: u16, expected: &str) {
         assert_eq!(self.status, status, "body: {}", self.body);
-        let fault = self.fault();
+        let fault = self
+            .fault_message()
+            .unwrap_or_else(|| panic!("no fault_message in {}", self.body));
         assert!(
             fault.contains(expected),
             "fault_message {fault:?} does not contain {expected:?}"
         );
-    }
-}
-
-fn send(stream: &mut UnixStream, method: &str, path: &str, body: Option<&str>) {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
-    if let Some(body) = body {
-        raw.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body.unwrap_or(""));
-    stream.write_all(raw.as_bytes()).expect("send request");
-}
-
-/// Reads one response (head, then a Content-Length body).
-fn read_reply(stream: &mut UnixStream) -> Reply {
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => data.push(byte[0]),
-            other => {
-                panic!(
-                    "connection ended inside a response head ({other:?}): {:?}",
-                    String::from_utf8_lossy(&data)
-                )
-            }
-        }
-    }
-    let head = String::from_utf8(data).expect("UTF-8 head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().expect("numeric Content-Length"))
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("read response body");
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body).expect("UTF-8 body"),
     }
 }
 
@@ -237,7 +84,7 @@ fn fake_kernel(dir: &Path) -> PathBuf {
 
 #[test]
 fn instance_info_says_not_started() {
-    let hull = Hull::start();
+    let hull = start();
     let reply = hull.request("GET", "/", None);
     assert_eq!(reply.status, 200);
     let info = reply.json();
@@ -250,7 +97,7 @@ fn instance_info_says_not_started() {
 
 #[test]
 fn version_has_firecracker_and_hull_keys() {
-    let hull = Hull::start();
+    let hull = start();
     let reply = hull.request("GET", "/version", None);
     assert_eq!(reply.status, 200);
     let version = reply.json();
@@ -260,7 +107,7 @@ fn version_has_firecracker_and_hull_keys() {
 
 #[test]
 fn machine_config_has_firecracker_defaults() {
-    let hull = Hull::start();
+    let hull = start();
     let reply = hull.request("GET", "/machine-config", None);
     assert_eq!(reply.status, 200);
     assert_eq!(
@@ -271,8 +118,8 @@ fn machine_config_has_firecracker_defaults() {
 
 #[test]
 fn put_then_get_roundtrip() {
-    let hull = Hull::start();
-    let kernel = fake_kernel(&hull.dir.0);
+    let hull = start();
+    let kernel = fake_kernel(hull.dir());
     let kernel = kernel.to_str().expect("UTF-8 path");
 
     let reply = hull.request(
@@ -304,31 +151,31 @@ fn put_then_get_roundtrip() {
 
 #[test]
 fn keep_alive_serves_many_requests_on_one_connection() {
-    let hull = Hull::start();
-    let mut stream = hull.connect();
+    let hull = start();
+    let mut conn = hull.connect_api();
     for _ in 0..3 {
         send(
-            &mut stream,
+            &mut conn,
             "PUT",
             "/machine-config",
             Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
         );
-        assert_eq!(read_reply(&mut stream).status, 204);
-        send(&mut stream, "GET", "/", None);
-        let reply = read_reply(&mut stream);
+        assert_eq!(read_reply(&mut conn).status, 204);
+        send(&mut conn, "GET", "/", None);
+        let reply = read_reply(&mut conn);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.header("Connection"), Some("keep-alive"));
     }
     // An error does not end the connection either.
-    send(&mut stream, "PUT", "/machine-config", Some("{"));
-    assert_eq!(read_reply(&mut stream).status, 400);
-    send(&mut stream, "GET", "/machine-config", None);
-    assert_eq!(read_reply(&mut stream).json()["mem_size_mib"], 64);
+    send(&mut conn, "PUT", "/machine-config", Some("{"));
+    assert_eq!(read_reply(&mut conn).status, 400);
+    send(&mut conn, "GET", "/machine-config", None);
+    assert_eq!(read_reply(&mut conn).json()["mem_size_mib"], 64);
 }
 
 #[test]
 fn malformed_json_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 1,"#))
         .assert_fault(
             400,
@@ -340,7 +187,7 @@ fn malformed_json_is_400() {
 
 #[test]
 fn unknown_field_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request(
         "PUT",
         "/machine-config",
@@ -357,7 +204,7 @@ fn unknown_field_is_400() {
 
 #[test]
 fn missing_field_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("PUT", "/machine-config", Some(r#"{"vcpu_count": 1}"#))
         .assert_fault(400, "missing field `mem_size_mib`");
     hull.request("PUT", "/boot-source", Some(r#"{"boot_args": "console=ttyS0"}"#))
@@ -368,7 +215,7 @@ fn missing_field_is_400() {
 
 #[test]
 fn vcpu_count_out_of_range_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     for count in [0, 33] {
         let body = json!({"vcpu_count": count, "mem_size_mib": 128}).to_string();
         hull.request("PUT", "/machine-config", Some(&body)).assert_fault(
@@ -393,7 +240,7 @@ fn vcpu_count_out_of_range_is_400() {
 
 #[test]
 fn too_little_memory_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request(
         "PUT",
         "/machine-config",
@@ -404,8 +251,8 @@ fn too_little_memory_is_400() {
 
 #[test]
 fn missing_kernel_file_is_400() {
-    let hull = Hull::start();
-    let missing = hull.dir.join("no-such-vmlinux");
+    let hull = start();
+    let missing = hull.dir().join("no-such-vmlinux");
     let body = json!({"kernel_image_path": missing}).to_string();
     let reply = hull.request("PUT", "/boot-source", Some(&body));
     reply.assert_fault(400, "The kernel file cannot be opened");
@@ -414,7 +261,7 @@ fn missing_kernel_file_is_400() {
 
 #[test]
 fn empty_body_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("PUT", "/boot-source", None)
         .assert_fault(400, "Empty PUT request.");
     hull.request("PATCH", "/machine-config", Some(""))
@@ -425,7 +272,7 @@ fn empty_body_is_400() {
 
 #[test]
 fn wrong_method_is_405() {
-    let hull = Hull::start();
+    let hull = start();
     let reply = hull.request("POST", "/machine-config", Some("{}"));
     reply.assert_fault(405, "Invalid request method and/or path: POST /machine-config.");
     assert_eq!(reply.header("Allow"), Some("GET, PUT, PATCH"));
@@ -436,7 +283,7 @@ fn wrong_method_is_405() {
 
 #[test]
 fn unknown_path_is_404() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("GET", "/snapshot/create", None)
         .assert_fault(404, "Invalid request method and/or path: GET /snapshot/create.");
     hull.request("PUT", "/machine-configuration", Some("{}"))
@@ -445,13 +292,12 @@ fn unknown_path_is_404() {
 
 #[test]
 fn oversized_body_is_refused_without_being_read() {
-    let hull = Hull::start();
+    let hull = start();
     // Only the head is sent: the answer must come without the 60 000 announced bytes.
-    let mut stream = hull.connect();
-    stream
-        .write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n")
+    let mut conn = hull.connect_api();
+    conn.send_raw(b"PUT /machine-config HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n")
         .expect("send head");
-    let reply = read_reply(&mut stream);
+    let reply = read_reply(&mut conn);
     reply.assert_fault(
         400,
         "Request payload with size 60000 is larger than the limit of 51200 allowed by server.",
@@ -459,14 +305,14 @@ fn oversized_body_is_refused_without_being_read() {
     assert_eq!(reply.header("Connection"), Some("close"));
 
     // The whole body sent at once gets the same answer (the client may see EPIPE while writing).
-    let mut stream = hull.connect();
+    let mut conn = hull.connect_api();
     let body = format!(r#"{{"boot_args": "{}"}}"#, "x".repeat(60 * 1024));
     let raw = format!(
         "PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(raw.as_bytes());
-    read_reply(&mut stream).assert_fault(400, "is larger than the limit of 51200");
+    let _ = conn.send_raw(raw.as_bytes());
+    read_reply(&mut conn).assert_fault(400, "is larger than the limit of 51200");
 
     // The server is still there.
     assert_eq!(hull.request("GET", "/", None).status, 200);
@@ -474,30 +320,28 @@ fn oversized_body_is_refused_without_being_read() {
 
 #[test]
 fn oversized_or_garbage_heads_are_400() {
-    let hull = Hull::start();
-    let mut stream = hull.connect();
+    let hull = start();
+    let mut conn = hull.connect_api();
     let raw = format!("GET / HTTP/1.1\r\nX-Filler: {}\r\n\r\n", "a".repeat(16 * 1024));
-    let _ = stream.write_all(raw.as_bytes());
-    read_reply(&mut stream).assert_fault(400, "Request headers are larger than the limit");
+    let _ = conn.send_raw(raw.as_bytes());
+    read_reply(&mut conn).assert_fault(400, "Request headers are larger than the limit");
 
-    let mut stream = hull.connect();
-    stream
-        .write_all(b"\x16\x03\x01\x02\x00 not http\r\n\r\n")
+    let mut conn = hull.connect_api();
+    conn.send_raw(b"\x16\x03\x01\x02\x00 not http\r\n\r\n")
         .expect("send garbage");
-    read_reply(&mut stream).assert_fault(400, "Invalid HTTP request");
+    read_reply(&mut conn).assert_fault(400, "Invalid HTTP request");
 
-    let mut stream = hull.connect();
-    stream
-        .write_all(b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    let mut conn = hull.connect_api();
+    conn.send_raw(b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         .expect("send");
-    read_reply(&mut stream).assert_fault(400, "Transfer-Encoding is not supported");
+    read_reply(&mut conn).assert_fault(400, "Transfer-Encoding is not supported");
 
     assert_eq!(hull.request("GET", "/", None).status, 200);
 }
 
 #[test]
 fn instance_start_without_boot_source_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#))
         .assert_fault(400, "Missing boot source");
     assert_eq!(hull.request("GET", "/", None).json()["state"], "Not started");
@@ -505,7 +349,7 @@ fn instance_start_without_boot_source_is_400() {
 
 #[test]
 fn patch_vm_before_start_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     for state in ["Paused", "Resumed"] {
         let body = json!({ "state": state }).to_string();
         hull.request("PATCH", "/vm", Some(&body)).assert_fault(
@@ -519,7 +363,7 @@ fn patch_vm_before_start_is_400() {
 
 #[test]
 fn send_ctrl_alt_del_before_start_is_400() {
-    let hull = Hull::start();
+    let hull = start();
     hull.request("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#))
         .assert_fault(
             400,
@@ -529,8 +373,8 @@ fn send_ctrl_alt_del_before_start_is_400() {
 
 #[test]
 fn devices_are_validated_accepted_and_shown_in_vm_config() {
-    let hull = Hull::start();
-    let image = hull.dir.join("rootfs.ext4");
+    let hull = start();
+    let image = hull.dir().join("rootfs.ext4");
     std::fs::write(&image, vec![0u8; 64 * 1024]).expect("write a disk image");
     let image = image.to_str().expect("UTF-8 path");
     hull.request(
@@ -587,10 +431,10 @@ fn devices_are_validated_accepted_and_shown_in_vm_config() {
 
 #[test]
 fn patch_drive_before_boot_changes_path_on_host_and_refuses_bad_updates() {
-    let hull = Hull::start();
-    let empty = hull.dir.join("slot0.empty");
+    let hull = start();
+    let empty = hull.dir().join("slot0.empty");
     std::fs::write(&empty, b"").expect("write a placeholder");
-    let image = hull.dir.join("image.ext4");
+    let image = hull.dir().join("image.ext4");
     std::fs::write(&image, vec![0u8; 64 * 1024]).expect("write a disk image");
     let (empty, image) = (empty.to_str().unwrap(), image.to_str().unwrap());
     let slot = json!({"drive_id": "slot0", "path_on_host": empty, "is_root_device": false, "is_read_only": true});
@@ -657,35 +501,35 @@ fn patch_drive_before_boot_changes_path_on_host_and_refuses_bad_updates() {
 
 #[test]
 fn stale_socket_is_replaced() {
-    let dir = TempDir::new();
-    let stale = std::os::unix::net::UnixListener::bind(dir.join("api.sock")).expect("bind stale socket");
+    let dir = temp_dir();
+    let stale = std::os::unix::net::UnixListener::bind(dir.path().join("api.sock")).expect("bind stale socket");
     drop(stale);
-    let hull = Hull::spawn_in(dir, &[]);
-    hull.wait_for_socket();
+    let hull = spawn_in(dir, &[]);
+    hull.wait_for_api(TIMEOUT);
     assert_eq!(hull.request("GET", "/", None).status, 200);
 }
 
 #[test]
 fn sigterm_exits_cleanly_and_removes_the_socket() {
-    let mut hull = Hull::start();
-    assert!(hull.sock.exists());
+    let mut hull = start();
+    assert!(sock(&hull).exists());
     // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(hull.child.id() as i32, libc::SIGTERM) }, 0);
-    let status = hull.wait_exit();
+    assert_eq!(unsafe { libc::kill(hull.pid() as i32, libc::SIGTERM) }, 0);
+    let status = hull.expect_exit(TIMEOUT);
     assert_eq!(
         status.code(),
         Some(128 + libc::SIGTERM),
         "{status:?}; stderr:\n{}",
-        hull.stderr_text()
+        hull.stderr()
     );
-    assert!(!hull.sock.exists(), "socket left behind");
-    assert!(hull.stderr_text().contains("API server listening on"));
+    assert!(!sock(&hull).exists(), "socket left behind");
+    assert!(hull.stderr().contains("API server listening on"));
 }
 
 #[test]
 fn config_file_with_empty_device_lists_is_accepted_up_to_the_kernel_check() {
-    let dir = TempDir::new();
-    let missing = dir.join("missing-vmlinux");
+    let dir = temp_dir();
+    let missing = dir.path().join("missing-vmlinux");
     let config = json!({
         "boot-source": {"kernel_image_path": missing, "boot_args": "console=ttyS0"},
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false},
@@ -695,11 +539,11 @@ fn config_file_with_empty_device_lists_is_accepted_up_to_the_kernel_check() {
         "logger": null,
         "metrics": null
     });
-    let path = dir.join("vm.json");
+    let path = dir.path().join("vm.json");
     std::fs::write(&path, config.to_string()).expect("write config");
-    let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
-    let status = hull.wait_exit();
-    let stderr = hull.stderr_text();
+    let mut hull = spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
+    let status = hull.expect_exit(TIMEOUT);
+    let stderr = hull.stderr();
     assert_eq!(status.code(), Some(152), "{status:?}; stderr:\n{stderr}");
     // The drives were fine; the boot source is what failed, and the message says why.
     assert!(
@@ -707,22 +551,22 @@ fn config_file_with_empty_device_lists_is_accepted_up_to_the_kernel_check() {
         "{stderr}"
     );
     assert!(stderr.contains(missing.to_str().expect("UTF-8 path")), "{stderr}");
-    assert!(!hull.sock.exists(), "socket left behind after exit");
+    assert!(!sock(&hull).exists(), "socket left behind after exit");
 }
 
 #[test]
 fn config_file_with_a_missing_drive_image_is_refused_with_a_clear_message() {
-    let dir = TempDir::new();
-    let kernel = fake_kernel(&dir.0);
+    let dir = temp_dir();
+    let kernel = fake_kernel(dir.path());
     let config = json!({
         "boot-source": {"kernel_image_path": kernel},
         "drives": [{"drive_id": "rootfs", "path_on_host": "/no/such/r.ext4", "is_root_device": true, "is_read_only": false}]
     });
-    let path = dir.join("vm.json");
+    let path = dir.path().join("vm.json");
     std::fs::write(&path, config.to_string()).expect("write config");
-    let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
-    assert_eq!(hull.wait_exit().code(), Some(152));
-    let stderr = hull.stderr_text();
+    let mut hull = spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
+    assert_eq!(hull.expect_exit(TIMEOUT).code(), Some(152));
+    let stderr = hull.stderr();
     assert!(
         stderr.contains("drives") && stderr.contains("rootfs") && stderr.contains("/no/such/r.ext4"),
         "{stderr}"
@@ -731,31 +575,27 @@ fn config_file_with_a_missing_drive_image_is_refused_with_a_clear_message() {
 
 #[test]
 fn config_file_with_an_unknown_key_is_refused() {
-    let dir = TempDir::new();
-    let path = dir.join("vm.json");
+    let dir = temp_dir();
+    let path = dir.path().join("vm.json");
     std::fs::write(&path, r#"{"boot-source": {"kernel_image_path": "/k"}, "baloon": {}}"#).expect("write config");
-    let mut hull = Hull::spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
-    assert_eq!(hull.wait_exit().code(), Some(152));
-    assert!(
-        hull.stderr_text().contains("unknown field `baloon`"),
-        "{}",
-        hull.stderr_text()
-    );
+    let mut hull = spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
+    assert_eq!(hull.expect_exit(TIMEOUT).code(), Some(152));
+    assert!(hull.stderr().contains("unknown field `baloon`"), "{}", hull.stderr());
 }
 
 #[test]
 fn no_api_mode_reports_a_bad_config_and_exits() {
-    let dir = TempDir::new();
-    let path = dir.join("vm.json");
-    let missing = dir.join("missing-vmlinux");
+    let dir = temp_dir();
+    let path = dir.path().join("vm.json");
+    let missing = dir.path().join("missing-vmlinux");
     std::fs::write(
         &path,
         json!({"boot-source": {"kernel_image_path": missing}, "drives": []}).to_string(),
     )
     .expect("write config");
-    let mut hull = Hull::spawn_with(dir, &["--no-api", "--config-file", path.to_str().expect("UTF-8 path")]);
-    let status = hull.wait_exit();
-    let stderr = hull.stderr_text();
+    let mut hull = spawn_with(dir, &["--no-api", "--config-file", path.to_str().expect("UTF-8 path")]);
+    let status = hull.expect_exit(TIMEOUT);
+    let stderr = hull.stderr();
     assert_eq!(status.code(), Some(152), "{stderr}");
     assert!(stderr.contains("The kernel file cannot be opened"), "{stderr}");
     assert!(status.signal().is_none());
@@ -764,8 +604,8 @@ fn no_api_mode_reports_a_bad_config_and_exits() {
 #[test]
 fn the_socket_is_ready_quickly() {
     let start = Instant::now();
-    let hull = Hull::spawn_in(TempDir::new(), &[]);
-    hull.wait_for_socket();
+    let hull = spawn_in(temp_dir(), &[]);
+    hull.wait_for_api(TIMEOUT);
     // Generous: a debug build on a busy 2-core machine. The point is that no slow initialisation runs
     // before the socket is bound.
     let elapsed = start.elapsed();

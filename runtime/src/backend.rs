@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::api_client::ApiClient;
 use crate::guard::{wait_for_path, ChildGuard};
 use crate::image::RootfsImage;
 
@@ -390,7 +391,7 @@ pub struct KvmVm {
     uds: PathBuf,
     console: PathBuf,
     hull: ChildGuard,
-    api: PathBuf,
+    api: ApiClient,
 }
 
 impl KvmVm {
@@ -417,7 +418,8 @@ impl KvmVm {
                 log: log.display().to_string(),
             });
         }
-        let put = |path: &str, body: serde_json::Value| api_put(&api, path, &body);
+        let client = ApiClient::new(&api);
+        let put = |path: &str, body: serde_json::Value| api_call(&client, "PUT", path, &body);
         put(
             "/boot-source",
             serde_json::json!({
@@ -463,40 +465,24 @@ impl KvmVm {
             uds,
             console,
             hull,
-            api,
+            api: client,
         })
     }
 }
 
-/// One `PUT` on the API socket; any status but 2xx is an error carrying the body (the fault message).
-fn api_put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
-    api_call(sock, "PUT", path, body)
-}
-
 /// One request on the API socket; any status but 2xx is an error carrying the body (the fault message).
-fn api_call(sock: &Path, method: &str, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
-    use std::io::{Read, Write};
+fn api_call(api: &ApiClient, method: &str, path: &str, body: &serde_json::Value) -> Result<(), BackendError> {
     let err = |detail: String| BackendError::Api {
         path: path.into(),
         detail,
     };
-    let body = body.to_string();
-    let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| err(e.to_string()))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| err(e.to_string()))?;
-    let mut resp = Vec::new();
-    s.take(1 << 20).read_to_end(&mut resp).map_err(|e| err(e.to_string()))?;
-    let text = String::from_utf8_lossy(&resp);
-    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    if (200..300).contains(&status) {
+    let resp = api
+        .request(method, path, Some(&body.to_string()))
+        .map_err(|e| err(e.to_string()))?;
+    if resp.is_success() {
         Ok(())
     } else {
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(&text);
-        Err(err(format!("status {status}: {}", body.trim())))
+        Err(err(format!("status {}: {}", resp.status, resp.body.trim())))
     }
 }
 

@@ -1,9 +1,11 @@
 //! What `hull run` and the containerd shim (`containerd-shim-hull-v2`) share to run OCI workloads in a
 //! microVM: the two VM backends behind one interface ([`backend`]), the client of the guest's hull-agent
-//! ([`agent`]), rootfs block images ([`image`]), runc-style spec defaults ([`spec`]), ownership of child
-//! processes and directories ([`guard`]), and where the guest kernel and initramfs are found ([`guest_files`]).
+//! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]), runc-style
+//! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), and where the guest
+//! kernel and initramfs are found ([`guest_files`]).
 
 pub mod agent;
+pub mod api_client;
 pub mod backend;
 pub mod guard;
 pub mod image;

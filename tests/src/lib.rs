@@ -1,19 +1,18 @@
 //! Shared helpers for hull's end-to-end tests: finding the `hull` binary, the tiny test guests and the real
 //! guest kernel + initramfs; telling hardware KVM from the software `kvm_pvm`; a [`Hull`] process wrapper that
 //! captures the serial console (stdout) and the log (stderr) and kills the process when dropped, even when the
-//! test panics; and [`ApiClient`], a minimal HTTP/1.1 client for hull's API socket.
+//! test panics; and [`ApiClient`], hull-runtime's client for hull's API socket with a panicking helper for tests.
 //!
 //! Everything a guest prints is untrusted text: it is kept as lossy UTF-8 and only searched, never parsed in
 //! ways that could panic on odd bytes.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -175,30 +174,26 @@ macro_rules! require_kvm {
 // ---------------------------------------------------------------------------------------------------------
 // Temporary directories
 
-/// A directory under the system temp dir, removed (with its contents) on drop.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
+/// A fresh directory under the system temp dir (`hull-test-<label>-XXXXXX`), removed with its contents on
+/// drop: `vmm_sys_util`'s `TempDir` with a label in its name and `io::Error`s.
+pub struct TempDir(vmm_sys_util::tempdir::TempDir);
 
 impl TempDir {
     pub fn new(label: &str) -> io::Result<TempDir> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hull-test-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
+        let prefix = std::env::temp_dir().join(format!("hull-test-{label}-"));
+        vmm_sys_util::tempdir::TempDir::new_with_prefix(prefix)
+            .map(TempDir)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.as_path()
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+impl std::fmt::Debug for TempDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TempDir").field(&self.path()).finish()
     }
 }
 
@@ -298,7 +293,17 @@ impl Hull {
         S: AsRef<OsStr>,
     {
         let dir = TempDir::new(label).expect("create a temporary directory");
-        Self::spawn_in(dir, args, None)
+        Self::spawn_in(dir, args)
+    }
+
+    /// Starts `hull` with exactly these arguments in `dir` (which may already hold files the arguments name),
+    /// without waiting for anything. The Hull owns `dir` from now on.
+    pub fn spawn_in<I, S>(dir: TempDir, args: I) -> Hull
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::spawn_binary_in(&hull_bin(), dir, args)
     }
 
     /// Boots from a Firecracker-style JSON config (`boot-source`, `machine-config`, ...) with
@@ -309,7 +314,7 @@ impl Hull {
         std::fs::write(&file, serde_json::to_vec_pretty(config).expect("serialize config")).expect("write config");
         let mut args: Vec<&OsStr> = vec![OsStr::new("--no-api"), OsStr::new("--config-file"), file.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
-        Self::spawn_in(dir, args, None)
+        Self::spawn_in(dir, args)
     }
 
     /// Starts `hull --api-sock <dir>/api.sock` plus `extra`, and waits (up to 10 s) until the socket accepts
@@ -319,29 +324,27 @@ impl Hull {
         let sock = dir.path().join("api.sock");
         let mut args: Vec<&OsStr> = vec![OsStr::new("--api-sock"), sock.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
-        let hull = Self::spawn_in(dir, args, Some(sock.clone()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            if hull.try_status().is_some() || Instant::now() > deadline {
-                panic!(
-                    "hull's API socket {} never accepted a connection\n{}",
-                    sock.display(),
-                    hull.report()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let hull = Self::spawn_in(dir, args);
+        hull.wait_for_api(Duration::from_secs(10));
         hull
     }
 
-    fn spawn_in<I, S>(dir: TempDir, args: I, api_sock: Option<PathBuf>) -> Hull
+    /// Starts the `hull` binary at `bin` with exactly these arguments in `dir`, like [`Hull::spawn_in`]. When
+    /// the arguments include `--api-sock PATH`, that is the socket of [`Hull::api`].
+    pub fn spawn_binary_in<I, S>(bin: &Path, dir: TempDir, args: I) -> Hull
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let bin = hull_bin();
-        let mut cmd = Command::new(&bin);
-        cmd.args(args)
+        let args: Vec<S> = args.into_iter().collect();
+        let api_sock = args
+            .iter()
+            .map(AsRef::as_ref)
+            .skip_while(|a| *a != "--api-sock")
+            .nth(1)
+            .map(|p| dir.path().join(p));
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -397,6 +400,38 @@ impl Hull {
                 .as_ref()
                 .expect("this hull was started without --api-sock"),
         )
+    }
+
+    /// Waits until the API socket accepts connections; panics (with the output) when hull exits first or
+    /// `timeout` passes.
+    pub fn wait_for_api(&self, timeout: Duration) {
+        let sock = self.api_sock.as_ref().expect("this hull was started without --api-sock");
+        let deadline = Instant::now() + timeout;
+        while UnixStream::connect(sock).is_err() {
+            if self.try_status().is_some() || Instant::now() > deadline {
+                panic!(
+                    "hull's API socket {} never accepted a connection\n{}",
+                    sock.display(),
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// One request on the API socket, on a connection of its own; panics (with the output) when it cannot
+    /// be sent or no well-formed response comes back. Any status is returned.
+    pub fn request(&self, method: &str, uri: &str, body: Option<&str>) -> ApiResponse {
+        self.api()
+            .request(method, uri, body)
+            .unwrap_or_else(|e| panic!("{method} {uri}: {e}\n{}", self.report()))
+    }
+
+    /// A kept-alive connection to the API socket, for several requests or hand-made bytes.
+    pub fn connect_api(&self) -> ApiConnection {
+        self.api()
+            .connect()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.report()))
     }
 
     /// Time since the process was started.
@@ -608,46 +643,16 @@ impl FileLock {
 // ---------------------------------------------------------------------------------------------------------
 // The API client
 
-/// A minimal HTTP/1.1 client for hull's API socket: one request per connection, JSON bodies, responses read
-/// by `Content-Length` (or to end of stream).
+pub use hull_runtime::api_client::{ApiClientError, ApiConnection, ApiResponse};
+
+/// hull-runtime's [`hull_runtime::api_client::ApiClient`] (one request per connection, bounded responses,
+/// a timeout), plus [`ApiClient::expect_ok`] for tests.
 #[derive(Clone, Debug)]
-pub struct ApiClient {
-    path: PathBuf,
-}
-
-/// Status and body of one API response.
-#[derive(Clone, Debug)]
-pub struct ApiResponse {
-    pub status: u16,
-    pub body: String,
-}
-
-impl ApiResponse {
-    /// The body parsed as JSON (`Null` when empty or not JSON).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-
-    pub fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-}
+pub struct ApiClient(hull_runtime::api_client::ApiClient);
 
 impl ApiClient {
     pub fn new(path: impl Into<PathBuf>) -> ApiClient {
-        ApiClient { path: path.into() }
-    }
-
-    pub fn get(&self, uri: &str) -> io::Result<ApiResponse> {
-        self.request("GET", uri, None)
-    }
-
-    pub fn put(&self, uri: &str, body: &serde_json::Value) -> io::Result<ApiResponse> {
-        self.request("PUT", uri, Some(&body.to_string()))
-    }
-
-    pub fn patch(&self, uri: &str, body: &serde_json::Value) -> io::Result<ApiResponse> {
-        self.request("PATCH", uri, Some(&body.to_string()))
+        ApiClient(hull_runtime::api_client::ApiClient::new(path))
     }
 
     /// PUT/PATCH that must succeed (2xx); panics with the response otherwise.
@@ -663,72 +668,14 @@ impl ApiClient {
         );
         resp
     }
-
-    /// Sends one request and reads the whole response.
-    pub fn request(&self, method: &str, uri: &str, body: Option<&str>) -> io::Result<ApiResponse> {
-        let mut stream = UnixStream::connect(&self.path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.unwrap_or("");
-        let mut request = format!("{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
-        if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
-        }
-        request.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ));
-        stream.write_all(request.as_bytes())?;
-        read_response(BufReader::new(stream))
-    }
 }
 
-fn read_response<R: BufRead>(mut reader: R) -> io::Result<ApiResponse> {
-    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    // "HTTP/1.1 204 No Content"
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let mut content_length: Option<usize> = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed inside the headers".into()));
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                let n = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(format!("bad Content-Length {value:?}")))?;
-                content_length = Some(n);
-            }
-        }
+impl std::ops::Deref for ApiClient {
+    type Target = hull_runtime::api_client::ApiClient;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-    let mut body = Vec::new();
-    match content_length {
-        Some(n) => {
-            body.resize(n, 0);
-            reader.read_exact(&mut body)?;
-        }
-        None if status == 204 || status == 304 || (100..200).contains(&status) => {}
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    Ok(ApiResponse {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 #[cfg(test)]
@@ -752,18 +699,6 @@ mod tests {
         assert_eq!(images.kernel, PathBuf::from("/c/kernel-1/vmlinux"));
         assert_eq!(images.initrd, PathBuf::from("/c/initramfs-2.cpio.gz"));
         assert!(parse_build_guest_output("kernel=/x\n").is_none());
-    }
-
-    #[test]
-    fn responses_are_read_by_content_length() {
-        let raw = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n\
-                    {\"fault_message\":\"x\"}trailing";
-        let resp = read_response(&raw[..]).unwrap();
-        assert_eq!(resp.status, 400);
-        assert_eq!(resp.json()["fault_message"], "x");
-        let resp = read_response(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]).unwrap();
-        assert_eq!((resp.status, resp.body.as_str()), (204, ""));
-        assert!(read_response(&b"garbage\r\n\r\n"[..]).is_err());
     }
 
     #[test]
