@@ -19,6 +19,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
     ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BLOCK,
@@ -178,7 +179,7 @@ pub struct MmioTransport {
     irq: EventFd,
     state_evt: EventFd,
     active: bool,
-    broken: bool,
+    needs_reset: NeedsReset,
 }
 
 impl MmioTransport {
@@ -236,7 +237,7 @@ impl MmioTransport {
             irq,
             state_evt,
             active: false,
-            broken: false,
+            needs_reset: NeedsReset::default(),
         })
     }
 
@@ -262,7 +263,7 @@ impl MmioTransport {
 
     /// Whether the device is serving: activated, not broken, not failed by the driver.
     pub fn is_serving(&self) -> bool {
-        self.active && !self.broken && self.status & STATUS_FAILED == 0
+        self.active && !self.needs_reset.is_set() && self.status & STATUS_FAILED == 0
     }
 
     /// Becomes readable whenever the device starts or stops serving, so the event loop can start or stop
@@ -289,7 +290,9 @@ impl MmioTransport {
             return;
         }
         let mut set = QueueSet::from_slice(&mut self.queues);
-        let result = self.device.process_queue(index, &self.mem, &mut set);
+        let result = self
+            .needs_reset
+            .call(|| self.device.process_queue(index, &self.mem, &mut set));
         self.deliver(result);
     }
 
@@ -322,7 +325,9 @@ impl MmioTransport {
             return;
         }
         let mut set = QueueSet::from_slice(&mut self.queues);
-        let result = self.device.process_backend(&self.mem, &mut set);
+        let result = self
+            .needs_reset
+            .call(|| self.device.process_backend(&self.mem, &mut set));
         self.deliver(result);
     }
 
@@ -342,7 +347,7 @@ impl MmioTransport {
 
     /// Sets DEVICE_NEEDS_RESET, tells the driver through a config-change interrupt and stops serving.
     fn break_device(&mut self) {
-        self.broken = true;
+        self.needs_reset.set();
         self.status |= DEVICE_NEEDS_RESET;
         self.raise(INT_CONFIG);
         self.signal_state_change();
@@ -378,7 +383,7 @@ impl MmioTransport {
         self.status = 0;
         self.interrupt_status = 0;
         self.active = false;
-        self.broken = false;
+        self.needs_reset.clear();
         debug!(device = %self.label, "virtio-mmio device reset");
         if was_serving {
             self.signal_state_change();
@@ -416,7 +421,7 @@ impl MmioTransport {
                 self.signal_state_change();
             }
         }
-        if new & STATUS_DRIVER_OK != 0 && added & STATUS_DRIVER_OK != 0 && !self.broken {
+        if new & STATUS_DRIVER_OK != 0 && added & STATUS_DRIVER_OK != 0 && !self.needs_reset.is_set() {
             self.activate();
         }
     }
@@ -522,7 +527,8 @@ impl MmioTransport {
 
     /// Queue registers may change between FEATURES_OK and DRIVER_OK only.
     fn queue_setup_allowed(&self) -> bool {
-        self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED) == STATUS_FEATURES_OK && !self.broken
+        self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED) == STATUS_FEATURES_OK
+            && !self.needs_reset.is_set()
     }
 
     fn read_reg(&self, offset: u64) -> u32 {
@@ -1043,13 +1049,7 @@ mod tests {
 
     #[test]
     fn random_register_writes_never_panic() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::virtio::test_utils::xorshift(0x9e37_79b9_7f4a_7c15);
         let regs = [
             DEVICE_FEATURES_SEL,
             DRIVER_FEATURES,

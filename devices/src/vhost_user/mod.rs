@@ -3,7 +3,9 @@
 //! and `net` each build their device and call [`serve`].
 //!
 //! Owns: the mapping from vrings to the device's `QueueSet`, interrupt delivery through the vrings' call
-//! eventfds, and the device's broken (needs-reset) state. Never trusts: the frontend's messages beyond
+//! eventfds, and the device's needs-reset state ([`NeedsReset`]: vhost-user has no message for it, so a
+//! broken device is simply not called, and its host-side fd not watched, until the frontend resets it).
+//! Never trusts: the frontend's messages beyond
 //! what the crate validates, and the guest memory it shares (the device cores validate everything read
 //! from it; a device error stops that device, never the process).
 //!
@@ -30,6 +32,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
+use crate::transport::NeedsReset;
 use crate::virtio::{GuestMemory, QueueSet, VirtioDevice};
 pub use config_notify::{ConfigNotifier, NotifyError};
 
@@ -59,7 +62,41 @@ struct State<D> {
     device: D,
     mem: Option<AtomicMem>,
     activated: bool,
-    broken: bool,
+    needs_reset: NeedsReset,
+    /// The device's host-side fd in the worker's epoll, once serving started.
+    backend_watch: Option<BackendWatch>,
+}
+
+impl<D> State<D> {
+    /// The device is broken until the frontend resets it. Its host-side fd stops being watched: a
+    /// level-triggered fd (a TAP with frames, a socket with a pending connection) that nobody drains would
+    /// wake the worker in a loop.
+    fn break_device(&mut self, name: &'static str) {
+        self.needs_reset.set();
+        if let Some(watch) = &mut self.backend_watch {
+            watch.set(false, name);
+        }
+    }
+}
+
+/// Switches the watching of a device's host-side fd in the worker's epoll on and off.
+struct BackendWatch {
+    toggle: Box<dyn Fn(bool) -> io::Result<()> + Send>,
+    watched: bool,
+}
+
+impl BackendWatch {
+    fn set(&mut self, on: bool, name: &'static str) {
+        if on == self.watched {
+            return;
+        }
+        match (self.toggle)(on) {
+            Ok(()) => self.watched = on,
+            Err(e) => {
+                warn!(device = name, watch = on, error = %e, "cannot change the watch on the device's host-side fd")
+            }
+        }
+    }
 }
 
 /// A device core wrapped for the `vhost-user-backend` crate.
@@ -100,7 +137,8 @@ impl<D: VirtioDevice> DeviceBackend<D> {
                 device,
                 mem: None,
                 activated: false,
-                broken: false,
+                needs_reset: NeedsReset::default(),
+                backend_watch: None,
             }),
             num_queues,
             max_queue_size,
@@ -160,7 +198,10 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
         let mut st = self.lock();
         st.device.reset();
         st.activated = false;
-        st.broken = false;
+        st.needs_reset.clear();
+        if let Some(watch) = &mut st.backend_watch {
+            watch.set(true, self.name);
+        }
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -194,8 +235,9 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        let mut st = self.lock();
-        if st.broken {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.needs_reset.is_set() {
             return Ok(());
         }
         let Some(atomic) = st.mem.clone() else {
@@ -204,7 +246,7 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
         if !st.activated {
             if let Err(e) = st.device.activate() {
                 error!(device = self.name, error = %e, "activation failed");
-                st.broken = true;
+                st.break_device(self.name);
                 return Ok(());
             }
             st.activated = true;
@@ -218,13 +260,16 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
                 set.push(if usable { Some(g.get_queue_mut()) } else { None });
             }
             let index = usize::from(device_event);
-            if index < self.num_queues {
-                st.device.process_queue(index, &mem, &mut set)
-            } else if u64::from(device_event) == self.backend_token() {
-                st.device.process_backend(&mem, &mut set)
-            } else {
-                Ok(crate::virtio::QueueSignals::NONE)
-            }
+            let device = &mut st.device;
+            st.needs_reset.call(|| {
+                if index < self.num_queues {
+                    device.process_queue(index, &mem, &mut set)
+                } else if u64::from(device_event) == self.backend_token() {
+                    device.process_backend(&mem, &mut set)
+                } else {
+                    Ok(crate::virtio::QueueSignals::NONE)
+                }
+            })
         };
         match result {
             Ok(signals) => {
@@ -237,9 +282,8 @@ impl<D: VirtioDevice + 'static> VhostUserBackend for DeviceBackend<D> {
                 }
             }
             Err(e) => {
-                // vhost-user has no NEEDS_RESET message: stop serving until the frontend resets us.
                 error!(device = self.name, error = %e, "device needs a reset; ignoring its queues");
-                st.broken = true;
+                st.break_device(self.name);
             }
         }
         Ok(())
@@ -295,7 +339,7 @@ pub fn serve_with<D: VirtioDevice + 'static>(
     })?;
     let token = backend.backend_token();
     let mem = GuestMemoryAtomic::new(GuestMemory::new());
-    let mut daemon = VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| Error::Daemon {
+    let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem).map_err(|e| Error::Daemon {
         device: name,
         reason: e.to_string(),
     })?;
@@ -308,6 +352,15 @@ pub fn serve_with<D: VirtioDevice + 'static>(
         handler
             .register_listener(fd, EventSet::IN, token)
             .map_err(|source| Error::WatchBackend { device: name, source })?;
+        let handler = Arc::downgrade(handler);
+        backend.lock().backend_watch = Some(BackendWatch {
+            toggle: Box::new(move |on| match handler.upgrade() {
+                Some(h) if on => h.register_listener(fd, EventSet::IN, token),
+                Some(h) => h.unregister_listener(fd, EventSet::IN, token),
+                None => Ok(()),
+            }),
+            watched: true,
+        });
     }
     info!(device = name, socket = %socket.display(), "vhost-user backend listening");
     let result = match protocol {

@@ -211,7 +211,7 @@ impl<'a> Chains<'a> {
     }
 
     /// The next chain the driver made available, structurally checked; `None` when the ring is empty.
-    pub fn next(&mut self) -> Result<Option<ParsedChain>, DeviceError> {
+    pub fn pop(&mut self) -> Result<Option<ParsedChain>, DeviceError> {
         let mut iter = self.queue.iter(self.mem).map_err(|source| DeviceError::InvalidRing {
             queue: self.index,
             source,
@@ -221,7 +221,7 @@ impl<'a> Chains<'a> {
         ParsedChain::parse(chain).map(Some).map_err(self.malformed(head))
     }
 
-    /// Gives the chain `next` returned back to the ring: the next call returns it again.
+    /// Gives the chain `pop` returned back to the ring: the next call returns it again.
     pub fn put_back(&mut self) {
         self.queue.go_to_previous_position();
     }
@@ -251,7 +251,7 @@ impl<'a> Chains<'a> {
         signals: &mut QueueSignals,
         mut answer: impl FnMut(&ParsedChain) -> Result<u32, DeviceError>,
     ) -> Result<(), DeviceError> {
-        while let Some(chain) = self.next()? {
+        while let Some(chain) = self.pop()? {
             let written = answer(&chain)?;
             self.complete(chain.head, written, signals)?;
         }

@@ -11,8 +11,11 @@
 //! * a device with host-side I/O (TAP, unix sockets) exposes one pollable fd ([`VirtioDevice::backend_fd`]);
 //!   the transport watches it for readability and calls [`VirtioDevice::process_backend`];
 //! * an `Err(DeviceError)` from a processing call means the device is broken by what the driver did
-//!   (a malformed ring or chain): the transport sets `DEVICE_NEEDS_RESET` (and sends a config-change
-//!   interrupt) and stops calling the device until the driver resets it.
+//!   (a malformed ring or chain). The core keeps no record of it: the transport does
+//!   ([`crate::transport::NeedsReset`]), sets `DEVICE_NEEDS_RESET` where it has one (virtio-mmio also
+//!   sends a config-change interrupt) and stops calling the device until the driver resets it;
+//! * every queue is consumed through [`Chains`] (pop a structurally checked chain, answer it, return it
+//!   to the used ring), and counters are [`Counter`]s declared with `metrics::device_metrics!`.
 //!
 //! Never trusted here or below: anything read from guest memory (rings, descriptors, headers, lengths,
 //! offsets) and anything the driver writes into the config space.
@@ -48,7 +51,7 @@ pub const TYPE_BLOCK: u32 = 2;
 /// Socket device id.
 pub const TYPE_VSOCK: u32 = 19;
 
-/// Device status bit the transport sets when a call returned `Err(DeviceError)`.
+/// Device status bit a transport sets when a call returned `Err(DeviceError)` (see `transport::NeedsReset`).
 pub const DEVICE_NEEDS_RESET: u32 = 0x40;
 
 /// The device met driver input it cannot recover from without a reset.
@@ -79,7 +82,7 @@ pub enum DeviceError {
         #[source]
         source: virtio_queue::Error,
     },
-    /// The device was asked to process while broken (it already needs a reset).
+    /// The transport refused the call: an earlier error left the device needing a reset.
     #[error("device needs a reset")]
     NeedsReset,
 }

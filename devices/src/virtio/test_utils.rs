@@ -4,10 +4,13 @@
 //!
 //! Trusts nothing it reads back from the device either: the used ring is read through guest memory.
 
+use std::ops::{Deref, DerefMut};
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::GuestMemory;
+use super::{DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice};
+use crate::transport::NeedsReset;
 
 /// Size of the test guest's memory.
 pub const MEM_SIZE: usize = 16 << 20;
@@ -214,5 +217,67 @@ impl GuestQueue {
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
+    }
+}
+
+/// A device core driven the way a transport drives it: every processing call goes through the
+/// transport's [`NeedsReset`], and `reset` is the driver's reset (clears it, resets the core). Everything
+/// else reaches the core through `Deref`.
+pub struct TestTransport<D> {
+    dev: D,
+    needs_reset: NeedsReset,
+}
+
+impl<D: VirtioDevice> TestTransport<D> {
+    pub fn new(dev: D) -> Self {
+        TestTransport {
+            dev,
+            needs_reset: NeedsReset::default(),
+        }
+    }
+
+    pub fn process_queue(
+        &mut self,
+        index: usize,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+    ) -> Result<QueueSignals, DeviceError> {
+        self.needs_reset.call(|| self.dev.process_queue(index, mem, queues))
+    }
+
+    pub fn process_backend(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &mut QueueSet<'_>,
+    ) -> Result<QueueSignals, DeviceError> {
+        self.needs_reset.call(|| self.dev.process_backend(mem, queues))
+    }
+
+    pub fn reset(&mut self) {
+        self.needs_reset.clear();
+        self.dev.reset();
+    }
+}
+
+impl<D> Deref for TestTransport<D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        &self.dev
+    }
+}
+
+impl<D> DerefMut for TestTransport<D> {
+    fn deref_mut(&mut self) -> &mut D {
+        &mut self.dev
+    }
+}
+
+/// The xorshift64 sequence from `seed`: the fuzz tests' source of garbage, reproducible run to run.
+pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
     }
 }

@@ -79,7 +79,6 @@ pub struct Block {
     config: Vec<u8>,
     bounce: Vec<u8>,
     metrics: Arc<BlockMetrics>,
-    broken: bool,
 }
 
 impl Block {
@@ -125,7 +124,6 @@ impl Block {
             config,
             bounce: vec![0; CHUNK],
             metrics: Arc::new(BlockMetrics::default()),
-            broken: false,
         }
     }
 
@@ -343,30 +341,17 @@ impl VirtioDevice for Block {
         mem: &GuestMemory,
         queues: &mut QueueSet<'_>,
     ) -> Result<QueueSignals, DeviceError> {
-        if self.broken {
-            return Err(DeviceError::NeedsReset);
-        }
-        let mut signals = QueueSignals::NONE;
         if index != 0 {
-            return Ok(signals);
+            return Ok(QueueSignals::NONE);
         }
         let Some(mut queue) = queues.chains(0, mem) else {
-            return Ok(signals);
+            return Ok(QueueSignals::NONE);
         };
-        let result = queue.serve_all(&mut signals, |chain| self.answer(chain, mem));
-        match result {
-            Ok(()) => Ok(signals),
-            Err(e) => {
-                self.broken = true;
-                self.metrics.fatal_chains.inc();
-                warn!(error = %e, "virtio-blk needs a reset");
-                Err(e)
-            }
-        }
+        QueueSignals::collect(|signals| queue.serve_all(signals, |chain| self.answer(chain, mem)))
+            .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn reset(&mut self) {
-        self.broken = false;
         self.acked_features = 0;
     }
 
@@ -382,17 +367,21 @@ mod tests {
     use super::*;
     use crate::virtio::block::request::*;
     use crate::virtio::block::test_utils::{offer_request, status, MemDisk, DATA, HDR, STATUS};
-    use crate::virtio::test_utils::{Desc, GuestQueue};
+    use crate::virtio::test_utils::{xorshift, Desc, GuestQueue, TestTransport};
 
-    fn device(read_only: bool) -> (Block, MemDisk) {
+    fn device(read_only: bool) -> (TestTransport<Block>, MemDisk) {
         let disk = MemDisk::new(64 * 512);
         (
-            Block::with_backend(Box::new(disk.clone()), read_only, "hull-test-drive-id-longer-than-20"),
+            TestTransport::new(Block::with_backend(
+                Box::new(disk.clone()),
+                read_only,
+                "hull-test-drive-id-longer-than-20",
+            )),
             disk,
         )
     }
 
-    fn run(dev: &mut Block, q: &mut GuestQueue) -> Result<QueueSignals, DeviceError> {
+    fn run(dev: &mut TestTransport<Block>, q: &mut GuestQueue) -> Result<QueueSignals, DeviceError> {
         let (mem, queue) = q.parts();
         let mut set = QueueSet::new();
         set.push(Some(queue));
@@ -599,14 +588,14 @@ mod tests {
         }
     }
 
-    fn slot(name: &str, read_only: bool) -> (Block, TempImage) {
+    fn slot(name: &str, read_only: bool) -> (TestTransport<Block>, TempImage) {
         let empty = TempImage::new(name, &[]);
         let cfg = BlockConfig {
             path: empty.0.clone(),
             read_only,
             id: Some("slot0".into()),
         };
-        (Block::new(&cfg).unwrap(), empty)
+        (TestTransport::new(Block::new(&cfg).unwrap()), empty)
     }
 
     fn config_capacity(dev: &Block) -> u64 {
@@ -615,7 +604,7 @@ mod tests {
         u64::from_le_bytes(cap)
     }
 
-    fn read_sector(dev: &mut Block, sector: u64) -> (u8, Vec<u8>) {
+    fn read_sector(dev: &mut TestTransport<Block>, sector: u64) -> (u8, Vec<u8>) {
         let mut q = GuestQueue::new(16);
         q.mem().write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
         offer_request(&mut q, VIRTIO_BLK_T_IN, sector, &[Desc::write(DATA, 512)]);
@@ -625,7 +614,7 @@ mod tests {
         (status(&q), got)
     }
 
-    fn write_sector(dev: &mut Block, sector: u64, byte: u8) -> u8 {
+    fn write_sector(dev: &mut TestTransport<Block>, sector: u64, byte: u8) -> u8 {
         let mut q = GuestQueue::new(16);
         q.mem().write_slice(&[byte; 512], GuestAddress(DATA)).unwrap();
         offer_request(&mut q, VIRTIO_BLK_T_OUT, sector, &[Desc::read(DATA, 512)]);
@@ -729,11 +718,9 @@ mod tests {
     #[test]
     fn garbage_on_an_empty_slot_never_panics() {
         let (mut dev, _f) = slot("fuzz", false);
-        let mut seed = 0x0bad_cafe_u64;
+        let mut rnd = xorshift(0x0bad_cafe);
         for _ in 0..200 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = rnd();
             let mut q = GuestQueue::new(8);
             let kind = (seed % 12) as u32;
             offer_request(
@@ -750,13 +737,7 @@ mod tests {
     #[test]
     fn random_garbage_never_panics() {
         // A crude fuzz: random descriptor tables and rings; the device may fail, never panic.
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x1234_5678_9abc_def0);
         for _ in 0..300 {
             let (mut dev, _) = device(rnd() % 2 == 0);
             let mut q = GuestQueue::new(8);

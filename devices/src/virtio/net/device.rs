@@ -56,7 +56,6 @@ pub struct Net<B: NetBackend = Tap> {
     pending: Option<usize>,
     tx_frame: Vec<u8>,
     metrics: Arc<NetMetrics>,
-    broken: bool,
 }
 
 impl Net<Tap> {
@@ -79,7 +78,6 @@ impl<B: NetBackend> Net<B> {
             pending: None,
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             metrics: Arc::new(NetMetrics::default()),
-            broken: false,
         };
         net.watch_backend(true).map_err(NetError::Epoll)?;
         Ok(net)
@@ -176,7 +174,7 @@ impl<B: NetBackend> Net<B> {
                 },
             };
             self.pending = Some(len);
-            let Some(chain) = rxq.next()? else {
+            let Some(chain) = rxq.pop()? else {
                 // No buffer: keep the frame, stop watching the TAP until the driver adds buffers.
                 let _ = self.watch_backend(false);
                 return Ok(());
@@ -196,26 +194,6 @@ impl<B: NetBackend> Net<B> {
             self.metrics.rx_frames.inc();
             self.metrics.rx_bytes.add(len as u64);
             rxq.complete(chain.head, len as u32, signals)?;
-        }
-    }
-
-    fn guarded(
-        &mut self,
-        f: impl FnOnce(&mut Self, &mut QueueSignals) -> Result<(), DeviceError>,
-    ) -> Result<QueueSignals, DeviceError> {
-        if self.broken {
-            return Err(DeviceError::NeedsReset);
-        }
-        let mut signals = QueueSignals::NONE;
-        match f(self, &mut signals) {
-            Ok(()) => Ok(signals),
-            Err(e) => {
-                self.broken = true;
-                let _ = self.watch_backend(false);
-                self.metrics.fatal_chains.inc();
-                warn!(error = %e, "virtio-net needs a reset");
-                Err(e)
-            }
         }
     }
 }
@@ -255,11 +233,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         mem: &GuestMemory,
         queues: &mut QueueSet<'_>,
     ) -> Result<QueueSignals, DeviceError> {
-        self.guarded(|dev, signals| match index {
-            TX_QUEUE => dev.process_tx(mem, queues, signals),
-            RX_QUEUE => dev.process_rx(mem, queues, signals),
+        QueueSignals::collect(|signals| match index {
+            TX_QUEUE => self.process_tx(mem, queues, signals),
+            RX_QUEUE => self.process_rx(mem, queues, signals),
             _ => Ok(()),
         })
+        .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -267,12 +246,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn process_backend(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
-        self.guarded(|dev, signals| dev.process_rx(mem, queues, signals))
+        QueueSignals::collect(|signals| self.process_rx(mem, queues, signals))
+            .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn reset(&mut self) {
         self.pending = None;
-        self.broken = false;
         self.acked_features = 0;
         let _ = self.watch_backend(true);
     }
@@ -285,10 +264,15 @@ mod tests {
     use super::*;
     use crate::virtio::net::test_utils::{queues, FakeTap};
     use crate::virtio::net::VNET_HDR_LEN;
-    use crate::virtio::test_utils::{Desc, GuestQueue};
+    use crate::virtio::test_utils::{xorshift, Desc, GuestQueue, TestTransport};
+
+    /// A net device over `tap`, driven as a transport drives it.
+    fn net(tap: &FakeTap) -> TestTransport<Net<FakeTap>> {
+        TestTransport::new(Net::with_backend(tap.clone(), None).unwrap())
+    }
 
     fn run(
-        dev: &mut Net<FakeTap>,
+        dev: &mut TestTransport<Net<FakeTap>>,
         rx: &mut GuestQueue,
         tx: &mut GuestQueue,
         index: Option<usize>,
@@ -319,7 +303,7 @@ mod tests {
     #[test]
     fn tx_frame_reaches_tap_with_zeroed_header() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         let mut f = vec![0x55u8; VNET_HDR_LEN];
         f.extend(frame(60));
@@ -340,7 +324,7 @@ mod tests {
     #[test]
     fn rx_frames_wait_for_buffers_and_none_is_lost() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         for i in 0..5 {
             tap.push(&frame(60 + i));
@@ -367,7 +351,7 @@ mod tests {
     #[test]
     fn oversized_frame_is_dropped_buffer_kept() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         tap.push(&frame(3000));
         tap.push(&frame(100));
@@ -381,7 +365,7 @@ mod tests {
     #[test]
     fn malformed_tx_dropped_device_survives() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         tx.add_chain(&[Desc::read(0x40_000, 4)]);
         tx.add_chain(&[Desc::write(0x40_000, 100)]);
@@ -396,7 +380,7 @@ mod tests {
     #[test]
     fn rx_buffer_too_small_for_header_needs_reset() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         tap.push(&frame(60));
         rx.add_chain(&[Desc::write(0x80_000, 4)]);
@@ -413,7 +397,7 @@ mod tests {
     #[test]
     fn looping_rx_chain_needs_reset() {
         let tap = FakeTap::new();
-        let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+        let mut dev = net(&tap);
         let (mut rx, mut tx) = queues();
         tap.push(&frame(60));
         rx.add_raw_chain(&[(0x80_000, 100, 3, 0)]);
@@ -425,16 +409,10 @@ mod tests {
 
     #[test]
     fn random_garbage_never_panics() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..200 {
             let tap = FakeTap::new();
-            let mut dev = Net::with_backend(tap.clone(), None).unwrap();
+            let mut dev = net(&tap);
             let (mut rx, mut tx) = queues();
             for _ in 0..(rnd() % 4) {
                 tap.push(&frame((rnd() % 3000) as usize));

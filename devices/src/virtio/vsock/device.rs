@@ -9,7 +9,7 @@ use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::backend::VsockBackend;
 use super::metrics::VsockMetrics;
@@ -41,7 +41,6 @@ pub struct Vsock<B: VsockBackend = HybridUnixBackend> {
     rx_buf: Vec<u8>,
     tx_payload: Vec<u8>,
     metrics: Arc<VsockMetrics>,
-    broken: bool,
 }
 
 impl Vsock<HybridUnixBackend> {
@@ -63,7 +62,6 @@ impl<B: VsockBackend> Vsock<B> {
             rx_buf: vec![0; MAX_PKT_PAYLOAD],
             tx_payload: Vec::with_capacity(MAX_PKT_PAYLOAD),
             metrics,
-            broken: false,
         }
     }
 
@@ -115,7 +113,7 @@ impl<B: VsockBackend> Vsock<B> {
         };
         while self.backend.has_pending_rx() {
             // Starved: the guest kicks the RX queue when it adds buffers.
-            let Some(chain) = rxq.next()? else {
+            let Some(chain) = rxq.pop()? else {
                 break;
             };
             let cap = rx_capacity(&chain, mem).map_err(|e| rxq.unanswerable(chain.head, e))?;
@@ -129,25 +127,6 @@ impl<B: VsockBackend> Vsock<B> {
             rxq.complete(chain.head, used, signals)?;
         }
         Ok(())
-    }
-
-    fn guarded(
-        &mut self,
-        f: impl FnOnce(&mut Self, &mut QueueSignals) -> Result<(), DeviceError>,
-    ) -> Result<QueueSignals, DeviceError> {
-        if self.broken {
-            return Err(DeviceError::NeedsReset);
-        }
-        let mut signals = QueueSignals::NONE;
-        match f(self, &mut signals) {
-            Ok(()) => Ok(signals),
-            Err(e) => {
-                self.broken = true;
-                self.metrics.fatal_chains.inc();
-                warn!(error = %e, "virtio-vsock needs a reset");
-                Err(e)
-            }
-        }
     }
 }
 
@@ -182,13 +161,14 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         mem: &GuestMemory,
         queues: &mut QueueSet<'_>,
     ) -> Result<QueueSignals, DeviceError> {
-        self.guarded(|dev, signals| {
+        QueueSignals::collect(|signals| {
             if index == TX_QUEUE {
-                dev.process_tx(mem, queues, signals)?;
+                self.process_tx(mem, queues, signals)?;
             }
             // TX packets may have produced replies; an RX kick means new buffers. Either way, fill RX.
-            dev.process_rx(mem, queues, signals)
+            self.process_rx(mem, queues, signals)
         })
+        .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -196,15 +176,15 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     }
 
     fn process_backend(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
-        self.guarded(|dev, signals| {
-            dev.backend.process_events();
-            dev.process_rx(mem, queues, signals)
+        QueueSignals::collect(|signals| {
+            self.backend.process_events();
+            self.process_rx(mem, queues, signals)
         })
+        .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn reset(&mut self) {
         self.backend.reset();
-        self.broken = false;
         self.acked_features = 0;
     }
 }
@@ -216,7 +196,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::virtio::test_utils::Desc;
+    use crate::virtio::test_utils::{xorshift, Desc};
     use crate::virtio::vsock::packet::*;
     use crate::virtio::vsock::test_utils::{guest_hdr, Harness, GUEST_CID, PKT};
     use crate::virtio::vsock::HOST_CID;
@@ -452,13 +432,7 @@ mod tests {
 
     #[test]
     fn random_garbage_never_panics() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut h = Harness::new("fuzz");
         for round in 0..200 {
             // Random packets with plausible headers (so they reach the backend) and random chains.

@@ -8,8 +8,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::{PacketHeader, HDR_LEN};
 use super::{Vsock, VsockConfig, HOST_CID, TYPE_STREAM};
-use crate::virtio::test_utils::{Desc, GuestQueue, RING_SPAN};
-use crate::virtio::{DeviceError, QueueSet, QueueSignals, VirtioDevice};
+use crate::virtio::test_utils::{Desc, GuestQueue, TestTransport, RING_SPAN};
+use crate::virtio::{DeviceError, QueueSet, QueueSignals};
 
 /// Guest CID used by the tests.
 pub const GUEST_CID: u64 = 3;
@@ -59,9 +59,10 @@ pub fn write_tx_packet(q: &mut GuestQueue, hdr: &PacketHeader, payload: &[u8], s
     }
 }
 
-/// A vsock device with its two queues and a scratch directory for host sockets.
+/// A vsock device (driven as a transport drives it) with its two queues and a scratch directory for host
+/// sockets.
 pub struct Harness {
-    pub dev: Vsock,
+    pub dev: TestTransport<Vsock>,
     pub rx: GuestQueue,
     pub tx: GuestQueue,
     pub dir: PathBuf,
@@ -73,11 +74,13 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!("hull-vsock-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let dev = Vsock::new(&VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: dir.join("v.sock"),
-        })
-        .unwrap();
+        let dev = TestTransport::new(
+            Vsock::new(&VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: dir.join("v.sock"),
+            })
+            .unwrap(),
+        );
         let rx = GuestQueue::new(64);
         let tx = GuestQueue::with_memory(rx.mem().clone(), 0x1000 + RING_SPAN, 64);
         Harness {
@@ -102,20 +105,25 @@ impl Harness {
         }
     }
 
+    /// The driver kicked queue `index`.
     pub fn kick(&mut self, index: usize) -> Result<QueueSignals, DeviceError> {
-        let mem = self.rx.mem().clone();
-        let mut set = QueueSet::new();
-        set.push(Some(self.rx.queue_mut()));
-        set.push(Some(self.tx.queue_mut()));
-        self.dev.process_queue(index, &mem, &mut set)
+        self.call(Some(index))
     }
 
+    /// The backend's fd polled readable.
     pub fn backend_event(&mut self) -> Result<QueueSignals, DeviceError> {
+        self.call(None)
+    }
+
+    fn call(&mut self, queue: Option<usize>) -> Result<QueueSignals, DeviceError> {
         let mem = self.rx.mem().clone();
         let mut set = QueueSet::new();
         set.push(Some(self.rx.queue_mut()));
         set.push(Some(self.tx.queue_mut()));
-        self.dev.process_backend(&mem, &mut set)
+        match queue {
+            Some(index) => self.dev.process_queue(index, &mem, &mut set),
+            None => self.dev.process_backend(&mem, &mut set),
+        }
     }
 
     /// Sends a guest packet through the TX queue.
