@@ -42,7 +42,9 @@ pub struct Drive {
     pub read_only: bool,
 }
 
-pub struct VmConfig<'a> {
+/// How a backend launches a VM: the guest (kernel, initramfs, size, disks, NIC) and where its processes run.
+/// Not the hull VMM's own `vmm::VmConfig`, which the kvm backend's `hull` process builds from API calls.
+pub struct VmLaunchConfig<'a> {
     /// The `hull` binary (the kvm backend's VMM, and the vhost-user device backends of the qemu backend).
     pub hull: &'a Path,
     pub kernel: &'a Path,
@@ -95,7 +97,7 @@ pub fn guest_device(kind: BackendKind, index: usize, id: &str) -> String {
 }
 
 /// Creates the empty placeholder image of every slot.
-fn slot_placeholders(cfg: &VmConfig) -> Result<Vec<(String, PathBuf)>, BackendError> {
+fn slot_placeholders(cfg: &VmLaunchConfig) -> Result<Vec<(String, PathBuf)>, BackendError> {
     (0..cfg.slots)
         .map(|i| {
             let path = cfg.dir.join(format!("{}.empty", slot_id(i)));
@@ -128,7 +130,7 @@ pub fn choose(requested: BackendKind) -> (BackendKind, String) {
     }
 }
 
-pub fn start(kind: BackendKind, cfg: &VmConfig) -> Result<Box<dyn Vm>, BackendError> {
+pub fn start(kind: BackendKind, cfg: &VmLaunchConfig) -> Result<Box<dyn Vm>, BackendError> {
     match kind {
         BackendKind::Kvm => Ok(Box::new(KvmVm::start(cfg)?)),
         _ => Ok(Box::new(QemuVm::start(cfg)?)),
@@ -192,7 +194,7 @@ pub struct QemuVm {
 }
 
 impl QemuVm {
-    fn start(cfg: &VmConfig) -> Result<QemuVm, BackendError> {
+    fn start(cfg: &VmLaunchConfig) -> Result<QemuVm, BackendError> {
         let d = cfg.dir;
         let mut backends = Vec::new();
         let mut blk_args = Vec::new();
@@ -395,7 +397,7 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    fn start(cfg: &VmConfig) -> Result<KvmVm, BackendError> {
+    fn start(cfg: &VmLaunchConfig) -> Result<KvmVm, BackendError> {
         let d = cfg.dir;
         let api = d.join("api.sock");
         let console = d.join("console.log");

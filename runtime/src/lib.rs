@@ -3,10 +3,14 @@
 //! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]), runc-style
 //! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), and where the guest
 //! kernel and initramfs are found ([`guest_files`]).
+//!
+//! Both build the agent's `CreateContainerRequest` with [`container`] (rootfs and volume disks, copied files,
+//! attached streams, the spec); each brings its own spec and disks.
 
 pub mod agent;
 pub mod api_client;
 pub mod backend;
+pub mod container;
 pub mod guard;
 pub mod image;
 pub mod spec;

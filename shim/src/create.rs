@@ -1,8 +1,9 @@
 //! Create: a container of the bundle containerd prepared, in the pod's VM. As named steps:
 //! read the bundle (its OCI spec fitted for the guest, the shim config, where the rootfs comes from) →
 //! the rootfs image (cached per image) → the VM, booted by the pod's first container with that image as
-//! its first disk → the container's disks (rootfs, volumes) in the VM → the agent's CreateContainer → its
-//! stdio attached → the VM record in the bundle for a later `delete`.
+//! its first disk → the container's disks (rootfs, volumes) in the VM → the agent's CreateContainer (the
+//! request built by [`hull_runtime::container`], as `hull run` builds its own) → its stdio attached → the
+//! VM record in the bundle for a later `delete`.
 //!
 //! Everything in the bundle and the request is containerd's client's and not trusted: ids are validated,
 //! the spec is parsed without panics ([`crate::guest_spec`]), and a failure releases the disks taken so far.
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::protos::api::Mount;
-use hull_agent_protocol::agent::{CreateContainerRequest, File as AgentFile, Storage};
+use hull_runtime::container::{GuestDisk, GuestFile, NewContainer, VolumeMount};
 use hull_runtime::guard::RunDir;
 
 use crate::config::{ShimConfig, MAX_SLOTS};
@@ -229,14 +230,12 @@ fn add_to_vm(
         .disk_for(&image.key, &image.image.path, true)
         .map_err(disk_err("the rootfs"))?;
     held.push(image.key.clone());
-    let mut rootfs = Storage::new();
-    rootfs.device = device;
-    rootfs.fstype = image.image.fstype.into();
-    rootfs.read_only = true;
-    rootfs.writable_overlay = true;
-    let mut creq = CreateContainerRequest::new();
-    creq.container_id = id.into();
-    creq.rootfs = Some(rootfs).into();
+    let rootfs = GuestDisk {
+        device,
+        fstype: image.image.fstype.into(),
+        read_only: true,
+    };
+    let mut volumes = Vec::new();
     for (i, v) in g.volumes.iter().enumerate() {
         let key = format!("vol:{}", v.source.display());
         // Another container of the pod may have this volume's disk already: no second copy then.
@@ -259,23 +258,33 @@ fn add_to_vm(
             }
         };
         held.push(key);
-        let mut m = Storage::new();
-        m.device = device;
-        m.fstype = fstype.into();
-        m.read_only = v.read_only;
-        m.container_path = v.destination.clone();
-        creq.mounts.push(m);
-    }
-    for f in &g.files {
-        let mut af = AgentFile::new();
-        af.name = f.name.clone();
-        af.content = f.content.clone();
-        af.mode = f.mode;
-        creq.files.push(af);
+        volumes.push(VolumeMount {
+            disk: GuestDisk {
+                device,
+                fstype: fstype.into(),
+                read_only: v.read_only,
+            },
+            container_path: v.destination.clone(),
+        });
     }
     let mut init = Proc::new(&req.stdio);
-    creq.stdio = Some(init.stdio_config()).into();
-    creq.oci_spec_json = g.spec.to_string().into_bytes();
+    let creq = NewContainer {
+        id,
+        oci_spec: &g.spec,
+        rootfs,
+        volumes,
+        files: g
+            .files
+            .iter()
+            .map(|f| GuestFile {
+                name: &f.name,
+                content: &f.content,
+                mode: f.mode,
+            })
+            .collect(),
+        streams: init.streams(),
+    }
+    .request();
     pod.agent.create(creq).map_err(ShimError::agent(id))?;
     let uds = pod.vm.vsock_uds().to_path_buf();
     if let Err(source) = init.attach(&pod.agent, &uds, id, "") {

@@ -148,7 +148,7 @@ impl Pod {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
-                let vm_cfg = backend::VmConfig {
+                let vm_cfg = backend::VmLaunchConfig {
                     hull: &hull,
                     kernel: &kernel,
                     initrd: &initrd,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use hull_agent_protocol::agent::StdioConfig;
 use hull_agent_protocol::stdio::Stream;
 use hull_runtime::agent::{Agent, AgentError};
+use hull_runtime::container::Streams;
 
 /// containerd's stdio addresses for a process (FIFO paths, `fifo://` or `file://` URIs, "" for none) and
 /// whether it gets a terminal.
@@ -72,14 +72,13 @@ impl Proc {
     }
 
     /// Which streams the agent must keep for us (the others are /dev/null in the guest).
-    pub fn stdio_config(&self) -> StdioConfig {
-        let mut s = StdioConfig::new();
-        if !self.terminal {
-            s.stdin = !self.stdin.is_empty();
-            s.stdout = !self.stdout.is_empty();
-            s.stderr = !self.stderr.is_empty();
+    pub fn streams(&self) -> Streams {
+        Streams {
+            terminal: self.terminal,
+            stdin: !self.stdin.is_empty(),
+            stdout: !self.stdout.is_empty(),
+            stderr: !self.stderr.is_empty(),
         }
-        s
     }
 
     /// Opens the agent's streams (before the process starts, so nothing is missed) and starts copying.

@@ -142,7 +142,7 @@ impl Tasks {
                 id: id.into(),
                 exec: exec.into(),
             })?;
-            (p.stdio_config(), process)
+            (p.streams().config(), process)
         };
         agent.exec(id, exec, process, stdio).map_err(ShimError::agent(id))?;
         let mut st = self.lock();

@@ -18,11 +18,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hull_agent_protocol::agent::{CreateContainerRequest, StdioConfig, Storage};
 use hull_agent_protocol::stdio::Stream;
 
 use crate::logging::LogLevel;
-use hull_runtime::backend::{self, BackendKind, VmConfig};
+use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
+use hull_runtime::container::{GuestDisk, NewContainer, Streams, VolumeMount};
 use hull_runtime::{agent, console_tail, guard, image, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
@@ -218,7 +218,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     // This very binary, for `hull vhost-user ...` and the kvm backend's VMM: through /proc/self/exe, which
     // stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
     let hull = PathBuf::from("/proc/self/exe");
-    let cfg = VmConfig {
+    let cfg = VmLaunchConfig {
         hull: &hull,
         kernel: &kernel,
         initrd: &initrd,
@@ -350,37 +350,29 @@ fn run_container(
     if args.net.is_some() && !args.dns.is_empty() {
         spec::add_resolv_conf(&mut oci);
     }
-    let mut req = CreateContainerRequest::new();
-    req.container_id = CONTAINER_ID.into();
-    req.oci_spec_json = oci.to_string().into_bytes();
-    let mut rootfs = Storage::new();
-    // QEMU's vhost-user disks carry their id as serial; the kvm backend attaches the rootfs first (vda).
-    let device = |id: &str| {
-        if kind == BackendKind::Kvm && id == "rootfs" {
-            "vda".to_string()
-        } else {
-            format!("serial:{id}")
-        }
+    // The drives are the rootfs, then one per --volume, in order.
+    let container = NewContainer {
+        id: CONTAINER_ID,
+        oci_spec: &oci,
+        rootfs: GuestDisk::of_drive(kind, 0, &drives[0]),
+        volumes: drives[1..]
+            .iter()
+            .zip(&args.volumes)
+            .enumerate()
+            .map(|(i, (drive, v))| VolumeMount {
+                disk: GuestDisk::of_drive(kind, 1 + i, drive),
+                container_path: v.dest.clone(),
+            })
+            .collect(),
+        files: Vec::new(),
+        streams: Streams {
+            terminal: args.tty,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        },
     };
-    rootfs.device = device("rootfs");
-    rootfs.fstype = drives[0].image.fstype.into();
-    rootfs.read_only = true;
-    rootfs.writable_overlay = true;
-    req.rootfs = Some(rootfs).into();
-    for (drive, v) in drives[1..].iter().zip(&args.volumes) {
-        let mut m = Storage::new();
-        m.device = device(&drive.id);
-        m.fstype = drive.image.fstype.into();
-        m.read_only = v.read_only;
-        m.container_path = v.dest.clone();
-        req.mounts.push(m);
-    }
-    let mut stdio = StdioConfig::new();
-    stdio.stdin = !args.tty;
-    stdio.stdout = !args.tty;
-    stdio.stderr = !args.tty;
-    req.stdio = Some(stdio).into();
-    agent.create(req)?;
+    agent.create(container.request())?;
     timing_phase(args, "container_created", t0);
 
     // Stdio before Start, so not a byte is missed.
