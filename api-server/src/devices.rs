@@ -2,7 +2,7 @@
 //! `PUT /network-interfaces/{id}`, `PUT /vsock`) and the config file alike. This is the one place where
 //! they are accepted into the instance: each body is decoded into the VMM's typed config (Firecracker's
 //! shapes, unknown fields refused), validated on its own and against the devices already configured, and
-//! kept until `InstanceStart` hands them to the [`VmConfig`]. `PATCH /drives/{id}` changes a drive's
+//! kept until `InstanceStart` hands them to the [`MicroVmConfig`]. `PATCH /drives/{id}` changes a drive's
 //! `path_on_host` (before boot: the stored config; after boot the instance also swaps the running drive's
 //! file). The JSON received is user input and is not trusted.
 
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vmm::{BlockDeviceConfig, ConfigError, NetworkInterfaceConfig, VmConfig, VsockConfig};
+use vmm::{BlockDeviceConfig, ConfigError, MicroVmConfig, NetworkInterfaceConfig, VsockConfig};
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub struct DeviceConfigs {
 impl DeviceConfigs {
     /// Checks a candidate set of devices the way `InstanceStart` will; only a valid set is kept.
     fn commit(&mut self, candidate: DeviceConfigs) -> Result<(), DeviceError> {
-        let vm = VmConfig {
+        let vm = MicroVmConfig {
             drives: candidate.drives,
             net: candidate.network_interfaces,
             vsock: candidate.vsock,
@@ -133,7 +133,7 @@ impl DeviceConfigs {
             .find(|d| d.drive_id == id)
             .ok_or_else(|| DeviceError::NoSuchDrive(id.to_string()))?;
         drive.path_on_host = path.clone();
-        let vm = VmConfig {
+        let vm = MicroVmConfig {
             drives: candidate.drives.clone(),
             ..Default::default()
         };
@@ -153,7 +153,7 @@ impl DeviceConfigs {
     }
 
     /// Hands the devices to the VMM's configuration (at `InstanceStart`).
-    pub fn apply_to(&self, config: &mut VmConfig) {
+    pub fn apply_to(&self, config: &mut MicroVmConfig) {
         config.drives = self.drives.clone();
         config.net = self.network_interfaces.clone();
         config.vsock = self.vsock.clone();
@@ -226,7 +226,7 @@ mod tests {
             ),
             Err(DeviceError::IdMismatch)
         ));
-        let mut vm = VmConfig::default();
+        let mut vm = MicroVmConfig::default();
         devices.apply_to(&mut vm);
         assert_eq!(vm.drives.len(), 2);
         std::fs::remove_file(img).unwrap();

@@ -7,8 +7,8 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 use vmm::{
-    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, MachineConfig, MicroVm, VmConfig, VmState, VmmError,
-    VmmOptions,
+    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, MachineConfig, MicroVm, MicroVmConfig, VmState,
+    VmmError, VmmOptions,
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};
@@ -96,7 +96,7 @@ pub struct FullVmConfig<'a> {
 
 pub struct Instance {
     id: String,
-    config: VmConfig,
+    config: MicroVmConfig,
     devices: DeviceConfigs,
     logger: Option<LoggerConfig>,
     metrics: Option<MetricsConfig>,
@@ -108,7 +108,7 @@ impl Instance {
     pub fn new(id: String, options: VmmOptions) -> Instance {
         Instance {
             id,
-            config: VmConfig::default(),
+            config: MicroVmConfig::default(),
             devices: DeviceConfigs::default(),
             logger: None,
             metrics: None,

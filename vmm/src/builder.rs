@@ -18,7 +18,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, EntryPoint, InitrdRegion, LoadedKernel};
-use crate::config::{SerialOutput, VmConfig, VmmOptions};
+use crate::config::{MicroVmConfig, SerialOutput, VmmOptions};
 use crate::cpu_template::{self, CpuTemplate};
 use crate::event_loop::{self, SerialInput, Subscriber};
 use crate::layout::*;
@@ -64,7 +64,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
 }
 
 /// Builds the VM described by `config` and starts it.
-pub(crate) fn build_microvm(config: &VmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
+pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
     let started = Instant::now();
     config.validate()?;
     let boot_source = config
@@ -255,7 +255,7 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    config: &VmConfig,
+    config: &MicroVmConfig,
     legacy: &mut LegacyDevices,
 ) -> Result<(Vec<String>, virtio_devices::Drives), BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();

@@ -394,9 +394,10 @@ impl VsockConfig {
     }
 }
 
-/// Everything needed to build and start one microVM.
+/// The full configuration of one microVM: everything needed to build and start it. The API and the config
+/// file fill it in; `MicroVm::start` builds the VM from it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VmConfig {
+pub struct MicroVmConfig {
     pub boot_source: Option<BootSourceConfig>,
     pub machine: MachineConfig,
     /// Block devices, in the order they were configured (the root device is attached first).
@@ -405,7 +406,7 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
 }
 
-impl VmConfig {
+impl MicroVmConfig {
     /// Checks the whole configuration before any VM resource is created.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.boot_source
@@ -560,7 +561,7 @@ mod tests {
     #[test]
     fn devices_are_checked_across_each_other() {
         let img = temp_image("cross");
-        let mut vm = VmConfig {
+        let mut vm = MicroVmConfig {
             drives: vec![drive("a", &img, true), drive("b", &img, false)],
             ..Default::default()
         };

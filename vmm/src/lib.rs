@@ -1,6 +1,6 @@
 //! hull's virtual machine monitor: one KVM microVM per process.
 //!
-//! `MicroVm::start` builds a VM from a [`VmConfig`] as a readable sequence of steps (`builder.rs`)
+//! `MicroVm::start` builds a VM from a [`MicroVmConfig`] as a readable sequence of steps (`builder.rs`)
 //! and returns a handle that pauses, resumes, sends Ctrl-Alt-Del and reports how the guest ended.
 
 pub mod boot;
@@ -19,7 +19,7 @@ mod virtio_devices;
 pub use builder::BuildError;
 pub use config::{
     BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
-    NetworkInterfaceConfig, SerialOutput, VmConfig, VmmOptions, VsockConfig,
+    MicroVmConfig, NetworkInterfaceConfig, SerialOutput, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;
 pub use microvm::{MicroVm, VmState, VmmError};

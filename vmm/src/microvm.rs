@@ -11,7 +11,7 @@ use devices::bus::lock;
 use devices::legacy::I8042;
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::config::{VmConfig, VmmOptions};
+use crate::config::{MicroVmConfig, VmmOptions};
 use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuControl;
@@ -59,7 +59,7 @@ pub struct MicroVm {
 
 impl MicroVm {
     /// Validates `config`, builds the VM and starts its vCPUs.
-    pub fn start(config: &VmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
+    pub fn start(config: &MicroVmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
         crate::builder::build_microvm(config, options)
     }
 

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::VmConfig;
+use crate::config::MicroVmConfig;
 use crate::event_loop::Subscriber;
 use crate::memory::GuestMemoryMmap;
 
@@ -136,7 +136,7 @@ impl Drives {
 
 /// Builds every configured device core, in attachment order: the root drive first (so it is always
 /// `/dev/vda`), the other drives as configured, the network interfaces, then the vsock.
-pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
+pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachError> {
     let mut cores = Vec::new();
     for drive in config.drives_in_attach_order() {
         let cfg = BlockConfig {
@@ -187,7 +187,7 @@ pub fn create_cores(config: &VmConfig) -> Result<Vec<DeviceCore>, AttachError> {
 
 /// What the kernel needs to mount the root drive: `root=/dev/vda` (or `root=PARTUUID=...`), then `rw`
 /// or `ro` (Firecracker's behaviour). Empty without a root device.
-pub fn root_cmdline(config: &VmConfig) -> Option<String> {
+pub fn root_cmdline(config: &MicroVmConfig) -> Option<String> {
     let root = config.drives.iter().find(|d| d.is_root_device)?;
     let device = match &root.partuuid {
         Some(uuid) => format!("root=PARTUUID={uuid}"),
@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn command_line_entries_look_like_firecrackers() {
         assert_eq!(mmio_cmdline(0xd000_0000, 5), "virtio_mmio.device=4K@0xd0000000:5");
-        let mut config = VmConfig::default();
+        let mut config = MicroVmConfig::default();
         assert_eq!(root_cmdline(&config), None);
         let drive = |id: &str, root: bool, ro: bool, partuuid: Option<&str>| crate::config::BlockDeviceConfig {
             drive_id: id.into(),
