@@ -10,39 +10,18 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-
-use crate::sys::ExitStatus;
+use serde::{de::DeserializeOwned, Serialize};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Largest frame accepted (an OCI spec is a few KiB).
 const MAX_FRAME: usize = 4 << 20;
 /// The descriptor number a helper finds its end of the channel on.
 pub const HELPER_FD: RawFd = 3;
+/// Descriptors one receive takes. The protocol passes at most one; the rest are closed.
+const MAX_FDS: usize = 4;
 
-/// What the agent tells a helper.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ToHelper {
-    /// `hull-init`: set up the container.
-    Init(Box<crate::init::InitConfig>),
-    /// `hull-init`: run the container's program now.
-    Start,
-    /// `hull-exec`: join the container and run a process.
-    Exec(Box<crate::init::ExecConfig>),
-}
-
-/// What a helper tells the agent.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum FromHelper {
-    /// Set up; a terminal's master side comes with this frame when the process has one.
-    Ready,
-    /// The process runs; its PID in the guest's root PID namespace (0 if the helper cannot know it).
-    Started { pid: i32 },
-    /// The container's program ended with this status.
-    Exited(ExitStatus),
-    /// Setting up failed.
-    Error(String),
-}
-
+/// One end of the channel. The messages it carries are in `helper_protocol.rs`; the channel itself
+/// knows only frames.
 pub struct Channel {
     sock: UnixStream,
 }
@@ -77,7 +56,8 @@ impl Channel {
         match fd {
             None => self.sock.write_all(&frame),
             Some(fd) => {
-                let sent = send_fd(self.sock.as_raw_fd(), &frame, fd)?;
+                // sendmsg(2) with one SCM_RIGHTS descriptor (and MSG_NOSIGNAL); the rest of the frame follows.
+                let sent = self.sock.send_with_fd(&frame[..], fd).map_err(io::Error::from)?;
                 self.sock.write_all(&frame[sent..])
             }
         }
@@ -86,7 +66,7 @@ impl Channel {
     /// Receives a frame; `Ok(None)` at a clean end of stream. A passed descriptor is returned with it.
     pub fn recv<T: DeserializeOwned>(&mut self) -> io::Result<Option<(T, Option<OwnedFd>)>> {
         let mut len = [0u8; 4];
-        let (n, fd) = recv_with_fd(self.sock.as_raw_fd(), &mut len)?;
+        let (n, fd) = recv_with_fd(&self.sock, &mut len)?;
         if n == 0 {
             return Ok(None);
         }
@@ -102,75 +82,27 @@ impl Channel {
     }
 }
 
-/// sendmsg(2) with one SCM_RIGHTS descriptor; returns how many bytes went.
-fn send_fd(sock: RawFd, data: &[u8], fd: RawFd) -> io::Result<usize> {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
-    // SAFETY: msghdr is plain data; we fill the fields sendmsg reads, pointing at buffers that live until it
-    // returns. CMSG_FIRSTHDR on a buffer of CMSG_SPACE bytes is non-null.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::copy_nonoverlapping(&fd as *const RawFd as *const u8, libc::CMSG_DATA(cmsg), 4);
-        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+/// recvmsg(2) into `buf`, taking at most one passed descriptor, which is made close-on-exec at once (the
+/// agent starts helpers from other threads; `init::spawn_helper` also closes everything above fd 3).
+fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut fds = [-1 as RawFd; MAX_FDS];
+    let mut iovecs = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+    let (n, count) = loop {
+        // SAFETY: the only iovec points at `buf`, borrowed mutably for this call, where any bytes may land.
+        match unsafe { sock.recv_with_fds(&mut iovecs, &mut fds) } {
+            Ok(got) => break got,
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(e.into()),
         }
-        Ok(n as usize)
+    };
+    // SAFETY: the kernel has just installed these `count` descriptors for us; nothing else owns them.
+    let received: Vec<OwnedFd> = fds[..count].iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }).collect();
+    // More than one descriptor is not part of the protocol: keep the first; the rest close here.
+    let first = received.into_iter().next();
+    if let Some(fd) = &first {
+        crate::sys::set_cloexec(fd.as_raw_fd())?;
     }
-}
-
-/// recvmsg(2) into `buf`, taking at most one passed descriptor (close-on-exec).
-fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    // SAFETY: pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((4 * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: as in send_fd; the control buffer is walked with the CMSG macros within msg_controllen, and
-    // only SCM_RIGHTS payloads are read as descriptors, which the kernel has just installed for us.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = loop {
-            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
-        let mut fds = Vec::new();
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let payload = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..payload / 4 {
-                    let mut fd: RawFd = -1;
-                    std::ptr::copy_nonoverlapping(data.add(i * 4), &mut fd as *mut RawFd as *mut u8, 4);
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        // More than one descriptor is not part of the protocol: keep the first, close the rest.
-        let first = if fds.is_empty() { None } else { Some(fds.remove(0)) };
-        Ok((n, first))
-    }
+    Ok((n, first))
 }
 
 #[cfg(test)]
@@ -178,6 +110,8 @@ mod tests {
     use std::io::{Seek, Write};
 
     use super::*;
+    use crate::helper_protocol::FromHelper;
+    use crate::sys::ExitStatus;
 
     #[test]
     fn frames_and_a_passed_descriptor_arrive_intact() {
@@ -198,6 +132,19 @@ mod tests {
         drop(helper);
         assert!(agent.recv::<FromHelper>().unwrap().is_none());
         file.flush().unwrap();
+    }
+
+    #[test]
+    fn a_passed_descriptor_arrives_close_on_exec() {
+        let (mut agent, helper) = Channel::pair().unwrap();
+        let mut helper = Channel { sock: helper };
+        let (r, _w) = crate::sys::pipe().unwrap();
+        helper.send_with_fd(&FromHelper::Ready, Some(r.as_raw_fd())).unwrap();
+        let (_, fd) = agent.recv::<FromHelper>().unwrap().unwrap();
+        let fd = fd.expect("a descriptor");
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "flags {flags:#x}");
     }
 
     #[test]

@@ -20,8 +20,9 @@ use hull_agent_protocol::stdio::{StdioRequest, Stream};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 
 use crate::cgroup::{Cgroup, CgroupError};
-use crate::channel::{Channel, FromHelper, ToHelper};
-use crate::init::{spawn_helper, ExecConfig, InitConfig, EXEC_ARGV0, INIT_ARGV0};
+use crate::channel::Channel;
+use crate::helper_protocol::{ExecConfig, FromHelper, InitConfig, ToHelper};
+use crate::init::{spawn_helper, EXEC_ARGV0, INIT_ARGV0};
 use crate::reaper::Reaper;
 use crate::stdio::{Attach, ProcessIo};
 use crate::sys::{mount, umount_detach, ExitStatus};
@@ -386,7 +387,9 @@ impl Agent {
             crate::seccomp::compile(profile).map_err(|e| AgentError::BadSpec(e.to_string()))?;
         }
         if linux.resources().as_ref().and_then(|r| r.devices().as_ref()).is_some_and(|d| !d.is_empty()) {
-            crate::log(&format!("container {id}: device cgroup rules are not applied (only listed devices exist)"));
+            crate::console::log(&format!(
+                "container {id}: device cgroup rules are not applied (only listed devices exist)"
+            ));
         }
         let mut clone_flags = 0;
         let mut names = Vec::new();

@@ -1,6 +1,6 @@
 //! The two helper programs the agent starts by re-executing itself (the agent binary, chosen by argv[0]):
 //!
-//! - `hull-init`: PID 1 of a container's PID namespace. Receives [`InitConfig`] on the channel, joins its
+//! - `hull-init`: PID 1 of a container's PID namespace. Receives an [`InitConfig`](crate::helper_protocol::InitConfig) on the channel, joins its
 //!   cgroup namespace, builds the file system view ([`crate::rootfs`]), sets the hostname, allocates the
 //!   terminal from the container's own devpts, reports `Ready`, waits for `Start`, then forks the container's
 //!   program (so it is never the namespace's init, whose signals the kernel filters) and stays as a small
@@ -16,37 +16,15 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Process, Spec};
-use serde::{Deserialize, Serialize};
+use oci_spec::runtime::Process;
 
-use crate::channel::{Channel, FromHelper, ToHelper};
+use crate::channel::Channel;
+use crate::helper_protocol::{FromHelper, ToHelper};
 use crate::process::PreparedProcess;
 use crate::sys::{cpath, cstr, cvt, ExitStatus};
 
 pub const INIT_ARGV0: &str = "hull-init";
 pub const EXEC_ARGV0: &str = "hull-exec";
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct InitConfig {
-    pub spec: Spec,
-    /// The prepared rootfs in the agent's mount namespace.
-    pub rootfs: PathBuf,
-    /// unshare(CLONE_NEWCGROUP) once in the container's cgroup.
-    pub cgroup_ns: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ExecConfig {
-    pub process: Process,
-    /// The container's init, whose namespaces are joined.
-    pub init_pid: i32,
-    /// Namespace names under /proc/PID/ns to join, in order.
-    pub namespaces: Vec<String>,
-    /// The container's cgroup directory.
-    pub cgroup: PathBuf,
-    /// The container's seccomp profile, which applies to every process in it.
-    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
-}
 
 /// Starts `/proc/self/exe` as `argv0` with `stdio` as fds 0-2 and `channel` as fd 3, in a child created with
 /// `clone_flags` (namespaces). The child only duplicates descriptors and execs: safe from a threaded agent.
@@ -57,7 +35,7 @@ pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], ch
     let envp = [std::ptr::null::<libc::c_char>()];
     let sources = [stdio[0], stdio[1], stdio[2], channel];
     // SAFETY: a fork-like clone (no new stack: the child runs on a copy of ours). The child calls only
-    // async-signal-safe functions (fcntl, dup2, execve, _exit) on data prepared above, then leaves.
+    // async-signal-safe functions (fcntl, dup2, close_range, execve, _exit) on data prepared above, then leaves.
     unsafe {
         let pid = libc::syscall(
             libc::SYS_clone,
@@ -84,6 +62,10 @@ pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], ch
                     libc::_exit(126);
                 }
             }
+            // Nothing but 0-3 crosses into the helper, even a descriptor another agent thread received a
+            // moment ago and has not made close-on-exec yet (see `Channel::recv`). Best effort: before
+            // Linux 5.9 close_range does not exist, and close-on-exec alone applies.
+            libc::syscall(libc::SYS_close_range, 4 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
             libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }

@@ -12,7 +12,9 @@
 
 mod cgroup;
 mod channel;
+mod console;
 mod containers;
+mod helper_protocol;
 mod init;
 mod net;
 mod pid1;
@@ -24,33 +26,12 @@ mod server;
 mod stdio;
 mod sys;
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+
+use console::log;
 
 /// The line hosts wait for.
 const READY_LINE: &str = "hull-agent ready";
-
-/// `/dev/console`, opened once; falls back to standard error.
-static CONSOLE: OnceLock<Mutex<Option<File>>> = OnceLock::new();
-
-fn console_line(text: &str) {
-    let line = format!("{text}\n");
-    let console = CONSOLE.get_or_init(|| {
-        Mutex::new(OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").ok())
-    });
-    let mut guard = console.lock().unwrap_or_else(|p| p.into_inner());
-    let written = guard.as_mut().map(|f| f.write_all(line.as_bytes()).is_ok()).unwrap_or(false);
-    if !written {
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
-}
-
-/// A diagnostic line on the console, prefixed with the agent's name.
-pub fn log(text: &str) {
-    console_line(&format!("hull-agent: {text}"));
-}
 
 fn main() {
     let argv0 = std::env::args_os().next().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
@@ -69,8 +50,7 @@ fn main() {
     reaper::block_sigchld();
     pid1::mount_early();
     // Reopen the console now that devtmpfs is there.
-    let _ =
-        CONSOLE.set(Mutex::new(OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").ok()));
+    console::reopen();
 
     match pid1::write_boot_timer() {
         Ok(()) => log("boot timer written"),
@@ -81,7 +61,7 @@ fn main() {
         String::new()
     });
     if pid1::wants_poweroff(&cmdline) {
-        console_line(READY_LINE);
+        console::line(READY_LINE);
         log("powering off");
         pid1::power_off();
     }
@@ -97,7 +77,7 @@ fn main() {
         Err(e) => {
             // Without threads nothing can be served; PID 1 must still live and reap.
             log(&format!("cannot start the reaper thread, serving nothing: {e}"));
-            console_line(READY_LINE);
+            console::line(READY_LINE);
             reaper::Reaper::default().run();
         }
     };
@@ -110,7 +90,7 @@ fn main() {
         }
     };
     start_stdio_listener(agent);
-    console_line(READY_LINE);
+    console::line(READY_LINE);
     loop {
         std::thread::park();
     }

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::log;
+use crate::console::log;
 
 /// Firecracker's boot-timer MMIO address and the value that marks "booted".
 const BOOT_TIMER_ADDR: libc::off_t = 0xc000_0000;

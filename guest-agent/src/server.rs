@@ -23,7 +23,7 @@ fn status(e: AgentError) -> ttrpc::Error {
         AgentError::BadState(..) => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
     };
-    crate::log(&format!("request failed: {e}"));
+    crate::console::log(&format!("request failed: {e}"));
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
 }
 
