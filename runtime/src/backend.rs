@@ -43,7 +43,7 @@ pub struct Drive {
 }
 
 /// How a backend launches a VM: the guest (kernel, initramfs, size, disks, NIC) and where its processes run.
-/// Not the hull VMM's own `vmm::VmConfig`, which the kvm backend's `hull` process builds from API calls.
+/// Not the hull VMM's own `vmm::MicroVmConfig`, which the kvm backend's `hull` process builds from API calls.
 pub struct VmLaunchConfig<'a> {
     /// The `hull` binary (the kvm backend's VMM, and the vhost-user device backends of the qemu backend).
     pub hull: &'a Path,
