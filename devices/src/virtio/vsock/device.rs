@@ -13,8 +13,9 @@ use tracing::debug;
 
 use super::backend::VsockBackend;
 use super::metrics::VsockMetrics;
+use super::muxer::VsockMuxer;
 use super::packet::{parse_tx, rx_capacity, write_rx};
-use super::unix::{HybridUnixBackend, UnixBackendError};
+use super::unix::UnixBackendError;
 use super::{MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{
     read_config_bytes, ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_VSOCK,
@@ -34,7 +35,7 @@ pub struct VsockConfig {
 }
 
 /// A virtio-vsock device.
-pub struct Vsock<B: VsockBackend = HybridUnixBackend> {
+pub struct Vsock<B: VsockBackend = VsockMuxer> {
     guest_cid: u64,
     backend: B,
     acked_features: u64,
@@ -43,11 +44,11 @@ pub struct Vsock<B: VsockBackend = HybridUnixBackend> {
     metrics: Arc<VsockMetrics>,
 }
 
-impl Vsock<HybridUnixBackend> {
+impl Vsock<VsockMuxer> {
     /// Binds the host-side socket at `uds_path`.
     pub fn new(cfg: &VsockConfig) -> Result<Self, UnixBackendError> {
         let metrics = Arc::new(VsockMetrics::default());
-        let backend = HybridUnixBackend::new(cfg.guest_cid, &cfg.uds_path, metrics.clone())?;
+        let backend = VsockMuxer::new(cfg.guest_cid, &cfg.uds_path, metrics.clone())?;
         Ok(Self::with_backend(cfg.guest_cid, backend, metrics))
     }
 }
