@@ -1,7 +1,7 @@
 //! `devices.qemu_guest`: what a real guest gets from hull's device cores, measured by the guest's own clock.
 //! The busybox test guest (`tests/guest-init/bench-io.sh`) boots under QEMU TCG with hull's vhost-user
-//! backends — the command lines of the end-to-end tests, through the same code (`guest_devices::boot`,
-//! included from `tests/tests/`) — and reports, from /proc/uptime around each transfer:
+//! backends — the command lines of the end-to-end tests, through the same code (`hull_tests::guest_devices::boot`
+//! in `tests/src/guest_devices.rs`) — and reports, from /proc/uptime around each transfer:
 //!
 //! - blk: `dd` of a 64 MiB drive in 64 KiB blocks to /dev/null, the guest's page cache dropped before
 //!   each run (the host file stays in the host's page cache: this is the device path, not the disk);
@@ -12,12 +12,6 @@
 //! TCG emulates the guest CPU, so these figures bound what the guest's side costs under emulation; they
 //! are not hardware-KVM numbers. The guest's output is untrusted: only marker lines are parsed, strictly.
 
-#[path = "../../tests/tests/vhost_user_common/mod.rs"]
-mod vhost_user_common;
-
-#[path = "../../tests/tests/guest_devices/mod.rs"]
-mod guest_devices;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -25,8 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use guest_devices::{boot, build_vsock_tool, xfer, DriveSpec, GuestSpec, Vmm, VsockSpec};
-use vhost_user_common::{pattern, WorkDir};
+use hull_tests::guest_devices::{boot, build_vsock_tool, xfer, DriveSpec, GuestSpec, Vmm, VsockSpec};
+use hull_tests::vhost_user::{pattern, WorkDir};
 
 use crate::error::{BenchError, Result};
 use crate::report::Section;
@@ -52,7 +46,7 @@ pub fn run(s: &mut Section, opts: &GuestOptions) -> Result<()> {
         }
     }
     let hull = crate::find_hull(opts.hull.clone())?;
-    // vhost_user_common::hull() starts `$HULL_BIN`; sections run one at a time on this thread.
+    // hull_tests::vhost_user::hull() starts `$HULL_BIN`; sections run one at a time on this thread.
     std::env::set_var("HULL_BIN", &hull);
     let runs = opts.runs.clamp(1, 20);
     let dir = WorkDir::new("bench-guest");

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 pub mod containerd;
 pub mod cri;
+pub mod guest_devices;
 pub mod oci_image;
+pub mod vhost_user;
 
 // ---------------------------------------------------------------------------------------------------------
 // Where things are

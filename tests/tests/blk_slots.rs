@@ -7,15 +7,13 @@
 //!
 //! Everything started is killed by PID on drop, also when an assertion fails.
 
-mod vhost_user_common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vhost_user_common::{
+use hull_tests::vhost_user::{
     chardev, ensure_tools, initramfs, pattern, sha256_bytes, start_backend, start_qemu, Proc, WorkDir, GUEST_TIMEOUT,
 };
 

@@ -12,9 +12,6 @@
 //! checks. `hull_takes_*` run wherever /dev/kvm opens: hull accepts the scenarios' device configuration (API
 //! and config file), attaches every device and binds the vsock socket; they stop before the guest runs.
 
-mod guest_devices;
-mod vhost_user_common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use guest_devices::*;
+use hull_tests::guest_devices::*;
+use hull_tests::vhost_user::{ensure_tools, pattern, sha256_bytes, sha256_file, WorkDir, GUEST_TIMEOUT};
 use hull_tests::{hardware_kvm, kvm_usable, skip, software_kvm};
-use vhost_user_common::{ensure_tools, pattern, sha256_bytes, sha256_file, WorkDir, GUEST_TIMEOUT};
 
 /// hull, like Firecracker, takes drive ids of letters, digits and underscores; the guest scripts' dashed
 /// serials become these (see `guest_devices::guest_script`).

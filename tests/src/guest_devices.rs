@@ -1,6 +1,6 @@
 //! One guest, two VMMs: boots the busybox test initramfs (`tests/guest-init/`) with virtio-blk drives, a
 //! virtio-net interface and a virtio-vsock device served either by **QEMU (TCG) with hull's vhost-user
-//! backends** — the same command lines as `vhost_user_{blk,vsock,net}.rs` — or by **hull itself**, over
+//! backends** (started by [`crate::vhost_user`]) — or by **hull itself**, over
 //! virtio-mmio, configured in Firecracker's shapes through the API or `--config-file`, with the hybrid vsock
 //! unix socket on the host side exactly like Firecracker's. The devices are described once ([`GuestSpec`]);
 //! only [`boot`] knows which VMM runs them, so a scenario proven under QEMU here differs under hull only in
@@ -8,14 +8,11 @@
 //!
 //! Also the host half of the vsock protocol the guest helper `vsock-tool` speaks (`CONNECT`, `ECHO`,
 //! `XFER` with position-dependent patterns), and a network namespace guard. Used by
-//! `tests/tests/hull_devices.rs` and by `hull-bench devices` (`bench/src/guest_io.rs`), which include this
-//! file; it needs a sibling module `vhost_user_common` (`tests/tests/vhost_user_common/mod.rs`).
+//! `tests/tests/hull_devices.rs` and by `hull-bench devices` (`bench/src/guest_io.rs`).
 //!
 //! Everything started or created is owned by a guard (SIGKILL by PID, namespace deletion) that cleans up on
 //! drop, also when an assertion fails. What the guest prints is untrusted text: only marker lines are
 //! searched.
-
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::io::AsRawFd;
@@ -26,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::vhost_user_common::{chardev, hull, initramfs, kernel, repo_root, start_backend, start_qemu, Proc};
+use crate::vhost_user::{chardev, hull, initramfs, kernel, repo_root, start_backend, start_qemu, Proc};
 
 /// The kernel command line both VMMs give the guest before the scenario's own `hull.*` parameters; the same
-/// words `vhost_user_common::start_qemu` uses (hull appends its `virtio_mmio.device=` entries after them).
+/// words `vhost_user::start_qemu` uses (hull appends its `virtio_mmio.device=` entries after them).
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 loglevel=4 no_timer_check";
 /// Guest RAM, as in `start_qemu`.
 pub const GUEST_MEM_MIB: u32 = 256;
@@ -173,7 +170,7 @@ pub fn boot(vmm: Vmm, dir: &Path, spec: &GuestSpec) -> Guest {
     }
 }
 
-/// QEMU + one `hull vhost-user` backend per device: the command lines of `vhost_user_{blk,vsock,net}.rs`.
+/// QEMU + one `hull vhost-user` backend per device.
 fn boot_qemu(dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
     let mut backends = Vec::new();
     let mut args: Vec<String> = Vec::new();
@@ -318,7 +315,7 @@ fn boot_hull(vmm: Vmm, dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let api = hull_tests::ApiClient::new(&api_sock);
+        let api = crate::ApiClient::new(&api_sock);
         let put = |uri: &str, body: &Value| {
             let resp = api.put(uri, body).unwrap_or_else(|e| panic!("PUT {uri}: {e}"));
             assert!(

@@ -1,12 +1,11 @@
-//! Shared harness of the vhost-user end-to-end tests: builds a busybox initramfs around a guest script
-//! from `tests/guest-init/`, starts `hull vhost-user ...` backends and QEMU (TCG, microvm, shared memfd
-//! memory), and reads the serial console for marker lines.
+//! Shared harness of the vhost-user end-to-end tests (`tests/tests/hull_devices.rs`, `blk_slots.rs`) and of
+//! `hull-bench devices`: builds a busybox initramfs around a guest script from `tests/guest-init/`, starts
+//! `hull vhost-user ...` backends and QEMU (TCG, microvm, shared memfd memory), and reads the serial console
+//! for marker lines.
 //!
 //! Everything it starts or creates is owned by a guard that kills (SIGKILL, by PID) or removes it on
 //! drop, so a failing assertion leaves nothing behind. It trusts nothing the guest prints beyond
 //! matching marker lines.
-
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Default wait for a guest marker (TCG boots in ~3 s; leave room for a loaded machine).
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-pub use hull_tests::repo_root;
+pub use crate::repo_root;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -25,8 +24,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-#[allow(unused_imports)] // not every includer (the bench) installs tools
-pub use hull_tests::ensure_qemu_tools as ensure_tools;
+pub use crate::ensure_qemu_tools as ensure_tools;
 
 /// The guest kernel: `$HULL_TEST_KERNEL`, else `$HULL_KERNEL` (scripts/test.sh exports it), else
 /// `resources/build-guest.sh --kernel-only`.
