@@ -209,8 +209,11 @@ pub trait VirtioDevice: Send {
     /// Writes the device config space; read-only fields ignore the write.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    /// The driver set `DRIVER_OK`: acquire host-side resources and start serving.
-    fn activate(&mut self) -> Result<(), ActivateError>;
+    /// The driver set `DRIVER_OK`: acquire host-side resources and start serving. Devices whose
+    /// resources exist from creation (block's file, net's TAP, vsock's listener) have nothing to do.
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
 
     /// The driver notified queue `index`: consume what it made available.
     fn process_queue(
