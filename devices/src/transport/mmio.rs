@@ -282,6 +282,11 @@ impl MmioTransport {
         }
     }
 
+    /// The core's counters, if it keeps any.
+    pub fn metrics(&self) -> Option<std::sync::Arc<dyn crate::virtio::DeviceMetrics>> {
+        self.device.metrics()
+    }
+
     /// The driver kicked queue `index` (through the ioeventfd or a QueueNotify write): let the device
     /// consume it. Ignored unless the device is serving and `index` names one of its queues.
     pub fn notify_queue(&mut self, index: usize) {
@@ -793,6 +798,18 @@ mod tests {
         assert_eq!(status(&r.q), VIRTIO_BLK_S_OK);
         assert!(r.disk.data.lock().unwrap()[5 * 512..6 * 512].iter().all(|b| *b == 0x5a));
         assert_eq!(rd(&mut r.t, INTERRUPT_STATUS), INT_VRING);
+    }
+
+    #[test]
+    fn the_core_counters_are_read_through_the_transport() {
+        let mut r = rig();
+        bring_up(&mut r);
+        offer_request(&mut r.q, VIRTIO_BLK_T_IN, 2, &[Desc::write(DATA, 512)]);
+        r.t.notify_queue(0);
+        let snap = r.t.metrics().expect("block keeps counters").snapshot();
+        assert_eq!(snap.get("read_requests"), Some(1));
+        assert_eq!(snap.get("read_bytes"), Some(512));
+        assert_eq!(snap.get("fatal_chains"), Some(0));
     }
 
     #[test]

@@ -236,6 +236,11 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop per-session state (connections, pending packets).
     fn reset(&mut self);
 
+    /// The device's counters, for a reader that does not know the device (the API's metrics).
+    fn metrics(&self) -> Option<std::sync::Arc<dyn DeviceMetrics>> {
+        None
+    }
+
     /// The concrete device, for host-side operations only one kind has (replacing a block device's
     /// file); `None` for devices that offer none.
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {

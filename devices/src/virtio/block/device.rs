@@ -25,8 +25,8 @@ use super::request::{BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_
 use super::{ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    read_config_bytes, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -329,6 +329,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn metrics(&self) -> Option<Arc<dyn DeviceMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn process_queue(

@@ -20,8 +20,8 @@ use super::tap::{NetBackend, Tap, TapError};
 use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
-    read_config_bytes, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver.
@@ -221,6 +221,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config(), offset, data);
+    }
+
+    fn metrics(&self) -> Option<Arc<dyn DeviceMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn process_queue(

@@ -18,8 +18,8 @@ use super::packet::{parse_tx, rx_capacity, write_rx};
 use super::unix::UnixBackendError;
 use super::{MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{
-    read_config_bytes, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Queue size offered to the driver (rx, tx, event).
@@ -150,6 +150,10 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn metrics(&self) -> Option<Arc<dyn DeviceMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn process_queue(
