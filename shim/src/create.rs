@@ -146,7 +146,10 @@ impl Tasks {
             hostname: b.guest.hostname.clone(),
             dns: pod_dns(&b.guest),
         };
-        Pod::boot(request, &self.spawner).map_err(|source| ShimError::Boot { id: id.into(), source })
+        Pod::boot(request, &self.spawner).map_err(|source| ShimError::Boot {
+            id: id.into(),
+            source: Box::new(source),
+        })
     }
 }
 
@@ -223,7 +226,7 @@ fn add_to_vm(
         move |source| ShimError::Disk {
             id: id.into(),
             what,
-            source,
+            source: Box::new(source),
         }
     };
     let device = pod
@@ -292,7 +295,7 @@ fn add_to_vm(
         return Err(ShimError::Attach {
             id: id.into(),
             exec: String::new(),
-            source,
+            source: Box::new(source),
         });
     }
     Ok(init)

@@ -42,11 +42,15 @@ pub enum ShimError {
         source: hull_runtime::image::ImageError,
     },
     #[error("container {id}: disk for {what}: {source}")]
-    Disk { id: String, what: String, source: PodError },
+    Disk {
+        id: String,
+        what: String,
+        source: Box<PodError>,
+    },
     #[error("the VM directory in {path}: {source}")]
     VmDir { path: PathBuf, source: std::io::Error },
     #[error("container {id}: starting the VM: {source}")]
-    Boot { id: String, source: PodError },
+    Boot { id: String, source: Box<PodError> },
     #[error("container {0} already exists")]
     ContainerExists(String),
     #[error("exec {exec} of container {id} already exists")]
@@ -72,12 +76,12 @@ pub enum ShimError {
     #[error("container {id}: the resources are not OCI LinuxResources JSON: {source}")]
     Resources { id: String, source: serde_json::Error },
     #[error("container {id}: {source}")]
-    Agent { id: String, source: AgentError },
+    Agent { id: String, source: Box<AgentError> },
     #[error("container {id}: attaching the stdio of {exec:?}: {source}")]
     Attach {
         id: String,
         exec: String,
-        source: AgentError,
+        source: Box<AgentError>,
     },
     #[error("container {id}: encoding its metrics: {source}")]
     Metrics {
@@ -101,7 +105,10 @@ impl ShimError {
 
     /// For `map_err`: an agent call about container `id` failed.
     pub fn agent(id: &str) -> impl FnOnce(AgentError) -> ShimError + '_ {
-        move |source| ShimError::Agent { id: id.into(), source }
+        move |source| ShimError::Agent {
+            id: id.into(),
+            source: Box::new(source),
+        }
     }
 
     /// The ttrpc status code containerd gets.

@@ -155,7 +155,7 @@ impl Tasks {
             return Err(ShimError::Attach {
                 id: id.into(),
                 exec: exec.into(),
-                source,
+                source: Box::new(source),
             });
         }
         Ok(())
@@ -236,10 +236,7 @@ impl Tasks {
         if let Err(e) = agent.signal(id, exec, signal, all) {
             let gone = self.lock().process_mut(id, exec).map_or(true, |p| p.exit.is_some());
             if !gone {
-                return Err(ShimError::Agent {
-                    id: id.into(),
-                    source: e,
-                });
+                return Err(ShimError::agent(id)(e));
             }
         }
         Ok(())
