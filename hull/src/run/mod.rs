@@ -3,9 +3,10 @@
 //! Sequence: choose the backend (and say which) → turn the rootfs into a block image → boot the VM with the
 //! agent's initramfs → connect to hull-agent over the hybrid vsock → sync the guest clock → create the
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
-//! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain output → remove the container, shut the VM down, kill what is left, remove
-//! the run directory. The exit status is the container's (128+N when signal N ended it), 125 when hull itself
-//! failed. Everything created is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
+//! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
+//! output → remove the container, shut the VM down, kill what is left, remove the run directory. The exit
+//! status is the container's (128+N when signal N ended it), 125 when hull itself failed. Everything created
+//! is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
 //!
 //! Trust: the guest is not trusted; what the agent answers is only used as numbers and bytes to copy.
 
