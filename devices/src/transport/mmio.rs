@@ -670,7 +670,7 @@ mod tests {
     use crate::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
     use crate::virtio::block::test_utils::{offer_request, status, MemDisk, DATA, HDR, STATUS as STATUS_BYTE};
     use crate::virtio::block::Block;
-    use crate::virtio::test_utils::{Desc, GuestQueue};
+    use crate::virtio::test_utils::{Desc, GuestQueue, StubDevice};
 
     const QSIZE: u32 = 16;
 
@@ -1111,40 +1111,12 @@ mod tests {
 
     #[test]
     fn activation_error_from_the_device_sets_needs_reset() {
-        struct Failing;
-        impl VirtioDevice for Failing {
-            fn device_type(&self) -> u32 {
-                TYPE_VSOCK
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                &[8, 8, 8]
-            }
-            fn avail_features(&self) -> u64 {
-                VIRTIO_F_VERSION_1
-            }
-            fn set_acked_features(&mut self, _features: u64) {}
-            fn read_config(&self, _offset: u64, data: &mut [u8]) {
-                data.fill(0);
-            }
-            fn activate(&mut self) -> Result<(), ActivateError> {
-                Err(ActivateError::Backend {
-                    device: "vsock",
-                    source: std::io::Error::other("no socket"),
-                })
-            }
-            fn process_queue(
-                &mut self,
-                _index: usize,
-                _mem: &GuestMemory,
-                _queues: &mut QueueSet<'_>,
-            ) -> Result<QueueSignals, DeviceError> {
-                panic!("an inactive device must not be called")
-            }
-            fn reset(&mut self) {}
-        }
+        let mut failing = StubDevice::new(TYPE_VSOCK, &[8, 8, 8]);
+        failing.activate_fails = true;
+        failing.forbid_processing = true;
         let q = GuestQueue::new(8);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut t = MmioTransport::new("vsock:test", Box::new(Failing), q.mem().clone(), irq).unwrap();
+        let mut t = MmioTransport::new("vsock:test", Box::new(failing), q.mem().clone(), irq).unwrap();
         assert!(negotiate(&mut t, VIRTIO_F_VERSION_1));
         wr(
             &mut t,
@@ -1159,35 +1131,14 @@ mod tests {
 
     #[test]
     fn cores_with_bad_queue_declarations_are_refused() {
-        struct Bad(Vec<u16>);
-        impl VirtioDevice for Bad {
-            fn device_type(&self) -> u32 {
-                TYPE_NET
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                &self.0
-            }
-            fn avail_features(&self) -> u64 {
-                VIRTIO_F_VERSION_1
-            }
-            fn set_acked_features(&mut self, _features: u64) {}
-            fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
-            fn activate(&mut self) -> Result<(), ActivateError> {
-                Ok(())
-            }
-            fn process_queue(
-                &mut self,
-                _index: usize,
-                _mem: &GuestMemory,
-                _queues: &mut QueueSet<'_>,
-            ) -> Result<QueueSignals, DeviceError> {
-                Ok(QueueSignals::NONE)
-            }
-            fn reset(&mut self) {}
-        }
         let mem = GuestQueue::new(8).mem().clone();
         let new = |sizes: Vec<u16>| {
-            MmioTransport::new("net:test", Box::new(Bad(sizes)), mem.clone(), EventFd::new(0).unwrap())
+            MmioTransport::new(
+                "net:test",
+                Box::new(StubDevice::new(TYPE_NET, &sizes)),
+                mem.clone(),
+                EventFd::new(0).unwrap(),
+            )
         };
         assert!(matches!(new(vec![]), Err(TransportError::NoQueues { .. })));
         assert!(matches!(

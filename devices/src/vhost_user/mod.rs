@@ -417,55 +417,20 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use vm_memory::GuestAddress;
 
     use super::*;
-    use crate::virtio::{DeviceError, QueueSignals, TYPE_VSOCK, VIRTIO_F_VERSION_1};
-
-    /// A core whose host-side work always fails, counting how often it is called.
-    struct Broken(Arc<AtomicUsize>);
-
-    impl VirtioDevice for Broken {
-        fn device_type(&self) -> u32 {
-            TYPE_VSOCK
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[8, 8]
-        }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1
-        }
-        fn set_acked_features(&mut self, _features: u64) {}
-        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
-        fn process_queue(
-            &mut self,
-            _index: usize,
-            _mem: &GuestMemory,
-            _queues: &mut QueueSet<'_>,
-        ) -> Result<QueueSignals, DeviceError> {
-            Ok(QueueSignals::NONE)
-        }
-        fn process_backend(
-            &mut self,
-            _mem: &GuestMemory,
-            _queues: &mut QueueSet<'_>,
-        ) -> Result<QueueSignals, DeviceError> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Err(DeviceError::Unanswerable {
-                queue: 0,
-                head: 0,
-                reason: "test".into(),
-            })
-        }
-        fn reset(&mut self) {}
-    }
+    use crate::virtio::test_utils::StubDevice;
+    use crate::virtio::TYPE_VSOCK;
 
     #[test]
     fn a_device_error_stops_the_device_and_its_fd_watch_until_the_frontend_resets_it() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let backend = DeviceBackend::new("test", Broken(calls.clone()), 2, Protocol::Direct);
+        let mut broken = StubDevice::new(TYPE_VSOCK, &[8, 8]);
+        broken.process_fails = true;
+        let calls = broken.calls.clone();
+        let backend = DeviceBackend::new("test", broken, 2, Protocol::Direct);
         let watched = Arc::new(Mutex::new(Vec::new()));
         let log = watched.clone();
         backend.lock().backend_watch = Some(BackendWatch {

@@ -5,11 +5,13 @@
 //! Trusts nothing it reads back from the device either: the used ring is read through guest memory.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice};
+use super::{ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::transport::NeedsReset;
 
 /// Size of the test guest's memory.
@@ -280,4 +282,81 @@ pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
         seed ^= seed << 17;
         seed
     }
+}
+
+/// A device core for transport tests: it declares the queues it is given and does what the test sets.
+pub struct StubDevice {
+    device_type: u32,
+    queue_sizes: Vec<u16>,
+    /// `activate` fails, as when a host-side resource is missing.
+    pub activate_fails: bool,
+    /// Processing calls (queue or backend) fail with a `DeviceError`.
+    pub process_fails: bool,
+    /// A processing call panics: the transport must not call the device at all.
+    pub forbid_processing: bool,
+    /// How many processing calls reached the device.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl StubDevice {
+    pub fn new(device_type: u32, queue_sizes: &[u16]) -> Self {
+        StubDevice {
+            device_type,
+            queue_sizes: queue_sizes.to_vec(),
+            activate_fails: false,
+            process_fails: false,
+            forbid_processing: false,
+            calls: Arc::default(),
+        }
+    }
+
+    fn process(&mut self) -> Result<QueueSignals, DeviceError> {
+        assert!(!self.forbid_processing, "an inactive device must not be called");
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.process_fails {
+            return Err(DeviceError::Unanswerable {
+                queue: 0,
+                head: 0,
+                reason: "the test said so".into(),
+            });
+        }
+        Ok(QueueSignals::NONE)
+    }
+}
+
+impl VirtioDevice for StubDevice {
+    fn device_type(&self) -> u32 {
+        self.device_type
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn set_acked_features(&mut self, _features: u64) {}
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        if self.activate_fails {
+            return Err(ActivateError::Backend {
+                device: "stub",
+                source: std::io::Error::other("no socket"),
+            });
+        }
+        Ok(())
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        _mem: &GuestMemory,
+        _queues: &mut QueueSet<'_>,
+    ) -> Result<QueueSignals, DeviceError> {
+        self.process()
+    }
+    fn process_backend(&mut self, _mem: &GuestMemory, _queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        self.process()
+    }
+    fn reset(&mut self) {}
 }
