@@ -1,30 +1,53 @@
 //! The API socket and hull's main loop. One thread polls the listening socket, the open connections, the
 //! termination signals and the guest's exit eventfd; requests are answered one at a time as they complete.
-//! Clients are untrusted: each connection buffers at most one maximal request, sockets are non-blocking
-//! so a slow or silent client cannot stall the loop, and a misbehaving one is answered 400 and closed.
+//!
+//! Clients are untrusted, and the policy for them is the constants below:
+//! - the socket file is created owner-only (0600) whatever the umask, before it accepts connections; a
+//!   socket another process still serves is never taken over, and only a stale one is replaced;
+//! - each connection buffers at most one maximal request in and [`MAX_PENDING_OUTPUT`] out: a client that
+//!   does not read its answers is not read from either, so pipelining cannot grow hull's memory;
+//! - a request must arrive whole, and pending answers must make progress, within [`STALL_TIMEOUT`]; an idle
+//!   connection is closed after [`IDLE_TIMEOUT`]; with [`MAX_CONNECTIONS`] open, a new client replaces the
+//!   connection that has been quiet longest, so silent clients can never lock the owner out;
+//! - sockets are non-blocking, so one slow client never stalls the others, and a misbehaving one is
+//!   answered 400 and closed.
 
+use std::ffi::CString;
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use devices::stale_socket::{self, OwnedSocketPath, SocketPathError};
 use vmm::ExitReason;
 
 use crate::http::{self, Parsed, Response, MAX_REQUEST_SIZE};
 use crate::instance::Instance;
 use crate::routes;
 
-/// Connections served at once; more are accepted and closed at once.
+/// Connections served at once; a new one beyond this replaces the one that has been quiet longest.
 const MAX_CONNECTIONS: usize = 64;
+/// Answers buffered for one connection before hull stops reading its further requests.
+pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+/// How long a started request may take to arrive whole, and pending answers may go without progress.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection with nothing in flight stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Permissions of the socket file: the owner only.
+const SOCKET_MODE: libc::mode_t = 0o600;
+/// Pending connections the kernel queues before hull accepts them.
+const LISTEN_BACKLOG: libc::c_int = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
-    #[error("Cannot remove the stale socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("Cannot use {path} for the API socket: {source}")]
+    SocketPath {
+        path: PathBuf,
+        #[source]
+        source: SocketPathError,
+    },
     #[error("Cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("Polling the API socket and the microVM failed: {0}")]
@@ -35,52 +58,88 @@ pub enum ServerError {
 /// has replaced it meanwhile.
 pub struct ApiSocket {
     listener: UnixListener,
-    path: PathBuf,
-    identity: (u64, u64),
+    path: OwnedSocketPath,
 }
 
 impl ApiSocket {
-    /// Listens on `path`, replacing a stale socket left there by an earlier process.
+    /// Listens on `path` with mode 0600, replacing a stale socket left there by an earlier process. A live
+    /// socket (another hull serving it) or anything that is not a socket is refused.
     pub fn bind(path: &Path) -> Result<ApiSocket, ServerError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(ServerError::NotASocket {
-                    path: path.to_path_buf(),
-                });
-            }
-            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        let bind_error = |source| ServerError::Bind {
+        stale_socket::remove_if_stale(path).map_err(|source| ServerError::SocketPath {
             path: path.to_path_buf(),
             source,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_error)?;
-        listener.set_nonblocking(true).map_err(bind_error)?;
-        let meta = std::fs::symlink_metadata(path).map_err(bind_error)?;
+        })?;
+        let listener = listen_owner_only(path).map_err(|source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(ApiSocket {
             listener,
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
+            path: OwnedSocketPath::new(path),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.path.path()
     }
 }
 
-impl Drop for ApiSocket {
-    fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
-        if ours {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the API socket");
-            }
-        }
+/// socket, bind, chmod 0600, then listen: until `listen` no client can connect, so no client ever reaches
+/// the socket while the umask's permissions are on it.
+fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "path too long for a unix socket",
+        ));
     }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let c_path = CString::new(bytes).map_err(|_| io::Error::new(ErrorKind::InvalidInput, "NUL in path"))?;
+
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `c_path` is a NUL-terminated path.
+    if unsafe { libc::chmod(c_path.as_ptr(), SOCKET_MODE) } < 0 {
+        let err = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(err);
+    }
+    // SAFETY: `fd` is a bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
+        let err = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(err);
+    }
+    Ok(UnixListener::from(fd))
 }
 
 /// Why the main loop ended.
@@ -122,8 +181,9 @@ pub fn run(
         fds.push(pollfd(listener_fd, libc::POLLIN));
         fds.extend(connections.iter().map(|c| pollfd(c.stream.as_raw_fd(), c.interest())));
 
+        let timeout = poll_timeout(&connections, Instant::now());
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs; negative fds are ignored by poll.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == ErrorKind::Interrupted {
@@ -137,7 +197,8 @@ pub fn run(
                 conn.on_ready(instance, fd.revents);
             }
         }
-        connections.retain(|c| !c.finished());
+        let now = Instant::now();
+        connections.retain(|c| !c.finished() && !c.timed_out(now));
 
         if fds[2].revents != 0 {
             if let Some(socket) = socket {
@@ -163,13 +224,30 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
 }
 
+/// Milliseconds until the first connection deadline (rounded up), or -1 (no deadline) for `poll`.
+fn poll_timeout(connections: &[Connection], now: Instant) -> libc::c_int {
+    match connections.iter().map(Connection::deadline).min() {
+        None => -1,
+        Some(deadline) => {
+            let wait = deadline.saturating_duration_since(now);
+            wait.as_millis().saturating_add(1).min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    }
+}
+
 fn accept_all(listener: &UnixListener, connections: &mut Vec<Connection>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 if connections.len() >= MAX_CONNECTIONS {
-                    tracing::warn!(limit = MAX_CONNECTIONS, "too many API connections; closing a new one");
-                    continue;
+                    // Quiet clients must not lock the others out: the longest-quiet one makes room.
+                    if let Some(quietest) = (0..connections.len()).min_by_key(|&i| connections[i].last_activity) {
+                        tracing::warn!(
+                            limit = MAX_CONNECTIONS,
+                            "too many API connections; closing the one quiet for longest"
+                        );
+                        connections.swap_remove(quietest);
+                    }
                 }
                 if let Err(e) = stream.set_nonblocking(true) {
                     tracing::warn!(error = %e, "cannot make an API connection non-blocking; closing it");
@@ -200,6 +278,12 @@ struct Connection {
     peer_done: bool,
     /// `100 Continue` was sent for the request being received.
     continue_sent: bool,
+    /// Last time bytes came in or went out.
+    last_activity: Instant,
+    /// When the first byte of the request being received arrived.
+    request_started: Option<Instant>,
+    /// Last time pending output made progress (or became pending).
+    output_progress: Instant,
 }
 
 impl Connection {
@@ -211,12 +295,23 @@ impl Connection {
             closing: false,
             peer_done: false,
             continue_sent: false,
+            last_activity: Instant::now(),
+            request_started: None,
+            output_progress: Instant::now(),
         }
+    }
+
+    /// Whether the connection may send more requests: not while its answers pile up unread.
+    fn wants_input(&self) -> bool {
+        !self.closing
+            && !self.peer_done
+            && self.input.len() < MAX_REQUEST_SIZE
+            && self.output.len() < MAX_PENDING_OUTPUT
     }
 
     fn interest(&self) -> libc::c_short {
         let mut events = 0;
-        if !self.closing && !self.peer_done && self.input.len() < MAX_REQUEST_SIZE {
+        if self.wants_input() {
             events |= libc::POLLIN;
         }
         if !self.output.is_empty() {
@@ -229,24 +324,58 @@ impl Connection {
         self.output.is_empty() && (self.closing || self.peer_done)
     }
 
+    /// When this connection is closed unless something happens first.
+    fn deadline(&self) -> Instant {
+        if !self.output.is_empty() {
+            self.output_progress + STALL_TIMEOUT
+        } else if let Some(started) = self.request_started {
+            started + STALL_TIMEOUT
+        } else {
+            self.last_activity + IDLE_TIMEOUT
+        }
+    }
+
+    fn timed_out(&self, now: Instant) -> bool {
+        let expired = now >= self.deadline();
+        if expired {
+            tracing::info!(
+                pending_request = self.request_started.is_some(),
+                pending_output = self.output.len(),
+                "closing an API connection that stalled or stayed idle"
+            );
+        }
+        expired
+    }
+
     fn on_ready(&mut self, instance: &mut Instance, revents: libc::c_short) {
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             self.read_available();
-            self.answer_complete_requests(instance);
         }
-        self.flush();
+        // Answer and send until the client's socket is full or no complete request is left buffered
+        // (requests may wait here while earlier answers were pending).
+        loop {
+            let answered = self.answer_complete_requests(instance);
+            self.flush();
+            if !answered || !self.output.is_empty() || self.closing {
+                break;
+            }
+        }
     }
 
     fn read_available(&mut self) {
         let mut chunk = [0u8; 8192];
-        while !self.closing && self.input.len() < MAX_REQUEST_SIZE {
+        while self.wants_input() {
             let room = (MAX_REQUEST_SIZE - self.input.len()).min(chunk.len());
             match self.stream.read(&mut chunk[..room]) {
                 Ok(0) => {
                     self.peer_done = true;
                     return;
                 }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    self.last_activity = Instant::now();
+                    self.request_started.get_or_insert(self.last_activity);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -257,32 +386,46 @@ impl Connection {
         }
     }
 
-    fn answer_complete_requests(&mut self, instance: &mut Instance) {
-        while !self.closing {
+    /// Answers the complete requests buffered, as long as the pending output has room; returns whether it
+    /// answered any.
+    fn answer_complete_requests(&mut self, instance: &mut Instance) -> bool {
+        let mut answered = false;
+        while !self.closing && self.output.len() < MAX_PENDING_OUTPUT {
             match http::parse_request(&self.input) {
                 Ok(Parsed::Complete(request, used)) => {
                     self.input.drain(..used);
                     self.continue_sent = false;
+                    // The next request's clock starts with its first byte, which may already be here.
+                    self.request_started = (!self.input.is_empty()).then(Instant::now);
                     let response = routes::handle(instance, &request);
-                    self.output.extend_from_slice(&response.to_bytes(request.keep_alive));
+                    self.queue_output(&response.to_bytes(request.keep_alive));
                     self.closing = !request.keep_alive;
+                    answered = true;
                 }
                 Ok(Parsed::Incomplete { expects_continue }) => {
                     if expects_continue && !self.continue_sent {
-                        self.output.extend_from_slice(http::CONTINUE);
+                        self.queue_output(http::CONTINUE);
                         self.continue_sent = true;
                     }
-                    return;
+                    return answered;
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "malformed API request; closing the connection");
-                    self.output
-                        .extend_from_slice(&Response::fault(400, &e.to_string()).to_bytes(false));
+                    self.queue_output(&Response::fault(400, &e.to_string()).to_bytes(false));
                     self.input.clear();
+                    self.request_started = None;
                     self.closing = true;
                 }
             }
         }
+        answered
+    }
+
+    fn queue_output(&mut self, bytes: &[u8]) {
+        if self.output.is_empty() {
+            self.output_progress = Instant::now();
+        }
+        self.output.extend_from_slice(bytes);
     }
 
     fn flush(&mut self) {
@@ -291,6 +434,8 @@ impl Connection {
                 Ok(0) => return self.drop_connection(),
                 Ok(n) => {
                     self.output.drain(..n);
+                    self.output_progress = Instant::now();
+                    self.last_activity = self.output_progress;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -302,6 +447,7 @@ impl Connection {
     fn drop_connection(&mut self) {
         self.output.clear();
         self.input.clear();
+        self.request_started = None;
         self.closing = true;
     }
 }
@@ -384,8 +530,77 @@ mod tests {
         drop(socket);
         assert!(!path.exists());
 
+        let socket = ApiSocket::bind(&path).unwrap();
+        assert!(matches!(
+            ApiSocket::bind(&path),
+            Err(ServerError::SocketPath {
+                source: SocketPathError::InUse { .. },
+                ..
+            })
+        ));
+        assert!(UnixStream::connect(&path).is_ok(), "the first socket keeps serving");
+        drop(socket);
+
         std::fs::write(&path, "not a socket").unwrap();
-        assert!(matches!(ApiSocket::bind(&path), Err(ServerError::NotASocket { .. })));
+        assert!(matches!(
+            ApiSocket::bind(&path),
+            Err(ServerError::SocketPath {
+                source: SocketPathError::NotASocket { .. },
+                ..
+            })
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_not_read_from() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut instance = Instance::new("x".into(), VmmOptions::default());
+        let mut conn = Connection::new(server);
+        let request = b"GET /machine-config HTTP/1.1\r\n\r\n";
+        let mut sent = 0usize;
+        for _ in 0..2000 {
+            // Fill the client->server direction as far as it goes; never read the answers.
+            while let Ok(n) = client.write(request) {
+                sent += n;
+                if n < request.len() {
+                    break;
+                }
+            }
+            conn.on_ready(&mut instance, libc::POLLIN | libc::POLLOUT);
+            assert!(
+                conn.output.len() < MAX_PENDING_OUTPUT + 4096,
+                "output grew to {}",
+                conn.output.len()
+            );
+            assert!(conn.input.len() <= MAX_REQUEST_SIZE);
+        }
+        assert!(
+            conn.interest() & libc::POLLIN == 0,
+            "still reading from a client that does not read"
+        );
+        assert!(sent > 0);
+        assert!(!conn.finished());
+        assert!(conn.deadline() <= Instant::now() + STALL_TIMEOUT);
+    }
+
+    #[test]
+    fn a_half_sent_request_times_out_and_an_idle_connection_later() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut instance = Instance::new("x".into(), VmmOptions::default());
+        let mut conn = Connection::new(server);
+        let start = Instant::now();
+        assert!(!conn.timed_out(start + IDLE_TIMEOUT - Duration::from_millis(100)));
+        assert!(conn.timed_out(start + IDLE_TIMEOUT + Duration::from_millis(100)));
+        client.write_all(b"GET / HT").unwrap();
+        conn.on_ready(&mut instance, libc::POLLIN);
+        let now = Instant::now();
+        assert!(conn.timed_out(now + STALL_TIMEOUT + Duration::from_millis(100)));
+        assert_eq!(poll_timeout(&[], now), -1);
+        assert!(poll_timeout(std::slice::from_ref(&conn), now) <= STALL_TIMEOUT.as_millis() as i32 + 1);
     }
 }

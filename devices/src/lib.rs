@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod stale_socket;
 pub mod transport;
 pub mod vhost_user;
 pub mod virtio;

@@ -623,3 +623,183 @@ fn cli_errors_exit_non_zero() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--api-sock"));
 }
+
+// --- The API socket against hostile local clients (issue 11, item 4) and paths from the API (item 5).
+
+/// Runs `hull --api-sock api.sock` under a shell that first sets `umask`.
+fn start_with_umask(umask: &str) -> Hull {
+    let dir = temp_dir();
+    let script = format!("umask {umask}; exec \"$0\" \"$@\"");
+    let hull = Hull::spawn_binary_in(
+        Path::new("/bin/sh"),
+        dir,
+        ["-c", &script, HULL, "--api-sock", "api.sock"],
+    );
+    hull.wait_for_api(TIMEOUT);
+    hull
+}
+
+/// In a forked child that drops to `uid`, the errno of connecting to `path` (0 if it connected), or None
+/// when this test process cannot change its uid (not root).
+fn connect_errno_as_uid(path: &Path, uid: libc::uid_t) -> Option<i32> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    // Everything the child needs is prepared before fork: after it, only raw system calls run.
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    assert!(bytes.len() < addr.sun_path.len());
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: the child only makes system calls on memory prepared above and ends with _exit.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            if libc::syscall(libc::SYS_setgid, uid) != 0 || libc::syscall(libc::SYS_setuid, uid) != 0 {
+                libc::_exit(254);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let rc = libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            libc::_exit(if rc == 0 { 0 } else { *libc::__errno_location() });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        let code = libc::WEXITSTATUS(status);
+        assert_ne!(code, 254, "the child could not drop to uid {uid}");
+        Some(code)
+    }
+}
+
+#[test]
+fn the_api_socket_is_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let hull = start_with_umask("000");
+    let sock = sock(&hull);
+    let mode = std::fs::metadata(&sock).expect("stat the socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    match connect_errno_as_uid(&sock, 65534) {
+        Some(errno) => assert_eq!(errno, libc::EACCES, "uid 65534 connecting got errno {errno}"),
+        None => hull_tests::note("not root: the uid-65534 connect check was skipped"),
+    }
+    assert_eq!(hull.request("GET", "/", None).status, 200, "the owner still connects");
+}
+
+#[test]
+fn a_second_hull_on_a_live_socket_fails_and_the_first_keeps_serving() {
+    let first = start();
+    let sock = sock(&first);
+    let mut second = spawn_with(temp_dir(), &["--api-sock", sock.to_str().expect("UTF-8 path")]);
+    let status = second.expect_exit(TIMEOUT);
+    let stderr = second.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another process is listening on") && stderr.contains(sock.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert_eq!(first.request("GET", "/", None).status, 200);
+    assert!(sock.exists(), "the second hull removed the first one's socket");
+}
+
+#[test]
+fn silent_connections_do_not_lock_out_a_client() {
+    let hull = start();
+    // Well past the connection limit (64), none of them ever sending a byte.
+    let silent: Vec<_> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(sock(&hull)).expect("connect"))
+        .collect();
+    // And as many that stop half-way through a request.
+    let half: Vec<_> = (0..40)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(sock(&hull)).expect("connect");
+            std::io::Write::write_all(&mut s, b"PUT /machine-config HTTP/1.1\r\nContent-Len").expect("write");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let reply = hull_runtime::api_client::ApiClient::new(sock(&hull))
+        .with_timeout(Duration::from_secs(5))
+        .request("GET", "/", None)
+        .expect("an answer despite 140 silent connections");
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 200);
+    assert!(waited < Duration::from_secs(2), "the real client waited {waited:?}");
+    drop((silent, half));
+}
+
+/// hull's resident memory in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS value")
+}
+
+#[test]
+fn clients_that_pipeline_without_reading_do_not_grow_memory() {
+    let hull = start();
+    let before = vm_rss_kib(hull.pid());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(sock(&hull)).expect("connect");
+            s.set_write_timeout(Some(Duration::from_millis(200))).expect("timeout");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let request = b"GET /machine-config HTTP/1.1\r\n\r\n".repeat(64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Blocks (then times out) once hull stops reading; never reads an answer.
+                    let _ = std::io::Write::write(&mut s, &request);
+                }
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        peak = peak.max(vm_rss_kib(hull.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    eprintln!("hull VmRSS: {before} KiB before, {peak} KiB at most while 4 clients pipelined without reading");
+    assert!(peak < before + 16 * 1024, "RSS grew from {before} KiB to {peak} KiB");
+    // The connections were not read from, yet a new client is served at once.
+    assert_eq!(hull.request("GET", "/", None).status, 200);
+}
+
+#[test]
+fn a_vsock_uds_path_naming_a_regular_file_is_not_deleted() {
+    let dir = temp_dir();
+    let kernel = fake_kernel(dir.path());
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write file");
+    let config = json!({
+        "boot-source": {"kernel_image_path": kernel},
+        "vsock": {"guest_cid": 3, "uds_path": precious}
+    });
+    let path = dir.path().join("vm.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    let mut hull = spawn_in(dir, &["--config-file", path.to_str().expect("UTF-8 path")]);
+    let status = hull.expect_exit(TIMEOUT);
+    let stderr = hull.stderr();
+    assert_eq!(status.code(), Some(152), "{stderr}");
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(hull.dir().join("precious.txt")).expect("the file is still there"),
+        "keep me"
+    );
+}

@@ -31,6 +31,7 @@ use super::metrics::VsockMetrics;
 use super::packet::*;
 use super::unix::{connect_nonblocking, Handshake, UnixBackendError};
 use super::{HOST_CID, TYPE_STREAM};
+use crate::stale_socket::{remove_if_stale, OwnedSocketPath};
 
 /// Most simultaneous connections (plus handshakes in progress).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -58,16 +59,20 @@ pub struct VsockMuxer {
     /// Replies (RST) to packets that named no connection.
     pending_rst: VecDeque<PacketHeader>,
     metrics: Arc<VsockMetrics>,
+    /// Removes the listener's socket file on drop, if it is still ours.
+    _bound: OwnedSocketPath,
 }
 
 impl VsockMuxer {
-    /// Binds `uds_path` (replacing a stale socket) for host-initiated connections.
+    /// Binds `uds_path` for host-initiated connections. The path comes from an API client: only a stale
+    /// socket there is replaced, never a file or a socket another process serves.
     pub fn new(guest_cid: u64, uds_path: &Path, metrics: Arc<VsockMetrics>) -> Result<Self, UnixBackendError> {
-        let _ = std::fs::remove_file(uds_path);
+        remove_if_stale(uds_path)?;
         let listener = UnixListener::bind(uds_path).map_err(|source| UnixBackendError::Bind {
             path: uds_path.to_owned(),
             source,
         })?;
+        let bound = OwnedSocketPath::new(uds_path);
         listener
             .set_nonblocking(true)
             .map_err(|source| UnixBackendError::Bind {
@@ -96,6 +101,7 @@ impl VsockMuxer {
             rx_order: VecDeque::new(),
             pending_rst: VecDeque::new(),
             metrics,
+            _bound: bound,
         })
     }
 
@@ -421,11 +427,5 @@ impl VsockBackend for VsockMuxer {
         }
         self.pending_rst.clear();
         self.rx_order.clear();
-    }
-}
-
-impl Drop for VsockMuxer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
     }
 }

@@ -24,6 +24,9 @@ pub enum UnixBackendError {
     },
     #[error("creating the vsock epoll: {0}")]
     Epoll(#[source] io::Error),
+    /// `uds_path` names something hull must not replace: a file, or a socket another process serves.
+    #[error("vsock uds_path: {0}")]
+    UdsPath(#[from] crate::stale_socket::SocketPathError),
 }
 
 /// A host stream that connected to `uds_path` and has not finished its `CONNECT` line.
