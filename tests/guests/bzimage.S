@@ -130,8 +130,4 @@ startup_64:
     PRINT "hull-tiny: bzimage reset\n"
     call reset
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK

@@ -12,13 +12,7 @@
 #define TICK_CYCLES 0x30000000      /* ~805 million TSC cycles between ticks */
 #define MAX_SPINS 0x1000000         /* 16 M iterations: ~0.1 s native, far more than TICK_CYCLES emulated */
 
-    .code32
-    .text
-    .globl _start
-_start:
-    cli
-    cld
-    mov $stack_top, %esp
+    ENTRY32 stack_top
     PRINT "hull-tiny: counter start\n"
     xor %edi, %edi                  /* %edi = tick number */
 1:  PRINT "tick "
@@ -47,8 +41,4 @@ wait_tick:
 2:  popa
     ret
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK

@@ -12,13 +12,7 @@
 #define I8042_STATUS 0x64
 #define STATUS_OUTPUT_FULL 0x01
 
-    .code32
-    .text
-    .globl _start
-_start:
-    cli
-    cld
-    mov $stack_top, %esp
+    ENTRY32 stack_top
     PRINT "hull-tiny: keyboard waiting\n"
     xor %edi, %edi                  /* %edi = the last four bytes received, newest in the low byte */
 1:  in $I8042_STATUS, %al
@@ -36,8 +30,4 @@ _start:
     PRINT "hull-tiny: ctrl-alt-del\n"
     call reset
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK

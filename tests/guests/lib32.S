@@ -8,9 +8,7 @@
  *
  * COM1 needs no initialisation in a VMM's emulated 16550: a plain `out` to the data port is one byte of output.
  */
-#define COM1_DATA 0x3f8
-#define I8042_COMMAND 0x64
-#define I8042_RESET 0xfe
+#include "common.S"
 
 /* PRINT "text": write a literal string (kept in .rodata) to COM1. */
 .macro PRINT text
@@ -21,6 +19,18 @@
     mov $.Lstr\@, %esi
     call puts
     pop %esi
+.endm
+
+/* ENTRY32 top: the guest's PVH entry point `_start` in 32-bit code, with interrupts off, string operations
+ * counting upwards and the stack pointer at `top`. */
+.macro ENTRY32 top
+    .code32
+    .text
+    .globl _start
+_start:
+    cli
+    cld
+    mov $\top, %esp
 .endm
 
 /* The ELF note that makes the image a PVH kernel: Xen's XEN_ELFNOTE_PHYS32_ENTRY (type 18, owner "Xen"),

@@ -8,9 +8,7 @@
  * at 1 MiB). Calling convention: the argument is in %rax (numbers) or %rsi (strings); every routine preserves
  * all registers.
  */
-#define COM1_DATA 0x3f8
-#define I8042_COMMAND 0x64
-#define I8042_RESET 0xfe
+#include "common.S"
 
 /* PRINT "text": write a literal string (kept in .rodata) to COM1. */
 .macro PRINT text

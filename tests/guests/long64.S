@@ -93,8 +93,4 @@ _start:
     PRINT "hull-tiny: long64 reset\n"
     call reset
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK

@@ -25,13 +25,7 @@
 #define BOOT_TIMER_ADDR 0xc0000000
 #define BOOT_TIMER_VALUE 123
 
-    .code32
-    .text
-    .globl _start
-_start:
-    cli
-    cld
-    mov $stack_top, %esp
+    ENTRY32 stack_top
     mov %ebx, %edi                  /* %edi = hvm_start_info for the rest of the program */
 
     /* Line 1: the magic, proving %ebx pointed at a start-info structure, and CR0 (PE set, PG clear). */
@@ -96,9 +90,5 @@ _start:
     PRINT "hull-tiny: pvh reset\n"
     call reset
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK
 

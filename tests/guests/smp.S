@@ -38,13 +38,7 @@
 #define FIRST_AP_TIMEOUT 1024                   /* ~6 s for the first AP to report */
 #define AP_IDLE_TIMEOUT 128                     /* then ~0.8 s without a new AP ends the wait */
 
-    .code32
-    .text
-    .globl _start
-_start:
-    cli
-    cld
-    mov $bsp_stack_top, %esp
+    ENTRY32 bsp_stack_top
     call cpu_alive
 
     /* 2. Put the trampoline where the STARTUP IPI points. */

@@ -9,13 +9,7 @@
  */
 #include "lib32.S"
 
-    .code32
-    .text
-    .globl _start
-_start:
-    cli
-    cld
-    mov $stack_top, %esp
+    ENTRY32 stack_top
     PRINT "hull-tiny: triple fault next\n"
     lidt empty_idt
     ud2
@@ -28,8 +22,4 @@ empty_idt:
     .word 0                         /* limit 0: no vector is deliverable */
     .long 0                         /* base */
 
-    .bss
-    .p2align 12
-stack:
-    .skip 4096
-stack_top:
+    STACK
