@@ -11,16 +11,6 @@
 #   protobuf-compiler            (protoc, for the k8s-cri crate's build script)
 set -euo pipefail
 
-need=()
-for p in dnsmasq-base iproute2 e2fsprogs containerd runc containernetworking-plugins busybox-static \
-  protobuf-compiler; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ "${#need[@]}" -eq 0 ]; then
-  echo "[install-test-deps] all present" >&2
-  exit 0
-fi
-echo "[install-test-deps] installing ${need[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >&2
-apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+source "$(dirname "${BASH_SOURCE[0]}")/apt-need.sh"
+apt_need install-test-deps dnsmasq-base iproute2 e2fsprogs containerd runc containernetworking-plugins \
+  busybox-static protobuf-compiler

@@ -15,16 +15,8 @@ start=$(date +%s)
 
 # --- 1. tools
 command -v cargo >/dev/null || { log "cargo is required (install Rust: https://rustup.rs)"; exit 1; }
-need=()
-for p in gcc binutils libc6-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  log "installing ${need[*]} with apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${need[@]}" >&2
-fi
+source scripts/apt-need.sh
+apt_need test.sh gcc binutils libc6-dev
 for installer in scripts/install-*.sh; do
   [ -f "$installer" ] || continue
   log "running $installer"
