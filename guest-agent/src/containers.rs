@@ -57,6 +57,8 @@ pub enum AgentError {
     Cgroup(#[from] CgroupError),
     #[error("container setup failed: {0}")]
     Helper(String),
+    #[error("container {container}: file {name:?} was not registered for copy-back at create")]
+    NotRegistered { container: String, name: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> AgentError {
@@ -119,6 +121,10 @@ pub struct Container {
     cgroup: Cgroup,
     namespaces: Vec<String>,
     seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// Its processes may create AF_VSOCK sockets (the spec's `io.hull.allow-vsock` annotation).
+    allow_vsock: bool,
+    /// The files the host registered for copy-back (`File.copy_back`): the only ones ReadFile reads.
+    copy_back: Vec<String>,
     init: Arc<ProcessEntry>,
     /// The init helper's channel until Start hands it to the watcher.
     channel: Mutex<Option<Channel>>,
@@ -239,6 +245,21 @@ fn prepare_block_device(dev: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// ReadFile's gate: only a name the host registered for copy-back when it created the container.
+fn registered_for_copy_back(registered: &[String], id: &str, name: &str) -> Result<(), AgentError> {
+    if registered.iter().any(|r| r == name) {
+        return Ok(());
+    }
+    crate::console::log(&format!("refused ReadFile (container {id}): {name:?} is not registered for copy-back"));
+    Err(AgentError::NotRegistered { container: id.into(), name: name.into() })
+}
+
+/// Whether the spec's annotations let the container's processes create AF_VSOCK sockets (exactly "true").
+fn allows_vsock(spec: &Spec) -> bool {
+    let key = hull_agent_protocol::policy::ALLOW_VSOCK_ANNOTATION;
+    spec.annotations().as_ref().and_then(|a| a.get(key)).is_some_and(|v| v == "true")
+}
+
 fn check_fstype(t: &str) -> Result<&str, AgentError> {
     match t {
         "ext4" | "ext3" | "ext2" | "erofs" | "squashfs" | "xfs" | "vfat" | "btrfs" => Ok(t),
@@ -306,7 +327,7 @@ impl Agent {
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut mounts = Vec::new();
         let result = write_files(&dir, files, &mut spec)
-            .and_then(|()| self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, stdio, &mut mounts));
+            .and_then(|()| self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, files, stdio, &mut mounts));
         if result.is_err() {
             for m in mounts.iter().rev() {
                 let _ = umount_detach(m);
@@ -325,6 +346,7 @@ impl Agent {
         process: &Process,
         rootfs: &Storage,
         extra: &[Storage],
+        files: &[HostFile],
         stdio: &StdioConfig,
         mounts: &mut Vec<PathBuf>,
     ) -> Result<(), AgentError> {
@@ -441,7 +463,11 @@ impl Agent {
         if let Err(e) = cgroup.add_process(pid) {
             return Err(fail(e.into(), &self.reaper));
         }
-        let cfg = InitConfig { spec: spec.clone(), rootfs: root, cgroup_ns };
+        let allow_vsock = allows_vsock(spec);
+        if allow_vsock {
+            crate::console::log(&format!("container {id}: AF_VSOCK sockets allowed by its annotation"));
+        }
+        let cfg = InitConfig { spec: spec.clone(), rootfs: root, cgroup_ns, allow_vsock };
         if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
             return Err(fail(io_err("sending the configuration")(e), &self.reaper));
         }
@@ -471,6 +497,8 @@ impl Agent {
             cgroup,
             namespaces: names,
             seccomp: linux.seccomp().clone(),
+            allow_vsock,
+            copy_back: files.iter().filter(|f| f.copy_back).map(|f| f.name.clone()).collect(),
             init: ProcessEntry::new(pid, pio),
             channel: Mutex::new(Some(ch)),
             execs: Mutex::new(HashMap::new()),
@@ -481,13 +509,14 @@ impl Agent {
         Ok(())
     }
 
-    /// A file given at create, as the container has left it; at most 1 MiB, and never through a symlink the
-    /// container may have put in its place.
+    /// A file given at create and registered for copy-back, as the container has left it; at most 1 MiB, and
+    /// never through a symlink the container may have put in its place.
     pub fn read_file(&self, id: &str, name: &str) -> Result<Vec<u8>, AgentError> {
         use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
         let c = self.container(id)?;
         validate_id(name).map_err(|_| AgentError::BadSpec(format!("bad file name {name:?}")))?;
+        registered_for_copy_back(&c.copy_back, id, name)?;
         let path = c.dir.join("files").join(name);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -577,6 +606,7 @@ impl Agent {
             namespaces: c.namespaces.clone(),
             cgroup: c.cgroup.path.clone(),
             seccomp: c.seccomp.clone(),
+            allow_vsock: c.allow_vsock,
         };
         let sent = ch.send(&ToHelper::Exec(Box::new(cfg)));
         let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));
@@ -785,6 +815,29 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_file_reads_only_what_was_registered_for_copy_back() {
+        let registered = vec!["f1".to_string()];
+        assert!(registered_for_copy_back(&registered, "c1", "f1").is_ok());
+        for name in ["f0", "f10", "F1", ""] {
+            assert!(matches!(registered_for_copy_back(&registered, "c1", name), Err(AgentError::NotRegistered { .. })));
+        }
+        assert!(registered_for_copy_back(&[], "c1", "f1").is_err());
+    }
+
+    #[test]
+    fn only_the_annotation_true_allows_vsock() {
+        let spec = |annotations: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations })).unwrap()
+        };
+        assert!(allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": "true" }))));
+        for v in ["false", "1", "TRUE", ""] {
+            assert!(!allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": v }))), "{v}");
+        }
+        assert!(!allows_vsock(&spec(serde_json::json!({}))));
+        assert!(!allows_vsock(&Spec::default()));
+    }
 
     fn size_file(name: &str, content: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("hull-agent-size-{}-{name}", std::process::id()));

@@ -43,6 +43,8 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     /// unshare(CLONE_NEWCGROUP) once in the container's cgroup.
     pub cgroup_ns: bool,
+    /// Leave AF_VSOCK open to the container's processes (otherwise `hull-init` installs the vsock filter).
+    pub allow_vsock: bool,
 }
 
 /// `hull-exec`'s configuration: the process to start in a running container.
@@ -57,4 +59,6 @@ pub struct ExecConfig {
     pub cgroup: PathBuf,
     /// The container's seccomp profile, which applies to every process in it.
     pub seccomp: Option<LinuxSeccomp>,
+    /// As [`InitConfig::allow_vsock`]: otherwise `hull-exec` installs the vsock filter.
+    pub allow_vsock: bool,
 }

@@ -10,6 +10,9 @@
 //!   starts one process there with clone(CLONE_PARENT), so the process is the agent's child and the agent
 //!   reaps it; reports its PID and exits.
 //!
+//! Both install the vsock filter ([`crate::seccomp::deny_vsock`]) first unless the container may use vsock,
+//! so everything the container runs inherits it, whatever its own seccomp profile says.
+//!
 //! Both run single-threaded with nothing but the channel and stdio open, and trust only the agent.
 
 use std::io;
@@ -150,6 +153,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         Ok(_) => return Err("expected the container's configuration".into()),
         Err(e) => return Err(format!("reading the configuration: {e}")),
     };
+    // No AF_VSOCK for anything this container runs, before any of it runs (inherited through fork).
+    if !cfg.allow_vsock {
+        crate::seccomp::deny_vsock().map_err(|e| e.to_string())?;
+    }
     // Our own OOM protection: the kernel should pick the program, whose death we report.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     if cfg.cgroup_ns {
@@ -267,6 +274,9 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
         Ok(Some((ToHelper::Exec(cfg), _))) => cfg,
         _ => return Err("expected an exec configuration".into()),
     };
+    if !cfg.allow_vsock {
+        crate::seccomp::deny_vsock().map_err(|e| e.to_string())?;
+    }
     crate::sys::write_file(&cfg.cgroup.join("cgroup.procs"), &std::process::id().to_string())
         .map_err(|e| format!("joining the container's cgroup: {e}"))?;
     // Open every namespace first: /proc changes meaning once we are in the container's mount namespace.

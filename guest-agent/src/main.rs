@@ -3,7 +3,8 @@
 //! As PID 1 it brings the guest to a known state ([`pid1`]: mounts, clock, hostname, `lo`), marks the
 //! boot-timer MMIO address, writes `hull-agent ready` to /dev/console, and then either powers the VM off
 //! (when the kernel command line carries `hull.poweroff=1`) or serves the agent protocol: ttrpc on vsock port
-//! 1024 ([`server`]) and process stdio on port 1025 ([`stdio`]), reaping every child ([`reaper`]).
+//! 1024 ([`server`]) and process stdio on port 1025 ([`stdio`]), reaping every child ([`reaper`]). Both serve
+//! the host alone ([`peer`]) and the server only the calls of the policy on the kernel command line.
 //! Started as `hull-init` or `hull-exec` (argv[0]; the kernel never sets that for /init), it is one of the
 //! container helpers in [`init`].
 //!
@@ -17,6 +18,7 @@ mod containers;
 mod helper_protocol;
 mod init;
 mod net;
+mod peer;
 mod pid1;
 mod process;
 mod reaper;
@@ -26,9 +28,11 @@ mod server;
 mod stdio;
 mod sys;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use console::log;
+use hull_agent_protocol::policy::Policy;
 
 /// The line hosts wait for.
 const READY_LINE: &str = "hull-agent ready";
@@ -81,8 +85,9 @@ fn main() {
             reaper::Reaper::default().run();
         }
     };
+    let policy = agent_policy(&cmdline);
     let agent = containers::Agent::new(reaper);
-    let _server = match server::serve(agent.clone()) {
+    let _server = match server::serve(agent.clone(), policy) {
         Ok(s) => Some(s),
         Err(e) => {
             log(&format!("cannot serve the agent protocol on vsock port {}: {e}", hull_agent_protocol::AGENT_PORT));
@@ -96,6 +101,22 @@ fn main() {
     }
 }
 
+/// The agent policy from the kernel command line (`hull.policy=`), read once here and never again: what the
+/// host fixed at boot. Absent: the default (every call). Malformed: no call at all, so a mistake fails closed
+/// and loudly (the host's first call is refused) instead of serving more than the host meant.
+fn agent_policy(cmdline: &str) -> Policy {
+    let key = hull_agent_protocol::policy::CMDLINE_PARAM;
+    let policy = match pid1::cmdline_value(cmdline, key) {
+        None => Policy::default(),
+        Some(text) => Policy::parse(text).unwrap_or_else(|e| {
+            log(&format!("{e}; serving no call"));
+            Policy::none()
+        }),
+    };
+    log(&format!("agent policy: {policy}"));
+    policy
+}
+
 fn start_stdio_listener(agent: Arc<containers::Agent>) {
     let listener = match stdio::listen(hull_agent_protocol::STDIO_PORT) {
         Ok(l) => l,
@@ -106,6 +127,8 @@ fn start_stdio_listener(agent: Arc<containers::Agent>) {
     };
     let spawned = std::thread::Builder::new().name("stdio-accept".into()).spawn(move || loop {
         match stdio::accept(&listener) {
+            // Only the host may attach a process's stdio.
+            Ok(conn) if !peer::admit(conn.as_raw_fd(), "a stdio connection") => drop(conn),
             Ok(conn) => {
                 let agent = agent.clone();
                 let _ = std::thread::Builder::new()

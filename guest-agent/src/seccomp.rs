@@ -9,6 +9,12 @@
 //! libseccomp does not know. SCMP_ACT_NOTIFY, flags and listener paths are refused.
 //!
 //! The profile comes from the host and is validated here: unknown actions or operators are errors.
+//!
+//! Apart from any profile, every container process gets the agent's own filter, [`deny_vsock`], unless its
+//! spec carries the `io.hull.allow-vsock=true` annotation: `socket(AF_VSOCK, ...)` fails with EAFNOSUPPORT
+//! (as on a kernel without vsock), and `io_uring_setup` fails with ENOSYS (as on a kernel without io_uring),
+//! because io_uring's IORING_OP_SOCKET creates sockets without passing through the socket system call.
+//! Filters stack: a profile that allows everything cannot undo it.
 
 use std::collections::BTreeMap;
 
@@ -117,6 +123,43 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
     Ok(programs.into_iter().map(|(_, p)| p).filter(|p| !p.is_empty()).collect())
 }
 
+/// The vsock address family (`AF_VSOCK`, 40 on every Linux architecture).
+const AF_VSOCK: u64 = libc::AF_VSOCK as u64;
+/// What `socket(AF_VSOCK, ...)` returns in a container: "address family not supported", as on a kernel
+/// without vsock, so a program that probes for vsock sees it absent.
+pub const VSOCK_ERRNO: i32 = libc::EAFNOSUPPORT;
+/// What `io_uring_setup` returns in a container whose vsock is closed: "no such system call", as on a kernel
+/// without io_uring (programs fall back to plain system calls).
+pub const IO_URING_ERRNO: i32 = libc::ENOSYS;
+
+/// The agent's vsock filters: socket(AF_VSOCK, ...) → EAFNOSUPPORT; io_uring_setup → ENOSYS.
+pub fn vsock_filters() -> Result<Vec<BpfProgram>, SeccompError> {
+    let filters = json!({
+        "vsock": {
+            "mismatch_action": "allow",
+            "match_action": { "errno": VSOCK_ERRNO },
+            "filter": [ { "syscall": "socket", "args": [ { "index": 0, "type": "dword", "op": "eq", "val": AF_VSOCK } ] } ]
+        },
+        "io_uring": {
+            "mismatch_action": "allow",
+            "match_action": { "errno": IO_URING_ERRNO },
+            "filter": [ { "syscall": "io_uring_setup" } ]
+        }
+    });
+    let compiled = seccompiler::compile_from_json(filters.to_string().as_bytes(), TargetArch::x86_64)
+        .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    Ok(compiled.into_values().collect())
+}
+
+/// Installs [`vsock_filters`] on the calling thread (and so on every process it starts). Needs
+/// CAP_SYS_ADMIN or no_new_privs; the helpers call it as root before anything of the container runs.
+pub fn deny_vsock() -> std::io::Result<()> {
+    for prog in vsock_filters().map_err(std::io::Error::other)? {
+        install(&prog).map_err(|e| std::io::Error::new(e.kind(), format!("installing the vsock filter: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Installs one program with seccomp(SECCOMP_SET_MODE_FILTER); needs no_new_privs or CAP_SYS_ADMIN.
 /// Only system calls: safe in the child right before exec.
 pub fn install(program: &BpfProgram) -> std::io::Result<()> {
@@ -158,6 +201,52 @@ mod tests {
             r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#,
         );
         assert_eq!(compile(&p).unwrap().len(), 1);
+    }
+
+    /// In a forked child (no_new_privs, then the filters): AF_VSOCK and io_uring fail with their errnos, the
+    /// other families still work. Each outcome is one byte on a pipe: 0 for success, else the errno.
+    #[test]
+    fn the_vsock_filter_refuses_vsock_and_io_uring_only() {
+        let progs = vsock_filters().unwrap();
+        assert_eq!(progs.len(), 2);
+        let (r, w) = crate::sys::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: the child makes system calls only (the programs were compiled before the fork) and leaves
+        // with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let report = |rc: i64| {
+                    let b: u8 = if rc >= 0 { 0 } else { *libc::__errno_location() as u8 };
+                    libc::write(w.as_raw_fd(), &b as *const u8 as *const libc::c_void, 1);
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(2);
+                }
+                for p in &progs {
+                    if install(p).is_err() {
+                        libc::_exit(3);
+                    }
+                }
+                report(libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) as i64);
+                report(libc::socket(libc::AF_VSOCK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) as i64);
+                report(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as i64);
+                report(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) as i64);
+                let mut params = [0u8; 120];
+                report(libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()));
+                libc::_exit(0);
+            }
+        }
+        drop(w);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        let mut got = Vec::new();
+        use std::io::Read;
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        let e = |v: i32| v as u8;
+        assert_eq!(got, [e(VSOCK_ERRNO), e(VSOCK_ERRNO), 0, 0, e(IO_URING_ERRNO)]);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct GuestFile<'a> {
     pub name: &'a str,
     pub content: &'a [u8],
     pub mode: u32,
+    /// The host will read it back at exit (a read-write file mount): the agent's ReadFile serves only these.
+    pub copy_back: bool,
 }
 
 /// Which standard streams of a process the host attaches (the others are /dev/null in the guest). With a
@@ -104,6 +106,7 @@ impl NewContainer<'_> {
             af.name = f.name.into();
             af.content = f.content.to_vec();
             af.mode = f.mode;
+            af.copy_back = f.copy_back;
             req.files.push(af);
         }
         req.stdio = Some(self.streams.config()).into();
@@ -140,6 +143,7 @@ mod tests {
                 name: "f0",
                 content: b"x",
                 mode: 0o644,
+                copy_back: true,
             }],
             streams: Streams {
                 terminal: false,
@@ -153,7 +157,7 @@ mod tests {
         assert_eq!((r.rootfs.device.as_str(), r.rootfs.read_only, r.rootfs.writable_overlay), ("vda", true, true));
         assert_eq!((r.mounts[0].device.as_str(), r.mounts[0].read_only), ("serial:vol0", false));
         assert_eq!(r.mounts[0].container_path, "/data");
-        assert_eq!((r.files[0].name.as_str(), r.files[0].mode), ("f0", 0o644));
+        assert_eq!((r.files[0].name.as_str(), r.files[0].mode, r.files[0].copy_back), ("f0", 0o644, true));
         assert!(!r.stdio.stdin && r.stdio.stdout && r.stdio.stderr);
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.oci_spec_json).unwrap(), spec);
         let qemu = GuestDisk::of_drive(BackendKind::Qemu, 0, &drive("rootfs", true));

@@ -283,6 +283,7 @@ fn add_to_vm(
                 name: &f.name,
                 content: &f.content,
                 mode: f.mode,
+                copy_back: f.write_back.is_some(),
             })
             .collect(),
         streams: init.streams(),

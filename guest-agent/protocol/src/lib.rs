@@ -6,6 +6,7 @@
 //! - [`ids`]: the identifier rule both sides enforce.
 //! - [`hybrid`]: the host end of Firecracker's hybrid vsock (`CONNECT <port>\n` → `OK <port>\n`).
 //! - [`client`]: a checked ttrpc client connection to the agent over that socket.
+//! - [`policy`]: which calls a guest serves, fixed by the host at boot (`hull.policy=` on the kernel command line).
 //!
 //! Nothing here trusts the peer: every text read from a connection is length-bounded and validated.
 
@@ -25,6 +26,7 @@ pub mod agent_ttrpc {
 pub mod client;
 pub mod hybrid;
 pub mod ids;
+pub mod policy;
 pub mod stdio;
 
 /// Guest vsock port the agent's ttrpc service listens on.
@@ -33,8 +35,10 @@ pub const AGENT_PORT: u32 = 1024;
 pub const STDIO_PORT: u32 = 1025;
 /// The guest's vsock context id, on every backend.
 pub const GUEST_CID: u32 = 3;
+/// The host's vsock context id (VMADDR_CID_HOST): the only peer the agent serves.
+pub const HOST_CID: u32 = 2;
 /// Bumped when a message or call changes meaning.
-pub const PROTOCOL_REVISION: u32 = 1;
+pub const PROTOCOL_REVISION: u32 = 2;
 
 pub use protobuf;
 pub use ttrpc;
