@@ -19,7 +19,8 @@ use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use tracing::{debug, info, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_info as info, guest_warn as warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 

@@ -36,7 +36,7 @@ impl BusDevice for BootTimer {
         }
         let us = self.start.elapsed().as_micros();
         self.reported.get_or_insert(us);
-        tracing::info!("Guest-boot-time = {} us {} ms", us, us / 1000);
+        hull_logging::guest_info!("Guest-boot-time = {} us {} ms", us, us / 1000);
     }
 }
 

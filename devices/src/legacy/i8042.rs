@@ -118,7 +118,7 @@ impl I8042 {
     fn raise_kbd_irq(&self) {
         if self.control & CTR_KBD_INT != 0 && !self.buffer.is_empty() {
             if let Err(e) = self.kbd_irq.0.write(1) {
-                tracing::warn!(error = %e, "i8042: keyboard interrupt lost");
+                hull_logging::guest_warn!(error = %e, "i8042: keyboard interrupt lost");
             }
         }
     }
@@ -146,7 +146,7 @@ impl I8042 {
             CMD_KBD_ENABLE => self.control &= !CTR_KBD_DISABLE,
             CMD_READ_OUTPUT_PORT => self.push(self.output_port),
             CMD_PULSE_RESET => self.reset_machine(),
-            other => tracing::debug!(command = other, "i8042: command ignored"),
+            other => hull_logging::guest_debug!(command = other, "i8042: command ignored"),
         }
     }
 

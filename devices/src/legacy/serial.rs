@@ -32,7 +32,7 @@ impl SerialConsole {
         match self.uart.enqueue_raw_bytes(&bytes[..room]) {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = ?e, "serial input dropped");
+                hull_logging::guest_warn!(error = ?e, "serial input dropped");
                 0
             }
         }
@@ -59,7 +59,7 @@ impl BusDevice for SerialConsole {
         let Ok(off) = u8::try_from(offset) else { return };
         for &byte in data.iter().take(1) {
             if let Err(e) = self.uart.write(off, byte) {
-                tracing::warn!(error = ?e, "serial output failed");
+                hull_logging::guest_warn!(error = ?e, "serial output failed");
             }
         }
     }

@@ -14,7 +14,8 @@
 
 use std::os::fd::RawFd;
 
-use tracing::{debug, info, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_info as info, guest_warn as warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;

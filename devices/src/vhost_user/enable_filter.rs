@@ -21,7 +21,8 @@ use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use tracing::{debug, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_warn as warn};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::config_notify::ConfigNotifier;

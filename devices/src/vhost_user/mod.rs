@@ -25,7 +25,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::{error, info, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_error as error, guest_info as info, guest_warn as warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringMutex, VringT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};

@@ -36,7 +36,13 @@ const I8042_PORTS: [u16; 2] = [0x60, 0x64];
 fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
     match exit {
         VcpuExit::IoOut(port, data) => {
-            ctx.pio.write(u64::from(port), data);
+            if !ctx.pio.write(u64::from(port), data) {
+                hull_logging::guest_debug!(
+                    vcpu = index,
+                    port = format_args!("{port:#x}"),
+                    "port write with no device"
+                );
+            }
             if I8042_PORTS.contains(&port) && ctx.reset_evt.read().is_ok() {
                 return Next::Stop(ExitReason::GuestReset);
             }
@@ -44,13 +50,18 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         }
         VcpuExit::IoIn(port, data) => {
             if !ctx.pio.read(u64::from(port), data) {
+                hull_logging::guest_debug!(
+                    vcpu = index,
+                    port = format_args!("{port:#x}"),
+                    "port read with no device"
+                );
                 data.fill(0xff);
             }
             Next::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
             if !ctx.mmio.read(addr, data) {
-                tracing::debug!(
+                hull_logging::guest_debug!(
                     vcpu = index,
                     addr = format_args!("{addr:#x}"),
                     "MMIO read of an unmapped address"
@@ -61,7 +72,7 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         }
         VcpuExit::MmioWrite(addr, data) => {
             if !ctx.mmio.write(addr, data) {
-                tracing::debug!(
+                hull_logging::guest_debug!(
                     vcpu = index,
                     addr = format_args!("{addr:#x}"),
                     "MMIO write to an unmapped address"

@@ -17,7 +17,8 @@ use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_warn as warn};
 
 use super::backend::{DiskBackend, EmptyDisk, RawFile};
 use super::metrics::BlockMetrics;

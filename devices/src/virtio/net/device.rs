@@ -11,7 +11,8 @@
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_warn as warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::metrics::NetMetrics;

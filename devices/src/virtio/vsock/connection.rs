@@ -15,7 +15,8 @@ use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 
-use tracing::warn;
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::guest_warn as warn;
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;

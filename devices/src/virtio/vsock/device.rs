@@ -9,7 +9,8 @@ use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::debug;
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::guest_debug as debug;
 
 use super::backend::VsockBackend;
 use super::metrics::VsockMetrics;

@@ -22,7 +22,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+// Every line here can be triggered by the guest (or its driver): rate-limited per call site.
+use hull_logging::{guest_debug as debug, guest_info as info, guest_warn as warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::VsockBackend;
