@@ -16,6 +16,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("smp.S", "smp.elf"),
     ("counter.S", "counter.elf"),
     ("keyboard.S", "keyboard.elf"),
+    ("flood.S", "flood.elf"),
 ];
 
 fn main() {

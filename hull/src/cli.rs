@@ -78,6 +78,22 @@ pub struct VmmArgs {
     /// Log level on standard error: Error, Warning, Info, Debug, Trace or Off (any case).
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What bounds the guest's console file and how hull's own log is written.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Keep the --serial-out file under BYTES: past that its content moves to FILE.1 (replacing it) and FILE
+    /// starts empty, so a guest cannot fill the disk through its console. 0: no cap.
+    #[arg(long, value_name = "BYTES", default_value_t = hull_logging::rotating::DEFAULT_MAX_BYTES)]
+    pub serial_out_max_bytes: u64,
+
+    /// Format of the log on standard error: text, or json (one JSON object per line, for a SIEM).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 fn parse_instance_id(id: &str) -> Result<String, String> {
@@ -148,6 +164,17 @@ mod tests {
         assert_eq!(cli.vmm.id, "vm-1");
         assert_eq!(cli.vmm.serial_out, Some(PathBuf::from("/tmp/serial")));
         assert_eq!(cli.vmm.log_level, LogLevel::Warning);
+    }
+
+    #[test]
+    fn output_flags_parse() {
+        let cli = parse(&["--api-sock", "/s"]).unwrap();
+        assert_eq!(cli.vmm.output.serial_out_max_bytes, 1 << 20);
+        assert_eq!(cli.vmm.output.log_format, crate::logging::LogFormat::Text);
+        let cli = parse(&["--api-sock", "/s", "--serial-out-max-bytes", "4096", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.vmm.output.serial_out_max_bytes, 4096);
+        assert_eq!(cli.vmm.output.log_format, crate::logging::LogFormat::Json);
+        assert!(parse(&["--api-sock", "/s", "--log-format", "xml"]).is_err());
     }
 
     #[test]

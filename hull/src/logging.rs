@@ -1,11 +1,31 @@
 //! Logging set-up for every `hull` command: `tracing` events go to standard error, because standard output
 //! carries the guest's serial console (or the container's output under `hull run`). The level comes from
 //! `--log-level` (Firecracker's names, [`LogLevel`]) or, when set, `RUST_LOG`.
+//!
+//! `--log-format json` writes one JSON object per line (`timestamp`, `level`, `target`, `message` and every
+//! field of the event at the top level), so a SIEM can ingest security events (target `security`, see
+//! `hull_logging::security`) without parsing text. The formatter is ours, on `serde_json`: it needs no
+//! further `tracing-subscriber` feature.
 
+use std::fmt;
 use std::io::IsTerminal;
 
 pub use api_server::logger::LogLevel;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// tracing's human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 fn filter(level: LogLevel) -> LevelFilter {
     match level {
@@ -18,18 +38,141 @@ fn filter(level: LogLevel) -> LevelFilter {
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level` (and allows per-crate filters).
+/// Installs the global subscriber, text format. `RUST_LOG`, when set, overrides `level` (and allows
+/// per-crate filters).
 pub fn init(level: LogLevel) {
+    init_with_format(level, LogFormat::Text)
+}
+
+/// [`init`] in `format`.
+pub fn init_with_format(level: LogLevel, format: LogFormat) {
+    let env = std::env::var("RUST_LOG").ok().filter(|spec| !spec.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(format == LogFormat::Text && std::io::stderr().is_terminal())
         .with_target(false);
-    let installed = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => builder
+    // Only fails if a subscriber is already installed, which leaves logging working.
+    let _ = match (format, env) {
+        (LogFormat::Text, Some(spec)) => builder
             .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
             .try_init(),
-        _ => builder.with_max_level(filter(level)).try_init(),
+        (LogFormat::Text, None) => builder.with_max_level(filter(level)).try_init(),
+        (LogFormat::Json, Some(spec)) => builder
+            .event_format(JsonLines)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .try_init(),
+        (LogFormat::Json, None) => builder.event_format(JsonLines).with_max_level(filter(level)).try_init(),
     };
-    // Only fails if a subscriber is already installed, which leaves logging working.
-    let _ = installed;
+}
+
+/// One JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, then the event's fields
+/// (`message` for the message).
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        writeln!(writer, "{}", json_line(event))
+    }
+}
+
+fn json_line(event: &Event<'_>) -> serde_json::Value {
+    let meta = event.metadata();
+    let mut fields = JsonFields(serde_json::Map::new());
+    fields.0.insert("timestamp".into(), hull_logging::rfc3339_now().into());
+    fields.0.insert("level".into(), meta.level().as_str().into());
+    fields.0.insert("target".into(), meta.target().into());
+    event.record(&mut fields);
+    serde_json::Value::Object(fields.0)
+}
+
+/// Collects an event's fields as JSON values: numbers and booleans as such, everything else as strings.
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl JsonFields {
+    fn put(&mut self, field: &Field, value: serde_json::Value) {
+        self.0.insert(field.name().to_string(), value);
+    }
+}
+
+impl Visit for JsonFields {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_every_field_at_the_top_level() {
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            hull_logging::security::set_identity("vm-7", "ctr-1");
+            hull_logging::security_event!(
+                tracing::Level::WARN,
+                event = "agent_permission_denied",
+                reason = "policy",
+                call = "ExecProcess",
+                n = 3u64,
+                "refused \"quoted\""
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["target"], "security");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["event"], "agent_permission_denied");
+        assert_eq!(v["vm_id"], "vm-7");
+        assert_eq!(v["container_id"], "ctr-1");
+        assert_eq!(v["reason"], "policy");
+        assert_eq!(v["call"], "ExecProcess");
+        assert_eq!(v["n"], 3);
+        assert_eq!(v["message"], "refused \"quoted\"");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
 }

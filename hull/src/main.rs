@@ -25,7 +25,9 @@ fn main() {
             cli::Command::Run(args) => std::process::exit(run::run(*args)),
         }
     }
-    logging::init(cli.vmm.log_level);
+    logging::init_with_format(cli.vmm.log_level, cli.vmm.output.log_format);
+    // The VMM serves one VM (a whole pod under the shim): its security events name it by --id.
+    hull_logging::security::set_identity(&cli.vmm.id, "");
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = match SignalFd::for_termination_signals() {
         Ok(signals) => signals,

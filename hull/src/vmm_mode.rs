@@ -33,7 +33,10 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
     }
 
     let serial = match args.serial_out {
-        Some(path) => SerialOutput::File(path),
+        Some(path) => SerialOutput::CappedFile {
+            path,
+            max_bytes: args.output.serial_out_max_bytes,
+        },
         None => SerialOutput::Stdout,
     };
     let mut instance = Instance::new(

@@ -193,6 +193,14 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
                 source,
             },
         )?),
+        SerialOutput::CappedFile { path, max_bytes } => Box::new(
+            hull_logging::rotating::RotatingFile::open(path, *max_bytes).map_err(|source| {
+                BuildError::SerialOutput {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?,
+        ),
         SerialOutput::Sink => Box::new(std::io::sink()),
     })
 }

@@ -159,6 +159,9 @@ pub enum SerialOutput {
     Stdout,
     /// Appended to a file.
     File(PathBuf),
+    /// Appended to a file kept under `max_bytes` (0: no cap) by rotating it into `<path>.1`, so a guest
+    /// cannot fill the host's disk through its console (`hull_logging::rotating`).
+    CappedFile { path: PathBuf, max_bytes: u64 },
     /// Discarded.
     Sink,
 }
