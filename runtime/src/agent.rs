@@ -30,6 +30,20 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// When the agent refused the call by its policy (ttrpc PERMISSION_DENIED): the call and the agent's
+    /// message, for a security event on the host.
+    pub fn permission_denied(&self) -> Option<(&'static str, &str)> {
+        match self {
+            AgentError::Call {
+                call,
+                source: ttrpc::Error::RpcStatus(status),
+            } if status.code() == ttrpc::Code::PERMISSION_DENIED => Some((call, status.message())),
+            _ => None,
+        }
+    }
+}
+
 pub struct Agent {
     client: AgentClient,
     uds: PathBuf,

@@ -59,6 +59,8 @@ pub struct ShimConfig {
     /// Per-VM state (sockets, console log, logs).
     pub work_dir: PathBuf,
     pub boot_timeout_secs: u64,
+    /// The shim's log: `text` (containerd-shim's `key="value"` lines) or `json` (one object per line).
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Default for ShimConfig {
@@ -76,6 +78,7 @@ impl Default for ShimConfig {
             image_cache: PathBuf::from("/var/lib/hull/images"),
             work_dir: PathBuf::from("/run/hull/shim"),
             boot_timeout_secs: 120,
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }

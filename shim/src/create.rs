@@ -167,6 +167,7 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     let spec: serde_json::Value = serde_json::from_str(&text).map_err(|source| ShimError::SpecJson { path, source })?;
     let is_sandbox = spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox";
     let cfg = ShimConfig::load(req.config_path.as_deref())?;
+    crate::logging::set_format(cfg.log_format);
     let guest = guest_spec::for_guest(spec).map_err(|source| ShimError::Spec { id: id.into(), source })?;
     for w in &guest.warnings {
         log::warn!("container {id}: {w}");

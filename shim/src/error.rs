@@ -142,6 +142,13 @@ impl ShimError {
 
 impl From<ShimError> for ttrpc::Error {
     fn from(e: ShimError) -> ttrpc::Error {
+        // The guest's agent refused a call by its policy: a security event, whoever made the call.
+        if let ShimError::Agent { id, source } | ShimError::Attach { id, source, .. } = &e {
+            if let Some((call, message)) = source.permission_denied() {
+                let reason = format!("the agent refused {call}: {message}");
+                crate::logging::security_event("agent_permission_denied", id, &reason);
+            }
+        }
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
     }
 }

@@ -11,6 +11,7 @@ mod create;
 mod error;
 mod events;
 mod guest_spec;
+mod logging;
 mod network;
 mod pod;
 mod process;

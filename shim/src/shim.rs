@@ -29,7 +29,15 @@ pub struct HullShim {
 impl Shim for HullShim {
     type T = Service;
 
-    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        if args.action.is_empty() && !args.socket.is_empty() {
+            // The serving process logs through our logger (text or JSON, security events with the pod's id,
+            // which names its VM) instead of containerd-shim's. The format is the shim config's, as far as it
+            // can be found before the first Create brings its path.
+            config.no_setup_logger = true;
+            let format = crate::config::ShimConfig::load(None).map(|c| c.log_format).unwrap_or_default();
+            crate::logging::install(args.debug, &args.id, format);
+        }
         HullShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),

@@ -156,7 +156,11 @@ pub fn exit_status(exit_code: i32, signal: i32) -> u32 {
     } else if (0..=255).contains(&exit_code) {
         exit_code as u32
     } else {
-        log::warn!("the agent reported exit code {exit_code}; reporting 255");
+        crate::logging::security_event(
+            "bad_guest_reply",
+            "",
+            &format!("the agent reported exit code {exit_code}; reporting 255"),
+        );
         255
     }
 }
