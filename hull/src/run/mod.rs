@@ -159,6 +159,8 @@ pub enum RunError {
 /// Entry point: returns the process exit status.
 pub fn run(args: RunArgs) -> i32 {
     crate::logging::init(args.log_level);
+    // Security events (the agent refusing a call) name this run's VM and its one container.
+    hull_logging::security::set_identity(&format!("hull-run-{}", std::process::id()), CONTAINER_ID);
     // Before any thread: these signals are taken by the signal thread only.
     let signals = tty::block_signals();
     match run_inner(&args, signals) {
@@ -250,6 +252,17 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     vm.stop(grace);
     let console = vm.console_log();
     drop(vm);
+    if let Err(RunError::Agent(e)) = &result {
+        if let Some((call, message)) = e.permission_denied() {
+            hull_logging::security_event!(
+                tracing::Level::WARN,
+                event = "agent_permission_denied",
+                reason = format_args!("the agent refused {call}: {message}"),
+                call,
+                "the agent refused {call}"
+            );
+        }
+    }
     let out = match result {
         Ok((code, _)) => Ok(code),
         Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => Err(RunError::Setup(format!(
