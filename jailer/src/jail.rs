@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -118,6 +118,9 @@ pub fn place_exec_file(
         return Err(JailerError::HardLink(dst));
     }
     std::os::unix::fs::fchown(&out, Some(uid), Some(gid)).map_err(|e| JailerError::ChangeFileOwner(dst.clone(), e))?;
+    // The source's mode exactly (the umask may have taken bits away at creation).
+    out.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| JailerError::Chmod(dst.clone(), e))?;
     io::copy(&mut src, &mut out).map_err(|e| JailerError::Copy(exec.into(), dst.clone(), e))?;
     Ok(Path::new("/").join(name))
 }
@@ -169,7 +172,7 @@ pub fn place_libraries(libs: &[PathBuf], chroot: &Path) -> Result<(), JailerErro
         let rel = lib.strip_prefix("/").unwrap_or(lib);
         let dst = chroot.join(rel);
         if let Some(dir) = dst.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| JailerError::CreateDir(dir.into(), e))?;
+            make_readable_dirs(chroot, dir)?;
         }
         if same_file(lib, &dst) {
             continue;
@@ -182,6 +185,23 @@ pub fn place_libraries(libs: &[PathBuf], chroot: &Path) -> Result<(), JailerErro
                 std::fs::copy(&src, &dst).map_err(|e| JailerError::Copy(src.clone(), dst.clone(), e))?;
             }
             Err(e) => return Err(JailerError::Copy(lib.clone(), dst, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (inside `chroot`) and its missing parents 0755 whatever the umask: the jail uid must reach
+/// the libraries, which stay root's.
+fn make_readable_dirs(chroot: &Path, dir: &Path) -> Result<(), JailerError> {
+    let rel = dir.strip_prefix(chroot).unwrap_or(dir);
+    let mut cur = chroot.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match std::fs::create_dir(&cur) {
+            Ok(()) => std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| JailerError::Chmod(cur.clone(), e))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(JailerError::CreateDir(cur, e)),
         }
     }
     Ok(())
@@ -268,7 +288,6 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), JailerError> {
 
 /// Inside the jail: `/`, `/dev`, `/dev/net`, `/run`, each 0700 and owned by the jail uid/gid.
 pub fn make_jail_dirs(uid: u32, gid: u32) -> Result<(), JailerError> {
-    use std::os::unix::fs::PermissionsExt;
     for d in JAIL_DIRS {
         let p = Path::new(d);
         std::fs::create_dir_all(p).map_err(|e| JailerError::CreateDir(p.into(), e))?;
@@ -349,11 +368,16 @@ pub fn write_pid_file(path: &Path, pid: u32) -> Result<(), JailerError> {
 }
 
 /// No supplementary groups, then gid, then uid; checks that root cannot be regained; no_new_privs, so
-/// nothing the binary execs gains privileges either.
+/// nothing the binary execs gains privileges either. A parent-death signal the jailer was started with is
+/// set again after the change (the kernel clears it when credentials change), so a jailed VMM still dies
+/// with the process that started the jailer.
 pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailerError> {
     let err = |e| JailerError::DropPrivileges(uid, gid, e);
-    // SAFETY: plain system calls on this process's credentials.
+    let mut pdeathsig: libc::c_int = 0;
+    // SAFETY: plain system calls on this process's credentials; prctl writes one int we own.
     unsafe {
+        cvt(libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig as *mut libc::c_int)).map_err(err)?;
+        let parent = libc::getppid();
         cvt(libc::setgroups(0, std::ptr::null())).map_err(err)?;
         cvt(libc::setresgid(gid, gid, gid)).map_err(err)?;
         cvt(libc::setresuid(uid, uid, uid)).map_err(err)?;
@@ -361,6 +385,13 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailerError> {
             return Err(err(io::Error::other("setuid(0) succeeded after the drop")));
         }
         cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(err)?;
+        if pdeathsig != 0 {
+            cvt(libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0)).map_err(err)?;
+            // The parent may have died between the drop and the prctl: then the signal never comes.
+            if libc::getppid() != parent {
+                libc::raise(pdeathsig);
+            }
+        }
     }
     Ok(())
 }

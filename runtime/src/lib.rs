@@ -1,7 +1,8 @@
 //! What `hull run` and the containerd shim (`containerd-shim-hull-v2`) share to run OCI workloads in a
 //! microVM: the two VM backends behind one interface ([`backend`]), the client of the guest's hull-agent
 //! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]), runc-style
-//! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), and where the guest
+//! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), confinement of the VM's
+//! processes ([`jail`]: hull-jailer, the jail uid/gid), and where the guest
 //! kernel and initramfs are found ([`guest_files`]).
 //!
 //! Both build the agent's `CreateContainerRequest` with [`container`] (rootfs and volume disks, copied files,
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod container;
 pub mod guard;
 pub mod image;
+pub mod jail;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
