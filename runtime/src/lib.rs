@@ -14,6 +14,7 @@ pub mod backend;
 pub mod container;
 pub mod guard;
 pub mod image;
+pub mod output;
 pub mod jail;
 pub mod spec;
 
@@ -77,9 +78,13 @@ pub fn guest_files(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<(Path
     Ok((kernel, initrd))
 }
 
-/// The tail of a guest console log, for error messages.
+/// The tail of a guest console log, for error messages; the console may just have been rotated, so the
+/// rotated file's end comes first (`hull_logging::rotating`).
 pub fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let previous = std::fs::read(hull_logging::rotating::rotated_path(path)).unwrap_or_default();
+    let mut bytes = previous[previous.len().saturating_sub(4096)..].to_vec();
+    bytes.extend(std::fs::read(path).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(15)..].join("\n");
     format!("{}:\n{tail}", path.display())
