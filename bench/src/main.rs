@@ -1,8 +1,10 @@
 //! `hull-bench`, the project's benchmark harness.
 //!
-//! `hull-bench <boot|devices|run|containerd> [--runs N] [--json FILE] [--linux] [--window-ms MS] [--hull PATH]` prints a
+//! `hull-bench <boot|devices|run|containerd|compare|density> [--runs N] [--json FILE] [--linux] [--window-ms MS]
+//! [--hull PATH] [--svg FILE] [--vms N] [--qemu PATH] [--firecracker PATH] [--cloud-hypervisor PATH]` prints a
 //! one-paragraph description of the machine, then one table per benchmark (median, p90, min, max) as each
-//! finishes, and with `--json` writes every sample and summary to FILE.
+//! finishes (`compare` and `density` end with a table of hull next to the other VMMs), and with `--json`
+//! writes every sample and summary to FILE.
 //!
 //! Exit codes: 0 every benchmark produced its figures; 1 at least one failed (its section says why);
 //! 2 bad usage, or the machine cannot run the suite (no hull binary, no usable /dev/kvm).
@@ -11,8 +13,10 @@
 //! its guests print is only searched.
 
 mod boot;
+mod compare;
 mod container;
 mod containerd;
+mod density;
 mod devbench;
 mod error;
 mod guest_io;
@@ -20,7 +24,9 @@ mod machine;
 mod report;
 mod smaps;
 mod stats;
+mod svg;
 mod virtq;
+mod vmms;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +34,7 @@ use std::time::Duration;
 use error::{BenchError, Result};
 use machine::{is_executable, Machine};
 use report::{run_section, Section};
+use vmms::{Vmm, VmmKind};
 
 const USAGE: &str = "\
 usage: hull-bench <suite> [options]
@@ -44,15 +51,27 @@ suites:
   containerd `ctr run --rm busybox echo hello` through containerd-shim-hull-v2 vs runc (20 each), CRI pod
              start (RunPodSandbox → CreateContainer → StartContainer) handler hull vs runc (10 each),
              and the host RSS of one running hull pod's VM processes; private containerd, needs root
+  compare    hull next to QEMU -M microvm -accel kvm (and Firecracker, Cloud Hypervisor when given), the
+             same tiny PVH guest (halt.elf) and host-side clocks, samples interleaved: spawn → API/QMP
+             socket answers; start request → guest's first serial line; spawn → that line without API;
+             RSS, PSS and threads with the guest halted; medians [p10–p90] and hull/peer ratios
+  density    N microVMs with the halting tiny guest started at once, per VMM: start rate (N / time
+             until all N guests are up), per-VM PSS and RSS, MemAvailable before, with all up and after
+             teardown, and a check that teardown leaves no process, socket or temporary directory
 
 options:
   --runs N         samples per boot or run metric (default 20), timed windows per device row (default 5),
-                   containerd: both ctr runs and pod starts (default 20 and 10)
+                   containerd: both ctr runs and pod starts (default 20 and 10), compare: rounds (default 10)
   --json FILE      also write all samples and summaries as JSON to FILE
   --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
   --window-ms MS   devices: length of one timed window (default 1000)
   --hull PATH      the hull binary (default: $HULL_BIN, else target/release/hull, else target/debug/hull;
                    containerd: the hull beside the containerd-shim-hull-v2 found in target/release or debug)
+  --svg FILE       compare: also draw the figures as an SVG chart (one panel per metric, p10-p90 whiskers)
+  --vms N          density: microVMs per VMM (default 100)
+  --qemu PATH      compare, density: the QEMU binary (default: qemu-system-x86_64 on PATH)
+  --firecracker PATH       compare, density: also measure this Firecracker binary
+  --cloud-hypervisor PATH  compare, density: also measure this Cloud Hypervisor binary
   -h, --help       this text
 
 exit codes: 0 all figures produced, 1 a benchmark failed, 2 usage or environment error";
@@ -65,13 +84,29 @@ struct Args {
     linux: bool,
     window: Duration,
     hull: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    vms: Option<usize>,
+    qemu: Option<PathBuf>,
+    firecracker: Option<PathBuf>,
+    cloud_hypervisor: Option<PathBuf>,
 }
 
 /// Parses the arguments after the program name. `Ok(None)` means help was asked for.
 fn parse_args(args: &[String]) -> Result<Option<Args>> {
     let mut suite = None;
-    let mut parsed =
-        Args { suite: String::new(), runs: None, json: None, linux: false, window: Duration::from_secs(1), hull: None };
+    let mut parsed = Args {
+        suite: String::new(),
+        runs: None,
+        json: None,
+        linux: false,
+        window: Duration::from_secs(1),
+        hull: None,
+        svg: None,
+        vms: None,
+        qemu: None,
+        firecracker: None,
+        cloud_hypervisor: None,
+    };
     let mut it = args.iter();
     let usage = |msg: String| BenchError::env(format!("{msg}\n\n{USAGE}"));
     while let Some(arg) = it.next() {
@@ -97,6 +132,18 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
                 parsed.window = Duration::from_millis(ms);
             }
             "--hull" => parsed.hull = Some(PathBuf::from(value("--hull")?)),
+            "--svg" => parsed.svg = Some(PathBuf::from(value("--svg")?)),
+            "--vms" => {
+                let v = value("--vms")?;
+                let n: usize = v.parse().map_err(|_| usage(format!("--vms {v:?} is not a number")))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(usage(format!("--vms must be 1 to 1000, not {n}")));
+                }
+                parsed.vms = Some(n);
+            }
+            "--qemu" => parsed.qemu = Some(PathBuf::from(value("--qemu")?)),
+            "--firecracker" => parsed.firecracker = Some(PathBuf::from(value("--firecracker")?)),
+            "--cloud-hypervisor" => parsed.cloud_hypervisor = Some(PathBuf::from(value("--cloud-hypervisor")?)),
             other if other.starts_with('-') => return Err(usage(format!("unknown option {other}"))),
             other => {
                 if suite.replace(other.to_string()).is_some() {
@@ -105,12 +152,25 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             }
         }
     }
-    let suite = suite.ok_or_else(|| usage("which suite? boot, devices, run or containerd".into()))?;
-    if !["boot", "devices", "run", "containerd"].contains(&suite.as_str()) {
+    let suite = suite.ok_or_else(|| usage("which suite? boot, devices, run, containerd, compare or density".into()))?;
+    if !["boot", "devices", "run", "containerd", "compare", "density"].contains(&suite.as_str()) {
         return Err(usage(format!("unknown suite {suite:?}")));
     }
     if parsed.linux && suite != "boot" {
         return Err(usage("--linux belongs to the boot suite".into()));
+    }
+    if parsed.svg.is_some() && suite != "compare" {
+        return Err(usage("--svg belongs to the compare suite".into()));
+    }
+    if parsed.vms.is_some() && suite != "density" {
+        return Err(usage("--vms belongs to the density suite".into()));
+    }
+    if suite == "density" && parsed.runs.is_some() {
+        return Err(usage("density runs one batch per VMM; use --vms N, not --runs".into()));
+    }
+    let peers = parsed.qemu.is_some() || parsed.firecracker.is_some() || parsed.cloud_hypervisor.is_some();
+    if peers && !["compare", "density"].contains(&suite.as_str()) {
+        return Err(usage("--qemu, --firecracker and --cloud-hypervisor belong to compare and density".into()));
     }
     parsed.suite = suite;
     Ok(Some(parsed))
@@ -129,6 +189,96 @@ fn find_hull(explicit: Option<PathBuf>) -> Result<PathBuf> {
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
     })
+}
+
+/// The VMMs of `compare` and `density`: hull first, then QEMU (`--qemu`, else `qemu-system-x86_64` on PATH),
+/// then Firecracker and Cloud Hypervisor when their binaries were given.
+fn find_vmms(args: &Args) -> Result<Vec<Vmm>> {
+    let hull = find_hull(args.hull.clone())?;
+    let qemu = match &args.qemu {
+        Some(p) => p.clone(),
+        None => std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).map(|d| d.join("qemu-system-x86_64")).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| is_executable(p))
+            .ok_or_else(|| {
+                BenchError::env(
+                    "no qemu-system-x86_64 on PATH; install it with `bash scripts/install-qemu.sh`, or pass --qemu PATH",
+                )
+            })?,
+    };
+    let mut vmms = vec![Vmm { kind: VmmKind::Hull, bin: hull }, Vmm { kind: VmmKind::Qemu, bin: qemu }];
+    if let Some(fc) = &args.firecracker {
+        vmms.push(Vmm { kind: VmmKind::Firecracker, bin: fc.clone() });
+    }
+    if let Some(ch) = &args.cloud_hypervisor {
+        vmms.push(Vmm { kind: VmmKind::CloudHypervisor, bin: ch.clone() });
+    }
+    for vmm in vmms.iter_mut() {
+        // The VMMs run in their own directories: a relative path would not resolve there.
+        vmm.bin = std::fs::canonicalize(&vmm.bin).unwrap_or_else(|_| vmm.bin.clone());
+        if !is_executable(&vmm.bin) {
+            return Err(BenchError::env(format!(
+                "{} binary {} is not an executable file",
+                vmm.name(),
+                vmm.bin.display()
+            )));
+        }
+    }
+    Ok(vmms)
+}
+
+/// `compare` and `density`: hull next to the other VMMs.
+fn run_side_by_side(args: &Args, machine: &Machine, json: &mut serde_json::Value) -> Result<Vec<Section>> {
+    let vmms = find_vmms(args)?;
+    if !machine.kvm_usable {
+        return Err(BenchError::env("/dev/kvm is missing or not accessible to this user: no VMM can boot"));
+    }
+    let listed: Vec<String> = vmms.iter().map(|v| format!("{} {}", v.name(), v.bin.display())).collect();
+    let profile = if vmms[0].bin.components().any(|c| c.as_os_str() == "debug") {
+        " (hull is a DEBUG build: figures are not representative; build with --release)"
+    } else {
+        ""
+    };
+    print_header(machine, &format!("VMMs: {}{profile}.", listed.join(", ")));
+    json["vmms"] = serde_json::json!(vmms
+        .iter()
+        .map(|v| serde_json::json!({ "vmm": v.kind.id(), "bin": v.bin }))
+        .collect::<Vec<_>>());
+    let guest = hull_tests::tiny_guest("halt.elf");
+    if args.suite == "compare" {
+        let opts = compare::CompareOptions { runs: args.runs.unwrap_or(10), vmms, guest, svg: args.svg.clone() };
+        let names: Vec<&str> = opts.vmms.iter().map(|v| v.name()).collect();
+        let title = format!("{}, tiny PVH guest, {} interleaved rounds", names.join(" vs "), opts.runs);
+        let mut comparison = None;
+        let mut section = run_section("compare", &title, |s| compare::run(s, &opts, &mut comparison));
+        if let Some(c) = &comparison {
+            let partial = if section.error.is_some() { " (PARTIAL: a sample failed, see above)" } else { "" };
+            println!("\ncompare: medians [p10–p90] over the samples, ratio of medians{partial}\n{}", c.render_table());
+            json["comparison"] = c.to_json();
+            if let (Some(path), None) = (&opts.svg, &section.error) {
+                match compare::write_svg(path, c, &compare::chart_subtitle(opts.runs, &section)) {
+                    Ok(()) => println!("SVG written to {}", path.display()),
+                    Err(e) => section.error = Some(e.message),
+                }
+            }
+        }
+        return Ok(vec![section]);
+    }
+    let n = args.vms.unwrap_or(100);
+    let mut batches = Vec::new();
+    let mut sections = Vec::new();
+    for vmm in &vmms {
+        let title = format!("{n} x {} started at once, tiny guest halted", vmm.name());
+        sections.push(run_section(&format!("density.{}", vmm.kind.id()), &title, |s| {
+            batches.push(density::batch(s, vmm, n, &guest)?);
+            Ok(())
+        }));
+    }
+    println!("\ndensity: {n} microVMs per VMM\n{}", density::render_summary(&batches));
+    json["density"] = density::summary_json(&batches);
+    Ok(sections)
 }
 
 /// `containerd-shim-hull-v2` (target/release, then target/debug) and the hull binary it should start: `--hull`,
@@ -163,6 +313,7 @@ fn run(args: Args) -> Result<Vec<Section>> {
         "stats": "median (mean of the middle two for even counts), p90 nearest-rank, min, max",
     });
     let sections = match args.suite.as_str() {
+        "compare" | "density" => run_side_by_side(&args, &machine, &mut json)?,
         "boot" => {
             let hull = find_hull(args.hull.clone())?;
             if !machine.kvm_usable {
@@ -290,6 +441,12 @@ mod tests {
         assert_eq!((r.suite.as_str(), r.runs), ("run", Some(3)));
         let c = parse(&["containerd", "--runs", "2"]).unwrap().unwrap();
         assert_eq!((c.suite.as_str(), c.runs), ("containerd", Some(2)));
+        let c = parse(&["compare", "--runs", "3", "--svg", "/tmp/c.svg", "--firecracker", "/fc"]).unwrap().unwrap();
+        assert_eq!((c.suite.as_str(), c.runs, c.svg), ("compare", Some(3), Some(PathBuf::from("/tmp/c.svg"))));
+        assert_eq!((c.firecracker, c.cloud_hypervisor), (Some(PathBuf::from("/fc")), None));
+        let c = parse(&["density", "--vms", "300", "--cloud-hypervisor", "/ch", "--qemu", "/q"]).unwrap().unwrap();
+        assert_eq!((c.suite.as_str(), c.vms, c.runs), ("density", Some(300), None));
+        assert_eq!((c.cloud_hypervisor, c.qemu), (Some(PathBuf::from("/ch")), Some(PathBuf::from("/q"))));
         let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
         assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
         assert!(parse(&["--help"]).unwrap().is_none());
@@ -307,6 +464,16 @@ mod tests {
             &["devices", "--linux"],
             &["containerd", "--linux"],
             &["boot", "--frob"],
+            &["density", "--vms", "0"],
+            &["density", "--vms", "1001"],
+            &["density", "--vms"],
+            &["density", "--runs", "3"],
+            &["compare", "--vms", "3"],
+            &["boot", "--svg", "/tmp/x.svg"],
+            &["density", "--svg", "/tmp/x.svg"],
+            &["boot", "--firecracker", "/fc"],
+            &["run", "--qemu", "/q"],
+            &["compare", "--firecracker"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");

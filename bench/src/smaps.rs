@@ -134,6 +134,18 @@ pub fn vm_rss_kib(status: &str) -> Option<u64> {
         .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The KiB value of a `Key:   123 kB` line (`/proc/PID/smaps_rollup`, `/proc/meminfo`, `/proc/PID/status`).
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A plain number of `/proc/PID/status`, e.g. `Threads:\t4`.
+pub fn status_number(text: &str, key: &str) -> Option<u64> {
+    kib_field(text, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +204,18 @@ Rss:                 300 kB
         assert_eq!(split.guest_size_kib, 131072);
         assert!(split.warning.is_some());
         assert!(split_rss(&parse_smaps(SAMPLE), 1 << 30, "/x").is_err());
+    }
+
+    #[test]
+    fn rollup_meminfo_and_status_fields_are_read() {
+        let rollup = "55d0c0000000-7ffd00000000 ---p 00000000 00:00 0  [rollup]\nRss:  4300 kB\nPss:   1234 kB\n\
+                      Pss_Anon:  900 kB\n";
+        assert_eq!(kib_field(rollup, "Rss"), Some(4300));
+        assert_eq!(kib_field(rollup, "Pss"), Some(1234));
+        assert_eq!(kib_field("MemTotal: 10 kB\nMemAvailable:   22487000 kB\n", "MemAvailable"), Some(22487000));
+        assert_eq!(status_number("Name:\thull\nThreads:\t4\n", "Threads"), Some(4));
+        assert_eq!(kib_field(rollup, "Swap"), None);
+        assert_eq!(kib_field("Pss: lots kB\n", "Pss"), None);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Summary statistics over benchmark samples: median, p90, min, max and mean.
+//! Summary statistics over benchmark samples: median, p10, p90, min, max and mean.
 //!
 //! Conventions (stated in every report header so numbers can be compared across runs):
 //! * the median of an even count is the mean of the two middle samples;
 //! * p90 is the nearest-rank percentile: the smallest sample with at least 90 % of the samples at or
-//!   below it (for 20 samples, the 18th smallest).
+//!   below it (for 20 samples, the 18th smallest); p10 likewise (for 20 samples, the 2nd smallest).
 //!
 //! Never trusts its input to be clean: NaN and infinite samples are rejected rather than sorted.
 
@@ -12,6 +12,7 @@
 pub struct Summary {
     pub n: usize,
     pub median: f64,
+    pub p10: f64,
     pub p90: f64,
     pub min: f64,
     pub max: f64,
@@ -31,6 +32,7 @@ impl Summary {
         Some(Summary {
             n,
             median,
+            p10: nearest_rank(&sorted, 10),
             p90: nearest_rank(&sorted, 90),
             min: sorted[0],
             max: sorted[n - 1],
@@ -62,6 +64,15 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// [`format_value`] for quantities that are usually whole numbers (threads, VMs): no decimals when whole.
+pub fn format_count(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format_value(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +94,7 @@ mod tests {
         let samples: Vec<f64> = (1..=20).rev().map(f64::from).collect();
         let s = Summary::of(&samples).unwrap();
         assert_eq!(s.p90, 18.0);
+        assert_eq!(s.p10, 2.0);
         assert_eq!(s.median, 10.5);
         assert_eq!((s.min, s.max), (1.0, 20.0));
     }
@@ -90,6 +102,8 @@ mod tests {
     #[test]
     fn p90_of_small_counts_stays_in_range() {
         assert_eq!(Summary::of(&[7.0]).unwrap().p90, 7.0);
+        assert_eq!(Summary::of(&[7.0]).unwrap().p10, 7.0);
+        assert_eq!(Summary::of(&[1.0, 2.0]).unwrap().p10, 1.0);
         assert_eq!(Summary::of(&[1.0, 2.0]).unwrap().p90, 2.0);
         // 10 samples: rank 9.
         let ten: Vec<f64> = (1..=10).map(f64::from).collect();
@@ -110,5 +124,7 @@ mod tests {
         assert_eq!(format_value(12.3456), "12.35");
         assert_eq!(format_value(0.12345), "0.123");
         assert_eq!(format_value(f64::NAN), "-");
+        assert_eq!(format_count(4.0), "4");
+        assert_eq!(format_count(4.5), "4.50");
     }
 }
