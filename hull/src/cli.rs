@@ -46,7 +46,8 @@ pub enum Command {
 /// The Firecracker-compatible mode: serve the REST API on a unix socket and/or boot from a JSON file.
 #[derive(Debug, Args)]
 pub struct VmmArgs {
-    /// Path of the unix socket the REST API listens on. A stale socket at that path is replaced.
+    /// Path of the unix socket the REST API listens on (mode 0600). A stale socket at that path is replaced;
+    /// a socket another process serves is refused.
     #[arg(
         long,
         value_name = "PATH",
@@ -78,6 +79,9 @@ pub struct VmmArgs {
     /// Log level on standard error: Error, Warning, Info, Debug, Trace or Off (any case).
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub seccomp: crate::seccomp::SeccompArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -167,11 +171,35 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_flags_parse_and_exclude_each_other() {
+        let cli = parse(&["--api-sock", "/s"]).unwrap();
+        assert!(!cli.vmm.seccomp.no_seccomp && cli.vmm.seccomp.seccomp_filter.is_none());
+        assert!(
+            parse(&["--api-sock", "/s", "--no-seccomp"])
+                .unwrap()
+                .vmm
+                .seccomp
+                .no_seccomp
+        );
+        let cli = parse(&["--api-sock", "/s", "--seccomp-filter", "f.json"]).unwrap();
+        assert_eq!(cli.vmm.seccomp.seccomp_filter, Some(PathBuf::from("f.json")));
+        assert!(parse(&["--api-sock", "/s", "--no-seccomp", "--seccomp-filter", "f.json"]).is_err());
+    }
+
+    #[test]
     fn output_flags_parse() {
         let cli = parse(&["--api-sock", "/s"]).unwrap();
         assert_eq!(cli.vmm.output.serial_out_max_bytes, 1 << 20);
         assert_eq!(cli.vmm.output.log_format, crate::logging::LogFormat::Text);
-        let cli = parse(&["--api-sock", "/s", "--serial-out-max-bytes", "4096", "--log-format", "json"]).unwrap();
+        let cli = parse(&[
+            "--api-sock",
+            "/s",
+            "--serial-out-max-bytes",
+            "4096",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(cli.vmm.output.serial_out_max_bytes, 4096);
         assert_eq!(cli.vmm.output.log_format, crate::logging::LogFormat::Json);
         assert!(parse(&["--api-sock", "/s", "--log-format", "xml"]).is_err());

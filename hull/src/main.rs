@@ -8,6 +8,7 @@
 mod cli;
 mod logging;
 mod run;
+mod seccomp;
 mod signals;
 mod vhost_user;
 mod vmm_mode;

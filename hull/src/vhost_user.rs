@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::logging::LogLevel;
+use crate::seccomp::policy::VhostUserDevice;
+use crate::seccomp::{Filters, SeccompArgs, ThreadKind};
 
 /// `hull vhost-user <device> ...`
 #[derive(Debug, Subcommand)]
@@ -40,6 +42,8 @@ pub struct BlkArgs {
     /// Log level on standard error.
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +60,8 @@ pub struct VsockArgs {
     /// Log level on standard error.
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 }
 
 #[derive(Debug, Args)]
@@ -69,37 +75,43 @@ pub struct NetArgs {
     /// Log level on standard error.
     #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 }
 
 /// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
 pub fn run(cmd: VhostUserCommand) -> i32 {
     use devices::vhost_user;
+    let (level, seccomp, device) = match &cmd {
+        VhostUserCommand::Blk(a) => (a.log_level, &a.seccomp, VhostUserDevice::Blk),
+        VhostUserCommand::Vsock(a) => (a.log_level, &a.seccomp, VhostUserDevice::Vsock),
+        VhostUserCommand::Net(a) => (a.log_level, &a.seccomp, VhostUserDevice::Net),
+    };
+    crate::logging::init(level);
+    // On this, the only thread so far, before any socket or file is opened: the threads the backend
+    // starts later (vhost-user-backend's workers, the control socket's) inherit it.
+    let kind = ThreadKind::VhostUser(device);
+    if let Err(e) = Filters::load(seccomp, &[kind]).and_then(|f| f.apply_to_current_thread(kind)) {
+        tracing::error!(error = %e, "vhost-user backend not started");
+        return 1;
+    }
     let result = match cmd {
-        VhostUserCommand::Blk(a) => {
-            crate::logging::init(a.log_level);
-            vhost_user::blk::run(&vhost_user::blk::BlkArgs {
-                socket: a.socket,
-                path: a.path,
-                read_only: a.read_only,
-                id: a.id,
-                control: a.control,
-            })
-        }
-        VhostUserCommand::Vsock(a) => {
-            crate::logging::init(a.log_level);
-            vhost_user::vsock::run(&vhost_user::vsock::VsockArgs {
-                socket: a.socket,
-                guest_cid: a.guest_cid,
-                uds_path: a.uds_path,
-            })
-        }
-        VhostUserCommand::Net(a) => {
-            crate::logging::init(a.log_level);
-            vhost_user::net::run(&vhost_user::net::NetArgs {
-                socket: a.socket,
-                tap: a.tap,
-            })
-        }
+        VhostUserCommand::Blk(a) => vhost_user::blk::run(&vhost_user::blk::BlkArgs {
+            socket: a.socket,
+            path: a.path,
+            read_only: a.read_only,
+            id: a.id,
+            control: a.control,
+        }),
+        VhostUserCommand::Vsock(a) => vhost_user::vsock::run(&vhost_user::vsock::VsockArgs {
+            socket: a.socket,
+            guest_cid: a.guest_cid,
+            uds_path: a.uds_path,
+        }),
+        VhostUserCommand::Net(a) => vhost_user::net::run(&vhost_user::net::NetArgs {
+            socket: a.socket,
+            tap: a.tap,
+        }),
     };
     match result {
         Ok(()) => 0,

@@ -8,9 +8,10 @@
 use api_server::config_file;
 use api_server::instance::Instance;
 use api_server::server::{self, ApiSocket};
-use vmm::{SerialOutput, VmmOptions};
+use vmm::{SerialOutput, ThreadFilters, VmmOptions};
 
 use crate::cli::VmmArgs;
+use crate::seccomp::{Filters, ThreadKind};
 use crate::signals::SignalFd;
 
 /// Exit status for a configuration that cannot boot (Firecracker's `BadConfiguration`).
@@ -21,6 +22,16 @@ pub const EXIT_GENERIC_ERROR: i32 = 1;
 /// Runs the Firecracker-compatible mode. Returns the process exit status; the API socket is removed
 /// before this returns.
 pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
+    let filters = match Filters::load(
+        &args.seccomp,
+        &[ThreadKind::Api, ThreadKind::EventLoop, ThreadKind::Vcpu],
+    ) {
+        Ok(filters) => filters,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_BAD_CONFIGURATION;
+        }
+    };
     let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
         Ok(socket) => socket,
         Err(e) => {
@@ -30,6 +41,11 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
     };
     if let Some(socket) = &socket {
         tracing::info!("API server listening on {}", socket.path().display());
+    }
+    // Before the first client byte or config file is read; every thread started later inherits it.
+    if let Err(e) = filters.apply_to_current_thread(ThreadKind::Api) {
+        tracing::error!("{e}");
+        return EXIT_GENERIC_ERROR;
     }
 
     let serial = match args.serial_out {
@@ -44,6 +60,10 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
         VmmOptions {
             boot_timer: args.boot_timer,
             serial,
+            seccomp: ThreadFilters {
+                event_loop: filters.get(ThreadKind::EventLoop),
+                vcpu: filters.get(ThreadKind::Vcpu),
+            },
         },
     );
 

@@ -89,7 +89,8 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let vcpus = create_vcpus(&kvm, &vm, &mem, machine.vcpu_count, template, kernel.entry)?;
 
     let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
-    let event_thread = event_loop::spawn(legacy.subscribers, control.clone()).map_err(BuildError::EventLoop)?;
+    let event_thread = event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
+        .map_err(BuildError::EventLoop)?;
     let ctx = Arc::new(VcpuContext {
         pio: legacy.pio,
         mmio: Arc::new(legacy.mmio),
@@ -98,7 +99,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     });
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
-        match vcpu::spawn_vcpu(index as u8, fd, ctx.clone()) {
+        match vcpu::spawn_vcpu(index as u8, fd, ctx.clone(), options.seccomp.vcpu.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 control.request_exit(crate::exit::ExitReason::VcpuError(e.to_string()));

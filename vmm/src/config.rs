@@ -488,6 +488,8 @@ pub struct VmmOptions {
     /// Log `Guest-boot-time` when the guest writes 123 to the boot-timer MMIO address.
     pub boot_timer: bool,
     pub serial: SerialOutput,
+    /// Seccomp filters for the event loop and vCPU threads, installed as each thread starts.
+    pub seccomp: crate::seccomp::ThreadFilters,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use devices::legacy::SerialConsole;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 
+use crate::seccomp::{self, BpfProgram};
 use crate::vcpu::VcpuControl;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -77,20 +78,39 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// Runs `subscribers` until the VM ends.
-pub fn spawn(subscribers: Vec<Subscriber>, control: Arc<VcpuControl>) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// Runs `subscribers` until the VM ends, on a thread that first installs `filter` (and does nothing else
+/// if it cannot).
+pub fn spawn(
+    subscribers: Vec<Subscriber>,
+    control: Arc<VcpuControl>,
+    filter: Option<Arc<BpfProgram>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut manager: EventManager<Subscriber> =
         EventManager::new().map_err(|e| std::io::Error::other(format!("event manager: {e:?}")))?;
     for s in subscribers {
         manager.add_subscriber(s);
     }
     manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(control.exit_evt.as_raw_fd()))));
-    std::thread::Builder::new().name("hull_events".into()).spawn(move || {
+    let (installed_tx, installed_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new().name("hull_events".into()).spawn(move || {
+        let installed = seccomp::install(filter.as_deref());
+        let ok = installed.is_ok();
+        let _ = installed_tx.send(installed);
+        if !ok {
+            return;
+        }
         while control.exit_reason().is_none() {
             if let Err(e) = manager.run_with_timeout(Duration::from_millis(100).as_millis() as i32) {
                 tracing::error!(error = ?e, "event loop failed");
                 break;
             }
         }
-    })
+    })?;
+    match installed_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other(
+            "the event loop thread ended before installing its filter",
+        )),
+    }
 }

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod memory;
 mod microvm;
 pub mod mptable;
+pub mod seccomp;
 pub mod vcpu;
 mod virtio_devices;
 
@@ -23,6 +24,7 @@ pub use config::{
 };
 pub use exit::ExitReason;
 pub use microvm::{MicroVm, VmState, VmmError};
+pub use seccomp::ThreadFilters;
 
 /// The version reported by the API (`GET /version`, `GET /`).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,7 +36,8 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     });
 }
 
-fn kick_signal() -> libc::c_int {
+/// The real-time signal that kicks a vCPU thread out of KVM_RUN (threads send it with tgkill).
+pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 

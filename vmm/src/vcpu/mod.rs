@@ -7,7 +7,7 @@ mod control;
 mod run_loop;
 mod setup;
 
-pub use control::VcpuControl;
+pub use control::{kick_signal, VcpuControl};
 pub use run_loop::{spawn_vcpu, VcpuContext};
 pub use setup::{configure_vcpu, gdt_entry, segment_from_gdt};
 
@@ -27,4 +27,9 @@ pub enum VcpuError {
     Thread { index: u8, source: std::io::Error },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("vCPU {index}: {source}")]
+    Seccomp {
+        index: u8,
+        source: crate::seccomp::SeccompError,
+    },
 }

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::control::{install_kick_handler, VcpuControl};
 use super::VcpuError;
 use crate::exit::ExitReason;
+use crate::seccomp::{self, BpfProgram};
 
 /// What a vCPU thread needs besides its fd.
 pub struct VcpuContext {
@@ -157,26 +158,38 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, me: libc::pthread_t
     }
 }
 
-/// Starts vCPU `index` on its own thread.
+/// Starts vCPU `index` on its own thread, which installs `filter` before it runs the guest (and does
+/// nothing else if it cannot).
 pub fn spawn_vcpu(
     index: u8,
     mut vcpu: VcpuFd,
     ctx: Arc<VcpuContext>,
+    filter: Option<Arc<BpfProgram>>,
 ) -> Result<std::thread::JoinHandle<()>, VcpuError> {
     install_kick_handler()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(format!("hull_vcpu{index}"))
         .spawn(move || {
+            if let Err(e) = seccomp::install(filter.as_deref()) {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() };
             ctx.control.enter_thread(me, vcpu.get_kvm_run() as *mut kvm_run);
-            let _ = ready_tx.send(());
+            let _ = ready_tx.send(Ok(()));
             run_loop(index, &mut vcpu, &ctx, me);
             ctx.control.leave_thread(me);
         })
         .map_err(|source| VcpuError::Thread { index, source })?;
     // Wait until the thread can be kicked, so a pause right after start reaches it.
-    let _ = ready_rx.recv();
-    Ok(handle)
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(VcpuError::Seccomp { index, source: e }),
+        Err(_) => Err(VcpuError::Thread {
+            index,
+            source: std::io::Error::other("the thread ended before it started"),
+        }),
+    }
 }
