@@ -61,6 +61,9 @@ pub struct VmLaunchConfig<'a> {
     /// Run the VM's processes in this network namespace (where the TAP lives).
     pub netns: Option<&'a Path>,
     pub cmdline_extra: String,
+    /// Which agent calls the guest serves: put on the kernel command line (`hull.policy=`), where the agent
+    /// reads it once at start and nothing inside the guest can change it.
+    pub agent_policy: hull_agent_protocol::policy::Policy,
     pub dir: &'a Path,
 }
 
@@ -143,6 +146,11 @@ pub fn start(kind: BackendKind, cfg: &VmLaunchConfig) -> Result<Box<dyn Vm>, Bac
 /// of calibrating the local APIC timer against it (about 250 ms under TCG). Measured: agent ready about
 /// 250 ms sooner. Hardware KVM guests have neither cost (kvmclock and TSC deadline timers).
 const TCG_CMDLINE: &str = "lpj=2000000 noapictimer";
+
+/// The agent policy's parameter, then the caller's extra parameters.
+fn cmdline_extra(cfg: &VmLaunchConfig) -> String {
+    format!("{} {}", cfg.agent_policy.cmdline_param(), cfg.cmdline_extra)
+}
 
 fn base_cmdline(extra: &str) -> String {
     // no_timer_check: under a loaded host, TCG can miss the IO-APIC timer check, which then panics.
@@ -294,7 +302,7 @@ impl QemuVm {
         .arg(cfg.kernel)
         .arg("-initrd")
         .arg(cfg.initrd)
-        .args(["-append", &base_cmdline(&format!("{TCG_CMDLINE} {}", cfg.cmdline_extra))])
+        .args(["-append", &base_cmdline(&format!("{TCG_CMDLINE} {}", cmdline_extra(cfg)))])
         .args(&blk_args)
         .args([
             "-chardev",
@@ -425,7 +433,7 @@ impl KvmVm {
         put(
             "/boot-source",
             serde_json::json!({
-                "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cfg.cmdline_extra)
+                "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cmdline_extra(cfg))
             }),
         )?;
         put(

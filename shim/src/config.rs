@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hull_agent_protocol::policy::{Call, Policy, EXEC_ANNOTATION};
 use hull_runtime::backend::BackendKind;
 use serde::Deserialize;
 
@@ -59,6 +60,10 @@ pub struct ShimConfig {
     /// Per-VM state (sockets, console log, logs).
     pub work_dir: PathBuf,
     pub boot_timeout_secs: u64,
+    /// Which agent calls a pod's guest serves, in the text form of `hull_agent_protocol::policy` (e.g.
+    /// `-ExecProcess`); empty: every call, which is what the shim makes. A pod whose sandbox carries the
+    /// annotation `io.hull.policy.exec: "false"` also gets no ExecProcess.
+    pub agent_policy: String,
     /// The shim's log: `text` (containerd-shim's `key="value"` lines) or `json` (one object per line).
     pub log_format: crate::logging::LogFormat,
 }
@@ -78,6 +83,7 @@ impl Default for ShimConfig {
             image_cache: PathBuf::from("/var/lib/hull/images"),
             work_dir: PathBuf::from("/run/hull/shim"),
             boot_timeout_secs: 120,
+            agent_policy: String::new(),
             log_format: crate::logging::LogFormat::Text,
         }
     }
@@ -132,7 +138,21 @@ impl ShimConfig {
         if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
             return bad("image_cache and work_dir must be absolute paths");
         }
+        if let Err(e) = Policy::parse(&c.agent_policy) {
+            return bad(&e.to_string());
+        }
         Ok(c)
+    }
+
+    /// The agent policy of a pod's VM: `agent_policy`, minus ExecProcess when the pod's annotations (its
+    /// first container's, the sandbox's under CRI) say `io.hull.policy.exec: "false"`.
+    pub fn agent_policy(&self, annotations: &serde_json::Value) -> Policy {
+        // Checked at parse: a bad text cannot get here; were it to, the guest would serve nothing.
+        let mut p = Policy::parse(&self.agent_policy).unwrap_or_else(|_| Policy::none());
+        if annotations[EXEC_ANNOTATION] == "false" {
+            p.deny(Call::ExecProcess);
+        }
+        p
     }
 
     pub fn hull_binary(&self) -> PathBuf {
@@ -171,6 +191,18 @@ impl ShimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_policy_from_the_config_and_the_pod_annotation() {
+        let c = ShimConfig::parse("").unwrap();
+        assert_eq!(c.agent_policy(&serde_json::json!({})), Policy::all());
+        let no_exec = c.agent_policy(&serde_json::json!({ "io.hull.policy.exec": "false" }));
+        assert!(!no_exec.allows(Call::ExecProcess) && no_exec.allows(Call::ReadFile));
+        assert_eq!(c.agent_policy(&serde_json::json!({ "io.hull.policy.exec": "true" })), Policy::all());
+        let c = ShimConfig::parse("agent_policy = \"-UpdateResources\"").unwrap();
+        assert!(!c.agent_policy(&serde_json::Value::Null).allows(Call::UpdateResources));
+        assert!(ShimConfig::parse("agent_policy = \"-Exec\"").is_err());
+    }
 
     #[test]
     fn defaults_parse_and_typos_are_refused() {

@@ -145,6 +145,7 @@ impl Tasks {
             netns: b.guest.netns.clone(),
             hostname: b.guest.hostname.clone(),
             dns: pod_dns(&b.guest),
+            agent_policy: b.cfg.agent_policy(&b.guest.spec["annotations"]),
         };
         Pod::boot(request, &self.spawner).map_err(|source| ShimError::Boot {
             id: id.into(),

@@ -108,6 +108,8 @@ pub struct BootRequest<'a> {
     pub netns: Option<PathBuf>,
     pub hostname: Option<String>,
     pub dns: Vec<String>,
+    /// Which agent calls the guest serves (from the config and the pod's annotations), fixed at boot.
+    pub agent_policy: hull_agent_protocol::policy::Policy,
 }
 
 impl Pod {
@@ -126,6 +128,7 @@ impl Pod {
         let hull = cfg.hull_binary();
         let dir_path = dir.path().to_path_buf();
         let (cpus, mem, slots) = (req.cpus, req.mem_mib, req.slots);
+        let agent_policy = req.agent_policy;
         let rootfs = RootfsImage {
             path: req.rootfs.path.clone(),
             fstype: req.rootfs.fstype,
@@ -160,6 +163,7 @@ impl Pod {
                     mac: mac.as_deref(),
                     netns: netns.as_deref(),
                     cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+                    agent_policy,
                     dir: &dir_path,
                 };
                 backend::start(kind, &vm_cfg)

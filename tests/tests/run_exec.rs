@@ -1,7 +1,8 @@
 //! End to end: a second client of a running `hull run` container's agent (through the same hybrid vsock
 //! socket) execs a process in the running container, reads its stdio, waits for it, lists processes, reads
 //! cgroup stats, pauses and resumes; and signals reach the container (hull forwards SIGTERM; the agent's
-//! SignalProcess kills with SIGKILL → 137).
+//! SignalProcess kills with SIGKILL → 137). These VMs boot with `--agent-policy all`: hull run's own default
+//! serves only the calls hull run makes, not a second client's exec, stats or updates.
 
 mod run_common;
 
@@ -15,6 +16,9 @@ use hull_agent_protocol::stdio::{StdioRequest, Stream};
 use hull_agent_protocol::ttrpc::{self, context};
 use hull_agent_protocol::{hybrid, STDIO_PORT};
 use run_common::*;
+
+/// Every agent call served, for this file's second client.
+const ALL_CALLS: &[&str] = &["--agent-policy", "all"];
 
 /// The hybrid vsock socket of `hull run` process `pid`.
 fn vsock_of(pid: u32) -> PathBuf {
@@ -44,7 +48,7 @@ fn stream(uds: &std::path::Path, exec: &str, which: Stream) -> std::os::unix::ne
 
 #[test]
 fn exec_a_second_process_and_use_the_other_calls() {
-    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    let mut run = HullRun::spawn(command(ALL_CALLS, &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
     let uds = vsock_of(run.pid());
     let agent = client(&uds);
@@ -138,7 +142,10 @@ fn wait(agent: &AgentClient, id: &str) -> WaitProcessResponse {
 #[test]
 fn terminal_exec_resource_updates_and_oom_events() {
     let mut run = HullRun::spawn(
-        command(&["--memory-limit", "32"], &["sh", "-c", "echo ready; exec sleep 600"]),
+        command(
+            &["--memory-limit", "32", ALL_CALLS[0], ALL_CALLS[1]],
+            &["sh", "-c", "echo ready; exec sleep 600"],
+        ),
         None,
     );
     run.wait_stdout("ready", RUN_TIMEOUT);
@@ -215,7 +222,10 @@ fn the_container_seccomp_profile_covers_exec_processes_too() {
     .unwrap();
     let opt = profile.to_string_lossy().to_string();
     let mut run = HullRun::spawn(
-        command(&["--seccomp", &opt], &["sh", "-c", "echo ready; exec sleep 600"]),
+        command(
+            &["--seccomp", &opt, ALL_CALLS[0], ALL_CALLS[1]],
+            &["sh", "-c", "echo ready; exec sleep 600"],
+        ),
         None,
     );
     run.wait_stdout("ready", RUN_TIMEOUT);
@@ -284,7 +294,7 @@ fn code_of(e: ttrpc::Error) -> ttrpc::Code {
 
 #[test]
 fn a_second_container_in_the_same_vm_and_the_error_codes() {
-    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    let mut run = HullRun::spawn(command(ALL_CALLS, &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
     let uds = vsock_of(run.pid());
     let agent = client(&uds);

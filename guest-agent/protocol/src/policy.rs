@@ -155,7 +155,13 @@ impl Policy {
 
     /// Parses the text form (see the module doc). An empty text is the default, [`Policy::all`].
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
-        let mut p = Policy::all();
+        Policy::parse_on(Policy::all(), text)
+    }
+
+    /// Parses the text form with `base` as the start when the text does not begin with `all` or `none`
+    /// (`hull run --agent-policy +ExecProcess` adds to hull run's default).
+    pub fn parse_on(base: Policy, text: &str) -> Result<Policy, PolicyError> {
+        let mut p = base;
         for (i, item) in text.split(',').map(str::trim).enumerate() {
             match item {
                 "" if text.trim().is_empty() => {}
@@ -226,6 +232,11 @@ mod tests {
         // Later items win.
         let p = Policy::parse("all,-ReadFile,+ReadFile,-SyncClock").unwrap();
         assert!(p.allows(Call::ReadFile) && !p.allows(Call::SyncClock));
+        // On another base.
+        let p = Policy::parse_on(Policy::hull_run(), "+ExecProcess").unwrap();
+        assert!(p.allows(Call::ExecProcess) && p.allows(Call::Health) && !p.allows(Call::ReadFile));
+        assert_eq!(Policy::parse_on(Policy::hull_run(), "all").unwrap(), Policy::all());
+        assert_eq!(Policy::parse_on(Policy::hull_run(), "").unwrap(), Policy::hull_run());
     }
 
     #[test]

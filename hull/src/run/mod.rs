@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use hull_agent_protocol::policy::{Policy, ALLOW_VSOCK_ANNOTATION};
 use hull_agent_protocol::stdio::Stream;
 
 use crate::logging::LogLevel;
@@ -75,6 +76,15 @@ pub struct RunArgs {
     /// OCI seccomp profile (the `linux.seccomp` object, JSON) for the container's processes.
     #[arg(long, value_name = "FILE")]
     pub seccomp: Option<PathBuf>,
+    /// Let the container's processes create AF_VSOCK sockets, which the agent's seccomp rule otherwise refuses
+    /// (EAFNOSUPPORT). The guest has no vsock loopback, and the agent serves only the host, either way.
+    #[arg(long)]
+    pub allow_vsock: bool,
+    /// Which agent calls the guest serves, fixed at boot: comma-separated `+Call`/`-Call` items (method names
+    /// of agent.proto) on hull run's default (the calls hull run makes: no ExecProcess, ReadFile, ...), or a
+    /// list starting with `all` or `none`. `all` lets a second client exec into the container.
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub agent_policy: Option<Policy>,
     /// Container pids limit (cgroup pids.max).
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
@@ -129,6 +139,10 @@ fn parse_volume(s: &str) -> Result<VolumeArg, String> {
         dest: dest.to_string(),
         read_only,
     })
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    Policy::parse_on(Policy::hull_run(), s).map_err(|e| e.to_string())
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
@@ -233,6 +247,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         mac: None,
         netns: None,
         cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+        agent_policy: args.agent_policy.unwrap_or_else(Policy::hull_run),
         dir: dir.path(),
     };
     let mut vm = backend::start(kind, &cfg)?;
@@ -363,6 +378,9 @@ fn run_container(
     }
     if args.net.is_some() && !args.dns.is_empty() {
         spec::add_resolv_conf(&mut oci);
+    }
+    if args.allow_vsock {
+        oci["annotations"][ALLOW_VSOCK_ANNOTATION] = "true".into();
     }
     // The drives are the rootfs, then one per --volume, in order.
     let container = NewContainer {
@@ -536,6 +554,16 @@ fn pump_stdin(mut conn: UnixStream, agent: agent::Agent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_policies_build_on_hull_runs_default() {
+        use hull_agent_protocol::policy::Call;
+        assert_eq!(parse_policy("").unwrap(), Policy::hull_run());
+        let p = parse_policy("+ExecProcess").unwrap();
+        assert!(p.allows(Call::ExecProcess) && !p.allows(Call::ReadFile));
+        assert_eq!(parse_policy("all").unwrap(), Policy::all());
+        assert!(parse_policy("-Exec").is_err());
+    }
 
     #[test]
     fn volumes_users_and_env_parse_strictly() {
