@@ -1,6 +1,7 @@
 //! Builds the tiny test guests from the assembly sources in `guests/` with the system toolchain (`gcc` as the
 //! assembler driver, so the sources go through the C preprocessor; `ld`; `objcopy`). The images land in
-//! `OUT_DIR` and the harness finds them through `HULL_TINY_GUESTS_DIR`.
+//! `OUT_DIR` and the harness finds them through `HULL_TINY_GUESTS_DIR`. It also builds the static C programs
+//! of `programs/` that tests copy into a container's rootfs (`HULL_TEST_PROGRAMS_DIR`).
 //!
 //! The sources are trusted (they are ours), the toolchain is the host's: a missing tool fails the build with a
 //! message naming it and how to install it.
@@ -43,6 +44,16 @@ fn main() {
         .arg(out.join("tiny.bzImage")));
 
     println!("cargo:rustc-env=HULL_TINY_GUESTS_DIR={}", out.display());
+
+    // Programs run inside containers: static, so any rootfs can run them.
+    println!("cargo:rerun-if-changed=programs");
+    for (source, program) in [("vsock_attack.c", "vsock-attack")] {
+        run(Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(out.join(program))
+            .arg(manifest.join("programs").join(source)));
+    }
+    println!("cargo:rustc-env=HULL_TEST_PROGRAMS_DIR={}", out.display());
 }
 
 /// `gcc -c` one source (preprocessed: `#include` and `#define` are used) into `OUT_DIR`.

@@ -1,0 +1,234 @@
+//! End to end, through `hull run` (qemu backend): the isolation boundary between a container and the agent.
+//!
+//! - From inside a container, as root and as uid 1000, `tests/programs/vsock_attack.c` tries the agent's
+//!   ports (1024 ttrpc, 1025 stdio) and another port on CID 1 (loopback), on the guest's own CID and on the
+//!   host's CID 2. By default the socket call itself fails (EAFNOSUPPORT, the agent's seccomp rule) and so
+//!   does io_uring_setup (ENOSYS); with `--allow-vsock` the socket opens but nothing connects (the guest
+//!   kernel has no vsock loopback, and the host has no listener for a guest).
+//! - The agent policy: hull run's default refuses ExecProcess (and the other calls hull run does not make)
+//!   with PERMISSION_DENIED, and says so on the guest console naming the call and the container; with
+//!   `--agent-policy all,-ExecProcess` exec is still refused while the rest is served, and ReadFile of a file
+//!   not registered for copy-back is refused.
+
+mod run_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::agent::*;
+use hull_agent_protocol::agent_ttrpc::AgentClient;
+use hull_agent_protocol::ttrpc::{self, context, Code};
+use hull_agent_protocol::{AGENT_PORT, GUEST_CID, HOST_CID, STDIO_PORT};
+use run_common::*;
+
+/// A port nothing listens on anywhere.
+const OTHER_PORT: u32 = 5000;
+
+/// The busybox rootfs plus `/bin/vsock-attack`, in a directory of this test's own.
+fn attack_rootfs(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hull-agent-boundary-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying the busybox rootfs");
+    let program = Path::new(env!("HULL_TEST_PROGRAMS_DIR")).join("vsock-attack");
+    std::fs::copy(&program, dir.join("bin/vsock-attack")).unwrap();
+    dir
+}
+
+/// Removes the directory when the test ends, passed or not.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn targets() -> Vec<(u32, u32)> {
+    let mut t = Vec::new();
+    for cid in [1, GUEST_CID, HOST_CID] {
+        for port in [AGENT_PORT, STDIO_PORT, OTHER_PORT] {
+            t.push((cid, port));
+        }
+    }
+    t
+}
+
+/// Runs the attack program in a container (as root, then as uid 1000) and returns its lines.
+fn attack(name: &str, opts: &[&str]) -> Vec<String> {
+    let rootfs = attack_rootfs(name);
+    let _cleanup = Cleanup(rootfs.clone());
+    let mut args = vec!["/bin/vsock-attack".to_string(), "-u".into(), "1000".into()];
+    args.extend(targets().iter().map(|(c, p)| format!("{c}:{p}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let g = hull_tests::guest_images();
+    let mut cmd = Command::new(hull_tests::hull_bin());
+    cmd.args(["run", "--backend", "qemu", "--rootfs"]).arg(&rootfs);
+    cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
+    cmd.args(opts).arg("--").args(&args);
+    let out = HullRun::spawn(cmd, None).finish();
+    assert_eq!(out.code(), 0, "stdout:\n{}\nstderr:\n{}", out.out(), out.stderr);
+    let lines: Vec<String> = out.out().lines().map(str::to_string).collect();
+    eprintln!("{}", out.out());
+    lines
+}
+
+/// The line for one attempt; there must be exactly one.
+fn line<'a>(lines: &'a [String], uid: u32, cid: u32, port: u32) -> &'a str {
+    let prefix = format!("uid={uid} cid={cid} port={port} ");
+    let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(found.len(), 1, "{prefix}in {lines:#?}");
+    found[0]
+}
+
+#[test]
+fn containers_get_no_vsock_socket_at_all() {
+    let lines = attack("default", &[]);
+    for uid in [0, 1000] {
+        for (cid, port) in targets() {
+            assert_eq!(
+                line(&lines, uid, cid, port),
+                format!("uid={uid} cid={cid} port={port} socket=EAFNOSUPPORT connect=-")
+            );
+        }
+        assert!(lines.contains(&format!("uid={uid} io_uring=ENOSYS")), "{lines:#?}");
+    }
+}
+
+#[test]
+fn with_allow_vsock_the_socket_opens_but_nothing_in_the_guest_answers() {
+    let lines = attack("allowed", &["--allow-vsock"]);
+    for uid in [0, 1000] {
+        for (cid, port) in targets() {
+            let l = line(&lines, uid, cid, port);
+            assert!(l.contains(" socket=OK "), "{l}");
+            assert!(
+                !l.ends_with("connect=OK"),
+                "a container reached vsock {cid}:{port}: {l}"
+            );
+        }
+        assert!(lines.contains(&format!("uid={uid} io_uring=OK")), "{lines:#?}");
+    }
+}
+
+fn vsock_of(pid: u32) -> PathBuf {
+    let dirs = leftover_dirs(pid);
+    assert_eq!(dirs.len(), 1, "run directories of {pid}: {dirs:?}");
+    dirs[0].clone()
+}
+
+fn client(uds: &Path) -> AgentClient {
+    hull_agent_protocol::client::connect(uds, Duration::from_secs(30)).unwrap()
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, ttrpc::Error>) -> Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        other => panic!("expected an RPC status, got {other:?}"),
+    }
+}
+
+fn exec_request() -> ExecProcessRequest {
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo should-not-run"], "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 }
+    });
+    let mut req = ExecProcessRequest::new();
+    req.container_id = "run".into();
+    req.exec_id = "e1".into();
+    req.oci_process_json = process.to_string().into_bytes();
+    req
+}
+
+/// Waits until the guest console (in the run directory) holds `needle`.
+fn console_shows(dir: &Path, needle: &str) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {needle:?} on the guest console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hull_runs_default_policy_refuses_exec_and_what_hull_run_does_not_call() {
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let dir = vsock_of(run.pid());
+    let agent = client(&dir.join("vsock.sock"));
+    assert!(agent.version(ctx(), &VersionRequest::new()).is_ok());
+    assert_eq!(
+        code_of(agent.exec_process(ctx(), &exec_request())),
+        Code::PERMISSION_DENIED
+    );
+    let mut c = ContainerRequest::new();
+    c.container_id = "run".into();
+    assert_eq!(code_of(agent.list_processes(ctx(), &c)), Code::PERMISSION_DENIED);
+    assert_eq!(code_of(agent.pause_container(ctx(), &c)), Code::PERMISSION_DENIED);
+    let mut u = UpdateResourcesRequest::new();
+    u.container_id = "run".into();
+    u.oci_resources_json = br#"{"pids":{"limit":1}}"#.to_vec();
+    assert_eq!(code_of(agent.update_resources(ctx(), &u)), Code::PERMISSION_DENIED);
+    console_shows(
+        &dir,
+        "refused ExecProcess (container run): the agent policy does not serve it",
+    );
+    // The container was left alone: it still runs and ends as asked.
+    run.signal(libc::SIGTERM);
+    let out = run.finish();
+    assert_eq!(out.code(), 143, "{}", out.stderr);
+}
+
+#[test]
+fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
+    let mut run = HullRun::spawn(
+        command(
+            &["--agent-policy", "all,-ExecProcess"],
+            &["sh", "-c", "echo ready; exec sleep 600"],
+        ),
+        None,
+    );
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let dir = vsock_of(run.pid());
+    let agent = client(&dir.join("vsock.sock"));
+    assert_eq!(
+        code_of(agent.exec_process(ctx(), &exec_request())),
+        Code::PERMISSION_DENIED
+    );
+    // Served: the policy refuses ExecProcess only.
+    let mut c = ContainerRequest::new();
+    c.container_id = "run".into();
+    let ps = agent.list_processes(ctx(), &c).unwrap();
+    assert!(ps.processes.iter().any(|p| p.command.contains("sleep")), "{ps:?}");
+    assert!(
+        !ps.processes.iter().any(|p| p.command.contains("should-not-run")),
+        "{ps:?}"
+    );
+    // ReadFile is served, but only for files registered for copy-back: hull run registers none.
+    let mut r = ReadFileRequest::new();
+    r.container_id = "run".into();
+    r.name = "f0".into();
+    assert_eq!(code_of(agent.read_file(ctx(), &r)), Code::PERMISSION_DENIED);
+    console_shows(&dir, "refused ExecProcess (container run)");
+    console_shows(
+        &dir,
+        "refused ReadFile (container run): \"f0\" is not registered for copy-back",
+    );
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.finish().code(), 143);
+}
