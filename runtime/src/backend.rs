@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::api_client::ApiClient;
 use crate::guard::{wait_for_path, ChildGuard};
 use crate::image::RootfsImage;
+use crate::output::{self, CappedOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -157,6 +158,15 @@ fn base_cmdline(extra: &str) -> String {
     format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 no_timer_check {extra}")
 }
 
+/// A capped file for a child's stdout and stderr: the child writes into the FIFO of the returned
+/// [`CappedOutput`], never into `file` itself, which stays under [`output::MAX_BYTES`] (plus `file.1`).
+fn capped(file: &Path) -> Result<CappedOutput, BackendError> {
+    CappedOutput::create(file, output::MAX_BYTES).map_err(|source| BackendError::Spawn {
+        what: format!("the output file {}", file.display()),
+        source,
+    })
+}
+
 /// Starts `hull vhost-user <args>` and waits for its socket.
 fn vhost_user(
     hull: &Path,
@@ -169,7 +179,8 @@ fn vhost_user(
     let mut cmd = Command::new(hull);
     cmd.arg("vhost-user").args(args).args(["--log-level", "Warning"]);
     let log = dir.join(format!("{name}.log"));
-    let mut child = ChildGuard::spawn(name, cmd, &log, netns).map_err(|source| BackendError::Spawn {
+    let output = capped(&log)?;
+    let mut child = ChildGuard::spawn(name, cmd, output.fifo(), netns).map_err(|source| BackendError::Spawn {
         what: name.into(),
         source,
     })?;
@@ -297,12 +308,17 @@ impl QemuVm {
         .args(["-global", "virtio-mmio.force-legacy=false"])
         .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem}M,share=on")])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", &format!("file:{}", console.display())])
+        // The console, and QEMU's own messages, on its standard output and error: a FIFO this process copies
+        // into console.log under a cap (a guest printing in a loop cannot fill the disk).
+        .args(["-serial", "stdio"])
         .arg("-kernel")
         .arg(cfg.kernel)
         .arg("-initrd")
         .arg(cfg.initrd)
-        .args(["-append", &base_cmdline(&format!("{TCG_CMDLINE} {}", cmdline_extra(cfg)))])
+        .args([
+            "-append",
+            &base_cmdline(&format!("{TCG_CMDLINE} {}", cmdline_extra(cfg))),
+        ])
         .args(&blk_args)
         .args([
             "-chardev",
@@ -321,8 +337,9 @@ impl QemuVm {
                     },
                 ]);
         }
+        let console_output = capped(&console)?;
         let qemu =
-            ChildGuard::spawn("qemu", cmd, &d.join("qemu.log"), cfg.netns).map_err(|source| BackendError::Spawn {
+            ChildGuard::spawn("qemu", cmd, console_output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
                 what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
                 source,
             })?;
@@ -418,10 +435,12 @@ impl KvmVm {
             "Warning",
         ]);
         let log = d.join("hull-vmm.log");
-        let mut hull = ChildGuard::spawn("hull", cmd, &log, cfg.netns).map_err(|source| BackendError::Spawn {
-            what: "hull".into(),
-            source,
-        })?;
+        let output = capped(&log)?;
+        let mut hull =
+            ChildGuard::spawn("hull", cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
+                what: "hull".into(),
+                source,
+            })?;
         if !wait_for_path(&api, &mut hull, Duration::from_secs(10)) {
             return Err(BackendError::NotUp {
                 what: "hull API socket".into(),
