@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use hull_runtime::jail::{Access, Jail, JailConfig};
-use hull_tests::{guest_images, hull_bin, note, require_kvm, tiny_guest, ApiClient, FileLock, Hull, TempDir};
+use hull_tests::{
+    guest_images, hull_bin, note, require_kvm, software_kvm, tiny_guest, ApiClient, FileLock, Hull, TempDir,
+};
 use serde_json::json;
 
 /// The jail uid/gid of these tests: not root, not a user of this machine.
@@ -270,10 +272,13 @@ fn a_jailed_linux_kernel_reaches_run_init() {
         "/boot-source",
         &json!({ "kernel_image_path": kernel, "initrd_path": initrd, "boot_args": boot_args }),
     );
+    // Inside its chroot hull cannot see /sys/module/kvm_pvm, so it cannot pick the software KVM's CPU
+    // template by itself: whoever starts it (here the test, in hull run and the shim the runtime) names it.
+    let template = if software_kvm() { "SoftKvm" } else { "None" };
     api.expect_ok(
         "PUT",
         "/machine-config",
-        &json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+        &json!({ "vcpu_count": 1, "mem_size_mib": 128, "cpu_template": template }),
     );
     api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
     let timeout = std::env::var("HULL_LINUX_BOOT_TIMEOUT_SECS")
