@@ -118,3 +118,27 @@ fn a_flooding_guest_gets_rate_limited_logs_and_a_capped_console() {
         "the oldest output should have rotated away"
     );
 }
+
+#[test]
+fn in_text_format_the_flood_ends_in_suppressed_lines() {
+    require_kvm!("in_text_format_the_flood_ends_in_suppressed_lines");
+    let config = json!({
+        "boot-source": { "kernel_image_path": tiny_guest("flood.elf"), "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    });
+    // The console on standard output (no --serial-out), the log in hull's default text format.
+    let mut hull = Hull::with_config("flood-text", &config, &["--log-level", "Debug"]);
+    let status = hull.expect_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", hull.report());
+    let log = hull.stderr();
+    assert!(log.len() < 256 * 1024, "hull logged {} bytes", log.len());
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains("more suppressed")).collect();
+    assert!(!summaries.is_empty(), "no suppressed line in\n{log}");
+    assert!(
+        summaries
+            .iter()
+            .all(|l| l.contains("event=\"log_flood_suppressed\"") || l.contains("event=log_flood_suppressed")),
+        "{summaries:?}"
+    );
+    hull.expect_output("hull-tiny: flood done", Duration::ZERO);
+}
