@@ -179,3 +179,59 @@ fn a_filter_file_without_every_thread_kind_is_refused() {
     assert_eq!(status.code(), Some(152), "{stderr}");
     assert!(stderr.contains("has no filter for `vcpu` threads"), "{stderr}");
 }
+
+/// The `Seccomp:` mode of the process `pid`'s main thread.
+fn seccomp_mode(pid: u32) -> u32 {
+    threads(pid).first().map(|t| t.1).expect("the process has a thread")
+}
+
+#[test]
+fn vhost_user_backends_are_filtered_unless_told_otherwise() {
+    for (extra, expected) in [(None, 2), (Some("--no-seccomp"), 0)] {
+        let dir = TempDir::new("seccomp-vhost-user").expect("temp dir");
+        let mut args = vec![
+            "vhost-user",
+            "vsock",
+            "--socket",
+            "vu.sock",
+            "--guest-cid",
+            "3",
+            "--uds-path",
+            "v.sock",
+        ];
+        args.extend(extra);
+        let hull = Hull::spawn_in(dir, &args);
+        let sock = hull.dir().join("vu.sock");
+        let deadline = Instant::now() + TIMEOUT;
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(sock.exists(), "{}", hull.report());
+        assert_eq!(seccomp_mode(hull.pid()), expected, "{extra:?}: {}", hull.report());
+    }
+
+    // A filter file must name the backend's kind.
+    let dir = TempDir::new("seccomp-vhost-user-file").expect("temp dir");
+    let file = filter_file(dir.path(), &[], &["api", "vmm", "vcpu"]);
+    let mut hull = Hull::spawn_in(
+        dir,
+        [
+            "vhost-user",
+            "vsock",
+            "--socket",
+            "vu.sock",
+            "--guest-cid",
+            "3",
+            "--uds-path",
+            "v.sock",
+            "--seccomp-filter",
+            &file,
+        ],
+    );
+    assert_eq!(hull.expect_exit(TIMEOUT).code(), Some(1));
+    assert!(
+        hull.stderr().contains("has no filter for `vhost-user-vsock` threads"),
+        "{}",
+        hull.stderr()
+    );
+}
