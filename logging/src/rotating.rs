@@ -45,6 +45,7 @@ impl RotatingFile {
         let previous = OpenOptions::new()
             .create(true)
             .write(true)
+            .truncate(false)
             .mode(0o600)
             .open(rotated_path(path))?;
         let len = current.metadata()?.len();

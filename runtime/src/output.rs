@@ -128,7 +128,7 @@ mod tests {
         let d = dir("flood");
         let log = d.join("child.log");
         let out = CappedOutput::create(&log, 4096).unwrap();
-        let file = OpenOptions::new().write(true).append(true).open(out.fifo()).unwrap();
+        let file = OpenOptions::new().append(true).open(out.fifo()).unwrap();
         // 1 MiB of output from a child; the file keeps the last bytes only.
         let mut child = Command::new("sh")
             .args(["-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo the-end"])
