@@ -454,7 +454,7 @@ mod tests {
         assert_eq!(json["metrics"][0]["vmms"]["hull"]["samples"].as_array().unwrap().len(), 10);
         assert_eq!(json["metrics"][0]["vmms"]["qemu"]["p90"], 49.0);
         assert_eq!(json["metrics"][3]["ratio_of_medians"]["hull/qemu"], 0.125);
-        assert!(json["meanings"]["qemu"]["start_request"].as_str().unwrap().contains("cont"));
+        assert!(json["meanings"]["qemu"]["start_request"].as_str().unwrap().contains("x-exit-preconfig"));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! or command line and serving its control socket (hull and Firecracker `--api-sock` + `--config-file`, QEMU
 //! `-qmp`, Cloud Hypervisor `--api-socket`), standard output to a file in its own temporary directory; the
 //! start rate is N over the time from the first spawn until the last guest's line has appeared in those files
-//! (polled every [`POLL`]); then each VMM's PSS and RSS (`/proc/PID/smaps_rollup`) and `MemAvailable` with all
-//! N up. Teardown sends SIGTERM to every VMM (SIGKILL after [`TERM_GRACE`]), removes the directories, and
+//! (polled every [`POLL`] by a second thread while the first spawns); then each VMM's PSS and RSS
+//! (`/proc/PID/smaps_rollup`) and `MemAvailable` with all N up. Directories, config files and commands are
+//! prepared before the clock starts. Teardown sends SIGTERM to every VMM (SIGKILL after [`TERM_GRACE`]), removes the directories, and
 //! checks that nothing is left: no process, no control socket, no temporary directory. `MemAvailable` is
 //! read once more after it.
 //!
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hull_tests::TempDir;
@@ -78,19 +80,21 @@ impl std::fmt::Display for Leftovers {
     }
 }
 
-/// One VMM process of a batch. Dropping it kills and reaps the process if that has not happened yet.
+/// One VMM process of a batch: prepared (directory, config, output files, command) before the clock starts,
+/// then spawned. Dropping it kills and reaps the process if that has not happened yet.
 struct BatchVm {
-    child: Child,
+    cmd: Command,
+    child: Option<Child>,
     reaped: bool,
     dir: Option<TempDir>,
     sock: PathBuf,
     stdout: PathBuf,
-    seen_len: u64,
-    up: Option<Duration>,
+    /// When it was spawned, from the batch's start.
+    spawned_at: Option<Duration>,
 }
 
 impl BatchVm {
-    fn spawn(vmm: &Vmm, guest: &Path) -> Result<BatchVm> {
+    fn prepare(vmm: &Vmm, guest: &Path) -> Result<BatchVm> {
         let dir = TempDir::new(DIR_LABEL).map_err(fail("creating a temporary directory"))?;
         let args = vmm.args(Launch::DirectWithSocket, dir.path(), guest)?;
         let stdout = dir.path().join("stdout.txt");
@@ -100,7 +104,8 @@ impl BatchVm {
         let mut cmd = Command::new(&vmm.bin);
         cmd.args(&args).current_dir(dir.path()).stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
-        // async-signal-safe; it touches no memory of the parent.
+        // async-signal-safe; it touches no memory of the parent. PR_SET_PDEATHSIG follows the spawning thread:
+        // batches are spawned from the thread that also tears them down.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -109,36 +114,29 @@ impl BatchVm {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| BenchError::env(format!("cannot start {}: {e}", vmm.bin.display())))?;
         Ok(BatchVm {
-            child,
+            cmd,
+            child: None,
             reaped: false,
             sock: vmm.socket(dir.path()),
             dir: Some(dir),
             stdout,
-            seen_len: 0,
-            up: None,
+            spawned_at: None,
         })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn spawn(&mut self, t0: Instant) -> Result<()> {
+        let child = self
+            .cmd
+            .spawn()
+            .map_err(|e| BenchError::env(format!("cannot start {}: {e}", self.cmd.get_program().to_string_lossy())))?;
+        self.spawned_at = Some(t0.elapsed());
+        self.child = Some(child);
+        Ok(())
     }
 
-    /// Checks the output file for the guest's line if it grew since the last look.
-    fn poll_up(&mut self, t0: Instant) -> bool {
-        if self.up.is_some() {
-            return true;
-        }
-        let len = std::fs::metadata(&self.stdout).map(|m| m.len()).unwrap_or(0);
-        if len != self.seen_len {
-            self.seen_len = len;
-            let text = std::fs::read(&self.stdout).unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains(GUEST_LINE) {
-                self.up = Some(t0.elapsed());
-            }
-        }
-        self.up.is_some()
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The output so far, for failure messages.
@@ -150,27 +148,29 @@ impl BatchVm {
                 .map(|b| hull_tests::tail(&String::from_utf8_lossy(&b), 2000).to_string())
                 .unwrap_or_default()
         };
-        format!("pid {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.pid(), read("stdout.txt"), read("stderr.txt"))
+        let pid = self.pid().map_or("not started".to_string(), |p| p.to_string());
+        format!("pid {pid}\n--- stdout ---\n{}\n--- stderr ---\n{}", read("stdout.txt"), read("stderr.txt"))
     }
 
     fn signal(&self, signal: libc::c_int) {
-        if !self.reaped {
+        if let (Some(pid), false) = (self.pid(), self.reaped) {
             // SAFETY: kill(2) on our own unreaped child's PID, which cannot have been reused; no memory involved.
-            unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
         }
     }
 
+    /// Whether the process has ended (and is now reaped); `false` for one not spawned.
     fn try_reap(&mut self) -> bool {
-        if !self.reaped && matches!(self.child.try_wait(), Ok(Some(_))) {
-            self.reaped = true;
+        if let (Some(child), false) = (self.child.as_mut(), self.reaped) {
+            self.reaped = matches!(child.try_wait(), Ok(Some(_)));
         }
         self.reaped
     }
 
     fn kill_and_reap(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let (Some(child), false) = (self.child.as_mut(), self.reaped) {
+            let _ = child.kill();
+            let _ = child.wait();
             self.reaped = true;
         }
     }
@@ -192,13 +192,39 @@ fn leftover_dirs() -> usize {
         .unwrap_or(0)
 }
 
-/// Runs one VMM's batch into `s`.
-pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<BatchFigures> {
-    let dirs_before = leftover_dirs();
-    let mem_before = mem_available_kib()?;
-    let mut batch: Vec<BatchVm> = Vec::with_capacity(vms);
-    let t0 = Instant::now();
-    for i in 0..vms {
+/// Polls the batch's output files until each holds the guest's line, `stop` is set or `deadline` passes;
+/// when each was first seen, from `t0`.
+fn watch_for_guest_lines(
+    paths: &[PathBuf],
+    t0: Instant,
+    deadline: Duration,
+    stop: &AtomicBool,
+) -> Vec<Option<Duration>> {
+    let mut up: Vec<Option<Duration>> = vec![None; paths.len()];
+    let mut seen_len = vec![0u64; paths.len()];
+    while up.iter().any(Option::is_none) && !stop.load(Ordering::Relaxed) && t0.elapsed() < deadline {
+        for (i, path) in paths.iter().enumerate() {
+            if up[i].is_some() {
+                continue;
+            }
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            if len != seen_len[i] {
+                seen_len[i] = len;
+                let text = std::fs::read(path).unwrap_or_default();
+                if String::from_utf8_lossy(&text).contains(GUEST_LINE) {
+                    up[i] = Some(t0.elapsed());
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    up
+}
+
+/// Spawns every prepared VM, back to back, stopping at the memory floor.
+fn spawn_all(batch: &mut [BatchVm], t0: Instant) -> Result<()> {
+    let vms = batch.len();
+    for (i, vm) in batch.iter_mut().enumerate() {
         if i % 10 == 0 {
             let available = mem_available_kib()?;
             if available < MIN_AVAILABLE_KIB {
@@ -209,43 +235,59 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
                 )));
             }
         }
-        batch.push(BatchVm::spawn(vmm, guest)?);
+        vm.spawn(t0)?;
     }
-    let spawned = t0.elapsed();
+    Ok(())
+}
+
+/// Runs one VMM's batch into `s`.
+pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<BatchFigures> {
+    let dirs_before = leftover_dirs();
+    let mut batch: Vec<BatchVm> = (0..vms).map(|_| BatchVm::prepare(vmm, guest)).collect::<Result<_>>()?;
+    let paths: Vec<PathBuf> = batch.iter().map(|vm| vm.stdout.clone()).collect();
     let deadline = UP_TIMEOUT_BASE + UP_TIMEOUT_PER_VM * vms as u32;
-    loop {
-        let mut all = true;
-        for vm in batch.iter_mut() {
-            if !vm.poll_up(t0) {
-                all = false;
-                if vm.try_reap() {
-                    return Err(BenchError::failed(format!(
-                        "a {} exited before its guest printed `{GUEST_LINE}`\n{}",
-                        vmm.name(),
-                        vm.report()
-                    )));
-                }
+    let stop = AtomicBool::new(false);
+    let mem_before = mem_available_kib()?;
+    let t0 = Instant::now();
+    // This thread spawns (PR_SET_PDEATHSIG is per thread) and watches for early exits; another polls the output.
+    let (ups, spawned, failure) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| watch_for_guest_lines(&paths, t0, deadline, &stop));
+        let mut failure = spawn_all(&mut batch, t0).err();
+        let spawned = t0.elapsed();
+        while failure.is_none() && !poller.is_finished() {
+            if let Some(vm) = batch.iter_mut().find_map(|vm| vm.try_reap().then_some(vm)) {
+                failure = Some(BenchError::failed(format!(
+                    "a {} exited before all guests were up (the guest halts: it should stay up)\n{}",
+                    vmm.name(),
+                    vm.report()
+                )));
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if all {
-            break;
-        }
-        if t0.elapsed() > deadline {
-            let waiting: Vec<&BatchVm> = batch.iter().filter(|v| v.up.is_none()).collect();
-            return Err(BenchError::failed(format!(
-                "{} of {vms} guests had not printed `{GUEST_LINE}` after {deadline:?}; the first of them:\n{}",
-                waiting.len(),
-                waiting[0].report()
-            )));
-        }
-        std::thread::sleep(POLL);
+        stop.store(true, Ordering::Relaxed);
+        (poller.join().unwrap_or_default(), spawned, failure)
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
-    let all_up = batch.iter().filter_map(|v| v.up).max().unwrap_or_default();
+    if let Some(i) = ups.iter().position(Option::is_none) {
+        return Err(BenchError::failed(format!(
+            "{} of {vms} guests had not printed `{GUEST_LINE}` after {deadline:?}; the first of them:\n{}",
+            ups.iter().filter(|u| u.is_none()).count(),
+            batch[i].report()
+        )));
+    }
+    let ups: Vec<Duration> = ups.into_iter().flatten().collect();
+    let all_up = ups.iter().copied().max().unwrap_or_default();
     let mem_up = mem_available_kib()?;
-    let up_ms: Vec<f64> = batch.iter().filter_map(|v| v.up).map(|d| d.as_secs_f64() * 1e3).collect();
+    let up_ms: Vec<f64> = ups
+        .iter()
+        .zip(&batch)
+        .map(|(up, vm)| up.saturating_sub(vm.spawned_at.unwrap_or_default()).as_secs_f64() * 1e3)
+        .collect();
     let mut footprints = Vec::with_capacity(vms);
-    for vm in &batch {
-        footprints.push(ProcessFootprint::read(vm.pid())?);
+    for pid in batch.iter().filter_map(BatchVm::pid) {
+        footprints.push(ProcessFootprint::read(pid)?);
     }
 
     // Teardown: SIGTERM, a grace period, SIGKILL for the rest.
@@ -262,7 +304,7 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
     }
     let mut sockets_left_by_vmm = 0;
     let mut left = Leftovers::default();
-    let pids: Vec<u32> = batch.iter().map(BatchVm::pid).collect();
+    let pids: Vec<u32> = batch.iter().filter_map(BatchVm::pid).collect();
     for vm in batch.iter_mut() {
         if vm.sock.exists() {
             sockets_left_by_vmm += 1;
@@ -297,8 +339,10 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
     s.metric("start rate (N / time until all N guests up)", "VMs/s", vec![figures.start_rate()]);
     s.metric("time until all N up", "s", vec![figures.all_up_s]);
     s.metric("time to spawn all N processes", "s", vec![spawned.as_secs_f64()]);
-    s.metric("per-VM first spawn → its guest's line", "ms", up_ms);
+    s.metric("per-VM its spawn → its guest's line", "ms", up_ms);
     s.metric("per-VM PSS (smaps_rollup), all up", "KiB", figures.pss_kib.clone());
+    s.metric("  of which Pss_Anon", "KiB", footprints.iter().map(|f| f.pss_anon_kib as f64).collect());
+    s.metric("  of which Pss_File", "KiB", footprints.iter().map(|f| f.pss_file_kib as f64).collect());
     s.metric("per-VM RSS (smaps_rollup), all up", "KiB", figures.rss_kib.clone());
     s.metric("per-VM threads", "threads", footprints.iter().map(|f| f.threads as f64).collect());
     s.metric("MemAvailable before", "MiB", vec![mem_before as f64 / 1024.0]);
@@ -319,6 +363,10 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
         sockets_left_by_vmm
     ));
     s.note(format!("left behind after teardown: {left}"));
+    s.note(
+        "MemAvailable is machine-wide: other processes' memory moves it too, so with small per-VM costs its drop \
+         is noise; the per-VM PSS is the figure to compare",
+    );
     if !left.is_clean() {
         return Err(BenchError::failed(format!("teardown left {left}")));
     }
@@ -345,7 +393,8 @@ pub fn render_summary(batches: &[BatchFigures]) -> String {
         row.extend(batches.iter().map(|b| format_value(value(b))));
         row.extend(batches.iter().skip(1).map(|b| {
             let (h, p) = (value(hull), value(b));
-            if p > 0.0 && h.is_finite() {
+            // A MemAvailable drop can come out negative when other processes free memory meanwhile.
+            if p > 0.0 && h > 0.0 && h.is_finite() {
                 format!("{:.2}", h / p)
             } else {
                 "n/a".into()

@@ -53,8 +53,9 @@ suites:
              and the host RSS of one running hull pod's VM processes; private containerd, needs root
   compare    hull next to QEMU -M microvm -accel kvm (and Firecracker, Cloud Hypervisor when given), the
              same tiny PVH guest (halt.elf) and host-side clocks, samples interleaved: spawn → API/QMP
-             socket answers; start request → guest's first serial line; spawn → that line without API;
-             RSS, PSS and threads with the guest halted; medians [p10–p90] and hull/peer ratios
+             socket answers; start request (InstanceStart; QEMU: x-exit-preconfig) → guest's first serial
+             line; spawn → that line without API; RSS, PSS and threads with the guest halted;
+             medians [p10–p90] and hull/peer ratios
   density    N microVMs with the halting tiny guest started at once, per VMM: start rate (N / time
              until all N guests are up), per-VM PSS and RSS, MemAvailable before, with all up and after
              teardown, and a check that teardown leaves no process, socket or temporary directory

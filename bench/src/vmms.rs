@@ -2,7 +2,8 @@
 //! control socket is up, configured and told to boot: hull and Firecracker (the same REST API:
 //! `PUT /boot-source`, `/machine-config`, `/actions InstanceStart`, or `--config-file`), Cloud Hypervisor
 //! (`PUT /api/v1/vm.create` then `vm.boot`, or `--kernel` on its command line) and QEMU `-M microvm -accel kvm`
-//! (`-S` and QMP `cont`, or its plain command line).
+//! (`--preconfig`, which serves QMP before the machine exists, then QMP `x-exit-preconfig`, which builds and
+//! runs it; or its plain command line).
 //!
 //! Every VMM boots the same image, the tiny `halt.elf` guest (`tests/guests/halt.S`): it writes the boot timer,
 //! prints [`GUEST_LINE`] on COM1 and halts with interrupts off, so the same host-side clock (the line arriving
@@ -70,7 +71,7 @@ impl VmmKind {
         match self {
             VmmKind::Hull | VmmKind::Firecracker => "`GET /` on the API socket answered",
             VmmKind::CloudHypervisor => "`GET /api/v1/vmm.ping` on the API socket answered",
-            VmmKind::Qemu => "the QMP greeting read from the QMP socket (QEMU has built the machine by then)",
+            VmmKind::Qemu => "the QMP greeting read from the QMP socket (--preconfig: before the machine is built)",
         }
     }
 
@@ -79,7 +80,7 @@ impl VmmKind {
         match self {
             VmmKind::Hull | VmmKind::Firecracker => "`PUT /actions InstanceStart` (builds the VM, then runs it)",
             VmmKind::CloudHypervisor => "`PUT /api/v1/vm.boot` after `vm.create` (builds the VM, then runs it)",
-            VmmKind::Qemu => "QMP `cont` of a VM started with -S (the VM was built at process start: not counted)",
+            VmmKind::Qemu => "QMP `x-exit-preconfig` (builds the machine, loads the kernel, then runs it)",
         }
     }
 }
@@ -154,7 +155,7 @@ impl Vmm {
                     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display()).into()]);
                 }
                 if launch == Launch::Control {
-                    args.push("-S".into());
+                    args.push("--preconfig".into());
                 }
             }
         }
@@ -271,7 +272,7 @@ impl Control {
         match self {
             Control::Http(api) if kind == VmmKind::CloudHypervisor => http_ok(api, "PUT", "/api/v1/vm.boot", None),
             Control::Http(api) => http_ok(api, "PUT", "/actions", Some(&json!({ "action_type": "InstanceStart" }))),
-            Control::Qmp(qmp) => qmp.execute("cont").map(|_| ()),
+            Control::Qmp(qmp) => qmp.execute("x-exit-preconfig").map(|_| ()),
         }
     }
 }
@@ -339,6 +340,10 @@ impl Qmp {
 pub struct ProcessFootprint {
     pub rss_kib: u64,
     pub pss_kib: u64,
+    /// The PSS of anonymous memory (heap, stacks, the guest's touched RAM) and of file mappings (binary,
+    /// libraries: shared between VMMs of one binary, so it shrinks as more run).
+    pub pss_anon_kib: u64,
+    pub pss_file_kib: u64,
     pub threads: u64,
 }
 
@@ -352,6 +357,9 @@ impl ProcessFootprint {
         Ok(ProcessFootprint {
             rss_kib: crate::smaps::kib_field(&rollup, "Rss").ok_or_else(|| missing("Rss in smaps_rollup"))?,
             pss_kib: crate::smaps::kib_field(&rollup, "Pss").ok_or_else(|| missing("Pss in smaps_rollup"))?,
+            // Both appeared in Linux 5.13; older kernels report only the total.
+            pss_anon_kib: crate::smaps::kib_field(&rollup, "Pss_Anon").unwrap_or(0),
+            pss_file_kib: crate::smaps::kib_field(&rollup, "Pss_File").unwrap_or(0),
             threads: crate::smaps::status_number(&status, "Threads").ok_or_else(|| missing("Threads in status"))?,
         })
     }
@@ -390,10 +398,11 @@ mod tests {
 
         let qemu = Vmm { kind: VmmKind::Qemu, bin: "qemu-system-x86_64".into() };
         let q = strings(&qemu.args(Launch::Control, dir.path(), guest).unwrap());
-        assert!(q.contains(&"-S".to_string()) && q.iter().any(|a| a.starts_with("unix:") && a.ends_with("wait=off")));
+        let preconfig = q.contains(&"--preconfig".to_string());
+        assert!(preconfig && q.iter().any(|a| a.starts_with("unix:") && a.ends_with("wait=off")));
         assert!(q.contains(&"host,-arch-capabilities".to_string()) && q.contains(&"/g/halt.elf".to_string()));
         let q = strings(&qemu.args(Launch::Direct, dir.path(), guest).unwrap());
-        assert!(!q.contains(&"-S".to_string()) && !q.contains(&"-qmp".to_string()));
+        assert!(!q.contains(&"--preconfig".to_string()) && !q.contains(&"-qmp".to_string()));
 
         let ch = Vmm { kind: VmmKind::CloudHypervisor, bin: "cloud-hypervisor".into() };
         let c = strings(&ch.args(Launch::DirectWithSocket, dir.path(), guest).unwrap());
