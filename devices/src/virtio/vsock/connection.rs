@@ -295,7 +295,9 @@ impl Connection {
             self.need_response = false;
             return Some((self.header(guest_cid, OP_RESPONSE), 0));
         }
-        if self.rx_ready && self.can_send_data() {
+        // An RX buffer with no room past the header takes no data: reading 0 bytes into it would look
+        // like the host closing the stream.
+        if self.rx_ready && self.can_send_data() && !buf.is_empty() {
             let n = buf.len().min(self.peer_credit() as usize);
             match self.stream.read(&mut buf[..n]) {
                 Ok(0) => {

@@ -345,6 +345,31 @@ mod tests {
     }
 
     #[test]
+    fn header_only_rx_buffer_is_not_a_host_eof() {
+        // An RX buffer with room for a header and no data, while the host has data waiting: the device must
+        // not read 0 bytes into it and take that for the host closing the stream (found by fuzz/).
+        let mut h = Harness::new("hdronly");
+        let listener = UnixListener::bind(format!("{}_8", h.uds().display())).unwrap();
+        h.post_rx(1);
+        h.send(&guest_hdr(OP_REQUEST, 11, 8), b"").unwrap();
+        assert_eq!(ops(&h.received()), vec![OP_RESPONSE]);
+        let (mut host, _) = listener.accept().unwrap();
+        host.write_all(b"data").unwrap();
+        h.rx.add_chain(&[Desc::write(0x100_000, HDR_LEN as u32)]);
+        h.backend_event().unwrap();
+        assert!(
+            h.received().is_empty(),
+            "nothing fits a header-only buffer but a control packet"
+        );
+        // A control packet takes the small buffer; the data follows in the next one, and nothing was lost.
+        h.post_rx(1);
+        h.send(&guest_hdr(OP_CREDIT_REQUEST, 11, 8), b"").unwrap();
+        let got = h.received();
+        assert_eq!(ops(&got), vec![OP_CREDIT_UPDATE, OP_RW]);
+        assert_eq!(got[1].1, b"data");
+    }
+
+    #[test]
     fn guest_overrunning_our_credit_gets_rst() {
         let mut h = Harness::new("overrun");
         let listener = UnixListener::bind(format!("{}_8", h.uds().display())).unwrap();

@@ -367,14 +367,22 @@ impl VsockBackend for VsockMuxer {
             self.metrics.rst_sent.inc();
             return Some((rst, 0));
         }
+        // Connections with nothing that fits `buf` (data for a header-only buffer) keep their turn.
+        let mut passed = Vec::new();
+        let mut found = None;
         while let Some(key) = self.rx_order.pop_front() {
             if let Some(pkt) = self.conn_next_rx(key, buf) {
                 // Round robin: a connection with more to say goes to the back.
                 self.schedule(key);
-                return Some(pkt);
+                found = Some(pkt);
+                break;
             }
+            passed.push(key);
         }
-        None
+        for key in passed {
+            self.schedule(key);
+        }
+        found
     }
 
     fn has_pending_rx(&self) -> bool {
