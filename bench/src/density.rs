@@ -381,7 +381,8 @@ pub fn render_summary(batches: &[BatchFigures]) -> String {
     header.extend(batches.iter().map(|b| b.kind.name().to_string()));
     header.extend(batches.iter().skip(1).map(|b| format!("hull/{}", b.kind.name())));
     let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
-    let rows_spec: [(&str, &str, &dyn Fn(&BatchFigures) -> f64); 4] = [
+    type Row<'a> = (&'a str, &'a str, &'a dyn Fn(&BatchFigures) -> f64);
+    let rows_spec: [Row; 4] = [
         ("start rate", "VMs/s", &|b| b.start_rate()),
         ("time until all up", "s", &|b| b.all_up_s),
         ("per-VM PSS, median", "KiB", &|b| median(&b.pss_kib)),
