@@ -143,7 +143,7 @@ fn a_custom_filter_file_is_used_and_a_forbidden_call_is_named() {
     let stderr = hull.stderr();
     assert_eq!(status.code(), Some(EXIT_BAD_SYSCALL), "{stderr}");
     assert!(
-        stderr.contains(&format!("made the forbidden system call {};", libc::SYS_ioctl)),
+        stderr.contains(&format!("made the forbidden system call {} (ioctl);", libc::SYS_ioctl)),
         "{stderr}"
     );
 }
@@ -164,7 +164,10 @@ fn the_api_filter_applies_before_the_first_client() {
     let stderr = hull.stderr();
     assert_eq!(status.code(), Some(EXIT_BAD_SYSCALL), "{stderr}");
     assert!(
-        stderr.contains(&format!("made the forbidden system call {};", libc::SYS_accept4)),
+        stderr.contains(&format!(
+            "made the forbidden system call {} (accept4);",
+            libc::SYS_accept4
+        )),
         "{stderr}"
     );
 }

@@ -1,8 +1,8 @@
 //! Seccomp for every thread hull runs, on by default (Firecracker's model). The policy is data in
 //! [`policy`]: one table per kind of thread. This file compiles those tables (or a `--seccomp-filter` file)
 //! into BPF, installs them, and reports a forbidden call: filters *trap*, and the SIGSYS handler here
-//! writes `hull: seccomp: thread <tid> made the forbidden system call <nr>` to stderr and ends the process
-//! with status [`EXIT_BAD_SYSCALL`] (Firecracker's 148).
+//! writes `hull: seccomp: thread <tid> made the forbidden system call <nr> (<name>)` to stderr and ends the
+//! process with status [`EXIT_BAD_SYSCALL`] (Firecracker's 148).
 //!
 //! Where each filter goes on (all before the thread reads a client byte or touches guest data):
 //! - `api`: hull's main thread, right after the API socket is bound (`vmm_mode`);
@@ -16,6 +16,7 @@
 //! `vcpu` threads need.
 
 pub mod policy;
+mod syscall_names;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -215,7 +216,9 @@ mod sigsys {
             Text::Num(tid as i64),
             Text::Str(" made the forbidden system call "),
             Text::Num(i64::from(nr)),
-            Text::Str("; exiting\n"),
+            Text::Str(" ("),
+            Text::Str(super::syscall_names::name(i64::from(nr))),
+            Text::Str("); exiting\n"),
         ] {
             len += part.write(&mut buf[len..]);
         }

@@ -26,6 +26,20 @@ fn every_table_compiles() {
 }
 
 #[test]
+fn system_call_names_match_their_numbers() {
+    assert_eq!(super::syscall_names::name(libc::SYS_read), "read");
+    assert_eq!(super::syscall_names::name(libc::SYS_execve), "execve");
+    assert_eq!(super::syscall_names::name(libc::SYS_io_uring_setup), "io_uring_setup");
+    assert_eq!(super::syscall_names::name(-1), "unknown");
+    assert_eq!(super::syscall_names::name(100_000), "unknown");
+    for kind in all_kinds() {
+        for (nr, name, _) in kind.table().entries {
+            assert_eq!(super::syscall_names::name(nr), name);
+        }
+    }
+}
+
+#[test]
 fn the_kick_signal_in_the_policy_is_the_vmms() {
     assert_eq!(policy::KICK_SIGNAL as i32, vmm::vcpu::kick_signal());
 }
@@ -150,14 +164,14 @@ fn kvm_run_on_stdin() -> i64 {
 
 #[test]
 fn a_vcpu_thread_that_calls_execve_or_opens_an_inet_socket_is_stopped_and_named() {
-    for (call, nr) in [
-        (execve as fn() -> i64, libc::SYS_execve),
-        (inet_socket, libc::SYS_socket),
+    for (call, nr, name) in [
+        (execve as fn() -> i64, libc::SYS_execve, "execve"),
+        (inet_socket, libc::SYS_socket, "socket"),
     ] {
         let (status, stderr) = try_in_child(ThreadKind::Vcpu, call);
         assert_eq!(status, EXIT_BAD_SYSCALL, "{stderr}");
         assert!(
-            stderr.contains(&format!("made the forbidden system call {nr};")),
+            stderr.contains(&format!("made the forbidden system call {nr} ({name}); exiting")),
             "{stderr}"
         );
     }
