@@ -193,7 +193,7 @@ pub fn check_well_formed(doc: &str) -> std::result::Result<usize, String> {
             return Err(format!("root element is <{name}>, not <svg>"));
         }
         seen_root = true;
-        if !body.matches('"').count().is_multiple_of(2) {
+        if body.matches('"').count() & 1 == 1 {
             return Err(format!("unbalanced quotes in <{body}>"));
         }
         if body.contains(r#"class="panel""#) {
