@@ -4,8 +4,10 @@
 //! that some process still serves; it tells the caller which of those it found instead.
 
 use std::io::{self, ErrorKind};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 /// Why a path could not be made free for a new socket.
@@ -79,6 +81,55 @@ pub fn remove_if_stale(path: &Path) -> Result<(), SocketPathError> {
     }
 }
 
+/// Mode of every socket file hull binds: owner-only.
+pub const SOCKET_FILE_MODE: libc::mode_t = 0o600;
+
+/// Binds and listens on a unix socket at `path` whose file is owner-only (0600) from the moment it exists,
+/// whatever the umask: Linux creates the socket file with the socket's own mode (less the umask), which is
+/// set with fchmod before bind. (`UnixListener::bind` gives 0777 less the umask.) The path must be free.
+pub fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(ErrorKind::InvalidInput, "unusable unix socket path"));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_FILE_MODE) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
+        let err = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(err);
+    }
+    Ok(UnixListener::from(fd))
+}
+
 /// A socket file this process bound. It is removed on drop, unless something else has replaced it
 /// meanwhile (its device and inode no longer match): hull only ever deletes its own sockets.
 #[derive(Debug)]
@@ -118,9 +169,20 @@ impl Drop for OwnedSocketPath {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn a_socket_bound_owner_only_is_0600_and_serves() {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hull-owner-only-socket").unwrap();
+        let path = dir.as_path().join("s");
+        let listener = bind_owner_only(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
+        let _client = UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        assert!(bind_owner_only(&path).is_err(), "the path is taken");
+    }
 
     #[test]
     fn only_a_stale_socket_is_removed() {

@@ -3,12 +3,15 @@
  * it makes every attempt as root, then again as each uid given with -u (setresuid in a child). Each target
  * is CID:PORT. One line per attempt, which the end-to-end test asserts:
  *
- *   uid=<u> cid=<c> port=<p> socket=<OK|ERRNO> connect=<OK|ERRNO|->
+ *   uid=<u> cid=<c> port=<p> socket=<OK|ERRNO> connect=<OK|ERRNO|->[ answer=<...>]
  *   uid=<u> io_uring=<OK|ERRNO>
  *
- * ERRNO is the errno's name (EAFNOSUPPORT, ETIMEDOUT, ...). A connection that succeeds also sends the stdio
- * handshake of port 1025 or a few bytes, so a listener that answered would show it; the test only needs
- * connect=OK to call it a hole.
+ * ERRNO is the errno's name (EAFNOSUPPORT, ETIMEDOUT, ...). When a connection succeeds (a kernel with vsock
+ * loopback), the program goes on as an attacker would: on port 1025 it sends the stdio handshake for the
+ * container "run" and reports the agent's answer line (answer=OK would be a hole; answer=closed is the
+ * agent's peer check dropping it); on any other port it makes a ttrpc Version call and reports the reply's
+ * status (answer=rpc-OK would be a hole; answer=rpc-7 is PERMISSION_DENIED). The test calls connect=OK alone
+ * a failure already.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <grp.h>
 #include <unistd.h>
@@ -25,6 +29,75 @@
 static const char *err_name(int e) {
     const char *n = strerrorname_np(e);
     return n ? n : "E?";
+}
+
+/* Reads exactly n bytes (with a 5 s receive timeout set by the caller); 0 on success. */
+static int read_full(int fd, unsigned char *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* The stdio handshake; the agent's answer line, "closed" on end of stream. */
+static void stdio_attempt(int fd, char *answer, size_t cap) {
+    static const char hello[] = "STDIO run - stdout\n";
+    if (write(fd, hello, sizeof hello - 1) < 0) {
+        snprintf(answer, cap, "write-%s", err_name(errno));
+        return;
+    }
+    char line[64];
+    ssize_t r = read(fd, line, sizeof line - 1);
+    if (r <= 0) {
+        snprintf(answer, cap, "%s", r == 0 ? "closed" : err_name(errno));
+        return;
+    }
+    line[r] = 0;
+    line[strcspn(line, " \n")] = 0;
+    snprintf(answer, cap, "%s", line);
+}
+
+/* A ttrpc call of hull.agent.v1.Agent/Version: frame header (length, stream 1, type 1 = request) and a
+ * Request {service = 1, method = 2}. The reply's Response.status.code, or rpc-OK without a status. */
+static void ttrpc_attempt(int fd, char *answer, size_t cap) {
+    static const char service[] = "hull.agent.v1.Agent", method[] = "Version";
+    unsigned char msg[10 + 64];
+    size_t n = 0;
+    unsigned char *body = msg + 10;
+    body[n++] = 0x0a;
+    body[n++] = sizeof service - 1;
+    memcpy(body + n, service, sizeof service - 1);
+    n += sizeof service - 1;
+    body[n++] = 0x12;
+    body[n++] = sizeof method - 1;
+    memcpy(body + n, method, sizeof method - 1);
+    n += sizeof method - 1;
+    msg[0] = 0, msg[1] = 0, msg[2] = 0, msg[3] = (unsigned char)n;
+    msg[4] = 0, msg[5] = 0, msg[6] = 0, msg[7] = 1;
+    msg[8] = 1, msg[9] = 0;
+    if (write(fd, msg, 10 + n) < 0) {
+        snprintf(answer, cap, "write-%s", err_name(errno));
+        return;
+    }
+    unsigned char hdr[10], reply[4096];
+    if (read_full(fd, hdr, 10) != 0) {
+        snprintf(answer, cap, "closed");
+        return;
+    }
+    size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
+    if (len > sizeof reply || read_full(fd, reply, len) != 0) {
+        snprintf(answer, cap, "bad-reply");
+        return;
+    }
+    /* Response { Status status = 1 { int32 code = 1 } }: look for field 1 (0x0a) then its field 1 (0x08). */
+    if (len >= 4 && reply[0] == 0x0a && reply[2] == 0x08)
+        snprintf(answer, cap, "rpc-%u", reply[3]);
+    else
+        snprintf(answer, cap, "rpc-OK");
 }
 
 static void attempt(unsigned cid, unsigned port) {
@@ -42,9 +115,14 @@ static void attempt(unsigned cid, unsigned port) {
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         printf("uid=%u cid=%u port=%u socket=OK connect=%s\n", getuid(), cid, port, err_name(errno));
     } else {
-        static const char hello[] = "STDIO run  stdout\n";
-        (void)!write(fd, hello, sizeof hello - 1);
-        printf("uid=%u cid=%u port=%u socket=OK connect=OK\n", getuid(), cid, port);
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char answer[64];
+        if (port == 1025)
+            stdio_attempt(fd, answer, sizeof answer);
+        else
+            ttrpc_attempt(fd, answer, sizeof answer);
+        printf("uid=%u cid=%u port=%u socket=OK connect=OK answer=%s\n", getuid(), cid, port, answer);
     }
     fflush(stdout);
     close(fd);

@@ -5,6 +5,9 @@
 //!   host's CID 2. By default the socket call itself fails (EAFNOSUPPORT, the agent's seccomp rule) and so
 //!   does io_uring_setup (ENOSYS); with `--allow-vsock` the socket opens but nothing connects (the guest
 //!   kernel has no vsock loopback, and the host has no listener for a guest).
+//! - With a guest kernel that has vsock loopback (opt-in, `HULL_LOOPBACK_KERNEL`), a container that
+//!   reaches the agent's ports is refused by the agent's peer check: PERMISSION_DENIED, or the stdio
+//!   connection closed.
 //! - The agent policy: hull run's default refuses ExecProcess (and the other calls hull run does not make)
 //!   with PERMISSION_DENIED, and says so on the guest console naming the call and the container; with
 //!   `--agent-policy all,-ExecProcess` exec is still refused while the rest is served, and ReadFile of a file
@@ -62,6 +65,11 @@ fn targets() -> Vec<(u32, u32)> {
 
 /// Runs the attack program in a container (as root, then as uid 1000) and returns its lines.
 fn attack(name: &str, opts: &[&str]) -> Vec<String> {
+    attack_with_kernel(name, opts, None)
+}
+
+/// As [`attack`], booting `kernel` instead of the test guest's.
+fn attack_with_kernel(name: &str, opts: &[&str], kernel: Option<&Path>) -> Vec<String> {
     let rootfs = attack_rootfs(name);
     let _cleanup = Cleanup(rootfs.clone());
     let mut args = vec!["/bin/vsock-attack".to_string(), "-u".into(), "1000".into()];
@@ -70,7 +78,10 @@ fn attack(name: &str, opts: &[&str]) -> Vec<String> {
     let g = hull_tests::guest_images();
     let mut cmd = Command::new(hull_tests::hull_bin());
     cmd.args(["run", "--backend", "qemu", "--rootfs"]).arg(&rootfs);
-    cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
+    cmd.arg("--kernel")
+        .arg(kernel.unwrap_or(&g.kernel))
+        .arg("--initrd")
+        .arg(&g.initrd);
     cmd.args(opts).arg("--").args(&args);
     let out = HullRun::spawn(cmd, None).finish();
     assert_eq!(out.code(), 0, "stdout:\n{}\nstderr:\n{}", out.out(), out.stderr);
@@ -115,6 +126,39 @@ fn with_allow_vsock_the_socket_opens_but_nothing_in_the_guest_answers() {
         }
         assert!(lines.contains(&format!("uid={uid} io_uring=OK")), "{lines:#?}");
     }
+}
+
+/// The peer check, end to end: only a guest kernel with vsock loopback lets a container connect to the
+/// agent at all, so this needs one, named by `HULL_LOOPBACK_KERNEL` (build one with `# CONFIG_VSOCKETS_LOOPBACK
+/// is not set` removed from the fragment). The connections then succeed, and the agent refuses them: a
+/// ttrpc Version call gets PERMISSION_DENIED (7), a stdio handshake gets its connection closed.
+#[test]
+fn the_agent_refuses_a_container_that_reaches_it_over_loopback() {
+    let Some(kernel) = std::env::var_os("HULL_LOOPBACK_KERNEL") else {
+        eprintln!("SKIPPED: set HULL_LOOPBACK_KERNEL to a guest kernel with CONFIG_VSOCKETS_LOOPBACK=y");
+        return;
+    };
+    let lines = attack_with_kernel("loopback", &["--allow-vsock"], Some(Path::new(&kernel)));
+    let mut reached = 0;
+    for uid in [0, 1000] {
+        for cid in [1, GUEST_CID] {
+            let l = line(&lines, uid, cid, AGENT_PORT);
+            if l.contains("connect=OK") {
+                reached += 1;
+                assert!(l.ends_with("answer=rpc-7"), "the agent served a container: {l}");
+            }
+            let l = line(&lines, uid, cid, STDIO_PORT);
+            if l.contains("connect=OK") {
+                reached += 1;
+                let answer = l.rsplit("answer=").next().unwrap();
+                assert!(
+                    ["closed", "write-EPIPE", "write-ECONNRESET", "ECONNRESET"].contains(&answer),
+                    "{l}"
+                );
+            }
+        }
+    }
+    assert!(reached > 0, "HULL_LOOPBACK_KERNEL has no vsock loopback: {lines:#?}");
 }
 
 fn vsock_of(pid: u32) -> PathBuf {

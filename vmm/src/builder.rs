@@ -6,6 +6,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -188,12 +189,18 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
             // SAFETY: fd is a fresh descriptor owned by nobody else.
             Box::new(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
         }
-        SerialOutput::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(
-            |source| BuildError::SerialOutput {
-                path: path.display().to_string(),
-                source,
-            },
-        )?),
+        // The guest's console can carry secrets: a file hull creates is owner-only, whatever the umask.
+        SerialOutput::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| BuildError::SerialOutput {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        ),
         SerialOutput::CappedFile { path, max_bytes } => Box::new(
             hull_logging::rotating::RotatingFile::open(path, *max_bytes).map_err(|source| {
                 BuildError::SerialOutput {

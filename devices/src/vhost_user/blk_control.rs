@@ -17,7 +17,6 @@
 //! relative paths, missing files and unknown modes are answered with an error; nothing panics.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,8 +151,7 @@ impl ControlSocket {
     /// on a thread of its own.
     pub fn start(path: &Path, control: SlotControl) -> io::Result<ControlSocket> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = crate::stale_socket::bind_owner_only(path)?;
         let control = Arc::new(control);
         let active = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
@@ -236,6 +234,8 @@ pub fn serve_connection(stream: UnixStream, execute: impl Fn(&Request) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::vhost_user::{DeviceBackend, Protocol};
     use crate::virtio::block::BlockConfig;

@@ -32,7 +32,7 @@ use super::metrics::VsockMetrics;
 use super::packet::*;
 use super::unix::{connect_nonblocking, Handshake, UnixBackendError};
 use super::{HOST_CID, TYPE_STREAM};
-use crate::stale_socket::{remove_if_stale, OwnedSocketPath};
+use crate::stale_socket::{bind_owner_only, remove_if_stale, OwnedSocketPath};
 
 /// Most simultaneous connections (plus handshakes in progress).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -69,7 +69,7 @@ impl VsockMuxer {
     /// socket there is replaced, never a file or a socket another process serves.
     pub fn new(guest_cid: u64, uds_path: &Path, metrics: Arc<VsockMetrics>) -> Result<Self, UnixBackendError> {
         remove_if_stale(uds_path)?;
-        let listener = UnixListener::bind(uds_path).map_err(|source| UnixBackendError::Bind {
+        let listener = bind_owner_only(uds_path).map_err(|source| UnixBackendError::Bind {
             path: uds_path.to_owned(),
             source,
         })?;

@@ -1,0 +1,4 @@
+#![no_main]
+//! libFuzzer entry for the `config_notify` target (`hull_fuzz::TARGETS`).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (hull_fuzz::target("config_notify").expect("target").run)(data));

@@ -1,0 +1,4 @@
+#![no_main]
+//! libFuzzer entry for the `vsock_muxer` target (`hull_fuzz::TARGETS`).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (hull_fuzz::target("vsock_muxer").expect("target").run)(data));

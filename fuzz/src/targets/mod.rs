@@ -1,0 +1,7 @@
+//! The fuzz targets, one `fn(&[u8])` each, grouped by the crate they feed.
+
+pub mod agent;
+pub mod api;
+pub mod vhost_user;
+pub mod virtio;
+pub mod vsock;

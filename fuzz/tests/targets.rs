@@ -1,0 +1,70 @@
+//! A bounded, deterministic run of every fuzz target: its seeds, then generated inputs from a fixed seed,
+//! until `HULL_FUZZ_EXECS` executions (default 100,000) or `HULL_FUZZ_SECONDS` (default 3) have passed.
+//! A failing input is printed and saved under `target/fuzz-failures/`; replay it with
+//! `cargo run -p hull-fuzz -- --run TARGET FILE`.
+
+use std::time::Duration;
+
+use hull_fuzz::runner::{self, Budget};
+
+const SEED: u64 = 0x6875_6c6c_6675_7a7a;
+
+fn budget() -> Budget {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    Budget {
+        max_execs: env("HULL_FUZZ_EXECS", 100_000),
+        time: Duration::from_secs(env("HULL_FUZZ_SECONDS", 3)),
+    }
+}
+
+fn bounded_run(name: &str) {
+    let target = hull_fuzz::target(name).expect("a known target");
+    let stats = runner::run(target, SEED, budget());
+    println!(
+        "fuzz target {name}: {} inputs in {:.1} s, slowest {:?}",
+        stats.execs,
+        stats.elapsed.as_secs_f64(),
+        stats.slowest
+    );
+    let reached = hull_fuzz::stats::summary(name);
+    if !reached.is_empty() {
+        println!("fuzz target {name} reached: {reached}");
+    }
+    assert!(stats.execs > (target.seeds)().len() as u64, "{name} ran only its seeds");
+}
+
+macro_rules! bounded {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                bounded_run(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_target_has_a_bounded_run() {
+            let tested = [$(stringify!($name)),*];
+            for t in hull_fuzz::TARGETS {
+                assert!(tested.contains(&t.name), "fuzz target {} has no #[test]", t.name);
+            }
+        }
+    };
+}
+
+bounded!(
+    http_request,
+    api_routes,
+    config_file,
+    virtio_chain,
+    virtio_block,
+    virtio_net,
+    virtio_vsock,
+    vsock_muxer,
+    vsock_handshake,
+    vhost_user_relay,
+    blk_control,
+    config_notify,
+    agent_reply,
+    stdio_handshake,
+);
