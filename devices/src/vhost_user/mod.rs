@@ -16,14 +16,11 @@
 pub mod blk;
 pub mod blk_control;
 pub mod config_notify;
-/// Public for the fuzz targets (`fuzz/`) only; nothing outside this module calls it.
-#[doc(hidden)]
-pub mod enable_filter;
+mod enable_filter;
 pub mod net;
 pub mod vsock;
 
 use std::io;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,6 +32,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
+use crate::stale_socket::bind_owner_only;
 use crate::transport::NeedsReset;
 use crate::virtio::{GuestMemory, QueueSet, VirtioDevice};
 pub use config_notify::{ConfigNotifier, NotifyError};
@@ -367,7 +365,7 @@ pub fn serve_with<D: VirtioDevice + 'static>(
     }
     info!(device = name, socket = %socket.display(), "vhost-user backend listening");
     let result = match protocol {
-        Protocol::Direct => daemon.serve(socket).map_err(|e| e.to_string()),
+        Protocol::Direct => serve_direct(&mut daemon, socket),
         Protocol::DeferEarlyEnable => serve_filtered(&mut daemon, socket, None),
         Protocol::ConfigNotify(notifier) => serve_filtered(&mut daemon, socket, Some(&notifier)),
     }
@@ -378,6 +376,31 @@ pub fn serve_with<D: VirtioDevice + 'static>(
     let _ = std::fs::remove_file(socket);
     info!(device = name, ok = result.is_ok(), "vhost-user frontend gone");
     result
+}
+
+/// Serves one frontend on `socket` as the crate's `VhostUserDaemon::serve` does, but on a socket bound
+/// owner-only (the crate's gets the umask's mode).
+fn serve_direct<T>(daemon: &mut VhostUserDaemon<T>, socket: &Path) -> Result<(), String>
+where
+    T: VhostUserBackend + Clone + 'static,
+    T::Bitmap: vhost_user_backend::bitmap::BitmapReplace + vm_memory::mmap::NewBitmap + Clone + Send + Sync,
+    T::Vring: Clone + Send + Sync,
+{
+    let _ = std::fs::remove_file(socket);
+    let listener = bind_owner_only(socket).map_err(|e| format!("bind: {e}"))?;
+    let mut listener = vhost::vhost_user::Listener::from(listener);
+    daemon.start(&mut listener).map_err(|e| e.to_string())?;
+    let waited = daemon.wait();
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    match waited {
+        // The frontend going away mid-message is a normal end (QEMU killed, guest powered off).
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// Serves one frontend through `enable_filter`: the daemon connects to a private socket that the relay
@@ -394,12 +417,12 @@ where
     T::Vring: Clone + Send + Sync,
 {
     let _ = std::fs::remove_file(socket);
-    let frontend_listener = UnixListener::bind(socket).map_err(|e| format!("bind: {e}"))?;
+    let frontend_listener = bind_owner_only(socket).map_err(|e| format!("bind: {e}"))?;
     let mut inner = socket.as_os_str().to_owned();
     inner.push(format!(".relay-{}", std::process::id()));
     let inner = PathBuf::from(inner);
     let _ = std::fs::remove_file(&inner);
-    let inner_listener = UnixListener::bind(&inner).map_err(|e| format!("bind {}: {e}", inner.display()))?;
+    let inner_listener = bind_owner_only(&inner).map_err(|e| format!("bind {}: {e}", inner.display()))?;
     let started = daemon.start_client(&inner.to_string_lossy()).map_err(|e| e.to_string());
     let backend = started.and_then(|()| inner_listener.accept().map_err(|e| e.to_string()));
     let _ = std::fs::remove_file(&inner);
