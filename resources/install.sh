@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs hull for containerd on this machine; idempotent, no arguments needed (run as root from a clone):
-#   /usr/local/bin/{hull,containerd-shim-hull-v2}     release builds of this checkout
+#   /usr/local/bin/{hull,hull-jailer,containerd-shim-hull-v2}  release builds of this checkout
 #   /var/lib/hull/{vmlinux,initramfs.cpio}             the guest kernel and the agent's initramfs
 #   /etc/hull/shim.toml                                the shim's config (kept if present)
 #   /etc/containerd/config.toml                        gains the `hull` runtime handler (once)
@@ -27,13 +27,15 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 profile="${HULL_PROFILE:-release}"
-say "building hull and containerd-shim-hull-v2 ($profile)"
+say "building hull, hull-jailer and containerd-shim-hull-v2 ($profile)"
 if [ "$profile" = release ]; then
-  (cd "$here" && cargo build --release -p hull -p containerd-shim-hull-v2 >&2)
+  (cd "$here" && cargo build --release -p hull -p hull-jailer -p containerd-shim-hull-v2 >&2)
 else
-  (cd "$here" && cargo build -p hull -p containerd-shim-hull-v2 >&2)
+  (cd "$here" && cargo build -p hull -p hull-jailer -p containerd-shim-hull-v2 >&2)
 fi
 install -D -m 0755 "$here/target/$profile/hull" "$prefix/bin/hull"
+# The shim starts hull through hull-jailer, found next to hull (shim.toml [jail]).
+install -D -m 0755 "$here/target/$profile/hull-jailer" "$prefix/bin/hull-jailer"
 install -D -m 0755 "$here/target/$profile/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"
 
 say "building the guest kernel and initramfs (cached)"
