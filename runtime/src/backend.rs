@@ -105,7 +105,7 @@ fn slot_placeholders(cfg: &VmLaunchConfig) -> Result<Vec<(String, PathBuf)>, Bac
     (0..cfg.slots)
         .map(|i| {
             let path = cfg.dir.join(format!("{}.empty", slot_id(i)));
-            std::fs::File::create(&path).map_err(|source| BackendError::Spawn {
+            crate::guard::create_private_file(&path).map_err(|source| BackendError::Spawn {
                 what: format!("slot placeholder {}", path.display()),
                 source,
             })?;

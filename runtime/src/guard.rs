@@ -3,12 +3,64 @@
 //! is killed with SIGKILL — the signal follows the *thread* that spawned them, so long-lived callers spawn
 //! from a thread that lives as long as the process) and the run directory (removed on drop, with the sockets
 //! and images inside).
+//!
+//! Everything a run makes is private to the user running it, whatever the caller's umask: directories are
+//! created 0700 and files 0600 ([`create_private_dir`], [`create_private_file`]), and child processes start
+//! with umask 077, so what they create (QEMU's console file, the sockets of hull's device backends and VMM)
+//! is owner-only from the moment it exists. Images of volumes can hold Kubernetes Secrets and tokens.
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Mode of every directory a run creates: owner-only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file a run creates: owner-only.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// The umask of every child process: what they create is owner-only too.
+const CHILD_UMASK: libc::mode_t = 0o077;
+
+/// Creates the directory `path` with mode 0700 (the umask can only take bits away). With `recursive`, the
+/// missing parents too, each 0700; directories that exist already keep their mode.
+pub fn create_private_dir(path: &Path, recursive: bool) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+}
+
+/// Creates the file `path` for writing with mode 0600; a file already there (left by a killed run) is
+/// replaced, never reused with its old mode.
+pub fn create_private_file(path: &Path) -> std::io::Result<File> {
+    let open = || {
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Makes `cmd` start with umask 077, for children that create files (`mkfs.ext4` writing an image).
+pub fn private_umask(cmd: &mut Command) -> &mut Command {
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(CHILD_UMASK);
+            Ok(())
+        })
+    }
+}
 
 /// A child process that is killed and reaped when dropped.
 pub struct ChildGuard {
@@ -18,17 +70,22 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd` in its own process group (a terminal's Ctrl-C reaches hull only), with stdout and stderr
-    /// appended to `log`, and the parent-death signal set to SIGKILL; inside the network namespace `netns`
-    /// (a path like /var/run/netns/NAME) when one is given.
+    /// appended to `log` (created 0600), umask 077, and the parent-death signal set to SIGKILL; inside the
+    /// network namespace `netns` (a path like /var/run/netns/NAME) when one is given.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path, netns: Option<&Path>) -> std::io::Result<ChildGuard> {
-        let out = File::options().create(true).append(true).open(log)?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let ns = netns.map(File::open).transpose()?;
-        // SAFETY: prctl(PR_SET_PDEATHSIG) and setns are async-signal-safe and touch no memory of the parent
-        // but the namespace file descriptor, which stays open until spawn returns.
+        // SAFETY: umask, prctl(PR_SET_PDEATHSIG) and setns are async-signal-safe and touch no memory of the
+        // parent but the namespace file descriptor, which stays open until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
+                libc::umask(CHILD_UMASK);
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -99,7 +156,8 @@ impl RunDir {
         Self::create_in(&base)
     }
 
-    /// A fresh directory `hull-run-<pid>-<nanos>` under `base`, after sweeping those of dead processes.
+    /// A fresh directory `hull-run-<pid>-<nanos>` (mode 0700) under `base`, after sweeping those of dead
+    /// processes.
     pub fn create_in(base: &Path) -> std::io::Result<RunDir> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -107,7 +165,7 @@ impl RunDir {
             .unwrap_or(0);
         sweep_stale(base);
         let dir = base.join(format!("hull-run-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir(&dir)?;
+        create_private_dir(&dir, false)?;
         Ok(RunDir(dir))
     }
 

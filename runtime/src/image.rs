@@ -3,6 +3,8 @@
 //! image is served read-only and the guest puts a tmpfs overlay on top). erofs would make smaller images,
 //! but needs Debian's erofs-utils installed; ext4 keeps `hull run` working on a bare host.
 //! An existing image file is used as is (read-only); its type is read from its superblock magic.
+//! A packed image holds everything of its directory, a volume's secrets included: it is created 0600 (in the
+//! caller's 0700 directory) before `mkfs.ext4` writes into it, and `mkfs.ext4` runs with umask 077.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,11 +61,13 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     let (bytes, entries) = tree_size(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
     let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
     let image = run_dir.join(format!("{name_in_dir}.ext4"));
-    let f = std::fs::File::create(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    let f = crate::guard::create_private_file(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     f.set_len(size)
         .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
     drop(f);
-    let out = Command::new("mkfs.ext4")
+    let mut mkfs = Command::new("mkfs.ext4");
+    crate::guard::private_umask(&mut mkfs);
+    let out = mkfs
         .args([
             "-q",
             "-F",

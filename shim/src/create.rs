@@ -190,13 +190,13 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     })
 }
 
-/// A new VM's own directory under `work_dir`.
+/// A new VM's own directory under `work_dir` (both owner-only when the shim creates them).
 fn vm_dir(work_dir: &Path) -> Result<RunDir, ShimError> {
     let fail = |source| ShimError::VmDir {
         path: work_dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(work_dir).map_err(fail)?;
+    hull_runtime::guard::create_private_dir(work_dir, true).map_err(fail)?;
     RunDir::create_in(work_dir).map_err(fail)
 }
 

@@ -145,10 +145,14 @@ pub fn check_stdio_uris(stdin: &str, stdout: &str, stderr: &str) -> Result<(), S
 }
 
 /// Opens an output address for writing: a FIFO (containerd holds its read side open already, so this does
-/// not block), or a `file://` log, created or appended to.
+/// not block), or a `file://` log, created (owner-only: it holds the container's output) or appended to.
 fn open_output(uri: &str) -> std::io::Result<std::fs::File> {
     if let Some(path) = uri.strip_prefix("file://") {
-        return OpenOptions::new().create(true).append(true).open(path);
+        return OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(hull_runtime::guard::PRIVATE_FILE_MODE)
+            .open(path);
     }
     OpenOptions::new()
         .write(true)

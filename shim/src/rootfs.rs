@@ -110,10 +110,12 @@ pub fn prepare(src: &Source, cache: &Path, work: &Path, name: &str) -> Result<Im
     match src {
         Source::Layers(layers) => {
             let key = cache_key(layers);
-            std::fs::create_dir_all(cache).map_err(|e| RootfsError::Io(cache.display().to_string(), e))?;
+            // Owner-only, as is every image in it (hull_runtime::image), whatever containerd's umask.
+            hull_runtime::guard::create_private_dir(cache, true)
+                .map_err(|e| RootfsError::Io(cache.display().to_string(), e))?;
             let path = cache.join(format!("{key}.ext4"));
             // One builder per key, across shims: the others wait and then find it built.
-            let lock = std::fs::File::create(cache.join(format!("{key}.lock")))
+            let lock = hull_runtime::guard::create_private_file(&cache.join(format!("{key}.lock")))
                 .map_err(|e| RootfsError::Io("image cache lock".into(), e))?;
             // SAFETY: flock on an owned, open descriptor.
             unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
@@ -164,7 +166,8 @@ fn with_merged<T>(
         return f(dirs[0]);
     }
     let target = work.join(format!("merge-{}", std::process::id()));
-    std::fs::create_dir_all(&target).map_err(|e| RootfsError::Io(target.display().to_string(), e))?;
+    hull_runtime::guard::create_private_dir(&target, true)
+        .map_err(|e| RootfsError::Io(target.display().to_string(), e))?;
     let lowerdir = dirs
         .iter()
         .map(|d| d.display().to_string())

@@ -26,11 +26,15 @@ pub struct VmRecord {
 }
 
 impl VmRecord {
-    /// Writes the record into `bundle` (best effort: without it only a dead shim's cleanup is lost).
+    /// Writes the record into `bundle`, owner-only (best effort: without it only a dead shim's cleanup is
+    /// lost).
     pub fn write(&self, bundle: &Path) {
+        use std::io::Write;
         match serde_json::to_string(self) {
             Ok(text) => {
-                if let Err(e) = std::fs::write(bundle.join(VM_RECORD), text) {
+                let written = hull_runtime::guard::create_private_file(&bundle.join(VM_RECORD))
+                    .and_then(|mut f| f.write_all(text.as_bytes()));
+                if let Err(e) = written {
                     log::warn!("writing {}/{VM_RECORD}: {e}", bundle.display());
                 }
             }
