@@ -16,7 +16,9 @@
 pub mod blk;
 pub mod blk_control;
 pub mod config_notify;
-mod enable_filter;
+/// Public for the fuzz targets (`fuzz/`) only; nothing outside this module calls it.
+#[doc(hidden)]
+pub mod enable_filter;
 pub mod net;
 pub mod vsock;
 
