@@ -72,7 +72,21 @@ impl ChildGuard {
     /// Spawns `cmd` in its own process group (a terminal's Ctrl-C reaches hull only), with stdout and stderr
     /// appended to `log` (created 0600), umask 077, and the parent-death signal set to SIGKILL; inside the
     /// network namespace `netns` (a path like /var/run/netns/NAME) when one is given.
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path, netns: Option<&Path>) -> std::io::Result<ChildGuard> {
+    pub fn spawn(name: &str, cmd: Command, log: &Path, netns: Option<&Path>) -> std::io::Result<ChildGuard> {
+        Self::spawn_as(name, cmd, log, netns, None)
+    }
+
+    /// [`ChildGuard::spawn`], and with `user` (uid, gid) the process drops to them just before exec, after
+    /// everything that needs root (the namespace, the caller's own pre-exec steps such as joining cgroups):
+    /// no supplementary groups, real, effective and saved ids changed, the parent-death signal set again
+    /// (a credential change clears it).
+    pub fn spawn_as(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        netns: Option<&Path>,
+        user: Option<(u32, u32)>,
+    ) -> std::io::Result<ChildGuard> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -92,6 +106,15 @@ impl ChildGuard {
                 if let Some(ns) = &ns {
                     use std::os::fd::AsRawFd;
                     if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some((uid, gid)) = user {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(gid, gid, gid) != 0
+                        || libc::setresuid(uid, uid, uid) != 0
+                        || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
