@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::api_client::ApiClient;
 use crate::guard::{wait_for_path, ChildGuard};
 use crate::image::RootfsImage;
+use crate::jail::{jail_id, Access, Jail, JailConfig};
 use crate::output::{self, CappedOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +34,8 @@ pub enum BackendError {
     NotUp { what: String, log: String },
     #[error("hull API {path}: {detail}")]
     Api { path: String, detail: String },
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
 /// A block device for the guest: the rootfs first, then volumes. `id` is the drive id (kvm) and the
@@ -62,6 +65,9 @@ pub struct VmLaunchConfig<'a> {
     /// Run the VM's processes in this network namespace (where the TAP lives).
     pub netns: Option<&'a Path>,
     pub cmdline_extra: String,
+    /// Confine the VM's processes (hull through hull-jailer; QEMU as the jail uid/gid); `None` runs them as
+    /// the caller, unconfined (`hull run --no-jail`).
+    pub jail: Option<&'a JailConfig>,
     /// Which agent calls the guest serves: put on the kernel command line (`hull.policy=`), where the agent
     /// reads it once at start and nothing inside the guest can change it.
     pub agent_policy: hull_agent_protocol::policy::Policy,
@@ -169,18 +175,20 @@ fn capped(file: &Path) -> Result<CappedOutput, BackendError> {
 
 /// Starts `hull vhost-user <args>` and waits for its socket.
 fn vhost_user(
-    hull: &Path,
-    netns: Option<&Path>,
-    dir: &Path,
+    cfg: &VmLaunchConfig,
+    files: &ProcFiles,
     name: &str,
     socket: &Path,
-    args: &[&str],
+    args: &[std::ffi::OsString],
 ) -> Result<ChildGuard, BackendError> {
-    let mut cmd = Command::new(hull);
-    cmd.arg("vhost-user").args(args).args(["--log-level", "Warning"]);
-    let log = dir.join(format!("{name}.log"));
+    let mut all: Vec<std::ffi::OsString> = vec!["vhost-user".into()];
+    all.extend(args.iter().cloned());
+    all.extend(["--log-level".into(), "Warning".into()]);
+    // Jailed: each backend in a chroot of its own; they share the hull binary (hard links), as they are many.
+    let cmd = files.command(cfg.hull, &all, true);
+    let log = cfg.dir.join(format!("{name}.log"));
     let output = capped(&log)?;
-    let mut child = ChildGuard::spawn(name, cmd, output.fifo(), netns).map_err(|source| BackendError::Spawn {
+    let mut child = ChildGuard::spawn(name, cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
         what: name.into(),
         source,
     })?;
@@ -208,8 +216,33 @@ pub struct QemuVm {
     console: PathBuf,
     qemu: ChildGuard,
     backends: Vec<ChildGuard>,
-    /// Each slot's `hull vhost-user blk --control` socket.
-    controls: Vec<(String, PathBuf)>,
+    /// Each slot's `hull vhost-user blk --control` socket (host path) and its backend's files.
+    controls: Vec<(String, PathBuf, ProcFiles)>,
+    /// The other backends' files and jails, kept until the processes are gone (then removed).
+    _jails: Vec<ProcFiles>,
+    attached: usize,
+}
+
+/// Jailed, the hybrid vsock socket is in a jail; `<run dir>/vsock.sock` links to it, for clients that look
+/// for it in the VM's directory (a second agent client, tools). The runtime itself uses the real path.
+fn link_vsock_uds(cfg: &VmLaunchConfig, uds: &Path) -> Result<(), BackendError> {
+    let link = cfg.dir.join("vsock.sock");
+    if cfg.jail.is_none() || link == uds {
+        return Ok(());
+    }
+    std::os::unix::fs::symlink(uds, &link).map_err(|source| BackendError::Spawn {
+        what: format!("link {} to {}", link.display(), uds.display()),
+        source,
+    })
+}
+
+/// QEMU's sandbox: its seccomp filter on, and no obsolete system calls, no privilege changes, no new
+/// processes, no scheduler or CPU-affinity changes.
+pub const QEMU_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// `s` as an argument.
+fn os(s: impl AsRef<std::ffi::OsStr>) -> std::ffi::OsString {
+    s.as_ref().to_os_string()
 }
 
 impl QemuVm {
@@ -217,83 +250,116 @@ impl QemuVm {
         let d = cfg.dir;
         let mut backends = Vec::new();
         let mut blk_args = Vec::new();
+        let mut jails = Vec::new();
         for (i, drive) in cfg.drives.iter().enumerate() {
-            let sock = d.join(format!("blk{i}.sock"));
-            let image = drive.image.path.to_string_lossy().to_string();
-            let sock_s = sock.to_string_lossy().to_string();
-            let mut args = vec!["blk", "--socket", &sock_s, "--path", &image, "--id", &drive.id];
+            let files = ProcFiles::new(cfg, &format!("blk{i}"))?;
+            let (sock, sock_arg) = files.own(&format!("blk{i}.sock"));
+            let access = if drive.read_only {
+                Access::Read
+            } else {
+                Access::ReadWrite
+            };
+            let image = files.give(&drive.image.path, &format!("{}.img", drive.id), access)?;
+            let mut args = vec![os("blk"), os("--socket"), os(sock_arg), os("--path"), os(image)];
+            args.extend([os("--id"), os(&drive.id)]);
             if drive.read_only {
-                args.push("--read-only");
+                args.push(os("--read-only"));
             }
-            backends.push(vhost_user(
-                cfg.hull,
-                cfg.netns,
-                d,
-                &format!("vhost-user-blk{i}"),
-                &sock,
-                &args,
-            )?);
+            let name = format!("vhost-user-blk{i}");
+            backends.push(vhost_user(cfg, &files, &name, &sock, &args)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
+            jails.push(files);
         }
         let mut controls = Vec::new();
         for (j, (id, placeholder)) in slot_placeholders(cfg)?.into_iter().enumerate() {
             let i = cfg.drives.len() + j;
-            let sock = d.join(format!("blk{i}.sock"));
-            let control = d.join(format!("{id}.ctl"));
+            let files = ProcFiles::new(cfg, &id)?;
+            let (sock, sock_arg) = files.own(&format!("blk{i}.sock"));
+            let (control, control_arg) = files.own(&format!("{id}.ctl"));
+            // The backend opens its slot's file for writing (a later image may be read-write); it is empty
+            // and the VM's own.
+            let placeholder = files.give(&placeholder, &format!("{id}.empty"), Access::ReadWrite)?;
             let args = [
-                "blk",
-                "--socket",
-                &sock.to_string_lossy(),
-                "--path",
-                &placeholder.to_string_lossy(),
-                "--id",
-                &id,
-                "--control",
-                &control.to_string_lossy(),
-            ]
-            .map(str::to_string);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            backends.push(vhost_user(
-                cfg.hull,
-                cfg.netns,
-                d,
-                &format!("vhost-user-{id}"),
-                &sock,
-                &args,
-            )?);
+                os("blk"),
+                os("--socket"),
+                os(sock_arg),
+                os("--path"),
+                os(placeholder),
+                os("--id"),
+                os(&id),
+                os("--control"),
+                os(control_arg),
+            ];
+            let name = format!("vhost-user-{id}");
+            backends.push(vhost_user(cfg, &files, &name, &sock, &args)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
-            controls.push((id, control));
+            controls.push((id, control, files));
         }
-        let vsock_sock = d.join("vsock-vu.sock");
-        let uds = d.join("vsock.sock");
-        backends.push(vhost_user(
-            cfg.hull,
-            cfg.netns,
-            d,
-            "vhost-user-vsock",
-            &vsock_sock,
-            &[
-                "vsock",
-                "--socket",
-                &vsock_sock.to_string_lossy(),
-                "--guest-cid",
-                &hull_agent_protocol::GUEST_CID.to_string(),
-                "--uds-path",
-                &uds.to_string_lossy(),
-            ],
-        )?);
-        let net_sock = d.join("net.sock");
+        let files = ProcFiles::new(cfg, "vsock")?;
+        let (vsock_sock, vsock_sock_arg) = files.own("vsock-vu.sock");
+        let (uds, uds_arg) = files.own("vsock.sock");
+        let args = [
+            os("vsock"),
+            os("--socket"),
+            os(vsock_sock_arg),
+            os("--guest-cid"),
+            os(hull_agent_protocol::GUEST_CID.to_string()),
+            os("--uds-path"),
+            os(uds_arg),
+        ];
+        backends.push(vhost_user(cfg, &files, "vhost-user-vsock", &vsock_sock, &args)?);
+        jails.push(files);
+        let mut net_sock = PathBuf::new();
         if let Some(tap) = cfg.tap {
-            backends.push(vhost_user(
-                cfg.hull,
-                cfg.netns,
-                d,
-                "vhost-user-net",
-                &net_sock,
-                &["net", "--socket", &net_sock.to_string_lossy(), "--tap", tap],
-            )?);
+            let files = ProcFiles::new(cfg, "net")?;
+            let (sock, sock_arg) = files.own("net.sock");
+            if let Some(j) = cfg.jail {
+                crate::jail::set_tap_owner(tap, cfg.netns, j.uid, j.gid)?;
+            }
+            let args = [os("net"), os("--socket"), os(sock_arg), os("--tap"), os(tap)];
+            backends.push(vhost_user(cfg, &files, "vhost-user-net", &sock, &args)?);
+            jails.push(files);
+            net_sock = sock;
         }
         let console = d.join("console.log");
+        link_vsock_uds(cfg, &uds)?;
+        // Jailed, QEMU runs as the jail uid/gid in a directory of its own inside the VM's (`qemu/`, 0700,
+        // owned by the jail uid; the VM's directory stays root's): it opens the kernel and the initramfs by
+        // names relative to it, entered as root, so it needs no access to the directories above; the device
+        // backends' sockets are in their jails, which the jail uid can reach.
+        let qemu_dir = match cfg.jail {
+            Some(_) => d.join("qemu"),
+            None => d.to_path_buf(),
+        };
+        let (kernel, initrd, qemu_user) = match cfg.jail {
+            Some(j) => {
+                let io = |what: &'static str, path: &Path| {
+                    let path = path.to_path_buf();
+                    move |source| crate::jail::JailError::Io {
+                        id: "qemu".into(),
+                        what,
+                        path,
+                        source,
+                    }
+                };
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    let mut b = std::fs::DirBuilder::new();
+                    b.mode(0o700).create(&qemu_dir).map_err(io("creating", &qemu_dir))?;
+                }
+                std::os::unix::fs::chown(&qemu_dir, Some(j.uid), Some(j.gid)).map_err(io("chown", &qemu_dir))?;
+                for (host, name) in [(cfg.kernel, "vmlinux"), (cfg.initrd, "initrd")] {
+                    let dst = qemu_dir.join(name);
+                    let _ = std::fs::remove_file(&dst);
+                    if std::fs::hard_link(host, &dst).is_err() {
+                        std::fs::copy(host, &dst).map_err(io("copying", &dst))?;
+                    }
+                    crate::jail::grant(&dst, j.uid, j.gid, Access::Read).map_err(io("granting access to", &dst))?;
+                }
+                (PathBuf::from("vmlinux"), PathBuf::from("initrd"), Some((j.uid, j.gid)))
+            }
+            None => (cfg.kernel.to_path_buf(), cfg.initrd.to_path_buf(), None),
+        };
         let mem = cfg.mem_mib;
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -308,13 +374,21 @@ impl QemuVm {
         .args(["-global", "virtio-mmio.force-legacy=false"])
         .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem}M,share=on")])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-sandbox", QEMU_SANDBOX])
+        // The VM's directory as its name, so `ps` (and the tests) can tell whose QEMU this is: jailed, its
+        // other arguments name only relative paths and the device backends' jails.
+        .args([
+            "-name",
+            &format!("guest={}", d.display().to_string().replace(',', ",,")),
+        ])
         // The console, and QEMU's own messages, on its standard output and error: a FIFO this process copies
-        // into console.log under a cap (a guest printing in a loop cannot fill the disk).
+        // into console.log under a cap (a guest printing in a loop cannot fill the disk), opened before
+        // QEMU starts, so a jailed QEMU needs no access to the file.
         .args(["-serial", "stdio"])
         .arg("-kernel")
-        .arg(cfg.kernel)
+        .arg(&kernel)
         .arg("-initrd")
-        .arg(cfg.initrd)
+        .arg(&initrd)
         .args([
             "-append",
             &base_cmdline(&format!("{TCG_CMDLINE} {}", cmdline_extra(cfg))),
@@ -337,11 +411,14 @@ impl QemuVm {
                     },
                 ]);
         }
+        cmd.current_dir(&qemu_dir);
         let console_output = capped(&console)?;
         let qemu =
-            ChildGuard::spawn("qemu", cmd, console_output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
-                what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
-                source,
+            ChildGuard::spawn_as("qemu", cmd, console_output.fifo(), cfg.netns, qemu_user).map_err(|source| {
+                BackendError::Spawn {
+                    what: "qemu-system-x86_64 (scripts/install-qemu.sh installs it)".into(),
+                    source,
+                }
             })?;
         tracing::debug!(pid = qemu.pid(), "qemu started");
         Ok(QemuVm {
@@ -350,6 +427,8 @@ impl QemuVm {
             qemu,
             backends,
             controls,
+            _jails: jails,
+            attached: 0,
         })
     }
 }
@@ -384,11 +463,15 @@ impl Vm for QemuVm {
             path: format!("{slot} control"),
             detail,
         };
-        let (_, control) = self
+        let (_, control, files) = self
             .controls
             .iter()
-            .find(|(id, _)| id == slot)
+            .find(|(id, _, _)| id == slot)
             .ok_or_else(|| err("no such slot".into()))?;
+        // Jailed, the backend sees the image linked into its chroot, under a fresh name per attach.
+        self.attached += 1;
+        let access = if read_only { Access::Read } else { Access::ReadWrite };
+        let image = files.give(image, &format!("{slot}-{}.img", self.attached), access)?;
         let mut s = std::os::unix::net::UnixStream::connect(control).map_err(|e| err(e.to_string()))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
         let line = format!("attach {} {}\n", image.display(), if read_only { "ro" } else { "rw" });
@@ -419,21 +502,87 @@ pub struct KvmVm {
     console: PathBuf,
     hull: ChildGuard,
     api: ApiClient,
+    /// hull's files and jail (dropped after `hull`, which is killed first); disks attached later are linked in.
+    files: ProcFiles,
+    attached: usize,
+}
+
+/// Where one hull process (the VMM, or a device backend) finds its files: in the VM's directory as they
+/// are, or, jailed, in its own chroot (hard-linked in, and named by their path inside). Owns the jail.
+struct ProcFiles {
+    dir: PathBuf,
+    jail: Option<Jail>,
+}
+
+impl ProcFiles {
+    /// The files of the process `role` (`vmm`, `blk0`, `vsock`, ...) of the VM `cfg` describes.
+    fn new(cfg: &VmLaunchConfig, role: &str) -> Result<ProcFiles, BackendError> {
+        let jail = cfg
+            .jail
+            .map(|j| Jail::prepare(j, cfg.hull, &jail_id(cfg.dir, role)))
+            .transpose()?;
+        Ok(ProcFiles {
+            dir: cfg.dir.to_path_buf(),
+            jail,
+        })
+    }
+
+    /// A file the process creates or serves (`api.sock`, `console.log`): (host path, path it is given).
+    fn own(&self, name: &str) -> (PathBuf, PathBuf) {
+        match &self.jail {
+            Some(j) => (j.host_path(name), Path::new("/").join(name)),
+            None => (self.dir.join(name), self.dir.join(name)),
+        }
+    }
+
+    /// A file the process opens (kernel, disk): the path it is given.
+    fn give(&self, host: &Path, name: &str, access: Access) -> Result<PathBuf, BackendError> {
+        match &self.jail {
+            Some(j) => Ok(j.link_in(host, name, access)?),
+            None => Ok(host.to_path_buf()),
+        }
+    }
+
+    /// `hull <args>`, through hull-jailer when jailed (`hardlink_exec`: share one hull binary).
+    fn command(&self, hull: &Path, args: &[std::ffi::OsString], hardlink_exec: bool) -> Command {
+        match &self.jail {
+            Some(j) => j.command(args, hardlink_exec),
+            None => {
+                let mut c = Command::new(hull);
+                c.args(args);
+                c
+            }
+        }
+    }
 }
 
 impl KvmVm {
     fn start(cfg: &VmLaunchConfig) -> Result<KvmVm, BackendError> {
         let d = cfg.dir;
-        let api = d.join("api.sock");
-        let console = d.join("console.log");
-        let uds = d.join("vsock.sock");
-        let mut cmd = Command::new(cfg.hull);
-        cmd.arg("--api-sock").arg(&api).arg("--serial-out").arg(&console).args([
-            "--id",
-            "hull-run",
-            "--log-level",
-            "Warning",
-        ]);
+        let files = ProcFiles::new(cfg, "vmm")?;
+        let (api, api_arg) = files.own("run/api.sock");
+        let (console, console_arg) = files.own("console.log");
+        let (uds, uds_arg) = files.own("vsock.sock");
+        let args = [
+            "--api-sock".into(),
+            api_arg.into_os_string(),
+            "--serial-out".into(),
+            console_arg.into_os_string(),
+            "--log-level".into(),
+            "Warning".into(),
+        ];
+        // Jailed, hull gets its own copy of the binary (no text shared with other VMMs) and the jailer passes
+        // it `--id <jail id>`.
+        let mut cmd = files.command(cfg.hull, &args, false);
+        if files.jail.is_none() {
+            cmd.args(["--id", "hull-run"]);
+        }
+        if let (Some(tap), Some(j)) = (cfg.tap, cfg.jail) {
+            crate::jail::set_tap_owner(tap, cfg.netns, j.uid, j.gid)?;
+        }
+        link_vsock_uds(cfg, &uds)?;
+        let kernel = files.give(cfg.kernel, "vmlinux", Access::Read)?;
+        let initrd = files.give(cfg.initrd, "initrd", Access::Read)?;
         let log = d.join("hull-vmm.log");
         let output = capped(&log)?;
         let mut hull =
@@ -452,23 +601,30 @@ impl KvmVm {
         put(
             "/boot-source",
             serde_json::json!({
-                "kernel_image_path": cfg.kernel, "initrd_path": cfg.initrd, "boot_args": base_cmdline(&cmdline_extra(cfg))
+                "kernel_image_path": kernel, "initrd_path": initrd, "boot_args": base_cmdline(&cmdline_extra(cfg))
             }),
         )?;
         put(
             "/machine-config",
-            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib }),
+            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib, "cpu_template": cpu_template() }),
         )?;
         for drive in cfg.drives {
+            let access = if drive.read_only {
+                Access::Read
+            } else {
+                Access::ReadWrite
+            };
+            let path = files.give(&drive.image.path, &format!("{}.img", drive.id), access)?;
             put(
                 &format!("/drives/{}", drive.id),
                 serde_json::json!({
-                    "drive_id": drive.id, "path_on_host": drive.image.path, "is_root_device": false,
+                    "drive_id": drive.id, "path_on_host": path, "is_root_device": false,
                     "is_read_only": drive.read_only
                 }),
             )?;
         }
         for (id, placeholder) in slot_placeholders(cfg)? {
+            let placeholder = files.give(&placeholder, &format!("{id}.empty"), Access::Read)?;
             put(
                 &format!("/drives/{id}"),
                 serde_json::json!({
@@ -478,7 +634,7 @@ impl KvmVm {
         }
         put(
             "/vsock",
-            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds }),
+            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds_arg }),
         )?;
         if let Some(tap) = cfg.tap {
             put(
@@ -495,7 +651,19 @@ impl KvmVm {
             console,
             hull,
             api: client,
+            files,
+            attached: 0,
         })
+    }
+}
+
+/// The CPU template hull is asked for: `SoftKvm` on the software KVM (`kvm_pvm`), decided here because a
+/// jailed hull cannot see `/sys/module/kvm_pvm` to pick it itself; else `None` (KVM's CPUID).
+fn cpu_template() -> &'static str {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        "SoftKvm"
+    } else {
+        "None"
     }
 }
 
@@ -545,11 +713,16 @@ impl Vm for KvmVm {
                 detail: "the kvm backend attaches disks to a running VM read-only".into(),
             });
         }
+        // A fresh name per attach: the previous image may still be open in hull until the PATCH is done.
+        self.attached += 1;
+        let path = self
+            .files
+            .give(image, &format!("{slot}-{}.img", self.attached), Access::Read)?;
         api_call(
             &self.api,
             "PATCH",
             &format!("/drives/{slot}"),
-            &serde_json::json!({ "drive_id": slot, "path_on_host": image }),
+            &serde_json::json!({ "drive_id": slot, "path_on_host": path }),
         )
     }
 

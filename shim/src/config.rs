@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use hull_agent_protocol::policy::{Call, Policy, EXEC_ANNOTATION};
 use hull_runtime::backend::BackendKind;
+use hull_runtime::jail::{JailConfig, DEFAULT_BASE_DIR, DEFAULT_JAIL_ID};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/hull/shim.toml";
@@ -60,6 +61,8 @@ pub struct ShimConfig {
     /// Per-VM state (sockets, console log, logs).
     pub work_dir: PathBuf,
     pub boot_timeout_secs: u64,
+    /// How the VM's processes are confined (`[jail]`).
+    pub jail: JailSection,
     /// Which agent calls a pod's guest serves, in the text form of `hull_agent_protocol::policy` (e.g.
     /// `-ExecProcess`); empty: every call, which is what the shim makes. A pod whose sandbox carries the
     /// annotation `io.hull.policy.exec: "false"` also gets no ExecProcess.
@@ -83,8 +86,35 @@ impl Default for ShimConfig {
             image_cache: PathBuf::from("/var/lib/hull/images"),
             work_dir: PathBuf::from("/run/hull/shim"),
             boot_timeout_secs: 120,
+            jail: JailSection::default(),
             agent_policy: String::new(),
             log_format: crate::logging::LogFormat::Text,
+        }
+    }
+}
+
+/// `[jail]`: hull (the VMM, or QEMU's device backends) starts through hull-jailer in a chroot under
+/// `base_dir`, and hull and QEMU run as `uid`/`gid`; `enabled = false` runs them as the shim (root).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailSection {
+    pub enabled: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// hull-jailer's `--chroot-base-dir`.
+    pub base_dir: PathBuf,
+    /// The hull-jailer binary (default: next to the hull binary).
+    pub jailer: Option<PathBuf>,
+}
+
+impl Default for JailSection {
+    fn default() -> Self {
+        JailSection {
+            enabled: true,
+            uid: DEFAULT_JAIL_ID,
+            gid: DEFAULT_JAIL_ID,
+            base_dir: PathBuf::from(DEFAULT_BASE_DIR),
+            jailer: None,
         }
     }
 }
@@ -138,6 +168,9 @@ impl ShimConfig {
         if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
             return bad("image_cache and work_dir must be absolute paths");
         }
+        if !c.jail.base_dir.is_absolute() {
+            return bad("jail.base_dir must be an absolute path");
+        }
         if let Err(e) = Policy::parse(&c.agent_policy) {
             return bad(&e.to_string());
         }
@@ -153,6 +186,21 @@ impl ShimConfig {
             p.deny(Call::ExecProcess);
         }
         p
+    }
+
+    /// The VM processes' jail for the hull binary `hull`, unless `[jail] enabled = false`.
+    pub fn jail_config(&self, hull: &Path) -> Option<JailConfig> {
+        let j = &self.jail;
+        j.enabled.then(|| {
+            let mut c = JailConfig::beside(hull);
+            c.uid = j.uid;
+            c.gid = j.gid;
+            c.base_dir = j.base_dir.clone();
+            if let Some(jailer) = &j.jailer {
+                c.jailer = jailer.clone();
+            }
+            c
+        })
     }
 
     pub fn hull_binary(&self) -> PathBuf {
@@ -217,5 +265,19 @@ mod tests {
         assert!(ShimConfig::parse("default_memory_mib = 999999").is_err());
         assert!(ShimConfig::parse("image_cache = \"rel\"").is_err());
         assert!(ShimConfig::parse("pod_slots = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_jail_is_on_by_default_and_configurable() {
+        let c = ShimConfig::parse("").unwrap();
+        let j = c.jail_config(Path::new("/usr/local/bin/hull")).unwrap();
+        assert_eq!((j.uid, j.gid, j.base_dir.as_path()), (64000, 64000, Path::new("/srv/jailer")));
+        assert_eq!(j.jailer, Path::new("/usr/local/bin/hull-jailer"));
+        let c = ShimConfig::parse("[jail]\nuid = 5000\ngid = 5001\nbase_dir = \"/jails\"\n").unwrap();
+        let j = c.jail_config(Path::new("/x/hull")).unwrap();
+        assert_eq!((j.uid, j.gid, j.base_dir.as_path()), (5000, 5001, Path::new("/jails")));
+        assert!(ShimConfig::parse("[jail]\nenabled = false\n").unwrap().jail_config(Path::new("/x")).is_none());
+        assert!(ShimConfig::parse("[jail]\nbase_dir = \"rel\"\n").is_err());
+        assert!(ShimConfig::parse("[jail]\nuser = 1\n").is_err());
     }
 }

@@ -126,6 +126,7 @@ impl Pod {
             None => None,
         };
         let hull = cfg.hull_binary();
+        let jail = cfg.jail_config(&hull);
         let dir_path = dir.path().to_path_buf();
         let (cpus, mem, slots) = (req.cpus, req.mem_mib, req.slots);
         let agent_policy = req.agent_policy;
@@ -163,6 +164,7 @@ impl Pod {
                     mac: mac.as_deref(),
                     netns: netns.as_deref(),
                     cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+                    jail: jail.as_ref(),
                     agent_policy,
                     dir: &dir_path,
                 };

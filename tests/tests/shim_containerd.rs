@@ -174,6 +174,40 @@ fn vm_pids_under(dir: &Path) -> Vec<u32> {
             pids.push(pid);
         }
     }
+    pids.extend(jailed_pids(dir));
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Jailed hull processes (the VMM, the device backends) name only paths inside their chroots: they are found
+/// through the PID file hull-jailer writes in each jail, `/srv/jailer/hull/<VM directory name>-<role>/root/
+/// hull.pid`, for the VM directories under `dir`. A PID counts while its process is a `hull`.
+fn jailed_pids(dir: &Path) -> Vec<u32> {
+    let vms: Vec<String> = std::fs::read_dir(dir.join("hull-vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| format!("{}-", e.file_name().to_string_lossy()))
+        .collect();
+    let jails = Path::new(hull_runtime::jail::DEFAULT_BASE_DIR).join("hull");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir(jails).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !vms.iter().any(|vm| name.starts_with(vm.as_str())) {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(e.path().join("root/hull.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "hull" {
+            pids.push(pid);
+        }
+    }
     pids
 }
 
@@ -681,6 +715,7 @@ fn install_script_sets_up_a_working_shim() {
     run_install();
     for f in [
         "usr/bin/hull",
+        "usr/bin/hull-jailer",
         "usr/bin/containerd-shim-hull-v2",
         "lib/vmlinux",
         "lib/initramfs.cpio",

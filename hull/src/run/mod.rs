@@ -25,7 +25,7 @@ use hull_agent_protocol::stdio::Stream;
 use crate::logging::LogLevel;
 use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
 use hull_runtime::container::{GuestDisk, NewContainer, Streams, VolumeMount};
-use hull_runtime::{agent, console_tail, guard, image, spec};
+use hull_runtime::{agent, console_tail, guard, image, jail, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
 const EXIT_HULL_FAILED: i32 = 125;
@@ -97,6 +97,23 @@ pub struct RunArgs {
     /// Guest initramfs with hull-agent (default: $HULL_INITRD, else the newest in ~/.cache/hull).
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
+    /// Run the VM's processes unconfined, as the caller (for debugging): without it, hull (the VMM, or the
+    /// device backends of the qemu backend) starts through hull-jailer in a chroot under --jail-base, and
+    /// hull and QEMU run as --jail-uid/--jail-gid.
+    #[arg(long)]
+    pub no_jail: bool,
+    /// The uid the VM's processes run as.
+    #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_JAIL_ID)]
+    pub jail_uid: u32,
+    /// The gid the VM's processes run as.
+    #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_JAIL_ID)]
+    pub jail_gid: u32,
+    /// Where the chroot jails go (hull-jailer's --chroot-base-dir).
+    #[arg(long, value_name = "DIR", default_value = jail::DEFAULT_BASE_DIR)]
+    pub jail_base: PathBuf,
+    /// The hull-jailer binary (default: next to hull).
+    #[arg(long, value_name = "FILE")]
+    pub jailer: Option<PathBuf>,
     /// How long the guest may take to boot, in seconds.
     #[arg(long, default_value_t = 120)]
     pub boot_timeout: u64,
@@ -235,6 +252,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     // This very binary, for `hull vhost-user ...` and the kvm backend's VMM: through /proc/self/exe, which
     // stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
     let hull = PathBuf::from("/proc/self/exe");
+    let jail_cfg = jail_config(args, &hull)?;
     let cfg = VmLaunchConfig {
         hull: &hull,
         kernel: &kernel,
@@ -247,6 +265,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         mac: None,
         netns: None,
         cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),
+        jail: jail_cfg.as_ref(),
         agent_policy: args.agent_policy.unwrap_or_else(Policy::hull_run),
         dir: dir.path(),
     };
@@ -296,6 +315,27 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         );
     }
     out
+}
+
+/// The jail of the VM's processes, unless `--no-jail`; it needs root (chroot, device nodes, the uid change).
+fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::JailConfig>, RunError> {
+    if args.no_jail {
+        return Ok(None);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(RunError::Setup(
+            "jailing the VM's processes needs root; run as root, or pass --no-jail to run them unconfined".into(),
+        ));
+    }
+    let mut cfg = jail::JailConfig::beside(hull);
+    cfg.uid = args.jail_uid;
+    cfg.gid = args.jail_gid;
+    cfg.base_dir = args.jail_base.clone();
+    if let Some(j) = &args.jailer {
+        cfg.jailer = j.clone();
+    }
+    Ok(Some(cfg))
 }
 
 /// With `--timing`, one line per phase for tools (hull-bench parses it): `hull run: phase NAME SECONDS`,
