@@ -16,6 +16,7 @@
 pub mod guest;
 pub mod input;
 pub mod runner;
+pub mod scratch;
 pub mod seeds;
 pub mod stats;
 pub mod targets;

@@ -16,6 +16,7 @@ use hull_agent_protocol::ttrpc::{self, context};
 use hull_agent_protocol::{hybrid, ttrpc::Code};
 
 use crate::input::Input;
+use crate::scratch::ScratchDir;
 
 /// Decodes `bytes` as every reply the host reads, alone and inside a ttrpc `Response`.
 fn decode_replies(bytes: &[u8]) {
@@ -195,13 +196,8 @@ pub fn stdio_handshake(data: &[u8]) {
 
 /// A hybrid vsock socket that answers `CONNECT 1024` with `answer`, then hangs up.
 fn hybrid_answer(answer: &[u8]) {
-    let id: String = format!("{:?}", std::thread::current().id())
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    let dir = std::env::temp_dir().join(format!("hull-fuzz-{}-{id}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("hybrid");
+    let dir = ScratchDir::new();
+    let path = dir.path().join("hybrid");
     let _ = std::fs::remove_file(&path);
     let Ok(listener) = UnixListener::bind(&path) else {
         return;

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use devices::virtio::vsock::packet::*;
@@ -12,19 +11,11 @@ use devices::virtio::vsock::unix::Handshake;
 use devices::virtio::vsock::{VsockBackend, VsockMetrics, VsockMuxer, HOST_CID, TYPE_STREAM};
 
 use crate::input::Input;
+use crate::scratch::ScratchDir;
 
 const GUEST_CID: u64 = 3;
 /// The host port a listener serves for guest-initiated connections (`<uds>_52`).
 const HOST_LISTENER_PORT: u32 = 52;
-
-/// A directory of this process and thread for the sockets (tests run targets on several threads).
-fn socket_dir() -> PathBuf {
-    let id = format!("{:?}", std::thread::current().id());
-    let id: String = id.chars().filter(char::is_ascii_digit).collect();
-    let dir = std::env::temp_dir().join(format!("hull-fuzz-{}-{id}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
 
 fn guest_packet(input: &mut Input, seen: &[PacketHeader]) -> (PacketHeader, Vec<u8>) {
     let op = input.pick(&[
@@ -72,9 +63,9 @@ fn guest_packet(input: &mut Input, seen: &[PacketHeader]) -> (PacketHeader, Vec<
 /// reading and closing, the muxer's event processing, the guest fetching packets, and resets.
 pub fn muxer(data: &[u8]) {
     let mut input = Input::new(data);
-    let dir = socket_dir();
-    let uds = dir.join("v");
-    let guest_target = dir.join(format!("v_{HOST_LISTENER_PORT}"));
+    let dir = ScratchDir::new();
+    let uds = dir.path().join("v");
+    let guest_target = dir.path().join(format!("v_{HOST_LISTENER_PORT}"));
     let _ = std::fs::remove_file(&guest_target);
     let Ok(listener) = UnixListener::bind(&guest_target) else {
         return;
