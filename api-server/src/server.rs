@@ -52,6 +52,8 @@ pub enum ServerError {
     Bind { path: PathBuf, source: io::Error },
     #[error("Polling the API socket and the microVM failed: {0}")]
     Poll(io::Error),
+    #[error("After the microVM started: {0}")]
+    AfterStart(String),
 }
 
 /// The listening API socket. The socket file is removed when this is dropped, unless something else
@@ -166,14 +168,22 @@ pub trait TerminationSignals: AsRawFd {
     fn take(&self) -> Option<i32>;
 }
 
-/// Serves the API on `socket` (if any) until the guest ends or a termination signal arrives.
+/// Serves the API on `socket` (if any) until the guest ends or a termination signal arrives. `after_start`
+/// runs once, on this thread, as soon as the VM is running (the `hull` binary narrows this thread's seccomp
+/// filter there); if it fails, serving stops with that error.
 pub fn run(
     instance: &mut Instance,
     socket: Option<&ApiSocket>,
     signals: &impl TerminationSignals,
+    after_start: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<Outcome, ServerError> {
     let mut connections: Vec<Connection> = Vec::new();
+    let mut started = false;
     loop {
+        if !started && instance.exit_fd().is_some() {
+            started = true;
+            after_start().map_err(ServerError::AfterStart)?;
+        }
         // Fixed slots first: signals, guest exit, listener; then one per connection.
         let exit_fd = instance.exit_fd().unwrap_or(-1);
         let listener_fd = socket.map_or(-1, |s| s.listener.as_raw_fd());

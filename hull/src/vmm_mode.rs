@@ -22,10 +22,13 @@ pub const EXIT_GENERIC_ERROR: i32 = 1;
 /// Runs the Firecracker-compatible mode. Returns the process exit status; the API socket is removed
 /// before this returns.
 pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
-    let filters = match Filters::load(
-        &args.seccomp,
-        &[ThreadKind::Api, ThreadKind::EventLoop, ThreadKind::Vcpu],
-    ) {
+    let kinds = [
+        ThreadKind::Api,
+        ThreadKind::ApiRunning,
+        ThreadKind::EventLoop,
+        ThreadKind::Vcpu,
+    ];
+    let filters = match Filters::load(&args.seccomp, &kinds) {
         Ok(filters) => filters,
         Err(e) => {
             tracing::error!("{e}");
@@ -74,7 +77,13 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
         }
     }
 
-    let outcome = server::run(&mut instance, socket.as_ref(), signals);
+    // Once the VM runs, this thread only serves the API and cleans up: narrow its filter to that.
+    let mut after_start = || {
+        filters
+            .apply_to_current_thread(ThreadKind::ApiRunning)
+            .map_err(|e| e.to_string())
+    };
+    let outcome = server::run(&mut instance, socket.as_ref(), signals, &mut after_start);
     // The socket goes first: whatever happens to the VM below, clients must not find a dead socket.
     drop(socket);
     match outcome {

@@ -5,7 +5,8 @@
 //! process with status [`EXIT_BAD_SYSCALL`] (Firecracker's 148).
 //!
 //! Where each filter goes on (all before the thread reads a client byte or touches guest data):
-//! - `api`: hull's main thread, right after the API socket is bound (`vmm_mode`);
+//! - `api`: hull's main thread, right after the API socket is bound (`vmm_mode`), and `api-running` on top
+//!   of it as soon as the VM runs (the API server's `after_start` hook);
 //! - `vmm` and `vcpu`: first thing in the event loop and each vCPU thread (`vmm::seccomp`);
 //! - `vhost-user-*`: the backend's main thread before it binds its socket, inherited by every thread the
 //!   vhost-user-backend crate starts later (`vhost_user`).
@@ -48,6 +49,8 @@ pub struct SeccompArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ThreadKind {
     Api,
+    /// The main thread once the VM runs: a second filter stacked on `Api`.
+    ApiRunning,
     EventLoop,
     Vcpu,
     VhostUser(VhostUserDevice),
@@ -58,6 +61,7 @@ impl ThreadKind {
     pub fn category(self) -> &'static str {
         match self {
             ThreadKind::Api => "api",
+            ThreadKind::ApiRunning => "api-running",
             ThreadKind::EventLoop => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::VhostUser(VhostUserDevice::Blk) => "vhost-user-blk",
@@ -70,6 +74,7 @@ impl ThreadKind {
     pub fn table(self) -> Table {
         match self {
             ThreadKind::Api => policy::api(),
+            ThreadKind::ApiRunning => policy::api_running(),
             ThreadKind::EventLoop => policy::event_loop(),
             ThreadKind::Vcpu => policy::vcpu(),
             ThreadKind::VhostUser(device) => policy::vhost_user(device),
@@ -179,16 +184,23 @@ fn from_file(path: &Path, kinds: &[ThreadKind]) -> Result<HashMap<ThreadKind, Ar
             reason: e.to_string(),
         }
     })?;
-    kinds
-        .iter()
-        .map(|&kind| {
-            let program = map.remove(kind.category()).ok_or(SeccompError::MissingCategory {
-                path: path.to_path_buf(),
-                category: kind.category(),
-            })?;
-            Ok((kind, Arc::new(program)))
-        })
-        .collect()
+    let mut programs = HashMap::new();
+    for &kind in kinds {
+        match map.remove(kind.category()) {
+            Some(program) => {
+                programs.insert(kind, Arc::new(program));
+            }
+            // Narrowing the main thread after the start is an extra; a file may leave it out.
+            None if kind == ThreadKind::ApiRunning => {}
+            None => {
+                return Err(SeccompError::MissingCategory {
+                    path: path.to_path_buf(),
+                    category: kind.category(),
+                })
+            }
+        }
+    }
+    Ok(programs)
 }
 
 /// Reporting a forbidden call: the filters return SECCOMP_RET_TRAP, the kernel sends SIGSYS to the thread,

@@ -11,6 +11,8 @@
 //! Thread kinds and their names in a `--seccomp-filter` file (Firecracker's categories where they exist):
 //! - `api`: hull's main thread, which serves the API socket and builds the VM (Firecracker's `api` and the
 //!   build half of its `vmm` thread);
+//! - `api-running`: stacked on the main thread once the VM runs, so from then on it keeps only what serving
+//!   the API and cleaning up need (optional in a `--seccomp-filter` file);
 //! - `vmm`: the event loop, `hull_events`, which emulates the virtio devices (Firecracker's `vmm` thread);
 //! - `vcpu`: each `hull_vcpuN` thread;
 //! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`: every thread of a `hull vhost-user` backend.
@@ -309,6 +311,29 @@ const API_OWN: &[Allow] = &[
     ),
 ];
 
+/// The main thread once the VM runs (`api-running`, stacked on `api` right after the VM started): it only
+/// serves the API (PATCH /drives opens the new image), pauses, resumes and kicks the vCPUs, and cleans up when
+/// the guest ends (joining threads, unmapping guest RAM, removing its sockets). Gone from then on: /dev/kvm
+/// and its ioctls, new threads, sockets and listeners, the TAP, signal handlers, new filters.
+const API_RUNNING: &[Allow] = &[
+    any("poll", libc::SYS_poll),
+    any("ppoll", libc::SYS_ppoll),
+    only("accept4", libc::SYS_accept4, &[&[eq(3, libc::SOCK_CLOEXEC as u32)]]),
+    any("read", libc::SYS_read),
+    any("pread64", libc::SYS_pread64),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("openat", libc::SYS_openat),
+    any("newfstatat", libc::SYS_newfstatat),
+    any("statx", libc::SYS_statx),
+    any("fstat", libc::SYS_fstat),
+    any("lseek", libc::SYS_lseek),
+    any("fsync", libc::SYS_fsync),
+    any("unlink", libc::SYS_unlink),
+    // A new API connection is made non-blocking.
+    only("ioctl", libc::SYS_ioctl, &[&[eq(1, FIONBIO)]]),
+];
+
 /// What a vhost-user backend needs whatever its device: the frontend's socket (accepting it, messages
 /// with fds, the guest memory it shares), vring eventfds and the worker threads' epoll.
 const VHOST_USER_COMMON: &[Allow] = &[
@@ -435,6 +460,11 @@ pub fn vcpu() -> Table {
 /// The main thread (`api`): its own needs plus what every thread it starts needs (filters are inherited).
 pub fn api() -> Table {
     Table::merge(&[RUNTIME, API_OWN, KICK, EVENT_LOOP, VCPU])
+}
+
+/// The main thread after the VM started (`api-running`), on top of `api`.
+pub fn api_running() -> Table {
+    Table::merge(&[RUNTIME, API_RUNNING, KICK])
 }
 
 /// A `hull vhost-user` backend, all its threads.

@@ -7,6 +7,7 @@ use super::*;
 fn all_kinds() -> Vec<ThreadKind> {
     vec![
         ThreadKind::Api,
+        ThreadKind::ApiRunning,
         ThreadKind::EventLoop,
         ThreadKind::Vcpu,
         ThreadKind::VhostUser(VhostUserDevice::Blk),
@@ -87,6 +88,12 @@ fn what_no_thread_may_do() {
     }
     assert!(!policy::vcpu().allows("openat") && !policy::vcpu().allows("socket"));
     assert!(!policy::event_loop().allows("openat"));
+    let running = policy::api_running();
+    for call in [
+        "clone3", "socket", "bind", "listen", "connect", "seccomp", "prctl", "eventfd2", "dup",
+    ] {
+        assert!(!running.allows(call), "api-running allows {call}");
+    }
 }
 
 /// Runs `call` in a forked child under `kind`'s filter; returns the child's exit status and what it wrote
