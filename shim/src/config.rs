@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(c.agent_policy(&serde_json::json!({})), Policy::all());
         let no_exec = c.agent_policy(&serde_json::json!({ "io.hull.policy.exec": "false" }));
         assert!(!no_exec.allows(Call::ExecProcess) && no_exec.allows(Call::ReadFile));
-        assert_eq!(c.agent_policy(&serde_json::json!({ "io.hull.policy.exec": "true" })), Policy::all());
+        assert_eq!(
+            c.agent_policy(&serde_json::json!({ "io.hull.policy.exec": "true" })),
+            Policy::all()
+        );
         let c = ShimConfig::parse("agent_policy = \"-UpdateResources\"").unwrap();
         assert!(!c.agent_policy(&serde_json::Value::Null).allows(Call::UpdateResources));
         assert!(ShimConfig::parse("agent_policy = \"-Exec\"").is_err());
