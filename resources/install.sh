@@ -2,17 +2,24 @@
 # Installs hull for containerd on this machine; idempotent, no arguments needed (run as root from a clone):
 #   /usr/local/bin/{hull,hull-jailer,containerd-shim-hull-v2}  release builds of this checkout
 #   /var/lib/hull/{vmlinux,initramfs.cpio}             the guest kernel and the agent's initramfs
+#   /var/lib/hull/images, /run/hull/shim               the shim's image cache and VM directories (0700)
 #   /etc/hull/shim.toml                                the shim's config (kept if present)
 #   /etc/containerd/config.toml                        gains the `hull` runtime handler (once)
 #   QEMU (Debian's qemu-system-x86), for hosts where KVM cannot run guest user space
 # Then: systemctl restart containerd; kubectl apply -f resources/runtimeclass.yaml
 # Environment: PREFIX (default /usr/local), HULL_LIB (default /var/lib/hull), HULL_ETC (default /etc/hull),
-# CONTAINERD_CONFIG (default /etc/containerd/config.toml), HULL_PROFILE (release; `debug` reuses a debug build).
+# HULL_RUN (default /run/hull), CONTAINERD_CONFIG (default /etc/containerd/config.toml), HULL_PROFILE (release;
+# `debug` reuses a debug build).
+# Modes, whatever the caller's umask (docs/SECURITY.md, "Host files"): hull's state directories 0700 (packed
+# images hold what containers mount, Secrets included); binaries 0755; the kernel, the initramfs and their
+# directory 0755/0644 (public, usable by an unprivileged `hull run --kernel`); the config 0644 (paths and
+# sizes, no secrets), written privately and made readable before it is moved into place.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="${PREFIX:-/usr/local}"
 lib="${HULL_LIB:-/var/lib/hull}"
 etc="${HULL_ETC:-/etc/hull}"
+run="${HULL_RUN:-/run/hull}"
 ctd_config="${CONTAINERD_CONFIG:-/etc/containerd/config.toml}"
 say() { echo "[install] $*" >&2; }
 
@@ -42,18 +49,23 @@ say "building the guest kernel and initramfs (cached)"
 out="$(bash "$here/resources/build-guest.sh")"
 kernel="$(sed -n 's/^kernel=//p' <<<"$out" | tail -1)"
 initrd="$(sed -n 's/^initrd=//p' <<<"$out" | tail -1)"
-install -D -m 0644 "$kernel" "$lib/vmlinux"
-install -D -m 0644 "$initrd" "$lib/initramfs.cpio"
-mkdir -p "$lib/images"
+install -d -m 0755 "$lib"
+install -m 0644 "$kernel" "$lib/vmlinux"
+install -m 0644 "$initrd" "$lib/initramfs.cpio"
+# install -d also tightens directories an older install left 0755, and the images in the cache with them.
+install -d -m 0700 "$lib/images" "$run" "$run/shim"
+find "$lib/images" -maxdepth 1 -type f ! -perm 0600 -exec chmod 0600 {} +
 
 if [ ! -e "$etc/shim.toml" ]; then
-  mkdir -p "$etc"
-  # Point the shim at what was just installed when the locations are not the defaults it looks at.
-  sed -e "s|^# hull_binary = .*|hull_binary = \"$prefix/bin/hull\"|" \
+  install -d -m 0755 "$etc"
+  # Point the shim at what was just installed when the locations are not the defaults it looks at. Written
+  # owner-only (no other user can open it meanwhile and keep the descriptor), made 0644 before the move.
+  (umask 077; sed -e "s|^# hull_binary = .*|hull_binary = \"$prefix/bin/hull\"|" \
       -e "s|^# kernel = .*|kernel = \"$lib/vmlinux\"|" \
       -e "s|^# initrd = .*|initrd = \"$lib/initramfs.cpio\"|" \
       -e "s|^image_cache = .*|image_cache = \"$lib/images\"|" \
-      "$here/resources/shim.toml" > "$etc/shim.toml.new"
+      -e "s|^work_dir = .*|work_dir = \"$run/shim\"|" \
+      "$here/resources/shim.toml" > "$etc/shim.toml.new")
   chmod 0644 "$etc/shim.toml.new"
   mv "$etc/shim.toml.new" "$etc/shim.toml"
   say "wrote $etc/shim.toml"
