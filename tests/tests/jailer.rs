@@ -297,3 +297,78 @@ fn a_jailed_linux_kernel_reaches_run_init() {
     );
     hull.kill();
 }
+
+/// `--daemonize --new-pid-ns`: the jailer returns at once (status 0), hull runs detached as PID 1 of a PID
+/// namespace of its own, still jailed, and its PID (as this namespace sees it) is in `/hull.pid`.
+#[test]
+fn daemonized_hull_runs_as_pid_1_of_its_own_pid_namespace() {
+    require_kvm!("daemonized_hull_runs_as_pid_1_of_its_own_pid_namespace");
+    let base = TempDir::new("jail-daemon").expect("temp dir");
+    let id = format!("daemon-{}", std::process::id());
+    let jail = Jail::prepare(&jail_config(base.path()), &hull_bin(), &id).expect("prepare the jail");
+    let args = jailer_args(
+        &id,
+        base.path(),
+        &["--daemonize", "--new-pid-ns"],
+        &["--api-sock", "/run/api.sock"],
+    );
+    let status = Command::new(jailer_bin())
+        .args(&args)
+        .status()
+        .expect("run hull-jailer");
+    assert!(status.success(), "hull-jailer --daemonize: {status}");
+    // The PID file is written by the process that forked hull into the new namespace, just before it exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(jail.host_path("/hull.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no /hull.pid in the jail");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of the hull this test started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _hull = KillOnDrop(pid);
+    let sock = jail.host_path("/run/api.sock");
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemonized hull's API socket never answered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = pid as u32;
+    // NSpid: its PID here, then 1 in its own namespace.
+    assert_eq!(
+        status_line(pid, "NSpid:").split(' ').last(),
+        Some("1"),
+        "{}",
+        status_line(pid, "NSpid:")
+    );
+    assert_eq!(
+        status_line(pid, "Uid:"),
+        format!("{JAIL_ID} {JAIL_ID} {JAIL_ID} {JAIL_ID}")
+    );
+    // setsid: it leads a session of its own, away from this test's terminal.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let session = fields[3];
+    // SAFETY: getsid(0) only reads this process's session.
+    assert_ne!(
+        session,
+        unsafe { libc::getsid(0) }.to_string(),
+        "still in the test's session"
+    );
+    let api = ApiClient::new(&sock);
+    let resp = api.request("GET", "/", None).expect("GET /");
+    assert!(resp.is_success() && resp.body.contains(&id), "{}", resp.body);
+}
