@@ -24,8 +24,9 @@ log "building the guest (resources/build-guest.sh; the first kernel build takes 
 guest=$(bash resources/build-guest.sh)
 kernel=$(sed -n 's/^kernel=//p' <<<"$guest" | tail -n 1)
 initrd=$(sed -n 's/^initrd=//p' <<<"$guest" | tail -n 1)
-log "building hull (cargo build --release)"
-cargo build --release --quiet -p hull
+log "building hull and hull-jailer (cargo build --release)"
+# hull run starts the VM's processes through hull-jailer, found next to hull.
+cargo build --release --quiet -p hull -p hull-jailer
 hull=target/release/hull
 
 work=$(mktemp -d)
