@@ -209,7 +209,7 @@ mod tests {
     fn the_vsock_filter_refuses_vsock_and_io_uring_only() {
         let progs = vsock_filters().unwrap();
         assert_eq!(progs.len(), 2);
-        let (r, w) = crate::sys::pipe().unwrap();
+        let (mut r, w) = crate::sys::pipe().unwrap();
         use std::os::fd::AsRawFd;
         // SAFETY: the child makes system calls only (the programs were compiled before the fork) and leaves
         // with _exit.
@@ -244,7 +244,7 @@ mod tests {
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
         let mut got = Vec::new();
         use std::io::Read;
-        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        r.read_to_end(&mut got).unwrap();
         let e = |v: i32| v as u8;
         assert_eq!(got, [e(VSOCK_ERRNO), e(VSOCK_ERRNO), 0, 0, e(IO_URING_ERRNO)]);
     }
