@@ -12,10 +12,8 @@
 //! - sockets are non-blocking, so one slow client never stalls the others, and a misbehaving one is
 //!   answered 400 and closed.
 
-use std::ffi::CString;
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,10 +33,6 @@ pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection with nothing in flight stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Permissions of the socket file: the owner only.
-const SOCKET_MODE: libc::mode_t = 0o600;
-/// Pending connections the kernel queues before hull accepts them.
-const LISTEN_BACKLOG: libc::c_int = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -71,10 +65,13 @@ impl ApiSocket {
             path: path.to_path_buf(),
             source,
         })?;
-        let listener = listen_owner_only(path).map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Owner-only from the moment the file exists, whatever the umask (the mode is set before bind).
+        let listener = stale_socket::bind_owner_only(path).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
         Ok(ApiSocket {
             listener,
             path: OwnedSocketPath::new(path),
@@ -84,64 +81,6 @@ impl ApiSocket {
     pub fn path(&self) -> &Path {
         self.path.path()
     }
-}
-
-/// socket, bind, chmod 0600, then listen: until `listen` no client can connect, so no client ever reaches
-/// the socket while the umask's permissions are on it.
-fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            "path too long for a unix socket",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let c_path = CString::new(bytes).map_err(|_| io::Error::new(ErrorKind::InvalidInput, "NUL in path"))?;
-
-    // SAFETY: plain socket creation; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `c_path` is a NUL-terminated path.
-    if unsafe { libc::chmod(c_path.as_ptr(), SOCKET_MODE) } < 0 {
-        let err = io::Error::last_os_error();
-        let _ = std::fs::remove_file(path);
-        return Err(err);
-    }
-    // SAFETY: `fd` is a bound socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
-        let err = io::Error::last_os_error();
-        let _ = std::fs::remove_file(path);
-        return Err(err);
-    }
-    Ok(UnixListener::from(fd))
 }
 
 /// Why the main loop ended.
