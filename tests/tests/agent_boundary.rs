@@ -91,7 +91,7 @@ fn attack_with_kernel(name: &str, opts: &[&str], kernel: Option<&Path>) -> Vec<S
 }
 
 /// The line for one attempt; there must be exactly one.
-fn line<'a>(lines: &'a [String], uid: u32, cid: u32, port: u32) -> &'a str {
+fn line(lines: &[String], uid: u32, cid: u32, port: u32) -> &str {
     let prefix = format!("uid={uid} cid={cid} port={port} ");
     let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(&prefix)).collect();
     assert_eq!(found.len(), 1, "{prefix}in {lines:#?}");
