@@ -59,10 +59,10 @@ const fn masked(index: u8, mask: u32, value: u32) -> Arg {
     Arg { index, mask, value }
 }
 
-// --- ioctl request numbers (asm-generic/ioctl.h), computed from the kernel structures they carry.
-/// The only mode hull gives a socket it binds (devices::stale_socket::SOCKET_FILE_MODE).
-const SOCKET_FILE_MODE: u32 = devices::stale_socket::SOCKET_FILE_MODE as u32;
+/// The only mode hull gives a socket it binds (devices::stale_socket::SOCKET_FILE_MODE; mode_t is u32).
+const SOCKET_FILE_MODE: u32 = devices::stale_socket::SOCKET_FILE_MODE;
 
+// --- ioctl request numbers (asm-generic/ioctl.h), computed from the kernel structures they carry.
 const KVMIO: u32 = 0xAE;
 const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
     (dir << 30) | ((size as u32) << 16) | (KVMIO << 8) | nr
@@ -275,11 +275,7 @@ const API_OWN: &[Allow] = &[
             &[eq(0, libc::PR_SET_NO_NEW_PRIVS as u32)],
         ],
     ),
-    only(
-        "seccomp",
-        libc::SYS_seccomp,
-        &[&[eq(0, libc::SECCOMP_SET_MODE_FILTER as u32)]],
-    ),
+    only("seccomp", libc::SYS_seccomp, &[&[eq(0, libc::SECCOMP_SET_MODE_FILTER)]]),
     only(
         "ioctl",
         libc::SYS_ioctl,
@@ -406,8 +402,12 @@ const VHOST_USER_NET: &[Allow] = &[only(
 /// unconditionally if either says so, else under the union of their argument rules.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    pub entries: Vec<(i64, &'static str, Option<Vec<&'static [Arg]>>)>,
+    /// (number, name, the alternatives of argument conditions, or None for any arguments), by number.
+    pub entries: Vec<(i64, &'static str, Option<ArgRules>)>,
 }
+
+/// Alternatives of argument conditions: a call matches if all conditions of one alternative hold.
+pub type ArgRules = Vec<&'static [Arg]>;
 
 impl Table {
     fn merge(groups: &[&[Allow]]) -> Table {
