@@ -141,10 +141,55 @@ pub fn choose(requested: BackendKind) -> (BackendKind, String) {
 }
 
 pub fn start(kind: BackendKind, cfg: &VmLaunchConfig) -> Result<Box<dyn Vm>, BackendError> {
+    start_in_cgroup(kind, cfg, &[])
+}
+
+/// Starts the VM with every process it spawns (the VMM or QEMU, and the device backends) in the cgroups
+/// whose `cgroup.procs` files are `cgroup_procs` (one per hierarchy; the containerd shim's pod cgroup).
+pub fn start_in_cgroup(
+    kind: BackendKind,
+    cfg: &VmLaunchConfig,
+    cgroup_procs: &[PathBuf],
+) -> Result<Box<dyn Vm>, BackendError> {
     match kind {
-        BackendKind::Kvm => Ok(Box::new(KvmVm::start(cfg)?)),
-        _ => Ok(Box::new(QemuVm::start(cfg)?)),
+        BackendKind::Kvm => Ok(Box::new(KvmVm::start(cfg, cgroup_procs)?)),
+        _ => Ok(Box::new(QemuVm::start(cfg, cgroup_procs)?)),
     }
+}
+
+/// Makes `cmd`'s process join the cgroups of `cgroup_procs` between fork and exec (writing `0` moves the
+/// writer), so it never runs, and never allocates, outside them. A failed join fails the spawn.
+fn join_cgroups(cmd: &mut Command, cgroup_procs: &[PathBuf]) -> Result<(), BackendError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if cgroup_procs.is_empty() {
+        return Ok(());
+    }
+    let files = cgroup_procs
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|source| BackendError::Spawn {
+                    what: format!("joining cgroup {}", p.display()),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<std::fs::File>, _>>()?;
+    // SAFETY: write(2) is async-signal-safe; the descriptors (close-on-exec) belong to the closure, which
+    // `cmd` keeps until the spawn is over.
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &files {
+                if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Kernel parameters for a guest on QEMU TCG, where every timer-driven calibration costs real time:
@@ -180,12 +225,14 @@ fn vhost_user(
     name: &str,
     socket: &Path,
     args: &[std::ffi::OsString],
+    cgroup_procs: &[PathBuf],
 ) -> Result<ChildGuard, BackendError> {
     let mut all: Vec<std::ffi::OsString> = vec!["vhost-user".into()];
     all.extend(args.iter().cloned());
     all.extend(["--log-level".into(), "Warning".into()]);
     // Jailed: each backend in a chroot of its own; they share the hull binary (hard links), as they are many.
-    let cmd = files.command(cfg.hull, &all, true);
+    let mut cmd = files.command(cfg.hull, &all, true);
+    join_cgroups(&mut cmd, cgroup_procs)?;
     let log = cfg.dir.join(format!("{name}.log"));
     let output = capped(&log)?;
     let mut child = ChildGuard::spawn(name, cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
@@ -246,7 +293,7 @@ fn os(s: impl AsRef<std::ffi::OsStr>) -> std::ffi::OsString {
 }
 
 impl QemuVm {
-    fn start(cfg: &VmLaunchConfig) -> Result<QemuVm, BackendError> {
+    fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<QemuVm, BackendError> {
         let d = cfg.dir;
         let mut backends = Vec::new();
         let mut blk_args = Vec::new();
@@ -266,7 +313,7 @@ impl QemuVm {
                 args.push(os("--read-only"));
             }
             let name = format!("vhost-user-blk{i}");
-            backends.push(vhost_user(cfg, &files, &name, &sock, &args)?);
+            backends.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
             jails.push(files);
         }
@@ -291,7 +338,7 @@ impl QemuVm {
                 os(control_arg),
             ];
             let name = format!("vhost-user-{id}");
-            backends.push(vhost_user(cfg, &files, &name, &sock, &args)?);
+            backends.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
             controls.push((id, control, files));
         }
@@ -307,7 +354,14 @@ impl QemuVm {
             os("--uds-path"),
             os(uds_arg),
         ];
-        backends.push(vhost_user(cfg, &files, "vhost-user-vsock", &vsock_sock, &args)?);
+        backends.push(vhost_user(
+            cfg,
+            &files,
+            "vhost-user-vsock",
+            &vsock_sock,
+            &args,
+            cgroup_procs,
+        )?);
         jails.push(files);
         let mut net_sock = PathBuf::new();
         if let Some(tap) = cfg.tap {
@@ -317,7 +371,7 @@ impl QemuVm {
                 crate::jail::set_tap_owner(tap, cfg.netns, j.uid, j.gid)?;
             }
             let args = [os("net"), os("--socket"), os(sock_arg), os("--tap"), os(tap)];
-            backends.push(vhost_user(cfg, &files, "vhost-user-net", &sock, &args)?);
+            backends.push(vhost_user(cfg, &files, "vhost-user-net", &sock, &args, cgroup_procs)?);
             jails.push(files);
             net_sock = sock;
         }
@@ -411,6 +465,7 @@ impl QemuVm {
                     },
                 ]);
         }
+        join_cgroups(&mut cmd, cgroup_procs)?;
         cmd.current_dir(&qemu_dir);
         let console_output = capped(&console)?;
         let qemu =
@@ -557,7 +612,7 @@ impl ProcFiles {
 }
 
 impl KvmVm {
-    fn start(cfg: &VmLaunchConfig) -> Result<KvmVm, BackendError> {
+    fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<KvmVm, BackendError> {
         let d = cfg.dir;
         let files = ProcFiles::new(cfg, "vmm")?;
         let (api, api_arg) = files.own("run/api.sock");
@@ -585,6 +640,7 @@ impl KvmVm {
         let initrd = files.give(cfg.initrd, "initrd", Access::Read)?;
         let log = d.join("hull-vmm.log");
         let output = capped(&log)?;
+        join_cgroups(&mut cmd, cgroup_procs)?;
         let mut hull =
             ChildGuard::spawn("hull", cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
                 what: "hull".into(),

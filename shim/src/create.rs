@@ -7,6 +7,10 @@
 //!
 //! Everything in the bundle and the request is containerd's client's and not trusted: ids are validated,
 //! the spec is parsed without panics ([`crate::guest_spec`]), and a failure releases the disks taken so far.
+//!
+//! Locks: the id is reserved in the state ("creating") and the state lock let go; the VM's lock covers the
+//! host-side steps (boot, images, disks); the agent's CreateContainer and the stdio streams run with no lock
+//! held, so a guest that stalls them holds up this Create only ([`crate::tasks`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,13 +20,14 @@ use containerd_shim::protos::api::Mount;
 use hull_runtime::container::{GuestDisk, GuestFile, NewContainer, VolumeMount};
 use hull_runtime::guard::RunDir;
 
+use crate::cgroup::{self, PodCgroup};
 use crate::config::{ShimConfig, MAX_SLOTS};
 use crate::error::ShimError;
 use crate::guest_spec::{self, GuestSpec};
 use crate::pod::{BootRequest, Pod};
 use crate::process::{Proc, StdioAddrs};
 use crate::rootfs;
-use crate::state::Container;
+use crate::state::{Container, PodInfo};
 use crate::tasks::Tasks;
 use crate::vm_record::VmRecord;
 use crate::watch;
@@ -44,6 +49,19 @@ struct Bundle {
     cfg: ShimConfig,
     guest: GuestSpec,
     rootfs: rootfs::Source,
+    /// The spec's `linux.cgroupsPath`: the VM's cgroup when this container boots it.
+    cgroups_path: Option<String>,
+    /// The pod's limits for that cgroup (a sandbox's only: a lone container's limits are its own, enforced
+    /// in the guest).
+    limits: cgroup::Limits,
+}
+
+/// The container's disks in the VM, as the agent's request names them.
+struct Placed {
+    rootfs: GuestDisk,
+    volumes: Vec<VolumeMount>,
+    /// Disk keys held (released again if the guest refuses the container).
+    held: Vec<String>,
 }
 
 impl Tasks {
@@ -56,39 +74,148 @@ impl Tasks {
     }
 
     fn create_container(self: &Arc<Self>, req: &CreateTask) -> Result<u32, ShimError> {
-        let b = read_bundle(req)?;
+        let mut b = read_bundle(req)?;
         let id = req.id;
+        {
+            let mut st = self.lock();
+            if st.containers.contains_key(id) || !st.creating.insert(id.to_string()) {
+                return Err(ShimError::ContainerExists(id.into()));
+            }
+        }
+        let made = self.make_container(req, &mut b);
         let mut st = self.lock();
-        if st.containers.contains_key(id) {
-            return Err(ShimError::ContainerExists(id.into()));
-        }
-        // A new VM gets its directory first: images made for this container alone go there, and go with it.
-        let new_dir = match &st.pod {
-            Some(_) => None,
-            None => Some(vm_dir(&b.cfg.work_dir)?),
+        st.creating.remove(id);
+        let (container, pid) = made?;
+        st.containers.insert(id.into(), container);
+        Ok(pid)
+    }
+
+    /// The container, made with its id reserved and the state unlocked.
+    fn make_container(self: &Arc<Self>, req: &CreateTask, b: &mut Bundle) -> Result<(Container, u32), ShimError> {
+        let id = req.id;
+        let (placed, pid) = self.place(req, b)?;
+        let guest = {
+            let st = self.lock();
+            st.agent()
+                .and_then(|a| Ok((a, st.pod.as_ref().ok_or(ShimError::NoVm)?.uds.clone())))
         };
-        let work = match (&st.pod, &new_dir) {
-            (Some(p), _) => p.dir.path().to_path_buf(),
-            (None, Some(d)) => d.path().to_path_buf(),
-            (None, None) => return Err(ShimError::NoVm),
+        let (agent, uds) = match guest {
+            Ok(g) => g,
+            Err(e) => {
+                self.release_disks(&placed.held);
+                return Err(e);
+            }
         };
-        let image = rootfs::prepare(&b.rootfs, &b.cfg.image_cache, &work, &format!("rootfs-{id}"))
-            .map_err(|source| ShimError::Rootfs { id: id.into(), source })?;
-        if let Some(dir) = new_dir {
-            let pod = self.boot(id, &b, dir, &image)?;
-            let uds = pod.vm.vsock_uds().to_path_buf();
-            st.pod = Some(pod);
-            watch::vm(self);
-            watch::oom(self, uds);
+        // The guest's part, with no lock held.
+        let mut init = Proc::new(&req.stdio);
+        let creq = NewContainer {
+            id,
+            oci_spec: &b.guest.spec,
+            rootfs: placed.rootfs,
+            volumes: placed.volumes,
+            files: b
+                .guest
+                .files
+                .iter()
+                .map(|f| GuestFile {
+                    name: &f.name,
+                    content: &f.content,
+                    mode: f.mode,
+                    copy_back: f.write_back.is_some(),
+                })
+                .collect(),
+            streams: init.streams(),
         }
-        let st = &mut *st;
-        let pod = st.pod.as_mut().ok_or(ShimError::NoVm)?;
-        if pod.dead {
+        .request();
+        let in_guest = agent.create(creq).map_err(ShimError::agent(id)).and_then(|()| {
+            init.attach(&agent, &uds, id, "").map_err(|source| {
+                let _ = agent.remove(id);
+                ShimError::Attach {
+                    id: id.into(),
+                    exec: String::new(),
+                    source: Box::new(source),
+                }
+            })
+        });
+        if let Err(e) = in_guest {
+            self.release_disks(&placed.held);
+            return Err(e);
+        }
+        let write_back = b
+            .guest
+            .files
+            .iter_mut()
+            .filter_map(|f| Some((f.name.clone(), Arc::new(f.write_back.take()?))))
+            .collect();
+        let container = Container {
+            bundle: req.bundle.into(),
+            init,
+            execs: HashMap::new(),
+            disks: placed.held,
+            write_back,
+            oom_reported: false,
+        };
+        Ok((container, pid))
+    }
+
+    fn release_disks(&self, held: &[String]) {
+        if let Some(pod) = self.vm().as_mut() {
+            for k in held {
+                pod.release_disk(k);
+            }
+        }
+    }
+
+    /// The host side, under the VM's lock: the VM (booted by the pod's first container, in the pod's
+    /// cgroup), the rootfs image and the volumes as disks, the VM record in the bundle. Returns the disks and
+    /// the PID containerd sees.
+    fn place(self: &Arc<Self>, req: &CreateTask, b: &Bundle) -> Result<(Placed, u32), ShimError> {
+        let id = req.id;
+        let mut vm = self.vm();
+        let image = match vm.as_ref() {
+            Some(pod) => rootfs::prepare(&b.rootfs, &b.cfg.image_cache, pod.dir.path(), &format!("rootfs-{id}"))
+                .map_err(|source| ShimError::Rootfs { id: id.into(), source })?,
+            None => {
+                // A new VM gets its directory first: images made for this container alone go there, and go
+                // with it.
+                let dir = vm_dir(&b.cfg.work_dir)?;
+                let image = rootfs::prepare(&b.rootfs, &b.cfg.image_cache, dir.path(), &format!("rootfs-{id}"))
+                    .map_err(|source| ShimError::Rootfs { id: id.into(), source })?;
+                let cgroup = match &b.cgroups_path {
+                    Some(path) => Some(
+                        PodCgroup::create(Path::new(cgroup::ROOT), path, &b.limits)
+                            .map_err(|source| ShimError::Cgroup { id: id.into(), source })?,
+                    ),
+                    None => None,
+                };
+                if let Some(cg) = &cgroup {
+                    log::info!(
+                        "the VM's processes go into the pod's cgroup {:?} (limits {:?})",
+                        cg.dirs(),
+                        b.limits
+                    );
+                }
+                let pod = self.boot(id, b, dir, &image, cgroup)?;
+                let uds = pod.vm.vsock_uds().to_path_buf();
+                self.lock().pod = Some(PodInfo {
+                    agent: pod.agent.clone(),
+                    vmm_pid: pod.vm.vmm_pid(),
+                    uds: uds.clone(),
+                    dead: false,
+                });
+                *vm = Some(pod);
+                watch::vm(self);
+                watch::oom(self, uds);
+                image
+            }
+        };
+        let pod = vm.as_mut().ok_or(ShimError::NoVm)?;
+        if self.lock().pod.as_ref().is_none_or(|p| p.dead) {
             return Err(ShimError::VmGone);
         }
         let mut held = Vec::new();
-        let init = match add_to_vm(pod, req, &b.guest, &image, &mut held) {
-            Ok(p) => p,
+        let placed = match add_disks(pod, id, &b.guest, &image, &mut held) {
+            Ok((rootfs, volumes)) => Placed { rootfs, volumes, held },
             Err(e) => {
                 for k in &held {
                     pod.release_disk(k);
@@ -96,34 +223,25 @@ impl Tasks {
                 return Err(e);
             }
         };
-        let pid = pod.vm.vmm_pid();
         VmRecord {
             shim_pid: std::process::id(),
             vm_pids: pod.pids(),
             work_dir: pod.dir.path().to_path_buf(),
+            cgroups: pod.cgroup.as_ref().map(|c| c.created().to_vec()).unwrap_or_default(),
         }
         .write(Path::new(req.bundle));
-        let write_back = b
-            .guest
-            .files
-            .iter()
-            .filter_map(|f| Some((f.name.clone(), f.write_back.clone()?)))
-            .collect();
-        st.containers.insert(
-            id.into(),
-            Container {
-                bundle: req.bundle.into(),
-                init,
-                execs: HashMap::new(),
-                disks: held,
-                write_back,
-            },
-        );
-        Ok(pid)
+        Ok((placed, pod.vm.vmm_pid()))
     }
 
     /// Boots the pod's VM with the first container's rootfs image as its first disk.
-    fn boot(&self, id: &str, b: &Bundle, dir: RunDir, image: &rootfs::Image) -> Result<Pod, ShimError> {
+    fn boot(
+        &self,
+        id: &str,
+        b: &Bundle,
+        dir: RunDir,
+        image: &rootfs::Image,
+        cgroup: Option<PodCgroup>,
+    ) -> Result<Pod, ShimError> {
         let (cpus, mem_mib) = guest_spec::vm_size(&b.guest.spec, &b.cfg);
         let request = BootRequest {
             cfg: &b.cfg,
@@ -145,6 +263,7 @@ impl Tasks {
             netns: b.guest.netns.clone(),
             hostname: b.guest.hostname.clone(),
             dns: pod_dns(&b.guest),
+            cgroup,
             agent_policy: b.cfg.agent_policy(&b.guest.spec["annotations"]),
         };
         Pod::boot(request, &self.spawner).map_err(|source| ShimError::Boot {
@@ -167,6 +286,15 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     })?;
     let spec: serde_json::Value = serde_json::from_str(&text).map_err(|source| ShimError::SpecJson { path, source })?;
     let is_sandbox = spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox";
+    let cgroups_path = spec["linux"]["cgroupsPath"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
+    let limits = if is_sandbox {
+        cgroup::sandbox_limits(&spec)
+    } else {
+        cgroup::Limits::default()
+    };
     let cfg = ShimConfig::load(req.config_path.as_deref())?;
     crate::logging::set_format(cfg.log_format);
     let guest = guest_spec::for_guest(spec).map_err(|source| ShimError::Spec { id: id.into(), source })?;
@@ -187,6 +315,8 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
         cfg,
         guest,
         rootfs,
+        cgroups_path,
+        limits,
     })
 }
 
@@ -213,16 +343,15 @@ fn pod_dns(g: &GuestSpec) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The container in the running VM: its disks (recorded in `held`, for the caller to release on failure),
-/// the agent's CreateContainer, its stdio attached. Returns its init process.
-fn add_to_vm(
+/// The container's disks in the running VM (each recorded in `held`, for the caller to release on
+/// failure): its rootfs and its volumes.
+fn add_disks(
     pod: &mut Pod,
-    req: &CreateTask,
+    id: &str,
     g: &GuestSpec,
     image: &rootfs::Image,
     held: &mut Vec<String>,
-) -> Result<Proc, ShimError> {
-    let id = req.id;
+) -> Result<(GuestDisk, Vec<VolumeMount>), ShimError> {
     let disk_err = |what: &str| {
         let what = what.to_string();
         move |source| ShimError::Disk {
@@ -272,34 +401,5 @@ fn add_to_vm(
             container_path: v.destination.clone(),
         });
     }
-    let mut init = Proc::new(&req.stdio);
-    let creq = NewContainer {
-        id,
-        oci_spec: &g.spec,
-        rootfs,
-        volumes,
-        files: g
-            .files
-            .iter()
-            .map(|f| GuestFile {
-                name: &f.name,
-                content: &f.content,
-                mode: f.mode,
-                copy_back: f.write_back.is_some(),
-            })
-            .collect(),
-        streams: init.streams(),
-    }
-    .request();
-    pod.agent.create(creq).map_err(ShimError::agent(id))?;
-    let uds = pod.vm.vsock_uds().to_path_buf();
-    if let Err(source) = init.attach(&pod.agent, &uds, id, "") {
-        let _ = pod.agent.remove(id);
-        return Err(ShimError::Attach {
-            id: id.into(),
-            exec: String::new(),
-            source: Box::new(source),
-        });
-    }
-    Ok(init)
+    Ok((rootfs, volumes))
 }

@@ -51,6 +51,11 @@ pub enum ShimError {
     VmDir { path: PathBuf, source: std::io::Error },
     #[error("container {id}: starting the VM: {source}")]
     Boot { id: String, source: Box<PodError> },
+    #[error("container {id}: the pod's cgroup: {source}")]
+    Cgroup {
+        id: String,
+        source: crate::cgroup::CgroupError,
+    },
     #[error("container {0} already exists")]
     ContainerExists(String),
     #[error("exec {exec} of container {id} already exists")]
@@ -133,6 +138,7 @@ impl ShimError {
             | Disk { .. }
             | VmDir { .. }
             | Boot { .. }
+            | Cgroup { .. }
             | Agent { .. }
             | Attach { .. }
             | Metrics { .. } => Code::INTERNAL,

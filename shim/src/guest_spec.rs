@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::host_file::HostFile;
+
 pub const MAX_FILE: u64 = 1 << 20;
 pub const MAX_FILES: usize = 64;
 
@@ -54,9 +56,10 @@ pub struct CopiedFile {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
-    /// The host file, written back with the guest's copy when the container exits if the mount is
-    /// read-write (e.g. Kubernetes' `/dev/termination-log`).
-    pub write_back: Option<PathBuf>,
+    /// The host file, opened at Create without following symlinks ([`crate::host_file`]) and written back
+    /// with the guest's copy when the container exits, if the mount is read-write (e.g. Kubernetes'
+    /// `/dev/termination-log`).
+    pub write_back: Option<HostFile>,
 }
 
 /// A host directory the guest gets as a disk.
@@ -154,7 +157,31 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
             }
             match std::fs::metadata(&source) {
                 Ok(md) if md.is_file() && md.len() <= MAX_FILE && files.len() < MAX_FILES => {
-                    let content = read_bounded(&source).map_err(|e| SpecError::ReadSource {
+                    // A read-write mount goes back at exit through the descriptor opened here; what is
+                    // copied in is then read through it too. A path that cannot be opened that way (a
+                    // symlink in it) is copied in as before but never written back.
+                    let write_back = if read_only(&m) {
+                        None
+                    } else {
+                        match HostFile::open(&source) {
+                            Ok(h) => Some(h),
+                            Err(e) => {
+                                warnings.push(format!("mount {dest}: {e}; the guest's copy is not written back"));
+                                None
+                            }
+                        }
+                    };
+                    let read = match &write_back {
+                        Some(h) => h.read().and_then(|c| {
+                            if c.len() as u64 > MAX_FILE {
+                                Err(std::io::Error::other(format!("grew past {MAX_FILE} bytes")))
+                            } else {
+                                Ok(c)
+                            }
+                        }),
+                        None => read_bounded(&source),
+                    };
+                    let content = read.map_err(|e| SpecError::ReadSource {
                         path: source.clone(),
                         source: e,
                     })?;
@@ -164,7 +191,7 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
                         name: name.clone(),
                         content,
                         mode: md.permissions().mode() & 0o7777,
-                        write_back: (!read_only(&m)).then(|| source.clone()),
+                        write_back,
                     });
                     m["source"] = json!(format!("hull-file:{name}"));
                     out.push(m);

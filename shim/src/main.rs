@@ -6,12 +6,14 @@
 //! `io.kubernetes.cri.sandbox-id` annotation are grouped with their sandbox; a plain `ctr run` container
 //! gets a shim and a VM of its own.
 
+mod cgroup;
 mod config;
 mod create;
 mod error;
 mod events;
 mod guest_spec;
 mod logging;
+mod host_file;
 mod network;
 mod pod;
 mod process;

@@ -4,7 +4,8 @@
 //! image (or a second mount of the same host directory) reuses the disk the first one got.
 //!
 //! The VM's processes are started from one long-lived thread ([`Spawner`]): they carry PR_SET_PDEATHSIG,
-//! which fires when the *thread* that forked them ends, and ttrpc's worker threads come and go.
+//! which fires when the *thread* that forked them ends, and ttrpc's worker threads come and go. They run in
+//! the pod's cgroup ([`crate::cgroup`]) when the sandbox's spec names one; it goes with the pod.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -16,6 +17,7 @@ use hull_runtime::backend::{self, BackendKind, Drive, Vm};
 use hull_runtime::guard::RunDir;
 use hull_runtime::image::RootfsImage;
 
+use crate::cgroup::PodCgroup;
 use crate::config::ShimConfig;
 use crate::network::PodNetwork;
 
@@ -92,7 +94,8 @@ pub struct Pod {
     pub agent: Arc<Agent>,
     pub net: Option<PodNetwork>,
     disks: Vec<Disk>,
-    pub dead: bool,
+    /// Last, so that it is removed after the VM's processes are gone (fields drop in order).
+    pub cgroup: Option<PodCgroup>,
 }
 
 /// What the first container brings to the VM's boot.
@@ -110,6 +113,8 @@ pub struct BootRequest<'a> {
     pub dns: Vec<String>,
     /// Which agent calls the guest serves (from the config and the pod's annotations), fixed at boot.
     pub agent_policy: hull_agent_protocol::policy::Policy,
+    /// The pod's cgroup, made already; the VM's processes join it.
+    pub cgroup: Option<PodCgroup>,
 }
 
 impl Pod {
@@ -117,7 +122,10 @@ impl Pod {
     pub fn boot(req: BootRequest, spawner: &Spawner) -> Result<Pod, PodError> {
         let t0 = Instant::now();
         let cfg = req.cfg;
+        // Declared before the VM: on an early return it is removed after the VM's processes are killed.
+        let cgroup = req.cgroup;
         let dir = req.dir;
+        let cgroup_procs = cgroup.as_ref().map(PodCgroup::procs_files).unwrap_or_default();
         let (kind, why) = backend::choose(cfg.backend.into());
         log::info!("VM backend {kind:?} ({why})");
         let (kernel, initrd) = cfg.guest_files()?;
@@ -168,7 +176,7 @@ impl Pod {
                     agent_policy,
                     dir: &dir_path,
                 };
-                backend::start(kind, &vm_cfg)
+                backend::start_in_cgroup(kind, &vm_cfg, &cgroup_procs)
             })
             .ok_or(PodError::SpawnerGone)?;
         let mut vm = match started {
@@ -209,8 +217,8 @@ impl Pod {
             log::info!(
                 "VM up in {:?}: guest kernel {}, agent {}",
                 t0.elapsed(),
-                v.kernel_release,
-                v.agent_version
+                printable(&v.kernel_release),
+                printable(&v.agent_version)
             );
             if let Some(n) = &net {
                 agent.configure_network(n.guest.clone())?;
@@ -249,7 +257,7 @@ impl Pod {
             agent: Arc::new(agent),
             net,
             disks,
-            dead: false,
+            cgroup,
         })
     }
 
@@ -297,11 +305,22 @@ impl Pod {
     }
 
     /// Ends the VM at once (nothing in it outlives the pod: the rootfs is a read-only image under a tmpfs
-    /// layer and volumes are copies), kills what is left, removes the TAP.
+    /// layer and volumes are copies), kills what is left, removes the TAP, then the pod's cgroup.
     pub fn shutdown(mut self) {
         self.vm.stop(Duration::ZERO);
         if let Some(n) = &self.net {
             n.teardown();
         }
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
+        }
     }
+}
+
+/// A string from the guest as it may go into the shim's log: at most 64 characters, no control characters.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

@@ -83,37 +83,20 @@ impl Proc {
 
     /// Opens the agent's streams (before the process starts, so nothing is missed) and starts copying.
     pub fn attach(&mut self, agent: &Agent, uds: &std::path::Path, cid: &str, exec: &str) -> Result<(), AgentError> {
-        if self.terminal {
-            let term = agent.open_stream(cid, exec, Stream::Terminal)?;
-            if !self.stdout.is_empty() {
-                let from_guest = term.try_clone().map_err(io_agent)?;
-                let path = self.stdout.clone();
-                self.outputs
-                    .push(std::thread::spawn(move || copy_out(from_guest, &path)));
-            }
-            if !self.stdin.is_empty() {
-                let path = self.stdin.clone();
-                let closed = self.stdin_closed.clone();
-                std::thread::spawn(move || pump_in(&path, term, closed, None));
-            }
-            return Ok(());
-        }
-        for (path, stream) in [(&self.stdout, Stream::Stdout), (&self.stderr, Stream::Stderr)] {
-            if path.is_empty() {
-                continue;
-            }
-            let conn = agent.open_stream(cid, exec, stream)?;
-            let path = path.clone();
-            self.outputs.push(std::thread::spawn(move || copy_out(conn, &path)));
-        }
-        if !self.stdin.is_empty() {
-            let conn = agent.open_stream(cid, exec, Stream::Stdin)?;
-            let closer = Agent::connect(uds, Duration::from_secs(10))?;
-            let (path, closed) = (self.stdin.clone(), self.stdin_closed.clone());
-            let (cid, exec) = (cid.to_string(), exec.to_string());
-            std::thread::spawn(move || pump_in(&path, conn, closed, Some((closer, cid, exec))));
-        }
+        let outputs = self.stdio_plan().attach(agent, uds, cid, exec)?;
+        self.outputs.extend(outputs);
         Ok(())
+    }
+
+    /// What attaching needs, taken out so the guest calls happen without the shim's state locked.
+    pub fn stdio_plan(&self) -> StdioPlan {
+        StdioPlan {
+            stdin: self.stdin.clone(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            terminal: self.terminal,
+            stdin_closed: self.stdin_closed.clone(),
+        }
     }
 
     /// Waits (up to `limit`) for the output copies to finish.
@@ -127,6 +110,58 @@ impl Proc {
                 let _ = h.join();
             }
         }
+    }
+}
+
+/// A process's stdio as [`Proc::stdio_plan`] took it out; [`StdioPlan::attach`] talks to the guest.
+pub struct StdioPlan {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    stdin_closed: Arc<AtomicBool>,
+}
+
+impl StdioPlan {
+    /// Opens the agent's streams and starts copying; returns the output copiers (for [`Proc::drain`]).
+    pub fn attach(
+        &self,
+        agent: &Agent,
+        uds: &std::path::Path,
+        cid: &str,
+        exec: &str,
+    ) -> Result<Vec<JoinHandle<()>>, AgentError> {
+        let mut outputs = Vec::new();
+        if self.terminal {
+            let term = agent.open_stream(cid, exec, Stream::Terminal)?;
+            if !self.stdout.is_empty() {
+                let from_guest = term.try_clone().map_err(io_agent)?;
+                let path = self.stdout.clone();
+                outputs.push(std::thread::spawn(move || copy_out(from_guest, &path)));
+            }
+            if !self.stdin.is_empty() {
+                let path = self.stdin.clone();
+                let closed = self.stdin_closed.clone();
+                std::thread::spawn(move || pump_in(&path, term, closed, None));
+            }
+            return Ok(outputs);
+        }
+        for (path, stream) in [(&self.stdout, Stream::Stdout), (&self.stderr, Stream::Stderr)] {
+            if path.is_empty() {
+                continue;
+            }
+            let conn = agent.open_stream(cid, exec, stream)?;
+            let path = path.clone();
+            outputs.push(std::thread::spawn(move || copy_out(conn, &path)));
+        }
+        if !self.stdin.is_empty() {
+            let conn = agent.open_stream(cid, exec, Stream::Stdin)?;
+            let closer = Agent::connect(uds, Duration::from_secs(10))?;
+            let (path, closed) = (self.stdin.clone(), self.stdin_closed.clone());
+            let (cid, exec) = (cid.to_string(), exec.to_string());
+            std::thread::spawn(move || pump_in(&path, conn, closed, Some((closer, cid, exec))));
+        }
+        Ok(outputs)
     }
 }
 

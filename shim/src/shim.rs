@@ -159,6 +159,8 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
     if let Some(dir) = work_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
+    // Only directories under the cgroup mount (remove_dirs checks), and only empty ones go (rmdir).
+    crate::cgroup::remove_dirs(Path::new(crate::cgroup::ROOT), &rec.cgroups);
     VmRecord::remove(bundle);
     true
 }

@@ -1,11 +1,14 @@
-//! What the shim knows about its pod: the VM ([`Pod`], booted at the first Create) and the containers it
-//! runs, each with its init process and execs. Lookups by the ids containerd sends answer
-//! [`ShimError`]s (NOT_FOUND), never panic: the ids are containerd's client's and are not trusted to exist.
+//! What the shim knows about its pod: the VM's bookkeeping ([`PodInfo`]: its agent, VMM PID, whether it
+//! died) and the containers it runs, each with its init process and execs, plus the ids whose Create is in
+//! flight. The VM itself (processes, disks) is not here: it lives behind its own lock in
+//! [`crate::tasks::Tasks`], so nothing that waits on the VM or the guest ever holds this state.
 //!
-//! Lifecycle facts from containerd 1.6 shape it: the exit status of a process is kept until Delete (Kill and
-//! Wait after the exit succeed), and the VM goes with the last container.
+//! Lookups by the ids containerd sends answer [`ShimError`]s (NOT_FOUND), never panic: the ids are
+//! containerd's client's and are not trusted to exist. Lifecycle facts from containerd 1.6 shape it: the exit
+//! status of a process is kept until Delete (Kill and Wait after the exit succeed), and the VM goes with the
+//! last container.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use hull_runtime::agent::Agent;
 
 use crate::error::ShimError;
-use crate::pod::Pod;
+use crate::host_file::HostFile;
 use crate::process::Proc;
 
 pub struct Container {
@@ -23,8 +26,12 @@ pub struct Container {
     pub execs: HashMap<String, Proc>,
     /// Disk keys this container holds in the pod.
     pub disks: Vec<String>,
-    /// Read-write file mounts: the agent's file name and the host file it goes back to at exit.
-    pub write_back: Vec<(String, PathBuf)>,
+    /// Read-write file mounts: the agent's file name and the host file (opened at Create) it goes back to
+    /// at exit.
+    pub write_back: Vec<(String, Arc<HostFile>)>,
+    /// Whether containerd heard of an OOM kill in it already (the agent's OOM watch and a process's wait
+    /// status can both tell; containerd hears it once). Kept here, so it goes with the container.
+    pub oom_reported: bool,
 }
 
 impl Container {
@@ -50,10 +57,33 @@ pub struct ProcessView {
     pub exit: Option<(u32, Timestamp)>,
 }
 
+/// What an OOM report from the guest amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomReport {
+    /// No container of this shim has that id: dropped.
+    Unknown,
+    /// Published.
+    First,
+    /// Published already.
+    Repeat,
+}
+
+/// The pod's VM as the Task API calls need it; copied out of [`crate::pod::Pod`] at boot.
+pub struct PodInfo {
+    pub agent: Arc<Agent>,
+    pub vmm_pid: u32,
+    /// The host end of the VM's hybrid vsock.
+    pub uds: PathBuf,
+    /// The VM's process ended.
+    pub dead: bool,
+}
+
 #[derive(Default)]
 pub struct State {
-    pub pod: Option<Pod>,
+    pub pod: Option<PodInfo>,
     pub containers: HashMap<String, Container>,
+    /// Ids whose Create is in flight (reserved: a second Create of one is refused).
+    pub creating: HashSet<String>,
 }
 
 impl State {
@@ -74,7 +104,7 @@ impl State {
 
     /// The PID containerd sees for every process: the VMM's (the guest's PIDs mean nothing on the host).
     pub fn vmm_pid(&self) -> u32 {
-        self.pod.as_ref().map_or(0, |p| p.vm.vmm_pid())
+        self.pod.as_ref().map_or(0, |p| p.vmm_pid)
     }
 
     /// The agent of a VM that still runs.
@@ -86,9 +116,18 @@ impl State {
         }
     }
 
-    /// Whether the pod's VM still runs.
-    pub fn vm_running(&mut self) -> bool {
-        self.pod.as_mut().is_some_and(|p| !p.dead && p.vm.alive())
+    /// The guest reports an OOM kill in container `id`: whether containerd should hear of it now. Only a
+    /// container of this shim counts (not one being created, not one deleted), and only once; so what the
+    /// guest names cannot grow anything here.
+    pub fn note_oom(&mut self, id: &str) -> OomReport {
+        match self.containers.get_mut(id) {
+            None => OomReport::Unknown,
+            Some(c) if c.oom_reported => OomReport::Repeat,
+            Some(c) => {
+                c.oom_reported = true;
+                OomReport::First
+            }
+        }
     }
 
     /// Every process (container id, exec id) that has not exited yet.
@@ -120,20 +159,47 @@ impl State {
             exit: p.exit.clone(),
         })
     }
+}
 
-    /// Forgets container `id`: the guest removes it (while the VM runs) and its disks lose a user.
-    pub fn remove_container(&mut self, id: &str) -> Option<Container> {
-        let c = self.containers.remove(id);
-        if let (Some(c), Some(pod)) = (&c, self.pod.as_mut()) {
-            if !pod.dead {
-                if let Err(e) = pod.agent.remove(id) {
-                    log::warn!("removing {id} in the guest: {e}");
-                }
-            }
-            for k in &c.disks {
-                pod.release_disk(k);
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::StdioAddrs;
+
+    fn container() -> Container {
+        Container {
+            bundle: "/b".into(),
+            init: Proc::new(&StdioAddrs::default()),
+            execs: HashMap::new(),
+            disks: Vec::new(),
+            write_back: Vec::new(),
+            oom_reported: false,
         }
-        c
+    }
+
+    #[test]
+    fn oom_reports_count_only_for_this_shims_containers_and_once() {
+        let mut st = State::default();
+        st.containers.insert("c1".into(), container());
+        st.creating.insert("c2".into());
+        assert_eq!(st.note_oom("c1"), OomReport::First);
+        assert_eq!(st.note_oom("c1"), OomReport::Repeat);
+        assert_eq!(st.note_oom("c2"), OomReport::Unknown, "not created yet");
+        for i in 0..10_000 {
+            assert_eq!(st.note_oom(&format!("guest-made-{i}")), OomReport::Unknown);
+        }
+        assert_eq!(st.containers.len(), 1, "unknown ids leave nothing behind");
+        st.containers.remove("c1");
+        assert_eq!(
+            st.note_oom("c1"),
+            OomReport::Unknown,
+            "a deleted container's flag went with it"
+        );
+        st.containers.insert("c1".into(), container());
+        assert_eq!(
+            st.note_oom("c1"),
+            OomReport::First,
+            "a new container of the same id is reported again"
+        );
     }
 }

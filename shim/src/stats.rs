@@ -1,6 +1,7 @@
 //! The agent's cgroup v2 statistics of a container, converted to what containerd's Stats call carries:
 //! `io.containerd.cgroups.v2.Metrics` in an `Any`. The numbers come from the guest and are copied as they are
-//! (they are only reported, never used to decide anything on the host).
+//! (they are only reported, never used to decide anything on the host); the per-device list is cut at
+//! [`MAX_IO_DEVICES`].
 
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -8,6 +9,9 @@ use containerd_shim::protos::protobuf::Message;
 use hull_agent_protocol::agent::StatsContainerResponse;
 
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
+
+/// The most block devices whose I/O counters are reported (a VM has a handful of disks).
+pub const MAX_IO_DEVICES: usize = 64;
 
 /// cgroup v2 metrics from the agent's statistics.
 pub fn metrics(s: &StatsContainerResponse) -> v2::Metrics {
@@ -34,7 +38,7 @@ pub fn metrics(s: &StatsContainerResponse) -> v2::Metrics {
         pids.limit = p.max;
     }
     let mut io = v2::IOStat::new();
-    for d in &s.io {
+    for d in s.io.iter().take(MAX_IO_DEVICES) {
         let mut e = v2::IOEntry::new();
         e.major = d.major as u64;
         e.minor = d.minor as u64;
@@ -81,5 +85,7 @@ mod tests {
         assert_eq!((m.memory.usage, m.memory.usage_limit), (5 << 20, 64 << 20));
         assert_eq!((m.io.usage[0].major, m.io.usage[0].rbytes), (254, 4096));
         assert_eq!(m.cpu.usage_usec, 0);
+        s.io = vec![IoDeviceStats::new(); 10_000];
+        assert_eq!(metrics(&s).io.usage.len(), MAX_IO_DEVICES, "a flood of devices is cut");
     }
 }

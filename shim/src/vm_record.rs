@@ -23,6 +23,8 @@ pub struct VmRecord {
     pub vm_pids: Vec<u32>,
     /// The VM's own directory (sockets, logs, images made for it alone).
     pub work_dir: PathBuf,
+    /// The cgroup directories the shim made for the pod (parents first), removed after the VM is killed.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl VmRecord {
@@ -63,6 +65,7 @@ mod tests {
             shim_pid: 7,
             vm_pids: vec![8, 9],
             work_dir: PathBuf::from("/run/hull/shim/hull-run-x"),
+            cgroups: Vec::new(),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<VmRecord>(&text).unwrap(), r);

@@ -5,9 +5,11 @@
 //! - one per VM: when the VM's process ends, every process still running has exited with 137;
 //! - one per VM: the agent's OOM events.
 //!
-//! The guest is not trusted: an exit code no process can have is reported as 255 (never success), files
-//! read back are written only over a host file that is still a regular file, and a broken connection while
-//! the VM still runs is retried rather than taken as the process's death.
+//! The guest is not trusted: an exit code no process can have is reported as 255 (never success); exits and
+//! OOM kills are recorded only for processes and containers this shim created (an OOM report naming any
+//! other id is dropped, and a flood of them is slowed down); a file read back is refused above 1 MiB and
+//! written only through the descriptor opened at Create ([`crate::host_file`]); and a broken connection
+//! while the VM still runs is retried rather than taken as the process's death.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ pub fn process(tasks: &Arc<Tasks>, id: &str, exec: &str, uds: PathBuf) {
             let r = Agent::connect(&uds, Duration::from_secs(10)).and_then(|a| a.wait(&id, &exec));
             attempts += 1;
             match r {
-                Err(e) if attempts < 5 && tasks.lock().vm_running() => {
+                Err(e) if attempts < 5 && tasks.vm_running() => {
                     log::warn!("waiting for {id}/{exec}: {e}; retrying");
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -71,12 +73,14 @@ pub fn vm(tasks: &Arc<Tasks>) {
     let tasks = tasks.clone();
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(100));
+        match tasks.vm().as_mut().map(|pod| pod.vm.alive()) {
+            None => return,
+            Some(true) => continue,
+            Some(false) => {}
+        }
         let victims = {
             let mut st = tasks.lock();
             let Some(pod) = st.pod.as_mut() else { return };
-            if pod.vm.alive() {
-                continue;
-            }
             pod.dead = true;
             log::warn!("the VM ended; reporting its processes as killed");
             st.running()
@@ -95,14 +99,26 @@ pub fn oom(tasks: &Arc<Tasks>, uds: PathBuf) {
         let Ok(agent) = Agent::connect(&uds, Duration::from_secs(10)) else {
             return;
         };
+        let mut unknown = 0u64;
         while let Ok(ev) = agent.next_oom() {
-            tasks.oom(&ev.container_id);
+            if !tasks.oom(&ev.container_id) {
+                unknown += 1;
+                if unknown.is_power_of_two() {
+                    log::warn!(
+                        "the guest reported an OOM kill in {:?}, no container of this pod ({unknown} so far); ignored",
+                        crate::pod::printable(&ev.container_id)
+                    );
+                }
+                // A guest that floods them gets one answer per 10 ms at most.
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     });
 }
 
 /// Copies the container's read-write file mounts back to their host files (before its exit is reported,
-/// so whoever reacts to the exit, like the kubelet reading the termination log, finds them).
+/// so whoever reacts to the exit, like the kubelet reading the termination log, finds them): each through
+/// the descriptor opened at Create, at most 1 MiB.
 fn write_back_files(tasks: &Tasks, id: &str, uds: &Path) {
     let files = tasks
         .lock()
@@ -122,30 +138,13 @@ fn write_back_files(tasks: &Tasks, id: &str, uds: &Path) {
     for (name, host) in files {
         match agent.read_file(id, &name) {
             Ok(content) => {
-                if std::fs::read(&host).ok().as_deref() != Some(content.as_slice()) {
-                    if let Err(e) = write_regular_file(&host, &content) {
-                        log::warn!("container {id}: writing back {}: {e}", host.display());
-                    }
+                if let Err(e) = host.write_back(&content) {
+                    log::warn!("container {id}: {e}");
                 }
             }
-            Err(e) => log::warn!("container {id}: reading back {}: {e}", host.display()),
+            Err(e) => log::warn!("container {id}: reading back {}: {e}", host.path().display()),
         }
     }
-}
-
-/// Overwrites `path` with `content`, only if it is still a regular file (not a symlink put in its place).
-fn write_regular_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("no longer a regular file"));
-    }
-    f.set_len(0)?;
-    f.write_all(content)
 }
 
 /// The status containerd gets for the agent's report: 128+N for signal N, else the exit code; a code no

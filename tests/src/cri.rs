@@ -14,7 +14,8 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest,
+    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest,
     ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
@@ -338,6 +339,22 @@ impl Cri {
             .ok_or(CriError {
                 call: "ContainerStats",
                 message: "no stats in the answer".into(),
+            })
+    }
+
+    pub fn container_status(&self, id: &str) -> CriResult<ContainerStatus> {
+        let mut c = self.runtime();
+        let req = ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        self.block_on(c.container_status(req))
+            .map_err(err("ContainerStatus"))?
+            .into_inner()
+            .status
+            .ok_or(CriError {
+                call: "ContainerStatus",
+                message: "no status in the answer".into(),
             })
     }
 

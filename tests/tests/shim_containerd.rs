@@ -835,3 +835,222 @@ fn ctr_run_with_host_mounts() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=value\n");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
+
+/// Sends SIGCONT to a process on drop, so a test that stopped it never leaves it stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        // SAFETY: kill(2) of a VM process this test's containerd started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// The shim trusts no guest to answer: in a CRI pod, while the guest's replies are stalled (the vhost-user
+/// vsock backend stopped with SIGSTOP) in the middle of a container's CreateContainer, State of the pod's
+/// other container (`ctr task ls`, which asks the shim for every task's state) answers within a second, also
+/// while a Kill of that container waits for its own (stalled) guest call; once the guest answers again, the
+/// stalled Create and the Kill complete and everything ends cleanly.
+#[test]
+fn cri_stalled_guest_does_not_block_other_containers() {
+    require_root!("cri_stalled_guest_does_not_block_other_containers");
+    let s = setup(false);
+    let cri = s.ctd.cri_with_images();
+    let pod = cri
+        .run_pod_sandbox(HULL_HANDLER, &format!("stall-{}", std::process::id()), PodNetwork::Host)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let Some(vsock) = s.vm_pids().into_iter().find(|p| cmdline(*p).contains("vhost-user vsock")) else {
+        hull_tests::skip(
+            "cri_stalled_guest_does_not_block_other_containers",
+            "the VM has no separate vsock backend to stop (kvm backend)",
+        );
+        cri.stop_pod_sandbox(&pod.id).unwrap();
+        cri.remove_pod_sandbox(&pod.id).unwrap();
+        return;
+    };
+    let first = cri
+        .create_container(&pod, "first", BUSYBOX_IMAGE, &["sleep", "1000"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.start_container(&first)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let second = cri
+        .create_container(&pod, "second", BUSYBOX_IMAGE, &["sleep", "1000"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let state_of_first = || {
+        let t0 = Instant::now();
+        let ls = s.ctd.ctr_in(CRI_NAMESPACE, &["task", "ls"]);
+        let took = t0.elapsed();
+        assert!(ls.success(), "{ls:?}");
+        assert!(
+            ls.stdout.lines().any(|l| l.starts_with(&first) && l.contains("RUNNING")),
+            "{ls:?}"
+        );
+        took
+    };
+
+    // Stall the guest's replies, then start the second container: its shim Create (CRI creates the task at
+    // StartContainer) attaches its disk and then waits for the agent's CreateContainer reply.
+    let stopped = Stopped::stop(vsock);
+    let (socket, logs) = (s.ctd.socket().to_path_buf(), s.ctd.dir().join("pod-logs"));
+    let second_id = second.clone();
+    let starter = std::thread::spawn(move || {
+        let cri = hull_tests::cri::Cri::connect(&socket, &logs).unwrap();
+        let t0 = Instant::now();
+        (cri.start_container(&second_id), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!starter.is_finished(), "the second container's start should be waiting on the stalled guest");
+    let took = state_of_first();
+    assert!(took < Duration::from_secs(1), "State took {took:?} while a Create waited on the guest");
+    let status = cri.container_status(&first).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.state, k8s_cri::v1::ContainerState::ContainerRunning as i32);
+
+    // Kill needs the guest: it waits for its own SignalProcess, and blocks nobody else meanwhile.
+    let mut kill = std::process::Command::new("ctr");
+    kill.arg("--address")
+        .arg(s.ctd.socket())
+        .args(["-n", CRI_NAMESPACE, "task", "kill", "-s", "SIGKILL", &first]);
+    let mut kill = kill.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let took = state_of_first();
+    assert!(took < Duration::from_secs(1), "State took {took:?} while a Kill and a Create waited on the guest");
+
+    drop(stopped);
+    let (started, waited) = starter.join().unwrap();
+    started.unwrap_or_else(|e| panic!("{e} (after {waited:?})\n{}", s.ctd.report()));
+    assert!(kill.wait().unwrap().success(), "the Kill went through once the guest answered");
+    wait_until("the first container's task to end", Duration::from_secs(30), || {
+        !s.ctd
+            .ctr_in(CRI_NAMESPACE, &["task", "ls"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&first) && l.contains("RUNNING"))
+    });
+    let out = cri
+        .exec_sync(&second, &["uname", "-r"], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    assert_guest_kernel(&out.stdout, "the container created during the stall");
+    cri.stop_container(&second, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    for id in [&first, &second] {
+        cri.remove_container(id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    }
+    cri.stop_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.remove_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    wait_until("the pod's VM to end", Duration::from_secs(20), || {
+        s.vm_pids().is_empty()
+    });
+    let pod_id = pod.id.clone();
+    drop(cri);
+    s.finish(&[(CRI_NAMESPACE, &pod_id)]);
+}
+
+/// The test process's own cgroup (the memory hierarchy's on cgroup v1, the unified one on v2), as a path
+/// from the hierarchy's root; pods of the test go below it, so their VMs stay inside what the test runs in.
+fn own_cgroup(v2: bool) -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+            let ours = if v2 { list.is_empty() } else { list.split(',').any(|c| c == "memory") };
+            ours.then(|| path.trim_end_matches('/').to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The VM is the pod's: a CRI pod with a cgroup parent and pod-level resources (memory limit, CPU quota)
+/// gets its VM's processes (QEMU or the VMM, and the device backends) into the sandbox's cgroup, whose
+/// memory limit and CPU quota are the pod's; the cgroup goes with the pod.
+#[test]
+fn cri_pod_vm_runs_in_the_pods_cgroup() {
+    require_root!("cri_pod_vm_runs_in_the_pods_cgroup");
+    let root = Path::new("/sys/fs/cgroup");
+    let v2 = root.join("cgroup.controllers").exists();
+    let s = setup(false);
+    let cri = s.ctd.cri_with_images();
+    let parent = format!("{}/hull-test-pods-{}-{}", own_cgroup(v2), std::process::id(), unique());
+    let limit: i64 = 768 << 20;
+    let mut config = cri.pod_config(&format!("cg-{}", std::process::id()), PodNetwork::Host);
+    if let Some(linux) = config.linux.as_mut() {
+        linux.cgroup_parent = parent.clone();
+        linux.resources = Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            cpu_period: 100_000,
+            cpu_quota: 150_000,
+            ..Default::default()
+        });
+    }
+    let pod = cri
+        .run_pod_sandbox_with(HULL_HANDLER, config)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let rel = format!("{}/{}", parent.trim_start_matches('/'), pod.id);
+    let (mem_dir, cpu_dir) = if v2 {
+        (root.join(&rel), root.join(&rel))
+    } else {
+        (root.join("memory").join(&rel), root.join("cpu").join(&rel))
+    };
+    let vm = s.vm_pids();
+    assert!(vm.len() >= 2, "the VMM and its backends: {vm:?}");
+    let procs = std::fs::read_to_string(mem_dir.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", mem_dir.display(), s.ctd.report()));
+    for pid in &vm {
+        assert!(
+            procs.lines().any(|l| l.trim() == pid.to_string()),
+            "VM process {pid} ({}) is not in {}: {procs}",
+            cmdline(*pid),
+            mem_dir.display()
+        );
+    }
+    let read = |f: &Path| std::fs::read_to_string(f).unwrap_or_default().trim().to_string();
+    if v2 {
+        assert_eq!(read(&mem_dir.join("memory.max")), limit.to_string());
+        assert_eq!(read(&cpu_dir.join("cpu.max")), "150000 100000");
+    } else {
+        assert_eq!(read(&mem_dir.join("memory.limit_in_bytes")), limit.to_string());
+        assert_eq!(read(&cpu_dir.join("cpu.cfs_quota_us")), "150000");
+        let cpu_procs = read(&cpu_dir.join("cgroup.procs"));
+        assert!(vm.iter().all(|p| cpu_procs.lines().any(|l| l == p.to_string())), "cpu: {cpu_procs}");
+    }
+    // The pod works inside its limit.
+    let id = cri
+        .create_container(&pod, "inside", BUSYBOX_IMAGE, &["sleep", "1000"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let out = cri
+        .exec_sync(&id, &["uname", "-r"], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    assert_guest_kernel(&out.stdout, "a container of the limited pod");
+    cri.stop_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.remove_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    wait_until("the pod's VM to end", Duration::from_secs(20), || {
+        s.vm_pids().is_empty()
+    });
+    wait_until("the pod's cgroup to go", Duration::from_secs(10), || !mem_dir.exists());
+    let parent_rel = parent.trim_start_matches('/');
+    let parents: Vec<PathBuf> = if v2 {
+        vec![root.join(parent_rel)]
+    } else {
+        ["memory", "cpu", "cpuacct", "pids"].iter().map(|c| root.join(c).join(parent_rel)).collect()
+    };
+    for p in &parents {
+        assert!(!p.exists(), "the shim made {} and removes it with the pod", p.display());
+    }
+    let pod_id = pod.id.clone();
+    drop(cri);
+    s.finish(&[(CRI_NAMESPACE, &pod_id)]);
+}
