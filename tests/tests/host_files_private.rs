@@ -211,10 +211,12 @@ fn public_copy(e: &Entry) -> bool {
     if let Some(host) = mirrored {
         match std::fs::metadata(&host) {
             Ok(md) if md.is_dir() && e.kind == Kind::Dir => return md.permissions().mode() & 0o005 == 0o005,
-            Ok(md) if md.is_file() && md.permissions().mode() & 0o004 != 0 => {
-                if std::fs::read(&host).ok() == std::fs::read(&e.path).ok() {
-                    return true;
-                }
+            Ok(md)
+                if md.is_file()
+                    && md.permissions().mode() & 0o004 != 0
+                    && std::fs::read(&host).ok() == std::fs::read(&e.path).ok() =>
+            {
+                return true
             }
             _ => {}
         }
@@ -807,7 +809,7 @@ fn shim_pod_files_are_owner_only() {
         let outside: Vec<PathBuf> = held_paths(&pids, since)
             .into_iter()
             .filter(|p| !roots.iter().any(|r| p.starts_with(r)))
-            .filter(|p| !p.starts_with(&d.join("state")) && !p.starts_with("/run/containerd"))
+            .filter(|p| !p.starts_with(d.join("state")) && !p.starts_with("/run/containerd"))
             // Paths only a jailed process sees (its own mount namespace) are inside its jail, checked above.
             .filter(|p| std::fs::symlink_metadata(p).is_ok())
             .filter(|p| !jails_of_dirs(&vms).iter().any(|j| p.starts_with(j)))
