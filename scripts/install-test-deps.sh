@@ -3,7 +3,7 @@
 #   dnsmasq-base  (a DHCP server on the test's TAP, inside a network namespace the test creates)
 #   iproute2      (`ip netns`, `ip tuntap`)
 #   e2fsprogs     (`mkfs.ext4 -d DIR img 32M` for the root drive)
-# and for the containerd harness (tests/src/containerd.rs, tests/tests/containerd_*.rs):
+# and for the containerd harness (tests/src/containerd/, tests/tests/containerd_*.rs):
 #   containerd                   (containerd 1.6 and ctr, started privately by each test)
 #   runc                         (the io.containerd.runc.v2 baseline)
 #   containernetworking-plugins  (CNI bridge, host-local, loopback in /usr/lib/cni)
