@@ -48,12 +48,8 @@ pub enum Command {
 pub struct VmmArgs {
     /// Path of the unix socket the REST API listens on (mode 0600). A stale socket at that path is replaced;
     /// a socket another process serves is refused.
-    #[arg(
-        long,
-        value_name = "PATH",
-        required_unless_present = "no_api",
-        conflicts_with = "no_api"
-    )]
+    /// Without --api-sock and --no-api, hull listens on [`DEFAULT_API_SOCK`] (Firecracker: /run/firecracker.socket).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
     pub api_sock: Option<PathBuf>,
 
     /// Boot from this JSON file (Firecracker's shape: boot-source, machine-config, drives, ...).
@@ -76,9 +72,12 @@ pub struct VmmArgs {
     #[arg(long, value_name = "FILE")]
     pub serial_out: Option<PathBuf>,
 
-    /// Log level on standard error: Error, Warning, Info, Debug, Trace or Off (any case).
-    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    /// Log level: Error, Warning, Info, Debug, Trace or Off (any case). `--level` is Firecracker's name.
+    #[arg(long, visible_alias = "level", value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
     pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
 
     #[command(flatten)]
     pub seccomp: crate::seccomp::SeccompArgs,
@@ -98,6 +97,80 @@ pub struct OutputArgs {
     /// Format of the log on standard error: text, or json (one JSON object per line, for a SIEM).
     #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::logging::LogFormat,
+}
+
+/// Firecracker's other flags (its `src/firecracker/src/main.rs`), so that its clients can start hull.
+#[derive(Debug, Args)]
+pub struct FirecrackerArgs {
+    /// Write hull's log to this file or named pipe in Firecracker's format instead of standard error
+    /// (opened append-only and non-blocking, created 0600, never through a symlink).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+
+    /// Log only events from this module (a prefix of the event's target, e.g. `api_server`).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+
+    /// Show the level of each line in the --log-path log.
+    #[arg(long)]
+    pub show_level: bool,
+
+    /// Show the file and line each --log-path log line comes from.
+    #[arg(long)]
+    pub show_log_origin: bool,
+
+    /// Firecracker's metrics file. Accepted and created (0600); hull does not write metrics into it yet.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+
+    /// Largest API request body in bytes (Firecracker's default: 51200).
+    #[arg(long, value_name = "BYTES", default_value_t = 51_200)]
+    pub http_api_max_payload_size: usize,
+
+    /// Largest MMDS data store in bytes. Accepted and kept: hull has no MMDS yet.
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
+
+    /// JSON file for the MMDS data store: checked to be JSON within the MMDS size limit, then kept
+    /// (hull has no MMDS yet).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+
+    /// When the process that started hull began, in microseconds (Firecracker's start-up metrics).
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub start_time_us: Option<u64>,
+
+    /// CPU time at that start, in microseconds.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub start_time_cpu_us: Option<u64>,
+
+    /// CPU time the parent (the jailer) used, in microseconds.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub parent_cpu_time_us: Option<u64>,
+
+    /// Print the snapshot format version and exit. hull has no snapshots yet: it says so and exits 1.
+    #[arg(long)]
+    pub snapshot_version: bool,
+
+    /// Print the format version of a snapshot file and exit. hull has no snapshots yet: refused, exit 1.
+    #[arg(long, value_name = "FILE")]
+    pub describe_snapshot: Option<PathBuf>,
+
+    /// Ask for virtio-pci devices. hull has only virtio-mmio: accepted with a warning, devices stay on
+    /// virtio-mmio (the guest finds them through the kernel command line hull writes).
+    #[arg(long)]
+    pub enable_pci: bool,
+}
+
+/// Where the API listens when neither --api-sock nor --no-api is given (Firecracker's is
+/// `/run/firecracker.socket`).
+pub const DEFAULT_API_SOCK: &str = "/run/hull.socket";
+
+/// Firecracker's default MMDS size limit: the API payload limit.
+impl FirecrackerArgs {
+    pub fn mmds_limit(&self) -> usize {
+        self.mmds_size_limit.unwrap_or(self.http_api_max_payload_size)
+    }
 }
 
 fn parse_instance_id(id: &str) -> Result<String, String> {
@@ -136,9 +209,48 @@ mod tests {
     }
 
     #[test]
-    fn an_api_socket_or_no_api_is_required() {
-        assert!(parse(&[]).is_err());
-        assert!(parse(&["--config-file", "vm.json"]).is_err());
+    fn without_an_api_socket_the_default_one_is_used_later() {
+        assert_eq!(parse(&[]).unwrap().vmm.api_sock, None);
+        assert!(parse(&["--config-file", "vm.json"]).is_ok());
+    }
+
+    #[test]
+    fn firecracker_flags_parse() {
+        let cli = parse(&[
+            "--log-path",
+            "/tmp/l",
+            "--level",
+            "debug",
+            "--module",
+            "vmm",
+            "--show-level",
+            "--show-log-origin",
+            "--metrics-path",
+            "/tmp/m",
+            "--http-api-max-payload-size",
+            "1000",
+            "--mmds-size-limit",
+            "2000",
+            "--metadata",
+            "/tmp/md.json",
+            "--start-time-us",
+            "1",
+            "--start-time-cpu-us",
+            "2",
+            "--parent-cpu-time-us",
+            "3",
+            "--enable-pci",
+        ])
+        .unwrap();
+        let fc = &cli.vmm.firecracker;
+        assert_eq!(cli.vmm.log_level, LogLevel::Debug);
+        assert!(fc.show_level && fc.show_log_origin && fc.enable_pci);
+        assert_eq!((fc.http_api_max_payload_size, fc.mmds_limit()), (1000, 2000));
+        assert_eq!(
+            (fc.start_time_us, fc.start_time_cpu_us, fc.parent_cpu_time_us),
+            (Some(1), Some(2), Some(3))
+        );
+        assert!(parse(&["--snapshot-version"]).unwrap().vmm.firecracker.snapshot_version);
     }
 
     #[test]

@@ -67,6 +67,86 @@ pub fn init_with_format(level: LogLevel, format: LogFormat) {
 
 /// One JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, then the event's fields
 /// (`message` for the message).
+/// What `--log-path`, `--show-level`, `--show-log-origin` and `--module` ask for.
+pub struct FileLog {
+    pub path: std::path::PathBuf,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub module: Option<String>,
+    pub instance_id: String,
+}
+
+/// Opens a log or metrics path as Firecracker does (append-only, non-blocking so a named pipe nobody reads
+/// cannot stop hull), created 0600 if absent, and never through a symlink.
+pub fn open_sink(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Sends hull's log to `log.path` in Firecracker's line format:
+/// `TIMESTAMP [ID:THREAD(:LEVEL)(:FILE:LINE)] MESSAGE`. Must run before any seccomp filter (it opens a file).
+pub fn init_file(level: LogLevel, log: FileLog) -> std::io::Result<()> {
+    // Lives as long as the process, like the subscriber that writes to it.
+    let file: &'static std::fs::File = Box::leak(Box::new(open_sink(&log.path)?));
+    let module = log.module.clone();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(move || file)
+        .with_ansi(false)
+        .event_format(FirecrackerLines(log))
+        .with_max_level(filter(level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let by_module = tracing_subscriber::filter::filter_fn(move |meta| match &module {
+        Some(m) => meta.target().starts_with(m.as_str()),
+        None => true,
+    });
+    let _ = builder.finish().with(by_module).try_init();
+    Ok(())
+}
+
+/// Firecracker's log line (its `src/vmm/src/logger/logging.rs`).
+struct FirecrackerLines(FileLog);
+
+impl<S, N> FormatEvent<S, N> for FirecrackerLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let thread = std::thread::current();
+        let stamp = hull_logging::rfc3339_now();
+        write!(
+            writer,
+            "{} [{}:{}",
+            stamp.trim_end_matches('Z'),
+            self.0.instance_id,
+            thread.name().unwrap_or("?")
+        )?;
+        if self.0.show_level {
+            let level = match *meta.level() {
+                tracing::Level::ERROR => "ERROR",
+                tracing::Level::WARN => "WARN",
+                tracing::Level::INFO => "INFO",
+                tracing::Level::DEBUG => "DEBUG",
+                tracing::Level::TRACE => "TRACE",
+            };
+            write!(writer, ":{level}")?;
+        }
+        if self.0.show_log_origin {
+            write!(writer, ":{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0))?;
+        }
+        write!(writer, "] ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines

@@ -26,7 +26,30 @@ fn main() {
             cli::Command::Run(args) => std::process::exit(run::run(*args)),
         }
     }
-    logging::init_with_format(cli.vmm.log_level, cli.vmm.output.log_format);
+    if let Some(code) = firecracker_only_flags(&cli.vmm.firecracker) {
+        std::process::exit(code);
+    }
+    let fc = &cli.vmm.firecracker;
+    match &fc.log_path {
+        Some(path) => {
+            let log = logging::FileLog {
+                path: path.clone(),
+                show_level: fc.show_level,
+                show_log_origin: fc.show_log_origin,
+                module: fc.module.clone(),
+                instance_id: cli.vmm.id.clone(),
+            };
+            if let Err(e) = logging::init_file(cli.vmm.log_level, log) {
+                eprintln!("hull: cannot open --log-path {}: {e}", path.display());
+                std::process::exit(vmm_mode::EXIT_GENERIC_ERROR);
+            }
+        }
+        None => logging::init_with_format(cli.vmm.log_level, cli.vmm.output.log_format),
+    }
+    if let Err(e) = check_firecracker_files(fc) {
+        tracing::error!("{e}");
+        std::process::exit(vmm_mode::EXIT_BAD_CONFIGURATION);
+    }
     // The VMM serves one VM (a whole pod under the shim): its security events name it by --id.
     hull_logging::security::set_identity(&cli.vmm.id, "");
     // Before any thread exists, so every thread inherits the blocked mask.
@@ -39,4 +62,47 @@ fn main() {
     };
     let code = vmm_mode::run(cli.vmm, &signals);
     std::process::exit(code);
+}
+
+/// `--snapshot-version` and `--describe-snapshot` answer and exit: hull has no snapshots yet, so both say so.
+fn firecracker_only_flags(fc: &cli::FirecrackerArgs) -> Option<i32> {
+    if fc.snapshot_version {
+        eprintln!("hull: --snapshot-version: hull has no snapshot support yet, so no snapshot format version");
+        return Some(vmm_mode::EXIT_GENERIC_ERROR);
+    }
+    if let Some(file) = &fc.describe_snapshot {
+        eprintln!(
+            "hull: --describe-snapshot {}: hull has no snapshot support yet",
+            file.display()
+        );
+        return Some(vmm_mode::EXIT_GENERIC_ERROR);
+    }
+    None
+}
+
+/// Checks the files Firecracker's flags name, before any seccomp filter: `--metadata` must be JSON within
+/// the MMDS size limit (kept for an MMDS hull does not have yet), `--metrics-path` is opened (created 0600).
+fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
+    if let Some(path) = &fc.metadata {
+        let text = std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+        if text.len() > fc.mmds_limit() {
+            return Err(format!(
+                "--metadata {}: {} bytes, over the MMDS size limit of {} bytes",
+                path.display(),
+                text.len(),
+                fc.mmds_limit()
+            ));
+        }
+        serde_json::from_slice::<serde_json::Value>(&text)
+            .map_err(|e| format!("--metadata {}: not JSON: {e}", path.display()))?;
+        tracing::warn!("--metadata is valid JSON, but hull has no MMDS yet: the guest cannot read it");
+    }
+    if let Some(path) = &fc.metrics_path {
+        logging::open_sink(path).map_err(|e| format!("--metrics-path {}: {e}", path.display()))?;
+        tracing::warn!("--metrics-path accepted, but hull writes no metrics into it yet");
+    }
+    if fc.enable_pci {
+        tracing::warn!("--enable-pci: hull has no virtio-pci; devices are on virtio-mmio");
+    }
+    Ok(())
 }

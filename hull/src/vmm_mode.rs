@@ -15,7 +15,7 @@ use crate::seccomp::{Filters, ThreadKind};
 use crate::signals::SignalFd;
 
 /// Exit status for a configuration that cannot boot (Firecracker's `BadConfiguration`).
-const EXIT_BAD_CONFIGURATION: i32 = 152;
+pub const EXIT_BAD_CONFIGURATION: i32 = 152;
 /// Exit status for any other failure of hull itself.
 pub const EXIT_GENERIC_ERROR: i32 = 1;
 
@@ -35,7 +35,13 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
             return EXIT_BAD_CONFIGURATION;
         }
     };
-    let socket = match args.api_sock.as_deref().map(ApiSocket::bind).transpose() {
+    // Firecracker listens on its default socket when none is given; so does hull, unless --no-api.
+    let api_sock = match (&args.api_sock, args.no_api) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => Some(std::path::PathBuf::from(crate::cli::DEFAULT_API_SOCK)),
+        (None, true) => None,
+    };
+    let socket = match api_sock.as_deref().map(ApiSocket::bind).transpose() {
         Ok(socket) => socket,
         Err(e) => {
             tracing::error!("{e}");

@@ -619,9 +619,111 @@ fn cli_errors_exit_non_zero() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--config-file"), "{stderr}");
-    let output = Command::new(HULL).output().expect("run hull");
+    // Without --api-sock hull now listens on /run/hull.socket, as Firecracker on its default socket; a
+    // test must not take that shared path, so only the refusals are tried here.
+    for id in ["a/b", "", &"a".repeat(65)] {
+        let output = Command::new(HULL).args(["--id", id]).output().expect("run hull");
+        assert_eq!(output.status.code(), Some(2), "--id {id:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("invalid value") && stderr.contains("--id"), "{stderr}");
+    }
+}
+
+// --- Firecracker's command line (issue 12, item 1).
+
+#[test]
+fn every_firecracker_flag_is_accepted_and_the_log_path_gets_firecracker_lines() {
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("md.json"), r#"{"latest":{"meta-data":{}}}"#).unwrap();
+    let hull = spawn_in(
+        dir,
+        &[
+            "--id",
+            "fc-vm-1",
+            "--log-path",
+            "hull.log",
+            "--level",
+            "Debug",
+            "--show-level",
+            "--show-log-origin",
+            "--metrics-path",
+            "metrics.json",
+            "--http-api-max-payload-size",
+            "60000",
+            "--mmds-size-limit",
+            "4096",
+            "--metadata",
+            "md.json",
+            "--start-time-us",
+            "12",
+            "--start-time-cpu-us",
+            "3",
+            "--parent-cpu-time-us",
+            "4",
+            "--enable-pci",
+        ],
+    );
+    hull.wait_for_api(TIMEOUT);
+    let reply = hull.request("GET", "/", None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("fc-vm-1"), "{}", reply.body);
+    let log_path = hull.dir().join("hull.log");
+    let deadline = Instant::now() + TIMEOUT;
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("path=/ status=200") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // `2026-12-03T09:28:38.440870 [fc-vm-1:main:INFO:hull/src/vmm_mode.rs:52] API server listening on ...`
+    let line = log
+        .lines()
+        .find(|l| l.contains("API server listening"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(stamp.len() >= 20 && stamp.as_bytes()[10] == b'T', "{line}");
+    assert!(rest.starts_with("[fc-vm-1:main:INFO:hull/src/vmm_mode.rs:"), "{line}");
+    assert!(log.contains("--enable-pci") && log.contains("no MMDS"), "{log}");
+    assert!(log.contains(":DEBUG:") && log.contains("path=/ status=200"), "{log}");
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["hull.log", "metrics.json"] {
+        let mode = std::fs::metadata(hull.dir().join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
+
+#[test]
+fn snapshot_flags_and_bad_metadata_are_refused_clearly() {
+    for args in [&["--snapshot-version"][..], &["--describe-snapshot", "snap"][..]] {
+        let output = Command::new(HULL).args(args).output().expect("run hull");
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("no snapshot support"),
+            "{args:?}"
+        );
+    }
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("bad.json"), "{not json").unwrap();
+    std::fs::write(dir.path().join("big.json"), format!("\"{}\"", "x".repeat(100))).unwrap();
+    for (file, limit, says) in [("bad.json", "4096", "not JSON"), ("big.json", "50", "size limit")] {
+        let output = Command::new(HULL)
+            .current_dir(dir.path())
+            .args(["--api-sock", "a.sock", "--metadata", file, "--mmds-size-limit", limit])
+            .output()
+            .expect("run hull");
+        assert_eq!(output.status.code(), Some(152), "{file}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{file}");
+    }
+    // A log path through a symlink is refused, not followed.
+    std::os::unix::fs::symlink("target", dir.path().join("link.log")).unwrap();
+    let output = Command::new(HULL)
+        .current_dir(dir.path())
+        .args(["--api-sock", "b.sock", "--log-path", "link.log"])
+        .output()
+        .expect("run hull");
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--api-sock"));
+    assert!(!dir.path().join("target").exists());
 }
 
 // --- The API socket against hostile local clients (issue 11, item 4) and paths from the API (item 5).
