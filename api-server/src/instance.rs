@@ -33,6 +33,8 @@ pub enum InstanceError {
     Device(#[from] DeviceError),
     #[error("Invalid logger configuration: {0}")]
     Logger(String),
+    #[error("Invalid metrics configuration: {0}")]
+    Metrics(String),
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -100,6 +102,8 @@ pub struct Instance {
     devices: DeviceConfigs,
     logger: Option<LoggerConfig>,
     metrics: Option<MetricsConfig>,
+    metrics_file: Option<std::fs::File>,
+    startup: crate::metrics::Startup,
     options: VmmOptions,
     vm: Option<MicroVm>,
 }
@@ -112,6 +116,8 @@ impl Instance {
             devices: DeviceConfigs::default(),
             logger: None,
             metrics: None,
+            metrics_file: None,
+            startup: Default::default(),
             options,
             vm: None,
         }
@@ -206,21 +212,59 @@ impl Instance {
     }
 
     pub fn put_logger(&mut self, logger: LoggerConfig) -> Result<(), InstanceError> {
+        // Pre-boot only, as in Firecracker: the file is opened here, and after boot this thread's seccomp
+        // filter no longer allows openat.
         self.ensure_not_started()?;
         logger.validate().map_err(InstanceError::Logger)?;
-        tracing::warn!(
-            log_path = ?logger.log_path,
-            "logger configuration accepted but not applied: hull logs to standard error at the --log-level level"
-        );
+        if crate::logger::sink().is_some() {
+            return Err(InstanceError::Logger(
+                "the logger is configured already and cannot be changed".into(),
+            ));
+        }
+        if let Some(path) = &logger.log_path {
+            let file = crate::logger::open_sink(path)
+                .map_err(|e| InstanceError::Logger(format!("cannot open {}: {e}", path.display())))?;
+            let level = match &logger.level {
+                Some(level) => crate::logger::LogLevel::parse(level).map_err(InstanceError::Logger)?,
+                None => crate::logger::LogLevel::Info,
+            };
+            let sink = crate::logger::LogSink {
+                file,
+                level,
+                show_level: logger.show_level.unwrap_or(false),
+                show_log_origin: logger.show_log_origin.unwrap_or(false),
+                module: logger.module.clone(),
+            };
+            if crate::logger::install(sink).is_err() {
+                return Err(InstanceError::Logger(
+                    "the logger is configured already and cannot be changed".into(),
+                ));
+            }
+            tracing::info!(log_path = %path.display(), "logger configured");
+        }
         self.logger = Some(logger);
         Ok(())
     }
 
+    /// `PUT /metrics` (or `--metrics-path`): opens the file (pre-boot only, like the logger); the lines go
+    /// there on `FlushMetrics`.
     pub fn put_metrics(&mut self, metrics: MetricsConfig) -> Result<(), InstanceError> {
         self.ensure_not_started()?;
-        tracing::warn!(metrics_path = %metrics.metrics_path.display(), "hull has no metrics yet; nothing will be written there");
+        if self.metrics_file.is_some() {
+            return Err(InstanceError::Metrics(
+                "the metrics system is configured already".into(),
+            ));
+        }
+        let file = crate::logger::open_sink(&metrics.metrics_path)
+            .map_err(|e| InstanceError::Metrics(format!("cannot open {}: {e}", metrics.metrics_path.display())))?;
+        self.metrics_file = Some(file);
         self.metrics = Some(metrics);
         Ok(())
+    }
+
+    /// Firecracker's start-up figures for the `api_server` metrics section.
+    pub fn set_startup(&mut self, startup: crate::metrics::Startup) {
+        self.startup = startup;
     }
 
     /// `InstanceStart`: validates the whole configuration and boots.
@@ -238,9 +282,15 @@ impl Instance {
         Ok(self.running_vm()?.send_ctrl_alt_del()?)
     }
 
-    /// `FlushMetrics`: there is no metrics sink yet, so there is nothing to flush.
+    /// `FlushMetrics`: one line to the metrics file. Refused before boot, as Firecracker refuses it.
     pub fn flush_metrics(&self) -> Result<(), InstanceError> {
-        Ok(())
+        self.running_vm()?;
+        let file = self
+            .metrics_file
+            .as_ref()
+            .ok_or_else(|| InstanceError::Metrics("the metrics system is not configured (PUT /metrics)".into()))?;
+        crate::metrics::flush_to(file, &self.startup)
+            .map_err(|e| InstanceError::Metrics(format!("cannot write the metrics: {e}")))
     }
 
     pub fn set_vm_state(&self, state: RequestedVmState) -> Result<(), InstanceError> {

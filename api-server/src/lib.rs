@@ -17,5 +17,6 @@ pub mod devices;
 pub mod http;
 pub mod instance;
 pub mod logger;
+pub mod metrics;
 pub mod routes;
 pub mod server;

@@ -32,6 +32,42 @@ impl LoggerConfig {
     }
 }
 
+/// Where the log goes once configured (`--log-path` or `PUT /logger`) and how its lines look. Set once per
+/// process: Firecracker's logger cannot be reconfigured either.
+#[derive(Debug)]
+pub struct LogSink {
+    pub file: std::fs::File,
+    pub level: LogLevel,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub module: Option<String>,
+}
+
+static SINK: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
+
+/// The configured log sink, if any.
+pub fn sink() -> Option<&'static LogSink> {
+    SINK.get()
+}
+
+/// Installs the log sink; `Err` when one is installed already.
+pub fn install(sink: LogSink) -> Result<(), LogSink> {
+    SINK.set(sink)
+}
+
+/// Opens a log or metrics path as Firecracker does (append-only, and non-blocking so a named pipe nobody
+/// reads cannot stop hull), created 0600 if absent, never through a symlink. Needs `openat`: only before
+/// the microVM starts (the API thread's filter after boot forbids it).
+pub fn open_sink(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Firecracker's `metrics` section (`PUT /metrics`). hull has no metrics sink yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -129,7 +129,9 @@ struct VmBody {
 
 /// Answers one request. Never fails: errors become 4xx responses.
 pub fn handle(instance: &mut Instance, req: &Request) -> Response {
-    match dispatch(instance, req) {
+    let outcome = dispatch(instance, req);
+    crate::metrics::count_request(&req.method.to_string(), &req.path, outcome.is_err());
+    match outcome {
         Ok(response) => {
             tracing::debug!(method = %req.method, path = %req.path, status = response.status, "API request");
             response
@@ -521,13 +523,14 @@ mod tests {
     }
 
     #[test]
-    fn flush_metrics_is_accepted() {
-        let (status, _) = call(
+    fn flush_metrics_before_boot_is_refused_as_firecracker_does() {
+        let (status, json) = call(
             &mut instance(),
             Method::Put,
             "/actions",
             r#"{"action_type":"FlushMetrics"}"#,
         );
-        assert_eq!(status, 204);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("not supported before starting"), "{json}");
     }
 }

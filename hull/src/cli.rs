@@ -119,7 +119,7 @@ pub struct FirecrackerArgs {
     #[arg(long)]
     pub show_log_origin: bool,
 
-    /// Firecracker's metrics file. Accepted and created (0600); hull does not write metrics into it yet.
+    /// Firecracker's metrics file (created 0600): one JSON line per `FlushMetrics`.
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
 
@@ -136,11 +136,11 @@ pub struct FirecrackerArgs {
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
 
-    /// When the process that started hull began, in microseconds (Firecracker's start-up metrics).
+    /// When the process that started hull began, CLOCK_MONOTONIC microseconds (Firecracker's start-up metrics).
     #[arg(long, value_name = "MICROSECONDS")]
     pub start_time_us: Option<u64>,
 
-    /// CPU time at that start, in microseconds.
+    /// Process CPU time at that start, in microseconds.
     #[arg(long, value_name = "MICROSECONDS")]
     pub start_time_cpu_us: Option<u64>,
 

@@ -46,6 +46,14 @@ pub fn init(level: LogLevel) {
 
 /// [`init`] in `format`.
 pub fn init_with_format(level: LogLevel, format: LogFormat) {
+    init_with_sink(level, format, String::new())
+}
+
+/// [`init_with_format`], plus the Firecracker-format sink a `PUT /logger` may configure later.
+pub fn init_with_sink(level: LogLevel, format: LogFormat, instance_id: String) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let api_sink = ApiSink { instance_id };
     let env = std::env::var("RUST_LOG").ok().filter(|spec| !spec.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -55,13 +63,22 @@ pub fn init_with_format(level: LogLevel, format: LogFormat) {
     let _ = match (format, env) {
         (LogFormat::Text, Some(spec)) => builder
             .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .finish()
+            .with(api_sink)
             .try_init(),
-        (LogFormat::Text, None) => builder.with_max_level(filter(level)).try_init(),
+        (LogFormat::Text, None) => builder.with_max_level(filter(level)).finish().with(api_sink).try_init(),
         (LogFormat::Json, Some(spec)) => builder
             .event_format(JsonLines)
             .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .finish()
+            .with(api_sink)
             .try_init(),
-        (LogFormat::Json, None) => builder.event_format(JsonLines).with_max_level(filter(level)).try_init(),
+        (LogFormat::Json, None) => builder
+            .event_format(JsonLines)
+            .with_max_level(filter(level))
+            .finish()
+            .with(api_sink)
+            .try_init(),
     };
 }
 
@@ -76,23 +93,22 @@ pub struct FileLog {
     pub instance_id: String,
 }
 
-/// Opens a log or metrics path as Firecracker does (append-only, non-blocking so a named pipe nobody reads
-/// cannot stop hull), created 0600 if absent, and never through a symlink.
-pub fn open_sink(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
+pub use api_server::logger::open_sink;
 
 /// Sends hull's log to `log.path` in Firecracker's line format:
 /// `TIMESTAMP [ID:THREAD(:LEVEL)(:FILE:LINE)] MESSAGE`. Must run before any seccomp filter (it opens a file).
 pub fn init_file(level: LogLevel, log: FileLog) -> std::io::Result<()> {
     // Lives as long as the process, like the subscriber that writes to it.
     let file: &'static std::fs::File = Box::leak(Box::new(open_sink(&log.path)?));
+    // Marks the logger as configured, so that a later `PUT /logger` is refused as Firecracker refuses it.
+    let _ = api_server::logger::install(api_server::logger::LogSink {
+        file: file.try_clone()?,
+        level,
+        show_level: log.show_level,
+        show_log_origin: log.show_log_origin,
+        module: log.module.clone(),
+    });
+    SINK_IS_CLI.store(true, std::sync::atomic::Ordering::Relaxed);
     let module = log.module.clone();
     let builder = tracing_subscriber::fmt()
         .with_writer(move || file)
@@ -109,6 +125,91 @@ pub fn init_file(level: LogLevel, log: FileLog) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Set when `--log-path` owns the sink (its own subscriber writes there; [`ApiSink`] must not write twice).
+static SINK_IS_CLI: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes each event to the sink `PUT /logger` configured, in Firecracker's line format; nothing until then.
+struct ApiSink {
+    instance_id: String,
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for ApiSink {
+    fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(sink) = api_server::logger::sink() else { return };
+        if SINK_IS_CLI.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let meta = event.metadata();
+        if *meta.level() > filter(sink.level) {
+            return;
+        }
+        if let Some(module) = &sink.module {
+            if !meta.target().starts_with(module.as_str()) {
+                return;
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        let log = FileLog {
+            path: Default::default(),
+            show_level: sink.show_level,
+            show_log_origin: sink.show_log_origin,
+            module: None,
+            instance_id: self.instance_id.clone(),
+        };
+        let line = format!("{}{}\n", prefix(&log, meta), text.0.trim_start());
+        use std::io::Write;
+        let _ = (&sink.file).write_all(line.as_bytes());
+    }
+}
+
+/// An event's message and fields as `message key=value ...`.
+struct Text(String);
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            self.0.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+}
+
+/// `TIMESTAMP [ID:THREAD(:LEVEL)(:FILE:LINE)] `
+fn prefix(log: &FileLog, meta: &tracing::Metadata<'_>) -> String {
+    let thread = std::thread::current();
+    let mut out = format!(
+        "{} [{}:{}",
+        hull_logging::rfc3339_now().trim_end_matches('Z'),
+        log.instance_id,
+        thread.name().unwrap_or("?")
+    );
+    if log.show_level {
+        let level = match *meta.level() {
+            tracing::Level::ERROR => "ERROR",
+            tracing::Level::WARN => "WARN",
+            tracing::Level::INFO => "INFO",
+            tracing::Level::DEBUG => "DEBUG",
+            tracing::Level::TRACE => "TRACE",
+        };
+        out.push(':');
+        out.push_str(level);
+    }
+    if log.show_log_origin {
+        out.push_str(&format!(":{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0)));
+    }
+    out.push_str("] ");
+    out
+}
+
 /// Firecracker's log line (its `src/vmm/src/logger/logging.rs`).
 struct FirecrackerLines(FileLog);
 
@@ -118,30 +219,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let meta = event.metadata();
-        let thread = std::thread::current();
-        let stamp = hull_logging::rfc3339_now();
-        write!(
-            writer,
-            "{} [{}:{}",
-            stamp.trim_end_matches('Z'),
-            self.0.instance_id,
-            thread.name().unwrap_or("?")
-        )?;
-        if self.0.show_level {
-            let level = match *meta.level() {
-                tracing::Level::ERROR => "ERROR",
-                tracing::Level::WARN => "WARN",
-                tracing::Level::INFO => "INFO",
-                tracing::Level::DEBUG => "DEBUG",
-                tracing::Level::TRACE => "TRACE",
-            };
-            write!(writer, ":{level}")?;
-        }
-        if self.0.show_log_origin {
-            write!(writer, ":{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0))?;
-        }
-        write!(writer, "] ")?;
+        write!(writer, "{}", prefix(&self.0, event.metadata()))?;
         ctx.format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }

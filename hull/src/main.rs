@@ -44,7 +44,7 @@ fn main() {
                 std::process::exit(vmm_mode::EXIT_GENERIC_ERROR);
             }
         }
-        None => logging::init_with_format(cli.vmm.log_level, cli.vmm.output.log_format),
+        None => logging::init_with_sink(cli.vmm.log_level, cli.vmm.output.log_format, cli.vmm.id.clone()),
     }
     if let Err(e) = check_firecracker_files(fc) {
         tracing::error!("{e}");
@@ -81,7 +81,7 @@ fn firecracker_only_flags(fc: &cli::FirecrackerArgs) -> Option<i32> {
 }
 
 /// Checks the files Firecracker's flags name, before any seccomp filter: `--metadata` must be JSON within
-/// the MMDS size limit (kept for an MMDS hull does not have yet), `--metrics-path` is opened (created 0600).
+/// the MMDS size limit (kept for an MMDS hull does not have yet), `--metrics-path` is opened by `vmm_mode`.
 fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
     if let Some(path) = &fc.metadata {
         let text = std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
@@ -96,10 +96,6 @@ fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
         serde_json::from_slice::<serde_json::Value>(&text)
             .map_err(|e| format!("--metadata {}: not JSON: {e}", path.display()))?;
         tracing::warn!("--metadata is valid JSON, but hull has no MMDS yet: the guest cannot read it");
-    }
-    if let Some(path) = &fc.metrics_path {
-        logging::open_sink(path).map_err(|e| format!("--metrics-path {}: {e}", path.display()))?;
-        tracing::warn!("--metrics-path accepted, but hull writes no metrics into it yet");
     }
     if fc.enable_pci {
         tracing::warn!("--enable-pci: hull has no virtio-pci; devices are on virtio-mmio");

@@ -76,6 +76,18 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
         },
     );
 
+    instance.set_startup(api_server::metrics::Startup {
+        process_startup_time_us: since(libc::CLOCK_MONOTONIC, args.firecracker.start_time_us),
+        process_startup_time_cpu_us: since(libc::CLOCK_PROCESS_CPUTIME_ID, args.firecracker.start_time_cpu_us),
+    });
+    if let Some(path) = args.firecracker.metrics_path.clone() {
+        let metrics = api_server::logger::MetricsConfig { metrics_path: path };
+        if let Err(e) = instance.put_metrics(metrics) {
+            tracing::error!("--metrics-path: {e}");
+            return EXIT_BAD_CONFIGURATION;
+        }
+    }
+
     if let Some(path) = &args.config_file {
         if let Err(e) = config_file::boot_from_file(path, &mut instance) {
             tracing::error!("{e}");
@@ -110,4 +122,13 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
             EXIT_GENERIC_ERROR
         }
     }
+}
+
+/// Microseconds on `clock` since `start` (Firecracker's start-up metrics); 0 without a start.
+fn since(clock: libc::clockid_t, start: Option<u64>) -> u64 {
+    let Some(start) = start else { return 0 };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only the timespec it is given, which lives on this stack.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    (now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000).saturating_sub(start)
 }

@@ -905,3 +905,85 @@ fn a_vsock_uds_path_naming_a_regular_file_is_not_deleted() {
         "keep me"
     );
 }
+
+// --- Logger and metrics (issue 12, item 2).
+
+#[test]
+fn put_logger_writes_firecracker_lines_and_cannot_be_reconfigured() {
+    let hull = start();
+    let reply = hull.request(
+        "PUT",
+        "/logger",
+        Some(r#"{"log_path":"fc.log","level":"Info","show_level":true}"#),
+    );
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let again = hull.request("PUT", "/logger", Some(r#"{"log_path":"other.log"}"#));
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("configured already"), "{}", again.body);
+    let early = hull.request("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#));
+    assert_eq!(early.status, 400, "{}", early.body);
+    assert!(
+        early.body.contains("not supported before starting the microVM"),
+        "{}",
+        early.body
+    );
+    let log = std::fs::read_to_string(hull.dir().join("fc.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" [anonymous-instance:main:INFO] API request refused")),
+        "{log}"
+    );
+    assert!(!hull.dir().join("other.log").exists());
+}
+
+#[test]
+fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
+    hull_tests::require_kvm!("flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys");
+    let dir = temp_dir();
+    let cfg = json!({
+        "boot-source": { "kernel_image_path": hull_tests::tiny_guest("counter.elf"), "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    });
+    std::fs::write(dir.path().join("vm.json"), cfg.to_string()).unwrap();
+    let hull = spawn_in(dir, &["--config-file", "vm.json", "--metrics-path", "metrics.json"]);
+    hull.wait_for_api(TIMEOUT);
+    // Opening files is a pre-boot operation: refused once the guest runs.
+    let late = hull.request("PUT", "/logger", Some(r#"{"log_path":"late.log"}"#));
+    assert_eq!(late.status, 400, "{}", late.body);
+    for _ in 0..2 {
+        let reply = hull.request("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#));
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    let text = std::fs::read_to_string(hull.dir().join("metrics.json")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for key in [
+        "utc_timestamp_ms",
+        "api_server",
+        "block",
+        "net",
+        "vsock",
+        "vcpu",
+        "vmm",
+        "uart",
+        "latencies_us",
+        "put_api_requests",
+        "patch_api_requests",
+        "get_api_requests",
+        "seccomp",
+        "signals",
+        "i8042",
+        "balloon",
+        "rtc",
+        "logger",
+        "mmds",
+        "deprecated_api",
+        "entropy",
+    ] {
+        assert!(lines[1].get(key).is_some(), "{key} missing: {text}");
+    }
+    // Deltas: the second line counts the first FlushMetrics and nothing before it twice.
+    assert_eq!(lines[1]["put_api_requests"]["actions_count"], 1, "{text}");
+    assert_eq!(lines[0]["put_api_requests"]["logger_fails"], 1, "{text}");
+    assert!(!hull.dir().join("late.log").exists());
+}
