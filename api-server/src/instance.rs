@@ -212,8 +212,8 @@ impl Instance {
     }
 
     pub fn put_logger(&mut self, logger: LoggerConfig) -> Result<(), InstanceError> {
-        // Pre-boot only, as in Firecracker: the file is opened here, and after boot this thread's seccomp
-        // filter no longer allows openat.
+        // Pre-boot only, as in Firecracker (ensure_not_started). The api-running seccomp filter still allows
+        // openat (PATCH /drives needs it), so this check is what keeps logger files from opening after boot.
         self.ensure_not_started()?;
         logger.validate().map_err(InstanceError::Logger)?;
         if crate::logger::sink().is_some() {

@@ -56,8 +56,8 @@ pub fn install(sink: LogSink) -> Result<(), LogSink> {
 }
 
 /// Opens a log or metrics path as Firecracker does (append-only, and non-blocking so a named pipe nobody
-/// reads cannot stop hull), created 0600 if absent, never through a symlink. Needs `openat`: only before
-/// the microVM starts (the API thread's filter after boot forbids it).
+/// reads cannot stop hull), created 0600 if absent, never through a symlink. Callers open it only before
+/// the microVM starts, as Firecracker configures its logger and metrics pre-boot only.
 pub fn open_sink(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
