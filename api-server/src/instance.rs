@@ -102,7 +102,7 @@ pub struct Instance {
     devices: DeviceConfigs,
     logger: Option<LoggerConfig>,
     metrics: Option<MetricsConfig>,
-    metrics_file: Option<std::fs::File>,
+    metrics_file: Option<std::sync::Arc<std::fs::File>>,
     startup: crate::metrics::Startup,
     options: VmmOptions,
     vm: Option<MicroVm>,
@@ -257,6 +257,15 @@ impl Instance {
         }
         let file = crate::logger::open_sink(&metrics.metrics_path)
             .map_err(|e| InstanceError::Metrics(format!("cannot open {}: {e}", metrics.metrics_path.display())))?;
+        let file = std::sync::Arc::new(file);
+        // HULL_METRICS_FLUSH_MS shortens Firecracker's 60 s period, for tests.
+        let period = std::env::var("HULL_METRICS_FLUSH_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(crate::metrics::FLUSH_PERIOD);
+        crate::metrics::start_periodic_flush(file.clone(), self.startup, period)
+            .map_err(|e| InstanceError::Metrics(format!("cannot start the periodic flush: {e}")))?;
         self.metrics_file = Some(file);
         self.metrics = Some(metrics);
         Ok(())
@@ -289,7 +298,7 @@ impl Instance {
             .metrics_file
             .as_ref()
             .ok_or_else(|| InstanceError::Metrics("the metrics system is not configured (PUT /metrics)".into()))?;
-        crate::metrics::flush_to(file, &self.startup)
+        crate::metrics::flush_to(file.as_ref(), &self.startup)
             .map_err(|e| InstanceError::Metrics(format!("cannot write the metrics: {e}")))
     }
 

@@ -987,3 +987,29 @@ fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
     assert_eq!(lines[0]["put_api_requests"]["logger_fails"], 1, "{text}");
     assert!(!hull.dir().join("late.log").exists());
 }
+
+#[test]
+fn metrics_are_flushed_periodically_without_being_asked() {
+    let dir = temp_dir();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = Command::new(HULL);
+    cmd.current_dir(dir.path()).env("HULL_METRICS_FLUSH_MS", "100").args([
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--metrics-path",
+        "m.json",
+    ]);
+    let mut child = cmd.spawn().expect("run hull");
+    let path = dir.path().join("m.json");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut text = String::new();
+    while Instant::now() < deadline && text.lines().count() < 2 {
+        std::thread::sleep(Duration::from_millis(50));
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.lines().count() >= 2, "{text}");
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(line["utc_timestamp_ms"].as_u64().unwrap() > 0, "{text}");
+}
