@@ -48,6 +48,8 @@ enum Kind {
     Dir,
     File,
     Socket,
+    /// The FIFOs hull copies a child's output through (`runtime/src/output.rs`) while it runs.
+    Fifo,
     Device,
     Link,
     Other,
@@ -71,6 +73,8 @@ fn entry(path: &Path) -> Entry {
         Kind::File
     } else if ft.is_socket() {
         Kind::Socket
+    } else if ft.is_fifo() {
+        Kind::Fifo
     } else if ft.is_char_device() || ft.is_block_device() {
         Kind::Device
     } else if ft.is_symlink() {
@@ -130,8 +134,8 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect()
 }
 
-/// What went wrong with the modes: directories must be 0700, files and sockets 0600, and nothing else
-/// (links, FIFOs, devices) may be there. (The owner may be a jail's uid; `nobody` is tried separately.)
+/// What went wrong with the modes: directories must be 0700, files, sockets and FIFOs 0600, and nothing
+/// else (links, devices) may be there. (The owner may be a jail's uid; `nobody` is tried separately.)
 fn bad_modes(entries: &[Entry]) -> Vec<String> {
     // SAFETY: geteuid(2) cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -140,7 +144,7 @@ fn bad_modes(entries: &[Entry]) -> Vec<String> {
         .filter_map(|e| {
             let want = match e.kind {
                 Kind::Dir => 0o700,
-                Kind::File | Kind::Socket => 0o600,
+                Kind::File | Kind::Socket | Kind::Fifo => 0o600,
                 // Device nodes a jail needs (/dev/kvm, /dev/net/tun): their modes are the host's; what
                 // guards them is the jail's 0700 directory, which the nobody probe tries.
                 Kind::Device => return None,
