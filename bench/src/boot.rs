@@ -48,9 +48,11 @@ pub struct BootOptions {
 /// Runs every part of the suite; a part that fails is reported in its section and the others still run.
 pub fn run(opts: &BootOptions) -> Vec<Section> {
     let mut sections = Vec::new();
-    sections.push(run_section("boot.api_ready", "hull spawn → API socket accepts a connection", |s| {
-        api_socket_ready(s, opts.runs)
-    }));
+    sections.push(run_section(
+        "boot.api_ready",
+        "hull spawn → API socket accepts a connection",
+        |s| api_socket_ready(s, opts.runs),
+    ));
     sections.push(run_section(
         "boot.instance_start",
         "PUT /actions InstanceStart → tiny PVH guest's boot-timer write (1 vCPU, 128 MiB)",
@@ -61,11 +63,17 @@ pub fn run(opts: &BootOptions) -> Vec<Section> {
         "hull --no-api --config-file → tiny PVH guest's boot-timer write (1 vCPU, 128 MiB)",
         |s| config_file_boot(s, opts.runs),
     ));
-    sections.push(run_section("boot.rss", "hull RSS minus guest memory (tiny counter guest running, 128 MiB)", |s| {
-        rss(s, opts.runs.clamp(1, 5), &opts.hull_bin)
-    }));
+    sections.push(run_section(
+        "boot.rss",
+        "hull RSS minus guest memory (tiny counter guest running, 128 MiB)",
+        |s| rss(s, opts.runs.clamp(1, 5), &opts.hull_bin),
+    ));
     if opts.linux {
-        sections.push(run_section("boot.linux", "hull start → Linux `Run /init` (1 vCPU, 128 MiB, one boot)", linux));
+        sections.push(run_section(
+            "boot.linux",
+            "hull start → Linux `Run /init` (1 vCPU, 128 MiB, one boot)",
+            linux,
+        ));
     } else {
         let mut s = Section::start("boot.linux", "hull start → Linux `Run /init`");
         s.note("skipped: pass --linux (one boot of the real kernel, 1-2 minutes under kvm_pvm)");
@@ -130,7 +138,9 @@ fn api_socket_ready(s: &mut Section, runs: usize) -> Result<()> {
     }
     s.metric("spawn → API socket accepts", "ms", ready);
     s.metric("VmRSS of idle hull (API only, no VM)", "MiB", idle_rss);
-    s.note(format!("socket polled every {SOCKET_POLL:?} (connect(2) until it succeeds); includes fork+exec"));
+    s.note(format!(
+        "socket polled every {SOCKET_POLL:?} (connect(2) until it succeeds); includes fork+exec"
+    ));
     Ok(())
 }
 
@@ -141,7 +151,10 @@ fn watch_boot_time<'s>(
     scope: &'s std::thread::Scope<'s, '_>,
     hull: &'s Hull,
 ) -> std::thread::ScopedJoinHandle<'s, Option<(Instant, String)>> {
-    scope.spawn(move || hull.wait_for_log("Guest-boot-time", TINY_TIMEOUT).map(|line| (Instant::now(), line)))
+    scope.spawn(move || {
+        hull.wait_for_log("Guest-boot-time", TINY_TIMEOUT)
+            .map(|line| (Instant::now(), line))
+    })
 }
 
 struct BootTimes {
@@ -151,25 +164,40 @@ struct BootTimes {
 
 fn boot_time_from(watched: Option<(Instant, String)>, t0: Instant, hull: &Hull) -> Result<BootTimes> {
     let (at, line) = watched.ok_or_else(|| {
-        BenchError::failed(format!("no Guest-boot-time line within {TINY_TIMEOUT:?}\n{}", hull.report()))
+        BenchError::failed(format!(
+            "no Guest-boot-time line within {TINY_TIMEOUT:?}\n{}",
+            hull.report()
+        ))
     })?;
     let hull_us = parse_boot_time_us(&line)
         .ok_or_else(|| BenchError::failed(format!("cannot read the boot time in {line:?}")))?;
-    Ok(BootTimes { hull_us, to_line: at.saturating_duration_since(t0) })
+    Ok(BootTimes {
+        hull_us,
+        to_line: at.saturating_duration_since(t0),
+    })
 }
 
 fn expect_clean_exit(hull: &mut Hull) -> Result<()> {
     match hull.wait_exit(TINY_TIMEOUT) {
         Some(status) if status.code() == Some(0) => Ok(()),
-        Some(status) => Err(BenchError::failed(format!("hull exited with {status}, expected 0\n{}", hull.report()))),
-        None => Err(BenchError::failed(format!("hull did not exit within {TINY_TIMEOUT:?}\n{}", hull.report()))),
+        Some(status) => Err(BenchError::failed(format!(
+            "hull exited with {status}, expected 0\n{}",
+            hull.report()
+        ))),
+        None => Err(BenchError::failed(format!(
+            "hull did not exit within {TINY_TIMEOUT:?}\n{}",
+            hull.report()
+        ))),
     }
 }
 
 fn put_ok(api: &ApiClient, uri: &str, body: &serde_json::Value) -> Result<()> {
     let resp = api.put(uri, body).map_err(fail(format!("PUT {uri}")))?;
     if !resp.is_success() {
-        return Err(BenchError::failed(format!("PUT {uri} {body} answered {} {}", resp.status, resp.body)));
+        return Err(BenchError::failed(format!(
+            "PUT {uri} {body} answered {} {}",
+            resp.status, resp.body
+        )));
     }
     Ok(())
 }
@@ -183,22 +211,41 @@ fn instance_start(s: &mut Section, runs: usize) -> Result<()> {
         let dir = TempDir::new("bench-start").map_err(fail("creating a temporary directory"))?;
         let sock = dir.path().join("api.sock");
         let t_spawn = Instant::now();
-        let mut hull =
-            Hull::spawn("bench-start", [OsArg::from("--api-sock"), sock.as_os_str().into(), "--boot-timer".into()]);
+        let mut hull = Hull::spawn(
+            "bench-start",
+            [
+                OsArg::from("--api-sock"),
+                sock.as_os_str().into(),
+                "--boot-timer".into(),
+            ],
+        );
         wait_for_socket(&hull, &sock, t_spawn)?;
         let api = ApiClient::new(&sock);
-        put_ok(&api, "/boot-source", &json!({ "kernel_image_path": kernel, "boot_args": TINY_BOOT_ARGS }))?;
-        put_ok(&api, "/machine-config", &json!({ "vcpu_count": 1, "mem_size_mib": GUEST_MIB }))?;
+        put_ok(
+            &api,
+            "/boot-source",
+            &json!({ "kernel_image_path": kernel, "boot_args": TINY_BOOT_ARGS }),
+        )?;
+        put_ok(
+            &api,
+            "/machine-config",
+            &json!({ "vcpu_count": 1, "mem_size_mib": GUEST_MIB }),
+        )?;
         let (times, resp, t0) = std::thread::scope(|scope| {
             let watcher = watch_boot_time(scope, &hull);
             let t0 = Instant::now();
-            let resp = api.put("/actions", &json!({ "action_type": "InstanceStart" })).map(|r| (r, t0.elapsed()));
+            let resp = api
+                .put("/actions", &json!({ "action_type": "InstanceStart" }))
+                .map(|r| (r, t0.elapsed()));
             let watched = watcher.join().unwrap_or(None);
             (boot_time_from(watched, t0, &hull), resp, t0)
         });
         let (resp, resp_took) = resp.map_err(fail("PUT /actions InstanceStart"))?;
         if !resp.is_success() {
-            return Err(BenchError::failed(format!("InstanceStart answered {} {}", resp.status, resp.body)));
+            return Err(BenchError::failed(format!(
+                "InstanceStart answered {} {}",
+                resp.status, resp.body
+            )));
         }
         let times = times?;
         expect_clean_exit(&mut hull)?;
@@ -233,10 +280,17 @@ fn config_file_boot(s: &mut Section, runs: usize) -> Result<()> {
         let dir = TempDir::new("bench-cfg").map_err(fail("creating a temporary directory"))?;
         let file = dir.path().join("vm.json");
         std::fs::write(&file, config.to_string()).map_err(fail(format!("writing {}", file.display())))?;
-        let args = [OsArg::from("--no-api"), "--config-file".into(), file.as_os_str().into(), "--boot-timer".into()];
+        let args = [
+            OsArg::from("--no-api"),
+            "--config-file".into(),
+            file.as_os_str().into(),
+            "--boot-timer".into(),
+        ];
         let t0 = Instant::now();
         let mut hull = Hull::spawn("bench-cfg", args);
-        let watched = hull.wait_for_log("Guest-boot-time", TINY_TIMEOUT).map(|line| (Instant::now(), line));
+        let watched = hull
+            .wait_for_log("Guest-boot-time", TINY_TIMEOUT)
+            .map(|line| (Instant::now(), line));
         let times = boot_time_from(watched, t0, &hull)?;
         expect_clean_exit(&mut hull)?;
         hull_ms.push(times.hull_us as f64 / 1e3);
@@ -263,9 +317,15 @@ fn rss(s: &mut Section, runs: usize, hull_bin: &Path) -> Result<()> {
         let dir = TempDir::new("bench-rss").map_err(fail("creating a temporary directory"))?;
         let file = dir.path().join("vm.json");
         std::fs::write(&file, config.to_string()).map_err(fail(format!("writing {}", file.display())))?;
-        let hull = Hull::spawn("bench-rss", [OsArg::from("--no-api"), "--config-file".into(), file.into_os_string()]);
+        let hull = Hull::spawn(
+            "bench-rss",
+            [OsArg::from("--no-api"), "--config-file".into(), file.into_os_string()],
+        );
         if hull.wait_for_output("tick 2", TINY_TIMEOUT).is_none() {
-            return Err(BenchError::failed(format!("the counter guest did not reach `tick 2`\n{}", hull.report())));
+            return Err(BenchError::failed(format!(
+                "the counter guest did not reach `tick 2`\n{}",
+                hull.report()
+            )));
         }
         let pid = hull.pid();
         let status =
@@ -289,7 +349,10 @@ fn rss(s: &mut Section, runs: usize, hull_bin: &Path) -> Result<()> {
             .filter(|(_, kib)| *kib >= 32)
             .map(|(k, kib)| format!("{k} {:.2} MiB", *kib as f64 / 1024.0))
             .collect();
-        s.note(format!("last run, the rest by kind (32 KiB and more): {}", parts.join("; ")));
+        s.note(format!(
+            "last run, the rest by kind (32 KiB and more): {}",
+            parts.join("; ")
+        ));
         if let Some(w) = split.warning {
             s.note(w);
         }
@@ -305,16 +368,31 @@ fn rss(s: &mut Section, runs: usize, hull_bin: &Path) -> Result<()> {
 /// with a deadline (its progress goes to our stderr).
 fn guest_images() -> Result<GuestImages> {
     if let (Some(kernel), Some(initrd)) = (std::env::var_os("HULL_KERNEL"), std::env::var_os("HULL_INITRD")) {
-        return Ok(GuestImages { kernel: kernel.into(), initrd: initrd.into() });
+        return Ok(GuestImages {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+        });
     }
     let root = hull_tests::repo_root();
     let script = root.join("resources/build-guest.sh");
-    eprintln!("[hull-bench] running {} (set HULL_KERNEL and HULL_INITRD to skip it)", script.display());
+    eprintln!(
+        "[hull-bench] running {} (set HULL_KERNEL and HULL_INITRD to skip it)",
+        script.display()
+    );
     let mut cmd = Command::new("bash");
-    cmd.arg(&script).current_dir(&root).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.arg(&script)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| BenchError::env(format!("cannot run {}: {e}", script.display())))?;
-    let mut stdout = child.stdout.take().ok_or_else(|| BenchError::failed("build-guest.sh stdout not piped"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| BenchError::env(format!("cannot run {}: {e}", script.display())))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::failed("build-guest.sh stdout not piped"))?;
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
@@ -389,7 +467,10 @@ fn linux(s: &mut Section) -> Result<()> {
     let file = dir.path().join("vm.json");
     std::fs::write(&file, config.to_string()).map_err(fail(format!("writing {}", file.display())))?;
     let t0 = Instant::now();
-    let mut hull = Hull::spawn("bench-linux", [OsArg::from("--no-api"), "--config-file".into(), file.into_os_string()]);
+    let mut hull = Hull::spawn(
+        "bench-linux",
+        [OsArg::from("--no-api"), "--config-file".into(), file.into_os_string()],
+    );
     let mut seen: Vec<Option<(Duration, String)>> = vec![None; LINUX_MILESTONES.len()];
     let last = LINUX_MILESTONES.len() - 1;
     let mut failure = None;
@@ -426,7 +507,11 @@ fn linux(s: &mut Section) -> Result<()> {
     for (i, (_, label)) in LINUX_MILESTONES.iter().enumerate() {
         match &seen[i] {
             Some((at, line)) => {
-                s.metric(format!("hull start → {label} (host clock)"), "s", vec![at.as_secs_f64()]);
+                s.metric(
+                    format!("hull start → {label} (host clock)"),
+                    "s",
+                    vec![at.as_secs_f64()],
+                );
                 if let Some(k) = printk_seconds(line) {
                     s.metric(format!("  kernel's printk time at {label}"), "s", vec![k]);
                 }
@@ -437,7 +522,10 @@ fn linux(s: &mut Section) -> Result<()> {
     if let Some(f) = failure {
         return Err(BenchError::failed(f));
     }
-    s.note(format!("kernel {}, boot args `{boot_args}`; output polled every 100 ms", images.kernel.display()));
+    s.note(format!(
+        "kernel {}, boot args `{boot_args}`; output polled every 100 ms",
+        images.kernel.display()
+    ));
     Ok(())
 }
 
@@ -455,7 +543,10 @@ mod tests {
 
     #[test]
     fn printk_timestamps_are_parsed() {
-        assert_eq!(printk_seconds("[   45.123456] Run /init as init process"), Some(45.123456));
+        assert_eq!(
+            printk_seconds("[   45.123456] Run /init as init process"),
+            Some(45.123456)
+        );
         assert_eq!(printk_seconds("Run /init as init process"), None);
         assert_eq!(printk_seconds("[garbage] x"), None);
     }

@@ -154,13 +154,22 @@ impl Comparison {
             for vmm in 0..self.vmms.len() {
                 row.push(match self.summary(vmm, metric) {
                     Some(s) => {
-                        format!("{} [{}–{}]", metric.format(s.median), metric.format(s.p10), metric.format(s.p90))
+                        format!(
+                            "{} [{}–{}]",
+                            metric.format(s.median),
+                            metric.format(s.p10),
+                            metric.format(s.p90)
+                        )
                     }
                     None => "n/a".to_string(),
                 });
             }
             for peer in 1..self.vmms.len() {
-                row.push(self.ratio(peer, metric).map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into()));
+                row.push(
+                    self.ratio(peer, metric)
+                        .map(|r| format!("{r:.2}"))
+                        .unwrap_or_else(|| "n/a".into()),
+                );
             }
             rows.push(row);
         }
@@ -214,7 +223,12 @@ impl Comparison {
                     })
                     .collect();
                 let ratios: serde_json::Map<String, serde_json::Value> = (1..self.vmms.len())
-                    .map(|p| (format!("hull/{}", self.vmms[p].id()), serde_json::json!(self.ratio(p, metric))))
+                    .map(|p| {
+                        (
+                            format!("hull/{}", self.vmms[p].id()),
+                            serde_json::json!(self.ratio(p, metric)),
+                        )
+                    })
                     .collect();
                 serde_json::json!({
                     "id": metric.id(),
@@ -245,7 +259,11 @@ impl Comparison {
 pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let width = |i: usize| {
-        rows.iter().filter_map(|r| r.get(i)).chain(std::iter::once(&header[i])).map(|c| c.chars().count()).max()
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .chain(std::iter::once(&header[i]))
+            .map(|c| c.chars().count())
+            .max()
     };
     let widths: Vec<usize> = (0..cols).map(|i| width(i).unwrap_or(1).max(3)).collect();
     let cell = |i: usize, text: &str| {
@@ -260,11 +278,21 @@ pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut out = line((0..cols).map(|i| cell(i, &header[i])).collect());
     out.push_str(&line(
         (0..cols)
-            .map(|i| if i == 0 { "-".repeat(widths[i]) } else { format!("{}:", "-".repeat(widths[i] - 1)) })
+            .map(|i| {
+                if i == 0 {
+                    "-".repeat(widths[i])
+                } else {
+                    format!("{}:", "-".repeat(widths[i] - 1))
+                }
+            })
             .collect(),
     ));
     for row in rows {
-        out.push_str(&line((0..cols).map(|i| cell(i, row.get(i).map(String::as_str).unwrap_or(""))).collect()));
+        out.push_str(&line(
+            (0..cols)
+                .map(|i| cell(i, row.get(i).map(String::as_str).unwrap_or("")))
+                .collect(),
+        ));
     }
     out
 }
@@ -303,7 +331,10 @@ fn sample(vmm: &Vmm, guest: &Path, index: usize, into: &mut Comparison) -> Resul
         VmmKind::Hull | VmmKind::Firecracker => {
             let line = proc.wait_for_log("Guest-boot-time", BOOT_TIMER_WAIT).or_else(|| {
                 // Firecracker's logger may write to standard output.
-                proc.stdout().lines().find(|l| l.contains("Guest-boot-time")).map(str::to_string)
+                proc.stdout()
+                    .lines()
+                    .find(|l| l.contains("Guest-boot-time"))
+                    .map(str::to_string)
             });
             line.as_deref().and_then(crate::boot::parse_boot_time_us)
         }
@@ -316,7 +347,9 @@ fn sample(vmm: &Vmm, guest: &Path, index: usize, into: &mut Comparison) -> Resul
     let args = vmm.args(Launch::Direct, dir.path(), guest)?;
     let t_direct = Instant::now();
     let direct = Hull::spawn_binary_in(&vmm.bin, dir, args);
-    let direct_seen = direct.wait_for_output(GUEST_LINE, LINE_TIMEOUT).map(|_| t_direct.elapsed());
+    let direct_seen = direct
+        .wait_for_output(GUEST_LINE, LINE_TIMEOUT)
+        .map(|_| t_direct.elapsed());
     let direct_took = direct_seen.ok_or_else(|| {
         BenchError::failed(format!(
             "{} (no API): no `{GUEST_LINE}` within {LINE_TIMEOUT:?} of its start\n{}",
@@ -393,7 +426,11 @@ pub fn chart_subtitle(runs: usize, section: &Section) -> String {
 /// Writes the chart to `path`.
 pub fn write_svg(path: &Path, comparison: &Comparison, subtitle: &str) -> Result<()> {
     let names: Vec<&str> = comparison.vmms.iter().map(|k| k.name()).collect();
-    let doc = svg::render(&format!("{}: start-up and footprint", names.join(" vs ")), subtitle, &comparison.panels());
+    let doc = svg::render(
+        &format!("{}: start-up and footprint", names.join(" vs ")),
+        subtitle,
+        &comparison.panels(),
+    );
     std::fs::write(path, doc).map_err(fail(format!("writing {}", path.display())))
 }
 
@@ -434,7 +471,10 @@ mod tests {
         assert!(lines[1].starts_with("| ---") && lines[1].ends_with(": |"), "{table}");
         let ready = lines.iter().find(|l| l.contains(Metric::ControlReady.title())).unwrap();
         assert!(ready.contains("4.55 [4.10–4.90]"), "{ready}");
-        assert!(ready.contains("45.50 [41.00–49.00]") && ready.trim_end().ends_with("0.10 |"), "{ready}");
+        assert!(
+            ready.contains("45.50 [41.00–49.00]") && ready.trim_end().ends_with("0.10 |"),
+            "{ready}"
+        );
         let timer = lines.iter().find(|l| l.contains(Metric::BootTimer.title())).unwrap();
         assert!(timer.contains("n/a"));
         // Every line has the same width: the columns are padded.
@@ -451,10 +491,16 @@ mod tests {
         let doc = svg::render("t", "s", &panels);
         assert_eq!(svg::check_well_formed(&doc), Ok(3));
         let json = c.to_json();
-        assert_eq!(json["metrics"][0]["vmms"]["hull"]["samples"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            json["metrics"][0]["vmms"]["hull"]["samples"].as_array().unwrap().len(),
+            10
+        );
         assert_eq!(json["metrics"][0]["vmms"]["qemu"]["p90"], 49.0);
         assert_eq!(json["metrics"][3]["ratio_of_medians"]["hull/qemu"], 0.125);
-        assert!(json["meanings"]["qemu"]["start_request"].as_str().unwrap().contains("x-exit-preconfig"));
+        assert!(json["meanings"]["qemu"]["start_request"]
+            .as_str()
+            .unwrap()
+            .contains("x-exit-preconfig"));
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub fn parse_timing(stderr: &str) -> std::result::Result<HullTiming, String> {
     let mut at: [Option<f64>; 5] = [None; 5];
     let mut end = None;
     for line in stderr.lines() {
-        let Some(rest) = line.trim_end().strip_prefix("hull run: ") else { continue };
+        let Some(rest) = line.trim_end().strip_prefix("hull run: ") else {
+            continue;
+        };
         if let Some(phase) = rest.strip_prefix("phase ") {
             let words: Vec<&str> = phase.split_whitespace().collect();
-            let [name, secs] = words.as_slice() else { return Err(format!("malformed phase line {line:?}")) };
+            let [name, secs] = words.as_slice() else {
+                return Err(format!("malformed phase line {line:?}"));
+            };
             let i = PHASES
                 .iter()
                 .position(|(n, _)| n == name)
@@ -99,11 +103,20 @@ pub fn parse_timing(stderr: &str) -> std::result::Result<HullTiming, String> {
     for (i, (name, _)) in PHASES.iter().enumerate() {
         out[i] = at[i].ok_or_else(|| format!("no `hull run: phase {name}` line (is hull older than this bench?)"))?;
         if i > 0 && out[i] < out[i - 1] {
-            return Err(format!("phase {name} ({}) is earlier than {} ({})", out[i], PHASES[i - 1].0, out[i - 1]));
+            return Err(format!(
+                "phase {name} ({}) is earlier than {} ({})",
+                out[i],
+                PHASES[i - 1].0,
+                out[i - 1]
+            ));
         }
     }
     let (end_to_end, backend) = end.ok_or("no `hull run: end to end` line")?;
-    Ok(HullTiming { at: out, end_to_end, backend })
+    Ok(HullTiming {
+        at: out,
+        end_to_end,
+        backend,
+    })
 }
 
 fn seconds(text: &str) -> Option<f64> {
@@ -178,13 +191,17 @@ pub fn run(opts: &RunOptions) -> Vec<Section> {
         }
     };
     let mut runc_e2e = None;
-    sections.push(run_section("run.runc", "runc run of /bin/true, same busybox rootfs (host, no VM)", |s| {
-        let samples = runc_runs(s, rootfs.1.as_path(), opts.runs)?;
-        runc_e2e = Summary::of(&samples).map(|x| x.median);
-        s.metric("end to end (spawn → runc exited)", "ms", samples);
-        s.note("includes `runc run` only; `runc delete -f` after each sample is not timed");
-        Ok(())
-    }));
+    sections.push(run_section(
+        "run.runc",
+        "runc run of /bin/true, same busybox rootfs (host, no VM)",
+        |s| {
+            let samples = runc_runs(s, rootfs.1.as_path(), opts.runs)?;
+            runc_e2e = Summary::of(&samples).map(|x| x.median);
+            s.metric("end to end (spawn → runc exited)", "ms", samples);
+            s.note("includes `runc run` only; `runc delete -f` after each sample is not timed");
+            Ok(())
+        },
+    ));
     let mut hull_medians: Vec<(String, Option<[f64; 6]>)> = Vec::new();
     for backend in ["qemu", "kvm"] {
         let id = format!("run.hull_{backend}");
@@ -233,7 +250,10 @@ fn build_rootfs() -> Result<(TempDir, PathBuf)> {
         )));
     }
     if !rootfs.join("bin/true").exists() {
-        return Err(BenchError::failed(format!("{} has no bin/true applet", rootfs.display())));
+        return Err(BenchError::failed(format!(
+            "{} has no bin/true applet",
+            rootfs.display()
+        )));
     }
     Ok((dir, rootfs))
 }
@@ -246,17 +266,27 @@ fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: u
     let mut steps: [Vec<f64>; 5] = Default::default();
     for i in 0..runs {
         let mut cmd = Command::new(hull);
-        cmd.arg("run").arg("--rootfs").arg(rootfs).args(["--backend", backend, "--timing", "--", "/bin/true"]);
+        cmd.arg("run")
+            .arg("--rootfs")
+            .arg(rootfs)
+            .args(["--backend", backend, "--timing", "--", "/bin/true"]);
         let what = format!("hull run (backend {backend}, sample {})", i + 1);
         let done = run_bounded(cmd, &what, HULL_TIMEOUT)?;
         let tail = || hull_tests::tail(&done.stderr, 2000).to_string();
         if !done.status.success() {
-            return Err(BenchError::failed(format!("{what} exited with {}\nstderr tail:\n{}", done.status, tail())));
+            return Err(BenchError::failed(format!(
+                "{what} exited with {}\nstderr tail:\n{}",
+                done.status,
+                tail()
+            )));
         }
         let timing = parse_timing(&done.stderr)
             .map_err(|e| BenchError::failed(format!("{what}: {e}\nstderr tail:\n{}", tail())))?;
         if timing.backend != backend {
-            return Err(BenchError::failed(format!("{what} ran backend {}, not {backend}", timing.backend)));
+            return Err(BenchError::failed(format!(
+                "{what} ran backend {}, not {backend}",
+                timing.backend
+            )));
         }
         host.push(ms(done.took));
         own.push(timing.end_to_end * 1e3);
@@ -285,7 +315,11 @@ fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: u
 fn ensure_runc() -> Result<PathBuf> {
     let find = || {
         std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).map(|d| d.join("runc")).find(|p| crate::machine::is_executable(p)))
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("runc"))
+                    .find(|p| crate::machine::is_executable(p))
+            })
             .unwrap_or(None)
     };
     if let Some(p) = find() {
@@ -293,11 +327,14 @@ fn ensure_runc() -> Result<PathBuf> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(BenchError::env("runc is missing; install it with `sudo apt-get install runc`"));
+        return Err(BenchError::env(
+            "runc is missing; install it with `sudo apt-get install runc`",
+        ));
     }
     eprintln!("[hull-bench] runc is missing: installing Debian's runc (apt-get install -y runc)");
     let mut cmd = Command::new("apt-get");
-    cmd.args(["install", "-y", "--no-install-recommends", "runc"]).env("DEBIAN_FRONTEND", "noninteractive");
+    cmd.args(["install", "-y", "--no-install-recommends", "runc"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
     let done = run_bounded(cmd, "apt-get install runc", APT_TIMEOUT)?;
     if !done.status.success() {
         return Err(BenchError::env(format!(
@@ -318,7 +355,10 @@ fn make_bundle(runc: &Path, bundle: &Path, rootfs: &Path) -> Result<()> {
         .output()
         .map_err(fail("running runc spec"))?;
     if !out.status.success() {
-        return Err(BenchError::failed(format!("runc spec failed: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(BenchError::failed(format!(
+            "runc spec failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(fail(format!("reading {}", path.display())))?;
@@ -353,7 +393,11 @@ impl Drop for RuncContainer<'_> {
 /// N x `runc run` end to end, in ms.
 fn runc_runs(s: &mut Section, rootfs: &Path, runs: usize) -> Result<Vec<f64>> {
     let runc = ensure_runc()?;
-    let version = Command::new(&runc).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+    let version = Command::new(&runc)
+        .arg("--version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
     if let Some(first) = String::from_utf8_lossy(&version).lines().next() {
         s.note(format!("{first} ({})", runc.display()));
     }
@@ -365,10 +409,17 @@ fn runc_runs(s: &mut Section, rootfs: &Path, runs: usize) -> Result<Vec<f64>> {
     make_bundle(&runc, &bundle, rootfs)?;
     let mut samples = Vec::new();
     for i in 0..runs {
-        let container =
-            RuncContainer { runc: &runc, state: &state, id: format!("hull-bench-{}-{i}", std::process::id()) };
+        let container = RuncContainer {
+            runc: &runc,
+            state: &state,
+            id: format!("hull-bench-{}-{i}", std::process::id()),
+        };
         let mut cmd = Command::new(&runc);
-        cmd.arg("--root").arg(&state).args(["run", "--bundle"]).arg(&bundle).arg(&container.id);
+        cmd.arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&container.id);
         let what = format!("runc run (sample {})", i + 1);
         let done = run_bounded(cmd, &what, RUNC_TIMEOUT)?;
         if !done.status.success() {
@@ -414,7 +465,11 @@ fn ratio_section(runc: Option<f64>, hull: &[(String, Option<[f64; 6]>)]) -> Sect
         }
         if let (Some(m), Some(r)) = (medians, runc) {
             if r > 0.0 {
-                s.metric(format!("hull {backend} / runc, end-to-end medians"), "x", vec![m[0] / r]);
+                s.metric(
+                    format!("hull {backend} / runc, end-to-end medians"),
+                    "x",
+                    vec![m[0] / r],
+                );
             }
         }
     }

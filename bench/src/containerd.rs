@@ -90,7 +90,9 @@ impl Bench {
     fn start(s: &mut Section, opts: &ContainerdBenchOptions) -> Result<Bench> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Err(BenchError::env("the containerd suite needs root (containerd, mounts, network namespaces)"));
+            return Err(BenchError::env(
+                "the containerd suite needs root (containerd, mounts, network namespaces)",
+            ));
         }
         hull_tests::ensure_qemu_tools();
         let guest = hull_tests::guest_images();
@@ -116,23 +118,42 @@ impl Bench {
         std::fs::write(&shim_config, &toml).map_err(fail(format!("writing {}", shim_config.display())))?;
         ctd.import_image(CTR_NAMESPACE, &busybox_image());
         let cri = ctd.cri_with_images();
-        let version = Command::new("containerd").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+        let version = Command::new("containerd")
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
         s.note(format!("containerd: {}", String::from_utf8_lossy(&version).trim()));
-        s.note(format!("shim: {}", opts.shim_dir.join("containerd-shim-hull-v2").display()));
+        s.note(format!(
+            "shim: {}",
+            opts.shim_dir.join("containerd-shim-hull-v2").display()
+        ));
         s.note(format!("hull: {}", opts.hull_bin.display()));
-        s.note(format!("guest: kernel {}, initrd {}", guest.kernel.display(), guest.initrd.display()));
+        s.note(format!(
+            "guest: kernel {}, initrd {}",
+            guest.kernel.display(),
+            guest.initrd.display()
+        ));
         for line in toml.lines() {
             s.note(format!("shim.toml: {line}"));
         }
-        Ok(Bench { cri, ctd, shim_config, _config_dir: config_dir })
+        Ok(Bench {
+            cri,
+            ctd,
+            shim_config,
+            _config_dir: config_dir,
+        })
     }
 
     /// One `ctr run --rm busybox <id> echo hello`; its time, spawn → ctr exited.
     fn ctr_run(&self, runtime: Runtime, id: &str) -> Result<Duration> {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(self.ctd.socket()).args(["-n", CTR_NAMESPACE, "run", "--rm"]);
+        cmd.arg("--address")
+            .arg(self.ctd.socket())
+            .args(["-n", CTR_NAMESPACE, "run", "--rm"]);
         if runtime == Runtime::Hull {
-            cmd.args(["--runtime", HULL_RUNTIME_TYPE, "--runtime-config-path"]).arg(&self.shim_config);
+            cmd.args(["--runtime", HULL_RUNTIME_TYPE, "--runtime-config-path"])
+                .arg(&self.shim_config);
         }
         cmd.args([BUSYBOX_IMAGE, id, "echo", "hello"]);
         let what = format!("ctr run ({}, {id})", runtime.name());
@@ -180,10 +201,19 @@ impl Bench {
             BenchError::failed(format!("pod {name} ({handler}): {e}\n{}", self.ctd.report()))
         };
         let t0 = Instant::now();
-        let pod = self.cri.run_pod_sandbox(handler, name, PodNetwork::Host).map_err(cri_err)?;
-        let guard = PodGuard { cri: &self.cri, id: pod.id.clone() };
+        let pod = self
+            .cri
+            .run_pod_sandbox(handler, name, PodNetwork::Host)
+            .map_err(cri_err)?;
+        let guard = PodGuard {
+            cri: &self.cri,
+            id: pod.id.clone(),
+        };
         let t1 = Instant::now();
-        let cid = self.cri.create_container(&pod, "sleeper", BUSYBOX_IMAGE, &["sleep", "3600"]).map_err(cri_err)?;
+        let cid = self
+            .cri
+            .create_container(&pod, "sleeper", BUSYBOX_IMAGE, &["sleep", "3600"])
+            .map_err(cri_err)?;
         let t2 = Instant::now();
         self.cri.start_container(&cid).map_err(cri_err)?;
         let t3 = Instant::now();
@@ -217,7 +247,10 @@ impl Bench {
         }
         let median = Summary::of(&total).map(|x| x.median).unwrap_or(f64::NAN);
         s.metric("pod start (RunPodSandbox → StartContainer returned)", "ms", total);
-        for (label, v) in ["  RunPodSandbox", "  CreateContainer", "  StartContainer"].into_iter().zip(calls) {
+        for (label, v) in ["  RunPodSandbox", "  CreateContainer", "  StartContainer"]
+            .into_iter()
+            .zip(calls)
+        {
             s.metric(label, "ms", v);
         }
         s.note("host-network pods (containerd's own netns); container `sleep 3600` from the busybox image");
@@ -232,9 +265,18 @@ impl Bench {
     fn pod_memory(&self, s: &mut Section, samples: usize) -> Result<()> {
         let name = format!("bench-mem-{}", std::process::id());
         let cri_err = |e: hull_tests::cri::CriError| BenchError::failed(format!("pod {name}: {e}"));
-        let pod = self.cri.run_pod_sandbox(HULL_HANDLER, &name, PodNetwork::Host).map_err(cri_err)?;
-        let guard = PodGuard { cri: &self.cri, id: pod.id.clone() };
-        let cid = self.cri.create_container(&pod, "sleeper", BUSYBOX_IMAGE, &["sleep", "3600"]).map_err(cri_err)?;
+        let pod = self
+            .cri
+            .run_pod_sandbox(HULL_HANDLER, &name, PodNetwork::Host)
+            .map_err(cri_err)?;
+        let guard = PodGuard {
+            cri: &self.cri,
+            id: pod.id.clone(),
+        };
+        let cid = self
+            .cri
+            .create_container(&pod, "sleeper", BUSYBOX_IMAGE, &["sleep", "3600"])
+            .map_err(cri_err)?;
         self.cri.start_container(&cid).map_err(cri_err)?;
         // Let the guest finish what it does right after the container started.
         std::thread::sleep(Duration::from_secs(3));
@@ -244,16 +286,30 @@ impl Bench {
             if i > 0 {
                 std::thread::sleep(Duration::from_secs(1));
             }
-            let procs: Vec<VmProcess> = vm_pids_under(self.ctd.dir()).into_iter().filter_map(VmProcess::read).collect();
+            let procs: Vec<VmProcess> = vm_pids_under(self.ctd.dir())
+                .into_iter()
+                .filter_map(VmProcess::read)
+                .collect();
             if procs.is_empty() {
                 return Err(BenchError::failed(format!("no VM process found for pod {name}")));
             }
             rss.push(procs.iter().map(|p| p.rss_kib).sum::<u64>() as f64 / 1024.0);
             pss.push(procs.iter().map(|p| p.pss_kib).sum::<u64>() as f64 / 1024.0);
-            outside.push(procs.iter().map(|p| p.rss_kib.saturating_sub(p.guest_rss_kib)).sum::<u64>() as f64 / 1024.0);
+            outside.push(
+                procs
+                    .iter()
+                    .map(|p| p.rss_kib.saturating_sub(p.guest_rss_kib))
+                    .sum::<u64>() as f64
+                    / 1024.0,
+            );
             last = procs;
         }
-        let shim_rss: u64 = self.ctd.shim_pids().into_iter().filter_map(|p| status_kib(p, "VmRSS")).sum();
+        let shim_rss: u64 = self
+            .ctd
+            .shim_pids()
+            .into_iter()
+            .filter_map(|p| status_kib(p, "VmRSS"))
+            .sum();
         guard.remove().map_err(cri_err)?;
         self.wait_no_vm(&format!("pod {name}"))?;
 
@@ -265,7 +321,8 @@ impl Bench {
         let vmm = last.iter().find(|p| p.role != Role::Backend);
         s.note(format!(
             "backend: {} (shim log: {})",
-            vmm.map(|p| p.role.describe(&p.args)).unwrap_or_else(|| "no VMM process found".into()),
+            vmm.map(|p| p.role.describe(&p.args))
+                .unwrap_or_else(|| "no VMM process found".into()),
             self.backend_text()
         ));
         for p in &last {
@@ -282,10 +339,20 @@ impl Bench {
             "RSS double-counts the guest memory pages that QEMU and the vhost-user backends both map (shared \
                 memfd); PSS splits them",
         );
-        s.note(format!("not included: the pod's containerd-shim-hull-v2, RSS {:.1} MiB", shim_rss as f64 / 1024.0));
+        s.note(format!(
+            "not included: the pod's containerd-shim-hull-v2, RSS {:.1} MiB",
+            shim_rss as f64 / 1024.0
+        ));
         let yaml = hull_tests::repo_root().join("resources/runtimeclass.yaml");
-        let guest_mib = last.iter().find(|p| p.role == Role::Qemu).and_then(|p| qemu_memory_mib(&p.args));
-        match std::fs::read_to_string(&yaml).ok().as_deref().and_then(overhead_memory_mib) {
+        let guest_mib = last
+            .iter()
+            .find(|p| p.role == Role::Qemu)
+            .and_then(|p| qemu_memory_mib(&p.args));
+        match std::fs::read_to_string(&yaml)
+            .ok()
+            .as_deref()
+            .and_then(overhead_memory_mib)
+        {
             Some(mib) => {
                 let covers = |need: f64| if mib >= need { "covers" } else { "does NOT cover" };
                 s.note(format!(
@@ -330,7 +397,11 @@ impl Bench {
     fn backend_text(&self) -> String {
         let lines = backend_lines(&self.ctd.log());
         if lines.is_empty() {
-            let auto = if hull_tests::hardware_kvm() { "hull (hardware KVM)" } else { "qemu" };
+            let auto = if hull_tests::hardware_kvm() {
+                "hull (hardware KVM)"
+            } else {
+                "qemu"
+            };
             format!("auto (not in containerd's log; {auto} on this machine by /dev/kvm and /sys/module/kvm_pvm)")
         } else {
             lines.join("; ")
@@ -346,7 +417,10 @@ struct PodGuard<'a> {
 
 impl PodGuard<'_> {
     fn remove(self) -> std::result::Result<(), hull_tests::cri::CriError> {
-        let r = self.cri.stop_pod_sandbox(&self.id).and_then(|()| self.cri.remove_pod_sandbox(&self.id));
+        let r = self
+            .cri
+            .stop_pod_sandbox(&self.id)
+            .and_then(|()| self.cri.remove_pod_sandbox(&self.id));
         std::mem::forget(self);
         r
     }
@@ -400,9 +474,11 @@ pub fn run(opts: &ContainerdBenchOptions) -> Vec<Section> {
             }));
         }
     }
-    sections.push(run_section("containerd.pod_memory", "host memory of one running hull pod's VM processes", |s| {
-        bench.pod_memory(s, 5)
-    }));
+    sections.push(run_section(
+        "containerd.pod_memory",
+        "host memory of one running hull pod's VM processes",
+        |s| bench.pod_memory(s, 5),
+    ));
     sections.push(ratio_section(medians));
     drop(bench);
     sections
@@ -410,8 +486,14 @@ pub fn run(opts: &ContainerdBenchOptions) -> Vec<Section> {
 
 /// hull/runc of the medians for `ctr run` and pod start, with the Kata reference beside the ctr ratio.
 fn ratio_section(medians: [[Option<f64>; 2]; 2]) -> Section {
-    let mut s = Section::start("containerd.ratio", "hull / runc through containerd, ratio of the medians");
-    s.note(format!("{:<36} {:>10} {:>10} {:>10}", "", "runc ms", "hull ms", "hull/runc"));
+    let mut s = Section::start(
+        "containerd.ratio",
+        "hull / runc through containerd, ratio of the medians",
+    );
+    s.note(format!(
+        "{:<36} {:>10} {:>10} {:>10}",
+        "", "runc ms", "hull ms", "hull/runc"
+    ));
     for (label, [runc, hull]) in ["ctr run --rm … echo hello", "CRI pod start"].into_iter().zip(medians) {
         let show = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let r = ratio(runc, hull);
@@ -508,13 +590,25 @@ impl VmProcess {
         let pss_kib = kib_field(&rollup, "Pss").unwrap_or(0);
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
         let guest_rss_kib = guest_memory_rss_kib(&crate::smaps::parse_smaps(&smaps));
-        Some(VmProcess { pid, role, args, rss_kib, pss_kib, guest_rss_kib })
+        Some(VmProcess {
+            pid,
+            role,
+            args,
+            rss_kib,
+            pss_kib,
+            guest_rss_kib,
+        })
     }
 }
 
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -525,17 +619,26 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 /// Resident KiB of the guest-RAM mappings: QEMU's `memory-backend-memfd` shows as `/memfd:NAME (deleted)` in
 /// QEMU and in every vhost-user backend that mapped it. (hull's own VMM keeps guest RAM anonymous: 0 there.)
 fn guest_memory_rss_kib(maps: &[crate::smaps::Mapping]) -> u64 {
-    maps.iter().filter(|m| m.path.starts_with("/memfd:")).map(|m| m.rss_kib).sum()
+    maps.iter()
+        .filter(|m| m.path.starts_with("/memfd:"))
+        .map(|m| m.rss_kib)
+        .sum()
 }
 
 /// QEMU's `-m SIZE` in MiB (plain MiB, or with an M or G suffix).
 fn qemu_memory_mib(args: &[String]) -> Option<f64> {
-    let v = args.windows(2).find(|w| w[0] == "-m")?[1].split(',').next()?.to_string();
+    let v = args.windows(2).find(|w| w[0] == "-m")?[1]
+        .split(',')
+        .next()?
+        .to_string();
     let (num, mult) = match v.strip_suffix(['G', 'g']) {
         Some(n) => (n, 1024.0),
         None => (v.strip_suffix(['M', 'm']).unwrap_or(&v), 1.0),
     };
-    num.parse::<f64>().ok().filter(|m| m.is_finite() && *m > 0.0).map(|m| m * mult)
+    num.parse::<f64>()
+        .ok()
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .map(|m| m * mult)
 }
 
 /// `Key:   1234 kB` from /proc's status or smaps_rollup text.
@@ -551,7 +654,9 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
 fn vm_pids_under(dir: &Path) -> Vec<u32> {
     // With the trailing slash, `/tmp/x-1` does not match the files of `/tmp/x-10`.
     let needle = format!("{}/", dir.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -611,8 +716,18 @@ pub fn overhead_memory_mib(yaml: &str) -> Option<f64> {
 /// A Kubernetes memory quantity in MiB.
 fn quantity_mib(q: &str) -> Option<f64> {
     const MI: f64 = 1024.0 * 1024.0;
-    let units: [(&str, f64); 6] = [("Ki", 1024.0), ("Mi", MI), ("Gi", MI * 1024.0), ("k", 1e3), ("M", 1e6), ("G", 1e9)];
-    let (num, mult) = units.iter().find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m))).unwrap_or((q, 1.0));
+    let units: [(&str, f64); 6] = [
+        ("Ki", 1024.0),
+        ("Mi", MI),
+        ("Gi", MI * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
     let v: f64 = num.parse().ok()?;
     (v.is_finite() && v >= 0.0).then_some(v * mult / MI)
 }
@@ -678,7 +793,10 @@ time=\"t2\" level=info msg=\"VM backend Qemu (/dev/kvm is kvm_pvm: no guest user
 time=\"t3\" level=info msg=\"VM backend Qemu (/dev/kvm is kvm_pvm: no guest user space)\" runtime=io.containerd.hull.v2
 [INFO] VM backend Hull (hardware KVM)
 ";
-        assert_eq!(backend_lines(log), ["Qemu (/dev/kvm is kvm_pvm: no guest user space)", "Hull (hardware KVM)"]);
+        assert_eq!(
+            backend_lines(log),
+            ["Qemu (/dev/kvm is kvm_pvm: no guest user space)", "Hull (hardware KVM)"]
+        );
         assert!(backend_lines("nothing here\n").is_empty());
     }
 
@@ -696,7 +814,10 @@ time=\"t3\" level=info msg=\"VM backend Qemu (/dev/kvm is kvm_pvm: no guest user
         let yaml = "# memory: \"1Gi\" in a comment\nkind: RuntimeClass\nhandler: hull\noverhead:\n  podFixed:\n    \
                     memory: \"300Mi\"\n    cpu: \"250m\"\n";
         assert_eq!(overhead_memory_mib(yaml), Some(300.0));
-        assert_eq!(overhead_memory_mib("overhead:\n  podFixed:\n    memory: 1Gi\n"), Some(1024.0));
+        assert_eq!(
+            overhead_memory_mib("overhead:\n  podFixed:\n    memory: 1Gi\n"),
+            Some(1024.0)
+        );
         assert_eq!(overhead_memory_mib("overhead:\n  podFixed:\n    cpu: 1\n"), None);
         assert_eq!(quantity_mib("524288Ki"), Some(512.0));
         assert_eq!(quantity_mib("1048576"), Some(1.0));
@@ -711,8 +832,14 @@ time=\"t3\" level=info msg=\"VM backend Qemu (/dev/kvm is kvm_pvm: no guest user
         assert_eq!(kib_field(status, "VmSwap"), None);
         assert_eq!(kib_field("Pss:   77 kB\nPss_Anon: 5 kB\n", "Pss"), Some(77));
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(Role::of("hull\n", &args(&["hull", "vhost-user", "blk"])), Some(Role::Backend));
-        assert_eq!(Role::of("hull", &args(&["hull", "--api-sock", "x"])), Some(Role::HullVmm));
+        assert_eq!(
+            Role::of("hull\n", &args(&["hull", "vhost-user", "blk"])),
+            Some(Role::Backend)
+        );
+        assert_eq!(
+            Role::of("hull", &args(&["hull", "--api-sock", "x"])),
+            Some(Role::HullVmm)
+        );
         assert_eq!(Role::of("qemu-system-x86", &args(&["qemu"])), Some(Role::Qemu));
         assert_eq!(Role::of("bash", &args(&["bash"])), None);
         let qemu = args(&["qemu-system-x86_64", "-M", "microvm", "-accel", "tcg"]);

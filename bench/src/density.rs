@@ -76,7 +76,11 @@ impl Leftovers {
 
 impl std::fmt::Display for Leftovers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} process(es), {} socket(s), {} temporary dir(s)", self.processes, self.sockets, self.dirs)
+        write!(
+            f,
+            "{} process(es), {} socket(s), {} temporary dir(s)",
+            self.processes, self.sockets, self.dirs
+        )
     }
 }
 
@@ -102,7 +106,11 @@ impl BatchVm {
         let err_path = dir.path().join("stderr.txt");
         let err = File::create(&err_path).map_err(fail(format!("creating {}", err_path.display())))?;
         let mut cmd = Command::new(&vmm.bin);
-        cmd.args(&args).current_dir(dir.path()).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.args(&args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
         // async-signal-safe; it touches no memory of the parent. PR_SET_PDEATHSIG follows the spawning thread:
         // batches are spawned from the thread that also tears them down.
@@ -126,10 +134,12 @@ impl BatchVm {
     }
 
     fn spawn(&mut self, t0: Instant) -> Result<()> {
-        let child = self
-            .cmd
-            .spawn()
-            .map_err(|e| BenchError::env(format!("cannot start {}: {e}", self.cmd.get_program().to_string_lossy())))?;
+        let child = self.cmd.spawn().map_err(|e| {
+            BenchError::env(format!(
+                "cannot start {}: {e}",
+                self.cmd.get_program().to_string_lossy()
+            ))
+        })?;
         self.spawned_at = Some(t0.elapsed());
         self.child = Some(child);
         Ok(())
@@ -149,7 +159,11 @@ impl BatchVm {
                 .unwrap_or_default()
         };
         let pid = self.pid().map_or("not started".to_string(), |p| p.to_string());
-        format!("pid {pid}\n--- stdout ---\n{}\n--- stderr ---\n{}", read("stdout.txt"), read("stderr.txt"))
+        format!(
+            "pid {pid}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            read("stdout.txt"),
+            read("stderr.txt")
+        )
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -187,7 +201,10 @@ fn leftover_dirs() -> usize {
     let prefix = format!("hull-test-{DIR_LABEL}-");
     std::fs::read_dir(std::env::temp_dir())
         .map(|entries| {
-            entries.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count()
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
         })
         .unwrap_or(0)
 }
@@ -321,7 +338,10 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
         }
     }
     drop(batch);
-    left.processes = pids.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).count();
+    left.processes = pids
+        .iter()
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .count();
     left.dirs = left.dirs.max(leftover_dirs().saturating_sub(dirs_before));
     std::thread::sleep(Duration::from_millis(200));
     let mem_after = mem_available_kib()?;
@@ -336,20 +356,44 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
         mem_drop_per_vm_kib: (mem_before as f64 - mem_up as f64) / vms as f64,
         left_behind: left,
     };
-    s.metric("start rate (N / time until all N guests up)", "VMs/s", vec![figures.start_rate()]);
+    s.metric(
+        "start rate (N / time until all N guests up)",
+        "VMs/s",
+        vec![figures.start_rate()],
+    );
     s.metric("time until all N up", "s", vec![figures.all_up_s]);
     s.metric("time to spawn all N processes", "s", vec![spawned.as_secs_f64()]);
     s.metric("per-VM its spawn → its guest's line", "ms", up_ms);
     s.metric("per-VM PSS (smaps_rollup), all up", "KiB", figures.pss_kib.clone());
-    s.metric("  of which Pss_Anon", "KiB", footprints.iter().map(|f| f.pss_anon_kib as f64).collect());
-    s.metric("  of which Pss_File", "KiB", footprints.iter().map(|f| f.pss_file_kib as f64).collect());
+    s.metric(
+        "  of which Pss_Anon",
+        "KiB",
+        footprints.iter().map(|f| f.pss_anon_kib as f64).collect(),
+    );
+    s.metric(
+        "  of which Pss_File",
+        "KiB",
+        footprints.iter().map(|f| f.pss_file_kib as f64).collect(),
+    );
     s.metric("per-VM RSS (smaps_rollup), all up", "KiB", figures.rss_kib.clone());
-    s.metric("per-VM threads", "threads", footprints.iter().map(|f| f.threads as f64).collect());
+    s.metric(
+        "per-VM threads",
+        "threads",
+        footprints.iter().map(|f| f.threads as f64).collect(),
+    );
     s.metric("MemAvailable before", "MiB", vec![mem_before as f64 / 1024.0]);
     s.metric("MemAvailable with all N up", "MiB", vec![mem_up as f64 / 1024.0]);
     s.metric("MemAvailable after teardown", "MiB", vec![mem_after as f64 / 1024.0]);
-    s.metric("MemAvailable drop per VM (before − all up)", "KiB", vec![figures.mem_drop_per_vm_kib]);
-    s.metric("teardown: SIGTERM → all exited", "ms", vec![term_took.as_secs_f64() * 1e3]);
+    s.metric(
+        "MemAvailable drop per VM (before − all up)",
+        "KiB",
+        vec![figures.mem_drop_per_vm_kib],
+    );
+    s.metric(
+        "teardown: SIGTERM → all exited",
+        "ms",
+        vec![term_took.as_secs_f64() * 1e3],
+    );
     s.note(format!(
         "{vms} x {} ({}), guest {} (1 vCPU, {GUEST_MIB} MiB, halts after its line); output polled every {POLL:?}",
         vmm.name(),
@@ -376,7 +420,9 @@ pub fn batch(s: &mut Section, vmm: &Vmm, vms: usize, guest: &Path) -> Result<Bat
 /// The cross-VMM table: start rate, time until all up, median per-VM PSS, MemAvailable drop per VM, and the
 /// hull/peer ratios (hull is the first batch).
 pub fn render_summary(batches: &[BatchFigures]) -> String {
-    let Some(hull) = batches.first() else { return String::new() };
+    let Some(hull) = batches.first() else {
+        return String::new();
+    };
     let mut header = vec!["metric".to_string(), "unit".to_string()];
     header.extend(batches.iter().map(|b| b.kind.name().to_string()));
     header.extend(batches.iter().skip(1).map(|b| format!("hull/{}", b.kind.name())));
@@ -458,9 +504,15 @@ mod tests {
         assert_eq!(lines.len(), 2 + 5);
         assert!(lines[0].contains("hull/QEMU"));
         let rate = lines.iter().find(|l| l.contains("start rate (100 VMs)")).unwrap();
-        assert!(rate.contains("50.00") && rate.contains("25.00") && rate.contains("2.00"), "{rate}");
+        assert!(
+            rate.contains("50.00") && rate.contains("25.00") && rate.contains("2.00"),
+            "{rate}"
+        );
         let pss = lines.iter().find(|l| l.contains("PSS")).unwrap();
-        assert!(pss.contains("400.0") && pss.contains("16000") && pss.contains("0.03"), "{pss}");
+        assert!(
+            pss.contains("400.0") && pss.contains("16000") && pss.contains("0.03"),
+            "{pss}"
+        );
         assert!(lines.last().unwrap().contains("0/0/0"));
         assert_eq!(render_summary(&[]), "");
         let json = summary_json(&[figures(VmmKind::Hull, 2.0, 400.0)]);
@@ -471,7 +523,11 @@ mod tests {
     #[test]
     fn leftovers_describe_themselves() {
         assert!(Leftovers::default().is_clean());
-        let l = Leftovers { processes: 1, sockets: 0, dirs: 2 };
+        let l = Leftovers {
+            processes: 1,
+            sockets: 0,
+            dirs: 2,
+        };
         assert!(!l.is_clean());
         assert_eq!(l.to_string(), "1 process(es), 0 socket(s), 2 temporary dir(s)");
     }

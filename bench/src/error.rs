@@ -22,11 +22,17 @@ pub enum ErrorKind {
 
 impl BenchError {
     pub fn env(message: impl Into<String>) -> Self {
-        BenchError { kind: ErrorKind::Environment, message: message.into() }
+        BenchError {
+            kind: ErrorKind::Environment,
+            message: message.into(),
+        }
     }
 
     pub fn failed(message: impl Into<String>) -> Self {
-        BenchError { kind: ErrorKind::Failed, message: message.into() }
+        BenchError {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
     }
 
     /// The process exit code for this error.

@@ -42,7 +42,9 @@ pub struct GuestOptions {
 pub fn run(s: &mut Section, opts: &GuestOptions) -> Result<()> {
     for tool in ["qemu-system-x86_64", "busybox", "gcc"] {
         if !on_path(tool) {
-            return Err(BenchError::env(format!("{tool} is missing; run scripts/install-qemu.sh")));
+            return Err(BenchError::env(format!(
+                "{tool} is missing; run scripts/install-qemu.sh"
+            )));
         }
     }
     let hull = crate::find_hull(opts.hull.clone())?;
@@ -59,7 +61,11 @@ pub fn run(s: &mut Section, opts: &GuestOptions) -> Result<()> {
         script: "bench-io.sh".into(),
         extra_files: vec![("/bin/vsock-tool".into(), build_vsock_tool(dir.path()))],
         cmdline: format!("hull.runs={runs}"),
-        drives: vec![DriveSpec { id: "bench_drive".into(), path: image, read_only: true }],
+        drives: vec![DriveSpec {
+            id: "bench_drive".into(),
+            path: image,
+            read_only: true,
+        }],
         net: None,
         vsock: Some(VsockSpec { cid: GUEST_CID, uds }),
     };
@@ -72,7 +78,11 @@ pub fn run(s: &mut Section, opts: &GuestOptions) -> Result<()> {
     let parsed = parse_console(&console, runs).map_err(|e| BenchError::failed(format!("{e}\n{console}")))?;
     let host_secs = host.finish();
 
-    s.metric("blk: dd 64 MiB, bs=64k, guest clock", "MB/s", parsed.blk.iter().map(|r| mb_per_sec(r.0, r.1)).collect());
+    s.metric(
+        "blk: dd 64 MiB, bs=64k, guest clock",
+        "MB/s",
+        parsed.blk.iter().map(|r| mb_per_sec(r.0, r.1)).collect(),
+    );
     s.metric(
         "vsock: 64 MiB each way at once, guest clock",
         "MB/s",
@@ -121,7 +131,12 @@ fn qemu_version() -> String {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(3).map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(3)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "?".into())
 }
 
@@ -181,18 +196,27 @@ struct GuestFigures {
 
 /// Parses `bench-io.sh`'s marker lines; every run must be there, every vsock transfer `RESULT OK`.
 fn parse_console(console: &str, runs: usize) -> std::result::Result<GuestFigures, String> {
-    let mut figures =
-        GuestFigures { blk: Vec::new(), vsock: Vec::new(), cache_dropped: false, clocksource: String::new() };
+    let mut figures = GuestFigures {
+        blk: Vec::new(),
+        vsock: Vec::new(),
+        cache_dropped: false,
+        clocksource: String::new(),
+    };
     let number = |w: Option<&str>, what: &str, line: &str| -> std::result::Result<f64, String> {
-        w.and_then(|w| w.parse::<f64>().ok()).filter(|v| v.is_finite()).ok_or_else(|| format!("bad {what} in {line:?}"))
+        w.and_then(|w| w.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("bad {what} in {line:?}"))
     };
     for line in console.lines().map(str::trim_end) {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("CLOCKSOURCE") => {
                 let name = words.next().unwrap_or_default();
-                figures.clocksource =
-                    name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(32).collect();
+                figures.clocksource = name
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(32)
+                    .collect();
             }
             Some("BLK-CACHE") => figures.cache_dropped = words.next() == Some("dropped"),
             Some("BLK-READ") => {
@@ -240,9 +264,15 @@ mod tests {
         assert_eq!(f.blk.len(), 1);
         assert!((f.blk[0].1 - 0.5).abs() < 1e-9 && (f.vsock[0] - 4.0).abs() < 1e-9);
         assert!(parse_console(console, 2).unwrap_err().contains("expected 2"));
-        assert!(parse_console("BLK-READ 0 12 1 2\n", 1).unwrap_err().contains("not 67108864"));
-        assert!(parse_console("VSOCK-XFER 0 1 2 RESULT BAD 7\n", 1).unwrap_err().contains("failed"));
-        assert!(parse_console("BLK-READ 0 67108864 x 2\n", 1).unwrap_err().contains("bad t0"));
+        assert!(parse_console("BLK-READ 0 12 1 2\n", 1)
+            .unwrap_err()
+            .contains("not 67108864"));
+        assert!(parse_console("VSOCK-XFER 0 1 2 RESULT BAD 7\n", 1)
+            .unwrap_err()
+            .contains("failed"));
+        assert!(parse_console("BLK-READ 0 67108864 x 2\n", 1)
+            .unwrap_err()
+            .contains("bad t0"));
     }
 
     #[test]

@@ -29,7 +29,11 @@ impl Load {
 
 impl std::fmt::Display for Load {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.2} {:.2} {:.2} ({} tasks runnable/total)", self.one, self.five, self.fifteen, self.tasks)
+        write!(
+            f,
+            "{:.2} {:.2} {:.2} ({} tasks runnable/total)",
+            self.one, self.five, self.fifteen, self.tasks
+        )
     }
 }
 
@@ -40,7 +44,12 @@ pub fn parse_loadavg(text: &str) -> Option<Load> {
     let five = words.next()?.parse().ok()?;
     let fifteen = words.next()?.parse().ok()?;
     let tasks = words.next()?.to_string();
-    Some(Load { one, five, fifteen, tasks })
+    Some(Load {
+        one,
+        five,
+        fifteen,
+        tasks,
+    })
 }
 
 /// The machine as the header describes it.
@@ -60,12 +69,19 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, m)| m.trim())
+            })
             .unwrap_or("unknown CPU")
             .to_string();
         let mem_kib = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string())))
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string()))
+            })
             .and_then(|r| r.trim_end_matches("kB").trim().parse::<f64>().ok())
             .unwrap_or(0.0);
         Machine {
@@ -90,7 +106,10 @@ impl Machine {
                 .to_string(),
             (true, false) => "/dev/kvm is hardware KVM (no kvm_pvm module)".to_string(),
             (false, pvm) => {
-                format!("/dev/kvm is NOT usable by this user{}", if pvm { " (kvm_pvm is loaded)" } else { "" })
+                format!(
+                    "/dev/kvm is NOT usable by this user{}",
+                    if pvm { " (kvm_pvm is loaded)" } else { "" }
+                )
             }
         };
         let load = match &self.load {
@@ -120,7 +139,9 @@ impl Machine {
 /// Whether `path` is an executable regular file.
 pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

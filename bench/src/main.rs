@@ -126,7 +126,9 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             "--linux" => parsed.linux = true,
             "--window-ms" => {
                 let v = value("--window-ms")?;
-                let ms: u64 = v.parse().map_err(|_| usage(format!("--window-ms {v:?} is not a number")))?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|_| usage(format!("--window-ms {v:?} is not a number")))?;
                 if !(10..=60_000).contains(&ms) {
                     return Err(usage(format!("--window-ms must be 10 to 60000, not {ms}")));
                 }
@@ -171,7 +173,9 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
     }
     let peers = parsed.qemu.is_some() || parsed.firecracker.is_some() || parsed.cloud_hypervisor.is_some();
     if peers && !["compare", "density"].contains(&suite.as_str()) {
-        return Err(usage("--qemu, --firecracker and --cloud-hypervisor belong to compare and density".into()));
+        return Err(usage(
+            "--qemu, --firecracker and --cloud-hypervisor belong to compare and density".into(),
+        ));
     }
     parsed.suite = suite;
     Ok(Some(parsed))
@@ -187,7 +191,11 @@ fn find_hull(explicit: Option<PathBuf>) -> Result<PathBuf> {
     candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| {
         BenchError::env(format!(
             "no hull binary (looked at {}); build it with `cargo build --release -p hull`, or pass --hull PATH",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -209,12 +217,27 @@ fn find_vmms(args: &Args) -> Result<Vec<Vmm>> {
                 )
             })?,
     };
-    let mut vmms = vec![Vmm { kind: VmmKind::Hull, bin: hull }, Vmm { kind: VmmKind::Qemu, bin: qemu }];
+    let mut vmms = vec![
+        Vmm {
+            kind: VmmKind::Hull,
+            bin: hull,
+        },
+        Vmm {
+            kind: VmmKind::Qemu,
+            bin: qemu,
+        },
+    ];
     if let Some(fc) = &args.firecracker {
-        vmms.push(Vmm { kind: VmmKind::Firecracker, bin: fc.clone() });
+        vmms.push(Vmm {
+            kind: VmmKind::Firecracker,
+            bin: fc.clone(),
+        });
     }
     if let Some(ch) = &args.cloud_hypervisor {
-        vmms.push(Vmm { kind: VmmKind::CloudHypervisor, bin: ch.clone() });
+        vmms.push(Vmm {
+            kind: VmmKind::CloudHypervisor,
+            bin: ch.clone(),
+        });
     }
     for vmm in vmms.iter_mut() {
         // The VMMs run in their own directories: a relative path would not resolve there.
@@ -234,9 +257,14 @@ fn find_vmms(args: &Args) -> Result<Vec<Vmm>> {
 fn run_side_by_side(args: &Args, machine: &Machine, json: &mut serde_json::Value) -> Result<Vec<Section>> {
     let vmms = find_vmms(args)?;
     if !machine.kvm_usable {
-        return Err(BenchError::env("/dev/kvm is missing or not accessible to this user: no VMM can boot"));
+        return Err(BenchError::env(
+            "/dev/kvm is missing or not accessible to this user: no VMM can boot",
+        ));
     }
-    let listed: Vec<String> = vmms.iter().map(|v| format!("{} {}", v.name(), v.bin.display())).collect();
+    let listed: Vec<String> = vmms
+        .iter()
+        .map(|v| format!("{} {}", v.name(), v.bin.display()))
+        .collect();
     let profile = if vmms[0].bin.components().any(|c| c.as_os_str() == "debug") {
         " (hull is a DEBUG build: figures are not representative; build with --release)"
     } else {
@@ -249,14 +277,30 @@ fn run_side_by_side(args: &Args, machine: &Machine, json: &mut serde_json::Value
         .collect::<Vec<_>>());
     let guest = hull_tests::tiny_guest("halt.elf");
     if args.suite == "compare" {
-        let opts = compare::CompareOptions { runs: args.runs.unwrap_or(10), vmms, guest, svg: args.svg.clone() };
+        let opts = compare::CompareOptions {
+            runs: args.runs.unwrap_or(10),
+            vmms,
+            guest,
+            svg: args.svg.clone(),
+        };
         let names: Vec<&str> = opts.vmms.iter().map(|v| v.name()).collect();
-        let title = format!("{}, tiny PVH guest, {} interleaved rounds", names.join(" vs "), opts.runs);
+        let title = format!(
+            "{}, tiny PVH guest, {} interleaved rounds",
+            names.join(" vs "),
+            opts.runs
+        );
         let mut comparison = None;
         let mut section = run_section("compare", &title, |s| compare::run(s, &opts, &mut comparison));
         if let Some(c) = &comparison {
-            let partial = if section.error.is_some() { " (PARTIAL: a sample failed, see above)" } else { "" };
-            println!("\ncompare: medians [p10–p90] over the samples, ratio of medians{partial}\n{}", c.render_table());
+            let partial = if section.error.is_some() {
+                " (PARTIAL: a sample failed, see above)"
+            } else {
+                ""
+            };
+            println!(
+                "\ncompare: medians [p10–p90] over the samples, ratio of medians{partial}\n{}",
+                c.render_table()
+            );
             json["comparison"] = c.to_json();
             if let (Some(path), None) = (&opts.svg, &section.error) {
                 match compare::write_svg(path, c, &compare::chart_subtitle(opts.runs, &section)) {
@@ -300,7 +344,10 @@ fn find_shim_and_hull(explicit: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
         None => shim_dir.join("hull"),
     };
     if !is_executable(&hull) {
-        return Err(BenchError::env(format!("no hull binary at {}; pass --hull PATH", hull.display())));
+        return Err(BenchError::env(format!(
+            "no hull binary at {}; pass --hull PATH",
+            hull.display()
+        )));
     }
     Ok((shim_dir, hull))
 }
@@ -318,7 +365,9 @@ fn run(args: Args) -> Result<Vec<Section>> {
         "boot" => {
             let hull = find_hull(args.hull.clone())?;
             if !machine.kvm_usable {
-                return Err(BenchError::env("/dev/kvm is missing or not accessible to this user: hull cannot boot"));
+                return Err(BenchError::env(
+                    "/dev/kvm is missing or not accessible to this user: hull cannot boot",
+                ));
             }
             // hull_tests::Hull starts `$HULL_BIN`; no other thread runs yet.
             std::env::set_var("HULL_BIN", &hull);
@@ -329,13 +378,20 @@ fn run(args: Args) -> Result<Vec<Section>> {
             };
             print_header(&machine, &format!("hull binary: {}{profile}.", hull.display()));
             json["hull_bin"] = serde_json::json!(hull);
-            boot::run(&boot::BootOptions { runs: args.runs.unwrap_or(20), linux: args.linux, hull_bin: hull })
+            boot::run(&boot::BootOptions {
+                runs: args.runs.unwrap_or(20),
+                linux: args.linux,
+                hull_bin: hull,
+            })
         }
         "run" => {
             let hull = find_hull(args.hull.clone())?;
             print_header(&machine, &format!("hull binary: {}.", hull.display()));
             json["hull_bin"] = serde_json::json!(hull);
-            container::run(&container::RunOptions { runs: args.runs.unwrap_or(20), hull_bin: hull })
+            container::run(&container::RunOptions {
+                runs: args.runs.unwrap_or(20),
+                hull_bin: hull,
+            })
         }
         "containerd" => {
             let (shim_dir, hull) = find_shim_and_hull(args.hull.clone())?;
@@ -346,7 +402,11 @@ fn run(args: Args) -> Result<Vec<Section>> {
             };
             print_header(
                 &machine,
-                &format!("shim: {}/containerd-shim-hull-v2, hull: {}{profile}.", shim_dir.display(), hull.display()),
+                &format!(
+                    "shim: {}/containerd-shim-hull-v2, hull: {}{profile}.",
+                    shim_dir.display(),
+                    hull.display()
+                ),
             );
             json["hull_bin"] = serde_json::json!(hull);
             containerd::run(&containerd::ContainerdBenchOptions {
@@ -358,21 +418,36 @@ fn run(args: Args) -> Result<Vec<Section>> {
         }
         _ => {
             print_header(&machine, "");
-            let opts = devbench::DeviceOptions { runs: args.runs.unwrap_or(5), window: args.window };
+            let opts = devbench::DeviceOptions {
+                runs: args.runs.unwrap_or(5),
+                window: args.window,
+            };
             vec![
-                run_section("devices.block", "virtio-blk core vs pread/pwrite on the same file", |s| {
-                    devbench::block::run(s, &opts)
-                }),
+                run_section(
+                    "devices.block",
+                    "virtio-blk core vs pread/pwrite on the same file",
+                    |s| devbench::block::run(s, &opts),
+                ),
                 run_section(
                     "devices.vsock",
                     "virtio-vsock core (hybrid unix backend) vs a raw unix socket pair",
                     |s| devbench::vsock::run(s, &opts),
                 ),
-                run_section("devices.net", "virtio-net core vs raw TAP writes", |s| devbench::net::run(s, &opts)),
+                run_section("devices.net", "virtio-net core vs raw TAP writes", |s| {
+                    devbench::net::run(s, &opts)
+                }),
                 run_section(
                     "devices.qemu_guest",
                     "guest-measured blk and vsock MB/s, QEMU TCG guest with hull's vhost-user backends",
-                    |s| guest_io::run(s, &guest_io::GuestOptions { runs: opts.runs, hull: args.hull.clone() }),
+                    |s| {
+                        guest_io::run(
+                            s,
+                            &guest_io::GuestOptions {
+                                runs: opts.runs,
+                                hull: args.hull.clone(),
+                            },
+                        )
+                    },
                 ),
             ]
         }
@@ -404,11 +479,19 @@ fn main() {
         }
         Ok(Some(args)) => match run(args) {
             Ok(sections) => {
-                let failed: Vec<&str> = sections.iter().filter(|s| s.error.is_some()).map(|s| s.id.as_str()).collect();
+                let failed: Vec<&str> = sections
+                    .iter()
+                    .filter(|s| s.error.is_some())
+                    .map(|s| s.id.as_str())
+                    .collect();
                 if failed.is_empty() {
                     0
                 } else {
-                    eprintln!("hull-bench: {} benchmark(s) failed: {}", failed.len(), failed.join(", "));
+                    eprintln!(
+                        "hull-bench: {} benchmark(s) failed: {}",
+                        failed.len(),
+                        failed.join(", ")
+                    );
                     1
                 }
             }
@@ -435,19 +518,31 @@ mod tests {
 
     #[test]
     fn arguments_are_parsed() {
-        let a = parse(&["boot", "--runs", "7", "--json", "/tmp/x.json", "--linux"]).unwrap().unwrap();
+        let a = parse(&["boot", "--runs", "7", "--json", "/tmp/x.json", "--linux"])
+            .unwrap()
+            .unwrap();
         assert_eq!((a.suite.as_str(), a.runs, a.linux), ("boot", Some(7), true));
         assert_eq!(a.json, Some(PathBuf::from("/tmp/x.json")));
         let r = parse(&["run", "--runs", "3"]).unwrap().unwrap();
         assert_eq!((r.suite.as_str(), r.runs), ("run", Some(3)));
         let c = parse(&["containerd", "--runs", "2"]).unwrap().unwrap();
         assert_eq!((c.suite.as_str(), c.runs), ("containerd", Some(2)));
-        let c = parse(&["compare", "--runs", "3", "--svg", "/tmp/c.svg", "--firecracker", "/fc"]).unwrap().unwrap();
-        assert_eq!((c.suite.as_str(), c.runs, c.svg), ("compare", Some(3), Some(PathBuf::from("/tmp/c.svg"))));
+        let c = parse(&["compare", "--runs", "3", "--svg", "/tmp/c.svg", "--firecracker", "/fc"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.suite.as_str(), c.runs, c.svg),
+            ("compare", Some(3), Some(PathBuf::from("/tmp/c.svg")))
+        );
         assert_eq!((c.firecracker, c.cloud_hypervisor), (Some(PathBuf::from("/fc")), None));
-        let c = parse(&["density", "--vms", "300", "--cloud-hypervisor", "/ch", "--qemu", "/q"]).unwrap().unwrap();
+        let c = parse(&["density", "--vms", "300", "--cloud-hypervisor", "/ch", "--qemu", "/q"])
+            .unwrap()
+            .unwrap();
         assert_eq!((c.suite.as_str(), c.vms, c.runs), ("density", Some(300), None));
-        assert_eq!((c.cloud_hypervisor, c.qemu), (Some(PathBuf::from("/ch")), Some(PathBuf::from("/q"))));
+        assert_eq!(
+            (c.cloud_hypervisor, c.qemu),
+            (Some(PathBuf::from("/ch")), Some(PathBuf::from("/q")))
+        );
         let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
         assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
         assert!(parse(&["--help"]).unwrap().is_none());

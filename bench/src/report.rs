@@ -17,7 +17,11 @@ pub struct Metric {
 
 impl Metric {
     pub fn new(name: impl Into<String>, unit: &'static str, samples: Vec<f64>) -> Metric {
-        Metric { name: name.into(), unit, samples }
+        Metric {
+            name: name.into(),
+            unit,
+            samples,
+        }
     }
 }
 
@@ -66,9 +70,19 @@ impl Section {
     pub fn render(&self) -> String {
         let mut out = format!("\n== {}: {} ==\n", self.id, self.title);
         let load = |l: &Option<Load>| l.as_ref().map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
-        out.push_str(&format!("   load: start {}, end {}\n", load(&self.load_start), load(&self.load_end)));
+        out.push_str(&format!(
+            "   load: start {}, end {}\n",
+            load(&self.load_start),
+            load(&self.load_end)
+        ));
         if !self.metrics.is_empty() {
-            let width = self.metrics.iter().map(|m| m.name.chars().count()).max().unwrap_or(6).max(6);
+            let width = self
+                .metrics
+                .iter()
+                .map(|m| m.name.chars().count())
+                .max()
+                .unwrap_or(6)
+                .max(6);
             out.push_str(&format!(
                 "   {:<width$} {:>4} {:>10} {:>10} {:>10} {:>10}  unit\n",
                 "metric", "n", "median", "p90", "min", "max"

@@ -27,7 +27,9 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
             continue;
         }
         let Some(cur) = maps.last_mut() else { continue };
-        let Some((key, rest)) = line.split_once(':') else { continue };
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
         let kib = || rest.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
         match key {
             "Size" => cur.size_kib = kib(),
@@ -54,7 +56,13 @@ fn parse_header(line: &str) -> Option<Mapping> {
     let _dev = words.next()?;
     let _inode = words.next()?;
     let path = words.collect::<Vec<_>>().join(" ");
-    Some(Mapping { start, end, perms: perms.to_string(), path, ..Mapping::default() })
+    Some(Mapping {
+        start,
+        end,
+        perms: perms.to_string(),
+        path,
+        ..Mapping::default()
+    })
 }
 
 /// hull's resident memory split into the guest's RAM and the rest.
@@ -182,7 +190,10 @@ Rss:                 300 kB
         assert_eq!(maps[1].path, "[heap]");
         assert_eq!(maps[2].path, "");
         assert_eq!((maps[2].start, maps[2].end), (0x7f00_0000_0000, 0x7f00_0800_0000));
-        assert_eq!((maps[2].size_kib, maps[2].rss_kib, maps[2].anonymous_kib), (131072, 2048, 2048));
+        assert_eq!(
+            (maps[2].size_kib, maps[2].rss_kib, maps[2].anonymous_kib),
+            (131072, 2048, 2048)
+        );
         // "VmFlags" and "KernelPageSize" are not headers.
         assert_eq!(maps[4].perms, "r-xp");
     }
@@ -212,7 +223,10 @@ Rss:                 300 kB
                       Pss_Anon:  900 kB\n";
         assert_eq!(kib_field(rollup, "Rss"), Some(4300));
         assert_eq!(kib_field(rollup, "Pss"), Some(1234));
-        assert_eq!(kib_field("MemTotal: 10 kB\nMemAvailable:   22487000 kB\n", "MemAvailable"), Some(22487000));
+        assert_eq!(
+            kib_field("MemTotal: 10 kB\nMemAvailable:   22487000 kB\n", "MemAvailable"),
+            Some(22487000)
+        );
         assert_eq!(status_number("Name:\thull\nThreads:\t4\n", "Threads"), Some(4));
         assert_eq!(kib_field(rollup, "Swap"), None);
         assert_eq!(kib_field("Pss: lots kB\n", "Pss"), None);
@@ -220,7 +234,10 @@ Rss:                 300 kB
 
     #[test]
     fn vm_rss_is_read_from_status() {
-        assert_eq!(vm_rss_kib("Name:\thull\nVmRSS:\t   12345 kB\nVmData: 1 kB\n"), Some(12345));
+        assert_eq!(
+            vm_rss_kib("Name:\thull\nVmRSS:\t   12345 kB\nVmData: 1 kB\n"),
+            Some(12345)
+        );
         assert_eq!(vm_rss_kib("Name:\thull\n"), None);
     }
 }

@@ -68,8 +68,16 @@ pub fn render(title: &str, subtitle: &str, panels: &[Panel]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">"#
     );
     let _ = writeln!(svg, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{MARGIN}" y="26" font-size="17" font-weight="bold">{}</text>"#, escape(title));
-    let _ = writeln!(svg, r##"<text x="{MARGIN}" y="48" font-size="11" fill="#444">{}</text>"##, escape(subtitle));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{MARGIN}" y="26" font-size="17" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{MARGIN}" y="48" font-size="11" fill="#444">{}</text>"##,
+        escape(subtitle)
+    );
     for (i, panel) in panels.iter().enumerate() {
         let x = MARGIN + (i % COLUMNS) as f64 * (PANEL_W + MARGIN);
         let y = HEADER_H + (i / COLUMNS) as f64 * (PANEL_H + MARGIN);
@@ -81,15 +89,33 @@ pub fn render(title: &str, subtitle: &str, panels: &[Panel]) -> String {
 
 fn render_panel(svg: &mut String, panel: &Panel, x: f64, y: f64) {
     let _ = writeln!(svg, r#"<g class="panel" transform="translate({x},{y})">"#);
-    let _ = writeln!(svg, r##"<rect width="{PANEL_W}" height="{PANEL_H}" fill="#fafafa" stroke="#ccc"/>"##);
-    let _ = writeln!(svg, r#"<text x="10" y="20" font-size="13" font-weight="bold">{}</text>"#, escape(&panel.title));
+    let _ = writeln!(
+        svg,
+        r##"<rect width="{PANEL_W}" height="{PANEL_H}" fill="#fafafa" stroke="#ccc"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="13" font-weight="bold">{}</text>"#,
+        escape(&panel.title)
+    );
     let _ = writeln!(
         svg,
         r##"<text x="10" y="35" font-size="10" fill="#555">{} (bar: median; whisker: p10 to p90)</text>"##,
         escape(&panel.unit)
     );
-    let fmt = |v: f64| if panel.whole_numbers { format_count(v) } else { format_value(v) };
-    let top = panel.bars.iter().flat_map(|b| [b.median, b.p90]).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    let fmt = |v: f64| {
+        if panel.whole_numbers {
+            format_count(v)
+        } else {
+            format_value(v)
+        }
+    };
+    let top = panel
+        .bars
+        .iter()
+        .flat_map(|b| [b.median, b.p90])
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
     let scale_max = if top > 0.0 { top * 1.15 } else { 1.0 };
     let plot_h = PANEL_H - PLOT_TOP - PLOT_BOTTOM;
     let base = PANEL_H - PLOT_BOTTOM;
@@ -217,7 +243,10 @@ fn check_text(text: &str) -> std::result::Result<(), String> {
     let mut rest = text;
     while let Some(i) = rest.find('&') {
         rest = &rest[i..];
-        if !["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].iter().any(|e| rest.starts_with(e)) {
+        if !["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"]
+            .iter()
+            .any(|e| rest.starts_with(e))
+        {
             return Err(format!("bare & in {text:?}"));
         }
         rest = &rest[1..];
@@ -237,7 +266,15 @@ mod tests {
             title: title.into(),
             unit: "ms".into(),
             whole_numbers: false,
-            bars: bars.iter().map(|&(l, m, a, b)| Bar { label: l.into(), median: m, p10: a, p90: b }).collect(),
+            bars: bars
+                .iter()
+                .map(|&(l, m, a, b)| Bar {
+                    label: l.into(),
+                    median: m,
+                    p10: a,
+                    p90: b,
+                })
+                .collect(),
         }
     }
 
@@ -245,7 +282,10 @@ mod tests {
     fn the_chart_is_well_formed_with_one_panel_per_metric() {
         let panels = vec![
             panel("spawn → API", &[("hull", 4.0, 3.5, 5.0), ("QEMU", 40.0, 38.0, 45.0)]),
-            panel("VM build <&>", &[("hull", 8.0, 7.0, 9.0), ("QEMU", f64::NAN, f64::NAN, f64::NAN)]),
+            panel(
+                "VM build <&>",
+                &[("hull", 8.0, 7.0, 9.0), ("QEMU", f64::NAN, f64::NAN, f64::NAN)],
+            ),
             panel("RSS", &[("hull", 4.2, 4.2, 4.3), ("QEMU \"x\"", 33.0, 32.0, 34.0)]),
             panel("PSS", &[("hull", 1.0, 1.0, 1.0)]),
         ];

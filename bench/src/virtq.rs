@@ -26,11 +26,19 @@ pub struct Buffer {
 impl Buffer {
     /// A buffer the device reads (driver → device).
     pub fn readable(addr: u64, len: u32) -> Buffer {
-        Buffer { addr, len, device_writes: false }
+        Buffer {
+            addr,
+            len,
+            device_writes: false,
+        }
     }
     /// A buffer the device writes (device → driver).
     pub fn writable(addr: u64, len: u32) -> Buffer {
-        Buffer { addr, len, device_writes: true }
+        Buffer {
+            addr,
+            len,
+            device_writes: true,
+        }
     }
 }
 
@@ -54,7 +62,12 @@ impl RingLayout {
         let used = align_up(avail_end, 4096);
         // flags, idx, ring[n] of {id: u32, len: u32}, avail_event
         let used_end = used + 4 + 8 * n + 2;
-        RingLayout { desc_table, avail, used, end: align_up(used_end, 4096) }
+        RingLayout {
+            desc_table,
+            avail,
+            used,
+            end: align_up(used_end, 4096),
+        }
     }
 }
 
@@ -98,8 +111,12 @@ impl DriverQueue {
         queue
             .try_set_desc_table_address(GuestAddress(layout.desc_table))
             .map_err(|e| format!("descriptor table: {e}"))?;
-        queue.try_set_avail_ring_address(GuestAddress(layout.avail)).map_err(|e| format!("available ring: {e}"))?;
-        queue.try_set_used_ring_address(GuestAddress(layout.used)).map_err(|e| format!("used ring: {e}"))?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(layout.avail))
+            .map_err(|e| format!("available ring: {e}"))?;
+        queue
+            .try_set_used_ring_address(GuestAddress(layout.used))
+            .map_err(|e| format!("used ring: {e}"))?;
         queue.set_ready(true);
         if !queue.is_valid(mem) {
             return Err("virtio_queue rejects the ring layout".into());
@@ -162,7 +179,8 @@ impl DriverQueue {
             raw[12..14].copy_from_slice(&flags.to_le_bytes());
             raw[14..16].copy_from_slice(&next.to_le_bytes());
             let at = self.layout.desc_table + u64::from(indices[i]) * DESC_SIZE;
-            mem.write_slice(&raw, GuestAddress(at)).map_err(|e| format!("writing descriptor: {e}"))?;
+            mem.write_slice(&raw, GuestAddress(at))
+                .map_err(|e| format!("writing descriptor: {e}"))?;
         }
         let head = indices[0];
         let slot = u64::from(self.avail_idx % self.size);
@@ -179,21 +197,28 @@ impl DriverQueue {
     /// Collects every used entry the device published since the last call and frees their descriptors.
     pub fn take_used(&mut self, mem: &GuestMemory) -> Result<Vec<Used>, String> {
         let idx = u16::from_le(
-            mem.read_obj::<u16>(GuestAddress(self.layout.used + 2)).map_err(|e| format!("reading used index: {e}"))?,
+            mem.read_obj::<u16>(GuestAddress(self.layout.used + 2))
+                .map_err(|e| format!("reading used index: {e}"))?,
         );
         let new = idx.wrapping_sub(self.used_seen);
         let offered = self.avail_idx.wrapping_sub(self.used_seen);
         if new > offered {
-            return Err(format!("device moved the used index by {new}, only {offered} chains were in flight"));
+            return Err(format!(
+                "device moved the used index by {new}, only {offered} chains were in flight"
+            ));
         }
         let mut out = Vec::with_capacity(usize::from(new));
         for _ in 0..new {
             let slot = u64::from(self.used_seen % self.size);
             let at = self.layout.used + 4 + 8 * slot;
-            let id =
-                u32::from_le(mem.read_obj::<u32>(GuestAddress(at)).map_err(|e| format!("reading used ring: {e}"))?);
-            let len =
-                u32::from_le(mem.read_obj::<u32>(GuestAddress(at + 4)).map_err(|e| format!("reading used ring: {e}"))?);
+            let id = u32::from_le(
+                mem.read_obj::<u32>(GuestAddress(at))
+                    .map_err(|e| format!("reading used ring: {e}"))?,
+            );
+            let len = u32::from_le(
+                mem.read_obj::<u32>(GuestAddress(at + 4))
+                    .map_err(|e| format!("reading used ring: {e}"))?,
+            );
             let chain = usize::try_from(id)
                 .ok()
                 .and_then(|i| self.in_flight.get_mut(i))
@@ -231,14 +256,28 @@ mod tests {
     fn offered_chains_are_seen_by_the_device_side_queue() {
         let mem = mem();
         let mut q = DriverQueue::new(&mem, 0x1000, 16).unwrap();
-        let bufs = [Buffer::readable(0x8_0000, 16), Buffer::writable(0x9_0000, 4096), Buffer::writable(0xa_0000, 1)];
+        let bufs = [
+            Buffer::readable(0x8_0000, 16),
+            Buffer::writable(0x9_0000, 4096),
+            Buffer::writable(0xa_0000, 1),
+        ];
         let head = q.offer(&mem, &bufs).unwrap();
         assert_eq!(q.free_descriptors(), 13);
 
-        let chain = q.device_queue().iter(&mem).unwrap().next().expect("one chain available");
+        let chain = q
+            .device_queue()
+            .iter(&mem)
+            .unwrap()
+            .next()
+            .expect("one chain available");
         assert_eq!(chain.head_index(), head);
-        let seen: Vec<Buffer> =
-            chain.map(|d| Buffer { addr: d.addr().0, len: d.len(), device_writes: d.is_write_only() }).collect();
+        let seen: Vec<Buffer> = chain
+            .map(|d| Buffer {
+                addr: d.addr().0,
+                len: d.len(),
+                device_writes: d.is_write_only(),
+            })
+            .collect();
         assert_eq!(seen, bufs);
     }
 
@@ -248,7 +287,13 @@ mod tests {
         let mut q = DriverQueue::new(&mem, 0, 8).unwrap();
         // Fill the table: 4 chains of 2.
         let heads: Vec<u16> = (0..4)
-            .map(|i| q.offer(&mem, &[Buffer::readable(0x8_0000, 1), Buffer::writable(0x9_0000 + i, 1)]).unwrap())
+            .map(|i| {
+                q.offer(
+                    &mem,
+                    &[Buffer::readable(0x8_0000, 1), Buffer::writable(0x9_0000 + i, 1)],
+                )
+                .unwrap()
+            })
             .collect();
         assert_eq!(q.free_descriptors(), 0);
         assert!(q.offer(&mem, &[Buffer::readable(0, 1)]).is_err());
@@ -263,14 +308,22 @@ mod tests {
         dq.add_used(&mem, heads[1], 7).unwrap();
         dq.add_used(&mem, heads[0], 9).unwrap();
         let used = q.take_used(&mem).unwrap();
-        assert_eq!(used, vec![Used { head: heads[1], len: 7 }, Used { head: heads[0], len: 9 }]);
+        assert_eq!(
+            used,
+            vec![Used { head: heads[1], len: 7 }, Used { head: heads[0], len: 9 }]
+        );
         assert_eq!(q.free_descriptors(), 4);
         assert_eq!(q.chains_in_flight(), 2);
         assert!(q.take_used(&mem).unwrap().is_empty());
         // The freed descriptors make new chains.
         q.offer(
             &mem,
-            &[Buffer::readable(0, 1), Buffer::readable(0, 1), Buffer::readable(0, 1), Buffer::readable(0, 1)],
+            &[
+                Buffer::readable(0, 1),
+                Buffer::readable(0, 1),
+                Buffer::readable(0, 1),
+                Buffer::readable(0, 1),
+            ],
         )
         .unwrap();
     }
@@ -287,7 +340,8 @@ mod tests {
         // A used entry naming a descriptor that heads nothing.
         let mut q = DriverQueue::new(&mem, 0, 8).unwrap();
         q.offer(&mem, &[Buffer::readable(0x8_0000, 1)]).unwrap();
-        mem.write_obj(((head + 3) as u32).to_le(), GuestAddress(used + 4)).unwrap();
+        mem.write_obj(((head + 3) as u32).to_le(), GuestAddress(used + 4))
+            .unwrap();
         mem.write_obj(1u16.to_le(), GuestAddress(used + 2)).unwrap();
         assert!(q.take_used(&mem).is_err());
     }
@@ -299,7 +353,11 @@ mod tests {
         for round in 0..70_000u32 {
             let head = q.offer(&mem, &[Buffer::writable(0x8_0000, 4)]).unwrap();
             let dq = q.device_queue();
-            let c = dq.iter(&mem).unwrap().next().unwrap_or_else(|| panic!("round {round}: no chain"));
+            let c = dq
+                .iter(&mem)
+                .unwrap()
+                .next()
+                .unwrap_or_else(|| panic!("round {round}: no chain"));
             assert_eq!(c.head_index(), head);
             dq.add_used(&mem, head, 4).unwrap();
             assert_eq!(q.take_used(&mem).unwrap(), vec![Used { head, len: 4 }]);

@@ -152,7 +152,10 @@ impl Vmm {
             VmmKind::Qemu => {
                 args.extend(qemu_args(guest));
                 if launch != Launch::Direct {
-                    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display()).into()]);
+                    args.extend([
+                        "-qmp".into(),
+                        format!("unix:{},server=on,wait=off", sock.display()).into(),
+                    ]);
                 }
                 if launch == Launch::Control {
                     args.push("--preconfig".into());
@@ -217,7 +220,11 @@ pub fn wait_for_control(kind: VmmKind, proc: &Hull, sock: &Path, t0: Instant) ->
             VmmKind::Qemu => Qmp::connect(sock).ok().map(Control::Qmp),
             _ => {
                 let api = ApiClient::new(sock);
-                let uri = if kind == VmmKind::CloudHypervisor { "/api/v1/vmm.ping" } else { "/" };
+                let uri = if kind == VmmKind::CloudHypervisor {
+                    "/api/v1/vmm.ping"
+                } else {
+                    "/"
+                };
                 api.get(uri).ok().filter(|r| r.is_success()).map(|_| Control::Http(api))
             }
         };
@@ -279,9 +286,14 @@ impl Control {
 
 fn http_ok(api: &ApiClient, method: &str, uri: &str, body: Option<&serde_json::Value>) -> Result<()> {
     let text = body.map(|b| b.to_string());
-    let resp = api.request(method, uri, text.as_deref()).map_err(fail(format!("{method} {uri}")))?;
+    let resp = api
+        .request(method, uri, text.as_deref())
+        .map_err(fail(format!("{method} {uri}")))?;
     if !resp.is_success() {
-        return Err(BenchError::failed(format!("{method} {uri} answered {} {}", resp.status, resp.body)));
+        return Err(BenchError::failed(format!(
+            "{method} {uri} answered {} {}",
+            resp.status, resp.body
+        )));
     }
     Ok(())
 }
@@ -298,8 +310,12 @@ impl Qmp {
     /// Connects and reads the greeting (`{"QMP": ...}`).
     pub fn connect(sock: &Path) -> Result<Qmp> {
         let stream = UnixStream::connect(sock).map_err(fail(format!("connecting to {}", sock.display())))?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(fail("setting a QMP read timeout"))?;
-        let mut qmp = Qmp { reader: BufReader::new(stream) };
+        stream
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(fail("setting a QMP read timeout"))?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream),
+        };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
             return Err(BenchError::failed(format!("QMP greeting expected, got {greeting}")));
@@ -310,7 +326,10 @@ impl Qmp {
     /// Runs one command; its `return` value, or its `error` as a failure.
     pub fn execute(&mut self, command: &str) -> Result<serde_json::Value> {
         let line = json!({ "execute": command }).to_string() + "\n";
-        self.reader.get_mut().write_all(line.as_bytes()).map_err(fail(format!("sending QMP {command}")))?;
+        self.reader
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(fail(format!("sending QMP {command}")))?;
         loop {
             let msg = self.read_message()?;
             if let Some(ret) = msg.get("return") {
@@ -383,7 +402,10 @@ mod tests {
     fn each_launch_gives_the_expected_arguments() {
         let dir = hull_tests::TempDir::new("bench-vmm-args").unwrap();
         let guest = Path::new("/g/halt.elf");
-        let hull = Vmm { kind: VmmKind::Hull, bin: "hull".into() };
+        let hull = Vmm {
+            kind: VmmKind::Hull,
+            bin: "hull".into(),
+        };
         let control = strings(&hull.args(Launch::Control, dir.path(), guest).unwrap());
         assert_eq!(control[0], "--api-sock");
         assert!(!control.contains(&"--config-file".to_string()));
@@ -396,7 +418,10 @@ mod tests {
         assert!(both.contains(&"--api-sock".to_string()) && both.contains(&"--config-file".to_string()));
         assert!(!both.contains(&"--no-api".to_string()));
 
-        let qemu = Vmm { kind: VmmKind::Qemu, bin: "qemu-system-x86_64".into() };
+        let qemu = Vmm {
+            kind: VmmKind::Qemu,
+            bin: "qemu-system-x86_64".into(),
+        };
         let q = strings(&qemu.args(Launch::Control, dir.path(), guest).unwrap());
         let preconfig = q.contains(&"--preconfig".to_string());
         assert!(preconfig && q.iter().any(|a| a.starts_with("unix:") && a.ends_with("wait=off")));
@@ -404,7 +429,10 @@ mod tests {
         let q = strings(&qemu.args(Launch::Direct, dir.path(), guest).unwrap());
         assert!(!q.contains(&"--preconfig".to_string()) && !q.contains(&"-qmp".to_string()));
 
-        let ch = Vmm { kind: VmmKind::CloudHypervisor, bin: "cloud-hypervisor".into() };
+        let ch = Vmm {
+            kind: VmmKind::CloudHypervisor,
+            bin: "cloud-hypervisor".into(),
+        };
         let c = strings(&ch.args(Launch::DirectWithSocket, dir.path(), guest).unwrap());
         assert!(c.contains(&"--api-socket".to_string()) && c.contains(&"size=128M".to_string()));
         let c = strings(&ch.args(Launch::Control, dir.path(), guest).unwrap());

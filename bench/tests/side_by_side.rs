@@ -40,7 +40,15 @@ fn compare_and_density_run_against_hull_and_qemu() {
     let started = Instant::now();
 
     let (svg, json) = (dir.path().join("compare.svg"), dir.path().join("compare.json"));
-    let args = ["compare", "--runs", "1", "--svg", svg.to_str().unwrap(), "--json", json.to_str().unwrap()];
+    let args = [
+        "compare",
+        "--runs",
+        "1",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
     let stdout = hull_bench(&args, &hull);
     assert!(stdout.contains("| hull/QEMU |"), "{stdout}");
     let doc = std::fs::read_to_string(&svg).expect("the chart was written");
@@ -49,7 +57,11 @@ fn compare_and_density_run_against_hull_and_qemu() {
     assert_eq!(opened, doc.matches("</g>").count(), "every group is closed");
     let comparison = &read_json(&json)["comparison"];
     let metrics = comparison["metrics"].as_array().unwrap();
-    assert_eq!(doc.matches(r#"class="panel""#).count(), metrics.len(), "one panel per metric");
+    assert_eq!(
+        doc.matches(r#"class="panel""#).count(),
+        metrics.len(),
+        "one panel per metric"
+    );
     for vmm in ["hull", "qemu"] {
         let ready = &metrics[0]["vmms"][vmm];
         assert_eq!(ready["samples"].as_array().unwrap().len(), 1, "{vmm}: {ready}");
@@ -65,7 +77,13 @@ fn compare_and_density_run_against_hull_and_qemu() {
     for batch in density.as_array().unwrap() {
         assert_eq!(batch["vms"], 3);
         assert!(batch["start_rate_vms_per_s"].as_f64().unwrap() > 0.0);
-        assert_eq!(batch["left_behind"], serde_json::json!({ "processes": 0, "sockets": 0, "dirs": 0 }));
+        assert_eq!(
+            batch["left_behind"],
+            serde_json::json!({ "processes": 0, "sockets": 0, "dirs": 0 })
+        );
     }
-    hull_tests::note(&format!("compare --runs 1 and density --vms 3 took {:.1} s", started.elapsed().as_secs_f64()));
+    hull_tests::note(&format!(
+        "compare --runs 1 and density --vms 3 took {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
 }

@@ -9,7 +9,10 @@ fn main() {
         .inputs(["proto/agent.proto"])
         .include("proto")
         .rust_protobuf()
-        .customize(ttrpc_codegen::Customize { gen_mod: false, ..Default::default() })
+        .customize(ttrpc_codegen::Customize {
+            gen_mod: false,
+            ..Default::default()
+        })
         .run()
         .expect("generating the agent protocol from proto/agent.proto failed");
     // The generated files start with inner attributes and docs (`#![allow(...)]`, `//!`), which `include!` cannot take;

@@ -22,7 +22,10 @@ pub enum CgroupError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io { path: path.display().to_string(), source }
+    move |source| CgroupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Enables the controllers for children of `dir`, each on its own (one missing controller must not stop
@@ -93,7 +96,10 @@ impl Cgroup {
         }
         if let Some(c) = r.cpu() {
             if c.quota().is_some() || c.period().is_some() {
-                let quota = c.quota().filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
+                let quota = c
+                    .quota()
+                    .filter(|q| *q > 0)
+                    .map_or("max".to_string(), |q| q.to_string());
                 self.write("cpu.max", &format!("{quota} {}", c.period().unwrap_or(100_000)))?;
             }
             if let Some(shares) = c.shares().filter(|s| *s > 0) {
@@ -108,7 +114,14 @@ impl Cgroup {
             }
         }
         if let Some(p) = r.pids() {
-            self.write("pids.max", &if p.limit() > 0 { p.limit().to_string() } else { "max".into() })?;
+            self.write(
+                "pids.max",
+                &if p.limit() > 0 {
+                    p.limit().to_string()
+                } else {
+                    "max".into()
+                },
+            )?;
         }
         if let Some(w) = r.block_io().as_ref().and_then(|b| b.weight()) {
             // io.weight needs an I/O scheduler with weights; without one the file is absent.
@@ -133,7 +146,10 @@ impl Cgroup {
     }
 
     pub fn procs(&self) -> Vec<i32> {
-        self.read("cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
+        self.read("cgroup.procs")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 
     /// `key value` lines of a flat-keyed file.
@@ -267,7 +283,11 @@ mod tests {
         let c = in_temp_dir();
         std::fs::write(c.path.join("cpu.stat"), "usage_usec 10\nuser_usec 7\nsystem_usec 3\n").unwrap();
         std::fs::write(c.path.join("memory.current"), "4096\n").unwrap();
-        std::fs::write(c.path.join("memory.events"), "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(
+            c.path.join("memory.events"),
+            "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(c.path.join("pids.current"), "3\n").unwrap();
         std::fs::write(
             c.path.join("io.stat"),
@@ -279,7 +299,10 @@ mod tests {
         assert_eq!((s.memory.current, s.memory.oom_kill), (4096, 1));
         assert_eq!(s.pids.current, 3);
         assert_eq!(s.io.len(), 1);
-        assert_eq!((s.io[0].major, s.io[0].minor, s.io[0].rbytes, s.io[0].wios), (254, 0, 512, 2));
+        assert_eq!(
+            (s.io[0].major, s.io[0].minor, s.io[0].rbytes, s.io[0].wios),
+            (254, 0, 512, 2)
+        );
         assert_eq!(c.oom_kills(), 1);
         let _ = std::fs::remove_dir_all(&c.path);
     }

@@ -37,7 +37,9 @@ impl Channel {
     pub fn from_helper_fd() -> io::Result<Channel> {
         crate::sys::set_cloexec(HELPER_FD)?;
         // SAFETY: the agent put our end of the channel at HELPER_FD before exec; nothing else owns it.
-        Ok(Channel { sock: unsafe { UnixStream::from_raw_fd(HELPER_FD) } })
+        Ok(Channel {
+            sock: unsafe { UnixStream::from_raw_fd(HELPER_FD) },
+        })
     }
 
     pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
@@ -73,7 +75,10 @@ impl Channel {
         self.sock.read_exact(&mut len[n..])?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes"),
+            ));
         }
         let mut body = vec![0u8; len];
         self.sock.read_exact(&mut body)?;
@@ -86,7 +91,10 @@ impl Channel {
 /// agent starts helpers from other threads; `init::spawn_helper` also closes everything above fd 3).
 fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut fds = [-1 as RawFd; MAX_FDS];
-    let mut iovecs = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+    let mut iovecs = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
     let (n, count) = loop {
         // SAFETY: the only iovec points at `buf`, borrowed mutably for this call, where any bytes may land.
         match unsafe { sock.recv_with_fds(&mut iovecs, &mut fds) } {
@@ -96,7 +104,10 @@ fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<
         }
     };
     // SAFETY: the kernel has just installed these `count` descriptors for us; nothing else owns them.
-    let received: Vec<OwnedFd> = fds[..count].iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }).collect();
+    let received: Vec<OwnedFd> = fds[..count]
+        .iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .collect();
     // More than one descriptor is not part of the protocol: keep the first; the rest close here.
     let first = received.into_iter().next();
     if let Some(fd) = &first {
@@ -118,8 +129,12 @@ mod tests {
         let (mut agent, helper) = Channel::pair().unwrap();
         let mut helper = Channel { sock: helper };
         let mut file = tempfile_with(b"passed");
-        helper.send_with_fd(&FromHelper::Started { pid: 42 }, Some(file.as_raw_fd())).unwrap();
-        helper.send(&FromHelper::Exited(ExitStatus { code: -1, signal: 9 })).unwrap();
+        helper
+            .send_with_fd(&FromHelper::Started { pid: 42 }, Some(file.as_raw_fd()))
+            .unwrap();
+        helper
+            .send(&FromHelper::Exited(ExitStatus { code: -1, signal: 9 }))
+            .unwrap();
         let (msg, fd) = agent.recv::<FromHelper>().unwrap().unwrap();
         assert!(matches!(msg, FromHelper::Started { pid: 42 }));
         let mut got = std::fs::File::from(fd.expect("a descriptor"));
@@ -160,7 +175,13 @@ mod tests {
 
     fn tempfile_with(data: &[u8]) -> std::fs::File {
         let path = std::env::temp_dir().join(format!("hull-channel-test-{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         f.write_all(data).unwrap();
         let _ = std::fs::remove_file(&path);
         f

@@ -11,7 +11,11 @@ use std::sync::{Mutex, OnceLock};
 static CONSOLE: OnceLock<Mutex<Option<File>>> = OnceLock::new();
 
 fn open() -> Option<File> {
-    OpenOptions::new().write(true).custom_flags(libc::O_NOCTTY).open("/dev/console").ok()
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+        .ok()
 }
 
 /// One line on the console, as is.
@@ -19,7 +23,10 @@ pub fn line(text: &str) {
     let line = format!("{text}\n");
     let console = CONSOLE.get_or_init(|| Mutex::new(open()));
     let mut guard = console.lock().unwrap_or_else(|p| p.into_inner());
-    let written = guard.as_mut().map(|f| f.write_all(line.as_bytes()).is_ok()).unwrap_or(false);
+    let written = guard
+        .as_mut()
+        .map(|f| f.write_all(line.as_bytes()).is_ok())
+        .unwrap_or(false);
     if !written {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }

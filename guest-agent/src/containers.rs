@@ -83,7 +83,12 @@ pub struct ProcessEntry {
 
 impl ProcessEntry {
     fn new(pid: i32, io: ProcessIo) -> Arc<ProcessEntry> {
-        Arc::new(ProcessEntry { pid, io: Mutex::new(io), exit: Mutex::new(None), exited: Condvar::new() })
+        Arc::new(ProcessEntry {
+            pid,
+            io: Mutex::new(io),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+        })
     }
 
     fn set_exit(&self, e: ProcessExit) {
@@ -142,7 +147,10 @@ pub struct Agent {
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 const MAX_FILES: usize = 64;
@@ -153,7 +161,10 @@ const MAX_FILE_BYTES: usize = 1 << 20;
 /// not a write outside the directory.
 fn write_files(dir: &Path, files: &[HostFile], spec: &mut Spec) -> Result<(), AgentError> {
     if files.len() > MAX_FILES {
-        return Err(AgentError::BadSpec(format!("{} files (at most {MAX_FILES})", files.len())));
+        return Err(AgentError::BadSpec(format!(
+            "{} files (at most {MAX_FILES})",
+            files.len()
+        )));
     }
     let fdir = dir.join("files");
     std::fs::create_dir_all(&fdir).map_err(io_err("mkdir files"))?;
@@ -171,11 +182,18 @@ fn write_files(dir: &Path, files: &[HostFile], spec: &mut Spec) -> Result<(), Ag
     }
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mut mounts {
-        let Some(name) = m.source().as_ref().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("hull-file:")) else {
+        let Some(name) = m
+            .source()
+            .as_ref()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("hull-file:"))
+        else {
             continue;
         };
         if !files.iter().any(|f| f.name == name) {
-            return Err(AgentError::BadSpec(format!("mount source hull-file:{name} names no file")));
+            return Err(AgentError::BadSpec(format!(
+                "mount source hull-file:{name} names no file"
+            )));
         }
         let path = fdir.join(name);
         m.set_source(Some(path));
@@ -218,7 +236,9 @@ const BLKFLSBUF: libc::c_ulong = 0x1261;
 fn wait_for_nonzero_size(size_file: &Path, timeout: Duration, poll: Duration) -> Option<u64> {
     let deadline = Instant::now() + timeout;
     loop {
-        let size = std::fs::read_to_string(size_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let size = std::fs::read_to_string(size_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
         if let Some(sectors) = size.filter(|s| *s > 0) {
             return Some(sectors);
         }
@@ -233,15 +253,23 @@ fn wait_for_nonzero_size(size_file: &Path, timeout: Duration, poll: Duration) ->
 /// gets its image while the VM runs: wait (up to `DEVICE_FILL_TIMEOUT`) until its size is above 0, then
 /// drop any buffer cache left from the slot's previous disk (BLKFLSBUF), so the mount reads the new one.
 fn prepare_block_device(dev: &Path) -> Result<(), AgentError> {
-    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let size_file = Path::new("/sys/class/block").join(&name).join("size");
     if wait_for_nonzero_size(&size_file, DEVICE_FILL_TIMEOUT, DEVICE_FILL_POLL).is_none() {
-        return Err(AgentError::EmptyDevice { device: dev.display().to_string(), waited: DEVICE_FILL_TIMEOUT });
+        return Err(AgentError::EmptyDevice {
+            device: dev.display().to_string(),
+            waited: DEVICE_FILL_TIMEOUT,
+        });
     }
     let file = File::open(dev).map_err(io_err(format!("opening {}", dev.display())))?;
     // SAFETY: BLKFLSBUF takes no argument pointer; the fd is open for the call.
-    crate::sys::cvt(unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) })
-        .map_err(io_err(format!("dropping stale buffers of {} (BLKFLSBUF)", dev.display())))?;
+    crate::sys::cvt(unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) }).map_err(io_err(format!(
+        "dropping stale buffers of {} (BLKFLSBUF)",
+        dev.display()
+    )))?;
     Ok(())
 }
 
@@ -250,14 +278,22 @@ fn registered_for_copy_back(registered: &[String], id: &str, name: &str) -> Resu
     if registered.iter().any(|r| r == name) {
         return Ok(());
     }
-    crate::console::log(&format!("refused ReadFile (container {id}): {name:?} is not registered for copy-back"));
-    Err(AgentError::NotRegistered { container: id.into(), name: name.into() })
+    crate::console::log(&format!(
+        "refused ReadFile (container {id}): {name:?} is not registered for copy-back"
+    ));
+    Err(AgentError::NotRegistered {
+        container: id.into(),
+        name: name.into(),
+    })
 }
 
 /// Whether the spec's annotations let the container's processes create AF_VSOCK sockets (exactly "true").
 fn allows_vsock(spec: &Spec) -> bool {
     let key = hull_agent_protocol::policy::ALLOW_VSOCK_ANNOTATION;
-    spec.annotations().as_ref().and_then(|a| a.get(key)).is_some_and(|v| v == "true")
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .is_some_and(|v| v == "true")
 }
 
 fn check_fstype(t: &str) -> Result<&str, AgentError> {
@@ -278,7 +314,9 @@ impl Agent {
             started: Instant::now(),
         });
         let a = agent.clone();
-        let _ = std::thread::Builder::new().name("oom-watch".into()).spawn(move || a.watch_ooms());
+        let _ = std::thread::Builder::new()
+            .name("oom-watch".into())
+            .spawn(move || a.watch_ooms());
         agent
     }
 
@@ -303,7 +341,10 @@ impl Agent {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(exec)
                 .cloned()
-                .ok_or_else(|| AgentError::NoProcess { container: id.into(), exec: exec.into() })?
+                .ok_or_else(|| AgentError::NoProcess {
+                    container: id.into(),
+                    exec: exec.into(),
+                })?
         };
         Ok((c, p))
     }
@@ -318,11 +359,19 @@ impl Agent {
         stdio: &StdioConfig,
     ) -> Result<(), AgentError> {
         validate_id(id)?;
-        if self.containers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+        {
             return Err(AgentError::Exists(id.into()));
         }
         let mut spec: Spec = serde_json::from_slice(spec_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
-        let process = spec.process().clone().ok_or_else(|| AgentError::BadSpec("no process".into()))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| AgentError::BadSpec("no process".into()))?;
         let dir = Path::new(STATE_DIR).join(id);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut mounts = Vec::new();
@@ -356,8 +405,19 @@ impl Agent {
         let dev = resolve_device(&rootfs.device)?;
         prepare_block_device(&dev)?;
         let flags = if rootfs.read_only { libc::MS_RDONLY } else { 0 };
-        mount(Some(&dev.to_string_lossy()), &image, Some(check_fstype(&rootfs.fstype)?), flags, None)
-            .map_err(io_err(format!("mounting {} ({}) on {}", dev.display(), rootfs.fstype, image.display())))?;
+        mount(
+            Some(&dev.to_string_lossy()),
+            &image,
+            Some(check_fstype(&rootfs.fstype)?),
+            flags,
+            None,
+        )
+        .map_err(io_err(format!(
+            "mounting {} ({}) on {}",
+            dev.display(),
+            rootfs.fstype,
+            image.display()
+        )))?;
         mounts.push(image.clone());
         let root = if rootfs.writable_overlay {
             let rw = dir.join("rw");
@@ -390,8 +450,14 @@ impl Agent {
             let dev = resolve_device(&s.device)?;
             prepare_block_device(&dev)?;
             let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
-            mount(Some(&dev.to_string_lossy()), &target, Some(check_fstype(&s.fstype)?), flags, None)
-                .map_err(io_err(format!("mounting {}", dev.display())))?;
+            mount(
+                Some(&dev.to_string_lossy()),
+                &target,
+                Some(check_fstype(&s.fstype)?),
+                flags,
+                None,
+            )
+            .map_err(io_err(format!("mounting {}", dev.display())))?;
             mounts.push(target.clone());
             let m: Mount = serde_json::from_value(serde_json::json!({
                 "destination": s.container_path, "type": "bind", "source": target,
@@ -408,7 +474,12 @@ impl Agent {
         if let Some(profile) = linux.seccomp() {
             crate::seccomp::compile(profile).map_err(|e| AgentError::BadSpec(e.to_string()))?;
         }
-        if linux.resources().as_ref().and_then(|r| r.devices().as_ref()).is_some_and(|d| !d.is_empty()) {
+        if linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref())
+            .is_some_and(|d| !d.is_empty())
+        {
             crate::console::log(&format!(
                 "container {id}: device cgroup rules are not applied (only listed devices exist)"
             ));
@@ -418,7 +489,9 @@ impl Agent {
         let mut cgroup_ns = false;
         for ns in linux.namespaces().clone().unwrap_or_default() {
             if ns.path().is_some() {
-                return Err(AgentError::BadSpec("joining an existing namespace by path is not supported".into()));
+                return Err(AgentError::BadSpec(
+                    "joining an existing namespace by path is not supported".into(),
+                ));
             }
             let (flag, name) = match ns.typ() {
                 LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
@@ -467,7 +540,12 @@ impl Agent {
         if allow_vsock {
             crate::console::log(&format!("container {id}: AF_VSOCK sockets allowed by its annotation"));
         }
-        let cfg = InitConfig { spec: spec.clone(), rootfs: root, cgroup_ns, allow_vsock };
+        let cfg = InitConfig {
+            spec: spec.clone(),
+            rootfs: root,
+            cgroup_ns,
+            allow_vsock,
+        };
         if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
             return Err(fail(io_err("sending the configuration")(e), &self.reaper));
         }
@@ -479,13 +557,21 @@ impl Agent {
                     match fd {
                         Some(fd) => pio.terminal = Some(File::from(fd)),
                         None => {
-                            return Err(fail(AgentError::Helper("no terminal from hull-init".into()), &self.reaper))
+                            return Err(fail(
+                                AgentError::Helper("no terminal from hull-init".into()),
+                                &self.reaper,
+                            ))
                         }
                     }
                 }
             }
             Ok(Some((FromHelper::Error(e), _))) => return Err(fail(AgentError::Helper(e), &self.reaper)),
-            Ok(_) => return Err(fail(AgentError::Helper("hull-init ended during setup".into()), &self.reaper)),
+            Ok(_) => {
+                return Err(fail(
+                    AgentError::Helper("hull-init ended during setup".into()),
+                    &self.reaper,
+                ))
+            }
             Err(e) => return Err(fail(io_err("waiting for hull-init")(e), &self.reaper)),
         }
         let _ = ch.set_read_timeout(None);
@@ -505,7 +591,10 @@ impl Agent {
             state: Mutex::new(State::Created),
             oom_seen: Mutex::new(oom_seen),
         });
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), c);
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), c);
         Ok(())
     }
 
@@ -575,7 +664,11 @@ impl Agent {
                 let oom_killed = status.signal == libc::SIGKILL
                     && c2.cgroup.oom_kills() > *c2.oom_seen.lock().unwrap_or_else(|p| p.into_inner());
                 *c2.state.lock().unwrap_or_else(|p| p.into_inner()) = State::Stopped;
-                c2.init.set_exit(ProcessExit { status, oom_killed, at_unix_nanos: now_nanos() });
+                c2.init.set_exit(ProcessExit {
+                    status,
+                    oom_killed,
+                    at_unix_nanos: now_nanos(),
+                });
             })
             .map_err(io_err("spawning a watcher thread"))?;
         Ok(())
@@ -627,7 +720,9 @@ impl Agent {
             }
             Ok(_) => {
                 self.reaper.wait(helper);
-                return Err(AgentError::Helper("hull-exec ended without starting the process".into()));
+                return Err(AgentError::Helper(
+                    "hull-exec ended without starting the process".into(),
+                ));
             }
             Err(e) => {
                 let _ = crate::sys::kill(helper, libc::SIGKILL);
@@ -638,15 +733,24 @@ impl Agent {
         self.reaper.watch(pid);
         self.reaper.wait(helper);
         let entry = ProcessEntry::new(pid, pio);
-        c.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(exec_id.to_string(), entry.clone());
+        c.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exec_id.to_string(), entry.clone());
         let reaper = self.reaper.clone();
         let ooms_before = c.cgroup.oom_kills();
-        let _ = std::thread::Builder::new().name(format!("wait-{id}-{exec_id}")).spawn(move || {
-            let status = reaper.wait(pid);
-            // Killed by SIGKILL while the cgroup counted a new OOM kill: the OOM killer did it.
-            let oom_killed = status.signal == libc::SIGKILL && c.cgroup.oom_kills() > ooms_before;
-            entry.set_exit(ProcessExit { status, oom_killed, at_unix_nanos: now_nanos() });
-        });
+        let _ = std::thread::Builder::new()
+            .name(format!("wait-{id}-{exec_id}"))
+            .spawn(move || {
+                let status = reaper.wait(pid);
+                // Killed by SIGKILL while the cgroup counted a new OOM kill: the OOM killer did it.
+                let oom_killed = status.signal == libc::SIGKILL && c.cgroup.oom_kills() > ooms_before;
+                entry.set_exit(ProcessExit {
+                    status,
+                    oom_killed,
+                    at_unix_nanos: now_nanos(),
+                });
+            });
         Ok(())
     }
 
@@ -697,22 +801,39 @@ impl Agent {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        let fd = io.terminal.as_ref().map(|t| t.as_raw_fd()).ok_or(AgentError::BadState(id.into(), "no terminal"))?;
+        let fd = io
+            .terminal
+            .as_ref()
+            .map(|t| t.as_raw_fd())
+            .ok_or(AgentError::BadState(id.into(), "no terminal"))?;
         // SAFETY: TIOCSWINSZ reads one winsize we own.
-        crate::sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map_err(io_err("TIOCSWINSZ")).map(drop)
+        crate::sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
+            .map_err(io_err("TIOCSWINSZ"))
+            .map(drop)
     }
 
     /// The stdio attach lookup for the stdio listener.
     pub fn attach(&self, req: &StdioRequest) -> Result<Attach, String> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).map_err(|e| e.to_string())?;
+        let (_, p) = self
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| e.to_string())?;
         let mut io = p.io.lock().unwrap_or_else(|p| p.into_inner());
         let taken = match req.stream {
             Stream::Stdin => io.stdin.take().map(|f| Attach::Input(f, io.stdin_ctl.clone())),
             Stream::Stdout => io.stdout.take().map(Attach::Output),
             Stream::Stderr => io.stderr.take().map(Attach::Output),
-            Stream::Terminal => io.terminal.as_ref().and_then(|t| t.try_clone().ok()).map(Attach::Terminal),
+            Stream::Terminal => io
+                .terminal
+                .as_ref()
+                .and_then(|t| t.try_clone().ok())
+                .map(Attach::Terminal),
         };
-        taken.ok_or_else(|| format!("{} is not available (not requested, or already attached)", req.stream.as_str()))
+        taken.ok_or_else(|| {
+            format!(
+                "{} is not available (not requested, or already attached)",
+                req.stream.as_str()
+            )
+        })
     }
 
     pub fn list(&self, id: &str) -> Result<Vec<(i32, String)>, AgentError> {
@@ -722,7 +843,12 @@ impl Agent {
             .into_iter()
             .map(|pid| {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ").trim().chars().take(4096).collect();
+                let cmd = String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .trim()
+                    .chars()
+                    .take(4096)
+                    .collect();
                 (pid, cmd)
             })
             .collect())
@@ -756,8 +882,13 @@ impl Agent {
         let mut last: HashMap<String, u64> = HashMap::new();
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let cs: Vec<Arc<Container>> =
-                self.containers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            let cs: Vec<Arc<Container>> = self
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
             for c in cs {
                 let n = c.cgroup.oom_kills();
                 let prev = last.entry(c.id.clone()).or_insert(0);
@@ -783,7 +914,11 @@ impl Agent {
                 // No watcher thread yet: collect the helper here.
                 c.channel.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let st = self.reaper.wait(c.init.pid);
-                c.init.set_exit(ProcessExit { status: st, oom_killed: false, at_unix_nanos: now_nanos() });
+                c.init.set_exit(ProcessExit {
+                    status: st,
+                    oom_killed: false,
+                    at_unix_nanos: now_nanos(),
+                });
             } else {
                 c.init.wait();
             }
@@ -805,7 +940,13 @@ impl Agent {
 
     /// Removes every container (for Shutdown).
     pub fn remove_all(&self) {
-        let ids: Vec<String> = self.containers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for id in ids {
             let _ = self.remove(&id);
         }
@@ -821,7 +962,10 @@ mod tests {
         let registered = vec!["f1".to_string()];
         assert!(registered_for_copy_back(&registered, "c1", "f1").is_ok());
         for name in ["f0", "f10", "F1", ""] {
-            assert!(matches!(registered_for_copy_back(&registered, "c1", name), Err(AgentError::NotRegistered { .. })));
+            assert!(matches!(
+                registered_for_copy_back(&registered, "c1", name),
+                Err(AgentError::NotRegistered { .. })
+            ));
         }
         assert!(registered_for_copy_back(&[], "c1", "f1").is_err());
     }
@@ -831,9 +975,14 @@ mod tests {
         let spec = |annotations: serde_json::Value| -> Spec {
             serde_json::from_value(serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations })).unwrap()
         };
-        assert!(allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": "true" }))));
+        assert!(allows_vsock(&spec(
+            serde_json::json!({ "io.hull.allow-vsock": "true" })
+        )));
         for v in ["false", "1", "TRUE", ""] {
-            assert!(!allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": v }))), "{v}");
+            assert!(
+                !allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": v }))),
+                "{v}"
+            );
         }
         assert!(!allows_vsock(&spec(serde_json::json!({}))));
         assert!(!allows_vsock(&Spec::default()));
@@ -867,11 +1016,21 @@ mod tests {
         let garbage = size_file("garbage", "lots\n");
         for p in [zero.clone(), garbage.clone(), PathBuf::from("/nonexistent/size")] {
             let started = Instant::now();
-            assert_eq!(wait_for_nonzero_size(&p, Duration::from_millis(60), Duration::from_millis(10)), None);
+            assert_eq!(
+                wait_for_nonzero_size(&p, Duration::from_millis(60), Duration::from_millis(10)),
+                None
+            );
             assert!(started.elapsed() >= Duration::from_millis(60));
         }
-        let e = AgentError::EmptyDevice { device: "/dev/vdb".into(), waited: DEVICE_FILL_TIMEOUT }.to_string();
-        assert_eq!(e, "block device /dev/vdb is still empty (size 0) after 10s: no disk was attached to its slot");
+        let e = AgentError::EmptyDevice {
+            device: "/dev/vdb".into(),
+            waited: DEVICE_FILL_TIMEOUT,
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "block device /dev/vdb is still empty (size 0) after 10s: no disk was attached to its slot"
+        );
         std::fs::remove_file(zero).unwrap();
         std::fs::remove_file(garbage).unwrap();
     }

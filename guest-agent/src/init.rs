@@ -68,7 +68,12 @@ pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], ch
             // Nothing but 0-3 crosses into the helper, even a descriptor another agent thread received a
             // moment ago and has not made close-on-exec yet (see `Channel::recv`). Best effort: before
             // Linux 5.9 close_range does not exist, and close-on-exec alone applies.
-            libc::syscall(libc::SYS_close_range, 4 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+            libc::syscall(
+                libc::SYS_close_range,
+                4 as libc::c_uint,
+                libc::c_uint::MAX,
+                0 as libc::c_uint,
+            );
             libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }
@@ -80,14 +85,20 @@ pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], ch
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: open/ioctl with valid C strings and pointers to locals.
     unsafe {
-        let master = cvt(libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
+        let master = cvt(libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
         let master = OwnedFd::from_raw_fd(master);
         let unlock: libc::c_int = 0;
         cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock))?;
         let mut n: libc::c_uint = 0;
         cvt(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n))?;
         let path = cstr(format!("/dev/pts/{n}"))?;
-        let slave = cvt(libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
+        let slave = cvt(libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
         Ok((master, OwnedFd::from_raw_fd(slave)))
     }
 }
@@ -101,9 +112,17 @@ fn give_terminal(slave: &OwnedFd, process: &Process) {
 /// Like runc, the container's /dev/console is its terminal: the slave bound over it (best effort: a
 /// rootfs whose /dev is not ours may not allow it).
 fn console_on(slave: &OwnedFd) {
-    let Ok(pts) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) else { return };
+    let Ok(pts) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) else {
+        return;
+    };
     let console = Path::new("/dev/console");
-    if std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(console).is_ok() {
+    if std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(console)
+        .is_ok()
+    {
         let _ = crate::sys::mount(Some(&pts.to_string_lossy()), console, None, libc::MS_BIND, None);
     }
 }
@@ -179,13 +198,17 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     }
     let seccomp = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let prepared = PreparedProcess::prepare(&process, seccomp.as_ref()).map_err(|e| e.to_string())?;
-    let pty =
-        if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    let pty = if prepared.controlling_tty {
+        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
+    } else {
+        None
+    };
     if let Some((_, slave)) = &pty {
         give_terminal(slave, &process);
         console_on(slave);
     }
-    ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd())).map_err(|e| e.to_string())?;
+    ch.send_with_fd(&FromHelper::Ready, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
     match ch.recv::<ToHelper>() {
         Ok(Some((ToHelper::Start, _))) => {}
         _ => return Err("expected Start".into()),
@@ -197,7 +220,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         return Err(format!("fork: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
-        let _ = std::fs::write("/proc/self/oom_score_adj", process.oom_score_adj().unwrap_or(0).to_string());
+        let _ = std::fs::write(
+            "/proc/self/oom_score_adj",
+            process.oom_score_adj().unwrap_or(0).to_string(),
+        );
         if let Some((_, slave)) = &pty {
             attach_slave(slave.as_raw_fd());
         }
@@ -298,12 +324,18 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     // SAFETY: a valid C string.
     cvt(unsafe { libc::chdir(root.as_ptr()) }).map_err(|e| format!("chdir /: {e}"))?;
     let prepared = PreparedProcess::prepare(&cfg.process, cfg.seccomp.as_ref()).map_err(|e| e.to_string())?;
-    let pty =
-        if prepared.controlling_tty { Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?) } else { None };
+    let pty = if prepared.controlling_tty {
+        Some(open_pty().map_err(|e| format!("allocating a pty: {e}"))?)
+    } else {
+        None
+    };
     if let Some((_, slave)) = &pty {
         give_terminal(slave, &cfg.process);
     }
-    let _ = std::fs::write("/proc/self/oom_score_adj", cfg.process.oom_score_adj().unwrap_or(0).to_string());
+    let _ = std::fs::write(
+        "/proc/self/oom_score_adj",
+        cfg.process.oom_score_adj().unwrap_or(0).to_string(),
+    );
     // SAFETY: fork-like clone from a single-threaded process; the child runs PreparedProcess::exec.
     let pid = unsafe {
         libc::syscall(
@@ -326,7 +358,10 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
         // SAFETY: leave the child.
         unsafe { libc::_exit(127) };
     }
-    ch.send_with_fd(&FromHelper::Started { pid: pid as i32 }, pty.as_ref().map(|(m, _)| m.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
+    ch.send_with_fd(
+        &FromHelper::Started { pid: pid as i32 },
+        pty.as_ref().map(|(m, _)| m.as_raw_fd()),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -38,7 +38,10 @@ use hull_agent_protocol::policy::Policy;
 const READY_LINE: &str = "hull-agent ready";
 
 fn main() {
-    let argv0 = std::env::args_os().next().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
+    let argv0 = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().to_string())
+        .unwrap_or_default();
     match argv0.as_str() {
         init::INIT_ARGV0 => init::init_main(),
         init::EXEC_ARGV0 => init::exec_main(),
@@ -90,7 +93,10 @@ fn main() {
     let _server = match server::serve(agent.clone(), policy) {
         Ok(s) => Some(s),
         Err(e) => {
-            log(&format!("cannot serve the agent protocol on vsock port {}: {e}", hull_agent_protocol::AGENT_PORT));
+            log(&format!(
+                "cannot serve the agent protocol on vsock port {}: {e}",
+                hull_agent_protocol::AGENT_PORT
+            ));
             None
         }
     };
@@ -121,26 +127,31 @@ fn start_stdio_listener(agent: Arc<containers::Agent>) {
     let listener = match stdio::listen(hull_agent_protocol::STDIO_PORT) {
         Ok(l) => l,
         Err(e) => {
-            log(&format!("cannot listen on vsock port {}: {e}", hull_agent_protocol::STDIO_PORT));
+            log(&format!(
+                "cannot listen on vsock port {}: {e}",
+                hull_agent_protocol::STDIO_PORT
+            ));
             return;
         }
     };
-    let spawned = std::thread::Builder::new().name("stdio-accept".into()).spawn(move || loop {
-        match stdio::accept(&listener) {
-            // Only the host may attach a process's stdio.
-            Ok(conn) if !peer::admit(conn.as_raw_fd(), "a stdio connection") => drop(conn),
-            Ok(conn) => {
-                let agent = agent.clone();
-                let _ = std::thread::Builder::new()
-                    .name("stdio".into())
-                    .spawn(move || stdio::serve_connection(conn, |req| agent.attach(req)));
+    let spawned = std::thread::Builder::new()
+        .name("stdio-accept".into())
+        .spawn(move || loop {
+            match stdio::accept(&listener) {
+                // Only the host may attach a process's stdio.
+                Ok(conn) if !peer::admit(conn.as_raw_fd(), "a stdio connection") => drop(conn),
+                Ok(conn) => {
+                    let agent = agent.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("stdio".into())
+                        .spawn(move || stdio::serve_connection(conn, |req| agent.attach(req)));
+                }
+                Err(e) => {
+                    log(&format!("stdio accept: {e}"));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
-            Err(e) => {
-                log(&format!("stdio accept: {e}"));
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         log(&format!("cannot start the stdio listener: {e}"));
     }

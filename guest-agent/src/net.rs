@@ -44,7 +44,9 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
 
 fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), String> {
     // SAFETY: `arg` points at an ifreq or rtentry owned by the caller, as `req` expects.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) }).map(drop).map_err(|e| format!("{what}: {e}"))
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) })
+        .map(drop)
+        .map_err(|e| format!("{what}: {e}"))
 }
 
 /// Brings an interface up.
@@ -60,7 +62,11 @@ pub fn link_up(name: &str) -> Result<(), String> {
 fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
     let ip: Ipv4Addr = ip.parse().map_err(|_| format!("bad IPv4 address {cidr:?}"))?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or(format!("bad prefix length in {cidr:?}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or(format!("bad prefix length in {cidr:?}"))?;
     Ok((ip, len))
 }
 
@@ -97,7 +103,10 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
         rt.rt_genmask = sockaddr(mask(len));
         rt.rt_flags = libc::RTF_UP;
         if !route.gateway.is_empty() {
-            let gw: Ipv4Addr = route.gateway.parse().map_err(|_| format!("bad gateway {:?}", route.gateway))?;
+            let gw: Ipv4Addr = route
+                .gateway
+                .parse()
+                .map_err(|_| format!("bad gateway {:?}", route.gateway))?;
             rt.rt_gateway = sockaddr(gw);
             rt.rt_flags |= libc::RTF_GATEWAY;
         }

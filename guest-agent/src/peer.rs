@@ -39,7 +39,11 @@ pub fn peer_of(fd: RawFd) -> io::Result<Peer> {
     let (addr, len) = unsafe {
         let mut addr: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        crate::sys::cvt(libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len))?;
+        crate::sys::cvt(libc::getpeername(
+            fd,
+            &mut addr as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        ))?;
         (addr, len as usize)
     };
     if addr.ss_family == libc::AF_VSOCK as libc::sa_family_t && len >= std::mem::size_of::<libc::sockaddr_vm>() {
@@ -59,7 +63,9 @@ pub fn admit(fd: RawFd, what: &str) -> bool {
         Ok(p) => format!("from {p}"),
         Err(e) => format!("from a peer getpeername cannot name ({e})"),
     };
-    crate::console::log(&format!("refused {what} {refused}: only the host (vsock CID {HOST_CID}) is served"));
+    crate::console::log(&format!(
+        "refused {what} {refused}: only the host (vsock CID {HOST_CID}) is served"
+    ));
     // SAFETY: shutdown on a descriptor the caller holds open for the duration of the call.
     unsafe { libc::shutdown(fd, libc::SHUT_RD) };
     false
@@ -76,13 +82,21 @@ mod tests {
         for cid in [0, 1, 3, 4, libc::VMADDR_CID_ANY] {
             assert!(!Peer::Vsock { cid }.is_host(), "cid {cid}");
         }
-        assert!(!Peer::Other { family: libc::AF_UNIX as libc::sa_family_t }.is_host());
+        assert!(!Peer::Other {
+            family: libc::AF_UNIX as libc::sa_family_t
+        }
+        .is_host());
     }
 
     #[test]
     fn a_unix_socket_peer_is_refused() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(peer_of(a.as_raw_fd()).unwrap(), Peer::Other { family: libc::AF_UNIX as libc::sa_family_t });
+        assert_eq!(
+            peer_of(a.as_raw_fd()).unwrap(),
+            Peer::Other {
+                family: libc::AF_UNIX as libc::sa_family_t
+            }
+        );
         assert!(!admit(a.as_raw_fd(), "Version"));
         // The connection was shut for reading: a read ends at once.
         use std::io::Read;
@@ -124,12 +138,25 @@ mod tests {
             let c = std::os::fd::OwnedFd::from_raw_fd_checked(libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0));
             addr.svm_cid = libc::VMADDR_CID_LOCAL;
             if libc::connect(c.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, sz) != 0 {
-                eprintln!("SKIPPED: no vsock loopback on this host ({})", io::Error::last_os_error());
+                eprintln!(
+                    "SKIPPED: no vsock loopback on this host ({})",
+                    io::Error::last_os_error()
+                );
                 return;
             }
-            let a = libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC);
+            let a = libc::accept4(
+                l.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
             let a = std::os::fd::OwnedFd::from_raw_fd_checked(a);
-            assert_eq!(peer_of(a.as_raw_fd()).unwrap(), Peer::Vsock { cid: libc::VMADDR_CID_LOCAL });
+            assert_eq!(
+                peer_of(a.as_raw_fd()).unwrap(),
+                Peer::Vsock {
+                    cid: libc::VMADDR_CID_LOCAL
+                }
+            );
             assert!(!admit(a.as_raw_fd(), "Version"));
         }
     }

@@ -31,7 +31,10 @@ pub fn switch_root_to_tmpfs() {
         true
     };
     if !step("mkdir", std::fs::create_dir_all(new))
-        || !step("mount", crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")))
+        || !step(
+            "mount",
+            crate::sys::mount(Some("tmpfs"), new, Some("tmpfs"), 0, Some("mode=0755")),
+        )
     {
         return;
     }
@@ -44,11 +47,20 @@ pub fn switch_root_to_tmpfs() {
     unsafe {
         let newc = crate::sys::cpath(new).unwrap_or_default();
         if libc::chdir(newc.as_ptr()) != 0
-            || libc::mount(dot.as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0
+            || libc::mount(
+                dot.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_MOVE,
+                std::ptr::null(),
+            ) != 0
             || libc::chroot(dot.as_ptr()) != 0
             || libc::chdir(c"/".as_ptr()) != 0
         {
-            log(&format!("cannot switch to a tmpfs root: {}", std::io::Error::last_os_error()));
+            log(&format!(
+                "cannot switch to a tmpfs root: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
 }
@@ -60,15 +72,44 @@ pub fn mount_early() {
         (c"proc", "/proc", "proc", nosuid_noexec | libc::MS_NODEV, None),
         (c"sysfs", "/sys", "sysfs", nosuid_noexec | libc::MS_NODEV, None),
         (c"devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, Some("mode=0755")),
-        (c"devpts", "/dev/pts", "devpts", nosuid_noexec, Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
-        (c"tmpfs", "/dev/shm", "tmpfs", nosuid_noexec | libc::MS_NODEV, Some("mode=1777")),
-        (c"cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_noexec | libc::MS_NODEV, None),
-        (c"tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755")),
+        (
+            c"devpts",
+            "/dev/pts",
+            "devpts",
+            nosuid_noexec,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            c"tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_noexec | libc::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            c"cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_noexec | libc::MS_NODEV,
+            None,
+        ),
+        (
+            c"tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        ),
     ];
     for (source, target, fstype, flags, data) in table {
         let _ = std::fs::create_dir_all(target);
-        if let Err(e) = crate::sys::mount(Some(&source.to_string_lossy()), Path::new(target), Some(fstype), flags, data)
-        {
+        if let Err(e) = crate::sys::mount(
+            Some(&source.to_string_lossy()),
+            Path::new(target),
+            Some(fstype),
+            flags,
+            data,
+        ) {
             log(&format!("cannot mount {fstype} on {target}: {e}"));
         }
     }
@@ -76,7 +117,11 @@ pub fn mount_early() {
 
 /// Writes BOOT_TIMER_VALUE to the boot-timer MMIO address through a shared mapping of /dev/mem.
 pub fn write_boot_timer() -> std::io::Result<()> {
-    let mem = OpenOptions::new().read(true).write(true).custom_flags(libc::O_SYNC).open("/dev/mem")?;
+    let mem = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_SYNC)
+        .open("/dev/mem")?;
     let page = 4096;
     // SAFETY: a fresh shared mapping of one page of /dev/mem at a page-aligned offset; the kernel checks the
     // offset and access. The result is checked before use.
@@ -109,7 +154,9 @@ pub fn wants_poweroff(cmdline: &str) -> bool {
 
 /// The value of `key=` on the command line (first occurrence).
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// Sets CLOCK_REALTIME; refuses times before 2020 or after 2200 (a garbled value must not be applied).
@@ -120,7 +167,10 @@ pub fn set_clock(unix_nanos: i64) -> Result<(), String> {
     if !(MIN..MAX).contains(&secs) {
         return Err(format!("clock value {unix_nanos} ns is out of range"));
     }
-    let ts = libc::timespec { tv_sec: secs, tv_nsec: unix_nanos.rem_euclid(1_000_000_000) };
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: unix_nanos.rem_euclid(1_000_000_000),
+    };
     // SAFETY: clock_settime reads one timespec we own.
     crate::sys::cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
         .map(drop)
@@ -145,7 +195,9 @@ pub fn clock_from_cmdline(cmdline: &str) {
 pub fn set_hostname(name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if !ok {
         log("ignoring an invalid hostname");
         return;

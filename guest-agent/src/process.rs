@@ -133,9 +133,15 @@ pub struct PreparedProcess {
 fn cap_mask(set: &Option<Capabilities>) -> Result<u64, ProcessError> {
     let mut mask = 0u64;
     for cap in set.iter().flatten() {
-        let name = serde_json::to_value(cap).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let name = serde_json::to_value(cap)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         let short = name.strip_prefix("CAP_").unwrap_or(&name);
-        let bit = CAPS.iter().position(|c| *c == short).ok_or(ProcessError::UnknownCapability(name.clone()))?;
+        let bit = CAPS
+            .iter()
+            .position(|c| *c == short)
+            .ok_or(ProcessError::UnknownCapability(name.clone()))?;
         mask |= 1 << bit;
     }
     Ok(mask)
@@ -176,10 +182,16 @@ impl PreparedProcess {
         };
         let mut rlimits = Vec::new();
         for r in p.rlimits().iter().flatten() {
-            let name =
-                serde_json::to_value(r.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let name = serde_json::to_value(r.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             let short = name.strip_prefix("RLIMIT_").unwrap_or(&name);
-            let res = RLIMITS.iter().find(|(n, _)| *n == short).ok_or(ProcessError::UnknownRlimit(name.clone()))?.1;
+            let res = RLIMITS
+                .iter()
+                .find(|(n, _)| *n == short)
+                .ok_or(ProcessError::UnknownRlimit(name.clone()))?
+                .1;
             rlimits.push((res, r.soft(), r.hard()));
         }
         let cwd = p.cwd().to_string_lossy().to_string();
@@ -230,7 +242,10 @@ impl PreparedProcess {
                 cvt(libc::ioctl(0, libc::TIOCSCTTY, 0)).map_err(|e| at("setting the controlling terminal", e))?;
             }
             for &(res, soft, hard) in &self.rlimits {
-                let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
                 cvt(libc::setrlimit(res, &lim)).map_err(|e| at("setrlimit", e))?;
             }
             if let Some(caps) = &self.caps {
@@ -255,8 +270,14 @@ impl PreparedProcess {
             if let Some(caps) = &self.caps {
                 cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0)).map_err(|e| at("PR_SET_KEEPCAPS", e))?;
                 capset(caps).map_err(|e| at("capset", e))?;
-                cvt(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))
-                    .map_err(|e| at("clearing the ambient set", e))?;
+                cvt(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ))
+                .map_err(|e| at("clearing the ambient set", e))?;
                 for cap in 0..=self.last_cap.min(63) {
                     if caps.ambient & (1 << cap) != 0 {
                         cvt(libc::prctl(
@@ -317,7 +338,10 @@ fn capset(caps: &CapSets) -> io::Result<()> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let hdr = Header { version: VERSION_3, pid: 0 };
+    let hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
     let half = |m: u64, i: u32| (m >> (32 * i)) as u32;
     let data = [0, 1].map(|i| Data {
         effective: half(caps.effective, i),

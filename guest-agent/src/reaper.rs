@@ -38,7 +38,9 @@ impl Reaper {
     pub fn start() -> std::io::Result<Arc<Reaper>> {
         let r = Arc::new(Reaper::default());
         let r2 = r.clone();
-        std::thread::Builder::new().name("reaper".into()).spawn(move || r2.run())?;
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || r2.run())?;
         Ok(r)
     }
 

@@ -26,7 +26,11 @@ pub enum RootfsError {
     #[error("mount destination {0:?} resolves outside the rootfs")]
     Escapes(PathBuf),
     #[error("mounting {what} on {target}: {source}")]
-    Mount { what: String, target: String, source: io::Error },
+    Mount {
+        what: String,
+        target: String,
+        source: io::Error,
+    },
     #[error("{step}: {source}")]
     Step { step: &'static str, source: io::Error },
 }
@@ -95,7 +99,11 @@ fn create_target(rootfs: &Path, target: &Path, file: bool) -> Result<PathBuf, Ro
                 std::fs::create_dir_all(parent)?;
             }
             if !p.exists() {
-                std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p)?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(p)?;
             }
             Ok(())
         } else {
@@ -183,9 +191,17 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
     let (flags, prop, data) = parse_options(&options);
     let declared = m.typ().clone().unwrap_or_else(|| "none".into());
     // The guest kernel has cgroup v2 only.
-    let fstype = if declared == "cgroup" { "cgroup2".to_string() } else { declared };
+    let fstype = if declared == "cgroup" {
+        "cgroup2".to_string()
+    } else {
+        declared
+    };
     let is_bind = flags & libc::MS_BIND != 0 || fstype == "bind";
-    let source = m.source().as_ref().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| fstype.clone());
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| fstype.clone());
     // Validated (absolute, no `..`), then resolved inside the rootfs, symlinks included.
     join_inside(rootfs, m.destination())?;
     let dest = secure_join(rootfs, m.destination()).map_err(step("resolving a mount destination"))?;
@@ -200,7 +216,14 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
         source,
     };
     if is_bind {
-        mount(Some(&source), &target, None, libc::MS_BIND | (flags & libc::MS_REC), None).map_err(err)?;
+        mount(
+            Some(&source),
+            &target,
+            None,
+            libc::MS_BIND | (flags & libc::MS_REC),
+            None,
+        )
+        .map_err(err)?;
         let rest = flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if rest != 0 {
             mount(None, &target, None, libc::MS_BIND | libc::MS_REMOUNT | rest, None).map_err(err)?;
@@ -216,8 +239,14 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
 }
 
 /// Character devices every container gets when its /dev is a fresh tmpfs: (name, major, minor).
-const DEFAULT_DEVICES: &[(&str, u32, u32)] =
-    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
     let dev = rootfs.join("dev");
@@ -233,9 +262,18 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
     for (name, major, minor) in DEFAULT_DEVICES {
         mknod(&dev.join(name), libc::S_IFCHR, 0o666, *major, *minor).map_err(step("creating default devices"))?;
     }
-    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
         let path = join_inside(rootfs, d.path())?;
-        let kind = match serde_json::to_value(d.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).as_deref() {
+        let kind = match serde_json::to_value(d.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .as_deref()
+        {
             Some("b") => libc::S_IFBLK,
             Some("p") => libc::S_IFIFO,
             _ => libc::S_IFCHR,
@@ -243,7 +281,10 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(step("creating a device's directory"))?;
         }
-        let (major, minor) = (u32::try_from(d.major()).unwrap_or(0), u32::try_from(d.minor()).unwrap_or(0));
+        let (major, minor) = (
+            u32::try_from(d.major()).unwrap_or(0),
+            u32::try_from(d.minor()).unwrap_or(0),
+        );
         mknod(&path, kind, d.file_mode().unwrap_or(0o666) & 0o7777, major, minor).map_err(step("creating a device"))?;
         if let (Some(uid), Some(gid)) = (d.uid(), d.gid()) {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(step("chown of a device"))?;
@@ -267,15 +308,22 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
 pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the agent's namespace.
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(step("making / private"))?;
-    mount(Some(&rootfs.to_string_lossy()), rootfs, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(step("binding the rootfs onto itself"))?;
+    mount(
+        Some(&rootfs.to_string_lossy()),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(step("binding the rootfs onto itself"))?;
     let rootfs = rootfs.canonicalize().map_err(step("resolving the rootfs"))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
         mount_one(&rootfs, m)?;
     }
-    let dev_is_tmpfs =
-        mounts.iter().any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
+    let dev_is_tmpfs = mounts
+        .iter()
+        .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
     if dev_is_tmpfs {
         create_devices(&rootfs, spec)?;
     }
@@ -288,12 +336,21 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
         read_only(Path::new(&p))?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)
-            .map_err(step("making the rootfs read-only"))?;
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )
+        .map_err(step("making the rootfs read-only"))?;
     }
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
         if key.contains('/') || key.split('.').any(|c| c.is_empty() || c == "..") {
-            return Err(RootfsError::Step { step: "sysctl", source: io::Error::other(format!("bad key {key:?}")) });
+            return Err(RootfsError::Step {
+                step: "sysctl",
+                source: io::Error::other(format!("bad key {key:?}")),
+            });
         }
         crate::sys::write_file(&Path::new("/proc/sys").join(key.replace('.', "/")), &value).map_err(step("sysctl"))?;
     }
@@ -316,7 +373,11 @@ fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
 }
 
 fn mask(path: &Path) -> Result<(), RootfsError> {
-    let err = |source| RootfsError::Mount { what: "mask".into(), target: path.display().to_string(), source };
+    let err = |source| RootfsError::Mount {
+        what: "mask".into(),
+        target: path.display().to_string(),
+        source,
+    };
     match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err(e)),
@@ -326,12 +387,30 @@ fn mask(path: &Path) -> Result<(), RootfsError> {
 }
 
 fn read_only(path: &Path) -> Result<(), RootfsError> {
-    let err = |source| RootfsError::Mount { what: "read-only".into(), target: path.display().to_string(), source };
+    let err = |source| RootfsError::Mount {
+        what: "read-only".into(),
+        target: path.display().to_string(),
+        source,
+    };
     if !path.exists() {
         return Ok(());
     }
-    mount(Some(&path.to_string_lossy()), path, None, libc::MS_BIND | libc::MS_REC, None).map_err(err)?;
-    mount(None, path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC, None).map_err(err)
+    mount(
+        Some(&path.to_string_lossy()),
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(err)?;
+    mount(
+        None,
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+        None,
+    )
+    .map_err(err)
 }
 
 #[cfg(test)]

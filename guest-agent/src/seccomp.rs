@@ -89,25 +89,43 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
     let mut all_rules = Vec::new();
     let mut checked: BTreeMap<String, bool> = BTreeMap::new();
     for rule in p["syscalls"].as_array().cloned().unwrap_or_default() {
-        let act = action(rule["action"].as_str().unwrap_or_default(), rule["errnoRet"].as_u64().or(default_errno))?;
-        let args: Vec<Value> =
-            rule["args"].as_array().cloned().unwrap_or_default().iter().map(condition).collect::<Result<_, _>>()?;
+        let act = action(
+            rule["action"].as_str().unwrap_or_default(),
+            rule["errnoRet"].as_u64().or(default_errno),
+        )?;
+        let args: Vec<Value> = rule["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(condition)
+            .collect::<Result<_, _>>()?;
         for name in rule["names"].as_array().cloned().unwrap_or_default() {
             let Some(name) = name.as_str() else { continue };
             if !*checked.entry(name.to_string()).or_insert_with(|| known(name)) {
                 continue;
             }
-            let entry =
-                if args.is_empty() { json!({ "syscall": name }) } else { json!({ "syscall": name, "args": args }) };
+            let entry = if args.is_empty() {
+                json!({ "syscall": name })
+            } else {
+                json!({ "syscall": name, "args": args })
+            };
             all_rules.push(entry.clone());
             if act != json!("allow") {
-                by_action.entry(act.to_string()).or_insert_with(|| (act.clone(), Vec::new())).1.push(entry);
+                by_action
+                    .entry(act.to_string())
+                    .or_insert_with(|| (act.clone(), Vec::new()))
+                    .1
+                    .push(entry);
             }
         }
     }
     let mut filters = serde_json::Map::new();
     for (i, (_, (act, rules))) in by_action.into_iter().enumerate() {
-        filters.insert(format!("a{i}"), json!({ "mismatch_action": "allow", "match_action": act, "filter": rules }));
+        filters.insert(
+            format!("a{i}"),
+            json!({ "mismatch_action": "allow", "match_action": act, "filter": rules }),
+        );
     }
     if default != json!("allow") {
         filters.insert(
@@ -163,11 +181,19 @@ pub fn deny_vsock() -> std::io::Result<()> {
 /// Installs one program with seccomp(SECCOMP_SET_MODE_FILTER); needs no_new_privs or CAP_SYS_ADMIN.
 /// Only system calls: safe in the child right before exec.
 pub fn install(program: &BpfProgram) -> std::io::Result<()> {
-    let prog =
-        libc::sock_fprog { len: program.len() as libc::c_ushort, filter: program.as_ptr() as *mut libc::sock_filter };
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
     // SAFETY: `prog` points at `program`'s instructions, which outlive the call; the kernel copies them.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -241,7 +267,10 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
         let mut got = Vec::new();
         use std::io::Read;
         r.read_to_end(&mut got).unwrap();

@@ -44,7 +44,11 @@ fn admit_call(policy: &Policy, call: Call, container: &str) -> R<()> {
         return Ok(());
     }
     let id: String = container.chars().take(64).collect();
-    let on = if id.is_empty() { String::new() } else { format!(" (container {id})") };
+    let on = if id.is_empty() {
+        String::new()
+    } else {
+        format!(" (container {id})")
+    };
     crate::console::log(&format!("refused {call}{on}: the agent policy does not serve it"));
     Err(denied(format!("{call} is refused by the agent policy")))
 }
@@ -74,7 +78,10 @@ impl agent_ttrpc::Agent for Service {
         let mut r = VersionResponse::new();
         r.agent_version = env!("CARGO_PKG_VERSION").into();
         r.protocol_revision = hull_agent_protocol::PROTOCOL_REVISION;
-        r.kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into();
+        r.kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .into();
         Ok(r)
     }
 
@@ -103,7 +110,14 @@ impl agent_ttrpc::Agent for Service {
         let rootfs = req.rootfs.as_ref().ok_or_else(|| invalid("no rootfs"))?;
         let stdio = req.stdio.clone().unwrap_or_default();
         self.agent
-            .create(&req.container_id, &req.oci_spec_json, rootfs, &req.mounts, &req.files, &stdio)
+            .create(
+                &req.container_id,
+                &req.oci_spec_json,
+                rootfs,
+                &req.mounts,
+                &req.files,
+                &stdio,
+            )
             .map_err(status)?;
         Ok(Empty::new())
     }
@@ -117,13 +131,17 @@ impl agent_ttrpc::Agent for Service {
     fn exec_process(&self, ctx: &TtrpcContext, req: ExecProcessRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::ExecProcess, &req.container_id)?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        self.agent.exec(&req.container_id, &req.exec_id, &req.oci_process_json, &stdio).map_err(status)?;
+        self.agent
+            .exec(&req.container_id, &req.exec_id, &req.oci_process_json, &stdio)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 
     fn signal_process(&self, ctx: &TtrpcContext, req: SignalProcessRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::SignalProcess, &req.container_id)?;
-        self.agent.signal(&req.container_id, &req.exec_id, req.signal, req.all).map_err(status)?;
+        self.agent
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 
@@ -140,13 +158,17 @@ impl agent_ttrpc::Agent for Service {
 
     fn close_stdin(&self, ctx: &TtrpcContext, req: CloseStdinRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::CloseStdin, &req.container_id)?;
-        self.agent.close_stdin(&req.container_id, &req.exec_id, req.total_bytes).map_err(status)?;
+        self.agent
+            .close_stdin(&req.container_id, &req.exec_id, req.total_bytes)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 
     fn resize_terminal(&self, ctx: &TtrpcContext, req: ResizeTerminalRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::ResizeTerminal, &req.container_id)?;
-        self.agent.resize(&req.container_id, &req.exec_id, req.rows, req.columns).map_err(status)?;
+        self.agent
+            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 
@@ -169,7 +191,9 @@ impl agent_ttrpc::Agent for Service {
 
     fn update_resources(&self, ctx: &TtrpcContext, req: UpdateResourcesRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::UpdateResources, &req.container_id)?;
-        self.agent.update(&req.container_id, &req.oci_resources_json).map_err(status)?;
+        self.agent
+            .update(&req.container_id, &req.oci_resources_json)
+            .map_err(status)?;
         Ok(Empty::new())
     }
 
@@ -247,7 +271,11 @@ mod tests {
     #[test]
     fn every_call_the_policy_refuses_is_permission_denied() {
         for &call in Call::ALL {
-            assert_eq!(code(admit_call(&Policy::none(), call, "c1")), Some(Code::PERMISSION_DENIED), "{call}");
+            assert_eq!(
+                code(admit_call(&Policy::none(), call, "c1")),
+                Some(Code::PERMISSION_DENIED),
+                "{call}"
+            );
             assert_eq!(code(admit_call(&Policy::all(), call, "c1")), None, "{call}");
             let mut p = Policy::all();
             p.deny(call);
@@ -257,7 +285,10 @@ mod tests {
             }
         }
         let no_exec = Policy::parse("-ExecProcess").unwrap();
-        assert_eq!(code(admit_call(&no_exec, Call::ExecProcess, "c1")), Some(Code::PERMISSION_DENIED));
+        assert_eq!(
+            code(admit_call(&no_exec, Call::ExecProcess, "c1")),
+            Some(Code::PERMISSION_DENIED)
+        );
         assert_eq!(code(admit_call(&no_exec, Call::CreateContainer, "c1")), None);
     }
 
@@ -266,13 +297,20 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         for &call in Call::ALL {
-            assert_eq!(code(admit(&Policy::all(), a.as_raw_fd(), call, "")), Some(Code::PERMISSION_DENIED), "{call}");
+            assert_eq!(
+                code(admit(&Policy::all(), a.as_raw_fd(), call, "")),
+                Some(Code::PERMISSION_DENIED),
+                "{call}"
+            );
         }
     }
 
     #[test]
     fn refusing_to_read_an_unregistered_file_is_permission_denied() {
-        let e = AgentError::NotRegistered { container: "c1".into(), name: "f0".into() };
+        let e = AgentError::NotRegistered {
+            container: "c1".into(),
+            name: "f0".into(),
+        };
         match status(e) {
             ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), Code::PERMISSION_DENIED),
             e => panic!("{e:?}"),
@@ -287,12 +325,17 @@ mod tests {
             &src[src.find("impl agent_ttrpc::Agent for Service").unwrap()..src.find("/// Builds and starts").unwrap()];
         let mut methods = 0;
         for (i, line) in body.lines().enumerate() {
-            let Some(rest) = line.trim_start().strip_prefix("fn ") else { continue };
+            let Some(rest) = line.trim_start().strip_prefix("fn ") else {
+                continue;
+            };
             methods += 1;
             let name = &rest[..rest.find('(').unwrap()];
             let camel: String = name.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
             let next = body.lines().nth(i + 1).unwrap().trim();
-            assert!(next.starts_with(&format!("admit(&self.policy, ctx.fd, Call::{camel},")), "{name}: {next}");
+            assert!(
+                next.starts_with(&format!("admit(&self.policy, ctx.fd, Call::{camel},")),
+                "{name}: {next}"
+            );
         }
         assert_eq!(methods, Call::ALL.len());
     }

@@ -32,12 +32,20 @@ pub struct ChildStdio {
 
 impl ChildStdio {
     pub fn raw(&self) -> [RawFd; 3] {
-        [self.fds[0].as_raw_fd(), self.fds[1].as_raw_fd(), self.fds[2].as_raw_fd()]
+        [
+            self.fds[0].as_raw_fd(),
+            self.fds[1].as_raw_fd(),
+            self.fds[2].as_raw_fd(),
+        ]
     }
 }
 
 fn dev_null() -> io::Result<OwnedFd> {
-    Ok(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into())
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
 }
 
 /// Pipes for the requested streams; `/dev/null` for the rest (and for all three with a terminal, whose
@@ -45,7 +53,12 @@ fn dev_null() -> io::Result<OwnedFd> {
 pub fn make(stdin: bool, stdout: bool, stderr: bool, terminal: bool) -> io::Result<(ProcessIo, ChildStdio)> {
     let mut io = ProcessIo::default();
     if terminal {
-        return Ok((io, ChildStdio { fds: [dev_null()?, dev_null()?, dev_null()?] }));
+        return Ok((
+            io,
+            ChildStdio {
+                fds: [dev_null()?, dev_null()?, dev_null()?],
+            },
+        ));
     }
     let fd0 = if stdin {
         let (r, w) = crate::sys::pipe()?;
@@ -116,7 +129,12 @@ pub fn listen(port: u32) -> io::Result<OwnedFd> {
 pub fn accept(listener: &OwnedFd) -> io::Result<File> {
     // SAFETY: accept4 with null address pointers.
     let fd = cvt(unsafe {
-        libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
     })?;
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { File::from_raw_fd(fd) })
@@ -199,7 +217,11 @@ fn copy_in(mut conn: File, mut dst: File, ctl: &StdinCtl) {
         if ctl.done() {
             break;
         }
-        let mut pfd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one pollfd we own.
         let rc = unsafe { libc::poll(&mut pfd, 1, 200) };
         if rc == 0 {

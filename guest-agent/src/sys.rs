@@ -100,9 +100,15 @@ pub struct ExitStatus {
 impl ExitStatus {
     pub fn from_wait(status: libc::c_int) -> ExitStatus {
         if libc::WIFSIGNALED(status) {
-            ExitStatus { code: -1, signal: libc::WTERMSIG(status) }
+            ExitStatus {
+                code: -1,
+                signal: libc::WTERMSIG(status),
+            }
         } else {
-            ExitStatus { code: libc::WEXITSTATUS(status), signal: 0 }
+            ExitStatus {
+                code: libc::WEXITSTATUS(status),
+                signal: 0,
+            }
         }
     }
 }

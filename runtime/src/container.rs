@@ -154,12 +154,24 @@ mod tests {
         };
         let r = c.request();
         assert_eq!(r.container_id, "c1");
-        assert_eq!((r.rootfs.device.as_str(), r.rootfs.read_only, r.rootfs.writable_overlay), ("vda", true, true));
-        assert_eq!((r.mounts[0].device.as_str(), r.mounts[0].read_only), ("serial:vol0", false));
+        assert_eq!(
+            (r.rootfs.device.as_str(), r.rootfs.read_only, r.rootfs.writable_overlay),
+            ("vda", true, true)
+        );
+        assert_eq!(
+            (r.mounts[0].device.as_str(), r.mounts[0].read_only),
+            ("serial:vol0", false)
+        );
         assert_eq!(r.mounts[0].container_path, "/data");
-        assert_eq!((r.files[0].name.as_str(), r.files[0].mode, r.files[0].copy_back), ("f0", 0o644, true));
+        assert_eq!(
+            (r.files[0].name.as_str(), r.files[0].mode, r.files[0].copy_back),
+            ("f0", 0o644, true)
+        );
         assert!(!r.stdio.stdin && r.stdio.stdout && r.stdio.stderr);
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.oci_spec_json).unwrap(), spec);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&r.oci_spec_json).unwrap(),
+            spec
+        );
         let qemu = GuestDisk::of_drive(BackendKind::Qemu, 0, &drive("rootfs", true));
         assert_eq!(qemu.device, "serial:rootfs");
         let tty = Streams {

@@ -14,8 +14,8 @@ pub mod backend;
 pub mod container;
 pub mod guard;
 pub mod image;
-pub mod output;
 pub mod jail;
+pub mod output;
 pub mod spec;
 
 use std::path::{Path, PathBuf};

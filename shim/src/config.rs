@@ -274,12 +274,18 @@ mod tests {
     fn the_jail_is_on_by_default_and_configurable() {
         let c = ShimConfig::parse("").unwrap();
         let j = c.jail_config(Path::new("/usr/local/bin/hull")).unwrap();
-        assert_eq!((j.uid, j.gid, j.base_dir.as_path()), (64000, 64000, Path::new("/srv/jailer")));
+        assert_eq!(
+            (j.uid, j.gid, j.base_dir.as_path()),
+            (64000, 64000, Path::new("/srv/jailer"))
+        );
         assert_eq!(j.jailer, Path::new("/usr/local/bin/hull-jailer"));
         let c = ShimConfig::parse("[jail]\nuid = 5000\ngid = 5001\nbase_dir = \"/jails\"\n").unwrap();
         let j = c.jail_config(Path::new("/x/hull")).unwrap();
         assert_eq!((j.uid, j.gid, j.base_dir.as_path()), (5000, 5001, Path::new("/jails")));
-        assert!(ShimConfig::parse("[jail]\nenabled = false\n").unwrap().jail_config(Path::new("/x")).is_none());
+        assert!(ShimConfig::parse("[jail]\nenabled = false\n")
+            .unwrap()
+            .jail_config(Path::new("/x"))
+            .is_none());
         assert!(ShimConfig::parse("[jail]\nbase_dir = \"rel\"\n").is_err());
         assert!(ShimConfig::parse("[jail]\nuser = 1\n").is_err());
     }

@@ -35,7 +35,9 @@ impl Shim for HullShim {
             // which names its VM) instead of containerd-shim's. The format is the shim config's, as far as it
             // can be found before the first Create brings its path.
             config.no_setup_logger = true;
-            let format = crate::config::ShimConfig::load(None).map(|c| c.log_format).unwrap_or_default();
+            let format = crate::config::ShimConfig::load(None)
+                .map(|c| c.log_format)
+                .unwrap_or_default();
             crate::logging::install(args.debug, &args.id, format);
         }
         HullShim {

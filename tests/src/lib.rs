@@ -407,7 +407,10 @@ impl Hull {
     /// Waits until the API socket accepts connections; panics (with the output) when hull exits first or
     /// `timeout` passes.
     pub fn wait_for_api(&self, timeout: Duration) {
-        let sock = self.api_sock.as_ref().expect("this hull was started without --api-sock");
+        let sock = self
+            .api_sock
+            .as_ref()
+            .expect("this hull was started without --api-sock");
         let deadline = Instant::now() + timeout;
         while UnixStream::connect(sock).is_err() {
             if self.try_status().is_some() || Instant::now() > deadline {

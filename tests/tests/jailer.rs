@@ -143,7 +143,11 @@ fn jailed_hull_boots_a_tiny_guest_through_the_api_socket_in_its_chroot() {
     assert_eq!(status_line(pid, "Groups:"), "", "no supplementary groups");
     assert_eq!(status_line(pid, "NoNewPrivs:"), "1");
     // hull installs its own seccomp filters after the exec: the jailed process has them (mode 2, filter).
-    assert_eq!(status_line(pid, "Seccomp:"), "2", "the jailed hull runs without its seccomp filter");
+    assert_eq!(
+        status_line(pid, "Seccomp:"),
+        "2",
+        "the jailed hull runs without its seccomp filter"
+    );
     // /proc/PID/root leads to the chroot (readlink shows "/": it names it in hull's own mount namespace).
     let root = std::fs::metadata(format!("/proc/{pid}/root")).expect("stat /proc/PID/root");
     let chroot = std::fs::metadata(jail.root()).expect("stat the chroot");

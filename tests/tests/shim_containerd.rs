@@ -279,9 +279,22 @@ fn ctr_run_echo_status_and_writes() {
     let id5 = format!("log-{pid}");
     let log = s.ctd.dir().join(format!("{id5}.log"));
     let uri = format!("file://{}", log.display());
-    let out = s.ctr_run(&["--rm", "--log-uri", &uri, BUSYBOX_IMAGE, &id5, "sh", "-c", "echo to-the-log"]);
+    let out = s.ctr_run(&[
+        "--rm",
+        "--log-uri",
+        &uri,
+        BUSYBOX_IMAGE,
+        &id5,
+        "sh",
+        "-c",
+        "echo to-the-log",
+    ]);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
-    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "to-the-log\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "to-the-log\n",
+        "{out:?}"
+    );
 
     // stdin: ctr attaches its own stdin; 1 MiB of every byte value goes through and back, and the end of
     // ctr's stdin (CloseIO) ends the container's `cat`.
@@ -366,7 +379,11 @@ fn ctr_run_tty() {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     assert!(lines.next().unwrap_or_default().starts_with("/dev/pts/"), "{text}");
     assert_guest_kernel(lines.next().unwrap_or_default(), "ctr run -t");
-    assert_eq!(lines.next().map(str::trim), Some("33 101"), "terminal size after ResizePty: {text}");
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("33 101"),
+        "terminal size after ResizePty: {text}"
+    );
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
 
@@ -548,7 +565,11 @@ fn cri_pod_two_containers_one_vm() {
         assert_eq!(lines.next(), Some(name), "each container has its own rootfs: {out:?}");
         assert_eq!(lines.next(), Some("from the host"), "the hostPath volume: {out:?}");
     }
-    assert_eq!(volume_images(&s).len(), 1, "one disk image for the volume both containers mount");
+    assert_eq!(
+        volume_images(&s).len(),
+        1,
+        "one disk image for the volume both containers mount"
+    );
     // CRI opened both output FIFOs: the container log has stdout and stderr lines.
     let log_dir = PathBuf::from(&pod.config.log_directory);
     for name in ["first", "second"] {
@@ -600,7 +621,12 @@ fn cri_pod_two_containers_one_vm() {
         cri.remove_container(id)
             .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
         let expected = if i == 0 { 1 } else { 0 };
-        assert_eq!(volume_images(&s).len(), expected, "volume images after removing {} container(s)", i + 1);
+        assert_eq!(
+            volume_images(&s).len(),
+            expected,
+            "volume images after removing {} container(s)",
+            i + 1
+        );
     }
     cri.stop_pod_sandbox(&pod.id)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
@@ -810,7 +836,10 @@ fn ctr_run_with_host_mounts() {
     // host once the container has exited.
     let log = s.ctd.dir().join("termination-log");
     std::fs::write(&log, "").unwrap();
-    let log_mount = format!("type=bind,src={},dst=/dev/termination-log,options=rbind:rw", log.display());
+    let log_mount = format!(
+        "type=bind,src={},dst=/dev/termination-log,options=rbind:rw",
+        log.display()
+    );
     let out = s.ctr_run(&[
         "--rm",
         "--mount",
@@ -831,7 +860,11 @@ fn ctr_run_with_host_mounts() {
     assert_eq!(&lines[..3], &["from the host", "key=value", "read-only"], "{out:?}");
     assert_guest_kernel(lines.get(3).copied().unwrap_or_default(), "mounts");
     assert!(!host.join("x").exists());
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "last words\n", "the read-write file mount, written back");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "last words\n",
+        "the read-write file mount, written back"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=value\n");
     s.finish(&[(CTR_NAMESPACE, &id)]);
 }
@@ -867,7 +900,11 @@ fn cri_stalled_guest_does_not_block_other_containers() {
     let pod = cri
         .run_pod_sandbox(HULL_HANDLER, &format!("stall-{}", std::process::id()), PodNetwork::Host)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
-    let Some(vsock) = s.vm_pids().into_iter().find(|p| cmdline(*p).contains("vhost-user vsock")) else {
+    let Some(vsock) = s
+        .vm_pids()
+        .into_iter()
+        .find(|p| cmdline(*p).contains("vhost-user vsock"))
+    else {
         hull_tests::skip(
             "cri_stalled_guest_does_not_block_other_containers",
             "the VM has no separate vsock backend to stop (kvm backend)",
@@ -890,7 +927,9 @@ fn cri_stalled_guest_does_not_block_other_containers() {
         let took = t0.elapsed();
         assert!(ls.success(), "{ls:?}");
         assert!(
-            ls.stdout.lines().any(|l| l.starts_with(&first) && l.contains("RUNNING")),
+            ls.stdout
+                .lines()
+                .any(|l| l.starts_with(&first) && l.contains("RUNNING")),
             "{ls:?}"
         );
         took
@@ -907,9 +946,15 @@ fn cri_stalled_guest_does_not_block_other_containers() {
         (cri.start_container(&second_id), t0.elapsed())
     });
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!starter.is_finished(), "the second container's start should be waiting on the stalled guest");
+    assert!(
+        !starter.is_finished(),
+        "the second container's start should be waiting on the stalled guest"
+    );
     let took = state_of_first();
-    assert!(took < Duration::from_secs(1), "State took {took:?} while a Create waited on the guest");
+    assert!(
+        took < Duration::from_secs(1),
+        "State took {took:?} while a Create waited on the guest"
+    );
     let status = cri.container_status(&first).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.state, k8s_cri::v1::ContainerState::ContainerRunning as i32);
 
@@ -921,12 +966,18 @@ fn cri_stalled_guest_does_not_block_other_containers() {
     let mut kill = kill.spawn().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let took = state_of_first();
-    assert!(took < Duration::from_secs(1), "State took {took:?} while a Kill and a Create waited on the guest");
+    assert!(
+        took < Duration::from_secs(1),
+        "State took {took:?} while a Kill and a Create waited on the guest"
+    );
 
     drop(stopped);
     let (started, waited) = starter.join().unwrap();
     started.unwrap_or_else(|e| panic!("{e} (after {waited:?})\n{}", s.ctd.report()));
-    assert!(kill.wait().unwrap().success(), "the Kill went through once the guest answered");
+    assert!(
+        kill.wait().unwrap().success(),
+        "the Kill went through once the guest answered"
+    );
     wait_until("the first container's task to end", Duration::from_secs(30), || {
         !s.ctd
             .ctr_in(CRI_NAMESPACE, &["task", "ls"])
@@ -964,7 +1015,11 @@ fn own_cgroup(v2: bool) -> String {
         .find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, list, path) = (f.next()?, f.next()?, f.next()?);
-            let ours = if v2 { list.is_empty() } else { list.split(',').any(|c| c == "memory") };
+            let ours = if v2 {
+                list.is_empty()
+            } else {
+                list.split(',').any(|c| c == "memory")
+            };
             ours.then(|| path.trim_end_matches('/').to_string())
         })
         .unwrap_or_default()
@@ -1021,7 +1076,10 @@ fn cri_pod_vm_runs_in_the_pods_cgroup() {
         assert_eq!(read(&mem_dir.join("memory.limit_in_bytes")), limit.to_string());
         assert_eq!(read(&cpu_dir.join("cpu.cfs_quota_us")), "150000");
         let cpu_procs = read(&cpu_dir.join("cgroup.procs"));
-        assert!(vm.iter().all(|p| cpu_procs.lines().any(|l| l == p.to_string())), "cpu: {cpu_procs}");
+        assert!(
+            vm.iter().all(|p| cpu_procs.lines().any(|l| l == p.to_string())),
+            "cpu: {cpu_procs}"
+        );
     }
     // The pod works inside its limit.
     let id = cri
@@ -1045,7 +1103,10 @@ fn cri_pod_vm_runs_in_the_pods_cgroup() {
     let parents: Vec<PathBuf> = if v2 {
         vec![root.join(parent_rel)]
     } else {
-        ["memory", "cpu", "cpuacct", "pids"].iter().map(|c| root.join(c).join(parent_rel)).collect()
+        ["memory", "cpu", "cpuacct", "pids"]
+            .iter()
+            .map(|c| root.join(c).join(parent_rel))
+            .collect()
     };
     for p in &parents {
         assert!(!p.exists(), "the shim made {} and removes it with the pod", p.display());

@@ -53,7 +53,10 @@ impl ScratchFile {
         let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
         let mut off = 0;
         while off < bytes {
-            scratch.file.write_all_at(&chunk, off).map_err(fail(format!("filling {}", scratch.path.display())))?;
+            scratch
+                .file
+                .write_all_at(&chunk, off)
+                .map_err(fail(format!("filling {}", scratch.path.display())))?;
             off += chunk.len() as u64;
         }
         Ok(scratch)
@@ -78,11 +81,20 @@ impl BlockDriver {
     fn new(path: &std::path::Path) -> Result<BlockDriver> {
         let mem = guest_memory(MEM_BYTES)?;
         let queue = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
-        let mut dev = Block::new(&BlockConfig { path: path.to_path_buf(), read_only: false, id: None })
-            .map_err(fail("creating the virtio-blk device"))?;
+        let mut dev = Block::new(&BlockConfig {
+            path: path.to_path_buf(),
+            read_only: false,
+            id: None,
+        })
+        .map_err(fail("creating the virtio-blk device"))?;
         dev.set_acked_features(dev.avail_features());
         dev.activate().map_err(fail("activating the virtio-blk device"))?;
-        Ok(BlockDriver { mem, queue, dev, next_offset: 0 })
+        Ok(BlockDriver {
+            mem,
+            queue,
+            dev,
+            next_offset: 0,
+        })
     }
 
     fn data_addr(slot: usize) -> u64 {
@@ -108,18 +120,30 @@ impl BlockDriver {
             let status = STATUS_BASE + slot as u64;
             self.mem.write_obj(0xffu8, GuestAddress(status)).map_err(io)?;
             let data = Self::data_addr(slot);
-            let data = if write { Buffer::readable(data, size) } else { Buffer::writable(data, size) };
+            let data = if write {
+                Buffer::readable(data, size)
+            } else {
+                Buffer::writable(data, size)
+            };
             self.queue
-                .offer(&self.mem, &[Buffer::readable(hdr, 16), data, Buffer::writable(status, 1)])
+                .offer(
+                    &self.mem,
+                    &[Buffer::readable(hdr, 16), data, Buffer::writable(status, 1)],
+                )
                 .map_err(BenchError::failed)?;
             self.next_offset += u64::from(size);
         }
         let mut set = QueueSet::new();
         set.push(Some(self.queue.device_queue()));
-        self.dev.process_queue(0, &self.mem, &mut set).map_err(fail("virtio-blk process_queue"))?;
+        self.dev
+            .process_queue(0, &self.mem, &mut set)
+            .map_err(fail("virtio-blk process_queue"))?;
         let used = self.queue.take_used(&self.mem).map_err(BenchError::failed)?;
         if used.len() != n {
-            return Err(BenchError::failed(format!("{n} requests offered, {} completed", used.len())));
+            return Err(BenchError::failed(format!(
+                "{n} requests offered, {} completed",
+                used.len()
+            )));
         }
         let mut statuses = vec![0u8; n];
         self.mem
@@ -143,20 +167,30 @@ impl BlockDriver {
 fn verify(driver: &mut BlockDriver, file: &File, size: u32) -> Result<()> {
     let n = size as usize;
     let pattern: Vec<u8> = (0..n).map(|i| (i * 7 + size as usize) as u8).collect();
-    driver.mem.write_slice(&pattern, GuestAddress(BlockDriver::data_addr(0))).map_err(fail("writing guest memory"))?;
+    driver
+        .mem
+        .write_slice(&pattern, GuestAddress(BlockDriver::data_addr(0)))
+        .map_err(fail("writing guest memory"))?;
     let at = driver.batch(true, size, 1)?;
     let mut back = vec![0u8; n];
     file.read_exact_at(&mut back, at).map_err(fail("pread"))?;
     if back != pattern {
-        return Err(BenchError::failed(format!("a {size}-byte device write did not reach the file")));
+        return Err(BenchError::failed(format!(
+            "a {size}-byte device write did not reach the file"
+        )));
     }
     let other: Vec<u8> = pattern.iter().map(|b| !b).collect();
     file.write_all_at(&other, 0).map_err(fail("pwrite"))?;
     driver.next_offset = 0;
     driver.batch(false, size, 1)?;
-    driver.mem.read_slice(&mut back, GuestAddress(BlockDriver::data_addr(0))).map_err(fail("reading guest memory"))?;
+    driver
+        .mem
+        .read_slice(&mut back, GuestAddress(BlockDriver::data_addr(0)))
+        .map_err(fail("reading guest memory"))?;
     if back != other {
-        return Err(BenchError::failed(format!("a {size}-byte device read did not return the file's bytes")));
+        return Err(BenchError::failed(format!(
+            "a {size}-byte device read did not return the file's bytes"
+        )));
     }
     Ok(())
 }

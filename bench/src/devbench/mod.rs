@@ -75,11 +75,31 @@ pub fn compare(s: &mut Section, label: &str, op: &str, device: &[Rate], raw_labe
         "frame" => "frames/s",
         _ => "ops/s",
     };
-    s.metric(format!("{label}: device"), unit, device.iter().map(Rate::ops_per_sec).collect());
-    s.metric(format!("{label}: device"), "MB/s", device.iter().map(Rate::mb_per_sec).collect());
-    s.metric(format!("{label}: {raw_label}"), unit, raw.iter().map(Rate::ops_per_sec).collect());
-    s.metric(format!("{label}: {raw_label}"), "MB/s", raw.iter().map(Rate::mb_per_sec).collect());
-    let ratios = device.iter().zip(raw).map(|(d, r)| d.mb_per_sec() / r.mb_per_sec()).collect();
+    s.metric(
+        format!("{label}: device"),
+        unit,
+        device.iter().map(Rate::ops_per_sec).collect(),
+    );
+    s.metric(
+        format!("{label}: device"),
+        "MB/s",
+        device.iter().map(Rate::mb_per_sec).collect(),
+    );
+    s.metric(
+        format!("{label}: {raw_label}"),
+        unit,
+        raw.iter().map(Rate::ops_per_sec).collect(),
+    );
+    s.metric(
+        format!("{label}: {raw_label}"),
+        "MB/s",
+        raw.iter().map(Rate::mb_per_sec).collect(),
+    );
+    let ratios = device
+        .iter()
+        .zip(raw)
+        .map(|(d, r)| d.mb_per_sec() / r.mb_per_sec())
+        .collect();
     s.metric(format!("{label}: device / raw"), "x", ratios);
 }
 
@@ -89,7 +109,11 @@ mod tests {
 
     #[test]
     fn rates_are_per_second() {
-        let r = Rate { ops: 1000, bytes: 4_096_000, secs: 2.0 };
+        let r = Rate {
+            ops: 1000,
+            bytes: 4_096_000,
+            secs: 2.0,
+        };
         assert_eq!(r.ops_per_sec(), 500.0);
         assert_eq!(r.mb_per_sec(), 2.048);
     }
@@ -106,6 +130,11 @@ mod tests {
         // Sleeps may run long on a loaded machine: only the lower bounds are certain.
         assert!(calls >= 1 && r.secs >= 0.02);
         assert_eq!((r.ops, r.bytes), (2 * calls, 10 * calls));
-        assert!(timed(Duration::from_secs(60), || Err::<(u64, u64), _>(BenchError::failed("x"))).is_err());
+        assert!(
+            timed(Duration::from_secs(60), || Err::<(u64, u64), _>(BenchError::failed(
+                "x"
+            )))
+            .is_err()
+        );
     }
 }

@@ -38,7 +38,9 @@ struct NetNs {
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
-        BenchError::env(format!("cannot run `ip` ({e}); install iproute2 (scripts/install-test-deps.sh does)"))
+        BenchError::env(format!(
+            "cannot run `ip` ({e}); install iproute2 (scripts/install-test-deps.sh does)"
+        ))
     })?;
     if !out.status.success() {
         return Err(BenchError::env(format!(
@@ -55,8 +57,11 @@ impl NetNs {
     fn create() -> Result<NetNs> {
         remove_stale_namespaces();
         let name = format!("{NETNS_PREFIX}{}", std::process::id());
-        ip(&["netns", "add", &name])
-            .map_err(|e| BenchError::env(format!("{e} (creating a network namespace needs root or CAP_SYS_ADMIN)")))?;
+        ip(&["netns", "add", &name]).map_err(|e| {
+            BenchError::env(format!(
+                "{e} (creating a network namespace needs root or CAP_SYS_ADMIN)"
+            ))
+        })?;
         Ok(NetNs { name })
     }
 
@@ -67,7 +72,10 @@ impl NetNs {
             let ns = std::fs::File::open(&path).map_err(fail(format!("opening {path}")))?;
             // SAFETY: setns(2) on a namespace fd we own; it affects only the calling thread.
             if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
-                return Err(BenchError::env(format!("setns({path}): {}", std::io::Error::last_os_error())));
+                return Err(BenchError::env(format!(
+                    "setns({path}): {}",
+                    std::io::Error::last_os_error()
+                )));
             }
             f()
         })
@@ -86,10 +94,14 @@ impl Drop for NetNs {
 
 /// Deletes `hull-bench-<pid>` namespaces whose process no longer exists.
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("[hull-bench] deleting stale network namespace {name}");
             let _ = ip(&["netns", "del", &name]);
@@ -127,10 +139,15 @@ impl NetDriver {
         let mut set = QueueSet::new();
         set.push(None); // RX: not exercised
         set.push(Some(self.tx.device_queue()));
-        self.dev.process_queue(TX_QUEUE, &self.mem, &mut set).map_err(fail("virtio-net process_queue"))?;
+        self.dev
+            .process_queue(TX_QUEUE, &self.mem, &mut set)
+            .map_err(fail("virtio-net process_queue"))?;
         let used = self.tx.take_used(&self.mem).map_err(BenchError::failed)?;
         if used.len() != BATCH {
-            return Err(BenchError::failed(format!("{BATCH} frames offered, {} completed", used.len())));
+            return Err(BenchError::failed(format!(
+                "{BATCH} frames offered, {} completed",
+                used.len()
+            )));
         }
         Ok(())
     }
@@ -140,8 +157,11 @@ impl NetDriver {
 pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let ns = NetNs::create()?;
     let (dev, mut raw_tap) = ns.run_inside(|| {
-        let dev = Net::new(&NetConfig { tap: DEVICE_TAP.into(), mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]) })
-            .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))?;
+        let dev = Net::new(&NetConfig {
+            tap: DEVICE_TAP.into(),
+            mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]),
+        })
+        .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))?;
         let raw = Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}")))?;
         Ok((dev, raw))
     })?;
@@ -151,7 +171,10 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let tx = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
     let mut driver = NetDriver { mem, tx, dev };
     driver.dev.set_acked_features(driver.dev.avail_features());
-    driver.dev.activate().map_err(fail("activating the virtio-net device"))?;
+    driver
+        .dev
+        .activate()
+        .map_err(fail("activating the virtio-net device"))?;
     let metrics = driver.dev.metrics();
 
     for eth_len in [60usize, 1514] {
@@ -181,12 +204,21 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
             dev_rates.push(rate);
             raw_rates.push(timed(opts.window, || {
                 for _ in 0..BATCH {
-                    raw_tap.write_frame(&bytes).map_err(fail(format!("write to TAP {RAW_TAP}")))?;
+                    raw_tap
+                        .write_frame(&bytes)
+                        .map_err(fail(format!("write to TAP {RAW_TAP}")))?;
                 }
                 Ok((BATCH as u64, (BATCH * eth_len) as u64))
             })?);
         }
-        compare(s, &format!("net TX {eth_len} B frames"), "frame", &dev_rates, "TAP write", &raw_rates);
+        compare(
+            s,
+            &format!("net TX {eth_len} B frames"),
+            "frame",
+            &dev_rates,
+            "TAP write",
+            &raw_rates,
+        );
     }
     drop(driver);
     drop(raw_tap);

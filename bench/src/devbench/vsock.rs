@@ -87,8 +87,11 @@ impl VsockDriver {
         if RingLayout::new(tx_base, QUEUE_SIZE).end > RX_BASE {
             return Err(BenchError::failed("vsock rings overlap the packet slots"));
         }
-        let mut dev = Vsock::new(&VsockConfig { guest_cid: GUEST_CID, uds_path: uds.to_path_buf() })
-            .map_err(fail("creating the virtio-vsock device"))?;
+        let mut dev = Vsock::new(&VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: uds.to_path_buf(),
+        })
+        .map_err(fail("creating the virtio-vsock device"))?;
         dev.set_acked_features(dev.avail_features());
         dev.activate().map_err(fail("activating the virtio-vsock device"))?;
         // Payloads to send: any bytes will do, but not zeros.
@@ -118,7 +121,10 @@ impl VsockDriver {
 
     fn kick(&mut self, index: usize) -> Result<QueueSignals> {
         let mut set = queue_set(&mut self.rx, &mut self.tx);
-        let signals = self.dev.process_queue(index, &self.mem, &mut set).map_err(fail("virtio-vsock process_queue"))?;
+        let signals = self
+            .dev
+            .process_queue(index, &self.mem, &mut set)
+            .map_err(fail("virtio-vsock process_queue"))?;
         // The device consumes TX packets synchronously; recycle their descriptors.
         self.tx.take_used(&self.mem).map_err(BenchError::failed)?;
         Ok(signals)
@@ -126,10 +132,15 @@ impl VsockDriver {
 
     /// Waits up to `timeout` for host-side readiness and lets the device handle it.
     fn backend(&mut self, timeout: Duration) -> Result<()> {
-        let fd = self.dev.backend_fd().ok_or_else(|| BenchError::failed("the vsock device has no backend fd"))?;
+        let fd = self
+            .dev
+            .backend_fd()
+            .ok_or_else(|| BenchError::failed("the vsock device has no backend fd"))?;
         if poll_readable(fd, timeout)? {
             let mut set = queue_set(&mut self.rx, &mut self.tx);
-            self.dev.process_backend(&self.mem, &mut set).map_err(fail("virtio-vsock process_backend"))?;
+            self.dev
+                .process_backend(&self.mem, &mut set)
+                .map_err(fail("virtio-vsock process_backend"))?;
         }
         Ok(())
     }
@@ -166,7 +177,9 @@ impl VsockDriver {
         let slot = TX_BASE + (self.next_tx_slot % TX_SLOTS) as u64 * SLOT;
         self.next_tx_slot += 1;
         let hdr = self.header(op, len);
-        self.mem.write_slice(&hdr.to_bytes(), GuestAddress(slot)).map_err(fail("writing guest memory"))?;
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(slot))
+            .map_err(fail("writing guest memory"))?;
         let mut bufs = vec![Buffer::readable(slot, HDR_LEN as u32)];
         if len > 0 {
             bufs.push(Buffer::readable(slot + HDR_SLOT, len));
@@ -182,7 +195,8 @@ impl VsockDriver {
 
     /// Bytes the host can still take.
     fn credit(&self) -> u32 {
-        self.peer_buf_alloc.saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
+        self.peer_buf_alloc
+            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
 
     /// Takes every packet the device delivered: updates credit, copies payloads out, frees the slots.
@@ -196,14 +210,19 @@ impl VsockDriver {
                 .ok_or_else(|| BenchError::failed(format!("RX head {} has no buffer", u.head)))?;
             self.free_rx_slots.push(slot);
             let mut raw = [0u8; HDR_LEN];
-            self.mem.read_slice(&mut raw, GuestAddress(slot)).map_err(fail("reading guest memory"))?;
+            self.mem
+                .read_slice(&mut raw, GuestAddress(slot))
+                .map_err(fail("reading guest memory"))?;
             let hdr = PacketHeader::from_bytes(&raw);
             if (hdr.src_port, hdr.dst_port, hdr.dst_cid) != (HOST_PORT, GUEST_PORT, GUEST_CID) {
                 return Err(BenchError::failed(format!("packet for another connection: {hdr:?}")));
             }
             let payload = u.len.saturating_sub(HDR_LEN as u32);
             if payload != if hdr.op == OP_RW { hdr.len } else { 0 } {
-                return Err(BenchError::failed(format!("used length {} disagrees with the header {hdr:?}", u.len)));
+                return Err(BenchError::failed(format!(
+                    "used length {} disagrees with the header {hdr:?}",
+                    u.len
+                )));
             }
             self.peer_buf_alloc = hdr.buf_alloc;
             self.peer_fwd_cnt = hdr.fwd_cnt;
@@ -242,7 +261,11 @@ impl VsockDriver {
                 Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
                     self.backend(Duration::from_millis(10))?
                 }
-                Err(e) => return Err(BenchError::failed(format!("the device did not connect to the listener: {e}"))),
+                Err(e) => {
+                    return Err(BenchError::failed(format!(
+                        "the device did not connect to the listener: {e}"
+                    )))
+                }
             }
         };
         while self.peer_buf_alloc == 0 {
@@ -269,7 +292,11 @@ fn queue_set<'q>(rx: &'q mut DriverQueue, tx: &'q mut DriverQueue) -> QueueSet<'
 
 /// poll(2) for readability.
 fn poll_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd on the stack, its count is 1.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -285,7 +312,9 @@ fn poll_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
 
 /// A host thread that reads a stream until told to stop (or EOF), counting bytes.
 fn spawn_reader(mut stream: UnixStream, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) -> Result<JoinHandle<()>> {
-    stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(fail("set_read_timeout"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(fail("set_read_timeout"))?;
     Ok(std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
         while !stop.load(Ordering::Relaxed) {
@@ -294,7 +323,11 @@ fn spawn_reader(mut stream: UnixStream, stop: Arc<AtomicBool>, count: Arc<Atomic
                 Ok(n) => {
                     count.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => break,
             }
         }
@@ -303,14 +336,20 @@ fn spawn_reader(mut stream: UnixStream, stop: Arc<AtomicBool>, count: Arc<Atomic
 
 /// A host thread that writes `chunk`-sized pieces into a stream until told to stop.
 fn spawn_writer(mut stream: UnixStream, chunk: usize, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
-    stream.set_write_timeout(Some(Duration::from_millis(50))).map_err(fail("set_write_timeout"))?;
+    stream
+        .set_write_timeout(Some(Duration::from_millis(50)))
+        .map_err(fail("set_write_timeout"))?;
     Ok(std::thread::spawn(move || {
         let data: Vec<u8> = (0..chunk).map(|i| (i % 241) as u8).collect();
         let mut off = 0;
         while !stop.load(Ordering::Relaxed) {
             match stream.write(&data[off..]) {
                 Ok(n) => off = (off + n) % chunk,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => break,
             }
         }
@@ -325,7 +364,10 @@ struct HostThreads {
 
 impl HostThreads {
     fn new() -> HostThreads {
-        HostThreads { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() }
+        HostThreads {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
     }
 }
 
@@ -341,7 +383,9 @@ impl Drop for HostThreads {
 /// A fresh device socket path in `dir` and the host listener the guest will connect to (`<uds>_<port>`).
 fn bind_listener(dir: &TempDir, what: &str) -> Result<(std::path::PathBuf, UnixListener)> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let uds = dir.path().join(format!("{what}-{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let uds = dir
+        .path()
+        .join(format!("{what}-{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)));
     let path = format!("{}_{HOST_PORT}", uds.display());
     let listener = UnixListener::bind(&path).map_err(fail(format!("binding the host listener {path}")))?;
     Ok((uds, listener))
@@ -354,7 +398,8 @@ fn device_g2h(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
     let stream = drv.connect(&listener)?;
     let mut host = HostThreads::new();
     let received = Arc::new(AtomicU64::new(0));
-    host.threads.push(spawn_reader(stream, host.stop.clone(), received.clone())?);
+    host.threads
+        .push(spawn_reader(stream, host.stop.clone(), received.clone())?);
     let mut rates = Vec::new();
     let mut last_progress = Instant::now();
     for _ in 0..opts.runs {
@@ -371,7 +416,9 @@ fn device_g2h(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
                 // Out of credit: the host end has to drain; the device tells us with a CREDIT_UPDATE.
                 drv.backend(Duration::from_millis(20))?;
                 if last_progress.elapsed() > STALL {
-                    return Err(BenchError::failed(format!("guest → host stalled: no credit for {STALL:?}")));
+                    return Err(BenchError::failed(format!(
+                        "guest → host stalled: no credit for {STALL:?}"
+                    )));
                 }
             }
             drv.drain_rx()?;
@@ -396,7 +443,8 @@ fn device_h2g(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
     let mut drv = VsockDriver::new(&uds, size)?;
     let stream = drv.connect(&listener)?;
     let mut host = HostThreads::new();
-    host.threads.push(spawn_writer(stream, size as usize, host.stop.clone())?);
+    host.threads
+        .push(spawn_writer(stream, size as usize, host.stop.clone())?);
     let mut rates = Vec::new();
     let mut last_progress = Instant::now();
     for _ in 0..opts.runs {
@@ -422,7 +470,9 @@ fn device_h2g(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
                 pkts += p;
                 bytes += b;
                 if pkts == 0 && last_progress.elapsed() > STALL {
-                    return Err(BenchError::failed(format!("host → guest stalled: nothing for {STALL:?}")));
+                    return Err(BenchError::failed(format!(
+                        "host → guest stalled: nothing for {STALL:?}"
+                    )));
                 }
             }
             Ok((pkts, bytes))
@@ -432,7 +482,10 @@ fn device_h2g(opts: &DeviceOptions, dir: &TempDir, size: u32) -> Result<Vec<Rate
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
 }
 
 /// write_all that rides out socket timeouts (the peer thread may be descheduled on a loaded machine) for up to
@@ -465,9 +518,11 @@ fn read_patiently(stream: &mut UnixStream, buf: &mut [u8]) -> Result<usize> {
 /// Raw unix socket pair, this thread writing `size` chunks, a thread reading.
 fn raw_write(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
     let (mut ours, theirs) = UnixStream::pair().map_err(fail("socketpair"))?;
-    ours.set_write_timeout(Some(Duration::from_millis(100))).map_err(fail("set_write_timeout"))?;
+    ours.set_write_timeout(Some(Duration::from_millis(100)))
+        .map_err(fail("set_write_timeout"))?;
     let mut host = HostThreads::new();
-    host.threads.push(spawn_reader(theirs, host.stop.clone(), Arc::new(AtomicU64::new(0)))?);
+    host.threads
+        .push(spawn_reader(theirs, host.stop.clone(), Arc::new(AtomicU64::new(0)))?);
     let data = vec![0x3cu8; size];
     let mut rates = Vec::new();
     for _ in 0..opts.runs {
@@ -484,7 +539,8 @@ fn raw_write(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
 /// Raw unix socket pair, a thread writing, this thread reading `size` chunks.
 fn raw_read(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
     let (mut ours, theirs) = UnixStream::pair().map_err(fail("socketpair"))?;
-    ours.set_read_timeout(Some(Duration::from_millis(100))).map_err(fail("set_read_timeout"))?;
+    ours.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(fail("set_read_timeout"))?;
     let mut host = HostThreads::new();
     host.threads.push(spawn_writer(theirs, size, host.stop.clone())?);
     let mut buf = vec![0u8; size];
@@ -510,7 +566,10 @@ fn raw_read(opts: &DeviceOptions, size: usize) -> Result<Vec<Rate>> {
 pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let dir = TempDir::new("bench-vsock").map_err(fail("creating a temporary directory"))?;
     // One window of each per row, alternating device and raw, as the block benchmark does.
-    let one = DeviceOptions { runs: 1, window: opts.window };
+    let one = DeviceOptions {
+        runs: 1,
+        window: opts.window,
+    };
     for size in [4096u32, 64 << 10] {
         let (mut dev, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..opts.runs {

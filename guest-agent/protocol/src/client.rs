@@ -33,7 +33,10 @@ pub fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, ClientError
         match client.health(ctx, &HealthRequest::new()) {
             Ok(_) => return Ok(client),
             Err(source) if start.elapsed() >= timeout => {
-                return Err(ClientError::NotAnswering { waited: start.elapsed(), source })
+                return Err(ClientError::NotAnswering {
+                    waited: start.elapsed(),
+                    source,
+                })
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }

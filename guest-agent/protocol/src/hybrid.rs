@@ -15,7 +15,10 @@ pub enum HybridError {
     #[error("cannot connect to the vsock socket {path}: {source}")]
     Connect { path: String, source: std::io::Error },
     #[error("vsock handshake for guest port {port}: {source}")]
-    Handshake { port: u32, source: crate::stdio::StdioError },
+    Handshake {
+        port: u32,
+        source: crate::stdio::StdioError,
+    },
     #[error("guest port {port} refused the connection (answer {answer:?})")]
     Refused { port: u32, answer: String },
     #[error("guest port {port} not reachable within {waited:?}: {last}")]
@@ -30,8 +33,10 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, HybridError> {
 /// One connection attempt whose handshake answer must come within `limit`.
 pub fn connect_within(uds: &Path, port: u32, limit: Duration) -> Result<UnixStream, HybridError> {
     use std::io::Write;
-    let mut s =
-        UnixStream::connect(uds).map_err(|source| HybridError::Connect { path: uds.display().to_string(), source })?;
+    let mut s = UnixStream::connect(uds).map_err(|source| HybridError::Connect {
+        path: uds.display().to_string(),
+        source,
+    })?;
     // A guest that never answers must not hang the host forever.
     let _ = s.set_read_timeout(Some(limit.max(Duration::from_millis(10))));
     s.write_all(format!("CONNECT {port}\n").as_bytes())
@@ -53,7 +58,11 @@ pub fn connect_retry(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
             Ok(s) => return Ok(s),
             Err(e) => {
                 if start.elapsed() >= timeout {
-                    return Err(HybridError::Timeout { port, waited: start.elapsed(), last: e.to_string() });
+                    return Err(HybridError::Timeout {
+                        port,
+                        waited: start.elapsed(),
+                        last: e.to_string(),
+                    });
                 }
             }
         }

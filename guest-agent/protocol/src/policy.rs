@@ -133,7 +133,9 @@ impl Policy {
     }
 
     pub fn only(calls: &[Call]) -> Policy {
-        Policy { allowed: calls.iter().fold(0, |m, c| m | c.bit()) }
+        Policy {
+            allowed: calls.iter().fold(0, |m, c| m | c.bit()),
+        }
     }
 
     /// `hull run`'s default: [`HULL_RUN_CALLS`].
@@ -242,27 +244,49 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_understand() {
         assert_eq!(Policy::parse("-Exec"), Err(PolicyError::UnknownCall("Exec".into())));
-        assert_eq!(Policy::parse("ExecProcess"), Err(PolicyError::BadItem("ExecProcess".into())));
-        assert_eq!(Policy::parse("-ExecProcess,none"), Err(PolicyError::BadItem("none".into())));
-        assert_eq!(Policy::parse("-execprocess"), Err(PolicyError::UnknownCall("execprocess".into())));
+        assert_eq!(
+            Policy::parse("ExecProcess"),
+            Err(PolicyError::BadItem("ExecProcess".into()))
+        );
+        assert_eq!(
+            Policy::parse("-ExecProcess,none"),
+            Err(PolicyError::BadItem("none".into()))
+        );
+        assert_eq!(
+            Policy::parse("-execprocess"),
+            Err(PolicyError::UnknownCall("execprocess".into()))
+        );
         assert!(Policy::parse("all,,-ExecProcess").is_err());
     }
 
     #[test]
     fn the_text_form_round_trips() {
-        for p in [Policy::all(), Policy::none(), Policy::hull_run(), Policy::parse("-ExecProcess,-ReadFile").unwrap()] {
+        for p in [
+            Policy::all(),
+            Policy::none(),
+            Policy::hull_run(),
+            Policy::parse("-ExecProcess,-ReadFile").unwrap(),
+        ] {
             let text = p.to_string();
             assert!(!text.contains(' '), "{text}");
             assert_eq!(Policy::parse(&text).unwrap(), p, "{text}");
         }
-        assert_eq!(Policy::parse("-ExecProcess").unwrap().cmdline_param(), "hull.policy=all,-ExecProcess");
+        assert_eq!(
+            Policy::parse("-ExecProcess").unwrap().cmdline_param(),
+            "hull.policy=all,-ExecProcess"
+        );
         assert_eq!(Policy::none().to_string(), "none");
     }
 
     #[test]
     fn hull_run_needs_no_exec() {
         let p = Policy::hull_run();
-        for c in [Call::ExecProcess, Call::ReadFile, Call::UpdateResources, Call::ListProcesses] {
+        for c in [
+            Call::ExecProcess,
+            Call::ReadFile,
+            Call::UpdateResources,
+            Call::ListProcesses,
+        ] {
             assert!(!p.allows(c), "{c}");
         }
         assert!(p.allows(Call::Health) && p.allows(Call::CreateContainer) && p.allows(Call::Shutdown));

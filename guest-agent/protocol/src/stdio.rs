@@ -94,7 +94,11 @@ impl StdioRequest {
         validate_id(&container_id)?;
         let exec_id = if exec == "-" { String::new() } else { exec.to_string() };
         validate_exec_id(&exec_id)?;
-        Ok(StdioRequest { container_id, exec_id, stream })
+        Ok(StdioRequest {
+            container_id,
+            exec_id,
+            stream,
+        })
     }
 }
 
@@ -125,7 +129,9 @@ pub fn open(conn: &mut (impl Read + Write), req: &StdioRequest) -> Result<(), St
     if answer == "OK" {
         Ok(())
     } else {
-        Err(StdioError::Refused(answer.strip_prefix("ERR ").unwrap_or(&answer).to_string()))
+        Err(StdioError::Refused(
+            answer.strip_prefix("ERR ").unwrap_or(&answer).to_string(),
+        ))
     }
 }
 
@@ -135,10 +141,18 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let r = StdioRequest { container_id: "c1".into(), exec_id: String::new(), stream: Stream::Stdout };
+        let r = StdioRequest {
+            container_id: "c1".into(),
+            exec_id: String::new(),
+            stream: Stream::Stdout,
+        };
         assert_eq!(r.encode(), "STDIO c1 - stdout\n");
         assert_eq!(StdioRequest::parse(&r.encode()).unwrap(), r);
-        let r = StdioRequest { container_id: "c1".into(), exec_id: "e2".into(), stream: Stream::Terminal };
+        let r = StdioRequest {
+            container_id: "c1".into(),
+            exec_id: "e2".into(),
+            stream: Stream::Terminal,
+        };
         assert_eq!(StdioRequest::parse(&r.encode()).unwrap(), r);
     }
 
