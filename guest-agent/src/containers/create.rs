@@ -1,0 +1,362 @@
+//! CreateContainer: the container's state directory and host files, its root file system and volumes
+//! mounted from the storage the host names, its cgroup, and `hull-init` started in new namespaces and
+//! waiting for Start.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use hull_agent_protocol::agent::{File as HostFile, StdioConfig, Storage};
+use hull_agent_protocol::ids::validate_id;
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
+
+use crate::cgroup::Cgroup;
+use crate::channel::Channel;
+use crate::helper_protocol::{FromHelper, InitConfig, ToHelper};
+use crate::init::{spawn_helper, INIT_ARGV0};
+use crate::reaper::Reaper;
+use crate::sys::{mount, umount_detach};
+
+use super::block_device::{prepare_block_device, resolve_device};
+use super::error::{io_err, AgentError};
+use super::{Agent, Container, ProcessEntry, State, HELPER_TIMEOUT, MAX_FILE_BYTES, STATE_DIR};
+
+const MAX_FILES: usize = 64;
+
+/// Writes the host's small files into `<dir>/files/` and points the spec's `hull-file:<name>` mount sources
+/// at them. Names, counts and sizes are checked: they come from the host, but a bad one is still an error,
+/// not a write outside the directory.
+fn write_files(dir: &Path, files: &[HostFile], spec: &mut Spec) -> Result<(), AgentError> {
+    if files.len() > MAX_FILES {
+        return Err(AgentError::BadSpec(format!(
+            "{} files (at most {MAX_FILES})",
+            files.len()
+        )));
+    }
+    let fdir = dir.join("files");
+    std::fs::create_dir_all(&fdir).map_err(io_err("mkdir files"))?;
+    for f in files {
+        validate_id(&f.name).map_err(|_| AgentError::BadSpec(format!("bad file name {:?}", f.name)))?;
+        if f.content.len() > MAX_FILE_BYTES {
+            return Err(AgentError::BadSpec(format!("file {} is over 1 MiB", f.name)));
+        }
+        let path = fdir.join(&f.name);
+        std::fs::write(&path, &f.content).map_err(io_err(format!("writing {}", path.display())))?;
+        let mode = if f.mode == 0 { 0o644 } else { f.mode & 0o7777 };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in &mut mounts {
+        let Some(name) = m
+            .source()
+            .as_ref()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("hull-file:"))
+        else {
+            continue;
+        };
+        if !files.iter().any(|f| f.name == name) {
+            return Err(AgentError::BadSpec(format!(
+                "mount source hull-file:{name} names no file"
+            )));
+        }
+        let path = fdir.join(name);
+        m.set_source(Some(path));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// Whether the spec's annotations let the container's processes create AF_VSOCK sockets (exactly "true").
+fn allows_vsock(spec: &Spec) -> bool {
+    let key = hull_agent_protocol::policy::ALLOW_VSOCK_ANNOTATION;
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .is_some_and(|v| v == "true")
+}
+
+fn check_fstype(t: &str) -> Result<&str, AgentError> {
+    match t {
+        "ext4" | "ext3" | "ext2" | "erofs" | "squashfs" | "xfs" | "vfat" | "btrfs" => Ok(t),
+        _ => Err(AgentError::BadSpec(format!("unsupported file system type {t:?}"))),
+    }
+}
+
+impl Agent {
+    pub fn create(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: &Storage,
+        extra: &[Storage],
+        files: &[HostFile],
+        stdio: &StdioConfig,
+    ) -> Result<(), AgentError> {
+        validate_id(id)?;
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+        {
+            return Err(AgentError::Exists(id.into()));
+        }
+        let mut spec: Spec = serde_json::from_slice(spec_json).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| AgentError::BadSpec("no process".into()))?;
+        let dir = Path::new(STATE_DIR).join(id);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut mounts = Vec::new();
+        let result = write_files(&dir, files, &mut spec)
+            .and_then(|()| self.create_inner(id, &dir, &mut spec, &process, rootfs, extra, files, stdio, &mut mounts));
+        if result.is_err() {
+            for m in mounts.iter().rev() {
+                let _ = umount_detach(m);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_inner(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: &mut Spec,
+        process: &Process,
+        rootfs: &Storage,
+        extra: &[Storage],
+        files: &[HostFile],
+        stdio: &StdioConfig,
+        mounts: &mut Vec<PathBuf>,
+    ) -> Result<(), AgentError> {
+        // The rootfs: the image (read-only if asked), and an overlay with a tmpfs upper layer on top.
+        let image = dir.join("image");
+        std::fs::create_dir_all(&image).map_err(io_err("mkdir image"))?;
+        let dev = resolve_device(&rootfs.device)?;
+        prepare_block_device(&dev)?;
+        let flags = if rootfs.read_only { libc::MS_RDONLY } else { 0 };
+        mount(
+            Some(&dev.to_string_lossy()),
+            &image,
+            Some(check_fstype(&rootfs.fstype)?),
+            flags,
+            None,
+        )
+        .map_err(io_err(format!(
+            "mounting {} ({}) on {}",
+            dev.display(),
+            rootfs.fstype,
+            image.display()
+        )))?;
+        mounts.push(image.clone());
+        let root = if rootfs.writable_overlay {
+            let rw = dir.join("rw");
+            std::fs::create_dir_all(&rw).map_err(io_err("mkdir rw"))?;
+            mount(Some("tmpfs"), &rw, Some("tmpfs"), 0, Some("mode=0755"))
+                .map_err(io_err("mounting the overlay's tmpfs"))?;
+            mounts.push(rw.clone());
+            for d in ["upper", "work"] {
+                std::fs::create_dir_all(rw.join(d)).map_err(io_err("mkdir upper/work"))?;
+            }
+            let root = dir.join("rootfs");
+            std::fs::create_dir_all(&root).map_err(io_err("mkdir rootfs"))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                rw.join("upper").display(),
+                rw.join("work").display()
+            );
+            mount(Some("overlay"), &root, Some("overlay"), 0, Some(&data)).map_err(io_err("mounting the overlay"))?;
+            mounts.push(root.clone());
+            root
+        } else {
+            image.clone()
+        };
+        // Extra block devices become bind mounts in the spec.
+        let mut spec_mounts = spec.mounts().clone().unwrap_or_default();
+        for (i, s) in extra.iter().enumerate() {
+            let target = dir.join(format!("m{i}"));
+            std::fs::create_dir_all(&target).map_err(io_err("mkdir extra mount"))?;
+            let dev = resolve_device(&s.device)?;
+            prepare_block_device(&dev)?;
+            let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
+            mount(
+                Some(&dev.to_string_lossy()),
+                &target,
+                Some(check_fstype(&s.fstype)?),
+                flags,
+                None,
+            )
+            .map_err(io_err(format!("mounting {}", dev.display())))?;
+            mounts.push(target.clone());
+            let m: Mount = serde_json::from_value(serde_json::json!({
+                "destination": s.container_path, "type": "bind", "source": target,
+                "options": if s.read_only { vec!["rbind", "ro"] } else { vec!["rbind", "rw"] },
+            }))
+            .map_err(|e| AgentError::BadSpec(e.to_string()))?;
+            spec_mounts.push(m);
+        }
+        spec.set_mounts(Some(spec_mounts));
+
+        // Namespaces: the ones the spec lists (paths to join are not supported: one VM is one sandbox).
+        let linux = spec.linux().clone().unwrap_or_default();
+        // Compiled here too, so a bad profile fails CreateContainer with a clear error.
+        if let Some(profile) = linux.seccomp() {
+            crate::seccomp::compile(profile).map_err(|e| AgentError::BadSpec(e.to_string()))?;
+        }
+        if linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref())
+            .is_some_and(|d| !d.is_empty())
+        {
+            crate::console::log(&format!(
+                "container {id}: device cgroup rules are not applied (only listed devices exist)"
+            ));
+        }
+        let mut clone_flags = 0;
+        let mut names = Vec::new();
+        let mut cgroup_ns = false;
+        for ns in linux.namespaces().clone().unwrap_or_default() {
+            if ns.path().is_some() {
+                return Err(AgentError::BadSpec(
+                    "joining an existing namespace by path is not supported".into(),
+                ));
+            }
+            let (flag, name) = match ns.typ() {
+                LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
+                LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+                LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+                LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+                LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "net"),
+                LinuxNamespaceType::Cgroup => {
+                    cgroup_ns = true;
+                    (0, "cgroup")
+                }
+                other => return Err(AgentError::BadSpec(format!("namespace {other:?} is not supported"))),
+            };
+            clone_flags |= flag;
+            names.push(name.to_string());
+        }
+        if clone_flags & libc::CLONE_NEWNS == 0 {
+            return Err(AgentError::BadSpec("a mount namespace is required".into()));
+        }
+        // setns order for hull-exec: the mount namespace last, after /proc/<pid>/ns was read.
+        names.sort_by_key(|n| n == "mnt");
+
+        let cgroup = Cgroup::create(id)?;
+        if let Some(r) = linux.resources() {
+            cgroup.apply(r)?;
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let (pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
+            .map_err(io_err("creating stdio pipes"))?;
+        let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
+        let pid = spawn_helper(INIT_ARGV0, clone_flags, child.raw(), helper_end.as_raw_fd())
+            .map_err(io_err("starting hull-init"))?;
+        self.reaper.watch(pid);
+        drop(child);
+        drop(helper_end);
+        let fail = |e: AgentError, reaper: &Reaper| {
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
+            reaper.wait(pid);
+            let _ = cgroup.remove();
+            e
+        };
+        if let Err(e) = cgroup.add_process(pid) {
+            return Err(fail(e.into(), &self.reaper));
+        }
+        let allow_vsock = allows_vsock(spec);
+        if allow_vsock {
+            crate::console::log(&format!("container {id}: AF_VSOCK sockets allowed by its annotation"));
+        }
+        let cfg = InitConfig {
+            spec: spec.clone(),
+            rootfs: root,
+            cgroup_ns,
+            allow_vsock,
+        };
+        if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
+            return Err(fail(io_err("sending the configuration")(e), &self.reaper));
+        }
+        let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));
+        let mut pio = pio;
+        match ch.recv::<FromHelper>() {
+            Ok(Some((FromHelper::Ready, fd))) => {
+                if terminal {
+                    match fd {
+                        Some(fd) => pio.terminal = Some(File::from(fd)),
+                        None => {
+                            return Err(fail(
+                                AgentError::Helper("no terminal from hull-init".into()),
+                                &self.reaper,
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok(Some((FromHelper::Error(e), _))) => return Err(fail(AgentError::Helper(e), &self.reaper)),
+            Ok(_) => {
+                return Err(fail(
+                    AgentError::Helper("hull-init ended during setup".into()),
+                    &self.reaper,
+                ))
+            }
+            Err(e) => return Err(fail(io_err("waiting for hull-init")(e), &self.reaper)),
+        }
+        let _ = ch.set_read_timeout(None);
+        let oom_seen = cgroup.oom_kills();
+        let c = Arc::new(Container {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            mounts: std::mem::take(mounts),
+            cgroup,
+            namespaces: names,
+            seccomp: linux.seccomp().clone(),
+            allow_vsock,
+            copy_back: files.iter().filter(|f| f.copy_back).map(|f| f.name.clone()).collect(),
+            init: ProcessEntry::new(pid, pio),
+            channel: Mutex::new(Some(ch)),
+            execs: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::Created),
+            oom_seen: Mutex::new(oom_seen),
+        });
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), c);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_annotation_true_allows_vsock() {
+        let spec = |annotations: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations })).unwrap()
+        };
+        assert!(allows_vsock(&spec(
+            serde_json::json!({ "io.hull.allow-vsock": "true" })
+        )));
+        for v in ["false", "1", "TRUE", ""] {
+            assert!(
+                !allows_vsock(&spec(serde_json::json!({ "io.hull.allow-vsock": v }))),
+                "{v}"
+            );
+        }
+        assert!(!allows_vsock(&spec(serde_json::json!({}))));
+        assert!(!allows_vsock(&Spec::default()));
+    }
+}
