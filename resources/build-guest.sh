@@ -26,16 +26,8 @@ done
 log() { echo "[build-guest] $*" >&2; }
 
 # --- 1. what the build needs, from Debian's packages
-need_pkgs=()
-for p in linux-source-6.1 bison flex libelf-dev bc libssl-dev cpio xz-utils gzip make gcc; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
-done
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-  log "installing ${need_pkgs[*]} with apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
-fi
+source "$here/../scripts/apt-need.sh"
+apt_need build-guest linux-source-6.1 bison flex libelf-dev bc libssl-dev cpio xz-utils gzip make gcc
 
 # One build at a time: a second invocation waits here, then finds the cache filled.
 mkdir -p "$cache"
