@@ -22,7 +22,6 @@ fn a_task_annotated_without_exec_refuses_ctr_task_exec() {
         return;
     }
     hull_tests::ensure_qemu_tools();
-    let guest = hull_tests::guest_images();
     let cfg_dir = std::env::temp_dir().join(format!("hull-policy-shim-test-{}", std::process::id()));
     std::fs::create_dir_all(&cfg_dir).unwrap();
     let shim_config: PathBuf = cfg_dir.join("shim.toml");
@@ -30,20 +29,7 @@ fn a_task_annotated_without_exec_refuses_ctr_task_exec() {
         hull_config_path: Some(shim_config.clone()),
         ..Default::default()
     });
-    let d = ctd.dir().to_path_buf();
-    std::fs::write(
-        &shim_config,
-        format!(
-            "backend = \"auto\"\nkernel = \"{}\"\ninitrd = \"{}\"\nimage_cache = \"{}\"\nwork_dir = \"{}\"\n\
-             hull_binary = \"{}\"\n",
-            guest.kernel.display(),
-            guest.initrd.display(),
-            d.join("hull-images").display(),
-            d.join("hull-vms").display(),
-            hull_tests::hull_bin().display(),
-        ),
-    )
-    .unwrap();
+    ctd.write_hull_shim_config(&shim_config, "");
     ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("noexec-{}", std::process::id());
     let cfg = shim_config.to_string_lossy().to_string();

@@ -745,7 +745,6 @@ fn shim_pod_files_are_owner_only() {
     }
     open_umask();
     hull_tests::ensure_qemu_tools();
-    let guest = hull_tests::guest_images();
     let cfg_dir = TempDir::new("host-files-shim").unwrap();
     open_up(cfg_dir.path());
     let shim_config = cfg_dir.path().join("shim.toml");
@@ -758,19 +757,7 @@ fn shim_pod_files_are_owner_only() {
     let d = ctd.dir().to_path_buf();
     open_up(&d);
     let (images, vms) = (d.join("hull-images"), d.join("hull-vms"));
-    std::fs::write(
-        &shim_config,
-        format!(
-            "backend = \"auto\"\nkernel = \"{}\"\ninitrd = \"{}\"\nimage_cache = \"{}\"\nwork_dir = \"{}\"\n\
-             hull_binary = \"{}\"\n",
-            guest.kernel.display(),
-            guest.initrd.display(),
-            images.display(),
-            vms.display(),
-            hull_tests::hull_bin().display(),
-        ),
-    )
-    .unwrap();
+    ctd.write_hull_shim_config(&shim_config, "");
     ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let vol = secret_volume(&d);
     let id = format!("private-{}", std::process::id());

@@ -354,7 +354,7 @@ fn daemonized_hull_runs_as_pid_1_of_its_own_pid_namespace() {
     let pid = pid as u32;
     // NSpid: its PID here, then 1 in its own namespace.
     assert_eq!(
-        status_line(pid, "NSpid:").split(' ').last(),
+        status_line(pid, "NSpid:").split(' ').next_back(),
         Some("1"),
         "{}",
         status_line(pid, "NSpid:")

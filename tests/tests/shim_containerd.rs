@@ -43,7 +43,6 @@ struct Setup {
 fn setup(network: bool) -> Setup {
     hull_tests::ensure_qemu_tools();
     // The guest kernel + initramfs with hull-agent (built by scripts/test.sh through resources/build-guest.sh).
-    let guest = hull_tests::guest_images();
     let cfg_dir = std::env::temp_dir().join(format!("hull-shim-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&cfg_dir).unwrap();
     let shim_config = cfg_dir.join("shim.toml");
@@ -53,20 +52,7 @@ fn setup(network: bool) -> Setup {
         ..Default::default()
     };
     let ctd = Containerd::start(opts);
-    let d = ctd.dir().to_path_buf();
-    std::fs::write(
-        &shim_config,
-        format!(
-            "backend = \"auto\"\nkernel = \"{}\"\ninitrd = \"{}\"\nimage_cache = \"{}\"\nwork_dir = \"{}\"\n\
-             hull_binary = \"{}\"\n",
-            guest.kernel.display(),
-            guest.initrd.display(),
-            d.join("hull-images").display(),
-            d.join("hull-vms").display(),
-            hull_tests::hull_bin().display(),
-        ),
-    )
-    .unwrap();
+    ctd.write_hull_shim_config(&shim_config, "");
     let footprint = ctd.footprint();
     Setup {
         ctd,

@@ -269,6 +269,24 @@ impl Containerd {
         self.dir.as_ref().expect("dir lives until drop").path()
     }
 
+    /// Writes the hull shim's `shim.toml` to `path` (the file named by `hull_config_path`): the auto backend,
+    /// the guest under test, the hull binary under test, and the image cache (`hull-images`) and the VMs'
+    /// directories (`hull-vms`) inside this instance's private directory; `extra` lines are appended.
+    pub fn write_hull_shim_config(&self, path: &Path, extra: &str) {
+        let guest = crate::guest_images();
+        let d = self.dir();
+        let toml = format!(
+            "backend = \"auto\"\nkernel = \"{}\"\ninitrd = \"{}\"\nimage_cache = \"{}\"\nwork_dir = \"{}\"\n\
+             hull_binary = \"{}\"\n{extra}",
+            guest.kernel.display(),
+            guest.initrd.display(),
+            d.join("hull-images").display(),
+            d.join("hull-vms").display(),
+            crate::hull_bin().display(),
+        );
+        std::fs::write(path, toml).expect("write the shim's config");
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config
     }
