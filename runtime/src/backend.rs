@@ -48,6 +48,7 @@ pub struct Drive {
 
 /// How a backend launches a VM: the guest (kernel, initramfs, size, disks, NIC) and where its processes run.
 /// Not the hull VMM's own `vmm::MicroVmConfig`, which the kvm backend's `hull` process builds from API calls.
+#[derive(Clone)]
 pub struct VmLaunchConfig<'a> {
     /// The `hull` binary (the kvm backend's VMM, and the vhost-user device backends of the qemu backend).
     pub hull: &'a Path,
@@ -147,6 +148,24 @@ pub fn start(kind: BackendKind, cfg: &VmLaunchConfig) -> Result<Box<dyn Vm>, Bac
 /// Starts the VM with every process it spawns (the VMM or QEMU, and the device backends) in the cgroups
 /// whose `cgroup.procs` files are `cgroup_procs` (one per hierarchy; the containerd shim's pod cgroup).
 pub fn start_in_cgroup(
+    kind: BackendKind,
+    cfg: &VmLaunchConfig,
+    cgroup_procs: &[PathBuf],
+) -> Result<Box<dyn Vm>, BackendError> {
+    let Some(jail) = cfg.jail else {
+        return start_as_configured(kind, cfg, cgroup_procs);
+    };
+    // Jailed, the VM's processes run as a uid no other VM has, claimed until the VM is dropped.
+    let (own, claim) = crate::jail_uid::claim(jail)?;
+    let cfg = VmLaunchConfig {
+        jail: Some(&own),
+        ..cfg.clone()
+    };
+    let vm = start_as_configured(kind, &cfg, cgroup_procs)?;
+    Ok(Box::new(crate::jail_uid::ClaimedVm::new(vm, claim)))
+}
+
+fn start_as_configured(
     kind: BackendKind,
     cfg: &VmLaunchConfig,
     cgroup_procs: &[PathBuf],

@@ -1,7 +1,7 @@
 //! Confinement of the processes a VM runs on: each hull process (the VMM of the `kvm` backend, every
 //! `hull vhost-user` backend of the `qemu` backend) starts through `hull-jailer` in a chroot of its own,
-//! `<base>/hull/<id>/root`, as the jail uid/gid; QEMU runs as the jail uid/gid too (not chrooted, with its
-//! own `-sandbox`).
+//! `<base>/hull/<id>/root`, as the VM's jail uid (one per VM, `crate::jail_uid`) and the jail gid; QEMU runs
+//! as them too (not chrooted, with its own `-sandbox`).
 //!
 //! The files a jailed process needs are hard-linked into its chroot before it starts (copied when the
 //! chroot is on another file system), and every path it is given is the one inside the chroot (`/vmlinux`,
@@ -18,8 +18,11 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The jail uid and gid when none is configured: not root, not `nobody` (other services run as nobody).
+/// The first jail uid, and the jail gid, when none is configured: not root, not `nobody` (other services
+/// run as nobody).
 pub const DEFAULT_JAIL_ID: u32 = 64000;
+/// How many uids the VMs draw from by default (64000 to 64999, one per running VM: `crate::jail_uid`).
+pub const DEFAULT_JAIL_UID_COUNT: u32 = 1000;
 /// Firecracker's default base of the chroot jails.
 pub const DEFAULT_BASE_DIR: &str = "/srv/jailer";
 /// Longest jail id hull-jailer accepts.
@@ -36,6 +39,8 @@ pub enum JailError {
     },
     #[error("hull-jailer not found at {0} (build it: cargo build -p hull-jailer; or disable the jail)")]
     NoJailer(PathBuf),
+    #[error("no free jail uid: all {count} from {first} are held by running VMs or used by other processes")]
+    NoFreeUid { first: u32, count: u32 },
     #[error("setting the owner of TAP {tap}: {source}")]
     Tap { tap: String, source: std::io::Error },
 }
@@ -44,7 +49,10 @@ pub enum JailError {
 #[derive(Debug, Clone)]
 pub struct JailConfig {
     pub jailer: PathBuf,
+    /// The uid the processes run as; the runtime gives each VM its own, from `uid` .. `uid + uid_count`
+    /// (`crate::jail_uid::claim`).
     pub uid: u32,
+    pub uid_count: u32,
     pub gid: u32,
     pub base_dir: PathBuf,
 }
@@ -56,6 +64,7 @@ impl JailConfig {
         JailConfig {
             jailer: hull.with_file_name("hull-jailer"),
             uid: DEFAULT_JAIL_ID,
+            uid_count: DEFAULT_JAIL_UID_COUNT,
             gid: DEFAULT_JAIL_ID,
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
         }

@@ -2,7 +2,7 @@
 //! microVM: the two VM backends behind one interface ([`backend`]), the client of the guest's hull-agent
 //! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]), runc-style
 //! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), confinement of the VM's
-//! processes ([`jail`]: hull-jailer, the jail uid/gid), and where the guest
+//! processes ([`jail`]: hull-jailer, the jail uid/gid; [`jail_uid`]: a uid per VM), and where the guest
 //! kernel and initramfs are found ([`guest_files`]).
 //!
 //! Both build the agent's `CreateContainerRequest` with [`container`] (rootfs and volume disks, copied files,
@@ -15,6 +15,7 @@ pub mod container;
 pub mod guard;
 pub mod image;
 pub mod jail;
+pub mod jail_uid;
 pub mod output;
 pub mod spec;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use hull_agent_protocol::policy::{Call, Policy, EXEC_ANNOTATION};
 use hull_runtime::backend::BackendKind;
-use hull_runtime::jail::{JailConfig, DEFAULT_BASE_DIR, DEFAULT_JAIL_ID};
+use hull_runtime::jail::{JailConfig, DEFAULT_BASE_DIR, DEFAULT_JAIL_ID, DEFAULT_JAIL_UID_COUNT};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/hull/shim.toml";
@@ -94,12 +94,15 @@ impl Default for ShimConfig {
 }
 
 /// `[jail]`: hull (the VMM, or QEMU's device backends) starts through hull-jailer in a chroot under
-/// `base_dir`, and hull and QEMU run as `uid`/`gid`; `enabled = false` runs them as the shim (root).
+/// `base_dir`, and hull and QEMU run as the jail gid `gid` and a uid of the VM's own from `uid` ..
+/// `uid + uid_count`; `enabled = false` runs them as the shim (root).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JailSection {
     pub enabled: bool,
+    /// The first of the uids the pods' VMs draw from (one each, while it runs).
     pub uid: u32,
+    pub uid_count: u32,
     pub gid: u32,
     /// hull-jailer's `--chroot-base-dir`.
     pub base_dir: PathBuf,
@@ -112,6 +115,7 @@ impl Default for JailSection {
         JailSection {
             enabled: true,
             uid: DEFAULT_JAIL_ID,
+            uid_count: DEFAULT_JAIL_UID_COUNT,
             gid: DEFAULT_JAIL_ID,
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
             jailer: None,
@@ -194,6 +198,7 @@ impl ShimConfig {
         j.enabled.then(|| {
             let mut c = JailConfig::beside(hull);
             c.uid = j.uid;
+            c.uid_count = j.uid_count;
             c.gid = j.gid;
             c.base_dir = j.base_dir.clone();
             if let Some(jailer) = &j.jailer {
@@ -279,9 +284,13 @@ mod tests {
             (64000, 64000, Path::new("/srv/jailer"))
         );
         assert_eq!(j.jailer, Path::new("/usr/local/bin/hull-jailer"));
-        let c = ShimConfig::parse("[jail]\nuid = 5000\ngid = 5001\nbase_dir = \"/jails\"\n").unwrap();
+        assert_eq!(j.uid_count, 1000);
+        let c = ShimConfig::parse("[jail]\nuid = 5000\nuid_count = 10\ngid = 5001\nbase_dir = \"/jails\"\n").unwrap();
         let j = c.jail_config(Path::new("/x/hull")).unwrap();
-        assert_eq!((j.uid, j.gid, j.base_dir.as_path()), (5000, 5001, Path::new("/jails")));
+        assert_eq!(
+            (j.uid, j.uid_count, j.gid, j.base_dir.as_path()),
+            (5000, 10, 5001, Path::new("/jails"))
+        );
         assert!(ShimConfig::parse("[jail]\nenabled = false\n")
             .unwrap()
             .jail_config(Path::new("/x"))

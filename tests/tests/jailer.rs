@@ -36,6 +36,7 @@ fn jail_config(base: &Path) -> JailConfig {
     JailConfig {
         jailer: jailer_bin(),
         uid: JAIL_ID,
+        uid_count: 1,
         gid: JAIL_ID,
         base_dir: base.to_path_buf(),
     }

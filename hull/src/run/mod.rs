@@ -99,12 +99,16 @@ pub struct RunArgs {
     pub initrd: Option<PathBuf>,
     /// Run the VM's processes unconfined, as the caller (for debugging): without it, hull (the VMM, or the
     /// device backends of the qemu backend) starts through hull-jailer in a chroot under --jail-base, and
-    /// hull and QEMU run as --jail-uid/--jail-gid.
+    /// hull and QEMU run as --jail-gid and a uid of the VM's own (from --jail-uid, see --jail-uid-count).
     #[arg(long)]
     pub no_jail: bool,
-    /// The uid the VM's processes run as.
+    /// The first uid the VM's processes may run as: each VM gets the first of --jail-uid-count uids from here
+    /// that no other VM holds and no process uses.
     #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_JAIL_ID)]
     pub jail_uid: u32,
+    /// How many uids from --jail-uid the VMs draw from.
+    #[arg(long, value_name = "N", default_value_t = jail::DEFAULT_JAIL_UID_COUNT)]
+    pub jail_uid_count: u32,
     /// The gid the VM's processes run as.
     #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_JAIL_ID)]
     pub jail_gid: u32,
@@ -330,6 +334,7 @@ fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::Ja
     }
     let mut cfg = jail::JailConfig::beside(hull);
     cfg.uid = args.jail_uid;
+    cfg.uid_count = args.jail_uid_count;
     cfg.gid = args.jail_gid;
     cfg.base_dir = args.jail_base.clone();
     if let Some(j) = &args.jailer {
