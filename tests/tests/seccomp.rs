@@ -157,10 +157,14 @@ fn the_api_filter_applies_before_the_first_client() {
     let mut hull = Hull::spawn_in(dir, ["--api-sock", "api.sock", "--seccomp-filter", &file]);
     let sock = hull.dir().join("api.sock");
     let deadline = Instant::now() + TIMEOUT;
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::os::unix::net::UnixStream::connect(&sock);
+    // The socket's name exists from bind(2), a moment before listen(2): retry until a connection is queued.
+    let _client = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(c) => break Some(c),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break None,
+        }
+    };
     let status = hull.expect_exit(TIMEOUT);
     let stderr = hull.stderr();
     assert_eq!(status.code(), Some(EXIT_BAD_SYSCALL), "{stderr}");
