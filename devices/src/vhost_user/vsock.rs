@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use super::{serve, Error, Protocol};
+use crate::stale_socket::OwnedSocketPath;
 use crate::virtio::vsock::{Vsock, VsockConfig};
 
 /// Arguments of `hull vhost-user vsock`.
@@ -35,8 +36,9 @@ pub fn run(args: &VsockArgs) -> Result<(), Error> {
         device: "vsock",
         reason: e.to_string(),
     })?;
-    let result = serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket);
-    // Worker threads may still hold the device when the process exits; do not leave the socket behind.
-    let _ = std::fs::remove_file(&args.uds_path);
-    result
+    // The device has just bound the host-side socket. Worker threads may still hold the device when the
+    // process exits, so the socket is removed here, and only if it is still the one bound (never a file
+    // someone put in its place meanwhile).
+    let _bound = OwnedSocketPath::new(&args.uds_path);
+    serve("vhost-user-vsock", device, 2, Protocol::Direct, &args.socket)
 }
