@@ -21,6 +21,19 @@ pub enum VhostUserCommand {
     Net(NetArgs),
 }
 
+/// What every backend takes besides its device's own arguments.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+    /// The VM this backend serves: named (as `vm_id`) in its security events, e.g. a guest's log flood.
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub vm_id: String,
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct BlkArgs {
     /// vhost-user socket to listen on (a stale one is replaced).
@@ -39,11 +52,8 @@ pub struct BlkArgs {
     /// `detach`, each answered `ok` or `error: <reason>`; the frontend is sent a config-change message.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Log level on standard error.
-    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
-    pub log_level: LogLevel,
     #[command(flatten)]
-    pub seccomp: SeccompArgs,
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -57,11 +67,8 @@ pub struct VsockArgs {
     /// Host side: hosts connect here and send `CONNECT <port>`; guest connects to port P reach `<PATH>_P`.
     #[arg(long, value_name = "PATH")]
     pub uds_path: PathBuf,
-    /// Log level on standard error.
-    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
-    pub log_level: LogLevel,
     #[command(flatten)]
-    pub seccomp: SeccompArgs,
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -72,22 +79,21 @@ pub struct NetArgs {
     /// Name of the TAP device to attach to (created if missing and allowed).
     #[arg(long, value_name = "NAME")]
     pub tap: String,
-    /// Log level on standard error.
-    #[arg(long, value_name = "LEVEL", default_value = "Info", value_parser = LogLevel::parse)]
-    pub log_level: LogLevel,
     #[command(flatten)]
-    pub seccomp: SeccompArgs,
+    pub common: CommonArgs,
 }
 
 /// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
 pub fn run(cmd: VhostUserCommand) -> i32 {
     use devices::vhost_user;
-    let (level, seccomp, device) = match &cmd {
-        VhostUserCommand::Blk(a) => (a.log_level, &a.seccomp, VhostUserDevice::Blk),
-        VhostUserCommand::Vsock(a) => (a.log_level, &a.seccomp, VhostUserDevice::Vsock),
-        VhostUserCommand::Net(a) => (a.log_level, &a.seccomp, VhostUserDevice::Net),
+    let (common, device) = match &cmd {
+        VhostUserCommand::Blk(a) => (&a.common, VhostUserDevice::Blk),
+        VhostUserCommand::Vsock(a) => (&a.common, VhostUserDevice::Vsock),
+        VhostUserCommand::Net(a) => (&a.common, VhostUserDevice::Net),
     };
-    crate::logging::init(level);
+    crate::logging::init(common.log_level);
+    hull_logging::security::set_identity(&common.vm_id, "");
+    let seccomp = &common.seccomp;
     // On this, the only thread so far, before any socket or file is opened: the threads the backend
     // starts later (vhost-user-backend's workers, the control socket's) inherit it.
     let kind = ThreadKind::VhostUser(device);

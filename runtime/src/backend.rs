@@ -249,6 +249,7 @@ fn vhost_user(
     let mut all: Vec<std::ffi::OsString> = vec!["vhost-user".into()];
     all.extend(args.iter().cloned());
     all.extend(["--log-level".into(), "Warning".into()]);
+    all.extend(["--vm-id".into(), jail_id(cfg.dir, "").into()]);
     // Jailed: each backend in a chroot of its own; they share the hull binary (hard links), as they are many.
     let mut cmd = files.command(cfg.hull, &all, true);
     join_cgroups(&mut cmd, cgroup_procs)?;

@@ -1,6 +1,7 @@
 //! Each VM's jailed processes run as a uid of their own (`runtime/src/jail_uid.rs`): two `hull run`s at
 //! once get different uids, and a process with one VM's uid (what a guest that broke out of its VMM, QEMU
-//! or device backend would be) can neither signal the other VM's processes nor enter its jail.
+//! or device backend would be) can neither signal the other VM's processes nor enter its jail. Each
+//! backend also carries its VM's id (`--vm-id`), which its security events name.
 
 mod run_common;
 
@@ -147,6 +148,25 @@ fn two_vms_run_as_different_uids_and_cannot_reach_each_other() {
         assert_eq!(uids.len(), 1, "one uid for all of a VM's processes: {uids:?}");
         let uid = *uids.iter().next().unwrap();
         assert!((64000..65000).contains(&uid), "the uid {uid} is from the default range");
+    }
+    // Each device backend is told which VM it serves, so its security events name it (`vm_id`).
+    for (run, (pids, _)) in runs.iter().zip(&vms) {
+        let backends: Vec<Vec<String>> = pids
+            .iter()
+            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .filter(|args: &Vec<String>| args.iter().any(|a| a == "vhost-user"))
+            .collect();
+        assert!(!backends.is_empty(), "no hull vhost-user among {pids:?}");
+        let prefix = format!("hull-run-{}-", run.pid());
+        for args in backends {
+            let vm_id = args.iter().skip_while(|a| *a != "--vm-id").nth(1);
+            assert!(vm_id.is_some_and(|v| v.starts_with(&prefix)), "{args:?}");
+        }
     }
     let (a_pids, a_uids) = &vms[0];
     let (b_pids, b_uids) = &vms[1];
