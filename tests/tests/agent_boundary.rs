@@ -257,7 +257,15 @@ fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
     // Served: the policy refuses ExecProcess only.
     let mut c = ContainerRequest::new();
     c.container_id = "run".into();
-    let ps = agent.list_processes(ctx(), &c).unwrap();
+    // `echo ready` comes just before the shell execs sleep: give the exec a moment to happen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ps = loop {
+        let ps = agent.list_processes(ctx(), &c).unwrap();
+        if ps.processes.iter().any(|p| p.command.contains("sleep")) || Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(ps.processes.iter().any(|p| p.command.contains("sleep")), "{ps:?}");
     assert!(
         !ps.processes.iter().any(|p| p.command.contains("should-not-run")),
