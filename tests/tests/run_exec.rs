@@ -56,8 +56,9 @@ fn exec_a_second_process_and_use_the_other_calls() {
     let version = agent.version(ctx(), &VersionRequest::new()).unwrap();
     assert!(version.kernel_release.ends_with("-hull"), "{version:?}");
 
+    // 'ready' comes just before the container's sh execs sleep: wait (up to 10 s) until ps shows it.
     let process = serde_json::json!({
-        "args": ["sh", "-c", "echo in-exec $(hostname); ps -o comm | grep -c sleep; echo oops >&2; exit 5"],
+        "args": ["sh", "-c", "echo in-exec $(hostname); i=0; until ps -o comm | grep -q sleep || [ $i -ge 100 ]; do i=$((i+1)); sleep 0.1; done; ps -o comm | grep -c sleep; echo oops >&2; exit 5"],
         "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 }
     });
     let mut req = ExecProcessRequest::new();
