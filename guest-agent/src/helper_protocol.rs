@@ -45,6 +45,9 @@ pub struct InitConfig {
     pub cgroup_ns: bool,
     /// Leave AF_VSOCK open to the container's processes (otherwise `hull-init` installs the vsock filter).
     pub allow_vsock: bool,
+    /// Stay the PID namespace's init and run the program as a child (`--init`); otherwise `hull-init` execs
+    /// the program, which becomes PID 1 as under runc.
+    pub with_init: bool,
 }
 
 /// `hull-exec`'s configuration: the process to start in a running container.

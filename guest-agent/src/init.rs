@@ -1,11 +1,14 @@
 //! The two helper programs the agent starts by re-executing itself (the agent binary, chosen by argv[0]):
 //!
-//! - `hull-init`: PID 1 of a container's PID namespace. Receives an [`InitConfig`](crate::helper_protocol::InitConfig) on the channel, joins its
-//!   cgroup namespace, builds the file system view ([`crate::rootfs`]), sets the hostname, allocates the
-//!   terminal from the container's own devpts, reports `Ready`, waits for `Start`, then forks the container's
-//!   program (so it is never the namespace's init, whose signals the kernel filters) and stays as a small
-//!   init: it reaps orphans, forwards signals to the program, and reports the program's exact status
-//!   (`Exited`) before exiting itself — which tears the namespace down.
+//! - `hull-init`: the first process of a container's PID namespace. Receives an
+//!   [`InitConfig`](crate::helper_protocol::InitConfig) on the channel, joins its cgroup namespace, builds the
+//!   file system view ([`crate::rootfs`]), sets the hostname, allocates the terminal from the container's own
+//!   devpts, reports `Ready` and waits for `Start`. Then, as under runc, it reports `Started` and execs the
+//!   container's program, which is PID 1 with PID 1's semantics: the kernel delivers it only the signals it
+//!   handles (and SIGKILL), orphans are its to reap, and its end tears the namespace down; the agent, its
+//!   parent, reaps it for the exit status. A container with an init (`InitConfig::with_init`, as
+//!   `docker run --init`) instead gets `hull-init` as a small init: it forks the program, reaps orphans,
+//!   forwards signals to the program and reports the program's exact status (`Exited`) before exiting.
 //! - `hull-exec`: joins a running container (cgroup, then ipc/uts/net/pid/mnt namespaces of its init) and
 //!   starts one process there with clone(CLONE_PARENT), so the process is the agent's child and the agent
 //!   reaps it; reports its PID and exits.
@@ -213,6 +216,9 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         Ok(Some((ToHelper::Start, _))) => {}
         _ => return Err("expected Start".into()),
     }
+    if !cfg.with_init {
+        become_the_program(ch, &prepared, &process, pty.as_ref().map(|(_, slave)| slave));
+    }
     let signals = forwarding_signals();
     // SAFETY: we are single-threaded; the child runs PreparedProcess::exec (system calls) and leaves.
     let pid = unsafe { libc::fork() };
@@ -234,6 +240,26 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     drop(pty);
     let _ = ch.send(&FromHelper::Started { pid: 0 });
     Ok(supervise(pid, &signals))
+}
+
+/// Without an init: reports `Started`, then turns this process (PID 1 of the namespace) into the container's
+/// program. The channel and the terminal's master close on exec, so the agent sees the channel end and takes
+/// the program's status from waitpid. If the exec fails, the reason is on the program's stderr (as with a fork)
+/// and the status is 127.
+fn become_the_program(ch: &mut Channel, prepared: &PreparedProcess, process: &Process, slave: Option<&OwnedFd>) -> ! {
+    if ch.send(&FromHelper::Started { pid: 0 }).is_err() {
+        std::process::exit(125);
+    }
+    let _ = std::fs::write(
+        "/proc/self/oom_score_adj",
+        process.oom_score_adj().unwrap_or(0).to_string(),
+    );
+    if let Some(slave) = slave {
+        attach_slave(slave.as_raw_fd());
+    }
+    let _ = prepared.exec();
+    // SAFETY: leaving without running exit handlers, as the forked child does.
+    unsafe { libc::_exit(127) }
 }
 
 /// Installs a no-op handler on every signal we forward (the kernel drops signals to a namespace's init that

@@ -211,7 +211,8 @@ fn console_shows(dir: &Path, needle: &str) {
 
 #[test]
 fn hull_runs_default_policy_refuses_exec_and_what_hull_run_does_not_call() {
-    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    // --init: the test ends the container with SIGTERM, which a PID-1 sleep would not get.
+    let mut run = HullRun::spawn(command(&["--init"], &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
     let dir = vsock_of(run.pid());
     let agent = client(&dir.join("vsock.sock"));
@@ -242,7 +243,7 @@ fn hull_runs_default_policy_refuses_exec_and_what_hull_run_does_not_call() {
 fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
     let mut run = HullRun::spawn(
         command(
-            &["--agent-policy", "all,-ExecProcess"],
+            &["--init", "--agent-policy", "all,-ExecProcess"],
             &["sh", "-c", "echo ready; exec sleep 600"],
         ),
         None,

@@ -555,7 +555,7 @@ fn check_hull_run(backend: &str, held: &[&str]) {
     let since = SystemTime::now() - Duration::from_secs(2);
     let mut cmd = command_on(
         backend,
-        &["-v", &format!("{}:/data", vol.display())],
+        &["--init", "-v", &format!("{}:/data", vol.display())],
         &["sh", "-c", "cat /data/token; echo ready; exec sleep 600"],
     );
     cmd.env("XDG_RUNTIME_DIR", &runtime_dir).env("TMPDIR", &runtime_dir);

@@ -123,7 +123,7 @@ fn two_vms_run_as_different_uids_and_cannot_reach_each_other() {
     }
     let script = ["sh", "-c", "echo ready; exec sleep 600"];
     let mut runs: Vec<HullRun> = (0..2)
-        .map(|_| HullRun::spawn(command_on("auto", &[], &script), None))
+        .map(|_| HullRun::spawn(command_on("auto", &["--init"], &script), None))
         .collect();
     for r in &mut runs {
         r.wait_stdout("ready", READY_TIMEOUT);

@@ -5,6 +5,7 @@
 mod run_common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use run_common::*;
 
@@ -51,12 +52,32 @@ fn ten_runs_in_a_row_leave_nothing_behind() {
 
 #[test]
 fn ctrl_c_tears_everything_down() {
-    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    // Under an init, the first Ctrl-C reaches the program and ends it.
+    let mut run = HullRun::spawn(command(&["--init"], &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
     let pid = run.pid();
     run.signal(libc::SIGINT);
     let out = run.finish();
     assert_eq!(out.code(), 130, "{}", out.stderr);
+    assert_nothing_left(pid);
+
+    // A PID-1 sleep has no SIGINT handler, so the first Ctrl-C does nothing (as under runc); the second is
+    // SIGKILL.
+    let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let pid = run.pid();
+    run.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_secs(3));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = state.rsplit(')').next().unwrap_or("").trim_start();
+    assert!(
+        !state.is_empty() && !state.starts_with('Z'),
+        "hull run ended on the first Ctrl-C: {}",
+        run.stderr_now()
+    );
+    run.signal(libc::SIGINT);
+    let out = run.finish();
+    assert_eq!(out.code(), 137, "{}", out.stderr);
     assert_nothing_left(pid);
 }
 

@@ -382,7 +382,15 @@ fn ctr_detached_task_operations() {
     let id = format!("detached-{}", std::process::id());
     // containerd's event stream, to check the shim's task events.
     let events = s.events();
-    let out = s.ctr_run(&["-d", BUSYBOX_IMAGE, &id, "sh", "-c", "while true; do sleep 1; done"]);
+    // The shell is the container's PID 1, which gets SIGTERM only with a handler (as under runc).
+    let out = s.ctr_run(&[
+        "-d",
+        BUSYBOX_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "trap 'exit 143' TERM; while true; do sleep 1; done",
+    ]);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
     let ls = s.ctd.ctr(&["task", "ls"]);
     assert!(ls.stdout.contains("RUNNING"), "{ls:?}");

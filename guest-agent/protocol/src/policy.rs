@@ -21,6 +21,10 @@ pub const CMDLINE_PARAM: &str = "hull.policy";
 
 /// The OCI spec annotation that lets one container's processes create AF_VSOCK sockets (`"true"`).
 pub const ALLOW_VSOCK_ANNOTATION: &str = "io.hull.allow-vsock";
+/// The OCI spec annotation that gives a container an init (`"true"`, as `docker run --init`): `hull-init` stays
+/// PID 1 of its PID namespace, reaps orphans and forwards signals to the program, its child. Without it the
+/// program is PID 1 itself, as under runc.
+pub const INIT_ANNOTATION: &str = "io.hull.init";
 /// The pod (sandbox) annotation that turns ExecProcess off for the pod's VM (`"false"`).
 pub const EXEC_ANNOTATION: &str = "io.hull.policy.exec";
 

@@ -71,13 +71,23 @@ fn write_files(dir: &Path, files: &[HostFile], spec: &mut Spec) -> Result<(), Ag
     Ok(())
 }
 
-/// Whether the spec's annotations let the container's processes create AF_VSOCK sockets (exactly "true").
-fn allows_vsock(spec: &Spec) -> bool {
-    let key = hull_agent_protocol::policy::ALLOW_VSOCK_ANNOTATION;
+/// Whether the spec's annotation `key` is exactly "true".
+fn annotation_is_true(spec: &Spec, key: &str) -> bool {
     spec.annotations()
         .as_ref()
         .and_then(|a| a.get(key))
         .is_some_and(|v| v == "true")
+}
+
+/// Whether the spec's annotations let the container's processes create AF_VSOCK sockets.
+fn allows_vsock(spec: &Spec) -> bool {
+    annotation_is_true(spec, hull_agent_protocol::policy::ALLOW_VSOCK_ANNOTATION)
+}
+
+/// Whether the container asked for an init (`hull-init` as PID 1, the program its child) instead of running
+/// its program as PID 1.
+fn wants_init(spec: &Spec) -> bool {
+    annotation_is_true(spec, hull_agent_protocol::policy::INIT_ANNOTATION)
 }
 
 fn check_fstype(t: &str) -> Result<&str, AgentError> {
@@ -284,6 +294,7 @@ impl Agent {
             rootfs: root,
             cgroup_ns,
             allow_vsock,
+            with_init: wants_init(spec),
         };
         if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
             return Err(fail(io_err("sending the configuration")(e), &self.reaper));
@@ -358,5 +369,17 @@ mod tests {
         }
         assert!(!allows_vsock(&spec(serde_json::json!({}))));
         assert!(!allows_vsock(&Spec::default()));
+    }
+
+    #[test]
+    fn only_the_annotation_true_gives_an_init() {
+        let spec = |annotations: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({ "ociVersion": "1.0.2", "annotations": annotations })).unwrap()
+        };
+        assert!(wants_init(&spec(serde_json::json!({ "io.hull.init": "true" }))));
+        for v in ["false", "yes", ""] {
+            assert!(!wants_init(&spec(serde_json::json!({ "io.hull.init": v }))), "{v}");
+        }
+        assert!(!wants_init(&Spec::default()));
     }
 }

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hull_agent_protocol::policy::{Policy, ALLOW_VSOCK_ANNOTATION};
+use hull_agent_protocol::policy::{Policy, ALLOW_VSOCK_ANNOTATION, INIT_ANNOTATION};
 use hull_agent_protocol::stdio::Stream;
 
 use crate::logging::LogLevel;
@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// (EAFNOSUPPORT). The guest has no vsock loopback, and the agent serves only the host, either way.
     #[arg(long)]
     pub allow_vsock: bool,
+    /// Run an init as the container's PID 1 (as `docker run --init`): it reaps orphans and forwards signals to
+    /// the program. Without it the program is PID 1, as under runc, and gets only the signals it handles.
+    #[arg(long)]
+    pub init: bool,
     /// Which agent calls the guest serves, fixed at boot: comma-separated `+Call`/`-Call` items (method names
     /// of agent.proto) on hull run's default (the calls hull run makes: no ExecProcess, ReadFile, ...), or a
     /// list starting with `all` or `none`. `all` lets a second client exec into the container.
@@ -426,6 +430,9 @@ fn run_container(
     }
     if args.allow_vsock {
         oci["annotations"][ALLOW_VSOCK_ANNOTATION] = "true".into();
+    }
+    if args.init {
+        oci["annotations"][INIT_ANNOTATION] = "true".into();
     }
     // The drives are the rootfs, then one per --volume, in order.
     let container = NewContainer {
