@@ -12,6 +12,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::path::Path;
 
 use oci_spec::runtime::{Capabilities, LinuxSeccomp, Process};
 
@@ -155,11 +156,41 @@ fn last_cap() -> u32 {
         .unwrap_or(CAPS.len() as u32 - 1)
 }
 
+/// The home directory of `uid` in the passwd file at `passwd` (the container's, read after pivot_root or
+/// setns), or `/`. The file is the container's: only a regular file is read (a FIFO there must not stall us),
+/// at most 1 MiB of it, and a malformed line is skipped.
+fn home_of(uid: u32, passwd: &Path) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read = || -> Option<String> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(passwd)
+            .ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut text = Vec::new();
+        f.take(1 << 20).read_to_end(&mut text).ok()?;
+        String::from_utf8_lossy(&text).lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 7 && fields[2].parse::<u32>().ok() == Some(uid) && fields[5].starts_with('/'))
+                .then(|| fields[5].to_string())
+        })
+    };
+    read().unwrap_or_else(|| "/".to_string())
+}
+
 impl PreparedProcess {
     pub fn prepare(p: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<PreparedProcess, ProcessError> {
         let args = p.args().clone().unwrap_or_default();
         let first = args.first().ok_or(ProcessError::NoArgs)?;
-        let env = p.env().clone().unwrap_or_default();
+        let mut env = p.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            // As runc: a process without HOME gets its user's home from the container's /etc/passwd, or /.
+            env.push(format!("HOME={}", home_of(p.user().uid(), Path::new("/etc/passwd"))));
+        }
         let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
         let candidates = if first.contains('/') {
             vec![cstr(first)?]
@@ -373,6 +404,25 @@ mod tests {
         assert_eq!(caps.bounding, (1 << 0) | (1 << 5) | (1 << 10));
         assert_eq!(caps.ambient, 1 << 5);
         assert_eq!(caps.effective, 0);
+    }
+
+    #[test]
+    fn home_comes_from_the_passwd_file_or_is_the_root() {
+        let dir = std::env::temp_dir().join(format!("hull-passwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwd = dir.join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/sh\nbroken line\nnobody:x:65534:65534::relative:/bin/false\nu:x:1000:1000::/home/u:/bin/sh\n",
+        )
+        .unwrap();
+        assert_eq!(home_of(0, &passwd), "/root");
+        assert_eq!(home_of(1000, &passwd), "/home/u");
+        assert_eq!(home_of(65534, &passwd), "/", "a home that is not absolute");
+        assert_eq!(home_of(7, &passwd), "/", "no such user");
+        assert_eq!(home_of(0, &dir.join("missing")), "/");
+        assert_eq!(home_of(0, &dir), "/", "not a regular file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -403,14 +403,28 @@ fn read_only(path: &Path) -> Result<(), RootfsError> {
         None,
     )
     .map_err(err)?;
+    // A bind remount sets every per-mount flag: keep the nosuid/nodev/noexec the mount had (as runc does),
+    // so /proc/sys stays as restricted as /proc.
+    let kept = statvfs_flags(path).map_err(err)? & (libc::ST_NOSUID | libc::ST_NODEV | libc::ST_NOEXEC);
     mount(
         None,
         path,
         None,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | kept,
         None,
     )
     .map_err(err)
+}
+
+/// The mount flags (`ST_*`, the same bits as `MS_*` for nosuid, nodev, noexec) of the mount holding `path`.
+fn statvfs_flags(path: &Path) -> io::Result<libc::c_ulong> {
+    let p = cpath(path)?;
+    // SAFETY: a valid C string and a zeroed struct the kernel fills.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        cvt(libc::statvfs(p.as_ptr(), &mut st))?;
+        Ok(st.f_flag)
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,23 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
             output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
+    // mkfs.ext4 adds lost+found; a container's / shows only what its image holds, as under runc.
+    if std::fs::symlink_metadata(rootfs.join("lost+found")).is_err() {
+        let out = Command::new("debugfs")
+            .args(["-w", "-R", "rmdir lost+found"])
+            .arg(&image)
+            .env("E2FSPROGS_FAKE_TIME", "0")
+            .output()
+            .map_err(|e| ImageError::Io("debugfs (install e2fsprogs)".into(), e))?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        // debugfs reports a failed request on stderr after its banner and still exits 0.
+        if !out.status.success() || said.lines().skip(1).any(|l| !l.trim().is_empty()) {
+            return Err(ImageError::Mkfs {
+                dir: name,
+                output: format!("removing lost+found: {}", said.trim()),
+            });
+        }
+    }
     Ok(RootfsImage {
         path: image,
         fstype: "ext4",
@@ -112,4 +129,44 @@ fn detect(image: &Path) -> Result<&'static str, ImageError> {
         return Ok("ext4");
     }
     Err(ImageError::UnknownFs(image.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root directory's entries in an ext4 image, as debugfs lists them.
+    fn root_entries(image: &Path) -> Vec<String> {
+        let out = Command::new("debugfs")
+            .args(["-R", "ls -p /"])
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .collect()
+    }
+
+    #[test]
+    fn a_packed_directory_shows_only_its_own_entries() {
+        if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+            eprintln!("SKIP a_packed_directory_shows_only_its_own_entries: no e2fsprogs");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("hull-image-test-{}", std::process::id()));
+        let src = base.join("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/hostname"), "x\n").unwrap();
+        let image = prepare(&src, &base, "plain").unwrap();
+        assert_eq!(root_entries(&image.path), vec!["etc".to_string()]);
+        // An image that has its own lost+found keeps it.
+        std::fs::create_dir(src.join("lost+found")).unwrap();
+        let image = prepare(&src, &base, "with").unwrap();
+        let mut entries = root_entries(&image.path);
+        entries.sort();
+        assert_eq!(entries, vec!["etc".to_string(), "lost+found".to_string()]);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

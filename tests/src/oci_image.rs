@@ -42,6 +42,12 @@ pub fn busybox_image() -> OciImage {
     build_cached(BUSYBOX_IMAGE, &["sh"])
 }
 
+/// The busybox image whose config runs as `user` (`"UID:GID"`), e.g. for tests that compare the user a
+/// runtime applies.
+pub fn busybox_image_as(reference: &str, user: &str) -> OciImage {
+    build_cached_as(reference, &["sh"], Some(user))
+}
+
 /// The pause image for CRI sandboxes (`Cmd ["sleep", "2147483647"]`).
 pub fn pause_image() -> OciImage {
     build_cached(PAUSE_IMAGE, &["sleep", "2147483647"])
@@ -58,9 +64,14 @@ pub fn image_cache_dir() -> PathBuf {
 
 /// Builds the image `reference` with `cmd` as its `Cmd` from the host's busybox, or reuses the cached tar.
 pub fn build_cached(reference: &str, cmd: &[&str]) -> OciImage {
+    build_cached_as(reference, cmd, None)
+}
+
+/// As [`build_cached`], with the image config's `User` when given.
+fn build_cached_as(reference: &str, cmd: &[&str], user: Option<&str>) -> OciImage {
     let busybox = std::fs::read(BUSYBOX)
         .unwrap_or_else(|e| panic!("read {BUSYBOX}: {e} (install busybox-static: scripts/install-test-deps.sh)"));
-    let layout = build_layout(reference, cmd, &busybox, &busybox_applets());
+    let layout = build_layout_as(reference, cmd, user, &busybox, &busybox_applets());
     let dir = image_cache_dir();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let short = &layout.manifest_digest["sha256:".len().."sha256:".len() + 16];
@@ -133,17 +144,32 @@ pub fn oci_arch() -> &'static str {
 
 /// Builds the OCI layout tar (`oci-layout`, `index.json`, `blobs/sha256/*`) of a one-layer image.
 pub fn build_layout(reference: &str, cmd: &[&str], busybox: &[u8], applets: &[String]) -> Layout {
+    build_layout_as(reference, cmd, None, busybox, applets)
+}
+
+/// As [`build_layout`], with the image config's `User` when given.
+pub fn build_layout_as(
+    reference: &str,
+    cmd: &[&str],
+    user: Option<&str>,
+    busybox: &[u8],
+    applets: &[String],
+) -> Layout {
     let layer = rootfs_layer(busybox, applets);
     let layer_digest = sha256_digest(&layer);
+    let mut image_config = json!({
+        "Env": [IMAGE_PATH_ENV],
+        "Cmd": cmd,
+        "WorkingDir": "/",
+    });
+    if let Some(user) = user {
+        image_config["User"] = user.into();
+    }
     let config = serde_json::to_vec(&json!({
         "architecture": oci_arch(),
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {
-            "Env": [IMAGE_PATH_ENV],
-            "Cmd": cmd,
-            "WorkingDir": "/",
-        },
+        "config": image_config,
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "hull-tests oci_image.rs (busybox-static)" }],
     }))

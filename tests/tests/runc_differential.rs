@@ -1,0 +1,275 @@
+//! Differential tests against runc: the same image and the same `ctr run` options (so the same OCI spec, which
+//! containerd builds) run under runc (`io.containerd.runc.v2`) and under hull (`io.containerd.hull.v2`) in one
+//! private containerd, and what the container sees is compared field by field: `$$`, the credential,
+//! capability, no_new_privs and seccomp fields of `/proc/self/status`, the resource limits, every mount (point,
+//! type, per-mount options), the root directory's entries, cwd, umask, environment, `id`, OOM score
+//! adjustment, and the exit status.
+//!
+//! What may differ is listed in [`vm_differences`], each with the reason: the guest is another machine
+//! (its own kernel, memory size, cgroup version), or hull adds a guard of its own. Everything else must be
+//! equal. Needs root (containerd); skipped otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use hull_tests::containerd::{CmdOutput, Containerd, ContainerdOptions, CTR_NAMESPACE};
+use hull_tests::oci_image::{self, BUSYBOX_IMAGE};
+use hull_tests::skip;
+
+const HULL_RUNTIME: &str = "io.containerd.hull.v2";
+const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const USER_IMAGE: &str = "hull.test/busybox-user:1";
+
+/// What the container reports about itself, one `key=value` per line, with shell builtins where the answer
+/// is about the shell itself (PID 1). Ends with exit status 7.
+const PROBE: &str = r#"echo "pid=$$"
+while read -r k v; do
+  case "$k" in
+    Uid:|Gid:|Groups:|CapInh:|CapPrm:|CapEff:|CapBnd:|CapAmb:|NoNewPrivs:|Seccomp:|Seccomp_filters:)
+      echo "status.${k%:}=$v";;
+  esac
+done < /proc/$$/status
+while read -r l; do echo "limit=$l"; done < /proc/$$/limits
+while read -r l; do echo "mount=$l"; done < /proc/$$/mountinfo
+echo "kernel=$(uname -r)"
+echo "hostname=$(hostname)"
+echo "cwd=$(pwd)"
+echo "umask=$(umask)"
+echo "oom_score_adj=$(cat /proc/$$/oom_score_adj)"
+echo "id=$(id)"
+echo "rootdir=$(ls -A / | tr '\n' ' ')"
+env | sort | while read -r l; do echo "env=$l"; done
+exit 7
+"#;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The probe's output as a map. Whitespace inside values is normalised (the kernel aligns columns).
+fn parse(out: &str) -> BTreeMap<String, String> {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut map = BTreeMap::new();
+    let mut add = |k: String, v: String| {
+        map.entry(k)
+            .and_modify(|old: &mut String| {
+                old.push_str(" ; ");
+                old.push_str(&v);
+            })
+            .or_insert(v);
+    };
+    for line in out.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key {
+            "limit" => {
+                // "Max open files 1024 1024 files": the name is the words before the first value.
+                let words: Vec<&str> = value.split_whitespace().collect();
+                let at = words
+                    .iter()
+                    .position(|w| *w == "unlimited" || w.chars().all(|c| c.is_ascii_digit()))
+                    .unwrap_or(words.len());
+                if at == 0 || words.first() == Some(&"Limit") {
+                    continue;
+                }
+                add(format!("limit.{}", words[..at].join(" ")), words[at..].join(" "));
+            }
+            "mount" => {
+                // mountinfo: id parent dev root point options [optional...] - fstype source superoptions
+                let fields: Vec<&str> = value.split_whitespace().collect();
+                let dash = fields.iter().position(|f| *f == "-");
+                if let (Some(point), Some(options), Some(dash)) = (fields.get(4), fields.get(5), dash) {
+                    let fstype = fields.get(dash + 1).copied().unwrap_or("?");
+                    add(format!("mount.{point}"), format!("{fstype} {options}"));
+                }
+            }
+            "env" => {
+                let (k, v) = value.split_once('=').unwrap_or((value, ""));
+                add(format!("env.{k}"), v.to_string());
+            }
+            _ => add(key.to_string(), norm(value)),
+        }
+    }
+    map
+}
+
+/// Keys whose values may differ between runc and hull, and why. Each comes from the guest being another
+/// machine or from a guard hull adds; nothing else may differ.
+fn vm_differences() -> Vec<(&'static str, &'static str)> {
+    let mut d = vec![
+        (
+            "limit.Max processes",
+            "the kernel sizes the default RLIMIT_NPROC from the machine's memory: the guest has less than the host",
+        ),
+        (
+            "limit.Max pending signals",
+            "the kernel sizes the default RLIMIT_SIGPENDING from the machine's memory, as RLIMIT_NPROC",
+        ),
+        (
+            "status.Seccomp_filters",
+            "hull adds one filter of its own to every container process: no AF_VSOCK sockets (docs/SECURITY.md)",
+        ),
+        (
+            "status.Seccomp",
+            "the same filter puts every hull container process in seccomp filter mode (2), with or without a \
+             profile of its own",
+        ),
+        (
+            "mount./proc/acpi",
+            "a masked path runc covers with a tmpfs; the guest kernel has no ACPI, so there is no /proc/acpi",
+        ),
+        (
+            "mount./proc/keys",
+            "a masked path runc covers with /dev/null; the guest kernel has no key retention (CONFIG_KEYS), so \
+             there is no /proc/keys",
+        ),
+        (
+            "oom_score_adj",
+            "no oomScoreAdj in the spec: runc's process inherits its shim's (containerd's plus one), hull's gets \
+             the spec's default, 0, in a guest where the agent is the one to protect",
+        ),
+        ("kernel", "the guest runs a kernel of its own: the point of hull"),
+        (
+            "hostname",
+            "no hostname in the spec: the container's UTS namespace starts as a copy of its kernel's, the host's \
+             under runc and the guest's under hull",
+        ),
+    ];
+    if !host_has_cgroup2() {
+        d.push((
+            "mount./sys/fs/cgroup",
+            "this host mounts cgroup v1 (runc shows it), the guest has cgroup v2 only",
+        ));
+    }
+    d
+}
+
+fn host_has_cgroup2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Whether `key` is one of the explained differences (a key, or a mount under an explained mount point).
+fn explained(key: &str, differences: &[(&str, &str)]) -> bool {
+    differences
+        .iter()
+        .any(|(k, _)| key == *k || (k.starts_with("mount.") && key.starts_with(&format!("{k}/"))))
+}
+
+struct Setup {
+    ctd: Containerd,
+    shim_config: PathBuf,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        hull_tests::ensure_qemu_tools();
+        let dir = std::env::temp_dir().join(format!("hull-runc-diff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shim_config = dir.join("shim.toml");
+        let ctd = Containerd::start(ContainerdOptions {
+            hull_config_path: Some(shim_config.clone()),
+            ..Default::default()
+        });
+        ctd.write_hull_shim_config(&shim_config, "");
+        ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
+        ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image_as(USER_IMAGE, "1000:1000"));
+        Setup { ctd, shim_config }
+    }
+
+    /// `ctr run --rm` of the probe under `runtime` with `options` and `image`.
+    fn probe(&self, runtime: &str, options: &[&str], image: &str, id: &str) -> CmdOutput {
+        let cfg = self.shim_config.to_string_lossy().to_string();
+        let mut args = vec!["run", "--rm", "--runtime", runtime];
+        if runtime == HULL_RUNTIME {
+            args.extend(["--runtime-config-path", cfg.as_str()]);
+        }
+        args.extend_from_slice(options);
+        args.extend([image, id, "sh", "-c", PROBE]);
+        self.ctd.ctr(&args)
+    }
+}
+
+/// Runs the probe with runc and with hull; returns the differences not explained by [`vm_differences`].
+fn compare(s: &Setup, case: &str, options: &[&str], image: &str) -> Vec<String> {
+    let runc = s.probe(RUNC_RUNTIME, options, image, &format!("diff-runc-{case}"));
+    let hull = s.probe(HULL_RUNTIME, options, image, &format!("diff-hull-{case}"));
+    let mut diffs = Vec::new();
+    if runc.code() != hull.code() {
+        diffs.push(format!(
+            "{case}: exit status runc {} hull {}\nrunc: {}\nhull: {}",
+            runc.code(),
+            hull.code(),
+            runc.stderr,
+            hull.stderr
+        ));
+        return diffs;
+    }
+    assert_eq!(runc.code(), 7, "{case}: the probe did not run: {runc:?}\n{hull:?}");
+    let (r, h) = (parse(&runc.stdout), parse(&hull.stdout));
+    assert!(r.contains_key("status.CapBnd"), "{case}: no probe output: {runc:?}");
+    // Each ran where it should: hull's probe in the guest's kernel, runc's in the host's.
+    let kernel = |m: &BTreeMap<String, String>| m.get("kernel").cloned().unwrap_or_default();
+    assert!(
+        kernel(&h).ends_with("-hull"),
+        "{case}: hull's probe ran in {:?}",
+        kernel(&h)
+    );
+    assert!(
+        !kernel(&r).ends_with("-hull"),
+        "{case}: runc's probe ran in {:?}",
+        kernel(&r)
+    );
+    let differences = vm_differences();
+    let keys: BTreeSet<&String> = r.keys().chain(h.keys()).collect();
+    for key in keys {
+        let (a, b) = (r.get(key), h.get(key));
+        if a == b || explained(key, &differences) {
+            continue;
+        }
+        diffs.push(format!("{case}: {key}: runc {a:?}, hull {b:?}"));
+    }
+    diffs
+}
+
+#[test]
+fn what_the_container_sees_matches_runc() {
+    if !is_root() {
+        skip("what_the_container_sees_matches_runc", "needs root for containerd");
+        return;
+    }
+    let s = Setup::start();
+    let cases: [(&str, &[&str], &str); 7] = [
+        ("default", &[], BUSYBOX_IMAGE),
+        ("read-only-rootfs", &["--read-only"], BUSYBOX_IMAGE),
+        ("uid-gid-from-the-image", &[], USER_IMAGE),
+        (
+            "capabilities-added-and-dropped",
+            &["--cap-add", "CAP_SYS_ADMIN", "--cap-drop", "CAP_CHOWN"],
+            BUSYBOX_IMAGE,
+        ),
+        ("env-and-cwd", &["--env", "FOO=bar baz", "--cwd", "/tmp"], BUSYBOX_IMAGE),
+        ("seccomp-default-profile", &["--seccomp"], BUSYBOX_IMAGE),
+        ("new-privileges-allowed", &["--allow-new-privs"], BUSYBOX_IMAGE),
+    ];
+    let mut all = Vec::new();
+    for (case, options, image) in cases {
+        all.extend(compare(&s, case, options, image));
+    }
+    let explained: Vec<String> = vm_differences()
+        .iter()
+        .map(|(k, why)| format!("  {k}: {why}"))
+        .collect();
+    hull_tests::note(&format!(
+        "runc differential: {} cases; differences allowed and why:\n{}",
+        cases.len(),
+        explained.join("\n")
+    ));
+    assert!(
+        all.is_empty(),
+        "hull differs from runc:\n{}\n{}",
+        all.join("\n"),
+        s.ctd.report()
+    );
+}
