@@ -76,8 +76,11 @@ pub struct NewContainer<'a> {
     pub id: &'a str,
     /// The OCI runtime spec (config.json) as the guest must see it.
     pub oci_spec: &'a serde_json::Value,
-    /// Always mounted read-only, with a writable tmpfs overlay on top.
+    /// Always mounted read-only, with a writable overlay on top.
     pub rootfs: GuestDisk,
+    /// The VM's scratch disk ([`crate::image::scratch`]), which holds the overlay's writable layer; without
+    /// one it is a tmpfs in the guest's RAM.
+    pub scratch: Option<GuestDisk>,
     pub volumes: Vec<VolumeMount>,
     pub files: Vec<GuestFile<'a>>,
     pub streams: Streams,
@@ -92,6 +95,9 @@ impl NewContainer<'_> {
         rootfs.fstype = self.rootfs.fstype.clone();
         rootfs.read_only = true;
         rootfs.writable_overlay = true;
+        if let Some(s) = &self.scratch {
+            rootfs.upper_device = s.device.clone();
+        }
         req.rootfs = Some(rootfs).into();
         for v in &self.volumes {
             let mut m = Storage::new();
@@ -135,6 +141,7 @@ mod tests {
             id: "c1",
             oci_spec: &spec,
             rootfs: GuestDisk::of_drive(BackendKind::Kvm, 0, &drive("rootfs", true)),
+            scratch: Some(GuestDisk::of_drive(BackendKind::Kvm, 2, &drive("scratch", false))),
             volumes: vec![VolumeMount {
                 disk: GuestDisk::of_drive(BackendKind::Kvm, 1, &drive("vol0", false)),
                 container_path: "/data".into(),
@@ -158,6 +165,7 @@ mod tests {
             (r.rootfs.device.as_str(), r.rootfs.read_only, r.rootfs.writable_overlay),
             ("vda", true, true)
         );
+        assert_eq!(r.rootfs.upper_device, "serial:scratch");
         assert_eq!(
             (r.mounts[0].device.as_str(), r.mounts[0].read_only),
             ("serial:vol0", false)

@@ -56,6 +56,10 @@ pub struct ShimConfig {
     pub max_memory_mib: u32,
     /// Spare virtio-blk slots of a pod VM, for images and volumes of containers created after boot.
     pub pod_slots: usize,
+    /// Size (MiB) of a pod VM's scratch disk, a sparse file in the VM's directory that holds what its
+    /// containers write to their root file systems; 0: a tmpfs in the guest's RAM instead. It takes one of the
+    /// slots `pod_slots` may have.
+    pub scratch_mib: u64,
     /// Read-only rootfs images, one per snapshot parent chain.
     pub image_cache: PathBuf,
     /// Per-VM state (sockets, console log, logs).
@@ -83,6 +87,7 @@ impl Default for ShimConfig {
             max_vcpus: 8,
             max_memory_mib: 16384,
             pod_slots: 4,
+            scratch_mib: hull_runtime::image::DEFAULT_SCRATCH_MIB,
             image_cache: PathBuf::from("/var/lib/hull/images"),
             work_dir: PathBuf::from("/run/hull/shim"),
             boot_timeout_secs: 120,
@@ -164,10 +169,14 @@ impl ShimConfig {
         if c.default_memory_mib < 64 || c.default_memory_mib > c.max_memory_mib {
             return bad("default_memory_mib must be 64..=max_memory_mib");
         }
-        if c.pod_slots > MAX_SLOTS {
+        if c.pod_slots + usize::from(c.scratch_mib > 0) > MAX_SLOTS {
             return bad(
-                "pod_slots must be at most 5 (QEMU's microvm has 8 virtio-mmio slots: rootfs, vsock, net and 5)",
+                "pod_slots must be at most 5, 4 with a scratch disk (QEMU's microvm has 8 virtio-mmio slots: rootfs, \
+                 vsock, net and 5)",
             );
+        }
+        if c.scratch_mib > hull_runtime::image::MAX_SCRATCH_MIB {
+            return bad("scratch_mib must be at most 16 TiB");
         }
         if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
             return bad("image_cache and work_dir must be absolute paths");
@@ -273,6 +282,19 @@ mod tests {
         assert!(ShimConfig::parse("default_memory_mib = 999999").is_err());
         assert!(ShimConfig::parse("image_cache = \"rel\"").is_err());
         assert!(ShimConfig::parse("pod_slots = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_scratch_disk_takes_a_slot() {
+        let c = ShimConfig::parse("").unwrap();
+        assert_eq!((c.scratch_mib, c.pod_slots), (10240, 4));
+        assert!(
+            ShimConfig::parse("pod_slots = 5").is_err(),
+            "5 slots and a scratch disk"
+        );
+        let c = ShimConfig::parse("pod_slots = 5\nscratch_mib = 0").unwrap();
+        assert_eq!((c.scratch_mib, c.pod_slots), (0, 5));
+        assert!(ShimConfig::parse("scratch_mib = 99999999999").is_err());
     }
 
     #[test]

@@ -96,10 +96,12 @@ impl Tasks {
         let (placed, pid) = self.place(req, b)?;
         let guest = {
             let st = self.lock();
-            st.agent()
-                .and_then(|a| Ok((a, st.pod.as_ref().ok_or(ShimError::NoVm)?.uds.clone())))
+            st.agent().and_then(|a| {
+                let pod = st.pod.as_ref().ok_or(ShimError::NoVm)?;
+                Ok((a, pod.uds.clone(), pod.scratch.clone()))
+            })
         };
-        let (agent, uds) = match guest {
+        let (agent, uds, scratch) = match guest {
             Ok(g) => g,
             Err(e) => {
                 self.release_disks(&placed.held);
@@ -112,6 +114,7 @@ impl Tasks {
             id,
             oci_spec: &b.guest.spec,
             rootfs: placed.rootfs,
+            scratch,
             volumes: placed.volumes,
             files: b
                 .guest
@@ -201,6 +204,7 @@ impl Tasks {
                     agent: pod.agent.clone(),
                     vmm_pid: pod.vm.vmm_pid(),
                     uds: uds.clone(),
+                    scratch: pod.scratch.clone(),
                     dead: false,
                 });
                 *vm = Some(pod);

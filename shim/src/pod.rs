@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use hull_runtime::agent::Agent;
 use hull_runtime::backend::{self, BackendKind, Drive, Vm};
+use hull_runtime::container::GuestDisk;
 use hull_runtime::guard::RunDir;
 use hull_runtime::image::RootfsImage;
 
@@ -41,6 +42,8 @@ pub enum PodError {
     Net(#[from] crate::network::NetError),
     #[error("the VM has no free disk slot left for {0} (pod_slots in the shim config)")]
     NoSlot(String),
+    #[error("making the VM's scratch disk: {0}")]
+    Scratch(#[from] hull_runtime::image::ImageError),
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -93,6 +96,8 @@ pub struct Pod {
     pub dir: RunDir,
     pub agent: Arc<Agent>,
     pub net: Option<PodNetwork>,
+    /// The scratch disk that holds the containers' writable layers (`scratch_mib`), if the VM has one.
+    pub scratch: Option<GuestDisk>,
     disks: Vec<Disk>,
     /// Last, so that it is removed after the VM's processes are gone (fields drop in order).
     pub cgroup: Option<PodCgroup>,
@@ -150,13 +155,23 @@ impl Pod {
             ),
             None => (None, None, None),
         };
+        let mut drives = vec![Drive {
+            id: "rootfs".into(),
+            image: rootfs,
+            read_only: true,
+        }];
+        if cfg.scratch_mib > 0 {
+            drives.push(Drive {
+                id: "scratch".into(),
+                image: hull_runtime::image::scratch(dir.path(), "scratch", cfg.scratch_mib)?,
+                read_only: false,
+            });
+        }
+        let scratch = drives.get(1).map(|d| GuestDisk::of_drive(kind, 1, d));
+        // The slots come after the drives.
+        let first_slot = drives.len();
         let started = spawner
             .run(move || {
-                let drives = [Drive {
-                    id: "rootfs".into(),
-                    image: rootfs,
-                    read_only: true,
-                }];
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
@@ -243,7 +258,7 @@ impl Pod {
         for i in 0..slots {
             disks.push(Disk {
                 id: backend::slot_id(i),
-                index: 1 + i,
+                index: first_slot + i,
                 key: String::new(),
                 users: 0,
                 slot: true,
@@ -256,6 +271,7 @@ impl Pod {
             dir,
             agent: Arc::new(agent),
             net,
+            scratch,
             disks,
             cgroup,
         })

@@ -74,6 +74,8 @@ pub struct PodInfo {
     pub vmm_pid: u32,
     /// The host end of the VM's hybrid vsock.
     pub uds: PathBuf,
+    /// The VM's scratch disk for the containers' writable layers, if it has one.
+    pub scratch: Option<hull_runtime::container::GuestDisk>,
     /// The VM's process ended.
     pub dead: bool,
 }

@@ -149,6 +149,35 @@ fn pids_limit_stops_a_fork_bomb_and_the_vm_stays_healthy() {
 }
 
 #[test]
+fn the_writable_layer_is_on_the_scratch_disk_not_in_ram() {
+    // 160 MB is more than a tmpfs in this guest's RAM may hold (half of about 240 MiB); the overlay's upper
+    // layer is on the scratch disk, sized by --scratch-size.
+    let script = "df -m / | tail -1; head -c 160000000 /dev/zero > /big && wc -c < /big; rm /big; echo done";
+    let out = run(&["--scratch-size", "2048"], &["sh", "-c", script]);
+    assert_eq!(out.code(), 0, "{}\n{}", out.out(), out.stderr);
+    let text = out.out();
+    let size_mib: u64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1900..=2048).contains(&size_mib),
+        "/ is not the 2 GiB scratch disk:\n{text}"
+    );
+    assert!(text.contains("160000000\ndone"), "{text}\n{}", out.stderr);
+    // Without a scratch disk the layer is a tmpfs in the guest's RAM, and the same write does not fit.
+    let out = run(&["--scratch-size", "0"], &["sh", "-c", script]);
+    assert!(
+        !out.out().contains("160000000") && out.stderr.contains("head:"),
+        "{}\n{}",
+        out.out(),
+        out.stderr
+    );
+}
+
+#[test]
 fn memory_limit_oom_kill_is_reported() {
     let out = run(
         &["--memory-limit", "24"],

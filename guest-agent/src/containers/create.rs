@@ -130,6 +130,7 @@ impl Agent {
             for m in mounts.iter().rev() {
                 let _ = umount_detach(m);
             }
+            super::scratch::remove(id);
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
@@ -148,7 +149,8 @@ impl Agent {
         stdio: &StdioConfig,
         mounts: &mut Vec<PathBuf>,
     ) -> Result<(), AgentError> {
-        // The rootfs: the image (read-only if asked), and an overlay with a tmpfs upper layer on top.
+        // The rootfs: the image (read-only if asked), and an overlay on top whose writable layer is on the
+        // scratch disk when the host gave one, else a tmpfs in the guest's RAM.
         let image = dir.join("image");
         std::fs::create_dir_all(&image).map_err(io_err("mkdir image"))?;
         let dev = resolve_device(&rootfs.device)?;
@@ -171,8 +173,14 @@ impl Agent {
         let root = if rootfs.writable_overlay {
             let rw = dir.join("rw");
             std::fs::create_dir_all(&rw).map_err(io_err("mkdir rw"))?;
-            mount(Some("tmpfs"), &rw, Some("tmpfs"), 0, Some("mode=0755"))
-                .map_err(io_err("mounting the overlay's tmpfs"))?;
+            if rootfs.upper_device.is_empty() {
+                mount(Some("tmpfs"), &rw, Some("tmpfs"), 0, Some("mode=0755"))
+                    .map_err(io_err("mounting the overlay's tmpfs"))?;
+            } else {
+                let on_disk = super::scratch::container_dir(&rootfs.upper_device, id)?;
+                mount(Some(&on_disk.to_string_lossy()), &rw, None, libc::MS_BIND, None)
+                    .map_err(io_err("mounting the overlay's scratch directory"))?;
+            }
             mounts.push(rw.clone());
             for d in ["upper", "work"] {
                 std::fs::create_dir_all(rw.join(d)).map_err(io_err("mkdir upper/work"))?;

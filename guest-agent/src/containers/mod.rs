@@ -12,6 +12,7 @@
 mod block_device;
 mod create;
 mod error;
+mod scratch;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -523,6 +524,7 @@ impl Agent {
             let _ = umount_detach(m);
         }
         let _ = c.cgroup.remove();
+        scratch::remove(id);
         let _ = std::fs::remove_dir_all(&c.dir);
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(())

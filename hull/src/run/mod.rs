@@ -89,6 +89,11 @@ pub struct RunArgs {
     /// list starting with `all` or `none`. `all` lets a second client exec into the container.
     #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
     pub agent_policy: Option<Policy>,
+    /// Size of the VM's scratch disk in MiB, which holds what the container writes to its root file system (a
+    /// sparse file in the run directory: only what is written takes room). 0: a tmpfs in the guest's RAM.
+    #[arg(long, value_name = "MiB", default_value_t = image::DEFAULT_SCRATCH_MIB,
+          value_parser = clap::value_parser!(u64).range(0..=image::MAX_SCRATCH_MIB))]
+    pub scratch_size: u64,
     /// Container pids limit (cgroup pids.max).
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
@@ -251,6 +256,14 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
             id,
             image,
             read_only: v.read_only,
+        });
+    }
+    // Then the scratch disk, last.
+    if args.scratch_size > 0 {
+        drives.push(backend::Drive {
+            id: "scratch".into(),
+            image: image::scratch(dir.path(), "scratch", args.scratch_size)?,
+            read_only: false,
         });
     }
 
@@ -434,11 +447,14 @@ fn run_container(
     if args.init {
         oci["annotations"][INIT_ANNOTATION] = "true".into();
     }
-    // The drives are the rootfs, then one per --volume, in order.
+    // The drives are the rootfs, then one per --volume, in order, then the scratch disk.
+    let scratch =
+        (args.scratch_size > 0).then(|| GuestDisk::of_drive(kind, drives.len() - 1, &drives[drives.len() - 1]));
     let container = NewContainer {
         id: CONTAINER_ID,
         oci_spec: &oci,
         rootfs: GuestDisk::of_drive(kind, 0, &drives[0]),
+        scratch,
         volumes: drives[1..]
             .iter()
             .zip(&args.volumes)
