@@ -63,6 +63,13 @@ impl Cgroup {
         std::fs::read_to_string(self.path.join(file)).unwrap_or_default()
     }
 
+    /// Attaches the device filter for `rules` ([`crate::device_filter`]) to this cgroup.
+    pub fn attach_device_filter(&self, rules: &[crate::device_filter::Rule]) -> Result<(), CgroupError> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(&self.path).map_err(io_err(&self.path))?;
+        crate::device_filter::attach(rules, dir.as_raw_fd()).map_err(io_err(&self.path))
+    }
+
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         self.write("cgroup.procs", &pid.to_string())
     }

@@ -15,6 +15,7 @@ mod cgroup;
 mod channel;
 mod console;
 mod containers;
+mod device_filter;
 mod helper_protocol;
 mod init;
 mod net;

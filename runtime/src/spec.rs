@@ -72,7 +72,9 @@ pub struct Limits {
 
 /// The whole spec (config.json).
 pub fn spec(process: Value, hostname: &str, limits: &Limits) -> Value {
-    let mut resources = json!({});
+    // Devices: nothing but what the runtime allows every container (runc's list, which the agent appends),
+    // as containerd's default spec says.
+    let mut resources = json!({ "devices": [ { "allow": false, "access": "rwm" } ] });
     if let Some(p) = limits.pids {
         resources["pids"] = json!({ "limit": p });
     }

@@ -149,6 +149,17 @@ fn pids_limit_stops_a_fork_bomb_and_the_vm_stays_healthy() {
 }
 
 #[test]
+fn the_device_cgroup_keeps_the_container_off_the_vms_disks() {
+    // Root in the container may make a node for the VM's first disk (mknod is allowed, as under runc), but
+    // the device cgroup's filter refuses to open it: no raw reads of the images of the VM's disks.
+    let script = "d=$(cat /sys/block/vda/dev); mknod /tmp/disk b ${d%:*} ${d#*:} && echo made; \
+                  head -c 512 /tmp/disk | wc -c; head -c 16 /dev/zero | wc -c";
+    let out = run(&[], &["sh", "-c", script]);
+    assert_eq!(out.out(), "made\n0\n16\n", "{}", out.stderr);
+    assert!(out.stderr.contains("Operation not permitted"), "{}", out.stderr);
+}
+
+#[test]
 fn the_writable_layer_is_on_the_scratch_disk_not_in_ram() {
     // 160 MB is more than a tmpfs in this guest's RAM may hold (half of about 240 MiB); the overlay's upper
     // layer is on the scratch disk, sized by --scratch-size.

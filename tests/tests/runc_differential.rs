@@ -3,7 +3,7 @@
 //! private containerd, and what the container sees is compared field by field: `$$`, the credential,
 //! capability, no_new_privs and seccomp fields of `/proc/self/status`, the resource limits, every mount (point,
 //! type, per-mount options), the root directory's entries, cwd, umask, environment, `id`, OOM score
-//! adjustment, and the exit status.
+//! adjustment, whether a block device node can be made and opened (the device cgroup), and the exit status.
 //!
 //! What may differ is listed in [`vm_differences`], each with the reason: the guest is another machine
 //! (its own kernel, memory size, cgroup version), or hull adds a guard of its own. Everything else must be
@@ -38,6 +38,8 @@ echo "umask=$(umask)"
 echo "oom_score_adj=$(cat /proc/$$/oom_score_adj)"
 echo "id=$(id)"
 echo "rootdir=$(ls -A / | tr '\n' ' ')"
+mknod /tmp/probe-disk b 254 0 2>/dev/null && echo "mknod_disk=yes" || echo "mknod_disk=no"
+head -c 1 /tmp/probe-disk >/dev/null 2>&1 && echo "open_disk=yes" || echo "open_disk=no"
 env | sort | while read -r l; do echo "env=$l"; done
 exit 7
 "#;

@@ -231,16 +231,12 @@ impl Agent {
         if let Some(profile) = linux.seccomp() {
             crate::seccomp::compile(profile).map_err(|e| AgentError::BadSpec(e.to_string()))?;
         }
-        if linux
-            .resources()
-            .as_ref()
-            .and_then(|r| r.devices().as_ref())
-            .is_some_and(|d| !d.is_empty())
-        {
-            crate::console::log(&format!(
-                "container {id}: device cgroup rules are not applied (only listed devices exist)"
-            ));
-        }
+        // The device cgroup: the spec's rules (checked here, so a bad rule fails CreateContainer), then runc's
+        // defaults, as an eBPF program on the container's cgroup. A spec without rules gets none, as with runc.
+        let device_rules = match linux.resources().as_ref().and_then(|r| r.devices().as_ref()) {
+            Some(d) if !d.is_empty() => Some(crate::device_filter::rules(d).map_err(AgentError::BadSpec)?),
+            _ => None,
+        };
         let mut clone_flags = 0;
         let mut names = Vec::new();
         let mut cgroup_ns = false;
@@ -272,8 +268,18 @@ impl Agent {
         names.sort_by_key(|n| n == "mnt");
 
         let cgroup = Cgroup::create(id)?;
-        if let Some(r) = linux.resources() {
-            cgroup.apply(r)?;
+        let limited = || -> Result<(), AgentError> {
+            if let Some(r) = linux.resources() {
+                cgroup.apply(r)?;
+            }
+            if let Some(rules) = &device_rules {
+                cgroup.attach_device_filter(rules)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = limited() {
+            let _ = cgroup.remove();
+            return Err(e);
         }
         let terminal = process.terminal().unwrap_or(false);
         let (pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
