@@ -24,6 +24,7 @@ use crate::cgroup::{self, PodCgroup};
 use crate::config::{ShimConfig, MAX_SLOTS};
 use crate::error::ShimError;
 use crate::guest_spec::{self, GuestSpec};
+use crate::hooks::{self, Hooks};
 use crate::pod::{BootRequest, Pod};
 use crate::process::{Proc, StdioAddrs};
 use crate::rootfs;
@@ -54,6 +55,8 @@ struct Bundle {
     /// The pod's limits for that cgroup (a sandbox's only: a lone container's limits are its own, enforced
     /// in the guest).
     limits: cgroup::Limits,
+    /// The host-side OCI hooks.
+    hooks: Hooks,
 }
 
 /// The container's disks in the VM, as the agent's request names them.
@@ -140,6 +143,14 @@ impl Tasks {
                 }
             })
         });
+        // prestart and createRuntime hooks, on the host, with the container created; one failing undoes it.
+        let state = hooks::state(id, "created", pid, req.bundle, &b.guest.spec["annotations"]);
+        let in_guest = in_guest.and_then(|()| {
+            hooks::run(&b.hooks.create, &state).map_err(|source| {
+                let _ = agent.remove(id);
+                ShimError::Hook { id: id.into(), source }
+            })
+        });
         if let Err(e) = in_guest {
             self.release_disks(&placed.held);
             return Err(e);
@@ -157,6 +168,8 @@ impl Tasks {
             disks: placed.held,
             write_back,
             oom_reported: false,
+            hooks: Arc::new(std::mem::take(&mut b.hooks)),
+            annotations: b.guest.spec["annotations"].clone(),
         };
         Ok((container, pid))
     }
@@ -305,6 +318,10 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     for w in &guest.warnings {
         log::warn!("container {id}: {w}");
     }
+    let (hooks, not_run) = Hooks::parse(&guest.hooks).map_err(|source| ShimError::Hook { id: id.into(), source })?;
+    for kind in not_run {
+        log::warn!("container {id}: {kind} hooks are not run (they belong inside the container, in the guest)");
+    }
     let rootfs = rootfs::source(req.rootfs, bundle, guest.spec["root"]["path"].as_str())
         .map_err(|source| ShimError::Rootfs { id: id.into(), source })?;
     if guest.volumes.len() > MAX_SLOTS {
@@ -321,6 +338,7 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
         rootfs,
         cgroups_path,
         limits,
+        hooks,
     })
 }
 

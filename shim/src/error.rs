@@ -29,6 +29,11 @@ pub enum ShimError {
     SpecJson { path: PathBuf, source: serde_json::Error },
     #[error("container {id}: the OCI spec: {source}")]
     Spec { id: String, source: SpecError },
+    #[error("container {id}: {source}")]
+    Hook {
+        id: String,
+        source: crate::hooks::HookError,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("container {id}: {count} directory mounts; a VM takes at most {max} (each is a disk of its own)")]
@@ -142,6 +147,10 @@ impl ShimError {
             | Agent { .. }
             | Attach { .. }
             | Metrics { .. } => Code::INTERNAL,
+            Hook { source, .. } => match source {
+                crate::hooks::HookError::Invalid(_) => Code::INVALID_ARGUMENT,
+                crate::hooks::HookError::Failed { .. } => Code::FAILED_PRECONDITION,
+            },
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   device nodes, larger files) is left out with a warning in the shim's log;
 //! - every container gets its own cgroup namespace, so its `/sys/fs/cgroup` is its own cgroup (what runc
 //!   shows on a cgroup v2 host), whatever the spec asked;
-//! - hooks, AppArmor/SELinux labels and the cgroups path are host matters and are dropped.
+//! - hooks are taken out for the host to run ([`crate::hooks`]); AppArmor/SELinux labels and the cgroups
+//!   path are host matters and are dropped.
 //!
 //! Everything here is data from containerd's client (the spec) and treated as untrusted input: no panic.
 
@@ -78,6 +79,8 @@ pub struct GuestSpec {
     /// The network namespace path the spec named (the pod's CNI namespace).
     pub netns: Option<PathBuf>,
     pub hostname: Option<String>,
+    /// The spec's `hooks` object (null without), which the shim runs on the host.
+    pub hooks: Value,
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -125,11 +128,10 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
             o.remove("hostname");
         }
     }
-    if let Some(o) = spec.as_object_mut() {
-        if o.remove("hooks").is_some() {
-            warnings.push("OCI hooks are not run inside hull".into());
-        }
-    }
+    let hooks = spec
+        .as_object_mut()
+        .and_then(|o| o.remove("hooks"))
+        .unwrap_or(Value::Null);
     if let Some(l) = spec["linux"].as_object_mut() {
         l.remove("cgroupsPath");
         l.remove("mountLabel");
@@ -217,6 +219,7 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
         warnings,
         netns,
         hostname,
+        hooks,
     })
 }
 
@@ -311,7 +314,9 @@ mod tests {
         assert_eq!(g.files[0].content, b"127.0.0.1 localhost\n");
         assert_eq!(g.volumes.len(), 1);
         assert!(g.volumes[0].read_only && g.volumes[0].destination == "/data");
-        assert_eq!(g.warnings.len(), 2, "{:?}", g.warnings);
+        assert_eq!(g.warnings.len(), 1, "{:?}", g.warnings);
+        // The hooks are out of the guest's spec, kept for the host.
+        assert_eq!(g.hooks["prestart"], json!([]));
         assert!(for_guest(json!({ "mounts": [ { "destination": "rel", "type": "bind", "source": "/" } ] })).is_err());
         assert!(for_guest(json!("x")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -12,6 +12,7 @@ mod create;
 mod error;
 mod events;
 mod guest_spec;
+mod hooks;
 mod host_file;
 mod logging;
 mod network;

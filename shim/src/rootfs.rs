@@ -5,9 +5,9 @@
 //! chain) and whose `upperdir` is the container's own, empty, writable snapshot. The image's layers become one
 //! ext4 image (`mkfs.ext4 -d` over a read-only overlay of the lower layers: no loop devices, whiteouts already
 //! applied), cached in the image cache under the SHA-256 of the lowerdir list, so every further container of
-//! the same image reuses it. The guest mounts it read-only and puts an overlay with a tmpfs upper layer on
-//! top: the container's writes behave as with runc and are gone when the container is deleted (they cost
-//! guest memory, not host disk). A non-empty upperdir (a container created from a committed snapshot) or a
+//! the same image reuses it. The guest mounts it read-only and puts an overlay on top whose writable layer is
+//! on the VM's scratch disk (`scratch_mib`; a tmpfs in the guest's RAM without one): the container's writes
+//! behave as with runc and are gone when the container is deleted. A non-empty upperdir (a container created from a committed snapshot) or a
 //! plain bind/rootfs directory is packed on its own, uncached, into the VM's work directory.
 
 use std::path::{Path, PathBuf};

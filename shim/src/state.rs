@@ -32,6 +32,9 @@ pub struct Container {
     /// Whether containerd heard of an OOM kill in it already (the agent's OOM watch and a process's wait
     /// status can both tell; containerd hears it once). Kept here, so it goes with the container.
     pub oom_reported: bool,
+    /// The host-side OCI hooks still to run (poststart, poststop) and what they are told.
+    pub hooks: Arc<crate::hooks::Hooks>,
+    pub annotations: serde_json::Value,
 }
 
 impl Container {
@@ -176,6 +179,8 @@ mod tests {
             disks: Vec::new(),
             write_back: Vec::new(),
             oom_reported: false,
+            hooks: Arc::default(),
+            annotations: serde_json::Value::Null,
         }
     }
 

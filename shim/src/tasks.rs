@@ -153,17 +153,26 @@ impl Tasks {
     /// Starts the init process (`exec` "") or an exec; returns the PID containerd sees.
     pub fn start(self: &Arc<Self>, id: &str, exec: &str) -> Result<u32, ShimError> {
         let agent = self.agent()?;
-        let (uds, pid) = {
+        let (uds, pid, hooks) = {
             let st = self.lock();
             let c = st.container(id)?;
             if !exec.is_empty() && !c.execs.contains_key(exec) {
                 return Err(ShimError::not_found(id, exec));
             }
             let pod = st.pod.as_ref().ok_or(ShimError::NoVm)?;
-            (pod.uds.clone(), pod.vmm_pid)
+            let hooks = (c.hooks.clone(), c.annotations.clone(), c.bundle.clone());
+            (pod.uds.clone(), pod.vmm_pid, hooks)
         };
         if exec.is_empty() {
             agent.start(id).map_err(ShimError::agent(id))?;
+            // poststart hooks; as runc, one failing fails Start and ends the container.
+            let (hooks, annotations, bundle) = hooks;
+            let state = crate::hooks::state(id, "running", pid, &bundle, &annotations);
+            if let Err(source) = crate::hooks::run(&hooks.poststart, &state) {
+                let _ = agent.signal(id, "", libc::SIGKILL as u32, true);
+                watch::process(self, id, exec, uds);
+                return Err(ShimError::Hook { id: id.into(), source });
+            }
         } else {
             self.start_exec(&agent, &uds, id, exec)?;
         }
@@ -233,7 +242,13 @@ impl Tasks {
             };
             if let Some(c) = removed {
                 VmRecord::remove(Path::new(&c.bundle));
+                let (hooks, annotations, bundle) = (c.hooks.clone(), c.annotations.clone(), c.bundle.clone());
                 self.remove_from_vm(id, agent, c.disks);
+                // poststop hooks, the container gone; as runc, a failing one is a warning.
+                let state = crate::hooks::state(id, "stopped", pid, &bundle, &annotations);
+                if let Err(e) = crate::hooks::run(&hooks.poststop, &state) {
+                    log::warn!("container {id}: {e}");
+                }
             }
             self.events.deleted(id, pid, status, at.clone());
         } else if let Ok(c) = self.lock().container_mut(id) {

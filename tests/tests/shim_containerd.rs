@@ -1109,3 +1109,97 @@ fn cri_pod_vm_runs_in_the_pods_cgroup() {
     drop(cri);
     s.finish(&[(CRI_NAMESPACE, &pod_id)]);
 }
+
+/// OCI hooks run on the host as runc runs them: prestart and createRuntime at Create, poststart after
+/// Start, poststop after Delete, each with the container's state on stdin; a failing prestart hook fails
+/// Create and leaves no VM. `ctr run --config` passes a whole spec (hooks included) with a rootfs directory.
+#[test]
+fn oci_hooks_run_on_the_host_with_the_state() {
+    require_root!("oci_hooks_run_on_the_host_with_the_state");
+    let s = setup(false);
+    let dir = s.ctd.dir().join("hooks-test");
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("bash")
+        .arg(hull_tests::repo_root().join("tests/rootfs/busybox.sh"))
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the rootfs");
+    let spec_of = |hooks: serde_json::Value| -> PathBuf {
+        let out = s.ctd.ctr(&["oci", "spec"]);
+        let mut spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r"]);
+        spec["process"]["terminal"] = false.into();
+        spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
+        spec["hooks"] = hooks;
+        let path = dir.join(format!("spec-{}.json", unique()));
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        path
+    };
+    let record = |kind: &str| {
+        serde_json::json!([{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{kind}.json", dir.display())],
+        }])
+    };
+    let spec = spec_of(serde_json::json!({
+        "prestart": record("prestart"),
+        "createRuntime": record("createRuntime"),
+        "poststart": record("poststart"),
+        "poststop": record("poststop"),
+    }));
+    let id = format!("hooks-{}", std::process::id());
+    let cfg = s.shim_config.to_string_lossy().to_string();
+    let spec_arg = spec.to_string_lossy().to_string();
+    let run = |id: &str, spec: &str| {
+        s.ctd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            &cfg,
+            "--config",
+            spec,
+            id,
+        ])
+    };
+    let out = run(&id, &spec_arg);
+    assert!(out.success(), "{out:?}\n{}", s.ctd.report());
+    assert_guest_kernel(&out.stdout, "the container with hooks");
+    for (kind, status) in [
+        ("prestart", "created"),
+        ("createRuntime", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{kind}.json")))
+            .unwrap_or_else(|e| panic!("the {kind} hook did not run: {e}\n{}", s.ctd.report()));
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(state["id"], id.as_str(), "{kind}: {state}");
+        assert_eq!(state["status"], status, "{kind}: {state}");
+        assert!(state["pid"].as_u64().is_some_and(|p| p > 0), "{kind}: {state}");
+        assert!(
+            state["bundle"].as_str().is_some_and(|b| b.ends_with(&id)),
+            "{kind}: {state}"
+        );
+    }
+
+    // A failing prestart hook fails Create with its message, and nothing of the container stays.
+    let failing = spec_of(serde_json::json!({
+        "prestart": [{ "path": "/bin/sh", "args": ["sh", "-c", "echo no-you-dont >&2; exit 3"] }],
+    }));
+    let id2 = format!("hooks-fail-{}", std::process::id());
+    let out = run(&id2, &failing.to_string_lossy());
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("prestart hook /bin/sh") && out.stderr.contains("no-you-dont"),
+        "{out:?}"
+    );
+    let _ = s.ctd.ctr(&["container", "rm", &id2]);
+    wait_until("the failed container's VM to end", Duration::from_secs(20), || {
+        s.vm_pids().is_empty()
+    });
+    s.finish(&[(CTR_NAMESPACE, &id), (CTR_NAMESPACE, &id2)]);
+}
