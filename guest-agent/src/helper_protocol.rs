@@ -45,6 +45,11 @@ pub struct InitConfig {
     pub cgroup_ns: bool,
     /// Leave AF_VSOCK open to the container's processes (otherwise `hull-init` installs the vsock filter).
     pub allow_vsock: bool,
+    /// The container's id, its init's PID in the guest and its directory in the guest: what the guest-side
+    /// OCI hooks are told.
+    pub id: String,
+    pub pid: i32,
+    pub bundle: String,
     /// Stay the PID namespace's init and run the program as a child (`--init`); otherwise `hull-init` execs
     /// the program, which becomes PID 1 as under runc.
     pub with_init: bool,

@@ -194,6 +194,16 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         // SAFETY: pointer and length of a live string.
         cvt(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) }).map_err(|e| format!("setdomainname: {e}"))?;
     }
+    // createContainer hooks, in the container's namespaces with its file system view.
+    let hooks = cfg.spec.hooks().clone().unwrap_or_default();
+    let hook_state = |status: &str| {
+        crate::guest_hooks::state(&cfg.id, status, cfg.pid, &cfg.bundle, cfg.spec.annotations().as_ref())
+    };
+    crate::guest_hooks::run(
+        "createContainer",
+        hooks.create_container().as_deref().unwrap_or_default(),
+        &hook_state("created"),
+    )?;
     let process = cfg.spec.process().clone().ok_or("the spec has no process")?;
     // Like runc: a missing working directory is created (as root, inside the new root).
     if process.cwd().is_absolute() {
@@ -216,6 +226,11 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         Ok(Some((ToHelper::Start, _))) => {}
         _ => return Err("expected Start".into()),
     }
+    crate::guest_hooks::run(
+        "startContainer",
+        hooks.start_container().as_deref().unwrap_or_default(),
+        &hook_state("created"),
+    )?;
     if !cfg.with_init {
         become_the_program(ch, &prepared, &process, pty.as_ref().map(|(_, slave)| slave));
     }

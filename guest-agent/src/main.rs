@@ -16,6 +16,7 @@ mod channel;
 mod console;
 mod containers;
 mod device_filter;
+mod guest_hooks;
 mod helper_protocol;
 mod init;
 mod net;

@@ -318,9 +318,9 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     for w in &guest.warnings {
         log::warn!("container {id}: {w}");
     }
-    let (hooks, not_run) = Hooks::parse(&guest.hooks).map_err(|source| ShimError::Hook { id: id.into(), source })?;
-    for kind in not_run {
-        log::warn!("container {id}: {kind} hooks are not run (they belong inside the container, in the guest)");
+    let (hooks, in_guest) = Hooks::parse(&guest.hooks).map_err(|source| ShimError::Hook { id: id.into(), source })?;
+    for kind in in_guest {
+        log::info!("container {id}: {kind} hooks run in the guest, where the container has their binaries");
     }
     let rootfs = rootfs::source(req.rootfs, bundle, guest.spec["root"]["path"].as_str())
         .map_err(|source| ShimError::Rootfs { id: id.into(), source })?;

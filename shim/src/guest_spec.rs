@@ -11,8 +11,9 @@
 //!   device nodes, larger files) is left out with a warning in the shim's log;
 //! - every container gets its own cgroup namespace, so its `/sys/fs/cgroup` is its own cgroup (what runc
 //!   shows on a cgroup v2 host), whatever the spec asked;
-//! - hooks are taken out for the host to run ([`crate::hooks`]); AppArmor/SELinux labels and the cgroups
-//!   path are host matters and are dropped.
+//! - hooks are taken out for the host to run ([`crate::hooks`]), but for `createContainer` and
+//!   `startContainer`, which stay for the guest (`hull-init` runs them in the container); AppArmor/SELinux
+//!   labels and the cgroups path are host matters and are dropped.
 //!
 //! Everything here is data from containerd's client (the spec) and treated as untrusted input: no panic.
 
@@ -132,6 +133,16 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
         .as_object_mut()
         .and_then(|o| o.remove("hooks"))
         .unwrap_or(Value::Null);
+    // The hooks that run in the container's namespaces go to the guest (hull-init runs them).
+    let mut in_guest = serde_json::Map::new();
+    for kind in ["createContainer", "startContainer"] {
+        if hooks[kind].as_array().is_some_and(|a| !a.is_empty()) {
+            in_guest.insert(kind.into(), hooks[kind].clone());
+        }
+    }
+    if !in_guest.is_empty() {
+        spec["hooks"] = Value::Object(in_guest);
+    }
     if let Some(l) = spec["linux"].as_object_mut() {
         l.remove("cgroupsPath");
         l.remove("mountLabel");

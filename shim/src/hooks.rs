@@ -6,8 +6,8 @@
 //! and a failing `poststop` hook is a warning.
 //!
 //! `createContainer` and `startContainer` hooks run inside the container's namespaces under runc, which is
-//! inside the guest here, where the host's binaries are not; they are not run, and Create says so in the
-//! shim's log. The hooks come from the spec containerd's client wrote, trusted as runc trusts it (they run as
+//! inside the guest here: the spec keeps them for the guest, where `hull-init` runs those whose binary the
+//! container has (`guest-agent/src/guest_hooks.rs`). The hooks come from the spec containerd's client wrote, trusted as runc trusts it (they run as
 //! the shim, root); they are checked before anything runs (absolute paths, strings, sane timeouts).
 
 use std::io::{Read, Write};
@@ -109,7 +109,7 @@ fn parse_list(v: &Value, kind: &'static str) -> Result<Vec<Hook>, HookError> {
 }
 
 impl Hooks {
-    /// The spec's `hooks` object; also the names of the hook kinds present that are not run here.
+    /// The spec's `hooks` object; also the names of the hook kinds present that the guest runs.
     pub fn parse(hooks: &Value) -> Result<(Hooks, Vec<&'static str>), HookError> {
         if hooks.is_null() {
             return Ok((Hooks::default(), Vec::new()));

@@ -1110,9 +1110,10 @@ fn cri_pod_vm_runs_in_the_pods_cgroup() {
     s.finish(&[(CRI_NAMESPACE, &pod_id)]);
 }
 
-/// OCI hooks run on the host as runc runs them: prestart and createRuntime at Create, poststart after
-/// Start, poststop after Delete, each with the container's state on stdin; a failing prestart hook fails
-/// Create and leaves no VM. `ctr run --config` passes a whole spec (hooks included) with a rootfs directory.
+/// OCI hooks run where runc runs them: prestart and createRuntime at Create, poststart after Start and
+/// poststop after Delete on the host; createContainer and startContainer in the container's namespaces (in
+/// the guest, with the container's binaries), each with the container's state on stdin; a failing prestart
+/// hook fails Create and leaves no VM. `ctr run --config` passes a whole spec with a rootfs directory.
 #[test]
 fn oci_hooks_run_on_the_host_with_the_state() {
     require_root!("oci_hooks_run_on_the_host_with_the_state");
@@ -1129,7 +1130,11 @@ fn oci_hooks_run_on_the_host_with_the_state() {
     let spec_of = |hooks: serde_json::Value| -> PathBuf {
         let out = s.ctd.ctr(&["oci", "spec"]);
         let mut spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        spec["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r"]);
+        spec["process"]["args"] = serde_json::json!([
+            "sh",
+            "-c",
+            "uname -r; cat /tmp/createContainer.json; echo; cat /tmp/startContainer.json"
+        ]);
         spec["process"]["terminal"] = false.into();
         spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
         spec["hooks"] = hooks;
@@ -1148,6 +1153,13 @@ fn oci_hooks_run_on_the_host_with_the_state() {
         "createRuntime": record("createRuntime"),
         "poststart": record("poststart"),
         "poststop": record("poststop"),
+        // In the guest: /bin/sh is the container's, and /tmp is the container's.
+        "createContainer": [{ "path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/createContainer.json"] }],
+        // A hook whose binary the container does not have is skipped.
+        "startContainer": [
+            { "path": "/no/such/hook" },
+            { "path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/startContainer.json"] },
+        ],
     }));
     let id = format!("hooks-{}", std::process::id());
     let cfg = s.shim_config.to_string_lossy().to_string();
@@ -1167,7 +1179,21 @@ fn oci_hooks_run_on_the_host_with_the_state() {
     };
     let out = run(&id, &spec_arg);
     assert!(out.success(), "{out:?}\n{}", s.ctd.report());
-    assert_guest_kernel(&out.stdout, "the container with hooks");
+    let mut lines = out.stdout.lines();
+    assert_guest_kernel(lines.next().unwrap_or(""), "the container with hooks");
+    for kind in ["createContainer", "startContainer"] {
+        let state: serde_json::Value = serde_json::from_str(lines.next().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("the {kind} hook's record: {e}\n{out:?}"));
+        assert_eq!(
+            (state["id"].as_str(), state["status"].as_str()),
+            (Some(id.as_str()), Some("created")),
+            "{kind}"
+        );
+        assert!(
+            state["pid"].as_u64().is_some_and(|p| p > 1),
+            "{kind}: the init's PID in the guest: {state}"
+        );
+    }
     for (kind, status) in [
         ("prestart", "created"),
         ("createRuntime", "created"),

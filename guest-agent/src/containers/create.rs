@@ -309,6 +309,9 @@ impl Agent {
             cgroup_ns,
             allow_vsock,
             with_init: wants_init(spec),
+            id: id.into(),
+            pid,
+            bundle: dir.display().to_string(),
         };
         if let Err(e) = ch.send(&ToHelper::Init(Box::new(cfg))) {
             return Err(fail(io_err("sending the configuration")(e), &self.reaper));
