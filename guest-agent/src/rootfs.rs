@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::sys::{cpath, cvt, mount};
 
@@ -329,6 +329,29 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
     }
     pivot(&rootfs)?;
     let linux = spec.linux().clone().unwrap_or_default();
+    // Sysctls first, as runc: /proc/sys is read-only once the read-only paths are applied.
+    let has_ns = |t: LinuxNamespaceType| {
+        linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == t && n.path().is_none())
+    };
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        if key.contains('/') || key.split('.').any(|c| c.is_empty() || c == "..") {
+            return Err(RootfsError::Step {
+                step: "sysctl",
+                source: io::Error::other(format!("bad key {key:?}")),
+            });
+        }
+        sysctl_is_namespaced(&key, has_ns(LinuxNamespaceType::Ipc), has_ns(LinuxNamespaceType::Uts)).map_err(
+            |why| RootfsError::Step {
+                step: "sysctl",
+                source: io::Error::other(why),
+            },
+        )?;
+        crate::sys::write_file(&Path::new("/proc/sys").join(key.replace('.', "/")), &value).map_err(step("sysctl"))?;
+    }
     for p in linux.masked_paths().clone().unwrap_or_default() {
         mask(Path::new(&p))?;
     }
@@ -345,16 +368,47 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
         )
         .map_err(step("making the rootfs read-only"))?;
     }
-    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        if key.contains('/') || key.split('.').any(|c| c.is_empty() || c == "..") {
-            return Err(RootfsError::Step {
-                step: "sysctl",
-                source: io::Error::other(format!("bad key {key:?}")),
-            });
-        }
-        crate::sys::write_file(&Path::new("/proc/sys").join(key.replace('.', "/")), &value).map_err(step("sysctl"))?;
-    }
     Ok(())
+}
+
+/// Whether the container may set sysctl `key`: only the ones its own namespaces scope, as runc allows,
+/// because every other one is the guest kernel's and would reach past the container (`kernel.core_pattern`
+/// runs a program as the guest's root). IPC ones need a new IPC namespace, `kernel.domainname` a new UTS
+/// one; `net.*` ones scope the network namespace the container shares with its VM, which is its pod's.
+fn sysctl_is_namespaced(key: &str, ipc: bool, uts: bool) -> Result<(), String> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        return if ipc {
+            Ok(())
+        } else {
+            Err(format!("sysctl {key} needs a new IPC namespace"))
+        };
+    }
+    if key == "kernel.domainname" {
+        return if uts {
+            Ok(())
+        } else {
+            Err(format!("sysctl {key} needs a new UTS namespace"))
+        };
+    }
+    if key == "kernel.hostname" {
+        return Err("sysctl kernel.hostname: set the spec's hostname instead".into());
+    }
+    if key.starts_with("net.") {
+        return Ok(());
+    }
+    Err(format!(
+        "sysctl {key} is not namespaced: it would change the whole guest, not this container"
+    ))
 }
 
 /// pivot_root into `rootfs` and detach the old root (the `pivot_root(".", ".")` idiom).
@@ -430,6 +484,25 @@ fn statvfs_flags(path: &Path) -> io::Result<libc::c_ulong> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        assert!(sysctl_is_namespaced("kernel.shm_rmid_forced", true, false).is_ok());
+        assert!(sysctl_is_namespaced("fs.mqueue.queues_max", true, false).is_ok());
+        assert!(sysctl_is_namespaced("kernel.shm_rmid_forced", false, true).is_err());
+        assert!(sysctl_is_namespaced("net.ipv4.ip_forward", false, false).is_ok());
+        assert!(sysctl_is_namespaced("kernel.domainname", false, true).is_ok());
+        assert!(sysctl_is_namespaced("kernel.hostname", true, true).is_err());
+        for global in [
+            "kernel.core_pattern",
+            "vm.overcommit_memory",
+            "kernel.modprobe",
+            "fs.file-max",
+        ] {
+            let e = sysctl_is_namespaced(global, true, true).unwrap_err();
+            assert!(e.contains("not namespaced"), "{global}: {e}");
+        }
+    }
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {

@@ -37,6 +37,8 @@ echo "cwd=$(pwd)"
 echo "umask=$(umask)"
 echo "oom_score_adj=$(cat /proc/$$/oom_score_adj)"
 echo "id=$(id)"
+echo "shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced)"
+kill -TERM $$ 2>/dev/null; echo "sigterm_to_pid1=survived"
 echo "rootdir=$(ls -A / | tr '\n' ' ')"
 mknod /tmp/probe-disk b 254 0 2>/dev/null && echo "mknod_disk=yes" || echo "mknod_disk=no"
 head -c 1 /tmp/probe-disk >/dev/null 2>&1 && echo "open_disk=yes" || echo "open_disk=no"
@@ -162,12 +164,16 @@ fn explained(key: &str, differences: &[(&str, &str)]) -> bool {
 struct Setup {
     ctd: Containerd,
     shim_config: PathBuf,
+    dir: PathBuf,
 }
 
 impl Setup {
     fn start() -> Setup {
         hull_tests::ensure_qemu_tools();
-        let dir = std::env::temp_dir().join(format!("hull-runc-diff-{}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hull-runc-diff-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let shim_config = dir.join("shim.toml");
         let ctd = Containerd::start(ContainerdOptions {
@@ -177,7 +183,45 @@ impl Setup {
         ctd.write_hull_shim_config(&shim_config, "");
         ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
         ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image_as(USER_IMAGE, "1000:1000"));
-        Setup { ctd, shim_config }
+        Setup { ctd, shim_config, dir }
+    }
+
+    /// A busybox root directory for whole specs (`ctr run --config`), built once.
+    fn rootfs(&self) -> PathBuf {
+        let rootfs = self.dir.join("rootfs");
+        if !rootfs.join("bin/busybox").exists() {
+            let st = std::process::Command::new("bash")
+                .arg(hull_tests::repo_root().join("tests/rootfs/busybox.sh"))
+                .arg(&rootfs)
+                .status()
+                .unwrap();
+            assert!(st.success(), "building the rootfs");
+        }
+        rootfs
+    }
+
+    /// `ctr run --rm --config` of the probe under `runtime`: `ctr oci spec`'s default spec with the probe as
+    /// the process, the busybox directory as a read-only root, then `edit`.
+    fn probe_spec(&self, runtime: &str, id: &str, edit: &dyn Fn(&mut serde_json::Value)) -> CmdOutput {
+        let out = self.ctd.ctr(&["oci", "spec"]);
+        let mut spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", PROBE]);
+        spec["process"]["terminal"] = false.into();
+        // ctr's default spec has no environment; runc finds `sh` through PATH only (hull would fall back to a
+        // default PATH).
+        spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+        spec["root"] = serde_json::json!({ "path": self.rootfs().to_string_lossy(), "readonly": true });
+        edit(&mut spec);
+        let path = self.dir.join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let cfg = self.shim_config.to_string_lossy().to_string();
+        let path = path.to_string_lossy().to_string();
+        let mut args = vec!["run", "--rm", "--runtime", runtime];
+        if runtime == HULL_RUNTIME {
+            args.extend(["--runtime-config-path", cfg.as_str()]);
+        }
+        args.extend(["--config", path.as_str(), id]);
+        self.ctd.ctr(&args)
     }
 
     /// `ctr run --rm` of the probe under `runtime` with `options` and `image`.
@@ -193,10 +237,21 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs the probe with runc and with hull; returns the differences not explained by [`vm_differences`].
 fn compare(s: &Setup, case: &str, options: &[&str], image: &str) -> Vec<String> {
     let runc = s.probe(RUNC_RUNTIME, options, image, &format!("diff-runc-{case}"));
     let hull = s.probe(HULL_RUNTIME, options, image, &format!("diff-hull-{case}"));
+    differences(case, &runc, &hull, &[])
+}
+
+/// The differences between what runc's and hull's probes saw that [`vm_differences`] does not explain.
+fn differences(case: &str, runc: &CmdOutput, hull: &CmdOutput, also: &[(&str, &str)]) -> Vec<String> {
     let mut diffs = Vec::new();
     if runc.code() != hull.code() {
         diffs.push(format!(
@@ -223,7 +278,8 @@ fn compare(s: &Setup, case: &str, options: &[&str], image: &str) -> Vec<String> 
         "{case}: runc's probe ran in {:?}",
         kernel(&r)
     );
-    let differences = vm_differences();
+    let mut differences = vm_differences();
+    differences.extend_from_slice(also);
     let keys: BTreeSet<&String> = r.keys().chain(h.keys()).collect();
     for key in keys {
         let (a, b) = (r.get(key), h.get(key));
@@ -268,6 +324,79 @@ fn what_the_container_sees_matches_runc() {
         cases.len(),
         explained.join("\n")
     ));
+    assert!(
+        all.is_empty(),
+        "hull differs from runc:\n{}\n{}",
+        all.join("\n"),
+        s.ctd.report()
+    );
+}
+
+/// With a root directory instead of an image, runc uses the directory in place (the host's file system);
+/// hull packs it into a disk image under an overlay.
+const ROOT_DIRECTORY: [(&str, &str); 2] = [
+    (
+        "mount./",
+        "a root directory: runc mounts it in place (the host's file system), hull packs it into an image",
+    ),
+    ("mount./var", "the same for a read-only path under that root"),
+];
+
+/// Whole specs (`ctr run --config`), for what `ctr run`'s flags cannot say: user and additional groups,
+/// rlimits, hostname and sysctls, masked and read-only paths, a minimal capability set.
+#[test]
+fn a_whole_spec_is_seen_as_under_runc() {
+    if !is_root() {
+        skip("a_whole_spec_is_seen_as_under_runc", "needs root for containerd");
+        return;
+    }
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 5] = [
+        ("user-and-groups", |s| {
+            s["process"]["user"] = serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [10, 20] });
+        }),
+        ("rlimits", |s| {
+            s["process"]["rlimits"] = serde_json::json!([
+                { "type": "RLIMIT_NOFILE", "soft": 256, "hard": 512 },
+                { "type": "RLIMIT_CORE", "soft": 0, "hard": 0 },
+                { "type": "RLIMIT_NPROC", "soft": 100, "hard": 200 },
+            ]);
+        }),
+        ("hostname-and-sysctl", |s| {
+            s["hostname"] = "probe-host".into();
+            s["linux"]["sysctl"] = serde_json::json!({ "kernel.shm_rmid_forced": "1" });
+        }),
+        ("masked-and-read-only-paths", |s| {
+            s["linux"]["maskedPaths"]
+                .as_array_mut()
+                .unwrap()
+                .push("/etc/group".into());
+            s["linux"]["readonlyPaths"].as_array_mut().unwrap().push("/var".into());
+        }),
+        ("capabilities-minimal", |s| {
+            let one = serde_json::json!(["CAP_KILL"]);
+            for set in ["bounding", "effective", "permitted"] {
+                s["process"]["capabilities"][set] = one.clone();
+            }
+        }),
+    ];
+    let s = Setup::start();
+    let mut all = Vec::new();
+    for (case, edit) in cases {
+        let runc = s.probe_spec(RUNC_RUNTIME, &format!("spec-runc-{case}"), &edit);
+        let hull = s.probe_spec(HULL_RUNTIME, &format!("spec-hull-{case}"), &edit);
+        all.extend(differences(case, &runc, &hull, &ROOT_DIRECTORY));
+    }
+    // A sysctl no namespace of the container scopes would change the whole kernel (the guest's, for hull):
+    // both refuse to create the container.
+    let global: Edit = |s| s["linux"]["sysctl"] = serde_json::json!({ "kernel.core_pattern": "|/tmp/x" });
+    let runc = s.probe_spec(RUNC_RUNTIME, "spec-runc-global-sysctl", &global);
+    let hull = s.probe_spec(HULL_RUNTIME, "spec-hull-global-sysctl", &global);
+    assert!(!runc.success() && runc.stderr.contains("core_pattern"), "{runc:?}");
+    assert!(
+        !hull.success() && hull.stderr.contains("kernel.core_pattern is not namespaced"),
+        "{hull:?}"
+    );
     assert!(
         all.is_empty(),
         "hull differs from runc:\n{}\n{}",
