@@ -404,3 +404,53 @@ fn a_whole_spec_is_seen_as_under_runc() {
         s.ctd.report()
     );
 }
+
+/// A signal from outside (`ctr task kill`) to a PID-1 program without a handler: runc's kernel drops SIGTERM
+/// and so does hull's guest kernel; SIGKILL ends it under both, with status 137.
+#[test]
+fn pid_1_gets_only_the_signals_it_handles_as_under_runc() {
+    if !is_root() {
+        skip(
+            "pid_1_gets_only_the_signals_it_handles_as_under_runc",
+            "needs root for containerd",
+        );
+        return;
+    }
+    let s = Setup::start();
+    let cfg = s.shim_config.to_string_lossy().to_string();
+    let mut seen = Vec::new();
+    for runtime in [RUNC_RUNTIME, HULL_RUNTIME] {
+        let id = format!("sig-{}", if runtime == HULL_RUNTIME { "hull" } else { "runc" });
+        let mut args = vec!["run", "-d", "--runtime", runtime];
+        if runtime == HULL_RUNTIME {
+            args.extend(["--runtime-config-path", cfg.as_str()]);
+        }
+        args.extend([BUSYBOX_IMAGE, id.as_str(), "sleep", "600"]);
+        let out = s.ctd.ctr(&args);
+        assert!(out.success(), "{runtime}: {out:?}");
+        let running = |s: &Setup| {
+            s.ctd
+                .ctr(&["task", "ls"])
+                .stdout
+                .lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING"))
+        };
+        assert!(s.ctd.ctr(&["task", "kill", "-s", "SIGTERM", &id]).success());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let after_term = running(&s);
+        assert!(s.ctd.ctr(&["task", "kill", "-s", "SIGKILL", &id]).success());
+        let t0 = std::time::Instant::now();
+        while running(&s) && t0.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let del = s.ctd.ctr(&["task", "delete", &id]);
+        let status_137 = del.stdout.contains("137") || del.stderr.contains("137");
+        let _ = s.ctd.ctr(&["container", "rm", &id]);
+        seen.push((runtime, after_term, status_137));
+    }
+    assert_eq!(
+        seen,
+        vec![(RUNC_RUNTIME, true, true), (HULL_RUNTIME, true, true)],
+        "(runtime, still running after SIGTERM, status 137 after SIGKILL)"
+    );
+}
