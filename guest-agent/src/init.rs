@@ -130,6 +130,13 @@ fn console_on(slave: &OwnedFd) {
     }
 }
 
+/// The container's program leads a session of its own, with or without a terminal, as runc's does (with a
+/// terminal, `PreparedProcess` makes it the controlling one; setsid there then fails harmlessly).
+fn new_session() {
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+}
+
 /// Puts the slave on fds 0-2 (in the child that becomes the process).
 fn attach_slave(slave: RawFd) {
     for fd in 0..3 {
@@ -248,6 +255,7 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         if let Some((_, slave)) = &pty {
             attach_slave(slave.as_raw_fd());
         }
+        new_session();
         let _ = prepared.exec();
         // SAFETY: leaving the child without running our parent's exit handlers.
         unsafe { libc::_exit(127) };
@@ -272,6 +280,7 @@ fn become_the_program(ch: &mut Channel, prepared: &PreparedProcess, process: &Pr
     if let Some(slave) = slave {
         attach_slave(slave.as_raw_fd());
     }
+    new_session();
     let _ = prepared.exec();
     // SAFETY: leaving without running exit handlers, as the forked child does.
     unsafe { libc::_exit(127) }

@@ -38,6 +38,9 @@ echo "umask=$(umask)"
 echo "oom_score_adj=$(cat /proc/$$/oom_score_adj)"
 echo "id=$(id)"
 echo "shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced)"
+echo "tty=$(tty 2>&1)"
+stty -g >/dev/null 2>&1 && echo "stty=$(stty -g)"
+read -r _ _ state ppid pgrp sid ttynr _ < /proc/$$/stat; echo "stat=$ppid $pgrp $sid $ttynr"
 kill -TERM $$ 2>/dev/null; echo "sigterm_to_pid1=survived"
 echo "rootdir=$(ls -A / | tr '\n' ' ')"
 mknod /tmp/probe-disk b 254 0 2>/dev/null && echo "mknod_disk=yes" || echo "mknod_disk=no"
@@ -234,6 +237,40 @@ impl Setup {
         args.extend_from_slice(options);
         args.extend([image, id, "sh", "-c", PROBE]);
         self.ctd.ctr(&args)
+    }
+}
+
+impl Setup {
+    /// `ctr run --rm -t` of the probe under `runtime`, inside `script`, which gives ctr the terminal it
+    /// wants on its side.
+    fn probe_tty(&self, runtime: &str, id: &str) -> CmdOutput {
+        let cfg = self.shim_config.to_string_lossy().to_string();
+        let extra = if runtime == HULL_RUNTIME {
+            format!("--runtime-config-path {cfg}")
+        } else {
+            String::new()
+        };
+        let probe = self.dir.join("probe.sh");
+        std::fs::write(&probe, PROBE).unwrap();
+        let ctr = format!(
+            "stty rows 30 cols 100; ctr --address {} run --rm -t --runtime {runtime} {extra} \
+             --mount type=bind,src={},dst=/probe.sh,options=rbind:ro {BUSYBOX_IMAGE} {id} sh /probe.sh",
+            self.ctd.socket().display(),
+            probe.display()
+        );
+        let child = std::process::Command::new("script")
+            .args(["-qec", &ctr, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        CmdOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
     }
 }
 
@@ -453,4 +490,29 @@ fn pid_1_gets_only_the_signals_it_handles_as_under_runc() {
         vec![(RUNC_RUNTIME, true, true), (HULL_RUNTIME, true, true)],
         "(runtime, still running after SIGTERM, status 137 after SIGKILL)"
     );
+}
+
+/// With a terminal (`ctr run -t`): the same probe sees the same terminal, settings and session.
+#[test]
+fn a_terminal_is_seen_as_under_runc() {
+    if !is_root() {
+        skip("a_terminal_is_seen_as_under_runc", "needs root for containerd");
+        return;
+    }
+    let s = Setup::start();
+    let runc = s.probe_tty(RUNC_RUNTIME, "tty-runc");
+    let hull = s.probe_tty(HULL_RUNTIME, "tty-hull");
+    assert!(
+        parse(&hull.stdout)
+            .get("tty")
+            .is_some_and(|t| t.starts_with("/dev/pts/")),
+        "{hull:?}"
+    );
+    // The probe comes in as a file mount: runc binds it, hull copies it into the guest.
+    let file_mount = [(
+        "mount./probe.sh",
+        "a file mount: runc binds the host's file, hull copies it into the guest",
+    )];
+    let diffs = differences("tty", &runc, &hull, &file_mount);
+    assert!(diffs.is_empty(), "hull differs from runc:\n{}", diffs.join("\n"));
 }
