@@ -6,6 +6,7 @@
 //! A packed image holds everything of its directory, a volume's secrets included: it is created 0600 (in the
 //! caller's 0700 directory) before `mkfs.ext4` writes into it, and `mkfs.ext4` runs with umask 077.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -61,37 +62,14 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     let (bytes, entries) = tree_size(rootfs).map_err(|e| ImageError::Io(name.clone(), e))?;
     let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
     let image = run_dir.join(format!("{name_in_dir}.ext4"));
-    let f = crate::guard::create_private_file(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    f.set_len(size)
-        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    drop(f);
-    let mut mkfs = Command::new("mkfs.ext4");
-    crate::guard::private_umask(&mut mkfs);
-    let out = mkfs
-        .args([
-            "-q",
-            "-F",
-            "-O",
-            "^has_journal",
-            "-b",
-            "4096",
-            "-N",
-            &(entries + 256).to_string(),
-            "-L",
-            name_in_dir,
-            "-d",
-        ])
-        .arg(rootfs)
-        .arg(&image)
-        .env("E2FSPROGS_FAKE_TIME", "0")
-        .output()
-        .map_err(|e| ImageError::Io("mkfs.ext4 (install e2fsprogs)".into(), e))?;
-    if !out.status.success() {
-        return Err(ImageError::Mkfs {
-            dir: name,
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let inodes = (entries + 256).to_string();
+    let extra = [
+        OsStr::new("-N"),
+        OsStr::new(&inodes),
+        OsStr::new("-d"),
+        rootfs.as_os_str(),
+    ];
+    make_ext4(&image, size, name_in_dir, &extra, &name)?;
     // mkfs.ext4 adds lost+found; a container's / shows only what its image holds, as under runc.
     if std::fs::symlink_metadata(rootfs.join("lost+found")).is_err() {
         let out = Command::new("debugfs")
@@ -115,6 +93,32 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     })
 }
 
+/// Creates `image` (owner-only, `size` bytes, sparse) and makes an ext4 file system labelled `label` in it:
+/// 4 KiB blocks, no journal, reproducible times, mkfs.ext4 under umask 077, plus `extra` options. `what`
+/// names the image in errors.
+fn make_ext4(image: &Path, size: u64, label: &str, extra: &[&OsStr], what: &str) -> Result<(), ImageError> {
+    let f = crate::guard::create_private_file(image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    f.set_len(size)
+        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
+    drop(f);
+    let mut mkfs = Command::new("mkfs.ext4");
+    crate::guard::private_umask(&mut mkfs);
+    let out = mkfs
+        .args(["-q", "-F", "-O", "^has_journal", "-b", "4096", "-L", label])
+        .args(extra)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", "0")
+        .output()
+        .map_err(|e| ImageError::Io("mkfs.ext4 (install e2fsprogs)".into(), e))?;
+    if !out.status.success() {
+        return Err(ImageError::Mkfs {
+            dir: what.to_string(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The default size of a VM's scratch disk (MiB): a sparse file, so only what containers write takes room.
 pub const DEFAULT_SCRATCH_MIB: u64 = 10 * 1024;
 /// The largest scratch disk (MiB): 16 TiB, ext4's limit with 4 KiB blocks and 32-bit block numbers.
@@ -126,37 +130,14 @@ pub const MAX_SCRATCH_MIB: u64 = 16 * 1024 * 1024 - 1;
 /// `containers/scratch.rs`).
 pub fn scratch(run_dir: &Path, name_in_dir: &str, size_mib: u64) -> Result<RootfsImage, ImageError> {
     let image = run_dir.join(format!("{name_in_dir}.ext4"));
-    let f = crate::guard::create_private_file(&image).map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    f.set_len(size_mib << 20)
-        .map_err(|e| ImageError::Io(image.display().to_string(), e))?;
-    drop(f);
-    let mut mkfs = Command::new("mkfs.ext4");
-    crate::guard::private_umask(&mut mkfs);
-    let out = mkfs
-        .args([
-            "-q",
-            "-F",
-            "-O",
-            "^has_journal",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-E",
-            "lazy_itable_init=1,nodiscard",
-            "-L",
-            name_in_dir,
-        ])
-        .arg(&image)
-        .env("E2FSPROGS_FAKE_TIME", "0")
-        .output()
-        .map_err(|e| ImageError::Io("mkfs.ext4 (install e2fsprogs)".into(), e))?;
-    if !out.status.success() {
-        return Err(ImageError::Mkfs {
-            dir: image.display().to_string(),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let what = image.display().to_string();
+    make_ext4(
+        &image,
+        size_mib << 20,
+        name_in_dir,
+        &["-m", "0", "-E", "lazy_itable_init=1,nodiscard"].map(OsStr::new),
+        &what,
+    )?;
     Ok(RootfsImage {
         path: image,
         fstype: "ext4",

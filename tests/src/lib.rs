@@ -34,6 +34,16 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds a busybox root directory at `dir` (`tests/rootfs/busybox.sh`), e.g. for a spec's `root.path`.
+pub fn build_busybox_rootfs(dir: &Path) {
+    let st = std::process::Command::new("bash")
+        .arg(repo_root().join("tests/rootfs/busybox.sh"))
+        .arg(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("running tests/rootfs/busybox.sh: {e}"));
+    assert!(st.success(), "building a busybox rootfs at {}", dir.display());
+}
+
 /// Installs QEMU, busybox-static and the other tools the QEMU guest tests need, when missing (once per
 /// test process), through `scripts/install-qemu.sh`.
 pub fn ensure_qemu_tools() {

@@ -193,12 +193,7 @@ impl Setup {
     fn rootfs(&self) -> PathBuf {
         let rootfs = self.dir.join("rootfs");
         if !rootfs.join("bin/busybox").exists() {
-            let st = std::process::Command::new("bash")
-                .arg(hull_tests::repo_root().join("tests/rootfs/busybox.sh"))
-                .arg(&rootfs)
-                .status()
-                .unwrap();
-            assert!(st.success(), "building the rootfs");
+            hull_tests::build_busybox_rootfs(&rootfs);
         }
         rootfs
     }

@@ -1121,12 +1121,7 @@ fn oci_hooks_run_on_the_host_with_the_state() {
     let dir = s.ctd.dir().join("hooks-test");
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&dir).unwrap();
-    let st = std::process::Command::new("bash")
-        .arg(hull_tests::repo_root().join("tests/rootfs/busybox.sh"))
-        .arg(&rootfs)
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the rootfs");
+    hull_tests::build_busybox_rootfs(&rootfs);
     let spec_of = |hooks: serde_json::Value| -> PathBuf {
         let out = s.ctd.ctr(&["oci", "spec"]);
         let mut spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
