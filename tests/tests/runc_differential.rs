@@ -209,6 +209,10 @@ impl Setup {
         // default PATH).
         spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
         spec["root"] = serde_json::json!({ "path": self.rootfs().to_string_lossy(), "readonly": true });
+        // ctr's default spec puts every container in "/default", the parent of every other ctr container's
+        // cgroup: runc cannot set a cgroup v1 device list on a cgroup with children. As `ctr run` does
+        // without --config: a cgroup of its own.
+        spec["linux"]["cgroupsPath"] = format!("/default/{id}").into();
         edit(&mut spec);
         let path = self.dir.join(format!("{id}.json"));
         std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();

@@ -1132,6 +1132,9 @@ fn oci_hooks_run_on_the_host_with_the_state() {
         ]);
         spec["process"]["terminal"] = false.into();
         spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
+        // A cgroup of its own, as `ctr run` gives without --config (the default spec says "/default", the
+        // parent of every ctr container's).
+        spec["linux"]["cgroupsPath"] = format!("/default/hooks-{}-{}", std::process::id(), unique()).into();
         spec["hooks"] = hooks;
         let path = dir.join(format!("spec-{}.json", unique()));
         std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
