@@ -43,6 +43,11 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     /// unshare(CLONE_NEWCGROUP) once in the container's cgroup.
     pub cgroup_ns: bool,
+    /// `hull-init` runs in a new user namespace (it is root there; its mounts are those a user namespace
+    /// allows, see `crate::rootfs`).
+    pub user_ns: bool,
+    /// A new time namespace with these offsets (the text of `/proc/self/timens_offsets`).
+    pub time_offsets: Option<String>,
     /// Leave AF_VSOCK open to the container's processes (otherwise `hull-init` installs the vsock filter).
     pub allow_vsock: bool,
     /// The container's id, its init's PID in the guest and its directory in the guest: what the guest-side

@@ -9,7 +9,7 @@
 //!   parent, reaps it for the exit status. A container with an init (`InitConfig::with_init`, as
 //!   `docker run --init`) instead gets `hull-init` as a small init: it forks the program, reaps orphans,
 //!   forwards signals to the program and reports the program's exact status (`Exited`) before exiting.
-//! - `hull-exec`: joins a running container (cgroup, then ipc/uts/net/pid/mnt namespaces of its init) and
+//! - `hull-exec`: joins a running container (cgroup, then user/ipc/uts/net/pid/cgroup/time/mnt namespaces of its init) and
 //!   starts one process there with clone(CLONE_PARENT), so the process is the agent's child and the agent
 //!   reaps it; reports its PID and exits.
 //!
@@ -32,16 +32,49 @@ use crate::sys::{cpath, cstr, cvt, ExitStatus};
 pub const INIT_ARGV0: &str = "hull-init";
 pub const EXEC_ARGV0: &str = "hull-exec";
 
+/// What the child does between the clone and the exec, besides setting up its descriptors.
+#[derive(Default)]
+pub struct ChildSetup<'a> {
+    /// Namespace descriptors it enters (setns), in order.
+    pub join: &'a [RawFd],
+    /// Set when the clone made a new user namespace: the child waits for one byte on this descriptor (the
+    /// agent has written its uid and gid maps by then), then becomes root of the namespace, keeping the
+    /// capabilities it has there, so `hull-init` starts as root with every capability, as runc's init does.
+    pub wait_for_maps: Option<RawFd>,
+}
+
+/// Runs `spawn` on a thread of its own whose children go to the PID namespace `ns` (setns with
+/// CLONE_NEWPID changes only the calling thread's children's namespace; the thread ends right after).
+pub fn in_pid_namespace(ns: RawFd, spawn: impl FnOnce() -> io::Result<i32> + Send) -> io::Result<i32> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a namespace descriptor the caller holds open.
+            cvt(unsafe { libc::setns(ns, libc::CLONE_NEWPID) })?;
+            spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+    })
+}
+
 /// Starts `/proc/self/exe` as `argv0` with `stdio` as fds 0-2 and `channel` as fd 3, in a child created with
-/// `clone_flags` (namespaces). The child only duplicates descriptors and execs: safe from a threaded agent.
-pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], channel: RawFd) -> io::Result<i32> {
+/// `clone_flags` (namespaces) and prepared as `setup` says. The child only makes system calls and execs:
+/// safe from a threaded agent.
+pub fn spawn_helper(
+    argv0: &str,
+    clone_flags: libc::c_int,
+    stdio: [RawFd; 3],
+    channel: RawFd,
+    setup: &ChildSetup,
+) -> io::Result<i32> {
     let exe = c"/proc/self/exe";
     let arg0 = cstr(argv0)?;
     let argv = [arg0.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
     let sources = [stdio[0], stdio[1], stdio[2], channel];
     // SAFETY: a fork-like clone (no new stack: the child runs on a copy of ours). The child calls only
-    // async-signal-safe functions (fcntl, dup2, close_range, execve, _exit) on data prepared above, then leaves.
+    // async-signal-safe functions (read, set*id, setns, fcntl, dup2, close_range, execve, _exit) on data
+    // prepared above, then leaves.
     unsafe {
         let pid = libc::syscall(
             libc::SYS_clone,
@@ -55,6 +88,27 @@ pub fn spawn_helper(argv0: &str, clone_flags: libc::c_int, stdio: [RawFd; 3], ch
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
+            if let Some(fd) = setup.wait_for_maps {
+                let mut byte = 0u8;
+                let n = loop {
+                    let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
+                    if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                        break n;
+                    }
+                };
+                if n != 1
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+                {
+                    libc::_exit(125);
+                }
+            }
+            for fd in setup.join {
+                if libc::setns(*fd, 0) != 0 {
+                    libc::_exit(125);
+                }
+            }
             // Move every source out of the way first so the dup2s below cannot clobber one another.
             let mut high = [0; 4];
             for (i, fd) in sources.iter().enumerate() {
@@ -192,7 +246,10 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         // SAFETY: unshare takes a flag word.
         cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map_err(|e| format!("unshare(cgroup): {e}"))?;
     }
-    crate::rootfs::setup(&cfg.spec, &cfg.rootfs).map_err(|e| e.to_string())?;
+    if let Some(offsets) = &cfg.time_offsets {
+        enter_new_time_namespace(offsets)?;
+    }
+    crate::rootfs::setup(&cfg.spec, &cfg.rootfs, cfg.user_ns).map_err(|e| e.to_string())?;
     if let Some(h) = cfg.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         // SAFETY: pointer and length of a live string.
         cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) }).map_err(|e| format!("sethostname: {e}"))?;
@@ -263,6 +320,21 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
     drop(pty);
     let _ = ch.send(&FromHelper::Started { pid: 0 });
     Ok(supervise(pid, &signals))
+}
+
+/// A new time namespace with `offsets`, entered by this process: unshare makes it for our children only,
+/// and the offsets can be written only before any process is in it; then setns moves us in (we are
+/// single-threaded), so the program we exec (or fork) sees the offset clocks.
+fn enter_new_time_namespace(offsets: &str) -> Result<(), String> {
+    // SAFETY: unshare takes a flag word.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWTIME) }).map_err(|e| format!("unshare(time): {e}"))?;
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", offsets).map_err(|e| format!("writing the time offsets: {e}"))?;
+    }
+    let ns = std::fs::File::open("/proc/self/ns/time_for_children").map_err(|e| format!("time namespace: {e}"))?;
+    // SAFETY: setns on a namespace descriptor we hold open.
+    cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWTIME) }).map_err(|e| format!("setns(time): {e}"))?;
+    Ok(())
 }
 
 /// Without an init: reports `Started`, then turns this process (PID 1 of the namespace) into the container's
@@ -358,7 +430,7 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
     // Open every namespace first: /proc changes meaning once we are in the container's mount namespace.
     let mut fds = Vec::new();
     for ns in &cfg.namespaces {
-        if !["ipc", "uts", "net", "pid", "mnt", "cgroup"].contains(&ns.as_str()) {
+        if !["user", "ipc", "uts", "net", "pid", "mnt", "cgroup", "time"].contains(&ns.as_str()) {
             return Err(format!("unknown namespace {ns}"));
         }
         let path = PathBuf::from(format!("/proc/{}/ns/{ns}", cfg.init_pid));

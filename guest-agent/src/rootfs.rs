@@ -186,7 +186,7 @@ fn parse_options(options: &[String]) -> (libc::c_ulong, libc::c_ulong, String) {
     (flags, prop, data.join(","))
 }
 
-fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
+fn mount_one(rootfs: &Path, m: &Mount, user_ns: bool) -> Result<(), RootfsError> {
     let options = m.options().clone().unwrap_or_default();
     let (flags, prop, data) = parse_options(&options);
     let declared = m.typ().clone().unwrap_or_else(|| "none".into());
@@ -224,19 +224,66 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), RootfsError> {
             None,
         )
         .map_err(err)?;
-        let rest = flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        let mut rest = flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if rest != 0 {
+            if user_ns {
+                rest |= statvfs_flags(&target).map_err(err)? & LOCKED_FLAGS;
+            }
             mount(None, &target, None, libc::MS_BIND | libc::MS_REMOUNT | rest, None).map_err(err)?;
         }
     } else {
         let data = if fstype == "cgroup2" { String::new() } else { data };
-        mount(Some(&source), &target, Some(&fstype), flags, Some(&data)).map_err(err)?;
+        match mount(Some(&source), &target, Some(&fstype), flags, Some(&data)) {
+            Err(e) if user_ns && e.raw_os_error() == Some(libc::EPERM) && guest_copy(&fstype).is_some() => {
+                let from = guest_copy(&fstype).unwrap_or_default();
+                mount(Some(from), &target, None, libc::MS_BIND, None).map_err(err)?;
+                let kept = statvfs_flags(&target).map_err(err)? & LOCKED_FLAGS;
+                mount(
+                    None,
+                    &target,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | flags | kept,
+                    None,
+                )
+                .map_err(err)?;
+            }
+            r => r.map_err(err)?,
+        }
     }
     if prop != 0 {
         mount(None, &target, None, prop, None).map_err(err)?;
     }
     Ok(())
 }
+
+/// A sysfs of the guest's with nothing mounted under it (the guest's /sys has its root cgroup at
+/// /sys/fs/cgroup): what a user-namespaced container without a network namespace of its own binds as /sys.
+pub const BARE_SYSFS: &str = "/run/hull/sysfs";
+
+/// Mounts [`BARE_SYSFS`] (read-only) unless it is there: the agent calls it before it starts a container in a
+/// user namespace.
+pub fn ensure_bare_sysfs() -> io::Result<()> {
+    let at = Path::new(BARE_SYSFS);
+    if at.join("kernel").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(at)?;
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(Some("sysfs"), at, Some("sysfs"), flags, None)
+}
+
+/// The guest's mount a user-namespaced container binds when it may not mount a file system of this type.
+fn guest_copy(fstype: &str) -> Option<&'static str> {
+    match fstype {
+        "sysfs" => Some(BARE_SYSFS),
+        "mqueue" => Some("/dev/mqueue"),
+        _ => None,
+    }
+}
+
+/// Per-mount flags a bind remount must keep (the kernel refuses to clear them in a user namespace, and runc
+/// keeps them anyway).
+const LOCKED_FLAGS: libc::c_ulong = libc::ST_NOSUID | libc::ST_NODEV | libc::ST_NOEXEC;
 
 /// Character devices every container gets when its /dev is a fresh tmpfs: (name, major, minor).
 const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
@@ -248,10 +295,13 @@ const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
-fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
+fn create_devices(rootfs: &Path, spec: &Spec, user_ns: bool) -> Result<(), RootfsError> {
     let dev = rootfs.join("dev");
     let mknod = |path: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32| -> io::Result<()> {
         let _ = std::fs::remove_file(path);
+        if user_ns {
+            return bind_guest_device(path, major, minor);
+        }
         let p = cpath(path)?;
         // SAFETY: `p` is a valid C string; mknod takes plain values otherwise.
         cvt(unsafe { libc::mknod(p.as_ptr(), kind | mode as libc::mode_t, libc::makedev(major, minor)) })?;
@@ -286,7 +336,7 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
             u32::try_from(d.minor()).unwrap_or(0),
         );
         mknod(&path, kind, d.file_mode().unwrap_or(0o666) & 0o7777, major, minor).map_err(step("creating a device"))?;
-        if let (Some(uid), Some(gid)) = (d.uid(), d.gid()) {
+        if let (Some(uid), Some(gid), false) = (d.uid(), d.gid(), user_ns) {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(step("chown of a device"))?;
         }
     }
@@ -304,8 +354,34 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// In a user namespace no device node can be made: the guest's node with the same numbers is bound onto an
+/// empty file at `path`, as runc binds the host's. The guest's /dev (devtmpfs) has every device its kernel has.
+fn bind_guest_device(path: &Path, major: u32, minor: u32) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let wanted = libc::makedev(major, minor);
+    let source = std::fs::read_dir("/dev")?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|md| {
+                (md.file_type().is_char_device() || md.file_type().is_block_device()) && md.rdev() == wanted
+            })
+        })
+        .ok_or_else(|| io::Error::other(format!("the guest has no device {major}:{minor} to bind")))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    mount(Some(&source.to_string_lossy()), path, None, libc::MS_BIND, None)
+}
+
 /// Builds the view and pivots into it. Called in `hull-init`, in its own mount namespace.
-pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
+/// `user_ns`: we are root of a new user namespace, so what only the guest's root may do is done as runc does
+/// it there: device nodes are bind mounts of the guest's, and sysfs or mqueue, which the kernel refuses to
+/// mount without a network or IPC namespace of our own, become binds of the guest's.
+pub fn setup(spec: &Spec, rootfs: &Path, user_ns: bool) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the agent's namespace.
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(step("making / private"))?;
     mount(
@@ -319,13 +395,13 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
     let rootfs = rootfs.canonicalize().map_err(step("resolving the rootfs"))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
-        mount_one(&rootfs, m)?;
+        mount_one(&rootfs, m, user_ns)?;
     }
     let dev_is_tmpfs = mounts
         .iter()
         .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
     if dev_is_tmpfs {
-        create_devices(&rootfs, spec)?;
+        create_devices(&rootfs, spec, user_ns)?;
     }
     pivot(&rootfs)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -359,11 +435,12 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
         read_only(Path::new(&p))?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+        let kept = statvfs_flags(Path::new("/")).map_err(step("making the rootfs read-only"))? & LOCKED_FLAGS;
         mount(
             None,
             Path::new("/"),
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
             None,
         )
         .map_err(step("making the rootfs read-only"))?;
@@ -459,7 +536,7 @@ fn read_only(path: &Path) -> Result<(), RootfsError> {
     .map_err(err)?;
     // A bind remount sets every per-mount flag: keep the nosuid/nodev/noexec the mount had (as runc does),
     // so /proc/sys stays as restricted as /proc.
-    let kept = statvfs_flags(path).map_err(err)? & (libc::ST_NOSUID | libc::ST_NODEV | libc::ST_NOEXEC);
+    let kept = statvfs_flags(path).map_err(err)? & LOCKED_FLAGS;
     mount(
         None,
         path,

@@ -63,9 +63,15 @@ pub fn prepare(rootfs: &Path, run_dir: &Path, name_in_dir: &str) -> Result<Rootf
     let size = (bytes + bytes / 5 + (entries + 64) * 4096 + (8 << 20)).div_ceil(1 << 20) << 20;
     let image = run_dir.join(format!("{name_in_dir}.ext4"));
     let inodes = (entries + 256).to_string();
+    // mkfs.ext4 -d copies the owners of what is inside, but the root directory would be the caller's: give it
+    // the directory's own (a user-namespaced container's root owns its `/`, as under runc).
+    use std::os::unix::fs::MetadataExt;
+    let root_owner = format!("root_owner={}:{}", md.uid(), md.gid());
     let extra = [
         OsStr::new("-N"),
         OsStr::new(&inodes),
+        OsStr::new("-E"),
+        OsStr::new(&root_owner),
         OsStr::new("-d"),
         rootfs.as_os_str(),
     ];

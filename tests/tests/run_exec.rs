@@ -432,3 +432,100 @@ fn a_second_container_in_the_same_vm_and_the_error_codes() {
     agent.signal_process(ctx(), &s).unwrap();
     assert_eq!(run.finish().code(), 137);
 }
+
+/// The output of container `id`'s program, from its start to its exit (status 0 asserted).
+fn run_to_end(agent: &AgentClient, uds: &std::path::Path, id: &str) -> String {
+    let mut out_stream = {
+        let mut s = hybrid::connect(uds, STDIO_PORT).unwrap();
+        let req = StdioRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            stream: Stream::Stdout,
+        };
+        hull_agent_protocol::stdio::open(&mut s, &req).unwrap();
+        s
+    };
+    let mut c = ContainerRequest::new();
+    c.container_id = id.into();
+    agent.start_container(ctx(), &c).unwrap();
+    let mut out = String::new();
+    out_stream.read_to_string(&mut out).unwrap();
+    let mut w = ProcessRequest::new();
+    w.container_id = id.into();
+    assert_eq!(agent.wait_process(ctx(), &w).unwrap().exit_code, 0, "{id}: {out}");
+    out
+}
+
+/// Namespaces from the spec beyond new ones: a second container joins the first one's PID namespace by the
+/// agent's name for it (`/run/hull/ns/<container>/pid`, what the shim makes of CRI's shared PID namespace)
+/// and has a time namespace of its own with the boot-time clock 1000 days ahead. A host path, an unknown
+/// container, or a user namespace without maps are refused with INVALID_ARGUMENT and a message naming them.
+#[test]
+fn a_container_joins_another_ones_pid_namespace_and_gets_a_time_namespace() {
+    let mut run = HullRun::spawn(command(ALL_CALLS, &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let uds = vsock_of(run.pid());
+    let agent = client(&uds);
+    let spec = |namespaces: serde_json::Value, extra: serde_json::Value| {
+        let mut s: serde_json::Value = serde_json::from_slice(&spec_json(&[
+            "sh",
+            "-c",
+            "echo \"pid1=$(tr '\\0' ' ' < /proc/1/cmdline)\"; read up _ < /proc/uptime; echo \"uptime=${up%%.*}\"",
+        ]))
+        .unwrap();
+        s["linux"] = extra;
+        s["linux"]["namespaces"] = namespaces;
+        serde_json::to_vec(&s).unwrap()
+    };
+    let joined = spec(
+        serde_json::json!([{ "type": "pid", "path": "/run/hull/ns/run/pid" }, { "type": "mount" }, { "type": "time" }]),
+        serde_json::json!({ "timeOffsets": { "boottime": { "secs": 86_400_000u64 } } }),
+    );
+    agent
+        .create_container(ctx(), &create_request("joins", joined, "serial:rootfs"))
+        .unwrap();
+    let out = run_to_end(&agent, &uds, "joins");
+    assert!(
+        out.contains("pid1=sleep 600 "),
+        "PID 1 is the first container's program: {out}"
+    );
+    let up: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("uptime="))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime: {out}"));
+    assert!((86_400_000..86_500_000).contains(&up), "uptime {up}: {out}");
+
+    for (name, namespaces, extra, says) in [
+        (
+            "host-path",
+            serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "network", "path": "/proc/1/ns/net" }]),
+            serde_json::json!({}),
+            "not inside this VM",
+        ),
+        (
+            "no-such",
+            serde_json::json!([{ "type": "pid", "path": "/run/hull/ns/nosuch/pid" }, { "type": "mount" }]),
+            serde_json::json!({}),
+            "no container nosuch",
+        ),
+        (
+            "no-maps",
+            serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "user" }]),
+            serde_json::json!({}),
+            "needs uidMappings",
+        ),
+    ] {
+        let e = agent
+            .create_container(ctx(), &create_request(name, spec(namespaces, extra), "serial:rootfs"))
+            .unwrap_err();
+        let text = format!("{e:?}");
+        assert!(text.contains(says), "{name}: {text}");
+        assert_eq!(code_of(e), ttrpc::Code::INVALID_ARGUMENT, "{name}");
+    }
+    let mut s = SignalProcessRequest::new();
+    s.container_id = "run".into();
+    s.signal = 9;
+    agent.signal_process(ctx(), &s).unwrap();
+    assert_eq!(run.finish().code(), 137);
+}

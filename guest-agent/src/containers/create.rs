@@ -4,23 +4,25 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hull_agent_protocol::agent::{File as HostFile, StdioConfig, Storage};
 use hull_agent_protocol::ids::validate_id;
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
+use oci_spec::runtime::{Mount, Process, Spec};
 
 use crate::cgroup::Cgroup;
 use crate::channel::Channel;
 use crate::helper_protocol::{FromHelper, InitConfig, ToHelper};
-use crate::init::{spawn_helper, INIT_ARGV0};
+use crate::init::{in_pid_namespace, spawn_helper, ChildSetup, INIT_ARGV0};
 use crate::reaper::Reaper;
 use crate::sys::{mount, umount_detach};
 
 use super::block_device::{prepare_block_device, resolve_device};
 use super::error::{io_err, AgentError};
+use super::namespaces::Join;
 use super::{Agent, Container, ProcessEntry, State, HELPER_TIMEOUT, MAX_FILE_BYTES, STATE_DIR};
 
 const MAX_FILES: usize = 64;
@@ -97,7 +99,46 @@ fn check_fstype(t: &str) -> Result<&str, AgentError> {
     }
 }
 
+/// Writes a child's uid_map and gid_map (each in one write, as the kernel wants). The agent is root in the
+/// parent user namespace, so the maps may name any host ids and setgroups stays allowed.
+fn write_id_maps(pid: i32, uid_map: &str, gid_map: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)
+}
+
+/// The overlay's upper directory is the root of the merged view: it gets the owner and mode of the image's
+/// root, as the rootfs directory keeps them under runc (a user-namespaced container's root owns its `/`).
+fn upper_like_image(image: &Path, upper: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = std::fs::metadata(image)?;
+    std::os::unix::fs::chown(upper, Some(md.uid()), Some(md.gid()))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+}
+
 impl Agent {
+    /// Opens the namespaces a spec joins, from the inits of the containers they belong to.
+    fn open_joins(&self, joins: &[Join]) -> Result<Vec<(&'static str, File)>, AgentError> {
+        let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        joins
+            .iter()
+            .map(|j| {
+                let c = containers.get(&j.container).ok_or_else(|| {
+                    AgentError::BadSpec(format!("namespace {}: no container {} in this VM", j.name, j.container))
+                })?;
+                if c.is_stopped() {
+                    return Err(AgentError::BadSpec(format!(
+                        "namespace {}: container {} has stopped",
+                        j.name, j.container
+                    )));
+                }
+                let path = super::namespaces::init_ns_path(c.init.pid, j.name);
+                File::open(&path)
+                    .map(|f| (j.name, f))
+                    .map_err(io_err(format!("opening {}", path.display())))
+            })
+            .collect()
+    }
+
     pub fn create(
         &self,
         id: &str,
@@ -185,6 +226,8 @@ impl Agent {
             for d in ["upper", "work"] {
                 std::fs::create_dir_all(rw.join(d)).map_err(io_err("mkdir upper/work"))?;
             }
+            upper_like_image(&image, &rw.join("upper"))
+                .map_err(io_err("giving the upper layer the image root's owner"))?;
             let root = dir.join("rootfs");
             std::fs::create_dir_all(&root).map_err(io_err("mkdir rootfs"))?;
             let data = format!(
@@ -225,8 +268,9 @@ impl Agent {
         }
         spec.set_mounts(Some(spec_mounts));
 
-        // Namespaces: the ones the spec lists (paths to join are not supported: one VM is one sandbox).
+        // Namespaces: new ones, and joins of other containers' in this VM (see `namespaces`).
         let linux = spec.linux().clone().unwrap_or_default();
+        let ns = super::namespaces::plan(&linux).map_err(AgentError::BadSpec)?;
         // Compiled here too, so a bad profile fails CreateContainer with a clear error.
         if let Some(profile) = linux.seccomp() {
             crate::seccomp::compile(profile).map_err(|e| AgentError::BadSpec(e.to_string()))?;
@@ -237,36 +281,15 @@ impl Agent {
             Some(d) if !d.is_empty() => Some(crate::device_filter::rules(d).map_err(AgentError::BadSpec)?),
             _ => None,
         };
-        let mut clone_flags = 0;
-        let mut names = Vec::new();
-        let mut cgroup_ns = false;
-        for ns in linux.namespaces().clone().unwrap_or_default() {
-            if ns.path().is_some() {
-                return Err(AgentError::BadSpec(
-                    "joining an existing namespace by path is not supported".into(),
-                ));
-            }
-            let (flag, name) = match ns.typ() {
-                LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
-                LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
-                LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
-                LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
-                LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "net"),
-                LinuxNamespaceType::Cgroup => {
-                    cgroup_ns = true;
-                    (0, "cgroup")
-                }
-                other => return Err(AgentError::BadSpec(format!("namespace {other:?} is not supported"))),
-            };
-            clone_flags |= flag;
-            names.push(name.to_string());
+        let joins = self.open_joins(&ns.joins)?;
+        if ns.id_maps.is_some() {
+            crate::rootfs::ensure_bare_sysfs().map_err(io_err("mounting the sysfs user namespaces bind"))?;
         }
-        if clone_flags & libc::CLONE_NEWNS == 0 {
-            return Err(AgentError::BadSpec("a mount namespace is required".into()));
-        }
-        // setns order for hull-exec: the mount namespace last, after /proc/<pid>/ns was read.
-        names.sort_by_key(|n| n == "mnt");
-
+        // A new user namespace: the child waits on this pipe until its id maps are written.
+        let maps_pipe = match ns.id_maps {
+            Some(_) => Some(crate::sys::pipe().map_err(io_err("pipe"))?),
+            None => None,
+        };
         let cgroup = Cgroup::create(id)?;
         let limited = || -> Result<(), AgentError> {
             if let Some(r) = linux.resources() {
@@ -285,17 +308,38 @@ impl Agent {
         let (pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
             .map_err(io_err("creating stdio pipes"))?;
         let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
-        let pid = spawn_helper(INIT_ARGV0, clone_flags, child.raw(), helper_end.as_raw_fd())
-            .map_err(io_err("starting hull-init"))?;
+        let child_joins: Vec<_> = joins
+            .iter()
+            .filter(|(n, _)| *n != "pid")
+            .map(|(_, f)| f.as_raw_fd())
+            .collect();
+        let setup = ChildSetup {
+            join: &child_joins,
+            wait_for_maps: maps_pipe.as_ref().map(|(r, _)| r.as_raw_fd()),
+        };
+        let spawn = || spawn_helper(INIT_ARGV0, ns.clone_flags, child.raw(), helper_end.as_raw_fd(), &setup);
+        let pid = match joins.iter().find(|(n, _)| *n == "pid") {
+            Some((_, pid_ns)) => in_pid_namespace(pid_ns.as_raw_fd(), spawn),
+            None => spawn(),
+        }
+        .map_err(io_err("starting hull-init"))?;
         self.reaper.watch(pid);
         drop(child);
         drop(helper_end);
+        drop(joins);
         let fail = |e: AgentError, reaper: &Reaper| {
             let _ = crate::sys::kill(pid, libc::SIGKILL);
             reaper.wait(pid);
             let _ = cgroup.remove();
             e
         };
+        if let (Some((uid_map, gid_map)), Some((wait, release))) = (&ns.id_maps, maps_pipe) {
+            drop(wait);
+            let written = write_id_maps(pid, uid_map, gid_map).and_then(|()| (&release).write_all(&[1]));
+            if let Err(e) = written {
+                return Err(fail(io_err("writing the user namespace's id maps")(e), &self.reaper));
+            }
+        }
         if let Err(e) = cgroup.add_process(pid) {
             return Err(fail(e.into(), &self.reaper));
         }
@@ -306,7 +350,9 @@ impl Agent {
         let cfg = InitConfig {
             spec: spec.clone(),
             rootfs: root,
-            cgroup_ns,
+            cgroup_ns: ns.cgroup_ns,
+            user_ns: ns.id_maps.is_some(),
+            time_offsets: ns.time_offsets.clone(),
             allow_vsock,
             with_init: wants_init(spec),
             id: id.into(),
@@ -348,7 +394,7 @@ impl Agent {
             dir: dir.to_path_buf(),
             mounts: std::mem::take(mounts),
             cgroup,
-            namespaces: names,
+            namespaces: ns.names,
             seccomp: linux.seccomp().clone(),
             allow_vsock,
             copy_back: files.iter().filter(|f| f.copy_back).map(|f| f.name.clone()).collect(),

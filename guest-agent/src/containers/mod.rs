@@ -12,6 +12,7 @@
 mod block_device;
 mod create;
 mod error;
+mod namespaces;
 mod scratch;
 
 use std::collections::{HashMap, VecDeque};
@@ -113,6 +114,12 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
     state: Mutex<State>,
     oom_seen: Mutex<u64>,
+}
+
+impl Container {
+    fn is_stopped(&self) -> bool {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) == State::Stopped
+    }
 }
 
 pub struct Agent {
@@ -279,8 +286,8 @@ impl Agent {
         let (mut pio, child) = crate::stdio::make(stdio.stdin, stdio.stdout, stdio.stderr, terminal)
             .map_err(io_err("creating stdio pipes"))?;
         let (mut ch, helper_end) = Channel::pair().map_err(io_err("socketpair"))?;
-        let helper =
-            spawn_helper(EXEC_ARGV0, 0, child.raw(), helper_end.as_raw_fd()).map_err(io_err("starting hull-exec"))?;
+        let helper = spawn_helper(EXEC_ARGV0, 0, child.raw(), helper_end.as_raw_fd(), &Default::default())
+            .map_err(io_err("starting hull-exec"))?;
         self.reaper.watch(helper);
         drop(child);
         drop(helper_end);
