@@ -73,6 +73,9 @@ pub struct ShimConfig {
     pub agent_policy: String,
     /// The shim's log: `text` (containerd-shim's `key="value"` lines) or `json` (one object per line).
     pub log_format: crate::logging::LogFormat,
+    /// `hostNetwork` pods: `refuse` (RunPodSandbox fails naming the field) or `isolated` (the VM runs without
+    /// a NIC). hostPID and hostIPC pods are always refused.
+    pub host_network: crate::guest_spec::HostNetwork,
 }
 
 impl Default for ShimConfig {
@@ -94,6 +97,7 @@ impl Default for ShimConfig {
             jail: JailSection::default(),
             agent_policy: String::new(),
             log_format: crate::logging::LogFormat::Text,
+            host_network: crate::guest_spec::HostNetwork::Refuse,
         }
     }
 }

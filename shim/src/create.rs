@@ -314,6 +314,13 @@ fn read_bundle(req: &CreateTask) -> Result<Bundle, ShimError> {
     };
     let cfg = ShimConfig::load(req.config_path.as_deref())?;
     crate::logging::set_format(cfg.log_format);
+    if is_sandbox {
+        let warning = guest_spec::check_pod_namespaces(&spec, cfg.host_network)
+            .map_err(|source| ShimError::Spec { id: id.into(), source })?;
+        if let Some(w) = warning {
+            log::warn!("pod {id}: {w}");
+        }
+    }
     let guest = guest_spec::for_guest(spec).map_err(|source| ShimError::Spec { id: id.into(), source })?;
     for w in &guest.warnings {
         log::warn!("container {id}: {w}");

@@ -3,7 +3,9 @@
 //!
 //! - the network namespace goes (the pod's containers share the VM's interfaces), and so do ipc/uts
 //!   namespaces the spec joins by path (CRI points them at the sandbox's: sharing the VM's is that sharing);
-//!   a pid namespace given by path becomes a new one; the `hostname` goes with the uts namespace;
+//!   a container's pid namespace given by path (CRI's shared PID namespace) becomes the pod sandbox's, which
+//!   the agent joins; any other namespace path is the host's and refused; the `hostname` goes with the uts
+//!   namespace;
 //! - host bind mounts are carried over: a regular file up to 1 MiB (`/etc/hosts`, `/etc/resolv.conf`,
 //!   `/etc/hostname`, `/dev/termination-log`, secrets and config maps) is copied into the guest; a directory
 //!   (volumes, hostPath, emptyDir) is packed into an ext4 image given to the guest as a disk (a snapshot at
@@ -51,6 +53,77 @@ pub enum SpecError {
     BadDestination(String),
     #[error("reading mount source {path}: {source}")]
     ReadSource { path: PathBuf, source: std::io::Error },
+    #[error(
+        "linux.namespaces: the {kind} namespace at {path} is the host's; inside the VM a container can join only \
+         its pod sandbox's PID namespace (or give the container a {kind} namespace of its own)"
+    )]
+    HostNamespace { kind: String, path: PathBuf },
+    #[error(
+        "{field}: the pod asks for the host's {kind} namespace, but a hull pod runs in a VM of its own: the host's \
+         {what} are outside it. Run the pod without {field}, or with another RuntimeClass"
+    )]
+    HostNamespaceOfPod {
+        field: &'static str,
+        kind: &'static str,
+        what: &'static str,
+    },
+}
+
+/// How the shim treats a `hostNetwork` pod (the shim config's `host_network`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostNetwork {
+    /// RunPodSandbox fails, naming the field (the default: a VM cannot be on the host's network).
+    #[default]
+    Refuse,
+    /// The VM runs with no NIC at all (only its loopback), which the operator chose knowingly.
+    Isolated,
+}
+
+/// A CRI sandbox's spec leaves out the namespaces of the pod's `hostNetwork`, `hostPID` and `hostIPC`
+/// (the host's are shared). None of them can be shared with a VM: the host's processes, IPC objects and
+/// interfaces are outside it. Refused with an error naming the field, never run with a silent difference; only
+/// `hostNetwork` may be let through as a VM without a NIC when the operator configured so.
+pub fn check_pod_namespaces(spec: &Value, host_network: HostNetwork) -> Result<Option<String>, SpecError> {
+    let has = |kind: &str| {
+        spec["linux"]["namespaces"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["type"] == kind))
+    };
+    let fields = [
+        ("hostPID", "pid", "processes"),
+        ("hostIPC", "ipc", "IPC objects"),
+        ("hostNetwork", "network", "interfaces and ports"),
+    ];
+    let mut warning = None;
+    for (field, kind, what) in fields {
+        if has(kind) {
+            continue;
+        }
+        if field == "hostNetwork" && host_network == HostNetwork::Isolated {
+            warning = Some(
+                "hostNetwork: the pod's VM gets no network interface (shim config host_network = \"isolated\")".into(),
+            );
+            continue;
+        }
+        return Err(SpecError::HostNamespaceOfPod { field, kind, what });
+    }
+    Ok(warning)
+}
+
+/// The guest agent's name for a namespace of another container in the same VM (the agent's
+/// `containers/namespaces.rs`).
+fn guest_namespace(container: &str, kind: &str) -> String {
+    format!("/run/hull/ns/{container}/{kind}")
+}
+
+/// Whether `path` is `/proc/<pid>/ns/<kind>`, the form CRI gives for the pod sandbox's namespaces.
+fn is_proc_ns(path: &Path, kind: &str) -> bool {
+    let Some(rest) = path.to_str().and_then(|p| p.strip_prefix("/proc/")) else {
+        return false;
+    };
+    rest.split_once("/ns/")
+        .is_some_and(|(pid, k)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && k == kind)
 }
 
 /// A file copied into the guest.
@@ -103,6 +176,13 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
     let mut warnings = Vec::new();
     let mut netns = None;
     let mut keep_uts = true;
+    let sandbox = match (
+        spec["annotations"]["io.kubernetes.cri.container-type"].as_str(),
+        spec["annotations"]["io.kubernetes.cri.sandbox-id"].as_str(),
+    ) {
+        (Some("container"), Some(s)) if hull_agent_protocol::ids::validate_id(s).is_ok() => Some(s.to_string()),
+        _ => None,
+    };
     if let Some(nss) = spec["linux"]["namespaces"].as_array_mut() {
         let mut out = Vec::new();
         for ns in nss.drain(..) {
@@ -114,7 +194,12 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
                 }
                 ("ipc", Some(_)) => {}
                 ("uts", Some(_)) => keep_uts = false,
-                (_, Some(_)) => out.push(json!({ "type": t })),
+                // CRI's shared PID namespace (shareProcessNamespace): the sandbox's, which is in the VM.
+                ("pid", Some(p)) if sandbox.is_some() && is_proc_ns(&p, "pid") => {
+                    let s = sandbox.as_deref().unwrap_or_default();
+                    out.push(json!({ "type": "pid", "path": guest_namespace(s, "pid") }));
+                }
+                (_, Some(path)) => return Err(SpecError::HostNamespace { kind: t, path }),
                 (_, None) => out.push(ns),
             }
         }
@@ -280,6 +365,56 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(read_bounded(&fifo).unwrap(), b"");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_namespaces_of_a_pod_are_refused_by_name() {
+        let sandbox = |kinds: &[&str]| json!({ "linux": { "namespaces": kinds.iter().map(|k| json!({ "type": k })).collect::<Vec<_>>() } });
+        let all = sandbox(&["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(check_pod_namespaces(&all, HostNetwork::Refuse).unwrap(), None);
+        for (kinds, field) in [
+            (&["ipc", "uts", "mount", "network"][..], "hostPID"),
+            (&["pid", "uts", "mount", "network"][..], "hostIPC"),
+            (&["pid", "ipc", "uts", "mount"][..], "hostNetwork"),
+        ] {
+            let e = check_pod_namespaces(&sandbox(kinds), HostNetwork::Refuse)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(field), "{e}");
+        }
+        let no_net = sandbox(&["pid", "ipc", "uts", "mount"]);
+        assert!(check_pod_namespaces(&no_net, HostNetwork::Isolated).unwrap().is_some());
+        let no_pid = sandbox(&["ipc", "uts", "mount"]);
+        assert!(check_pod_namespaces(&no_pid, HostNetwork::Isolated)
+            .unwrap_err()
+            .to_string()
+            .starts_with("hostPID"));
+    }
+
+    #[test]
+    fn only_the_sandboxs_pid_namespace_is_joined_and_host_paths_are_refused() {
+        let spec = |ann: Value, ns: Value| {
+            json!({ "annotations": ann, "process": { "args": ["sh"] },
+                    "linux": { "namespaces": [{ "type": "mount" }, ns] } })
+        };
+        let pod = json!({ "io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb1" });
+        let g = for_guest(spec(pod.clone(), json!({ "type": "pid", "path": "/proc/4242/ns/pid" }))).unwrap();
+        assert_eq!(
+            g.spec["linux"]["namespaces"][1],
+            json!({ "type": "pid", "path": "/run/hull/ns/sb1/pid" })
+        );
+        for (ann, ns) in [
+            (json!({}), json!({ "type": "pid", "path": "/proc/4242/ns/pid" })),
+            (pod.clone(), json!({ "type": "pid", "path": "/var/run/some/pid" })),
+            (pod.clone(), json!({ "type": "user", "path": "/proc/4242/ns/user" })),
+            (pod, json!({ "type": "cgroup", "path": "/proc/1/ns/cgroup" })),
+        ] {
+            let e = for_guest(spec(ann, ns.clone()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("is the host's"), "{ns}: {e}");
+        }
     }
 
     #[test]

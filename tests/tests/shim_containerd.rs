@@ -52,7 +52,9 @@ fn setup(network: bool) -> Setup {
         ..Default::default()
     };
     let ctd = Containerd::start(opts);
-    ctd.write_hull_shim_config(&shim_config, "");
+    // The CRI tests' pods without CNI are hostNetwork pods: let them through as VMs without a NIC (the default
+    // refuses them; `cri_host_namespaces_are_refused_by_name`).
+    ctd.write_hull_shim_config(&shim_config, "host_network = \"isolated\"\n");
     let footprint = ctd.footprint();
     Setup {
         ctd,
@@ -1226,4 +1228,126 @@ fn oci_hooks_run_on_the_host_with_the_state() {
         s.vm_pids().is_empty()
     });
     s.finish(&[(CTR_NAMESPACE, &id), (CTR_NAMESPACE, &id2)]);
+}
+
+/// A pod with a shared PID namespace (Kubernetes' `shareProcessNamespace`, CRI's `pid: POD`): as under runc,
+/// every container is in the sandbox's PID namespace, whose PID 1 is the pause process, and sees the other
+/// containers' processes. CRI names that namespace by a host path (`/proc/<sandbox pid>/ns/pid`); the shim
+/// turns it into the sandbox container's namespace in the VM, which the agent joins. A container with a PID
+/// namespace of its own (the default) sees none of that.
+#[test]
+fn cri_shared_pid_namespace_is_the_sandboxs() {
+    require_root!("cri_shared_pid_namespace_is_the_sandboxs");
+    use k8s_cri::v1::{LinuxContainerConfig, LinuxContainerSecurityContext, NamespaceMode, NamespaceOption};
+    let s = setup(false);
+    let cri = s.ctd.cri_with_images();
+    let mut config = cri.pod_config(&format!("sharedpid-{}", std::process::id()), PodNetwork::Host);
+    let shared = NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Pod as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    if let Some(ctx) = config.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        ctx.namespace_options = Some(shared.clone());
+    }
+    let pod = cri
+        .run_pod_sandbox_with(HULL_HANDLER, config)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let start = |name: &str, pid_mode: NamespaceMode| {
+        let mut c = cri.container_config(name, BUSYBOX_IMAGE, &["sleep", "1000"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: pid_mode as i32,
+                    ..shared.clone()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = cri
+            .create_container_with(&pod, c)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+        cri.start_container(&id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+        id
+    };
+    let first = start("first", NamespaceMode::Pod);
+    let second = start("second", NamespaceMode::Pod);
+    let own = start("own", NamespaceMode::Container);
+    // PID 1's command line, then how many `sleep 1000` (the test's containers) are visible. The test's pause
+    // image runs `sleep 2147483647`.
+    let look = "echo \"pid1=$(tr '\\0' ' ' < /proc/1/cmdline)\"; \
+                for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep 1000 '";
+    let seen = |id: &str| {
+        let out = cri
+            .exec_sync(id, &["sh", "-c", look], Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()))
+            .stdout;
+        let mut lines = out.lines();
+        let pid1 = lines.next().unwrap_or_default().trim().to_string();
+        let sleeps = lines.next().unwrap_or_default().trim().to_string();
+        (pid1, sleeps)
+    };
+    for id in [&first, &second] {
+        let (pid1, sleeps) = seen(id);
+        assert_eq!(
+            pid1, "pid1=sleep 2147483647",
+            "PID 1 of the shared namespace is the pause process"
+        );
+        assert_eq!(sleeps, "2", "both sharing containers' processes are visible");
+    }
+    let (pid1, sleeps) = seen(&own);
+    assert_eq!(pid1, "pid1=sleep 1000", "a PID namespace of its own");
+    assert_eq!(sleeps, "1");
+    cri.stop_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.remove_pod_sandbox(&pod.id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let pod_id = pod.id.clone();
+    drop(cri);
+    s.finish(&[(CRI_NAMESPACE, &pod_id)]);
+}
+
+/// hostPID, hostIPC and hostNetwork pods ask for the host's namespaces, which are outside the pod's VM: with
+/// the shim's default config RunPodSandbox fails with an error naming the field, and nothing is left behind
+/// (`host_network = "isolated"`, which the other CRI tests use, lets only hostNetwork through, without a NIC).
+#[test]
+fn cri_host_namespaces_are_refused_by_name() {
+    require_root!("cri_host_namespaces_are_refused_by_name");
+    use k8s_cri::v1::NamespaceMode;
+    let s = setup(false);
+    s.ctd.write_hull_shim_config(&s.shim_config, "");
+    let cri = s.ctd.cri_with_images();
+    type Edit = fn(&mut k8s_cri::v1::NamespaceOption);
+    let cases: [(&str, Edit); 3] = [
+        ("hostNetwork", |_| {}),
+        ("hostPID", |o| o.pid = NamespaceMode::Node as i32),
+        ("hostIPC", |o| o.ipc = NamespaceMode::Node as i32),
+    ];
+    for (field, edit) in cases {
+        let mut config = cri.pod_config(
+            &format!("host-{}-{}", field.to_lowercase(), std::process::id()),
+            PodNetwork::Host,
+        );
+        if let Some(o) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|c| c.namespace_options.as_mut())
+        {
+            edit(o);
+        }
+        match cri.run_pod_sandbox_with(HULL_HANDLER, config) {
+            Ok(pod) => panic!("{field}: pod {} started\n{}", pod.id, s.ctd.report()),
+            Err(e) => assert!(
+                e.to_string().contains(&format!("{field}: the pod asks for the host's")),
+                "{field}: {e}"
+            ),
+        }
+    }
+    assert!(s.vm_pids().is_empty(), "no VM for a refused pod");
+    drop(cri);
+    s.finish(&[]);
 }
