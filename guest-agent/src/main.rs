@@ -16,6 +16,7 @@ mod channel;
 mod console;
 mod containers;
 mod device_filter;
+mod forward;
 mod guest_hooks;
 mod helper_protocol;
 mod init;
@@ -92,6 +93,7 @@ fn main() {
     };
     let policy = agent_policy(&cmdline);
     let agent = containers::Agent::new(reaper);
+    forward::start(policy);
     let _server = match server::serve(agent.clone(), policy) {
         Ok(s) => Some(s),
         Err(e) => {

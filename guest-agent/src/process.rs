@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Capabilities, LinuxSeccomp, Process};
 
@@ -82,8 +82,6 @@ const RLIMITS: &[(&str, u32)] = &[
     ("RTTIME", libc::RLIMIT_RTTIME),
 ];
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("the process has no args")]
@@ -96,6 +94,29 @@ pub enum ProcessError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("invalid string in the process: {0}")]
     BadString(#[from] io::Error),
+    #[error("exec: {0}")]
+    NotFound(String),
+}
+
+/// The program to exec, looked up as runc looks it up (Go's `exec.LookPath` in its init): a name with a `/` is
+/// taken as it is (relative to `cwd`) and must exist; another is searched in the process's own `PATH`, for an
+/// executable regular file. A process without `PATH` finds only names with a `/`, as under runc.
+fn look_up(program: &str, path_var: &str, cwd: &Path) -> Result<PathBuf, ProcessError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let full = cwd.join(program);
+        return match std::fs::metadata(&full) {
+            Ok(_) => Ok(PathBuf::from(program)),
+            Err(e) => Err(ProcessError::NotFound(format!("{program:?}: stat {program}: {e}"))),
+        };
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(&cwd.join(p)))
+        .ok_or_else(|| ProcessError::NotFound(format!("{program:?}: executable file not found in $PATH")))
 }
 
 /// The five capability sets as bit masks.
@@ -191,16 +212,10 @@ impl PreparedProcess {
             // As runc: a process without HOME gets its user's home from the container's /etc/passwd, or /.
             env.push(format!("HOME={}", home_of(p.user().uid(), Path::new("/etc/passwd"))));
         }
-        let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
-        let candidates = if first.contains('/') {
-            vec![cstr(first)?]
-        } else {
-            path_var
-                .split(':')
-                .filter(|d| !d.is_empty())
-                .map(|d| cstr(format!("{}/{first}", d.trim_end_matches('/'))))
-                .collect::<Result<_, _>>()?
-        };
+        let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
+        // Looked up now, before Ready, so a missing program fails CreateContainer (or ExecProcess) with the
+        // lookup's error, as `runc create` fails, rather than starting and exiting 127.
+        let candidates = vec![cstr(look_up(first, path_var, p.cwd())?.as_os_str().as_encoded_bytes())?];
         let caps = match p.capabilities() {
             None => None,
             Some(c) => Some(CapSets {
@@ -395,7 +410,7 @@ mod tests {
     #[test]
     fn capability_masks_follow_kernel_numbers() {
         let p: Process = serde_json::from_str(
-            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["/bin/sh"],
                "capabilities":{"bounding":["CAP_CHOWN","CAP_KILL","CAP_NET_BIND_SERVICE"],"ambient":["CAP_KILL"]}}"#,
         )
         .unwrap();
@@ -426,13 +441,32 @@ mod tests {
     }
 
     #[test]
-    fn path_lookup_uses_the_process_env() {
-        let p: Process =
-            serde_json::from_str(r#"{"cwd":"/","user":{"uid":1,"gid":2},"args":["ls","-l"],"env":["PATH=/a:/b/"]}"#)
-                .unwrap();
-        let pp = PreparedProcess::prepare(&p, None).unwrap();
-        assert_eq!(pp.candidates, vec![cstr("/a/ls").unwrap(), cstr("/b/ls").unwrap()]);
+    fn the_program_is_looked_up_as_runc_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hull-lookup-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("tool"), "").unwrap();
+        std::fs::write(b.join("tool"), "").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}/", a.display(), b.display());
+        let root = Path::new("/");
+        // The first executable regular file on PATH; a non-executable one is passed over.
+        assert_eq!(look_up("tool", &path, root).unwrap(), b.join("tool"));
+        let e = look_up("nosuch", &path, root).unwrap_err().to_string();
+        assert_eq!(e, "exec: \"nosuch\": executable file not found in $PATH");
+        // Without PATH only a name with a slash is found.
+        assert!(look_up("tool", "", root).is_err());
+        let abs = b.join("tool").to_string_lossy().to_string();
+        assert_eq!(look_up(&abs, "", root).unwrap(), PathBuf::from(&abs));
+        assert_eq!(look_up("./tool", "", &b).unwrap(), PathBuf::from("./tool"));
+        assert!(look_up("/no/such", &path, root)
+            .unwrap_err()
+            .to_string()
+            .contains("stat /no/such"));
         let p: Process = serde_json::from_str(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}"#).unwrap();
         assert!(matches!(PreparedProcess::prepare(&p, None), Err(ProcessError::NoArgs)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,13 +21,21 @@ pub enum AgentError {
     Connect(#[from] hybrid::HybridError),
     #[error(transparent)]
     Client(#[from] hull_agent_protocol::client::ClientError),
-    #[error("agent call {call}: {source}")]
+    #[error("agent call {call}: {}", describe(.source))]
     Call { call: &'static str, source: ttrpc::Error },
     #[error("stdio stream {stream}: {source}")]
     Stdio {
         stream: &'static str,
         source: hull_agent_protocol::stdio::StdioError,
     },
+}
+
+/// A ttrpc error as a person reads it: the agent's own message and the status code, not the protobuf dump.
+fn describe(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("{} ({:?})", s.message(), s.code()),
+        other => other.to_string(),
+    }
 }
 
 impl AgentError {

@@ -17,6 +17,7 @@ mod host_file;
 mod logging;
 mod network;
 mod pod;
+mod port_forward;
 mod process;
 mod rootfs;
 mod service;

@@ -96,6 +96,8 @@ pub struct Pod {
     pub dir: RunDir,
     pub agent: Arc<Agent>,
     pub net: Option<PodNetwork>,
+    /// CRI PortForward into the guest, for a pod with a network namespace ([`crate::port_forward`]).
+    pub forward: Option<crate::port_forward::PortForwarder>,
     /// The scratch disk that holds the containers' writable layers (`scratch_mib`), if the VM has one.
     pub scratch: Option<GuestDisk>,
     disks: Vec<Disk>,
@@ -247,6 +249,12 @@ impl Pod {
             }
             return Err(e);
         }
+        // containerd serves PortForward by dialing localhost:<port> in the pod's network namespace.
+        let forward = net.as_ref().and_then(|n| {
+            crate::port_forward::PortForwarder::start(&n.netns, vm.vsock_uds().to_path_buf())
+                .map_err(|e| log::warn!("port-forward into this pod will not work: {e}"))
+                .ok()
+        });
         let mut disks = vec![Disk {
             id: "rootfs".into(),
             index: 0,
@@ -271,6 +279,7 @@ impl Pod {
             dir,
             agent: Arc::new(agent),
             net,
+            forward,
             scratch,
             disks,
             cgroup,
@@ -323,6 +332,7 @@ impl Pod {
     /// Ends the VM at once (nothing in it outlives the pod: the rootfs is a read-only image under a tmpfs
     /// layer and volumes are copies), kills what is left, removes the TAP, then the pod's cgroup.
     pub fn shutdown(mut self) {
+        self.forward = None;
         self.vm.stop(Duration::ZERO);
         if let Some(n) = &self.net {
             n.teardown();

@@ -208,8 +208,8 @@ impl Setup {
         let mut spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         spec["process"]["args"] = serde_json::json!(["sh", "-c", PROBE]);
         spec["process"]["terminal"] = false.into();
-        // ctr's default spec has no environment; runc finds `sh` through PATH only (hull would fall back to a
-        // default PATH).
+        // ctr's default spec has no environment; without PATH, runc and hull find only programs named by a
+        // path (`a_whole_spec_is_seen_as_under_runc` tries that).
         spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
         spec["root"] = serde_json::json!({ "path": self.rootfs().to_string_lossy(), "readonly": true });
         // ctr's default spec puts every container in "/default", the parent of every other ctr container's
@@ -436,6 +436,14 @@ fn a_whole_spec_is_seen_as_under_runc() {
         !hull.success() && hull.stderr.contains("kernel.core_pattern is not namespaced"),
         "{hull:?}"
     );
+    // No PATH in the environment: `sh` is not found, and both fail the create with Go's words, before anything
+    // of the container runs.
+    let no_path: Edit = |s| s["process"]["env"] = serde_json::json!([]);
+    let runc = s.probe_spec(RUNC_RUNTIME, "spec-runc-no-path", &no_path);
+    let hull = s.probe_spec(HULL_RUNTIME, "spec-hull-no-path", &no_path);
+    let said = r#"exec: "sh": executable file not found in $PATH"#;
+    assert!(!runc.success() && runc.stderr.contains(said), "{runc:?}");
+    assert!(!hull.success() && hull.stderr.contains(said), "{hull:?}");
     assert!(
         all.is_empty(),
         "hull differs from runc:\n{}\n{}",

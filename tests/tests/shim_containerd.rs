@@ -1133,6 +1133,8 @@ fn oci_hooks_run_on_the_host_with_the_state() {
             "uname -r; cat /tmp/createContainer.json; echo; cat /tmp/startContainer.json"
         ]);
         spec["process"]["terminal"] = false.into();
+        // ctr's default spec has no environment: without PATH only programs named by a path are found (runc).
+        spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
         spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
         // A cgroup of its own, as `ctr run` gives without --config (the default spec says "/default", the
         // parent of every ctr container's).
@@ -1350,4 +1352,88 @@ fn cri_host_namespaces_are_refused_by_name() {
     assert!(s.vm_pids().is_empty(), "no VM for a refused pod");
     drop(cri);
     s.finish(&[]);
+}
+
+/// CRI PortForward: containerd serves `kubectl port-forward` by dialing `localhost:<port>` inside the pod's
+/// network namespace (as it does for runc). The test does the same from that namespace (the VM's processes
+/// live in it) and reaches a server that listens only on the guest's 127.0.0.1; a port nothing listens on
+/// in the guest is reset.
+#[test]
+fn cri_port_forward_reaches_the_guests_loopback() {
+    require_root!("cri_port_forward_reaches_the_guests_loopback");
+    use std::io::{Read, Write};
+    let s = setup(true);
+    let cri = s.ctd.cri_with_images();
+    let pod = cri
+        .run_pod_sandbox(HULL_HANDLER, &format!("fwdpod-{}", std::process::id()), PodNetwork::Cni)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    let script = "mkdir -p /tmp/www && echo hello-from-$(uname -r) > /tmp/www/index.html && \
+                  exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let id = cri
+        .create_container(&pod, "server", BUSYBOX_IMAGE, &["sh", "-c", script])
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
+    // The VM's processes run in the pod's network namespace.
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let netns = s
+        .vm_pids()
+        .iter()
+        .map(|p| PathBuf::from(format!("/proc/{p}/ns/net")))
+        .find(|n| std::fs::read_link(n).is_ok_and(|l| l != ours))
+        .unwrap_or_else(|| panic!("no VM process in the pod's network namespace\n{}", s.ctd.report()));
+    // What containerd does: a thread in the pod's network namespace dials localhost.
+    let in_pod = move |port: u16| -> std::io::Result<String> {
+        let netns = netns.clone();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&netns)?;
+            // SAFETY: setns on this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(30)))?;
+            c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut answer = String::new();
+            c.read_to_string(&mut answer)?;
+            Ok(answer)
+        })
+        .join()
+        .unwrap()
+    };
+    let t0 = Instant::now();
+    let answer = loop {
+        match in_pod(8080) {
+            Ok(a) if a.contains("hello-from-") => break a,
+            other if t0.elapsed() > Duration::from_secs(60) => {
+                panic!("no answer through port-forward: {other:?}\n{}", s.ctd.report())
+            }
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
+    assert!(
+        answer.trim_end().ends_with(GUEST_RELEASE_SUFFIX),
+        "served from the guest: {answer}"
+    );
+    let closed = in_pod(8081);
+    assert!(
+        closed
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+            || closed.as_ref().is_ok_and(|a| a.is_empty()),
+        "a port nothing listens on: {closed:?}"
+    );
+    cri.stop_pod_sandbox(&pod.id).unwrap();
+    cri.remove_pod_sandbox(&pod.id).unwrap();
+    wait_until("the pod's VM to end", Duration::from_secs(20), || {
+        s.vm_pids().is_empty()
+    });
+    let pod_id = pod.id.clone();
+    drop(cri);
+    s.finish(&[(CRI_NAMESPACE, &pod_id)]);
 }

@@ -3,6 +3,7 @@
 //! - [`agent`] and [`agent_ttrpc`]: the protobuf messages and the ttrpc service generated from
 //!   `proto/agent.proto` (pure-Rust code generation, no `protoc`).
 //! - [`stdio`]: the one-line handshake that opens a process's stdio stream on its own vsock connection.
+//! - [`forward`]: the same for a TCP connection forwarded to a port on the guest's loopback.
 //! - [`ids`]: the identifier rule both sides enforce.
 //! - [`hybrid`]: the host end of Firecracker's hybrid vsock (`CONNECT <port>\n` → `OK <port>\n`).
 //! - [`client`]: a checked ttrpc client connection to the agent over that socket.
@@ -38,6 +39,7 @@ pub mod agent_ttrpc {
 }
 
 pub mod client;
+pub mod forward;
 pub mod hybrid;
 pub mod ids;
 pub mod policy;
@@ -47,6 +49,8 @@ pub mod stdio;
 pub const AGENT_PORT: u32 = 1024;
 /// Guest vsock port for process stdio streams.
 pub const STDIO_PORT: u32 = 1025;
+/// Guest vsock port for forwarded TCP connections (CRI PortForward).
+pub const FORWARD_PORT: u32 = 1026;
 /// The guest's vsock context id, on every backend.
 pub const GUEST_CID: u32 = 3;
 /// The host's vsock context id (VMADDR_CID_HOST): the only peer the agent serves.

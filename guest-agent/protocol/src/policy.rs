@@ -4,7 +4,8 @@
 //!
 //! Text form: comma-separated items applied in order. The first item may be `all` (start from every call,
 //! which is also the start when it is left out) or `none` (start from no call); then `-Call` refuses a call
-//! and `+Call` serves it, `Call` being a method name of `proto/agent.proto`. Examples: `-ExecProcess` (no
+//! and `+Call` serves it, `Call` being a method name of `proto/agent.proto` or `PortForward` (the
+//! port-forward stream, [`crate::forward`]). Examples: `-ExecProcess` (no
 //! `kubectl exec`), `none,+Health,+Version,+CreateContainer,...`. Unknown names and malformed items are
 //! errors: a guest never guesses what the host meant (the agent then serves nothing).
 //!
@@ -71,7 +72,12 @@ calls!(
     ReadFile,
     RemoveContainer,
     Shutdown,
+    PortForward,
 );
+
+/// Calls that are not ttrpc methods but streams of their own: `PortForward` is a connection to
+/// [`crate::FORWARD_PORT`] ([`crate::forward`]).
+pub const STREAM_CALLS: &[Call] = &[Call::PortForward];
 
 impl Call {
     pub fn from_name(name: &str) -> Option<Call> {

@@ -5,7 +5,8 @@
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
 //! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
 //! output → remove the container, shut the VM down, kill what is left, remove the run directory. The exit
-//! status is the container's (128+N when signal N ended it), 125 when hull itself failed. Everything created
+//! status is the container's (128+N when signal N ended it), 127/126 when its program is missing or cannot
+//! be run, 125 when hull itself failed. Everything created
 //! is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
 //!
 //! Trust: the guest is not trusted; what the agent answers is only used as numbers and bytes to copy.
@@ -198,6 +199,8 @@ pub enum RunError {
     Agent(#[from] agent::AgentError),
     #[error("the VM ended before the container did (guest console: {0})")]
     VmDied(String),
+    #[error("{message}")]
+    Program { status: i32, message: String },
 }
 
 /// Entry point: returns the process exit status.
@@ -211,8 +214,30 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hull run: {e}");
-            EXIT_HULL_FAILED
+            failure_status(&e)
         }
+    }
+}
+
+/// As `docker run`: the container's program could not be started, with the status it gives for that.
+fn failure_status(e: &RunError) -> i32 {
+    match e {
+        RunError::Program { status, .. } => *status,
+        _ => EXIT_HULL_FAILED,
+    }
+}
+
+/// 127 when CreateContainer failed because the container's program does not exist, 126 when it cannot be
+/// run (the agent looks it up then and says `exec: ...`, as runc does); `None` for any other failure.
+fn program_status(e: &agent::AgentError) -> Option<i32> {
+    let text = e.to_string();
+    let m = &text[text.find("exec: ")?..];
+    if m.contains("executable file not found") || m.contains("No such file or directory") {
+        Some(127)
+    } else if m.contains("Permission denied") {
+        Some(126)
+    } else {
+        None
     }
 }
 
@@ -320,6 +345,10 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     }
     let out = match result {
         Ok((code, _)) => Ok(code),
+        Err(RunError::Agent(e)) if program_status(&e).is_some() => Err(RunError::Program {
+            status: program_status(&e).unwrap_or(EXIT_HULL_FAILED),
+            message: e.to_string(),
+        }),
         Err(RunError::Agent(e)) if !console.as_os_str().is_empty() => Err(RunError::Setup(format!(
             "{e}\nguest console {}",
             console_tail(&console)
