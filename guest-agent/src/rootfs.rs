@@ -406,13 +406,9 @@ pub fn setup(spec: &Spec, rootfs: &Path, user_ns: bool) -> Result<(), RootfsErro
     pivot(&rootfs)?;
     let linux = spec.linux().clone().unwrap_or_default();
     // Sysctls first, as runc: /proc/sys is read-only once the read-only paths are applied.
-    let has_ns = |t: LinuxNamespaceType| {
-        linux
-            .namespaces()
-            .iter()
-            .flatten()
-            .any(|n| n.typ() == t && n.path().is_none())
-    };
+    // A namespace of its own: a new one, or one it joined (only another container's can be joined, never the
+    // guest's; see containers/namespaces.rs).
+    let has_ns = |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
         if key.contains('/') || key.split('.').any(|c| c.is_empty() || c == "..") {
             return Err(RootfsError::Step {

@@ -1,11 +1,11 @@
 //! containerd's OCI spec (the bundle's config.json) made fit for the guest. The spec describes the
 //! container as runc would see it on the host; inside hull the VM is the pod's boundary, so:
 //!
-//! - the network namespace goes (the pod's containers share the VM's interfaces), and so do ipc/uts
-//!   namespaces the spec joins by path (CRI points them at the sandbox's: sharing the VM's is that sharing);
-//!   a container's pid namespace given by path (CRI's shared PID namespace) becomes the pod sandbox's, which
-//!   the agent joins; any other namespace path is the host's and refused; the `hostname` goes with the uts
-//!   namespace;
+//! - the network namespace goes (the pod's containers share the VM's interfaces); a container's ipc, uts and
+//!   pid namespaces given by path (CRI points them at the sandbox's, the pid one with shareProcessNamespace)
+//!   become the pod sandbox container's, which the agent joins, so the pod's hostname and IPC sysctls are
+//!   every container's as under runc; any other namespace path is the host's and refused; the `hostname`
+//!   goes with the uts namespace;
 //! - host bind mounts are carried over: a regular file up to 1 MiB (`/etc/hosts`, `/etc/resolv.conf`,
 //!   `/etc/hostname`, `/dev/termination-log`, secrets and config maps) is copied into the guest; a directory
 //!   (volumes, hostPath, emptyDir) is packed into an ext4 image given to the guest as a disk (a snapshot at
@@ -55,7 +55,7 @@ pub enum SpecError {
     ReadSource { path: PathBuf, source: std::io::Error },
     #[error(
         "linux.namespaces: the {kind} namespace at {path} is the host's; inside the VM a container can join only \
-         its pod sandbox's PID namespace (or give the container a {kind} namespace of its own)"
+         its pod sandbox's namespaces (or give the container a {kind} namespace of its own)"
     )]
     HostNamespace { kind: String, path: PathBuf },
     #[error(
@@ -192,12 +192,14 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
                 ("network", p) => {
                     netns = p.or(netns);
                 }
-                ("ipc", Some(_)) => {}
-                ("uts", Some(_)) => keep_uts = false,
-                // CRI's shared PID namespace (shareProcessNamespace): the sandbox's, which is in the VM.
-                ("pid", Some(p)) if sandbox.is_some() && is_proc_ns(&p, "pid") => {
+                // CRI points a container's ipc and uts namespaces (and the pid one, with
+                // shareProcessNamespace) at the sandbox's: the sandbox container's, which is in the VM.
+                ("ipc" | "uts" | "pid", Some(p)) if sandbox.is_some() && is_proc_ns(&p, &t) => {
+                    if t == "uts" {
+                        keep_uts = false;
+                    }
                     let s = sandbox.as_deref().unwrap_or_default();
-                    out.push(json!({ "type": "pid", "path": guest_namespace(s, "pid") }));
+                    out.push(json!({ "type": t, "path": guest_namespace(s, &t) }));
                 }
                 (_, Some(path)) => return Err(SpecError::HostNamespace { kind: t, path }),
                 (_, None) => out.push(ns),
@@ -424,6 +426,7 @@ mod tests {
         std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
         let spec = json!({
             "hostname": "pod",
+            "annotations": { "io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb" },
             "process": { "args": ["sh"], "apparmorProfile": "x" },
             "hooks": { "prestart": [] },
             "mounts": [
@@ -452,7 +455,9 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, vec!["pid", "mount", "cgroup"]);
+        assert_eq!(types, vec!["pid", "ipc", "uts", "mount", "cgroup"]);
+        assert_eq!(g.spec["linux"]["namespaces"][1]["path"], "/run/hull/ns/sb/ipc");
+        assert_eq!(g.spec["linux"]["namespaces"][2]["path"], "/run/hull/ns/sb/uts");
         let mounts = g.spec["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 3, "{mounts:?}");
         assert_eq!(mounts[1]["source"], "hull-file:f0");

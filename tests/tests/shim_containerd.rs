@@ -7,6 +7,7 @@
 //! The shim starts VMs through the `auto` backend: hull itself on hardware KVM, QEMU TCG with hull's device
 //! backends here (software KVM). Needs root.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1236,23 +1237,28 @@ fn oci_hooks_run_on_the_host_with_the_state() {
 /// every container is in the sandbox's PID namespace, whose PID 1 is the pause process, and sees the other
 /// containers' processes. CRI names that namespace by a host path (`/proc/<sandbox pid>/ns/pid`); the shim
 /// turns it into the sandbox container's namespace in the VM, which the agent joins. A container with a PID
-/// namespace of its own (the default) sees none of that.
+/// namespace of its own (the default) sees none of that. The sandbox's UTS and IPC namespaces are joined the
+/// same way: every container has the pod's hostname and the pod's IPC sysctl.
 #[test]
 fn cri_shared_pid_namespace_is_the_sandboxs() {
     require_root!("cri_shared_pid_namespace_is_the_sandboxs");
     use k8s_cri::v1::{LinuxContainerConfig, LinuxContainerSecurityContext, NamespaceMode, NamespaceOption};
-    let s = setup(false);
+    let s = setup(true);
     let cri = s.ctd.cri_with_images();
-    let mut config = cri.pod_config(&format!("sharedpid-{}", std::process::id()), PodNetwork::Host);
+    let mut config = cri.pod_config(&format!("sharedpid-{}", std::process::id()), PodNetwork::Cni);
     let shared = NamespaceOption {
-        network: NamespaceMode::Node as i32,
         pid: NamespaceMode::Pod as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     };
-    if let Some(ctx) = config.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
-        ctx.namespace_options = Some(shared.clone());
+    if let Some(linux) = config.linux.as_mut() {
+        // A pod-level IPC sysctl: set in the sandbox's IPC namespace, which every container shares.
+        linux.sysctls = HashMap::from([("kernel.shm_rmid_forced".to_string(), "1".to_string())]);
+        if let Some(ctx) = linux.security_context.as_mut() {
+            ctx.namespace_options = Some(shared.clone());
+        }
     }
+    let hostname = config.hostname.clone();
     let pod = cri
         .run_pod_sandbox_with(HULL_HANDLER, config)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
@@ -1303,6 +1309,18 @@ fn cri_shared_pid_namespace_is_the_sandboxs() {
     let (pid1, sleeps) = seen(&own);
     assert_eq!(pid1, "pid1=sleep 1000", "a PID namespace of its own");
     assert_eq!(sleeps, "1");
+    // The sandbox's UTS and IPC namespaces are every container's: the pod's hostname and its IPC sysctl.
+    for id in [&first, &own] {
+        let out = cri
+            .exec_sync(
+                id,
+                &["sh", "-c", "hostname; cat /proc/sys/kernel/shm_rmid_forced"],
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()))
+            .stdout;
+        assert_eq!(out, format!("{hostname}\n1\n"), "{id}");
+    }
     cri.stop_pod_sandbox(&pod.id)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.ctd.report()));
     cri.remove_pod_sandbox(&pod.id)
