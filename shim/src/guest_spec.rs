@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 use crate::host_file::HostFile;
 
 pub const MAX_FILE: u64 = 1 << 20;
+/// Propagation options that would carry mounts between host and container (`rslave`: HostToContainer,
+/// `rshared`: Bidirectional).
+const PROPAGATES: [&str; 4] = ["rslave", "slave", "rshared", "shared"];
 pub const MAX_FILES: usize = 64;
 
 /// Reads a file mount's source, at most [`MAX_FILE`] bytes: the size checked before may have grown since,
@@ -296,11 +299,28 @@ pub fn for_guest(mut spec: Value) -> Result<GuestSpec, SpecError> {
                     m["source"] = json!(format!("hull-file:{name}"));
                     out.push(m);
                 }
-                Ok(md) if md.is_dir() => volumes.push(DirVolume {
-                    source,
-                    destination: dest,
-                    read_only: read_only(&m),
-                }),
+                Ok(md) if md.is_dir() => {
+                    // A volume is a copy in a disk image of the VM's: no mount made on either side after
+                    // Create reaches the other (Kubernetes' HostToContainer and Bidirectional propagation).
+                    let options = m["options"].as_array().cloned().unwrap_or_default();
+                    if let Some(p) = options
+                        .iter()
+                        .filter_map(|o| o.as_str())
+                        .find(|o| PROPAGATES.contains(o))
+                    {
+                        warnings.push(format!(
+                            "mount {dest}: {p} propagation cannot cross the VM: {} is copied into the guest at \
+                             create time, so later host mounts under it are not seen and the container's are not \
+                             seen on the host",
+                            source.display()
+                        ));
+                    }
+                    volumes.push(DirVolume {
+                        source,
+                        destination: dest,
+                        read_only: read_only(&m),
+                    })
+                }
                 Ok(_) => warnings.push(format!(
                     "mount {dest}: {} is neither a directory nor a file of at most 1 MiB; left out",
                     source.display()
@@ -366,6 +386,23 @@ mod tests {
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(read_bounded(&fifo).unwrap(), b"");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn propagation_that_would_cross_the_vm_is_warned_about() {
+        let dir = std::env::temp_dir().join(format!("hull-shim-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mount = |p: &str| json!({ "destination": "/data", "type": "bind", "source": dir, "options": ["rbind", p] });
+        for (p, warned) in [("rprivate", false), ("rslave", true), ("rshared", true)] {
+            let g = for_guest(json!({ "process": { "args": ["sh"] }, "mounts": [mount(p)] })).unwrap();
+            assert_eq!(g.volumes.len(), 1);
+            assert_eq!(
+                g.warnings.iter().any(|w| w.contains("propagation cannot cross the VM")),
+                warned,
+                "{p}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
