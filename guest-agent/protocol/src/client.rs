@@ -28,9 +28,21 @@ pub fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, ClientError
     loop {
         let left = timeout.saturating_sub(start.elapsed());
         let stream = hybrid::connect_retry(uds, crate::AGENT_PORT, left)?;
+        let guard = stream
+            .try_clone()
+            .map_err(|e| ClientError::Ttrpc(ttrpc::Error::Others(e.to_string())))?;
         let client = AgentClient::new(ttrpc::Client::new(stream.into_raw_fd()).map_err(ClientError::Ttrpc)?);
         let ctx = ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64);
-        match client.health(ctx, &HealthRequest::new()) {
+        let result = client.health(ctx, &HealthRequest::new());
+        if result.is_err() {
+            // ttrpc 0.9's client closes its socket before it stops its receiver thread, which may then read
+            // whatever socket of ours gets the same descriptor number next. Shut the connection down first and
+            // give the receiver (it polls every 10 ms) time to see the end and quit, then drop the client.
+            let _ = guard.shutdown(std::net::Shutdown::Both);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        drop(guard);
+        match result {
             Ok(_) => return Ok(client),
             Err(source) if start.elapsed() >= timeout => {
                 return Err(ClientError::NotAnswering {
@@ -38,7 +50,7 @@ pub fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, ClientError
                     source,
                 })
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
