@@ -86,7 +86,7 @@ fn one_heap_for_all_threads() {
 fn release_stack_below_here() {
     // Everything more than this below the current frame is dead: the calls made from here (reading
     // /proc/self/maps, madvise) have returned or use far less.
-    const MARGIN: usize = 16 * 1024;
+    const MARGIN: usize = 8 * 1024;
     let here = std::hint::black_box(0u8);
     let here = std::ptr::addr_of!(here) as usize;
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
