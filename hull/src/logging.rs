@@ -87,7 +87,8 @@ impl Subscriber for EventsOnly {
         }
     }
     fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        meta.is_event()
+        // Events, and `tracing::enabled!` hints (hull_logging's rate-limited macros ask before counting).
+        !meta.is_span()
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
