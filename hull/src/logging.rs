@@ -167,11 +167,7 @@ pub fn init_file(level: LogLevel, log: FileLog) -> std::io::Result<()> {
         Some(m) => meta.target().starts_with(m.as_str()),
         None => true,
     });
-    let _ = EventsOnly
-        .with(lines)
-        .with(filter(level))
-        .with(by_module)
-        .try_init();
+    let _ = EventsOnly.with(lines).with(filter(level)).with(by_module).try_init();
     Ok(())
 }
 

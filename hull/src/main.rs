@@ -89,7 +89,9 @@ fn release_stack_below_here() {
     const MARGIN: usize = 8 * 1024;
     let here = std::hint::black_box(0u8);
     let here = std::ptr::addr_of!(here) as usize;
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
     let Some(start) = maps
         .lines()
         .find(|line| line.ends_with("[stack]"))
