@@ -17,6 +17,7 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,31 +56,77 @@ pub fn init_with_sink(level: LogLevel, format: LogFormat, instance_id: String) {
     use tracing_subscriber::util::SubscriberInitExt;
     let api_sink = ApiSink { instance_id };
     let env = std::env::var("RUST_LOG").ok().filter(|spec| !spec.is_empty());
-    let builder = tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(format == LogFormat::Text && std::io::stderr().is_terminal())
         .with_target(false);
-    // Only fails if a subscriber is already installed, which leaves logging working.
-    let _ = match (format, env) {
-        (LogFormat::Text, Some(spec)) => builder
-            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-            .finish()
-            .with(api_sink)
-            .try_init(),
-        (LogFormat::Text, None) => builder.with_max_level(filter(level)).finish().with(api_sink).try_init(),
-        (LogFormat::Json, Some(spec)) => builder
-            .event_format(JsonLines)
-            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-            .finish()
-            .with(api_sink)
-            .try_init(),
-        (LogFormat::Json, None) => builder
-            .event_format(JsonLines)
-            .with_max_level(filter(level))
-            .finish()
-            .with(api_sink)
-            .try_init(),
+    let lines: Box<dyn Layer<EventsOnly> + Send + Sync> = match format {
+        LogFormat::Text => Box::new(lines),
+        LogFormat::Json => Box::new(lines.event_format(JsonLines)),
     };
+    let filter: Box<dyn Layer<_> + Send + Sync> = match env {
+        Some(spec) => Box::new(tracing_subscriber::EnvFilter::new(spec)),
+        None => Box::new(filter(level)),
+    };
+    // Only fails if a subscriber is already installed, which leaves logging working.
+    let _ = EventsOnly.with(lines).with(filter).with(api_sink).try_init();
+}
+
+/// The subscriber under hull's log layers, in place of tracing-subscriber's `Registry`: hull logs events and
+/// records no spans (none of its crates opens one), and the registry's span slab alone is 32 KiB of heap
+/// written at start-up, private dirty memory in every VMM process. Span callsites are turned off here, so
+/// the layers above never see a span.
+pub struct EventsOnly;
+
+impl Subscriber for EventsOnly {
+    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if meta.is_span() {
+            tracing::subscriber::Interest::never()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        // Events, and `tracing::enabled!` hints (hull_logging's rate-limited macros ask before counting).
+        !meta.is_span()
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The formatting layers look spans up (an event's scope); there are none.
+impl<'a> LookupSpan<'a> for EventsOnly {
+    type Data = NoSpan;
+    fn span_data(&'a self, _: &tracing::span::Id) -> Option<NoSpan> {
+        None
+    }
+}
+
+/// A span's data that never exists.
+pub enum NoSpan {}
+
+impl<'a> tracing_subscriber::registry::SpanData<'a> for NoSpan {
+    fn id(&self) -> tracing::span::Id {
+        match *self {}
+    }
+    fn metadata(&self) -> &'static tracing::Metadata<'static> {
+        match *self {}
+    }
+    fn parent(&self) -> Option<&tracing::span::Id> {
+        match *self {}
+    }
+    fn extensions(&self) -> tracing_subscriber::registry::Extensions<'_> {
+        match *self {}
+    }
+    fn extensions_mut(&self) -> tracing_subscriber::registry::ExtensionsMut<'_> {
+        match *self {}
+    }
 }
 
 /// One JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, then the event's fields
@@ -110,18 +157,17 @@ pub fn init_file(level: LogLevel, log: FileLog) -> std::io::Result<()> {
     });
     SINK_IS_CLI.store(true, std::sync::atomic::Ordering::Relaxed);
     let module = log.module.clone();
-    let builder = tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(move || file)
         .with_ansi(false)
-        .event_format(FirecrackerLines(log))
-        .with_max_level(filter(level));
+        .event_format(FirecrackerLines(log));
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let by_module = tracing_subscriber::filter::filter_fn(move |meta| match &module {
         Some(m) => meta.target().starts_with(m.as_str()),
         None => true,
     });
-    let _ = builder.finish().with(by_module).try_init();
+    let _ = EventsOnly.with(lines).with(filter(level)).with(by_module).try_init();
     Ok(())
 }
 
