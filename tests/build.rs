@@ -51,6 +51,17 @@ fn main() {
         .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
         .arg(out.join("vsock-attack"))
         .arg(manifest.join("programs/vsock_attack.c")));
+    // Stand-ins for two images of the CRI validation suite (critest), built by src/bin/critest_env.rs.
+    for (source, program) in [
+        ("programs/critest_nginx.c", "critest-nginx"),
+        ("programs/critest_nonewprivs.c", "critest-nonewprivs"),
+        ("programs/critest_tools.c", "critest-tools"),
+    ] {
+        run(Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(out.join(program))
+            .arg(manifest.join(source)));
+    }
     println!("cargo:rustc-env=HULL_TEST_PROGRAMS_DIR={}", out.display());
 }
 

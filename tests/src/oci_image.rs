@@ -69,9 +69,50 @@ pub fn build_cached(reference: &str, cmd: &[&str]) -> OciImage {
 
 /// As [`build_cached`], with the image config's `User` when given.
 fn build_cached_as(reference: &str, cmd: &[&str], user: Option<&str>) -> OciImage {
+    build_cached_with(reference, cmd, user, &[])
+}
+
+/// One entry an image adds to the busybox root filesystem, or replaces there when the path is the same
+/// (e.g. `etc/passwd`). Paths are relative (`usr/sbin/nginx`); entries are owned by root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootEntry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    /// A hard link to `target`, a path of the same layer (e.g. `bin/busybox`).
+    HardLink {
+        path: String,
+        target: String,
+    },
+}
+
+impl RootEntry {
+    pub fn path(&self) -> &str {
+        match self {
+            RootEntry::Dir { path, .. }
+            | RootEntry::File { path, .. }
+            | RootEntry::Symlink { path, .. }
+            | RootEntry::HardLink { path, .. } => path,
+        }
+    }
+}
+
+/// As [`build_cached`], with the config's `User` when given and `extra` entries in the root filesystem (their
+/// parent directories are created, mode 0755, when the base lacks them).
+pub fn build_cached_with(reference: &str, cmd: &[&str], user: Option<&str>, extra: &[RootEntry]) -> OciImage {
     let busybox = std::fs::read(BUSYBOX)
         .unwrap_or_else(|e| panic!("read {BUSYBOX}: {e} (install busybox-static: scripts/install-test-deps.sh)"));
-    let layout = build_layout_as(reference, cmd, user, &busybox, &busybox_applets());
+    let layout = build_layout_with(reference, cmd, user, &busybox, &busybox_applets(), extra);
     let dir = image_cache_dir();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let short = &layout.manifest_digest["sha256:".len().."sha256:".len() + 16];
@@ -155,7 +196,19 @@ pub fn build_layout_as(
     busybox: &[u8],
     applets: &[String],
 ) -> Layout {
-    let layer = rootfs_layer(busybox, applets);
+    build_layout_with(reference, cmd, user, busybox, applets, &[])
+}
+
+/// As [`build_layout_as`], with `extra` entries in the root filesystem (see [`build_cached_with`]).
+pub fn build_layout_with(
+    reference: &str,
+    cmd: &[&str],
+    user: Option<&str>,
+    busybox: &[u8],
+    applets: &[String],
+    extra: &[RootEntry],
+) -> Layout {
+    let layer = rootfs_layer(busybox, applets, extra);
     let layer_digest = sha256_digest(&layer);
     let mut image_config = json!({
         "Env": [IMAGE_PATH_ENV],
@@ -228,40 +281,62 @@ pub fn build_layout_as(
     }
 }
 
-/// The root filesystem layer (an uncompressed tar).
-fn rootfs_layer(busybox: &[u8], applets: &[String]) -> Vec<u8> {
+/// The root filesystem layer (an uncompressed tar): the busybox base, then `extra` (whose paths replace the
+/// base's).
+fn rootfs_layer(busybox: &[u8], applets: &[String], extra: &[RootEntry]) -> Vec<u8> {
     let mut dirs: BTreeSet<String> = [
         "bin", "dev", "etc", "proc", "root", "sbin", "sys", "usr", "usr/bin", "usr/sbin", "var",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for applet in applets {
-        let mut parent = Path::new(applet).parent();
+    let parents = |path: &str, dirs: &mut BTreeSet<String>| {
+        let mut parent = Path::new(path).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
             dirs.insert(p.to_string_lossy().into_owned());
             parent = p.parent();
         }
+    };
+    for applet in applets {
+        parents(applet, &mut dirs);
     }
+    for entry in extra {
+        parents(entry.path(), &mut dirs);
+    }
+    let replaced: BTreeSet<&str> = extra.iter().map(RootEntry::path).collect();
     let mut tar = TarWriter::default();
-    for dir in &dirs {
+    for dir in dirs.iter().filter(|d| !replaced.contains(d.as_str())) {
         tar.dir(dir, 0o755);
     }
-    tar.dir("tmp", 0o1777);
+    if !replaced.contains("tmp") {
+        tar.dir("tmp", 0o1777);
+    }
     tar.file("bin/busybox", 0o755, busybox);
-    tar.file(
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    );
-    tar.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
-    for applet in applets {
+    if !replaced.contains("etc/passwd") {
+        tar.file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        );
+    }
+    if !replaced.contains("etc/group") {
+        tar.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    }
+    for applet in applets.iter().filter(|a| !replaced.contains(a.as_str())) {
         tar.symlink(applet, "/bin/busybox");
+    }
+    for entry in extra {
+        match entry {
+            RootEntry::Dir { path, mode } => tar.dir(path, *mode),
+            RootEntry::File { path, mode, data } => tar.file(path, *mode, data),
+            RootEntry::Symlink { path, target } => tar.symlink(path, target),
+            RootEntry::HardLink { path, target } => tar.hardlink(path, target),
+        }
     }
     tar.finish()
 }
 
-/// A minimal ustar writer: directories, regular files and symlinks owned by root, mtime 0.
+/// A minimal ustar writer: directories, regular files, symlinks and hard links owned by root, mtime 0.
 #[derive(Default)]
 struct TarWriter {
     out: Vec<u8>,
@@ -280,6 +355,10 @@ impl TarWriter {
 
     fn symlink(&mut self, path: &str, target: &str) {
         self.header(path, 0o777, 0, b'2', target);
+    }
+
+    fn hardlink(&mut self, path: &str, target: &str) {
+        self.header(path, 0o755, 0, b'1', target);
     }
 
     fn header(&mut self, path: &str, mode: u32, size: u64, kind: u8, link: &str) {
@@ -365,6 +444,45 @@ mod tests {
         assert!(names.contains(&format!("blobs/sha256/{}", &layout.manifest_digest[7..])));
         assert!(names.contains(&format!("blobs/sha256/{}", &layout.config_digest[7..])));
         assert!(names.contains(&format!("blobs/sha256/{}", &layout.layer_digest[7..])));
+    }
+
+    #[test]
+    fn extra_entries_are_added_and_replace_the_bases() {
+        let applets = vec!["bin/sh".to_string(), "usr/bin/nc".to_string()];
+        let extra = [
+            RootEntry::File {
+                path: "etc/passwd".into(),
+                mode: 0o644,
+                data: b"me:x:1000:1000::/:/bin/sh\n".to_vec(),
+            },
+            RootEntry::File {
+                path: "usr/local/bin/prog".into(),
+                mode: 0o4755,
+                data: b"#!".to_vec(),
+            },
+        ];
+        let layer = rootfs_layer(b"bb", &applets, &extra);
+        let mut entries = Vec::new();
+        let mut off = 0;
+        while off + 512 <= layer.len() && layer[off] != 0 {
+            let h = &layer[off..off + 512];
+            let name = String::from_utf8_lossy(&h[..100]).trim_end_matches('\0').to_string();
+            let mode = u32::from_str_radix(std::str::from_utf8(&h[100..107]).unwrap(), 8).unwrap();
+            let size = u64::from_str_radix(std::str::from_utf8(&h[124..135]).unwrap(), 8).unwrap() as usize;
+            entries.push((name, mode, layer[off + 512..off + 512 + size].to_vec()));
+            off += 512 + size.div_ceil(512) * 512;
+        }
+        let passwd: Vec<_> = entries.iter().filter(|e| e.0 == "etc/passwd").collect();
+        assert_eq!(passwd.len(), 1, "one etc/passwd");
+        assert_eq!(passwd[0].2, b"me:x:1000:1000::/:/bin/sh\n");
+        assert!(entries.iter().any(|e| e.0 == "usr/local/" && e.1 == 0o755));
+        assert!(entries.iter().any(|e| e.0 == "usr/local/bin/prog" && e.1 == 0o4755));
+        assert!(entries.iter().any(|e| e.0 == "etc/group"));
+        // Without extras the layer is what it always was.
+        assert_eq!(
+            build_layout("hull.test/x:2", &["sh"], b"bb", &applets).manifest_digest,
+            build_layout_with("hull.test/x:2", &["sh"], None, b"bb", &applets, &[]).manifest_digest
+        );
     }
 
     #[test]
