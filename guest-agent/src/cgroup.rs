@@ -70,6 +70,13 @@ impl Cgroup {
         crate::device_filter::attach(rules, dir.as_raw_fd()).map_err(io_err(&self.path))
     }
 
+    /// Attaches the vsock guard ([`crate::vsock_guard`]) to this cgroup.
+    pub fn attach_vsock_guard(&self) -> Result<(), CgroupError> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(&self.path).map_err(io_err(&self.path))?;
+        crate::vsock_guard::attach(dir.as_raw_fd()).map_err(io_err(&self.path))
+    }
+
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         self.write("cgroup.procs", &pid.to_string())
     }

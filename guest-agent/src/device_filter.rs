@@ -14,6 +14,8 @@ use std::io;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
+use crate::bpf::*;
+
 /// `bpf_cgroup_dev_ctx.access_type`: the device type in the low 16 bits, the access in the high ones.
 const DEV_BLOCK: i32 = 1;
 const DEV_CHAR: i32 = 2;
@@ -21,10 +23,12 @@ const ACC_MKNOD: i32 = 1;
 const ACC_READ: i32 = 2;
 const ACC_WRITE: i32 = 4;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
-const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_PROG_TYPE_CGROUP_DEVICE` at `BPF_CGROUP_DEVICE`.
+const KIND: Kind = Kind {
+    prog_type: 15,
+    attach_type: 6,
+    name: "devices",
+};
 
 /// One rule in the form the program tests: `None` is "any".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,35 +110,6 @@ pub fn rules(spec_rules: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, String> {
     Ok(out)
 }
 
-/// One eBPF instruction, as `struct bpf_insn`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | (dst & 0xf),
-        off,
-        imm,
-    }
-}
-
-// Opcodes: class | op | source.
-const LDX_MEM_W: u8 = 0x61;
-const ALU64_AND_K: u8 = 0x57;
-const ALU64_RSH_K: u8 = 0x77;
-const ALU64_MOV_K: u8 = 0xb7;
-const ALU64_MOV_X: u8 = 0xbf;
-const JMP_JNE_K: u8 = 0x55;
-const JMP_JNE_X: u8 = 0x5d;
-const EXIT: u8 = 0x95;
-
 /// The program: load type, access, major and minor from the context (r1), then one block per rule from the
 /// last to the first, each returning its verdict when everything it tests matches; 1 (allow) at the end,
 /// unless a rule that matches everything ended the program before.
@@ -186,60 +161,9 @@ pub fn program(rules: &[Rule]) -> Vec<Insn> {
     p
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {
-    // SAFETY: bpf(2) reads (and for some commands writes) at most `size` bytes of the attribute buffer.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as libc::c_uint) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as i32)
-    }
-}
-
-/// `BPF_PROG_LOAD` of `insns`; with `log`, the verifier writes its reasoning there (level 1).
-fn load(insns: &[Insn], log: Option<&mut [u8]>) -> io::Result<i32> {
-    let license = c"Apache-2.0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    if let Some(log) = log {
-        attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-        attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-        attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-    }
-    attr[48..55].copy_from_slice(b"devices");
-    bpf(BPF_PROG_LOAD, &mut attr)
-}
-
-/// Loads the program for `rules` and attaches it to the cgroup directory open as `cgroup_fd`. The
-/// attachment keeps the program; its descriptor is closed here.
+/// Loads the program for `rules` and attaches it to the cgroup directory open as `cgroup_fd`.
 pub fn attach(rules: &[Rule], cgroup_fd: i32) -> io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let insns = program(rules);
-    let prog = load(&insns, None).map_err(|e| {
-        // Load again, only to say why: the verifier's last lines.
-        let mut log = vec![0u8; 1 << 20];
-        let _ = load(&insns, Some(&mut log));
-        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-        let text = String::from_utf8_lossy(&log[..end]);
-        let tail: Vec<&str> = text.lines().rev().take(4).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        io::Error::new(
-            e.kind(),
-            format!("loading the device filter: {e}: {}", tail.join(" | ")),
-        )
-    })?;
-    // SAFETY: bpf(BPF_PROG_LOAD) returned a new descriptor that nothing else owns.
-    let prog = unsafe { OwnedFd::from_raw_fd(prog) };
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(cgroup_fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
-    bpf(BPF_PROG_ATTACH, &mut attr)
-        .map_err(|e| io::Error::new(e.kind(), format!("attaching the device filter: {e}")))?;
-    Ok(())
+    crate::bpf::attach_to_cgroup(KIND, &program(rules), cgroup_fd)
 }
 
 #[cfg(test)]
@@ -254,7 +178,7 @@ mod tests {
         let mut pc = 0usize;
         loop {
             let i = p[pc];
-            let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
+            let (dst, src) = (i.dst(), i.src());
             pc += 1;
             match i.code {
                 LDX_MEM_W => r[dst] = u64::from(ctx[i.off as usize / 4]),

@@ -48,8 +48,10 @@ pub struct InitConfig {
     pub user_ns: bool,
     /// A new time namespace with these offsets (the text of `/proc/self/timens_offsets`).
     pub time_offsets: Option<String>,
-    /// Leave AF_VSOCK open to the container's processes (otherwise `hull-init` installs the vsock filter).
-    pub allow_vsock: bool,
+    /// Install the agent's seccomp vsock filter before anything of the container runs: when the guest
+    /// kernel does not honour the cgroup vsock guard, or the process could detach it
+    /// (`crate::vsock_guard`), unless the container may use vsock.
+    pub vsock_seccomp: bool,
     /// The container's id, its init's PID in the guest and its directory in the guest: what the guest-side
     /// OCI hooks are told.
     pub id: String,
@@ -72,6 +74,6 @@ pub struct ExecConfig {
     pub cgroup: PathBuf,
     /// The container's seccomp profile, which applies to every process in it.
     pub seccomp: Option<LinuxSeccomp>,
-    /// As [`InitConfig::allow_vsock`]: otherwise `hull-exec` installs the vsock filter.
-    pub allow_vsock: bool,
+    /// As [`InitConfig::vsock_seccomp`], for this process.
+    pub vsock_seccomp: bool,
 }

@@ -13,8 +13,9 @@
 //!   starts one process there with clone(CLONE_PARENT), so the process is the agent's child and the agent
 //!   reaps it; reports its PID and exits.
 //!
-//! Both install the vsock filter ([`crate::seccomp::deny_vsock`]) first unless the container may use vsock,
-//! so everything the container runs inherits it, whatever its own seccomp profile says.
+//! Both install the seccomp vsock filter ([`crate::seccomp::deny_vsock`]) first when the agent asks
+//! (`vsock_seccomp`: the cgroup's vsock guard, [`crate::vsock_guard`], is missing or could be detached by
+//! the process), so everything the container runs inherits it, whatever its own seccomp profile says.
 //!
 //! Both run single-threaded with nothing but the channel and stdio open, and trust only the agent.
 
@@ -236,8 +237,9 @@ fn init_run(ch: &mut Channel) -> Result<ExitStatus, String> {
         Ok(_) => return Err("expected the container's configuration".into()),
         Err(e) => return Err(format!("reading the configuration: {e}")),
     };
-    // No AF_VSOCK for anything this container runs, before any of it runs (inherited through fork).
-    if !cfg.allow_vsock {
+    // Where the cgroup's vsock guard is not enough: no AF_VSOCK for anything this container runs, before any
+    // of it runs (inherited through fork).
+    if cfg.vsock_seccomp {
         crate::seccomp::deny_vsock().map_err(|e| e.to_string())?;
     }
     // Our own OOM protection: the kernel should pick the program, whose death we report.
@@ -422,7 +424,7 @@ fn exec_run(ch: &mut Channel) -> Result<(), String> {
         Ok(Some((ToHelper::Exec(cfg), _))) => cfg,
         _ => return Err("expected an exec configuration".into()),
     };
-    if !cfg.allow_vsock {
+    if cfg.vsock_seccomp {
         crate::seccomp::deny_vsock().map_err(|e| e.to_string())?;
     }
     crate::sys::write_file(&cfg.cgroup.join("cgroup.procs"), &std::process::id().to_string())

@@ -11,6 +11,7 @@
 //! Nothing here may panic or exit as PID 1: PID 1 ending is a kernel panic. Every failure is logged on the
 //! console and the agent carries on. It trusts nothing but the kernel; the host's requests are validated.
 
+mod bpf;
 mod cgroup;
 mod channel;
 mod console;
@@ -30,6 +31,7 @@ mod seccomp;
 mod server;
 mod stdio;
 mod sys;
+mod vsock_guard;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;

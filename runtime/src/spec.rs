@@ -25,8 +25,74 @@ const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Every capability Linux 6.1 knows, for `--cap-add` to check names against.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// A capability name as `docker run --cap-add` takes it (`NET_ADMIN`, `cap_net_admin`, `CAP_NET_ADMIN`), in
+/// the spec's form, or `ALL` (every capability).
+pub fn capability_name(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(upper);
+    }
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    if ALL_CAPS.contains(&full.as_str()) {
+        Ok(full)
+    } else {
+        Err(format!("unknown capability {name:?}"))
+    }
+}
+
 pub struct ProcessOptions<'a> {
     pub args: &'a [String],
+    /// Capabilities granted on top of Docker's default set (spec names, `CAP_...`, or `ALL`).
+    pub cap_add: &'a [String],
     pub env: &'a [String],
     pub cwd: &'a str,
     pub uid: u32,
@@ -49,7 +115,19 @@ pub fn process(p: &ProcessOptions) -> Value {
     }
     // Capabilities as the runtime spec defines them: root gets the set; other users keep only the bounding
     // set (effective/permitted empty), as runc and Docker do.
-    let caps: Vec<&str> = CAPS.to_vec();
+    let mut caps: Vec<&str> = CAPS.to_vec();
+    for c in p.cap_add {
+        let add: Vec<&str> = if c == "ALL" {
+            ALL_CAPS.to_vec()
+        } else {
+            vec![c.as_str()]
+        };
+        for c in add {
+            if !caps.contains(&c) {
+                caps.push(c);
+            }
+        }
+    }
     let granted: Vec<&str> = if p.uid == 0 { caps.clone() } else { vec![] };
     json!({
         "terminal": p.terminal,
@@ -134,6 +212,7 @@ mod tests {
         let env = vec!["PATH=/x".to_string(), "A=1".to_string()];
         let p = process(&ProcessOptions {
             args: &args,
+            cap_add: &[],
             env: &env,
             cwd: "/",
             uid: 1000,
@@ -158,5 +237,47 @@ mod tests {
             },
         );
         assert_eq!(s["linux"]["resources"]["pids"]["limit"], 10);
+    }
+
+    #[test]
+    fn added_capabilities_join_every_set_root_holds() {
+        assert_eq!(capability_name("net_admin").unwrap(), "CAP_NET_ADMIN");
+        assert_eq!(capability_name("CAP_SYS_ADMIN").unwrap(), "CAP_SYS_ADMIN");
+        assert_eq!(capability_name("all").unwrap(), "ALL");
+        assert!(capability_name("FLY").unwrap_err().contains("FLY"));
+        let args = vec!["sh".to_string()];
+        let all = process(&ProcessOptions {
+            args: &args,
+            cap_add: &["ALL".to_string()],
+            env: &[],
+            cwd: "/",
+            uid: 0,
+            gid: 0,
+            terminal: false,
+        });
+        assert_eq!(
+            all["capabilities"]["bounding"].as_array().unwrap().len(),
+            ALL_CAPS.len()
+        );
+        let add = vec![capability_name("SYS_ADMIN").unwrap()];
+        let p = process(&ProcessOptions {
+            args: &args,
+            cap_add: &add,
+            env: &[],
+            cwd: "/",
+            uid: 0,
+            gid: 0,
+            terminal: false,
+        });
+        for set in ["bounding", "effective", "permitted"] {
+            let names: Vec<&str> = p["capabilities"][set]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            assert!(names.contains(&"CAP_SYS_ADMIN"), "{set}: {names:?}");
+            assert_eq!(names.len(), CAPS.len() + 1, "{set}");
+        }
     }
 }

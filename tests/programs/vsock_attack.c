@@ -4,7 +4,9 @@
  * is CID:PORT. One line per attempt, which the end-to-end test asserts:
  *
  *   uid=<u> cid=<c> port=<p> socket=<OK|ERRNO> connect=<OK|ERRNO|->[ answer=<...>]
+ *   uid=<u> seccomp=<mode>                 (the Seccomp: field of /proc/self/status)
  *   uid=<u> io_uring=<OK|ERRNO>
+ *   uid=<u> io_uring_socket=<OK|ERRNO>     (when io_uring_setup succeeded: IORING_OP_SOCKET of AF_VSOCK)
  *
  * ERRNO is the errno's name (EAFNOSUPPORT, ETIMEDOUT, ...). When a connection succeeds (a kernel with vsock
  * loopback), the program goes on as an attacker would: on port 1025 it sends the stdio handshake for the
@@ -15,10 +17,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/io_uring.h>
 #include <linux/vm_sockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -128,14 +132,63 @@ static void attempt(unsigned cid, unsigned port) {
     close(fd);
 }
 
+/* io_uring's IORING_OP_SOCKET makes a socket without the socket system call: set up a ring by hand (no
+ * liburing in the image), submit one AF_VSOCK socket request and report its completion. */
+static const char *uring_socket(int ring, struct io_uring_params *p) {
+    size_t sq_len = p->sq_off.array + p->sq_entries * sizeof(unsigned);
+    size_t cq_len = p->cq_off.cqes + p->cq_entries * sizeof(struct io_uring_cqe);
+    unsigned char *sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED, ring, IORING_OFF_SQ_RING);
+    unsigned char *cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED, ring, IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(NULL, p->sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                     MAP_SHARED, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
+        return "mmap-failed";
+    memset(&sqes[0], 0, sizeof sqes[0]);
+    sqes[0].opcode = IORING_OP_SOCKET;
+    sqes[0].fd = AF_VSOCK;
+    sqes[0].off = SOCK_STREAM;
+    sqes[0].len = 0;
+    unsigned *tail = (unsigned *)(sq + p->sq_off.tail);
+    unsigned *array = (unsigned *)(sq + p->sq_off.array);
+    array[*tail & *(unsigned *)(sq + p->sq_off.ring_mask)] = 0;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    if (syscall(SYS_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+        return err_name(errno);
+    unsigned head = __atomic_load_n((unsigned *)(cq + p->cq_off.head), __ATOMIC_ACQUIRE);
+    if (head == __atomic_load_n((unsigned *)(cq + p->cq_off.tail), __ATOMIC_ACQUIRE))
+        return "no-completion";
+    struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p->cq_off.cqes);
+    int res = cqes[head & *(unsigned *)(cq + p->cq_off.ring_mask)].res;
+    if (res >= 0) {
+        close(res);
+        return "OK";
+    }
+    return err_name(-res);
+}
+
+/* The Seccomp: mode of /proc/self/status (0: none, 2: filters). */
+static void seccomp_mode(void) {
+    char line[256], mode[16] = "?";
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Seccomp: %15s", mode) == 1)
+            break;
+    if (f)
+        fclose(f);
+    printf("uid=%u seccomp=%s\n", getuid(), mode);
+}
+
 static void io_uring(void) {
-    unsigned char params[120];
-    memset(params, 0, sizeof params);
-    long fd = syscall(SYS_io_uring_setup, 1, params);
+    seccomp_mode();
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    long fd = syscall(SYS_io_uring_setup, 1, &params);
     printf("uid=%u io_uring=%s\n", getuid(), fd >= 0 ? "OK" : err_name(errno));
-    fflush(stdout);
-    if (fd >= 0)
+    if (fd >= 0) {
+        printf("uid=%u io_uring_socket=%s\n", getuid(), uring_socket((int)fd, &params));
         close((int)fd);
+    }
+    fflush(stdout);
 }
 
 static void all(int argc, char **argv, int first) {

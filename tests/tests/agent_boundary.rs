@@ -2,9 +2,11 @@
 //!
 //! - From inside a container, as root and as uid 1000, `tests/programs/vsock_attack.c` tries the agent's
 //!   ports (1024 ttrpc, 1025 stdio) and another port on CID 1 (loopback), on the guest's own CID and on the
-//!   host's CID 2. By default the socket call itself fails (EAFNOSUPPORT, the agent's seccomp rule) and so
-//!   does io_uring_setup (ENOSYS); with `--allow-vsock` the socket opens but nothing connects (the guest
-//!   kernel has no vsock loopback, and the host has no listener for a guest).
+//!   host's CID 2. By default the socket call itself fails (EAFNOSUPPORT, the vsock guard on the
+//!   container's cgroup) and so does an io_uring IORING_OP_SOCKET request for AF_VSOCK, while no seccomp
+//!   filter shows in `/proc/self/status`; a container with CAP_SYS_ADMIN, which could detach the guard, also
+//!   gets the seccomp filter (io_uring_setup then fails with ENOSYS); with `--allow-vsock` the socket opens
+//!   but nothing connects (the guest kernel has no vsock loopback, and the host has no listener for a guest).
 //! - With a guest kernel that has vsock loopback (opt-in, `HULL_LOOPBACK_KERNEL`), a container that
 //!   reaches the agent's ports is refused by the agent's peer check: PERMISSION_DENIED, or the stdio
 //!   connection closed.
@@ -108,7 +110,35 @@ fn containers_get_no_vsock_socket_at_all() {
                 format!("uid={uid} cid={cid} port={port} socket=EAFNOSUPPORT connect=-")
             );
         }
-        assert!(lines.contains(&format!("uid={uid} io_uring=ENOSYS")), "{lines:#?}");
+        // The cgroup's vsock guard, not seccomp: no filter shows, io_uring works, and its socket request for
+        // AF_VSOCK is refused as the system call is.
+        for expected in ["seccomp=0", "io_uring=OK", "io_uring_socket=EAFNOSUPPORT"] {
+            assert!(
+                lines.contains(&format!("uid={uid} {expected}")),
+                "uid={uid} {expected} in {lines:#?}"
+            );
+        }
+    }
+}
+
+/// A container whose root holds CAP_SYS_ADMIN could detach its cgroup's guard, so it also gets the seccomp
+/// vsock filter: still no vsock socket, by either path, for root or any other user.
+#[test]
+fn a_container_that_could_detach_the_guard_also_gets_the_seccomp_filter() {
+    let lines = attack("sysadmin", &["--cap-add", "SYS_ADMIN"]);
+    for uid in [0, 1000] {
+        for (cid, port) in targets() {
+            assert_eq!(
+                line(&lines, uid, cid, port),
+                format!("uid={uid} cid={cid} port={port} socket=EAFNOSUPPORT connect=-")
+            );
+        }
+        for expected in ["seccomp=2", "io_uring=ENOSYS"] {
+            assert!(
+                lines.contains(&format!("uid={uid} {expected}")),
+                "uid={uid} {expected} in {lines:#?}"
+            );
+        }
     }
 }
 
@@ -124,7 +154,12 @@ fn with_allow_vsock_the_socket_opens_but_nothing_in_the_guest_answers() {
                 "a container reached vsock {cid}:{port}: {l}"
             );
         }
-        assert!(lines.contains(&format!("uid={uid} io_uring=OK")), "{lines:#?}");
+        for expected in ["seccomp=0", "io_uring=OK", "io_uring_socket=OK"] {
+            assert!(
+                lines.contains(&format!("uid={uid} {expected}")),
+                "uid={uid} {expected} in {lines:#?}"
+            );
+        }
     }
 }
 

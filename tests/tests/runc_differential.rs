@@ -118,15 +118,6 @@ fn vm_differences() -> Vec<(&'static str, &'static str)> {
             "the kernel sizes the default RLIMIT_SIGPENDING from the machine's memory, as RLIMIT_NPROC",
         ),
         (
-            "status.Seccomp_filters",
-            "hull adds one filter of its own to every container process: no AF_VSOCK sockets (docs/SECURITY.md)",
-        ),
-        (
-            "status.Seccomp",
-            "the same filter puts every hull container process in seccomp filter mode (2), with or without a \
-             profile of its own",
-        ),
-        (
             "mount./proc/acpi",
             "a masked path runc covers with a tmpfs; the guest kernel has no ACPI, so there is no /proc/acpi",
         ),
@@ -282,11 +273,32 @@ impl Drop for Setup {
     }
 }
 
-/// Runs the probe with runc and with hull; returns the differences not explained by [`vm_differences`].
-fn compare(s: &Setup, case: &str, options: &[&str], image: &str) -> Vec<String> {
+/// What differs for a container whose root holds CAP_SYS_ADMIN: it could detach the cgroup's vsock guard, so
+/// hull also gives it the agent's seccomp vsock filter (`guest-agent/src/vsock_guard.rs`).
+const VSOCK_SECCOMP_FALLBACK: &[(&str, &str)] = &[
+    (
+        "status.Seccomp_filters",
+        "CAP_SYS_ADMIN could detach the cgroup's vsock guard, so hull adds its seccomp vsock filter (docs/SECURITY.md)",
+    ),
+    (
+        "status.Seccomp",
+        "the same filter puts the process in seccomp filter mode (2)",
+    ),
+];
+
+/// What differs under an OCI seccomp profile: the same calls are refused, but hull compiles the profile into
+/// one filter per action (`guest-agent/src/seccomp.rs`) where runc makes one.
+const PROFILE_AS_FILTERS: &[(&str, &str)] = &[(
+    "status.Seccomp_filters",
+    "hull compiles an OCI profile into one seccomp filter per action, runc (libseccomp) into one",
+)];
+
+/// Runs the probe with runc and with hull; returns the differences not explained by [`vm_differences`] or
+/// `also`.
+fn compare(s: &Setup, case: &str, options: &[&str], image: &str, also: &[(&str, &str)]) -> Vec<String> {
     let runc = s.probe(RUNC_RUNTIME, options, image, &format!("diff-runc-{case}"));
     let hull = s.probe(HULL_RUNTIME, options, image, &format!("diff-hull-{case}"));
-    differences(case, &runc, &hull, &[])
+    differences(case, &runc, &hull, also)
 }
 
 /// The differences between what runc's and hull's probes saw that [`vm_differences`] does not explain.
@@ -337,22 +349,34 @@ fn what_the_container_sees_matches_runc() {
         return;
     }
     let s = Setup::start();
-    let cases: [(&str, &[&str], &str); 7] = [
-        ("default", &[], BUSYBOX_IMAGE),
-        ("read-only-rootfs", &["--read-only"], BUSYBOX_IMAGE),
-        ("uid-gid-from-the-image", &[], USER_IMAGE),
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 7] = [
+        ("default", &[], BUSYBOX_IMAGE, &[]),
+        ("read-only-rootfs", &["--read-only"], BUSYBOX_IMAGE, &[]),
+        ("uid-gid-from-the-image", &[], USER_IMAGE, &[]),
         (
             "capabilities-added-and-dropped",
             &["--cap-add", "CAP_SYS_ADMIN", "--cap-drop", "CAP_CHOWN"],
             BUSYBOX_IMAGE,
+            VSOCK_SECCOMP_FALLBACK,
         ),
-        ("env-and-cwd", &["--env", "FOO=bar baz", "--cwd", "/tmp"], BUSYBOX_IMAGE),
-        ("seccomp-default-profile", &["--seccomp"], BUSYBOX_IMAGE),
-        ("new-privileges-allowed", &["--allow-new-privs"], BUSYBOX_IMAGE),
+        (
+            "env-and-cwd",
+            &["--env", "FOO=bar baz", "--cwd", "/tmp"],
+            BUSYBOX_IMAGE,
+            &[],
+        ),
+        (
+            "seccomp-default-profile",
+            &["--seccomp"],
+            BUSYBOX_IMAGE,
+            PROFILE_AS_FILTERS,
+        ),
+        ("new-privileges-allowed", &["--allow-new-privs"], BUSYBOX_IMAGE, &[]),
     ];
     let mut all = Vec::new();
-    for (case, options, image) in cases {
-        all.extend(compare(&s, case, options, image));
+    for (case, options, image, also) in cases {
+        all.extend(compare(&s, case, options, image, also));
     }
     let explained: Vec<String> = vm_differences()
         .iter()

@@ -290,6 +290,12 @@ impl Agent {
             Some(_) => Some(crate::sys::pipe().map_err(io_err("pipe"))?),
             None => None,
         };
+        // vsock: the cgroup's guard where the kernel honours it, plus the seccomp filter where it does not or
+        // where the container's own capabilities could detach the guard (see `vsock_guard`).
+        let allow_vsock = allows_vsock(spec);
+        let vsock_guarded = !allow_vsock && crate::vsock_guard::enforced(&self.reaper);
+        let vsock_seccomp =
+            !allow_vsock && (!vsock_guarded || crate::vsock_guard::process_could_detach(process, ns.id_maps.is_some()));
         let cgroup = Cgroup::create(id)?;
         let limited = || -> Result<(), AgentError> {
             if let Some(r) = linux.resources() {
@@ -297,6 +303,9 @@ impl Agent {
             }
             if let Some(rules) = &device_rules {
                 cgroup.attach_device_filter(rules)?;
+            }
+            if vsock_guarded {
+                cgroup.attach_vsock_guard()?;
             }
             Ok(())
         };
@@ -343,7 +352,6 @@ impl Agent {
         if let Err(e) = cgroup.add_process(pid) {
             return Err(fail(e.into(), &self.reaper));
         }
-        let allow_vsock = allows_vsock(spec);
         if allow_vsock {
             crate::console::log(&format!("container {id}: AF_VSOCK sockets allowed by its annotation"));
         }
@@ -353,7 +361,7 @@ impl Agent {
             cgroup_ns: ns.cgroup_ns,
             user_ns: ns.id_maps.is_some(),
             time_offsets: ns.time_offsets.clone(),
-            allow_vsock,
+            vsock_seccomp,
             with_init: wants_init(spec),
             id: id.into(),
             pid,
@@ -397,6 +405,8 @@ impl Agent {
             namespaces: ns.names,
             seccomp: linux.seccomp().clone(),
             allow_vsock,
+            vsock_guarded,
+            user_ns: ns.id_maps.is_some(),
             copy_back: files.iter().filter(|f| f.copy_back).map(|f| f.name.clone()).collect(),
             init: ProcessEntry::new(pid, pio),
             channel: Mutex::new(Some(ch)),

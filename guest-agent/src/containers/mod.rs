@@ -106,6 +106,10 @@ pub struct Container {
     seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     /// Its processes may create AF_VSOCK sockets (the spec's `io.hull.allow-vsock` annotation).
     allow_vsock: bool,
+    /// Its cgroup carries the vsock guard and the kernel honours it (`crate::vsock_guard`).
+    vsock_guarded: bool,
+    /// It has a user namespace of its own.
+    user_ns: bool,
     /// The files the host registered for copy-back (`File.copy_back`): the only ones ReadFile reads.
     copy_back: Vec<String>,
     init: Arc<ProcessEntry>,
@@ -291,13 +295,15 @@ impl Agent {
         self.reaper.watch(helper);
         drop(child);
         drop(helper_end);
+        let vsock_seccomp =
+            !c.allow_vsock && (!c.vsock_guarded || crate::vsock_guard::process_could_detach(&process, c.user_ns));
         let cfg = ExecConfig {
             process,
             init_pid: c.init.pid,
             namespaces: c.namespaces.clone(),
             cgroup: c.cgroup.path.clone(),
             seccomp: c.seccomp.clone(),
-            allow_vsock: c.allow_vsock,
+            vsock_seccomp,
         };
         let sent = ch.send(&ToHelper::Exec(Box::new(cfg)));
         let _ = ch.set_read_timeout(Some(HELPER_TIMEOUT));

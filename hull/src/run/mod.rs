@@ -77,7 +77,11 @@ pub struct RunArgs {
     /// OCI seccomp profile (the `linux.seccomp` object, JSON) for the container's processes.
     #[arg(long, value_name = "FILE")]
     pub seccomp: Option<PathBuf>,
-    /// Let the container's processes create AF_VSOCK sockets, which the agent's seccomp rule otherwise refuses
+    /// Add a capability to Docker's default set (`NET_ADMIN`, `CAP_SYS_ADMIN`, `ALL`; repeatable), as
+    /// `docker run --cap-add`: root holds it, other users have it in their bounding set.
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = spec::capability_name)]
+    pub cap_add: Vec<String>,
+    /// Let the container's processes create AF_VSOCK sockets, which the agent's vsock guard otherwise refuses
     /// (EAFNOSUPPORT). The guest has no vsock loopback, and the agent serves only the host, either way.
     #[arg(long)]
     pub allow_vsock: bool,
@@ -449,6 +453,7 @@ fn run_container(
     let (uid, gid) = args.user.unwrap_or((0, 0));
     let process = spec::process(&spec::ProcessOptions {
         args: &args.command,
+        cap_add: &args.cap_add,
         env: &args.env,
         cwd: &args.workdir,
         uid,
