@@ -144,6 +144,12 @@ fn jailed_hull_boots_a_tiny_guest_through_the_api_socket_in_its_chroot() {
     assert_eq!(status_line(pid, "Groups:"), "", "no supplementary groups");
     assert_eq!(status_line(pid, "NoNewPrivs:"), "1");
     // hull installs its own seccomp filters after the exec: the jailed process has them (mode 2, filter).
+    // It binds the API socket just before (clients may connect at once; nothing is read until the filter
+    // is on), so on a loaded machine the socket can answer a moment before the filter shows.
+    let filtered_by = std::time::Instant::now() + Duration::from_secs(10);
+    while status_line(pid, "Seccomp:") != "2" && std::time::Instant::now() < filtered_by {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
         status_line(pid, "Seccomp:"),
         "2",
