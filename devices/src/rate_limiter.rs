@@ -55,6 +55,41 @@ pub enum BucketUpdate {
     Set(BucketConfig),
 }
 
+/// A limiter's settings: both buckets, each possibly unlimited (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    pub bandwidth: BucketConfig,
+    /// Requests (block) or frames (net).
+    pub ops: BucketConfig,
+}
+
+/// A change to a running limiter, bucket by bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimiterUpdate {
+    pub bandwidth: BucketUpdate,
+    pub ops: BucketUpdate,
+}
+
+impl Default for RateLimiterUpdate {
+    fn default() -> Self {
+        RateLimiterUpdate {
+            bandwidth: BucketUpdate::Keep,
+            ops: BucketUpdate::Keep,
+        }
+    }
+}
+
+impl From<RateLimiterConfig> for RateLimiterUpdate {
+    /// Sets both buckets (unlimited settings remove them): a whole new configuration.
+    fn from(config: RateLimiterConfig) -> Self {
+        RateLimiterUpdate {
+            bandwidth: BucketUpdate::Set(config.bandwidth),
+            ops: BucketUpdate::Set(config.ops),
+        }
+    }
+}
+
 /// A token bucket. All arithmetic on request sizes saturates; nothing the guest sends can overflow it.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -196,6 +231,11 @@ impl RateLimiter {
         Self::new(BucketConfig::default(), BucketConfig::default())
     }
 
+    /// A limiter with the buckets of `config`.
+    pub fn from_config(config: &RateLimiterConfig) -> std::io::Result<Self> {
+        Self::new(config.bandwidth, config.ops)
+    }
+
     /// Whether neither bucket exists.
     pub fn is_unlimited(&self) -> bool {
         self.bandwidth.is_none() && self.ops.is_none()
@@ -273,12 +313,12 @@ impl RateLimiter {
     /// Replaces or keeps each bucket (a replaced bucket starts full). A blocked limiter re-checks at once:
     /// its timer is re-armed to fire now, so a lifted or loosened limit takes effect without waiting out
     /// the old one.
-    pub fn update(&mut self, bandwidth: BucketUpdate, ops: BucketUpdate) {
+    pub fn update(&mut self, update: &RateLimiterUpdate) {
         let now = Instant::now();
-        if let BucketUpdate::Set(config) = bandwidth {
+        if let BucketUpdate::Set(config) = update.bandwidth {
             self.bandwidth = TokenBucket::new(config, now);
         }
-        if let BucketUpdate::Set(config) = ops {
+        if let BucketUpdate::Set(config) = update.ops {
             self.ops = TokenBucket::new(config, now);
         }
         if self.blocked {
@@ -319,17 +359,8 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// Waits until the limiter's timer fd polls readable (at most `limit`); returns whether it did.
     fn timer_fires_within(limiter: &RateLimiter, limit: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: limiter.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout = i32::try_from(limit.as_millis()).unwrap();
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        n == 1 && pfd.revents & libc::POLLIN != 0
+        crate::virtio::test_utils::readable_within(limiter.as_raw_fd(), limit)
     }
 
     #[test]
@@ -445,14 +476,20 @@ mod tests {
         assert!(rl.consume(1, 100));
         assert!(!rl.consume(1, 1));
         // The ops bucket is lifted; the (empty) bandwidth bucket is kept.
-        rl.update(BucketUpdate::Keep, BucketUpdate::Set(NONE));
+        rl.update(&RateLimiterUpdate {
+            bandwidth: BucketUpdate::Keep,
+            ops: BucketUpdate::Set(NONE),
+        });
         assert!(rl.ops().is_none());
         assert_eq!(rl.bandwidth().unwrap().available(), 0);
         // The old wait was a minute; the update re-arms the timer to fire now.
         assert!(timer_fires_within(&rl, Duration::from_secs(5)));
         assert!(rl.on_timer());
         assert!(!rl.consume(1, 1));
-        rl.update(BucketUpdate::Set(bucket(10, 0, 1000)), BucketUpdate::Keep);
+        rl.update(&RateLimiterUpdate {
+            bandwidth: BucketUpdate::Set(bucket(10, 0, 1000)),
+            ..Default::default()
+        });
         assert!(timer_fires_within(&rl, Duration::from_secs(5)));
         rl.on_timer();
         assert!(rl.consume(1, 10));

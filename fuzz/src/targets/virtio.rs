@@ -118,7 +118,9 @@ pub fn block(data: &[u8]) {
     let mut input = Input::new(data);
     let size = input.pick(&[0usize, 512, 4096, 64 << 10, 1000]);
     let read_only = input.u8() & 3 == 0;
-    let mut device = Block::with_backend(Box::new(MemDisk(vec![0; size])), read_only, "fuzz");
+    let Ok(mut device) = Block::with_backend(Box::new(MemDisk(vec![0; size])), read_only, "fuzz") else {
+        return;
+    };
     device.set_acked_features(device.avail_features());
     let sectors = size as u64 / SECTOR_SIZE;
     let mut header = |_: usize, input: &mut Input| {
