@@ -449,12 +449,9 @@ mod tests {
     fn device(read_only: bool) -> (TestTransport<Block>, MemDisk) {
         let disk = MemDisk::new(64 * 512);
         (
-            TestTransport::new(Block::with_backend(
-                Box::new(disk.clone()),
-                read_only,
-                "hull-test-drive-id-longer-than-20",
-            )
-            .unwrap()),
+            TestTransport::new(
+                Block::with_backend(Box::new(disk.clone()), read_only, "hull-test-drive-id-longer-than-20").unwrap(),
+            ),
             disk,
         )
     }
@@ -501,7 +498,10 @@ mod tests {
         set.push(Some(queue));
         // The timer fd is what the transport watches.
         let fd = dev.backend_fd().unwrap();
-        assert!(crate::virtio::test_utils::readable_within(fd, std::time::Duration::from_secs(5)));
+        assert!(crate::virtio::test_utils::readable_within(
+            fd,
+            std::time::Duration::from_secs(5)
+        ));
         assert!(started.elapsed() >= std::time::Duration::from_millis(40));
         assert!(dev.process_backend(mem, &mut set).unwrap().contains(0));
         assert_eq!(q.take_used(), vec![(heads[2], 513)]);
@@ -524,7 +524,10 @@ mod tests {
         // Lifting the limit wakes the device through its timer well before the minute is up.
         dev.update_rate_limiter(&limit((0, 0), (0, 0)));
         let fd = dev.backend_fd().unwrap();
-        assert!(crate::virtio::test_utils::readable_within(fd, std::time::Duration::from_secs(5)));
+        assert!(crate::virtio::test_utils::readable_within(
+            fd,
+            std::time::Duration::from_secs(5)
+        ));
         let (mem, queue) = q.parts();
         let mut set = QueueSet::new();
         set.push(Some(queue));
