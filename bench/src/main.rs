@@ -437,6 +437,11 @@ fn run(args: Args) -> Result<Vec<Section>> {
                     devbench::net::run(s, &opts)
                 }),
                 run_section(
+                    "devices.rate_limit",
+                    "rate-limited virtio-blk and virtio-net cores: measured throughput vs the set rate",
+                    |s| devbench::rate_limit::run(s, &opts),
+                ),
+                run_section(
                     "devices.qemu_guest",
                     "guest-measured blk and vsock MB/s, QEMU TCG guest with hull's vhost-user backends",
                     |s| {

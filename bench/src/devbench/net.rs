@@ -11,11 +11,12 @@
 
 use std::process::Command;
 
+use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::net::{Net, NetBackend, NetConfig, Tap, TX_QUEUE, VNET_HDR_LEN};
 use devices::virtio::{GuestMemory, QueueSet, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{compare, guest_memory, timed, DeviceOptions, Rate};
+use super::{compare, guest_memory, timed, wait_readable, DeviceOptions, Rate};
 use crate::error::{fail, BenchError, Result};
 use crate::report::Section;
 use crate::virtq::{Buffer, DriverQueue};
@@ -24,7 +25,7 @@ const NETNS_PREFIX: &str = "hull-bench-";
 const DEVICE_TAP: &str = "hbtap0";
 const RAW_TAP: &str = "hbtap1";
 /// Frames queued per TX notification.
-const BATCH: usize = 32;
+pub(super) const BATCH: usize = 32;
 const QUEUE_SIZE: u16 = 256;
 const MEM_BYTES: usize = 8 << 20;
 const RING_BASE: u64 = 0x1000;
@@ -32,8 +33,8 @@ const FRAME_BASE: u64 = 0x10_0000;
 const FRAME_SLOT: u64 = 0x800;
 
 /// A network namespace created by this process, deleted on drop.
-struct NetNs {
-    name: String,
+pub(super) struct NetNs {
+    pub(super) name: String,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -54,7 +55,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl NetNs {
-    fn create() -> Result<NetNs> {
+    pub(super) fn create() -> Result<NetNs> {
         remove_stale_namespaces();
         let name = format!("{NETNS_PREFIX}{}", std::process::id());
         ip(&["netns", "add", &name]).map_err(|e| {
@@ -110,7 +111,7 @@ fn remove_stale_namespaces() {
 }
 
 /// A virtio-net header (zero: no offloads) and an Ethernet frame of `len` bytes to a MAC nobody has.
-fn frame(len: usize) -> Vec<u8> {
+pub(super) fn frame(len: usize) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR_LEN + len];
     let eth = &mut f[VNET_HDR_LEN..];
     eth[0..6].copy_from_slice(&[0x02, 0x68, 0x75, 0x6c, 0x6c, 0x02]); // destination
@@ -123,14 +124,47 @@ fn frame(len: usize) -> Vec<u8> {
 }
 
 /// The guest side: a TX queue and `BATCH` frame slots.
-struct NetDriver {
+pub(super) struct NetDriver {
     mem: GuestMemory,
     tx: DriverQueue,
-    dev: Net,
+    pub(super) dev: Net,
 }
 
 impl NetDriver {
-    fn batch(&mut self, len: u32) -> Result<()> {
+    /// A device on TAP `DEVICE_TAP` in `ns` (brought up) with TX limits `tx_rate_limiter`, activated,
+    /// with `frame` in every slot.
+    pub(super) fn in_namespace(ns: &NetNs, tx_rate_limiter: RateLimiterConfig, frame: &[u8]) -> Result<NetDriver> {
+        let dev = ns.run_inside(move || {
+            Net::new(&NetConfig {
+                tap: DEVICE_TAP.into(),
+                mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]),
+                rx_rate_limiter: RateLimiterConfig::default(),
+                tx_rate_limiter,
+            })
+            .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))
+        })?;
+        ip(&["-n", &ns.name, "link", "set", DEVICE_TAP, "up"])?;
+        let mem = guest_memory(MEM_BYTES)?;
+        let tx = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
+        let mut driver = NetDriver { mem, tx, dev };
+        driver.dev.set_acked_features(driver.dev.avail_features());
+        driver
+            .dev
+            .activate()
+            .map_err(fail("activating the virtio-net device"))?;
+        for slot in 0..BATCH as u64 {
+            driver
+                .mem
+                .write_slice(frame, GuestAddress(FRAME_BASE + slot * FRAME_SLOT))
+                .map_err(fail("guest memory"))?;
+        }
+        Ok(driver)
+    }
+
+    /// Queues `BATCH` frames of `len` bytes, notifies the device once and waits until all are sent; a
+    /// rate-limited device that holds frames back is woken through its backend fd (its epoll, where the
+    /// TX limiter's timer sits), as the VMM's event loop would.
+    pub(super) fn batch(&mut self, len: u32) -> Result<()> {
         for slot in 0..BATCH as u64 {
             self.tx
                 .offer(&self.mem, &[Buffer::readable(FRAME_BASE + slot * FRAME_SLOT, len)])
@@ -142,7 +176,18 @@ impl NetDriver {
         self.dev
             .process_queue(TX_QUEUE, &self.mem, &mut set)
             .map_err(fail("virtio-net process_queue"))?;
-        let used = self.tx.take_used(&self.mem).map_err(BenchError::failed)?;
+        let mut used = self.tx.take_used(&self.mem).map_err(BenchError::failed)?;
+        while used.len() < BATCH && self.dev.tx_rate_limiter().is_blocked() {
+            let fd = self.dev.backend_fd().ok_or_else(|| BenchError::failed("no backend fd"))?;
+            wait_readable(fd, std::time::Duration::from_secs(10))?;
+            let mut set = QueueSet::new();
+            set.push(None);
+            set.push(Some(self.tx.device_queue()));
+            self.dev
+                .process_backend(&self.mem, &mut set)
+                .map_err(fail("virtio-net process_backend"))?;
+            used.extend(self.tx.take_used(&self.mem).map_err(BenchError::failed)?);
+        }
         if used.len() != BATCH {
             return Err(BenchError::failed(format!(
                 "{BATCH} frames offered, {} completed",
@@ -160,6 +205,8 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
         let dev = Net::new(&NetConfig {
             tap: DEVICE_TAP.into(),
             mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]),
+            rx_rate_limiter: RateLimiterConfig::default(),
+            tx_rate_limiter: RateLimiterConfig::default(),
         })
         .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))?;
         let raw = Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}")))?;
