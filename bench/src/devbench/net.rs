@@ -132,7 +132,7 @@ pub(super) struct NetDriver {
 
 impl NetDriver {
     /// A device on TAP `DEVICE_TAP` in `ns` (brought up) with TX limits `tx_rate_limiter`, activated,
-    /// with `frame` in every slot.
+    /// with `frame` in every slot (empty: the caller fills them).
     pub(super) fn in_namespace(ns: &NetNs, tx_rate_limiter: RateLimiterConfig, frame: &[u8]) -> Result<NetDriver> {
         let dev = ns.run_inside(move || {
             Net::new(&NetConfig {
@@ -152,13 +152,18 @@ impl NetDriver {
             .dev
             .activate()
             .map_err(fail("activating the virtio-net device"))?;
+        driver.fill(frame)?;
+        Ok(driver)
+    }
+
+    /// Writes `frame` into every slot.
+    pub(super) fn fill(&mut self, frame: &[u8]) -> Result<()> {
         for slot in 0..BATCH as u64 {
-            driver
-                .mem
+            self.mem
                 .write_slice(frame, GuestAddress(FRAME_BASE + slot * FRAME_SLOT))
                 .map_err(fail("guest memory"))?;
         }
-        Ok(driver)
+        Ok(())
     }
 
     /// Queues `BATCH` frames of `len` bytes, notifies the device once and waits until all are sent; a
@@ -201,37 +206,14 @@ impl NetDriver {
 /// Runs the virtio-net comparison into `s`.
 pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let ns = NetNs::create()?;
-    let (dev, mut raw_tap) = ns.run_inside(|| {
-        let dev = Net::new(&NetConfig {
-            tap: DEVICE_TAP.into(),
-            mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]),
-            rx_rate_limiter: RateLimiterConfig::default(),
-            tx_rate_limiter: RateLimiterConfig::default(),
-        })
-        .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))?;
-        let raw = Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}")))?;
-        Ok((dev, raw))
-    })?;
-    ip(&["-n", &ns.name, "link", "set", DEVICE_TAP, "up"])?;
+    let mut raw_tap = ns.run_inside(|| Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}"))))?;
     ip(&["-n", &ns.name, "link", "set", RAW_TAP, "up"])?;
-    let mem = guest_memory(MEM_BYTES)?;
-    let tx = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
-    let mut driver = NetDriver { mem, tx, dev };
-    driver.dev.set_acked_features(driver.dev.avail_features());
-    driver
-        .dev
-        .activate()
-        .map_err(fail("activating the virtio-net device"))?;
+    let mut driver = NetDriver::in_namespace(&ns, RateLimiterConfig::default(), &[])?;
     let metrics = driver.dev.metrics();
 
     for eth_len in [60usize, 1514] {
         let bytes = frame(eth_len);
-        for slot in 0..BATCH as u64 {
-            driver
-                .mem
-                .write_slice(&bytes, GuestAddress(FRAME_BASE + slot * FRAME_SLOT))
-                .map_err(fail("guest memory"))?;
-        }
+        driver.fill(&bytes)?;
         let len = bytes.len() as u32;
         let (mut dev_rates, mut raw_rates) = (Vec::<Rate>::new(), Vec::<Rate>::new());
         for _ in 0..opts.runs {
