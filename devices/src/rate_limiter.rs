@@ -23,9 +23,13 @@ use std::time::{Duration, Instant};
 use hull_logging::guest_warn as warn;
 use vmm_sys_util::timerfd::TimerFd;
 
-/// The shortest wait the timer is armed for: a zero duration would disarm it, and shorter waits only
-/// cost wake-ups.
-const MIN_WAIT: Duration = Duration::from_micros(100);
+/// The shortest wait a throttled device is given (or the bucket's whole refill time, if shorter): waking
+/// for every few tokens would cost a wake-up per request, while tokens earned during a longer wait are
+/// kept (up to the bucket's size), so the rate does not suffer.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+/// How soon a limiter whose buckets were updated while it was throttled checks again (a zero duration
+/// would disarm the timer).
+const RECHECK: Duration = Duration::from_micros(100);
 
 /// One bucket's settings as the API gives them. A `size` or `refill_time_ms` of 0 means no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,6 +186,13 @@ impl TokenBucket {
         }
     }
 
+    /// The shortest wait worth a wake-up: [`MIN_WAIT`], or the refill time if that is shorter (waiting
+    /// longer than a whole refill would lose tokens).
+    fn min_wait(&self) -> Duration {
+        let refill = Duration::from_nanos(u64::try_from(self.refill_ns).unwrap_or(u64::MAX));
+        MIN_WAIT.min(refill)
+    }
+
     /// How long from `now` until `tokens` can be taken (the bucket refilled to `min(tokens, size)`, after
     /// paying its debt).
     fn wait_for(&self, tokens: u64, now: Instant) -> Duration {
@@ -272,7 +283,7 @@ impl RateLimiter {
             if let Some(bucket) = bucket {
                 bucket.refill(now);
                 if !bucket.can_take(tokens) {
-                    wait = wait.max(bucket.wait_for(tokens, now).max(MIN_WAIT));
+                    wait = wait.max(bucket.wait_for(tokens, now).max(bucket.min_wait()));
                 }
             }
         }
@@ -322,7 +333,7 @@ impl RateLimiter {
             self.ops = TokenBucket::new(config, now);
         }
         if self.blocked {
-            if let Err(error) = self.timer.reset(MIN_WAIT, None) {
+            if let Err(error) = self.timer.reset(RECHECK, None) {
                 warn!(%error, "cannot re-arm the rate limiter's timer; unblocking now");
                 self.blocked = false;
             }

@@ -10,8 +10,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use devices::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use devices::rate_limiter::RateLimiterConfig;
+use devices::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::{GuestMemory, QueueSet, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};

@@ -76,10 +76,7 @@ pub fn wait_readable(fd: RawFd, limit: Duration) -> Result<()> {
         0 => Err(BenchError::failed(format!(
             "a throttled device was not woken within {limit:?}"
         ))),
-        _ => Err(BenchError::failed(format!(
-            "poll: {}",
-            std::io::Error::last_os_error()
-        ))),
+        _ => Err(BenchError::failed(format!("poll: {}", std::io::Error::last_os_error()))),
     }
 }
 

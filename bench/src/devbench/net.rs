@@ -183,7 +183,10 @@ impl NetDriver {
             .map_err(fail("virtio-net process_queue"))?;
         let mut used = self.tx.take_used(&self.mem).map_err(BenchError::failed)?;
         while used.len() < BATCH && self.dev.tx_rate_limiter().is_blocked() {
-            let fd = self.dev.backend_fd().ok_or_else(|| BenchError::failed("no backend fd"))?;
+            let fd = self
+                .dev
+                .backend_fd()
+                .ok_or_else(|| BenchError::failed("no backend fd"))?;
             wait_readable(fd, std::time::Duration::from_secs(10))?;
             let mut set = QueueSet::new();
             set.push(None);

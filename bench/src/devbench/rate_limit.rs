@@ -4,8 +4,11 @@
 //! `process_backend`, exactly what the VMM's event loop does; nothing sleeps or spins.
 //!
 //! Each row first drains the bucket (the initial full bucket is a burst, not the rate), then times
-//! back-to-back windows, so the bucket never refills to full between them. A row's "measured / set" is
-//! the figure that shows the limiter holds the rate; within 5 % is the target.
+//! back-to-back windows, so the bucket never refills to full between them. The buckets hold 200 ms of
+//! tokens: a bench process the scheduler leaves off the CPU for less than that loses nothing, it spends
+//! the tokens earned meanwhile when it runs again. That can move tokens from one window into the next,
+//! so single windows scatter on a loaded machine; the "all windows" row (everything moved over the whole
+//! timed span) is the figure that shows the limiter holds the rate, within 5 % being the target.
 //!
 //! The blk rows use a scratch file in the temp dir (page cache); the net row a TAP in a network namespace
 //! of its own (see `net`), so it needs root or CAP_SYS_ADMIN.
@@ -36,22 +39,41 @@ fn per_sec(b: BucketConfig) -> f64 {
     b.size as f64 * 1000.0 / b.refill_time_ms as f64
 }
 
-/// One limited row: what is limited, the set rate, and how a window's [`Rate`] reads in the same unit.
+/// One limited row: what is limited, the set rate, and the measured rate per window and over all windows
+/// (in the same unit).
 struct Row {
     label: String,
     unit: &'static str,
     set: f64,
     measured: Vec<f64>,
+    overall: f64,
 }
 
 impl Row {
+    /// `read` turns a [`Rate`] into the row's unit.
+    fn new(label: &str, unit: &'static str, set: f64, rates: &[Rate], read: fn(&Rate) -> f64) -> Row {
+        let total = rates.iter().fold(Rate::default(), |t, r| Rate {
+            ops: t.ops + r.ops,
+            bytes: t.bytes + r.bytes,
+            secs: t.secs + r.secs,
+        });
+        Row {
+            label: label.to_string(),
+            unit,
+            set,
+            measured: rates.iter().map(read).collect(),
+            overall: read(&total),
+        }
+    }
+
+    /// Adds the rows; returns how far the overall rate is from the set one (a fraction).
     fn report(&self, s: &mut Section) -> f64 {
-        s.metric(format!("{}: set", self.label), self.unit, vec![self.set; self.measured.len()]);
-        s.metric(format!("{}: measured", self.label), self.unit, self.measured.clone());
-        let ratios: Vec<f64> = self.measured.iter().map(|m| m / self.set).collect();
-        let worst = ratios.iter().map(|r| (r - 1.0).abs()).fold(0.0, f64::max);
-        s.metric(format!("{}: measured / set", self.label), "x", ratios);
-        worst
+        s.metric(format!("{}: set", self.label), self.unit, vec![self.set]);
+        s.metric(format!("{}: each window", self.label), self.unit, self.measured.clone());
+        s.metric(format!("{}: all windows", self.label), self.unit, vec![self.overall]);
+        let ratio = self.overall / self.set;
+        s.metric(format!("{}: all windows / set", self.label), "x", vec![ratio]);
+        (ratio - 1.0).abs()
     }
 }
 
@@ -83,38 +105,40 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let mut rows = Vec::new();
     let scratch = ScratchFile::create(FILE_BYTES)?;
 
-    // Bandwidth: 64 KiB reads against 1 MiB per 50 ms (20 MiB/s).
-    let bandwidth = bucket(1 << 20, 50);
+    // Bandwidth: 64 KiB reads against 4 MiB per 200 ms (20 MiB/s).
+    let bandwidth = bucket(4 << 20, 200);
     let limits = RateLimiterConfig {
         bandwidth,
         ..Default::default()
     };
     let rates = block_reads(opts, &scratch, limits, 64 << 10)?;
-    rows.push(Row {
-        label: "blk read 64 KiB, bandwidth 1 MiB / 50 ms".into(),
-        unit: "MB/s",
-        set: per_sec(bandwidth) / 1e6,
-        measured: rates.iter().map(Rate::mb_per_sec).collect(),
-    });
+    rows.push(Row::new(
+        "blk read 64 KiB, bandwidth 4 MiB / 200 ms",
+        "MB/s",
+        per_sec(bandwidth) / 1e6,
+        &rates,
+        Rate::mb_per_sec,
+    ));
 
-    // Ops: 4 KiB reads against 100 requests per 100 ms (1000 req/s).
-    let ops = bucket(100, 100);
+    // Ops: 4 KiB reads against 200 requests per 200 ms (1000 req/s).
+    let ops = bucket(200, 200);
     let limits = RateLimiterConfig {
         ops,
         ..Default::default()
     };
     let rates = block_reads(opts, &scratch, limits, 4096)?;
-    rows.push(Row {
-        label: "blk read 4 KiB, ops 100 / 100 ms".into(),
-        unit: "req/s",
-        set: per_sec(ops),
-        measured: rates.iter().map(Rate::ops_per_sec).collect(),
-    });
+    rows.push(Row::new(
+        "blk read 4 KiB, ops 200 / 200 ms",
+        "req/s",
+        per_sec(ops),
+        &rates,
+        Rate::ops_per_sec,
+    ));
     drop(scratch);
 
-    // Net TX: 1514-byte frames against 512 KiB per 50 ms (10 MiB/s). The limiter counts what the device
+    // Net TX: 1514-byte frames against 2 MiB per 200 ms (10 MiB/s). The limiter counts what the device
     // writes to the TAP: the 12-byte virtio-net header and the frame.
-    let tx = bucket(512 << 10, 50);
+    let tx = bucket(2 << 20, 200);
     let ns = NetNs::create()?;
     let bytes = frame(1514);
     let len = bytes.len() as u64;
@@ -130,19 +154,20 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     })?;
     let sent = metrics.tx_frames.get();
     drop(driver);
-    rows.push(Row {
-        label: "net TX 1514 B frames, bandwidth 512 KiB / 50 ms".into(),
-        unit: "MB/s",
-        set: per_sec(tx) / 1e6,
-        measured: rates.iter().map(Rate::mb_per_sec).collect(),
-    });
+    rows.push(Row::new(
+        "net TX 1514 B frames, bandwidth 2 MiB / 200 ms",
+        "MB/s",
+        per_sec(tx) / 1e6,
+        &rates,
+        Rate::mb_per_sec,
+    ));
 
     let worst = rows.iter().map(|r| r.report(s)).fold(0.0, f64::max);
     s.note(format!(
         "{} windows of {:?} per row after the initial bucket is drained; blk: {DEPTH} requests per notification \
          on a {} MiB file in {} (page cache); net: TAP in namespace {} ({sent} frames sent, {} bytes each \
          counted: {VNET_HDR_LEN}-byte virtio-net header + 1514-byte frame); MB/s = 10^6 bytes/s; \
-         largest deviation from the set rate: {:.2} % ({})",
+         largest deviation of an \"all windows\" rate from the set rate: {:.2} % ({})",
         opts.runs,
         opts.window,
         FILE_BYTES >> 20,
@@ -163,8 +188,8 @@ mod tests {
 
     #[test]
     fn set_rates_are_size_per_refill_time() {
-        assert_eq!(per_sec(bucket(1 << 20, 50)), 20_971_520.0);
-        assert_eq!(per_sec(bucket(100, 100)), 1000.0);
+        assert_eq!(per_sec(bucket(4 << 20, 200)), 20_971_520.0);
+        assert_eq!(per_sec(bucket(200, 200)), 1000.0);
     }
 
     #[test]
