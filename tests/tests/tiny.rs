@@ -454,6 +454,42 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     }
     let config = api.get("/vm/config").unwrap().json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(image));
+    // Rate limits on the running drive: the buckets given replace, the others stay.
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "rate_limiter": {
+            "bandwidth": { "size": 1048576, "refill_time": 100 },
+            "ops": { "size": 100, "one_time_burst": 10, "refill_time": 1000 } } }),
+    );
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "rate_limiter": { "ops": { "size": 0, "refill_time": 0 } } }),
+    );
+    let config = api.get("/vm/config").unwrap().json();
+    assert_eq!(
+        config["drives"][0]["rate_limiter"],
+        json!({ "bandwidth": { "size": 1048576, "refill_time": 100 }, "ops": { "size": 0, "refill_time": 0 } }),
+        "{config}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hull.stderr().contains("drive rate limiter updated") {
+        assert!(
+            Instant::now() < deadline,
+            "hull did not log the new limits\n{}",
+            hull.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resp = api
+        .patch(
+            "/network-interfaces/eth0",
+            &json!({ "iface_id": "eth0", "rx_rate_limiter": { "ops": { "size": 1, "refill_time": 1 } } }),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(resp.body.contains("no network interface with this id"), "{}", resp.body);
     // Back to the empty placeholder; the guest keeps running throughout.
     api.expect_ok(
         "PATCH",
