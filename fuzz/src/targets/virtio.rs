@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use devices::virtio::block::{Block, DiskBackend, SECTOR_SIZE};
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::vsock::packet::{PacketHeader, HDR_LEN, OP_RW};
@@ -122,6 +123,21 @@ pub fn block(data: &[u8]) {
         return;
     };
     device.set_acked_features(device.avail_features());
+    // Half the inputs run under a rate limiter small enough to throttle mid-queue (guest-sized requests
+    // against tiny buckets, including ones they overdraw).
+    let limit = input.u8();
+    if limit & 1 == 1 {
+        let bucket = |size: u8| BucketConfig {
+            size: u64::from(size),
+            one_time_burst: u64::from(size & 3),
+            refill_time_ms: 1,
+        };
+        let limits = RateLimiterConfig {
+            bandwidth: bucket((limit >> 1) & 7),
+            ops: bucket(limit >> 4),
+        };
+        device.update_rate_limiter(&limits.into());
+    }
     let sectors = size as u64 / SECTOR_SIZE;
     let mut header = |_: usize, input: &mut Input| {
         let kind = match input.u8() % 8 {
@@ -147,7 +163,7 @@ pub fn block(data: &[u8]) {
     // What the driver does with the queues comes first, so it is never starved by the layouts.
     let ops = input.bytes(24);
     let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut header);
-    drive("virtio_block", &mut device, &mut guest, &mut Input::new(ops), false);
+    drive("virtio_block", &mut device, &mut guest, &mut Input::new(ops), true);
 }
 
 /// Frames the host side hands the device, and a readiness eventfd.
