@@ -400,6 +400,19 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     );
 }
 
+/// Waits until hull's log has `line` (it reaches the harness through a reader thread: give it a moment).
+fn expect_log(hull: &Hull, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hull.stderr().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "hull did not log {line:?}\n{}",
+            hull.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     require_kvm!("patch_drive_on_a_running_microvm_swaps_the_backing_file");
@@ -424,16 +437,7 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     );
     let config = api.get("/vm/config").unwrap().json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(image), "{config}");
-    // hull's log reaches the harness through a reader thread: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hull.stderr().contains("drive backing file replaced") {
-        assert!(
-            Instant::now() < deadline,
-            "hull did not log the swap\n{}",
-            hull.report()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    expect_log(&hull, "drive backing file replaced");
 
     // Refused updates on the running microVM change nothing.
     for (path, body, expected) in [
@@ -473,15 +477,7 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
         json!({ "bandwidth": { "size": 1048576, "refill_time": 100 }, "ops": { "size": 0, "refill_time": 0 } }),
         "{config}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hull.stderr().contains("drive rate limiter updated") {
-        assert!(
-            Instant::now() < deadline,
-            "hull did not log the new limits\n{}",
-            hull.report()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    expect_log(&hull, "drive rate limiter updated");
     let resp = api
         .patch(
             "/network-interfaces/eth0",
