@@ -12,7 +12,7 @@
 use std::process::Command;
 
 use devices::rate_limiter::RateLimiterConfig;
-use devices::virtio::net::{Net, NetBackend, NetConfig, Tap, TX_QUEUE, VNET_HDR_LEN};
+use devices::virtio::net::{Net, NetBackend, NetConfig, Tap, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use devices::virtio::{GuestMemory, QueueSet, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -23,7 +23,7 @@ use crate::virtq::{Buffer, DriverQueue};
 
 const NETNS_PREFIX: &str = "hull-bench-";
 const DEVICE_TAP: &str = "hbtap0";
-const RAW_TAP: &str = "hbtap1";
+pub(super) const RAW_TAP: &str = "hbtap1";
 /// Frames queued per TX notification.
 pub(super) const BATCH: usize = 32;
 const QUEUE_SIZE: u16 = 256;
@@ -31,13 +31,18 @@ const MEM_BYTES: usize = 8 << 20;
 const RING_BASE: u64 = 0x1000;
 const FRAME_BASE: u64 = 0x10_0000;
 const FRAME_SLOT: u64 = 0x800;
+/// The RX ring, after the TX ring's 3 pages.
+const RX_RING_BASE: u64 = 0x8000;
+/// RX buffers: one per descriptor, each big enough for the header and a 1514-byte frame.
+const RX_BASE: u64 = 0x20_0000;
+const RX_SLOT: u64 = 0x800;
 
 /// A network namespace created by this process, deleted on drop.
 pub(super) struct NetNs {
     pub(super) name: String,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(super) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
         BenchError::env(format!(
             "cannot run `ip` ({e}); install iproute2 (scripts/install-test-deps.sh does)"
@@ -67,7 +72,7 @@ impl NetNs {
     }
 
     /// Runs `f` on a thread that has joined this namespace (the thread, and only it, moves).
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    pub(super) fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).map_err(fail(format!("opening {path}")))?;
@@ -123,22 +128,30 @@ pub(super) fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-/// The guest side: a TX queue and `BATCH` frame slots.
+/// The guest side: a TX queue and `BATCH` frame slots, and an RX queue with a buffer per descriptor.
 pub(super) struct NetDriver {
     mem: GuestMemory,
     tx: DriverQueue,
+    rx: DriverQueue,
+    /// Buffers offered to RX so far (picks the next buffer's slot).
+    rx_offered: u64,
     pub(super) dev: Net,
 }
 
 impl NetDriver {
-    /// A device on TAP `DEVICE_TAP` in `ns` (brought up) with TX limits `tx_rate_limiter`, activated,
-    /// with `frame` in every slot (empty: the caller fills them).
-    pub(super) fn in_namespace(ns: &NetNs, tx_rate_limiter: RateLimiterConfig, frame: &[u8]) -> Result<NetDriver> {
+    /// A device on TAP `DEVICE_TAP` in `ns` (brought up) with the given RX and TX limits, activated, with
+    /// `frame` in every TX slot (empty: the caller fills them).
+    pub(super) fn in_namespace(
+        ns: &NetNs,
+        rx_rate_limiter: RateLimiterConfig,
+        tx_rate_limiter: RateLimiterConfig,
+        frame: &[u8],
+    ) -> Result<NetDriver> {
         let dev = ns.run_inside(move || {
             Net::new(&NetConfig {
                 tap: DEVICE_TAP.into(),
                 mac: Some([0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01]),
-                rx_rate_limiter: RateLimiterConfig::default(),
+                rx_rate_limiter,
                 tx_rate_limiter,
             })
             .map_err(fail(format!("creating the virtio-net device on TAP {DEVICE_TAP}")))
@@ -146,7 +159,14 @@ impl NetDriver {
         ip(&["-n", &ns.name, "link", "set", DEVICE_TAP, "up"])?;
         let mem = guest_memory(MEM_BYTES)?;
         let tx = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
-        let mut driver = NetDriver { mem, tx, dev };
+        let rx = DriverQueue::new(&mem, RX_RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
+        let mut driver = NetDriver {
+            mem,
+            tx,
+            rx,
+            rx_offered: 0,
+            dev,
+        };
         driver.dev.set_acked_features(driver.dev.avail_features());
         driver
             .dev
@@ -154,6 +174,39 @@ impl NetDriver {
             .map_err(fail("activating the virtio-net device"))?;
         driver.fill(frame)?;
         Ok(driver)
+    }
+
+    /// Gives every free RX descriptor a buffer and kicks the RX queue, then waits (in poll(2), as the
+    /// VMM's event loop does) until the device's backend fd is readable (frames on the TAP, or the RX
+    /// limiter's timer) and lets the device deliver. Returns the frames and bytes (virtio-net header
+    /// included) the guest received.
+    pub(super) fn receive(&mut self) -> Result<(u64, u64)> {
+        while self.rx.free_descriptors() > 0 {
+            let slot = self.rx_offered % u64::from(QUEUE_SIZE);
+            self.rx
+                .offer(&self.mem, &[Buffer::writable(RX_BASE + slot * RX_SLOT, RX_SLOT as u32)])
+                .map_err(BenchError::failed)?;
+            self.rx_offered += 1;
+        }
+        let mut set = QueueSet::new();
+        set.push(Some(self.rx.device_queue()));
+        set.push(Some(self.tx.device_queue()));
+        self.dev
+            .process_queue(RX_QUEUE, &self.mem, &mut set)
+            .map_err(fail("virtio-net process_queue (RX)"))?;
+        let fd = self
+            .dev
+            .backend_fd()
+            .ok_or_else(|| BenchError::failed("no backend fd"))?;
+        wait_readable(fd, std::time::Duration::from_secs(10))?;
+        let mut set = QueueSet::new();
+        set.push(Some(self.rx.device_queue()));
+        set.push(Some(self.tx.device_queue()));
+        self.dev
+            .process_backend(&self.mem, &mut set)
+            .map_err(fail("virtio-net process_backend"))?;
+        let used = self.rx.take_used(&self.mem).map_err(BenchError::failed)?;
+        Ok((used.len() as u64, used.iter().map(|u| u64::from(u.len)).sum()))
     }
 
     /// Writes `frame` into every slot.
@@ -211,7 +264,7 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let ns = NetNs::create()?;
     let mut raw_tap = ns.run_inside(|| Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}"))))?;
     ip(&["-n", &ns.name, "link", "set", RAW_TAP, "up"])?;
-    let mut driver = NetDriver::in_namespace(&ns, RateLimiterConfig::default(), &[])?;
+    let mut driver = NetDriver::in_namespace(&ns, RateLimiterConfig::default(), RateLimiterConfig::default(), &[])?;
     let metrics = driver.dev.metrics();
 
     for eth_len in [60usize, 1514] {

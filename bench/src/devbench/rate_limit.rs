@@ -10,17 +10,24 @@
 //! so single windows scatter on a loaded machine; the "all windows" row (everything moved over the whole
 //! timed span) is the figure that shows the limiter holds the rate, within 5 % being the target.
 //!
-//! The blk rows use a scratch file in the temp dir (page cache); the net row a TAP in a network namespace
-//! of its own (see `net`), so it needs root or CAP_SYS_ADMIN.
+//! The blk rows use a scratch file in the temp dir (page cache); the net rows a TAP in a network namespace
+//! of its own (see `net`), so they need root or CAP_SYS_ADMIN. For RX, a second TAP and the device's are
+//! ports of a bridge in that namespace, and a host thread writes frames into the second TAP at three
+//! times the limit (paced by the clock, catching up after a stall), which the bridge floods to the
+//! device's TAP; the kernel drops what the device leaves unread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
-use devices::virtio::net::VNET_HDR_LEN;
+use devices::virtio::net::{NetBackend, Tap, VNET_HDR_LEN};
 use devices::virtio::Counter;
 
 use super::block::{BlockDriver, ScratchFile, DEPTH};
-use super::net::{frame, NetDriver, NetNs, BATCH};
+use super::net::{frame, ip, NetDriver, NetNs, BATCH, RAW_TAP};
 use super::{timed, DeviceOptions, Rate};
-use crate::error::Result;
+use crate::error::{fail, BenchError, Result};
 use crate::report::Section;
 
 /// The scratch file's size: the offsets wrap within it.
@@ -100,6 +107,54 @@ fn block_reads(opts: &DeviceOptions, scratch: &ScratchFile, limits: RateLimiterC
     })
 }
 
+/// The RX row: a bridge from `RAW_TAP` to the device's TAP, a paced writer thread on `RAW_TAP`, and the
+/// device under an RX bandwidth limit of `bandwidth`. Returns the windows, the frames written and the
+/// frames the device received.
+fn net_rx(opts: &DeviceOptions, ns: &NetNs, bandwidth: BucketConfig, bytes: &[u8]) -> Result<(Vec<Rate>, u64, u64)> {
+    let mut raw = ns.run_inside(|| Tap::open(RAW_TAP).map_err(fail(format!("opening TAP {RAW_TAP}"))))?;
+    let limits = RateLimiterConfig {
+        bandwidth,
+        ..Default::default()
+    };
+    let mut driver = NetDriver::in_namespace(ns, limits, RateLimiterConfig::default(), &[])?;
+    let bridge = "hbbr0";
+    ip(&["-n", &ns.name, "link", "add", bridge, "type", "bridge"])?;
+    for port in [RAW_TAP, "hbtap0"] {
+        ip(&["-n", &ns.name, "link", "set", port, "master", bridge])?;
+    }
+    ip(&["-n", &ns.name, "link", "set", RAW_TAP, "up"])?;
+    ip(&["-n", &ns.name, "link", "set", bridge, "up"])?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let frames_per_sec = 3.0 * per_sec(bandwidth) / bytes.len() as f64;
+    let frame = bytes.to_vec();
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (t0, mut written) = (Instant::now(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let due = (t0.elapsed().as_secs_f64() * frames_per_sec) as u64;
+                // After a long stall, catch up by at most what the TAP's queue holds.
+                written = written.max(due.saturating_sub(1000));
+                while written < due {
+                    // A full queue drops the frame; the writer goes on.
+                    let _ = raw.write_frame(&frame);
+                    written += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            written
+        })
+    };
+    let metrics = driver.dev.metrics();
+    let rates = limited_windows(opts, &metrics.rx_rate_limiter_throttled, || driver.receive());
+    stop.store(true, Ordering::Relaxed);
+    let written = writer
+        .join()
+        .map_err(|_| BenchError::failed("the RX frame writer panicked"))?;
+    Ok((rates?, written, metrics.rx_frames.get()))
+}
+
 /// Runs the rate-limited rows into `s`.
 pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let mut rows = Vec::new();
@@ -146,7 +201,7 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
         bandwidth: tx,
         ..Default::default()
     };
-    let mut driver = NetDriver::in_namespace(&ns, limits, &bytes)?;
+    let mut driver = NetDriver::in_namespace(&ns, RateLimiterConfig::default(), limits, &bytes)?;
     let metrics = driver.dev.metrics();
     let rates = limited_windows(opts, &metrics.tx_rate_limiter_throttled, || {
         driver.batch(len as u32)?;
@@ -162,11 +217,22 @@ pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
         Rate::mb_per_sec,
     ));
 
+    // Net RX: the same frames and limit, the other way.
+    let (rates, written, received) = net_rx(opts, &ns, tx, &bytes)?;
+    rows.push(Row::new(
+        "net RX 1514 B frames, bandwidth 2 MiB / 200 ms",
+        "MB/s",
+        per_sec(tx) / 1e6,
+        &rates,
+        Rate::mb_per_sec,
+    ));
+
     let worst = rows.iter().map(|r| r.report(s)).fold(0.0, f64::max);
     s.note(format!(
         "{} windows of {:?} per row after the initial bucket is drained; blk: {DEPTH} requests per notification \
-         on a {} MiB file in {} (page cache); net: TAP in namespace {} ({sent} frames sent, {} bytes each \
-         counted: {VNET_HDR_LEN}-byte virtio-net header + 1514-byte frame); MB/s = 10^6 bytes/s; \
+         on a {} MiB file in {} (page cache); net: TAP in namespace {} (TX: {sent} frames sent; RX: {written} \
+         frames written to {RAW_TAP}, {received} received; {} bytes each counted: {VNET_HDR_LEN}-byte virtio-net \
+         header + 1514-byte frame); MB/s = 10^6 bytes/s; \
          largest deviation of an \"all windows\" rate from the set rate: {:.2} % ({})",
         opts.runs,
         opts.window,
