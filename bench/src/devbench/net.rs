@@ -128,6 +128,14 @@ pub(super) fn frame(len: usize) -> Vec<u8> {
     f
 }
 
+/// Lends both queues to the device, in its order (RX, TX).
+fn both_queues<'q>(rx: &'q mut DriverQueue, tx: &'q mut DriverQueue) -> QueueSet<'q> {
+    let mut set = QueueSet::new();
+    set.push(Some(rx.device_queue()));
+    set.push(Some(tx.device_queue()));
+    set
+}
+
 /// The guest side: a TX queue and `BATCH` frame slots, and an RX queue with a buffer per descriptor.
 pub(super) struct NetDriver {
     mem: GuestMemory,
@@ -188,22 +196,16 @@ impl NetDriver {
                 .map_err(BenchError::failed)?;
             self.rx_offered += 1;
         }
-        let mut set = QueueSet::new();
-        set.push(Some(self.rx.device_queue()));
-        set.push(Some(self.tx.device_queue()));
         self.dev
-            .process_queue(RX_QUEUE, &self.mem, &mut set)
+            .process_queue(RX_QUEUE, &self.mem, &mut both_queues(&mut self.rx, &mut self.tx))
             .map_err(fail("virtio-net process_queue (RX)"))?;
         let fd = self
             .dev
             .backend_fd()
             .ok_or_else(|| BenchError::failed("no backend fd"))?;
         wait_readable(fd, std::time::Duration::from_secs(10))?;
-        let mut set = QueueSet::new();
-        set.push(Some(self.rx.device_queue()));
-        set.push(Some(self.tx.device_queue()));
         self.dev
-            .process_backend(&self.mem, &mut set)
+            .process_backend(&self.mem, &mut both_queues(&mut self.rx, &mut self.tx))
             .map_err(fail("virtio-net process_backend"))?;
         let used = self.rx.take_used(&self.mem).map_err(BenchError::failed)?;
         Ok((used.len() as u64, used.iter().map(|u| u64::from(u.len)).sum()))
