@@ -162,6 +162,13 @@ mod tests {
         let (section, e) = file.apply(&mut instance()).unwrap_err();
         assert_eq!(section, "network-interfaces");
         assert!(e.to_string().contains("host_dev_name is already used"), "{e}");
+        let file = ConfigFile::parse(
+            r#"{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 5}}}]}"#,
+        )
+        .unwrap();
+        let (section, e) = file.apply(&mut instance()).unwrap_err();
+        assert_eq!(section, "network-interfaces");
+        assert!(e.to_string().contains("missing field `refill_time`"), "{e}");
     }
 
     #[test]
@@ -171,8 +178,11 @@ mod tests {
         let img = dir.join("rootfs.ext4");
         std::fs::write(&img, vec![0u8; 4096]).unwrap();
         let text = serde_json::json!({
-            "drives": [{"drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": false}],
-            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}],
+            "drives": [{"drive_id": "rootfs", "path_on_host": img, "is_root_device": true, "is_read_only": false,
+                        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+                                    "rx_rate_limiter": {"ops": {"size": 1000, "one_time_burst": 100, "refill_time": 1000}},
+                                    "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}],
             "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")}
         })
         .to_string();
@@ -183,6 +193,10 @@ mod tests {
         assert_eq!(json["drives"][0]["drive_id"], "rootfs");
         assert_eq!(json["network-interfaces"][0]["iface_id"], "eth0");
         assert_eq!(json["vsock"]["guest_cid"], 3);
+        assert_eq!(json["drives"][0]["rate_limiter"]["bandwidth"]["size"], 1048576);
+        let iface = &json["network-interfaces"][0];
+        assert_eq!(iface["rx_rate_limiter"]["ops"]["one_time_burst"], 100);
+        assert_eq!(iface["tx_rate_limiter"]["bandwidth"]["refill_time"], 0);
         // What GET /vm/config shows reads back as a config file.
         assert_eq!(ConfigFile::parse(&json.to_string()).unwrap().drives.len(), 1);
     }

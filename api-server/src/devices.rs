@@ -3,14 +3,16 @@
 //! they are accepted into the instance: each body is decoded into the VMM's typed config (Firecracker's
 //! shapes, unknown fields refused), validated on its own and against the devices already configured, and
 //! kept until `InstanceStart` hands them to the [`MicroVmConfig`]. `PATCH /drives/{id}` changes a drive's
-//! `path_on_host` (before boot: the stored config; after boot the instance also swaps the running drive's
-//! file). The JSON received is user input and is not trusted.
+//! `path_on_host` and/or `rate_limiter` (before boot: the stored config; after boot the instance also
+//! updates the running drive), `PATCH /network-interfaces/{id}` an interface's `rx_rate_limiter` and/or
+//! `tx_rate_limiter` (after boot, as in Firecracker). In a rate limiter patch each bucket given replaces
+//! the bucket, and omitted ones stay. The JSON received is user input and is not trusted.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vmm::{BlockDeviceConfig, ConfigError, MicroVmConfig, NetworkInterfaceConfig, VsockConfig};
+use vmm::{BlockDeviceConfig, ConfigError, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig};
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -21,14 +23,16 @@ pub enum DeviceError {
     IdMismatch,
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("Network interfaces cannot be updated after boot in hull (refused: update of {id:?}).")]
-    NetworkUpdateNotSupported { id: String },
     #[error("Invalid drive {0:?}: no drive with this id is configured.")]
     NoSuchDrive(String),
-    #[error("Nothing to update for drive {0:?}: PATCH /drives takes path_on_host.")]
+    #[error("Nothing to update for drive {0:?}: PATCH /drives takes path_on_host and/or rate_limiter.")]
     EmptyDriveUpdate(String),
-    #[error("Invalid drive {0:?}: rate_limiter is accepted only as null (hull has no rate limiters).")]
-    RateLimiter(String),
+    #[error("Invalid network interface {0:?}: no network interface with this id is configured.")]
+    NoSuchNetworkInterface(String),
+    #[error(
+        "Nothing to update for network interface {0:?}: PATCH /network-interfaces takes rx_rate_limiter and/or tx_rate_limiter."
+    )]
+    EmptyNetworkInterfaceUpdate(String),
 }
 
 /// `PATCH /drives/{id}`: Firecracker's partial drive (`BlockDeviceUpdateConfig`).
@@ -39,7 +43,26 @@ pub struct DriveUpdate {
     #[serde(default)]
     pub path_on_host: Option<PathBuf>,
     #[serde(default)]
-    pub rate_limiter: Option<Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// A checked `PATCH /drives/{id}`: the device set as it will be, and what changes on a running drive.
+#[derive(Debug)]
+pub struct PreparedDriveUpdate {
+    pub devices: DeviceConfigs,
+    pub path_on_host: Option<PathBuf>,
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{id}`: Firecracker's partial network interface.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// The devices configured so far, in Firecracker's `GET /vm/config` shape.
@@ -113,43 +136,68 @@ impl DeviceConfigs {
 
     /// Checks `PATCH /drives/{id}` against the configured drives without changing anything: returns the
     /// device set with the new `path_on_host` (validated like `PUT`: the file exists and opens the way the
-    /// drive uses it) and that path. The caller commits it with [`DeviceConfigs::replace`] once the running
-    /// drive (if any) took the file too.
-    pub fn prepare_drive_update(&self, id: &str, update: Value) -> Result<(DeviceConfigs, PathBuf), DeviceError> {
+    /// drive uses it) and/or the patched `rate_limiter`, and what the running drive must take. The caller
+    /// commits it with [`DeviceConfigs::replace`] once the running drive (if any) took it too.
+    pub fn prepare_drive_update(&self, id: &str, update: Value) -> Result<PreparedDriveUpdate, DeviceError> {
         let update: DriveUpdate = serde_json::from_value(update)?;
         if update.drive_id != id {
             return Err(DeviceError::IdMismatch);
         }
-        if update.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(DeviceError::RateLimiter(id.to_string()));
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            return Err(DeviceError::EmptyDriveUpdate(id.to_string()));
         }
-        let path = update
-            .path_on_host
-            .ok_or_else(|| DeviceError::EmptyDriveUpdate(id.to_string()))?;
         let mut candidate = self.clone();
         let drive = candidate
             .drives
             .iter_mut()
             .find(|d| d.drive_id == id)
             .ok_or_else(|| DeviceError::NoSuchDrive(id.to_string()))?;
-        drive.path_on_host = path.clone();
+        if let Some(path) = &update.path_on_host {
+            drive.path_on_host = path.clone();
+        }
+        drive.rate_limiter = RateLimiterConfig::patched(drive.rate_limiter, update.rate_limiter);
         let vm = MicroVmConfig {
             drives: candidate.drives.clone(),
             ..Default::default()
         };
         vm.validate_devices()?;
-        Ok((candidate, path))
+        Ok(PreparedDriveUpdate {
+            devices: candidate,
+            path_on_host: update.path_on_host,
+            rate_limiter: update.rate_limiter,
+        })
+    }
+
+    /// Checks `PATCH /network-interfaces/{id}` without changing anything: returns the device set with the
+    /// patched rate limiters and the update for the running interface. Commit with
+    /// [`DeviceConfigs::replace`] once the running interface took it.
+    pub fn prepare_network_interface_update(
+        &self,
+        id: &str,
+        update: Value,
+    ) -> Result<(DeviceConfigs, NetworkInterfaceUpdate), DeviceError> {
+        let update: NetworkInterfaceUpdate = serde_json::from_value(update)?;
+        if update.iface_id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        if update.rx_rate_limiter.is_none() && update.tx_rate_limiter.is_none() {
+            return Err(DeviceError::EmptyNetworkInterfaceUpdate(id.to_string()));
+        }
+        let mut candidate = self.clone();
+        let iface = candidate
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == id)
+            .ok_or_else(|| DeviceError::NoSuchNetworkInterface(id.to_string()))?;
+        iface.rx_rate_limiter = RateLimiterConfig::patched(iface.rx_rate_limiter, update.rx_rate_limiter);
+        iface.tx_rate_limiter = RateLimiterConfig::patched(iface.tx_rate_limiter, update.tx_rate_limiter);
+        iface.validate()?;
+        Ok((candidate, update))
     }
 
     /// Takes a device set prepared by [`DeviceConfigs::prepare_drive_update`].
     pub fn replace(&mut self, prepared: DeviceConfigs) {
         *self = prepared;
-    }
-
-    /// Post-boot network interface updates (`PATCH /network-interfaces/{id}`): rate limiters only in
-    /// Firecracker, and hull has none, so they are refused.
-    pub fn patch_network_interface(&mut self, id: &str, _update: Value) -> Result<(), DeviceError> {
-        Err(DeviceError::NetworkUpdateNotSupported { id: id.to_string() })
     }
 
     /// Hands the devices to the VMM's configuration (at `InstanceStart`).
@@ -260,11 +308,66 @@ mod tests {
         let json = serde_json::to_value(&devices).unwrap();
         assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap0");
         assert_eq!(json["vsock"]["guest_cid"], 3);
+    }
+
+    #[test]
+    fn network_interface_updates_patch_rate_limiters_bucket_by_bucket() {
+        let mut devices = DeviceConfigs::default();
+        devices
+            .put_network_interface(
+                "eth0",
+                json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                       "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}},
+                       "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}}),
+            )
+            .unwrap();
+        let (prepared, update) = devices
+            .prepare_network_interface_update(
+                "eth0",
+                json!({"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}),
+            )
+            .unwrap();
+        assert!(update.tx_rate_limiter.is_none());
+        assert!(update.rx_rate_limiter.unwrap().bandwidth.is_none());
+        devices.replace(prepared);
+        let json = serde_json::to_value(&devices).unwrap();
+        let iface = &json["network-interfaces"][0];
+        // RX keeps its bandwidth bucket and gains ops; TX is untouched.
+        assert_eq!(iface["rx_rate_limiter"]["bandwidth"]["size"], 1000);
+        assert_eq!(iface["rx_rate_limiter"]["ops"]["size"], 50);
+        assert_eq!(iface["tx_rate_limiter"]["ops"]["one_time_burst"], 5);
+
+        let refused = [
+            (json!({"iface_id": "eth0"}), "Nothing to update"),
+            (
+                json!({"iface_id": "eth0", "host_dev_name": "tap1"}),
+                "unknown field `host_dev_name`",
+            ),
+            (
+                json!({"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1}}}),
+                "missing field `refill_time`",
+            ),
+            (
+                json!({"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": u64::MAX}}}),
+                "tx_rate_limiter.ops.refill_time",
+            ),
+            (json!({"iface_id": "eth1", "tx_rate_limiter": {}}), "does not match"),
+        ];
+        for (body, expected) in refused {
+            let e = devices
+                .prepare_network_interface_update("eth0", body.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{body}: {e}");
+        }
         let e = devices
-            .patch_network_interface("eth0", Value::Null)
+            .prepare_network_interface_update("eth9", json!({"iface_id": "eth9", "rx_rate_limiter": {}}))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("after boot"), "{e}");
+        assert_eq!(
+            e,
+            "Invalid network interface \"eth9\": no network interface with this id is configured."
+        );
     }
 
     #[test]
@@ -277,17 +380,41 @@ mod tests {
                 json!({"drive_id": "slot0", "path_on_host": img, "is_root_device": false, "is_read_only": true}),
             )
             .unwrap();
-        let (prepared, path) = devices
+        let prepared = devices
             .prepare_drive_update(
                 "slot0",
                 json!({"drive_id": "slot0", "path_on_host": other, "rate_limiter": null}),
             )
             .unwrap();
-        assert_eq!(path, other);
+        assert_eq!(prepared.path_on_host.as_ref(), Some(&other));
+        assert!(prepared.rate_limiter.is_none());
         assert_eq!(devices.drives[0].path_on_host, img, "nothing changes before replace");
-        devices.replace(prepared);
+        devices.replace(prepared.devices);
         assert_eq!(devices.drives[0].path_on_host, other);
         assert!(devices.drives[0].is_read_only);
+
+        // A rate limiter alone; then one bucket of it, the other staying.
+        let prepared = devices
+            .prepare_drive_update(
+                "slot0",
+                json!({"drive_id": "slot0", "rate_limiter": {
+                    "bandwidth": {"size": 1048576, "refill_time": 1000},
+                    "ops": {"size": 100, "refill_time": 1000}}}),
+            )
+            .unwrap();
+        assert!(prepared.path_on_host.is_none());
+        devices.replace(prepared.devices);
+        let prepared = devices
+            .prepare_drive_update(
+                "slot0",
+                json!({"drive_id": "slot0", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}),
+            )
+            .unwrap();
+        devices.replace(prepared.devices);
+        let limiter = devices.drives[0].rate_limiter.unwrap();
+        assert_eq!(limiter.bandwidth.unwrap().size, 1048576);
+        assert_eq!(limiter.ops.unwrap().size, 0);
+        assert_eq!(devices.drives[0].path_on_host, other);
 
         let refused = [
             (json!({"drive_id": "slot0"}), "Nothing to update"),
@@ -300,8 +427,16 @@ mod tests {
                 "unknown field `is_read_only`",
             ),
             (
-                json!({"drive_id": "slot0", "path_on_host": img, "rate_limiter": {}}),
-                "rate_limiter",
+                json!({"drive_id": "slot0", "rate_limiter": {"bandwidth": {"refill_time": 10}}}),
+                "missing field `size`",
+            ),
+            (
+                json!({"drive_id": "slot0", "rate_limiter": {"iops": {"size": 1, "refill_time": 10}}}),
+                "unknown field `iops`",
+            ),
+            (
+                json!({"drive_id": "slot0", "rate_limiter": {"ops": {"size": 1, "refill_time": -10}}}),
+                "invalid value: integer `-10`",
             ),
             (json!({"drive_id": "other", "path_on_host": img}), "does not match"),
         ];

@@ -192,21 +192,31 @@ impl Instance {
         Ok(&mut self.devices)
     }
 
-    /// Post-boot device updates go through here (Firecracker's PATCH /network-interfaces).
-    pub fn running_devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
-        self.running_vm()?;
-        Ok(&mut self.devices)
+    /// `PATCH /drives/{id}`: a new `path_on_host` and/or `rate_limiter`. Before boot only the stored
+    /// configuration changes; on a running microVM the drive takes the new file first (capacity from its
+    /// size, a config-change interrupt for the guest), then the new buckets, and the stored configuration
+    /// follows only when that worked.
+    pub fn patch_drive(&mut self, id: &str, update: serde_json::Value) -> Result<(), InstanceError> {
+        let prepared = self.devices.prepare_drive_update(id, update)?;
+        if let Some(vm) = &self.vm {
+            if let Some(path) = &prepared.path_on_host {
+                let capacity = vm.update_drive(id, path)?;
+                tracing::info!(drive_id = id, path = %path.display(), capacity, "drive updated on the running microVM");
+            }
+            if let Some(limiter) = &prepared.rate_limiter {
+                vm.update_drive_rate_limiter(id, limiter)?;
+            }
+        }
+        self.devices.replace(prepared.devices);
+        Ok(())
     }
 
-    /// `PATCH /drives/{id}`: a new `path_on_host`. Before boot only the stored configuration changes; on a
-    /// running microVM the drive takes the new file first (capacity from its size, a config-change
-    /// interrupt for the guest), and the stored configuration follows only when that worked.
-    pub fn patch_drive(&mut self, id: &str, update: serde_json::Value) -> Result<(), InstanceError> {
-        let (prepared, path) = self.devices.prepare_drive_update(id, update)?;
-        if let Some(vm) = &self.vm {
-            let capacity = vm.update_drive(id, &path)?;
-            tracing::info!(drive_id = id, path = %path.display(), capacity, "drive updated on the running microVM");
-        }
+    /// `PATCH /network-interfaces/{id}`: new `rx_rate_limiter` and/or `tx_rate_limiter` buckets for a
+    /// running interface (after boot only, as in Firecracker); the stored configuration follows.
+    pub fn patch_network_interface(&mut self, id: &str, update: serde_json::Value) -> Result<(), InstanceError> {
+        let vm = self.running_vm()?;
+        let (prepared, update) = self.devices.prepare_network_interface_update(id, update)?;
+        vm.update_net_rate_limiters(id, update.rx_rate_limiter.as_ref(), update.tx_rate_limiter.as_ref())?;
         self.devices.replace(prepared);
         Ok(())
     }

@@ -222,7 +222,7 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         }
         (Route::NetworkInterface(id), Method::Patch) => {
             let update = device_body(req, id, "iface_id")?;
-            instance.running_devices_mut()?.patch_network_interface(id, update)?;
+            instance.patch_network_interface(id, update)?;
             Ok(Response::no_content())
         }
         (Route::Vsock, Method::Put) => {
@@ -520,6 +520,39 @@ mod tests {
         assert_eq!(json["drives"], json!([]));
         assert_eq!(json["network-interfaces"], json!([]));
         assert_eq!(json["metrics"]["metrics_path"], "/tmp/m");
+    }
+
+    #[test]
+    fn rate_limiters_are_put_patched_and_shown() {
+        let mut i = instance();
+        let img = std::env::temp_dir().join(format!("hull-routes-rl-{}", std::process::id()));
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let drive = json!({"drive_id": "data", "path_on_host": img, "is_root_device": false,
+            "rate_limiter": {"bandwidth": {"size": 1048576, "one_time_burst": 65536, "refill_time": 100}}});
+        let (status, json) = call(&mut i, Method::Put, "/drives/data", &drive.to_string());
+        assert_eq!(status, 204, "{json}");
+        let iface = json!({"iface_id": "eth0", "host_dev_name": "tap0",
+            "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}, "tx_rate_limiter": null});
+        let (status, json) = call(&mut i, Method::Put, "/network-interfaces/eth0", &iface.to_string());
+        assert_eq!(status, 204, "{json}");
+        // Before boot a drive PATCH changes the stored limiter: the ops bucket is added, bandwidth stays.
+        let patch = r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#;
+        let (status, json) = call(&mut i, Method::Patch, "/drives/data", patch);
+        assert_eq!(status, 204, "{json}");
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        let limiter = &json["drives"][0]["rate_limiter"];
+        assert_eq!(limiter["bandwidth"]["one_time_burst"], 65536);
+        assert_eq!(limiter["ops"]["size"], 10);
+        assert_eq!(json["network-interfaces"][0]["rx_rate_limiter"]["ops"]["size"], 100);
+        assert!(json["network-interfaces"][0].get("tx_rate_limiter").is_none());
+        // Bad buckets are refused with the decoder's reason, and change nothing.
+        let bad = r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": "ten", "refill_time": 1}}}"#;
+        let (status, json) = call(&mut i, Method::Patch, "/drives/data", bad);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("invalid type: string \"ten\""), "{json}");
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["drives"][0]["rate_limiter"]["ops"]["size"], 10);
+        std::fs::remove_file(img).unwrap();
     }
 
     #[test]

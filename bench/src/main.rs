@@ -66,6 +66,7 @@ options:
   --json FILE      also write all samples and summaries as JSON to FILE
   --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
   --window-ms MS   devices: length of one timed window (default 1000)
+  --only NAME      devices: only the section NAME (block, vsock, net, rate_limit, qemu_guest)
   --hull PATH      the hull binary (default: $HULL_BIN, else target/release/hull, else target/debug/hull;
                    containerd: the hull beside the containerd-shim-hull-v2 found in target/release or debug)
   --svg FILE       compare: also draw the figures as an SVG chart (one panel per metric, p10-p90 whiskers)
@@ -76,6 +77,9 @@ options:
   -h, --help       this text
 
 exit codes: 0 all figures produced, 1 a benchmark failed, 2 usage or environment error";
+
+/// The sections of the devices suite, in the order they run (`--only` picks one).
+const DEVICE_SECTIONS: [&str; 5] = ["block", "vsock", "net", "rate_limit", "qemu_guest"];
 
 #[derive(Debug, PartialEq)]
 struct Args {
@@ -90,6 +94,7 @@ struct Args {
     qemu: Option<PathBuf>,
     firecracker: Option<PathBuf>,
     cloud_hypervisor: Option<PathBuf>,
+    only: Option<String>,
 }
 
 /// Parses the arguments after the program name. `Ok(None)` means help was asked for.
@@ -107,6 +112,7 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
         qemu: None,
         firecracker: None,
         cloud_hypervisor: None,
+        only: None,
     };
     let mut it = args.iter();
     let usage = |msg: String| BenchError::env(format!("{msg}\n\n{USAGE}"));
@@ -145,6 +151,7 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
                 parsed.vms = Some(n);
             }
             "--qemu" => parsed.qemu = Some(PathBuf::from(value("--qemu")?)),
+            "--only" => parsed.only = Some(value("--only")?),
             "--firecracker" => parsed.firecracker = Some(PathBuf::from(value("--firecracker")?)),
             "--cloud-hypervisor" => parsed.cloud_hypervisor = Some(PathBuf::from(value("--cloud-hypervisor")?)),
             other if other.starts_with('-') => return Err(usage(format!("unknown option {other}"))),
@@ -164,6 +171,17 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
     }
     if parsed.svg.is_some() && suite != "compare" {
         return Err(usage("--svg belongs to the compare suite".into()));
+    }
+    if let Some(only) = &parsed.only {
+        if suite != "devices" {
+            return Err(usage("--only belongs to the devices suite".into()));
+        }
+        if !DEVICE_SECTIONS.contains(&only.as_str()) {
+            return Err(usage(format!(
+                "--only {only:?}: the devices sections are {}",
+                DEVICE_SECTIONS.join(", ")
+            )));
+        }
     }
     if parsed.vms.is_some() && suite != "density" {
         return Err(usage("--vms belongs to the density suite".into()));
@@ -422,34 +440,41 @@ fn run(args: Args) -> Result<Vec<Section>> {
                 runs: args.runs.unwrap_or(5),
                 window: args.window,
             };
-            vec![
-                run_section(
-                    "devices.block",
-                    "virtio-blk core vs pread/pwrite on the same file",
-                    |s| devbench::block::run(s, &opts),
-                ),
-                run_section(
-                    "devices.vsock",
-                    "virtio-vsock core (hybrid unix backend) vs a raw unix socket pair",
-                    |s| devbench::vsock::run(s, &opts),
-                ),
-                run_section("devices.net", "virtio-net core vs raw TAP writes", |s| {
-                    devbench::net::run(s, &opts)
-                }),
-                run_section(
-                    "devices.qemu_guest",
-                    "guest-measured blk and vsock MB/s, QEMU TCG guest with hull's vhost-user backends",
-                    |s| {
-                        guest_io::run(
-                            s,
-                            &guest_io::GuestOptions {
-                                runs: opts.runs,
-                                hull: args.hull.clone(),
-                            },
-                        )
-                    },
-                ),
-            ]
+            let guest = guest_io::GuestOptions {
+                runs: opts.runs,
+                hull: args.hull.clone(),
+            };
+            let mut sections = Vec::new();
+            for name in DEVICE_SECTIONS {
+                if args.only.as_deref().is_some_and(|only| only != name) {
+                    continue;
+                }
+                let id = format!("devices.{name}");
+                sections.push(match name {
+                    "block" => run_section(&id, "virtio-blk core vs pread/pwrite on the same file", |s| {
+                        devbench::block::run(s, &opts)
+                    }),
+                    "vsock" => run_section(
+                        &id,
+                        "virtio-vsock core (hybrid unix backend) vs a raw unix socket pair",
+                        |s| devbench::vsock::run(s, &opts),
+                    ),
+                    "net" => run_section(&id, "virtio-net core vs raw TAP writes", |s| {
+                        devbench::net::run(s, &opts)
+                    }),
+                    "rate_limit" => run_section(
+                        &id,
+                        "rate-limited virtio-blk and virtio-net cores: measured throughput vs the set rate",
+                        |s| devbench::rate_limit::run(s, &opts),
+                    ),
+                    _ => run_section(
+                        &id,
+                        "guest-measured blk and vsock MB/s, QEMU TCG guest with hull's vhost-user backends",
+                        |s| guest_io::run(s, &guest),
+                    ),
+                });
+            }
+            sections
         }
     };
     if let Some(path) = &args.json {
@@ -545,6 +570,10 @@ mod tests {
         );
         let d = parse(&["--window-ms", "200", "devices"]).unwrap().unwrap();
         assert_eq!((d.suite.as_str(), d.window), ("devices", Duration::from_millis(200)));
+        let d = parse(&["devices", "--only", "rate_limit"]).unwrap().unwrap();
+        assert_eq!(d.only.as_deref(), Some("rate_limit"));
+        assert!(parse(&["devices", "--only", "disk"]).is_err());
+        assert!(parse(&["boot", "--only", "block"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
     }
 

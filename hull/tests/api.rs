@@ -486,6 +486,11 @@ fn patch_drive_before_boot_changes_path_on_host_and_refuses_bad_updates() {
         ),
         ("/drives/a.b", r#"{"drive_id": "a.b"}"#, "alphanumeric"),
         ("/drives/slot0", "", "Empty PATCH request."),
+        (
+            "/drives/slot0",
+            r#"{"drive_id": "slot0", "rate_limiter": {"ops": {"size": 1}}}"#,
+            "missing field `refill_time`",
+        ),
     ];
     for (path, body, expected) in refused {
         hull.request("PATCH", path, Some(body)).assert_fault(400, expected);
@@ -494,6 +499,21 @@ fn patch_drive_before_boot_changes_path_on_host_and_refuses_bad_updates() {
     assert_eq!(
         config["drives"][0]["path_on_host"], image,
         "refused updates change nothing"
+    );
+    // A rate limiter alone is an update too; a bucket given replaces that bucket, the other stays.
+    for limiter in [
+        r#"{"bandwidth": {"size": 1048576, "refill_time": 100}, "ops": {"size": 100, "refill_time": 1000}}"#,
+        r#"{"ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}"#,
+    ] {
+        let body = format!(r#"{{"drive_id": "slot0", "rate_limiter": {limiter}}}"#);
+        let reply = hull.request("PATCH", "/drives/slot0", Some(&body));
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    let config = hull.request("GET", "/vm/config", None).json();
+    assert_eq!(
+        config["drives"][0]["rate_limiter"],
+        json!({"bandwidth": {"size": 1048576, "refill_time": 100},
+               "ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}})
     );
     hull.request("PATCH", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth0"}"#))
         .assert_fault(400, "not supported before starting the microVM");

@@ -400,6 +400,19 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     );
 }
 
+/// Waits until hull's log has `line` (it reaches the harness through a reader thread: give it a moment).
+fn expect_log(hull: &Hull, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hull.stderr().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "hull did not log {line:?}\n{}",
+            hull.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     require_kvm!("patch_drive_on_a_running_microvm_swaps_the_backing_file");
@@ -424,16 +437,7 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     );
     let config = api.get("/vm/config").unwrap().json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(image), "{config}");
-    // hull's log reaches the harness through a reader thread: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hull.stderr().contains("drive backing file replaced") {
-        assert!(
-            Instant::now() < deadline,
-            "hull did not log the swap\n{}",
-            hull.report()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    expect_log(&hull, "drive backing file replaced");
 
     // Refused updates on the running microVM change nothing.
     for (path, body, expected) in [
@@ -454,6 +458,34 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
     }
     let config = api.get("/vm/config").unwrap().json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(image));
+    // Rate limits on the running drive: the buckets given replace, the others stay.
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "rate_limiter": {
+            "bandwidth": { "size": 1048576, "refill_time": 100 },
+            "ops": { "size": 100, "one_time_burst": 10, "refill_time": 1000 } } }),
+    );
+    api.expect_ok(
+        "PATCH",
+        "/drives/slot0",
+        &json!({ "drive_id": "slot0", "rate_limiter": { "ops": { "size": 0, "refill_time": 0 } } }),
+    );
+    let config = api.get("/vm/config").unwrap().json();
+    assert_eq!(
+        config["drives"][0]["rate_limiter"],
+        json!({ "bandwidth": { "size": 1048576, "refill_time": 100 }, "ops": { "size": 0, "refill_time": 0 } }),
+        "{config}"
+    );
+    expect_log(&hull, "drive rate limiter updated");
+    let resp = api
+        .patch(
+            "/network-interfaces/eth0",
+            &json!({ "iface_id": "eth0", "rx_rate_limiter": { "ops": { "size": 1, "refill_time": 1 } } }),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(resp.body.contains("no network interface with this id"), "{}", resp.body);
     // Back to the empty placeholder; the guest keeps running throughout.
     api.expect_ok(
         "PATCH",

@@ -79,7 +79,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let vm = create_vm(&kvm)?;
     let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
-    let (virtio_cmdline, drives) = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
+    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -125,6 +125,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         legacy.i8042,
         usize::from(machine.vcpu_count),
         drives,
+        nets,
     ))
 }
 
@@ -267,27 +268,31 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
 /// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive, and the
-/// drives, for `PATCH /drives`.
+/// drives and network interfaces, for `PATCH /drives` and `PATCH /network-interfaces`.
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &MicroVmConfig,
     legacy: &mut LegacyDevices,
-) -> Result<(Vec<String>, virtio_devices::Drives), BuildError> {
+) -> Result<(Vec<String>, virtio_devices::Drives, virtio_devices::NetInterfaces), BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
     let mut drives = virtio_devices::Drives::default();
+    let mut nets = virtio_devices::NetInterfaces::default();
     for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
         let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
         let irq = IRQ_BASE + slot as u32;
         let drive = device.drive.clone();
+        let iface = device.iface.clone();
         let (subscriber, transport) = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
         if let Some((id, read_only)) = drive {
             drives.add(id, read_only, transport);
+        } else if let Some(id) = iface {
+            nets.add(id, transport);
         }
         legacy.subscribers.push(subscriber);
         cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
     }
-    Ok((cmdline, drives))
+    Ok((cmdline, drives, nets))
 }
 
 /// Step: the command line, the user's first, then what the machine needs.

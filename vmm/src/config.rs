@@ -184,6 +184,91 @@ pub enum IoEngine {
     Async,
 }
 
+/// Longest `refill_time` (ms) a token bucket takes: its nanoseconds must fit in 64 bits, as in Firecracker.
+pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
+
+/// Firecracker's `TokenBucket`: `size` tokens, refilled from empty in `refill_time` milliseconds, plus an
+/// optional `one_time_burst` spent first and never refilled. A size or refill time of 0 means no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds.
+    pub refill_time: u64,
+}
+
+impl TokenBucketConfig {
+    fn to_device(self) -> devices::rate_limiter::BucketConfig {
+        devices::rate_limiter::BucketConfig {
+            size: self.size,
+            one_time_burst: self.one_time_burst.unwrap_or(0),
+            refill_time_ms: self.refill_time,
+        }
+    }
+}
+
+/// Firecracker's `RateLimiter`: a `bandwidth` bucket (bytes) and an `ops` bucket (requests or frames),
+/// each optional. In a `PATCH`, a bucket given replaces the device's bucket and an omitted one stays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// Checks each bucket; `field` names the limiter in the message (`rx_rate_limiter.ops`).
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        for (name, bucket) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if let Some(b) = bucket {
+                if b.refill_time > MAX_REFILL_TIME_MS {
+                    return Err(format!(
+                        "{field}.{name}.refill_time {} is too long: at most {MAX_REFILL_TIME_MS} ms",
+                        b.refill_time
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's limiter settings (absent buckets are unlimited).
+    pub fn to_device(self) -> devices::rate_limiter::RateLimiterConfig {
+        let bucket = |b: Option<TokenBucketConfig>| b.map(TokenBucketConfig::to_device).unwrap_or_default();
+        devices::rate_limiter::RateLimiterConfig {
+            bandwidth: bucket(self.bandwidth),
+            ops: bucket(self.ops),
+        }
+    }
+
+    /// This configuration as a `PATCH` of a running limiter: given buckets replace, omitted ones stay.
+    pub fn to_update(self) -> devices::rate_limiter::RateLimiterUpdate {
+        use devices::rate_limiter::BucketUpdate;
+        let bucket = |b: Option<TokenBucketConfig>| match b {
+            Some(b) => BucketUpdate::Set(b.to_device()),
+            None => BucketUpdate::Keep,
+        };
+        devices::rate_limiter::RateLimiterUpdate {
+            bandwidth: bucket(self.bandwidth),
+            ops: bucket(self.ops),
+        }
+    }
+
+    /// The stored configuration after `patch` (its buckets replace these; omitted ones stay).
+    pub fn patched(current: Option<RateLimiterConfig>, patch: Option<RateLimiterConfig>) -> Option<RateLimiterConfig> {
+        let Some(patch) = patch else { return current };
+        let current = current.unwrap_or_default();
+        Some(RateLimiterConfig {
+            bandwidth: patch.bandwidth.or(current.bandwidth),
+            ops: patch.ops.or(current.ops),
+        })
+    }
+}
+
 /// `drives[]` / `PUT /drives/{drive_id}`: a virtio-blk disk backed by a raw image file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,9 +287,9 @@ pub struct BlockDeviceConfig {
     pub cache_type: CacheType,
     #[serde(default)]
     pub io_engine: IoEngine,
-    /// Accepted only as `null`: hull has no rate limiters.
+    /// Limits on the drive's bytes and requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// Firecracker's vhost-user drive socket; accepted only as `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -220,11 +305,12 @@ pub struct NetworkInterfaceConfig {
     /// `aa:bb:cc:dd:ee:ff`; the guest picks its own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Accepted only as `null`: hull has no rate limiters.
+    /// Limits on what the guest receives (bytes and frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `vsock` / `PUT /vsock`: a virtio-vsock device whose host side is a unix socket (Firecracker's hybrid
@@ -254,13 +340,8 @@ fn check_device_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn refuse_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), String> {
-    match value {
-        None | Some(serde_json::Value::Null) => Ok(()),
-        Some(_) => Err(format!(
-            "{field} is not supported: hull has no I/O rate limiting; leave it null"
-        )),
-    }
+fn check_rate_limiter(value: &Option<RateLimiterConfig>, field: &str) -> Result<(), String> {
+    value.as_ref().map_or(Ok(()), |limiter| limiter.validate(field))
 }
 
 impl BlockDeviceConfig {
@@ -279,7 +360,7 @@ impl BlockDeviceConfig {
         if self.io_engine == IoEngine::Async {
             return Err(err("io_engine Async (io_uring) is not supported; use Sync".into()));
         }
-        refuse_rate_limiter(&self.rate_limiter, "rate_limiter").map_err(err)?;
+        check_rate_limiter(&self.rate_limiter, "rate_limiter").map_err(err)?;
         if let Some(uuid) = &self.partuuid {
             if !self.is_root_device {
                 return Err(err("partuuid is only used for the root device".into()));
@@ -358,8 +439,8 @@ impl NetworkInterfaceConfig {
                 return Err(err(format!("guest_mac {text} is a multicast address")));
             }
         }
-        refuse_rate_limiter(&self.rx_rate_limiter, "rx_rate_limiter").map_err(err)?;
-        refuse_rate_limiter(&self.tx_rate_limiter, "tx_rate_limiter").map_err(err)
+        check_rate_limiter(&self.rx_rate_limiter, "rx_rate_limiter").map_err(err)?;
+        check_rate_limiter(&self.tx_rate_limiter, "tx_rate_limiter").map_err(err)
     }
 }
 
@@ -547,8 +628,19 @@ mod tests {
         bad.io_engine = IoEngine::Async;
         assert!(bad.validate().unwrap_err().to_string().contains("io_uring"));
         let mut bad = d.clone();
-        bad.rate_limiter = Some(serde_json::json!({"bandwidth": {"size": 1, "refill_time": 1}}));
-        assert!(bad.validate().unwrap_err().to_string().contains("rate_limiter"));
+        bad.rate_limiter = Some(RateLimiterConfig {
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: None,
+                refill_time: MAX_REFILL_TIME_MS + 1,
+            }),
+            bandwidth: None,
+        });
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("rate_limiter.ops.refill_time") && e.contains("too long"),
+            "{e}"
+        );
         let mut bad = d.clone();
         bad.partuuid = Some("1234 init=/bin/sh".into());
         assert!(bad.validate().unwrap_err().to_string().contains("partuuid"));
@@ -561,6 +653,66 @@ mod tests {
         );
         assert!(r.is_err());
         std::fs::remove_file(img).unwrap();
+    }
+
+    #[test]
+    fn rate_limiters_take_firecrackers_shape() {
+        let d: BlockDeviceConfig = serde_json::from_value(serde_json::json!({
+            "drive_id": "data", "path_on_host": "/x", "is_root_device": false,
+            "rate_limiter": {
+                "bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 100},
+                "ops": {"size": 0, "refill_time": 0}
+            }
+        }))
+        .unwrap();
+        let limiter = d.rate_limiter.unwrap();
+        let device = limiter.to_device();
+        assert_eq!(
+            (
+                device.bandwidth.size,
+                device.bandwidth.one_time_burst,
+                device.bandwidth.refill_time_ms
+            ),
+            (1048576, 4096, 100)
+        );
+        assert!(device.ops.is_unlimited());
+        // Round trip: what was given is what GET /vm/config shows.
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["rate_limiter"]["bandwidth"]["one_time_burst"], 4096);
+        assert!(json["rate_limiter"]["ops"].get("one_time_burst").is_none());
+        // Missing required fields, negative numbers and unknown fields are refused by the decoder.
+        for (bucket, expected) in [
+            (serde_json::json!({"size": 1}), "missing field `refill_time`"),
+            (serde_json::json!({"refill_time": 1}), "missing field `size`"),
+            (serde_json::json!({"size": -1, "refill_time": 1}), "invalid value"),
+            (
+                serde_json::json!({"size": 1, "refill_time": 1, "rate": 2}),
+                "unknown field `rate`",
+            ),
+        ] {
+            let e = serde_json::from_value::<NetworkInterfaceConfig>(serde_json::json!({
+                "iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": bucket}
+            }))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+        // PATCH semantics: a given bucket replaces, an omitted one stays.
+        let ops = TokenBucketConfig {
+            size: 10,
+            one_time_burst: None,
+            refill_time: 1000,
+        };
+        let patch = RateLimiterConfig {
+            ops: Some(ops),
+            bandwidth: None,
+        };
+        let merged = RateLimiterConfig::patched(Some(limiter), Some(patch)).unwrap();
+        assert_eq!((merged.bandwidth, merged.ops), (limiter.bandwidth, Some(ops)));
+        assert_eq!(RateLimiterConfig::patched(Some(limiter), None), Some(limiter));
+        let update = patch.to_update();
+        assert_eq!(update.bandwidth, devices::rate_limiter::BucketUpdate::Keep);
+        assert_eq!(update.ops, devices::rate_limiter::BucketUpdate::Set(ops.to_device()));
     }
 
     #[test]

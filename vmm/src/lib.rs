@@ -20,7 +20,7 @@ mod virtio_devices;
 pub use builder::BuildError;
 pub use config::{
     BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
-    MicroVmConfig, NetworkInterfaceConfig, SerialOutput, VmmOptions, VsockConfig,
+    MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;
 pub use microvm::{MicroVm, VmState, VmmError};

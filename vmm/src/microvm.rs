@@ -11,11 +11,12 @@ use devices::bus::lock;
 use devices::legacy::I8042;
 use kvm_ioctls::{Kvm, VmFd};
 
+use crate::config::RateLimiterConfig;
 use crate::config::{MicroVmConfig, VmmOptions};
 use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuControl;
-use crate::virtio_devices::{DriveUpdateError, Drives};
+use crate::virtio_devices::{DriveUpdateError, Drives, NetInterfaces, NetUpdateError};
 
 /// Lifecycle state, as the API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub enum VmmError {
     CtrlAltDel(#[from] devices::legacy::i8042::I8042Error),
     #[error("Unable to patch the block device: {0}")]
     DriveUpdate(#[from] DriveUpdateError),
+    #[error("Unable to patch the network interface: {0}")]
+    NetUpdate(#[from] NetUpdateError),
 }
 
 /// A started microVM.
@@ -51,6 +54,7 @@ pub struct MicroVm {
     i8042: Arc<Mutex<I8042>>,
     vcpu_count: usize,
     drives: Drives,
+    nets: NetInterfaces,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -74,6 +78,7 @@ impl MicroVm {
         i8042: Arc<Mutex<I8042>>,
         vcpu_count: usize,
         drives: Drives,
+        nets: NetInterfaces,
     ) -> Self {
         MicroVm {
             control,
@@ -82,6 +87,7 @@ impl MicroVm {
             i8042,
             vcpu_count,
             drives,
+            nets,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -147,6 +153,29 @@ impl MicroVm {
             return Err(VmmError::NotRunning);
         }
         Ok(self.drives.update(id, path)?)
+    }
+
+    /// Replaces the buckets `patch` gives of drive `id`'s rate limiter (`PATCH /drives/{id}`); omitted
+    /// buckets stay.
+    pub fn update_drive_rate_limiter(&self, id: &str, patch: &RateLimiterConfig) -> Result<(), VmmError> {
+        if self.state() == VmState::Exited {
+            return Err(VmmError::NotRunning);
+        }
+        Ok(self.drives.update_rate_limiter(id, patch)?)
+    }
+
+    /// Replaces the buckets the patches give of interface `id`'s RX and TX rate limiters
+    /// (`PATCH /network-interfaces/{id}`); omitted buckets and limiters stay.
+    pub fn update_net_rate_limiters(
+        &self,
+        id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), VmmError> {
+        if self.state() == VmState::Exited {
+            return Err(VmmError::NotRunning);
+        }
+        Ok(self.nets.update_rate_limiters(id, rx, tx)?)
     }
 
     /// An eventfd that becomes readable once the guest has ended (poll it; do not read it).

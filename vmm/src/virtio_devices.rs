@@ -1,7 +1,9 @@
 //! hull's virtio devices in the VMM: building each device core from its `*Config`, putting it behind a
 //! virtio-mmio window on the MMIO bus, wiring its notifications to KVM (one ioeventfd per queue on the
 //! QueueNotify register, one irqfd for its interrupt line), and the event-loop subscriber that runs the
-//! device when a queue is kicked or its host-side fd is readable.
+//! device when a queue is kicked or its host-side fd is readable (a TAP, a socket, or a rate limiter's
+//! timer). The running drives and network interfaces stay reachable for post-boot updates (`PATCH`): a new
+//! backing file, new rate limits.
 //!
 //! Owns: the device's eventfds and its place in the event loop. Never trusts: what the guest writes into
 //! the window or the queues (the transport and the cores validate it); a device that fails stops alone,
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{lock, Bus, BusDevice};
 use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
 use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
@@ -24,7 +27,7 @@ use hull_logging::{guest_debug as debug, guest_info as info, guest_warn as warn}
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::MicroVmConfig;
+use crate::config::{MicroVmConfig, RateLimiterConfig};
 use crate::event_loop::Subscriber;
 use crate::memory::GuestMemoryMmap;
 
@@ -75,9 +78,18 @@ pub struct DeviceCore {
     pub core: Box<dyn VirtioDevice>,
     /// For drives: the `drive_id` and whether it was configured read-only.
     pub drive: Option<(String, bool)>,
+    /// For network interfaces: the `iface_id`.
+    pub iface: Option<String>,
 }
 
-/// Replacing a running drive's backing file failed; the drive keeps its previous file.
+/// Updating a running network interface failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetUpdateError {
+    #[error("no network interface {0:?} is attached to the microVM")]
+    NotFound(String),
+}
+
+/// Updating a running drive (its backing file or its rate limiter) failed; the drive is as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveUpdateError {
     #[error("no drive {0:?} is attached to the microVM")]
@@ -133,6 +145,50 @@ impl Drives {
         info!(drive_id = id, path = %path.display(), capacity, "drive backing file replaced");
         Ok(capacity)
     }
+
+    /// Replaces the buckets `patch` gives of drive `id`'s rate limiter (omitted ones stay), between two
+    /// requests (under the transport's lock). A throttled drive re-checks at once.
+    pub fn update_rate_limiter(&self, id: &str, patch: &RateLimiterConfig) -> Result<(), DriveUpdateError> {
+        let drive = self
+            .0
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| DriveUpdateError::NotFound(id.to_string()))?;
+        lock(&drive.transport)
+            .with_device(|block: &mut Block| block.update_rate_limiter(&patch.to_update()))
+            .ok_or_else(|| DriveUpdateError::NotFound(id.to_string()))?;
+        info!(drive_id = id, ?patch, "drive rate limiter updated");
+        Ok(())
+    }
+}
+
+/// The running microVM's network interfaces, for `PATCH /network-interfaces/{id}`.
+#[derive(Default)]
+pub struct NetInterfaces(Vec<(String, Arc<Mutex<MmioTransport>>)>);
+
+impl NetInterfaces {
+    /// Remembers an attached network interface.
+    pub fn add(&mut self, id: String, transport: Arc<Mutex<MmioTransport>>) {
+        self.0.push((id, transport));
+    }
+
+    /// Replaces the buckets the patches give of interface `id`'s RX and TX rate limiters (omitted
+    /// buckets and limiters stay), between two frames.
+    pub fn update_rate_limiters(
+        &self,
+        id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), NetUpdateError> {
+        let not_found = || NetUpdateError::NotFound(id.to_string());
+        let (_, transport) = self.0.iter().find(|(i, _)| i == id).ok_or_else(not_found)?;
+        let update = |patch: Option<&RateLimiterConfig>| patch.map(|p| p.to_update()).unwrap_or_default();
+        lock(transport)
+            .with_device(|net: &mut Net<Tap>| net.update_rate_limiters(&update(rx), &update(tx)))
+            .ok_or_else(not_found)?;
+        info!(iface_id = id, ?rx, ?tx, "network interface rate limiters updated");
+        Ok(())
+    }
 }
 
 /// Builds every configured device core, in attachment order: the root drive first (so it is always
@@ -144,6 +200,7 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
             path: drive.path_on_host.clone(),
             read_only: drive.is_read_only,
             id: Some(drive.drive_id.clone()),
+            rate_limiter: drive.rate_limiter.unwrap_or_default().to_device(),
         };
         let block = Block::new(&cfg).map_err(|source| AttachError::Drive {
             id: drive.drive_id.clone(),
@@ -153,12 +210,15 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
             label: format!("block:{}", drive.drive_id),
             core: Box::new(block),
             drive: Some((drive.drive_id.clone(), drive.is_read_only)),
+            iface: None,
         });
     }
     for iface in &config.net {
         let cfg = NetConfig {
             tap: iface.host_dev_name.clone(),
             mac: iface.guest_mac.as_deref().and_then(crate::config::parse_mac),
+            rx_rate_limiter: iface.rx_rate_limiter.unwrap_or_default().to_device(),
+            tx_rate_limiter: iface.tx_rate_limiter.unwrap_or_default().to_device(),
         };
         let net = Net::new(&cfg).map_err(|source| AttachError::Net {
             id: iface.iface_id.clone(),
@@ -168,6 +228,7 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
             label: format!("net:{}", iface.iface_id),
             core: Box::new(net),
             drive: None,
+            iface: Some(iface.iface_id.clone()),
         });
     }
     if let Some(vsock) = &config.vsock {
@@ -181,6 +242,7 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
             label,
             core: Box::new(core),
             drive: None,
+            iface: None,
         });
     }
     Ok(cores)
@@ -362,6 +424,7 @@ mod tests {
             path: path.to_owned(),
             read_only,
             id: Some("slot0".into()),
+            rate_limiter: Default::default(),
         })
         .unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -413,6 +476,56 @@ mod tests {
         // Back to the empty placeholder.
         assert_eq!(drives.update("slot0", &empty).unwrap(), 0);
         assert_eq!((capacity(&transport), lock(&transport).config_generation()), (0, 2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rate_limiter_patches_reach_the_running_drive_bucket_by_bucket() {
+        let dir = std::env::temp_dir().join(format!("hull-vmm-rl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("image");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let (transport, _irq) = drive_transport(&image, false);
+        let mut drives = Drives::default();
+        drives.add("data".into(), false, transport.clone());
+        let bucket = |size| crate::config::TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time: 1000,
+        };
+        let limits = |t: &Arc<Mutex<MmioTransport>>| {
+            lock(t)
+                .with_device(|b: &mut Block| {
+                    let rl = b.rate_limiter();
+                    (rl.bandwidth().map(|b| b.available()), rl.ops().map(|b| b.available()))
+                })
+                .unwrap()
+        };
+        assert_eq!(limits(&transport), (None, None));
+        let both = RateLimiterConfig {
+            bandwidth: Some(bucket(4096)),
+            ops: Some(bucket(8)),
+        };
+        drives.update_rate_limiter("data", &both).unwrap();
+        assert_eq!(limits(&transport), (Some(4096), Some(8)));
+        // Only the ops bucket is given: it is replaced (size 0 lifts it), bandwidth stays.
+        let ops_only = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(bucket(0)),
+        };
+        drives.update_rate_limiter("data", &ops_only).unwrap();
+        assert_eq!(limits(&transport), (Some(4096), None));
+        let e = drives.update_rate_limiter("nope", &both).unwrap_err().to_string();
+        assert_eq!(e, "no drive \"nope\" is attached to the microVM");
+        // A transport holding something other than a net device is not an interface.
+        let mut nets = NetInterfaces::default();
+        nets.add("eth0".into(), transport.clone());
+        let e = nets
+            .update_rate_limiters("eth0", Some(&both), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "no network interface \"eth0\" is attached to the microVM");
+        assert!(nets.update_rate_limiters("eth1", None, None).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

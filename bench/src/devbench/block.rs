@@ -10,12 +10,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::{GuestMemory, QueueSet, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{compare, guest_memory, timed, DeviceOptions, Rate};
+use super::{compare, guest_memory, timed, wait_readable, DeviceOptions, Rate};
 use crate::error::{fail, BenchError, Result};
 use crate::report::Section;
 use crate::virtq::{Buffer, DriverQueue};
@@ -33,14 +34,14 @@ const DATA_SLOT: u64 = 64 << 10;
 const SECTOR: u64 = 512;
 
 /// A file in the temp dir, removed on drop.
-struct ScratchFile {
-    path: PathBuf,
+pub(super) struct ScratchFile {
+    pub(super) path: PathBuf,
     file: File,
 }
 
 impl ScratchFile {
     /// `bytes` of a non-zero pattern (holes would read faster than data).
-    fn create(bytes: u64) -> Result<ScratchFile> {
+    pub(super) fn create(bytes: u64) -> Result<ScratchFile> {
         let path = std::env::temp_dir().join(format!("hull-bench-blk-{}.img", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -70,21 +71,23 @@ impl Drop for ScratchFile {
 }
 
 /// A guest driver with one request queue and `DEPTH` request slots.
-struct BlockDriver {
+pub(super) struct BlockDriver {
     mem: GuestMemory,
     queue: DriverQueue,
-    dev: Block,
+    pub(super) dev: Block,
     next_offset: u64,
 }
 
 impl BlockDriver {
-    fn new(path: &std::path::Path) -> Result<BlockDriver> {
+    /// A drive over `path` with the limits of `rate_limiter`.
+    pub(super) fn new(path: &std::path::Path, rate_limiter: RateLimiterConfig) -> Result<BlockDriver> {
         let mem = guest_memory(MEM_BYTES)?;
         let queue = DriverQueue::new(&mem, RING_BASE, QUEUE_SIZE).map_err(BenchError::failed)?;
         let mut dev = Block::new(&BlockConfig {
             path: path.to_path_buf(),
             read_only: false,
             id: None,
+            rate_limiter,
         })
         .map_err(fail("creating the virtio-blk device"))?;
         dev.set_acked_features(dev.avail_features());
@@ -102,8 +105,9 @@ impl BlockDriver {
     }
 
     /// Offers `n` requests of `size` bytes at consecutive offsets, notifies the device once, and checks
-    /// every completion. Returns the first request's byte offset.
-    fn batch(&mut self, write: bool, size: u32, n: usize) -> Result<u64> {
+    /// every completion; a rate-limited device that holds requests back is woken by its timer fd, as the
+    /// VMM's event loop would. Returns the first request's byte offset.
+    pub(super) fn batch(&mut self, write: bool, size: u32, n: usize) -> Result<u64> {
         let mut first = None;
         let kind = if write { VIRTIO_BLK_T_OUT } else { VIRTIO_BLK_T_IN };
         let io = |e: vm_memory::GuestMemoryError| BenchError::failed(format!("writing guest memory: {e}"));
@@ -138,7 +142,17 @@ impl BlockDriver {
         self.dev
             .process_queue(0, &self.mem, &mut set)
             .map_err(fail("virtio-blk process_queue"))?;
-        let used = self.queue.take_used(&self.mem).map_err(BenchError::failed)?;
+        let mut used = self.queue.take_used(&self.mem).map_err(BenchError::failed)?;
+        while used.len() < n && self.dev.rate_limiter().is_blocked() {
+            let fd = self.dev.backend_fd().ok_or_else(|| BenchError::failed("no timer fd"))?;
+            wait_readable(fd, std::time::Duration::from_secs(10))?;
+            let mut set = QueueSet::new();
+            set.push(Some(self.queue.device_queue()));
+            self.dev
+                .process_backend(&self.mem, &mut set)
+                .map_err(fail("virtio-blk process_backend"))?;
+            used.extend(self.queue.take_used(&self.mem).map_err(BenchError::failed)?);
+        }
         if used.len() != n {
             return Err(BenchError::failed(format!(
                 "{n} requests offered, {} completed",
@@ -198,7 +212,7 @@ fn verify(driver: &mut BlockDriver, file: &File, size: u32) -> Result<()> {
 /// Runs the virtio-blk comparisons into `s`.
 pub fn run(s: &mut Section, opts: &DeviceOptions) -> Result<()> {
     let scratch = ScratchFile::create(FILE_BYTES)?;
-    let mut driver = BlockDriver::new(&scratch.path)?;
+    let mut driver = BlockDriver::new(&scratch.path, RateLimiterConfig::default())?;
     let raw_file = &scratch.file;
     for size in [4096u32, 64 << 10] {
         verify(&mut driver, raw_file, size)?;

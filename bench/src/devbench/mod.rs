@@ -8,8 +8,10 @@
 
 pub mod block;
 pub mod net;
+pub mod rate_limit;
 pub mod vsock;
 
+use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
 use devices::virtio::GuestMemory;
@@ -57,6 +59,24 @@ pub fn timed(window: Duration, mut step: impl FnMut() -> Result<(u64, u64)>) -> 
             rate.secs = elapsed.as_secs_f64();
             return Ok(rate);
         }
+    }
+}
+
+/// Waits (in poll(2), as the VMM's event loop does) until a throttled device's backend fd is readable.
+pub fn wait_readable(fd: RawFd, limit: Duration) -> Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut pfd, 1, timeout) } {
+        1 => Ok(()),
+        0 => Err(BenchError::failed(format!(
+            "a throttled device was not woken within {limit:?}"
+        ))),
+        _ => Err(BenchError::failed(format!("poll: {}", std::io::Error::last_os_error()))),
     }
 }
 

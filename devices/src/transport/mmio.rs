@@ -695,7 +695,7 @@ mod tests {
     /// A block device over a 32 KiB in-memory disk, in the 16 MiB test guest of `GuestQueue`.
     fn rig() -> Rig {
         let disk = MemDisk::new(64 * 512);
-        let dev = Block::with_backend(Box::new(disk.clone()), false, "mmio-test");
+        let dev = Block::with_backend(Box::new(disk.clone()), false, "mmio-test").unwrap();
         let q = GuestQueue::new(QSIZE as u16);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let t = MmioTransport::new("block:test", Box::new(dev), q.mem().clone(), irq.try_clone().unwrap()).unwrap();

@@ -31,6 +31,7 @@ pub fn run(args: &BlkArgs) -> Result<(), Error> {
         path: args.path.clone(),
         read_only: args.read_only,
         id: args.id.clone(),
+        rate_limiter: Default::default(),
     };
     let device = Block::new(&cfg).map_err(|e| Error::Device {
         device: "blk",

@@ -299,6 +299,7 @@ mod tests {
             path: dir.join("empty"),
             read_only: false,
             id: None,
+            rate_limiter: Default::default(),
         })
         .unwrap();
         let notifier = ConfigNotifier::new();

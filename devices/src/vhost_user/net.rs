@@ -22,6 +22,8 @@ pub fn run(args: &NetArgs) -> Result<(), Error> {
     let device = Net::new(&NetConfig {
         tap: args.tap.clone(),
         mac: None,
+        rx_rate_limiter: Default::default(),
+        tx_rate_limiter: Default::default(),
     })
     .map_err(|e| Error::Device {
         device: "net",

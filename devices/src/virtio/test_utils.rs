@@ -360,3 +360,17 @@ impl VirtioDevice for StubDevice {
     }
     fn reset(&mut self) {}
 }
+
+/// Waits until `fd` polls readable, at most `limit`; returns whether it did (a device's backend fd, a
+/// rate limiter's timer).
+pub fn readable_within(fd: std::os::unix::io::RawFd, limit: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}

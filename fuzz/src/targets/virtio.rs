@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use devices::virtio::block::{Block, DiskBackend, SECTOR_SIZE};
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::vsock::packet::{PacketHeader, HDR_LEN, OP_RW};
@@ -118,8 +119,25 @@ pub fn block(data: &[u8]) {
     let mut input = Input::new(data);
     let size = input.pick(&[0usize, 512, 4096, 64 << 10, 1000]);
     let read_only = input.u8() & 3 == 0;
-    let mut device = Block::with_backend(Box::new(MemDisk(vec![0; size])), read_only, "fuzz");
+    let Ok(mut device) = Block::with_backend(Box::new(MemDisk(vec![0; size])), read_only, "fuzz") else {
+        return;
+    };
     device.set_acked_features(device.avail_features());
+    // Half the inputs run under a rate limiter small enough to throttle mid-queue (guest-sized requests
+    // against tiny buckets, including ones they overdraw).
+    let limit = input.u8();
+    if limit & 1 == 1 {
+        let bucket = |size: u8| BucketConfig {
+            size: u64::from(size),
+            one_time_burst: u64::from(size & 3),
+            refill_time_ms: 1,
+        };
+        let limits = RateLimiterConfig {
+            bandwidth: bucket((limit >> 1) & 7),
+            ops: bucket(limit >> 4),
+        };
+        device.update_rate_limiter(&limits.into());
+    }
     let sectors = size as u64 / SECTOR_SIZE;
     let mut header = |_: usize, input: &mut Input| {
         let kind = match input.u8() % 8 {
@@ -145,7 +163,7 @@ pub fn block(data: &[u8]) {
     // What the driver does with the queues comes first, so it is never starved by the layouts.
     let ops = input.bytes(24);
     let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut header);
-    drive("virtio_block", &mut device, &mut guest, &mut Input::new(ops), false);
+    drive("virtio_block", &mut device, &mut guest, &mut Input::new(ops), true);
 }
 
 /// Frames the host side hands the device, and a readiness eventfd.

@@ -197,6 +197,8 @@ const EVENT_LOOP: &[Allow] = &[
     any("sendto", libc::SYS_sendto),
     any("shutdown", libc::SYS_shutdown),
     only("ioctl", libc::SYS_ioctl, &[&[eq(1, FIONBIO)]]),
+    // A throttled drive or interface arms its rate limiter's timer (devices::rate_limiter).
+    any("timerfd_settime", libc::SYS_timerfd_settime),
 ];
 
 /// The vCPU kick signal, SIGRTMIN with glibc ([`vmm::vcpu::kick_signal`]; a unit test checks they agree).
@@ -241,6 +243,8 @@ const API_OWN: &[Allow] = &[
     any("eventfd2", libc::SYS_eventfd2),
     any("epoll_create1", libc::SYS_epoll_create1),
     any("epoll_ctl", libc::SYS_epoll_ctl),
+    // Every drive and network interface gets its rate limiters' timers when it is built.
+    any("timerfd_create", libc::SYS_timerfd_create),
     only("socket", libc::SYS_socket, &[&[eq(0, libc::AF_UNIX as u32)]]),
     any("bind", libc::SYS_bind),
     any("listen", libc::SYS_listen),
@@ -328,6 +332,8 @@ const API_RUNNING: &[Allow] = &[
     any("unlink", libc::SYS_unlink),
     // A new API connection is made non-blocking.
     only("ioctl", libc::SYS_ioctl, &[&[eq(1, FIONBIO)]]),
+    // PATCH /drives or /network-interfaces re-arms a throttled rate limiter's timer to re-check at once.
+    any("timerfd_settime", libc::SYS_timerfd_settime),
 ];
 
 /// What a vhost-user backend needs whatever its device: the frontend's socket (accepting it, messages
@@ -360,6 +366,9 @@ const VHOST_USER_COMMON: &[Allow] = &[
     any("epoll_wait", libc::SYS_epoll_wait),
     any("epoll_pwait", libc::SYS_epoll_pwait),
     any("eventfd2", libc::SYS_eventfd2),
+    // The device cores' rate limiter timers (unlimited in a backend, but always created).
+    any("timerfd_create", libc::SYS_timerfd_create),
+    any("timerfd_settime", libc::SYS_timerfd_settime),
     any("dup", libc::SYS_dup),
     any("openat", libc::SYS_openat),
     any("newfstatat", libc::SYS_newfstatat),

@@ -70,6 +70,18 @@ fn the_api_table_covers_the_threads_it_starts() {
 }
 
 #[test]
+fn rate_limiter_timers_are_allowed_where_they_are_used() {
+    // Created while the VM is built (and in each vhost-user backend), armed by the event loop when a
+    // device is throttled and by the API thread when a PATCH re-arms one; never by a vCPU.
+    assert!(policy::api().allows("timerfd_create"));
+    assert!(!policy::api_running().allows("timerfd_create"));
+    for table in [policy::event_loop(), policy::api_running()] {
+        assert!(table.allows("timerfd_settime"));
+    }
+    assert!(!policy::vcpu().allows("timerfd_settime"));
+}
+
+#[test]
 fn what_no_thread_may_do() {
     for kind in all_kinds() {
         let table: Table = kind.table();

@@ -12,8 +12,14 @@
 //! frontend's config-change message). The read-only *feature* the driver negotiated cannot change after
 //! boot: a drive created read-only only takes read-only files; a read-write drive may take a read-only
 //! file, and then answers writes with an I/O error.
+//!
+//! Every read and write costs its data bytes and one op of the drive's [`RateLimiter`] (other requests one
+//! op). A request that does not fit is left in the queue and the queue is not touched again until the
+//! limiter's timer fires: the timer fd is the device's `backend_fd`, so the transport's event loop wakes
+//! the device, which never waits itself. Limits can change at run time ([`Block::update_rate_limiter`]).
 
 use std::any::Any;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +30,7 @@ use super::backend::{DiskBackend, EmptyDisk, RawFile};
 use super::metrics::BlockMetrics;
 use super::request::{BlockRequest, DiskGeometry, StatusSlot, HEADER_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterUpdate};
 use crate::virtio::chain::ParsedChain;
 use crate::virtio::{
     read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_BLOCK,
@@ -44,6 +51,8 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Drive id for `GET_ID` (at most 20 bytes are used); defaults to the file name.
     pub id: Option<String>,
+    /// Bandwidth and ops limits (unlimited by default).
+    pub rate_limiter: RateLimiterConfig,
 }
 
 /// Building a drive, or replacing its file, failed. A failed replacement leaves the drive as it was.
@@ -59,6 +68,8 @@ pub enum BlockError {
     RelativePath { path: PathBuf },
     #[error("disk image {path} is not a regular file or block device")]
     NotADisk { path: PathBuf },
+    #[error("creating the drive's rate limiter timer: {0}")]
+    RateLimiter(#[source] std::io::Error),
     #[error(
         "the drive was created read-only (the guest negotiated VIRTIO_BLK_F_RO); {path} can only be attached read-only"
     )]
@@ -79,7 +90,16 @@ pub struct Block {
     acked_features: u64,
     config: Vec<u8>,
     bounce: Vec<u8>,
+    limiter: RateLimiter,
     metrics: Arc<BlockMetrics>,
+}
+
+/// What became of one request chain.
+enum Served {
+    /// Answered, with this many bytes written into the chain.
+    Answered(u32),
+    /// The rate limiter holds it back: it stays in the queue.
+    Throttled,
 }
 
 impl Block {
@@ -95,13 +115,15 @@ impl Block {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let mut block = Self::with_backend(Box::new(disk), cfg.read_only, &id);
+        let mut block = Self::with_backend(Box::new(disk), cfg.read_only, &id)?;
         block.path = Some(cfg.path.clone());
+        block.update_rate_limiter(&cfg.rate_limiter.into());
         Ok(block)
     }
 
-    /// A drive over any backend (tests use in-memory disks).
-    pub fn with_backend(disk: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Self {
+    /// A drive over any backend (tests use in-memory disks), without rate limits.
+    pub fn with_backend(disk: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        let limiter = RateLimiter::unlimited().map_err(BlockError::RateLimiter)?;
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -114,7 +136,7 @@ impl Block {
             avail_features |= VIRTIO_BLK_F_RO;
         }
         let config = Self::build_config(disk.capacity_bytes() / SECTOR_SIZE);
-        Block {
+        Ok(Block {
             disk,
             read_only,
             created_read_only: read_only,
@@ -124,8 +146,20 @@ impl Block {
             acked_features: 0,
             config,
             bounce: vec![0; CHUNK],
+            limiter,
             metrics: Arc::new(BlockMetrics::default()),
-        }
+        })
+    }
+
+    /// Replaces or keeps each bucket of the drive's rate limiter (`PATCH /drives/{id}`). Runs under the
+    /// same `&mut Block` that serves the queue, so it falls between two requests.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterUpdate) {
+        self.limiter.update(update);
+    }
+
+    /// The drive's rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// struct virtio_blk_config (60 bytes): capacity, size_max, seg_max, geometry, blk_size, ...
@@ -213,9 +247,10 @@ impl Block {
         }
     }
 
-    /// Answers one request chain: validates it, runs it and writes its status. Returns the bytes written
-    /// into the chain; an error means the chain has no usable status byte.
-    fn answer(&mut self, chain: &ParsedChain, mem: &GuestMemory) -> Result<u32, DeviceError> {
+    /// Answers one request chain: validates it, asks the rate limiter, runs it and writes its status.
+    /// Returns the bytes written into the chain, or that the limiter holds it back (nothing is written
+    /// then); an error means the chain has no usable status byte.
+    fn answer(&mut self, chain: &ParsedChain, mem: &GuestMemory) -> Result<Served, DeviceError> {
         let head = chain.head;
         let slot = StatusSlot::locate(chain, mem).map_err(|e| DeviceError::Unanswerable {
             queue: 0,
@@ -224,6 +259,14 @@ impl Block {
         })?;
         let (status, written) = match BlockRequest::parse(chain, &slot, mem, self.geometry()) {
             Ok(req) => {
+                let bytes = match req {
+                    BlockRequest::Read { len, .. } | BlockRequest::Write { len, .. } => len,
+                    BlockRequest::Flush | BlockRequest::GetId => 0,
+                };
+                if !self.limiter.consume(1, bytes) {
+                    self.metrics.rate_limiter_throttled.inc();
+                    return Ok(Served::Throttled);
+                }
                 debug!(head, ?req, "virtio-blk request");
                 self.execute(&req, chain, mem)
             }
@@ -240,7 +283,31 @@ impl Block {
         // The slot was checked to be in memory; a failure now means memory changed under us.
         slot.write(chain, mem, status)
             .map_err(|source| DeviceError::MalformedChain { queue: 0, head, source })?;
-        Ok(written.saturating_add(1))
+        Ok(Served::Answered(written.saturating_add(1)))
+    }
+
+    /// Serves queue 0 until it is empty or the rate limiter holds a request back (it stays first in the
+    /// queue for the next pass, which the limiter's timer starts).
+    fn serve(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        if self.limiter.is_blocked() {
+            return Ok(QueueSignals::NONE);
+        }
+        let Some(mut queue) = queues.chains(0, mem) else {
+            return Ok(QueueSignals::NONE);
+        };
+        QueueSignals::collect(|signals| {
+            while let Some(chain) = queue.pop()? {
+                match self.answer(&chain, mem)? {
+                    Served::Answered(written) => queue.complete(chain.head, written, signals)?,
+                    Served::Throttled => {
+                        queue.put_back();
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     /// Runs a validated request; returns the status and how many data bytes were written to the guest.
@@ -345,11 +412,19 @@ impl VirtioDevice for Block {
         if index != 0 {
             return Ok(QueueSignals::NONE);
         }
-        let Some(mut queue) = queues.chains(0, mem) else {
+        self.serve(mem, queues)
+    }
+
+    /// The rate limiter's timer: readable when a throttled queue may go on.
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.limiter.as_raw_fd())
+    }
+
+    fn process_backend(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        if !self.limiter.on_timer() {
             return Ok(QueueSignals::NONE);
-        };
-        QueueSignals::collect(|signals| queue.serve_all(signals, |chain| self.answer(chain, mem)))
-            .inspect_err(|_| self.metrics.fatal_chains.inc())
+        }
+        self.serve(mem, queues)
     }
 
     fn reset(&mut self) {
@@ -366,6 +441,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::rate_limiter::BucketConfig;
     use crate::virtio::block::request::*;
     use crate::virtio::block::test_utils::{offer_request, status, MemDisk, DATA, HDR, STATUS};
     use crate::virtio::test_utils::{xorshift, Desc, GuestQueue, TestTransport};
@@ -373,11 +449,9 @@ mod tests {
     fn device(read_only: bool) -> (TestTransport<Block>, MemDisk) {
         let disk = MemDisk::new(64 * 512);
         (
-            TestTransport::new(Block::with_backend(
-                Box::new(disk.clone()),
-                read_only,
-                "hull-test-drive-id-longer-than-20",
-            )),
+            TestTransport::new(
+                Block::with_backend(Box::new(disk.clone()), read_only, "hull-test-drive-id-longer-than-20").unwrap(),
+            ),
             disk,
         )
     }
@@ -387,6 +461,79 @@ mod tests {
         let mut set = QueueSet::new();
         set.push(Some(queue));
         dev.process_queue(0, mem, &mut set)
+    }
+
+    fn limit(bandwidth: (u64, u64), ops: (u64, u64)) -> RateLimiterUpdate {
+        let bucket = |(size, refill_time_ms)| BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms,
+        };
+        RateLimiterConfig {
+            bandwidth: bucket(bandwidth),
+            ops: bucket(ops),
+        }
+        .into()
+    }
+
+    #[test]
+    fn throttled_requests_stay_in_the_queue_until_the_limiter_timer_fires() {
+        let (mut dev, _) = device(false);
+        // Two requests at once, then one every 50 ms.
+        dev.update_rate_limiter(&limit((0, 0), (2, 100)));
+        let mut q = GuestQueue::new(16);
+        let heads: Vec<u16> = (0..3)
+            .map(|_| offer_request(&mut q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 512)]))
+            .collect();
+        let started = std::time::Instant::now();
+        run(&mut dev, &mut q).unwrap();
+        assert_eq!(q.take_used(), vec![(heads[0], 513), (heads[1], 513)]);
+        assert!(dev.rate_limiter().is_blocked());
+        assert_eq!(dev.metrics().rate_limiter_throttled.get(), 1);
+        // Kicks while throttled serve nothing, and neither does a wake-up before the timer.
+        run(&mut dev, &mut q).unwrap();
+        assert_eq!(q.take_used(), vec![]);
+        let (mem, queue) = q.parts();
+        let mut set = QueueSet::new();
+        set.push(Some(queue));
+        // The timer fd is what the transport watches.
+        let fd = dev.backend_fd().unwrap();
+        assert!(crate::virtio::test_utils::readable_within(
+            fd,
+            std::time::Duration::from_secs(5)
+        ));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(40));
+        assert!(dev.process_backend(mem, &mut set).unwrap().contains(0));
+        assert_eq!(q.take_used(), vec![(heads[2], 513)]);
+        assert!(!dev.rate_limiter().is_blocked());
+    }
+
+    #[test]
+    fn bandwidth_counts_data_bytes_and_a_lifted_limit_serves_at_once() {
+        let (mut dev, _) = device(false);
+        // 1 KiB per minute: two 512-byte reads, then the third waits.
+        dev.update_rate_limiter(&limit((1024, 60_000), (0, 0)));
+        let mut q = GuestQueue::new(16);
+        // (The chains share one header, so all four are reads.)
+        for _ in 0..4 {
+            offer_request(&mut q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 512)]);
+        }
+        run(&mut dev, &mut q).unwrap();
+        assert_eq!(q.take_used().len(), 2);
+        assert!(dev.rate_limiter().is_blocked());
+        // Lifting the limit wakes the device through its timer well before the minute is up.
+        dev.update_rate_limiter(&limit((0, 0), (0, 0)));
+        let fd = dev.backend_fd().unwrap();
+        assert!(crate::virtio::test_utils::readable_within(
+            fd,
+            std::time::Duration::from_secs(5)
+        ));
+        let (mem, queue) = q.parts();
+        let mut set = QueueSet::new();
+        set.push(Some(queue));
+        dev.process_backend(mem, &mut set).unwrap();
+        assert_eq!(q.take_used().len(), 2);
+        assert!(dev.rate_limiter().is_unlimited());
     }
 
     #[test]
@@ -595,6 +742,7 @@ mod tests {
             path: empty.0.clone(),
             read_only,
             id: Some("slot0".into()),
+            rate_limiter: Default::default(),
         };
         (TestTransport::new(Block::new(&cfg).unwrap()), empty)
     }

@@ -16,6 +16,8 @@ device_metrics! {
         io_errors,
         /// Requests answered with `VIRTIO_BLK_S_UNSUPP`.
         unsupported,
+        /// Times the drive's rate limiter stopped the queue until its timer fired.
+        rate_limiter_throttled,
         /// Chains so broken that the device reported a fatal error (the transport then needs a reset).
         fatal_chains,
     }

@@ -5,9 +5,15 @@
 //! buffer takes it, and while RX buffers are exhausted the TAP is taken out of the device's epoll (the
 //! kernel queues further frames) until the driver kicks the RX queue.
 //!
+//! Each direction has its own [`RateLimiter`] (a frame costs one op and its length in bytes). A TX frame
+//! that does not fit stays in the TX queue; an RX frame that does not fit waits in `pending` and the TAP
+//! leaves the epoll. Both limiters' timer fds sit in the device's epoll (its `backend_fd`), so the
+//! transport's event loop wakes the device when a throttled direction may go on; the device never waits.
+//!
 //! Never trusts: TX chains and RX buffers (see `packet`). A frame too big for the offered buffer is
 //! dropped and counted (the driver sized its buffers for the MTU it was told about).
 
+use std::any::Any;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
@@ -19,7 +25,7 @@ use super::metrics::NetMetrics;
 use super::packet::{prepare_rx_header, read_tx_frame, rx_capacity};
 use super::tap::{NetBackend, Tap, TapError};
 use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
-use crate::virtio::chain::ParsedChain;
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterUpdate};
 use crate::virtio::{
     read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
@@ -35,6 +41,10 @@ pub struct NetConfig {
     pub tap: String,
     /// MAC address for the guest (`VIRTIO_NET_F_MAC`); `None` lets the driver pick one.
     pub mac: Option<[u8; 6]>,
+    /// Limits on frames the guest receives (unlimited by default).
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Limits on frames the guest sends.
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +53,15 @@ pub enum NetError {
     Tap(#[from] TapError),
     #[error("creating the net epoll: {0}")]
     Epoll(#[source] std::io::Error),
+    #[error("creating a rate limiter timer: {0}")]
+    RateLimiter(#[source] std::io::Error),
 }
+
+/// Epoll data of the TAP and of the two limiters' timers in the device's epoll (informational: every
+/// wake-up checks all three).
+const TAP_TOKEN: u64 = 0;
+const RX_TIMER_TOKEN: u64 = 1;
+const TX_TIMER_TOKEN: u64 = 2;
 
 /// A virtio-net device.
 pub struct Net<B: NetBackend = Tap> {
@@ -56,19 +74,34 @@ pub struct Net<B: NetBackend = Tap> {
     /// Length of a frame in `rx_frame` that no RX buffer has taken yet.
     pending: Option<usize>,
     tx_frame: Vec<u8>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
     metrics: Arc<NetMetrics>,
 }
 
 impl Net<Tap> {
     /// Opens the TAP named in `cfg`.
     pub fn new(cfg: &NetConfig) -> Result<Self, NetError> {
-        Self::with_backend(Tap::open(&cfg.tap)?, cfg.mac)
+        let mut net = Self::with_backend(Tap::open(&cfg.tap)?, cfg.mac)?;
+        net.update_rate_limiters(&cfg.rx_rate_limiter.into(), &cfg.tx_rate_limiter.into());
+        Ok(net)
     }
 }
 
 impl<B: NetBackend> Net<B> {
     pub fn with_backend(backend: B, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
         let epoll = Epoll::new().map_err(NetError::Epoll)?;
+        let rx_limiter = RateLimiter::unlimited().map_err(NetError::RateLimiter)?;
+        let tx_limiter = RateLimiter::unlimited().map_err(NetError::RateLimiter)?;
+        for (limiter, token) in [(&rx_limiter, RX_TIMER_TOKEN), (&tx_limiter, TX_TIMER_TOKEN)] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    limiter.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(NetError::Epoll)?;
+        }
         let mut net = Net {
             backend,
             mac,
@@ -78,6 +111,8 @@ impl<B: NetBackend> Net<B> {
             rx_frame: vec![0; MAX_FRAME_LEN],
             pending: None,
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
+            rx_limiter,
+            tx_limiter,
             metrics: Arc::new(NetMetrics::default()),
         };
         net.watch_backend(true).map_err(NetError::Epoll)?;
@@ -86,6 +121,23 @@ impl<B: NetBackend> Net<B> {
 
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()
+    }
+
+    /// Replaces or keeps each bucket of the RX and TX rate limiters (`PATCH /network-interfaces/{id}`).
+    /// Runs under the same `&mut Net` that serves the queues, so between two frames.
+    pub fn update_rate_limiters(&mut self, rx: &RateLimiterUpdate, tx: &RateLimiterUpdate) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+    }
+
+    /// The RX (guest-bound) rate limiter.
+    pub fn rx_rate_limiter(&self) -> &RateLimiter {
+        &self.rx_limiter
+    }
+
+    /// The TX (guest-sent) rate limiter.
+    pub fn tx_rate_limiter(&self) -> &RateLimiter {
+        &self.tx_limiter
     }
 
     /// Adds or removes the TAP from the device's epoll.
@@ -99,7 +151,7 @@ impl<B: NetBackend> Net<B> {
             ControlOperation::Delete
         };
         self.epoll
-            .ctl(op, self.backend.raw_fd(), EpollEvent::new(EventSet::IN, 0))?;
+            .ctl(op, self.backend.raw_fd(), EpollEvent::new(EventSet::IN, TAP_TOKEN))?;
         self.backend_registered = on;
         Ok(())
     }
@@ -117,30 +169,41 @@ impl<B: NetBackend> Net<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
+        if self.tx_limiter.is_blocked() {
+            return Ok(());
+        }
         let Some(mut txq) = queues.chains(TX_QUEUE, mem) else {
             return Ok(());
         };
-        txq.serve_all(signals, |chain| {
-            self.transmit(chain, mem);
-            Ok(0)
-        })
+        while let Some(chain) = txq.pop()? {
+            let frame = read_tx_frame(&chain, mem, &mut self.tx_frame);
+            // A malformed frame is dropped, but still costs its op.
+            let bytes = if frame.is_ok() { self.tx_frame.len() as u64 } else { 0 };
+            if !self.tx_limiter.consume(1, bytes) {
+                self.metrics.tx_rate_limiter_throttled.inc();
+                txq.put_back();
+                break;
+            }
+            if let Err(e) = frame {
+                debug!(head = chain.head, error = %e, "virtio-net TX frame dropped");
+                self.metrics.tx_dropped.inc();
+            } else {
+                self.transmit();
+            }
+            txq.complete(chain.head, 0, signals)?;
+        }
+        Ok(())
     }
 
-    /// Sends one TX chain's frame to the TAP, or drops it (counted) if it is malformed or refused.
-    fn transmit(&mut self, chain: &ParsedChain, mem: &GuestMemory) {
-        match read_tx_frame(chain, mem, &mut self.tx_frame) {
-            Ok(()) => match self.backend.write_frame(&self.tx_frame) {
-                Ok(()) => {
-                    self.metrics.tx_frames.inc();
-                    self.metrics.tx_bytes.add(self.tx_frame.len() as u64);
-                }
-                Err(e) => {
-                    debug!(error = %e, "TAP refused a frame");
-                    self.metrics.tx_dropped.inc();
-                }
-            },
+    /// Sends the frame in `tx_frame` to the TAP, or drops it (counted) if the TAP refuses it.
+    fn transmit(&mut self) {
+        match self.backend.write_frame(&self.tx_frame) {
+            Ok(()) => {
+                self.metrics.tx_frames.inc();
+                self.metrics.tx_bytes.add(self.tx_frame.len() as u64);
+            }
             Err(e) => {
-                debug!(head = chain.head, error = %e, "virtio-net TX frame dropped");
+                debug!(error = %e, "TAP refused a frame");
                 self.metrics.tx_dropped.inc();
             }
         }
@@ -152,6 +215,11 @@ impl<B: NetBackend> Net<B> {
         queues: &mut QueueSet<'_>,
         signals: &mut QueueSignals,
     ) -> Result<(), DeviceError> {
+        if self.rx_limiter.is_blocked() {
+            // The limiter's timer resumes RX; until then the kernel queues frames in the TAP.
+            let _ = self.watch_backend(false);
+            return Ok(());
+        }
         let Some(mut rxq) = queues.chains(RX_QUEUE, mem) else {
             // No usable RX queue: stop watching the TAP so its frames do not wake us in a loop.
             let _ = self.watch_backend(false);
@@ -188,6 +256,13 @@ impl<B: NetBackend> Net<B> {
                 rxq.put_back();
                 continue;
             }
+            if !self.rx_limiter.consume(1, len as u64) {
+                // The frame waits in `pending`, the buffer in the queue, the TAP out of the epoll.
+                self.metrics.rx_rate_limiter_throttled.inc();
+                rxq.put_back();
+                let _ = self.watch_backend(false);
+                return Ok(());
+            }
             let frame = &mut self.rx_frame[..len];
             prepare_rx_header(frame);
             chain.write_at(mem, 0, frame).map_err(rxq.malformed(chain.head))?;
@@ -199,7 +274,7 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
-impl<B: NetBackend> VirtioDevice for Net<B> {
+impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
     fn device_type(&self) -> u32 {
         TYPE_NET
     }
@@ -246,15 +321,27 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         Some(self.epoll.as_raw_fd())
     }
 
+    /// The TAP has frames, or a rate limiter's timer fired (each timer is drained here: the device's
+    /// epoll stays readable until it is).
     fn process_backend(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
-        QueueSignals::collect(|signals| self.process_rx(mem, queues, signals))
-            .inspect_err(|_| self.metrics.fatal_chains.inc())
+        QueueSignals::collect(|signals| {
+            if self.tx_limiter.on_timer() {
+                self.process_tx(mem, queues, signals)?;
+            }
+            self.rx_limiter.on_timer();
+            self.process_rx(mem, queues, signals)
+        })
+        .inspect_err(|_| self.metrics.fatal_chains.inc())
     }
 
     fn reset(&mut self) {
         self.pending = None;
         self.acked_features = 0;
         let _ = self.watch_backend(true);
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
@@ -263,8 +350,10 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::rate_limiter::BucketConfig;
     use crate::virtio::net::test_utils::{queues, FakeTap};
     use crate::virtio::net::VNET_HDR_LEN;
+    use crate::virtio::test_utils::readable_within;
     use crate::virtio::test_utils::{xorshift, Desc, GuestQueue, TestTransport};
 
     /// A net device over `tap`, driven as a transport drives it.
@@ -347,6 +436,78 @@ mod tests {
             assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1, "num_buffers");
         }
         assert!(dev.backend_registered);
+    }
+
+    fn frames_per(frames: u64, refill_time_ms: u64) -> RateLimiterUpdate {
+        RateLimiterConfig {
+            ops: BucketConfig {
+                size: frames,
+                one_time_burst: 0,
+                refill_time_ms,
+            },
+            ..Default::default()
+        }
+        .into()
+    }
+
+    fn woken_within_5s(dev: &TestTransport<Net<FakeTap>>) -> bool {
+        readable_within(dev.backend_fd().unwrap(), std::time::Duration::from_secs(5))
+    }
+
+    #[test]
+    fn tx_limiter_keeps_frames_in_the_queue_until_its_timer_fires() {
+        let tap = FakeTap::new();
+        let mut dev = net(&tap);
+        dev.update_rate_limiters(&RateLimiterUpdate::default(), &frames_per(1, 50));
+        let (mut rx, mut tx) = queues();
+        tx.mem_write(0x40_000, &[0u8; VNET_HDR_LEN + 60]);
+        for _ in 0..2 {
+            tx.add_chain(&[Desc::read(0x40_000, (VNET_HDR_LEN + 60) as u32)]);
+        }
+        run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap();
+        assert_eq!((tap.outbound.lock().unwrap().len(), tx.take_used().len()), (1, 1));
+        assert!(dev.tx_rate_limiter().is_blocked());
+        assert!(!dev.rx_rate_limiter().is_blocked());
+        assert_eq!(dev.metrics().tx_rate_limiter_throttled.get(), 1);
+        // A kick while throttled sends nothing; the timer in the device's epoll resumes TX.
+        run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap();
+        assert_eq!(tap.outbound.lock().unwrap().len(), 1);
+        assert!(woken_within_5s(&dev));
+        assert!(run(&mut dev, &mut rx, &mut tx, None).unwrap().contains(TX_QUEUE));
+        assert_eq!((tap.outbound.lock().unwrap().len(), tx.take_used().len()), (2, 1));
+    }
+
+    #[test]
+    fn rx_limiter_holds_frames_and_unwatches_the_tap_until_its_timer_fires() {
+        let tap = FakeTap::new();
+        let mut dev = net(&tap);
+        // 100 bytes per 50 ms: one 100-byte frame (header included) at a time.
+        let bandwidth = RateLimiterConfig {
+            bandwidth: BucketConfig {
+                size: (VNET_HDR_LEN + 88) as u64,
+                one_time_burst: 0,
+                refill_time_ms: 50,
+            },
+            ..Default::default()
+        };
+        dev.update_rate_limiters(&bandwidth.into(), &RateLimiterUpdate::default());
+        let (mut rx, mut tx) = queues();
+        for i in 0..2u64 {
+            tap.push(&frame(88));
+            rx.add_chain(&[Desc::write(0x80_000 + i * 0x1000, 1526)]);
+        }
+        run(&mut dev, &mut rx, &mut tx, None).unwrap();
+        assert_eq!(rx.take_used().len(), 1);
+        assert!(dev.rx_rate_limiter().is_blocked());
+        assert!(!dev.backend_registered, "the TAP is not watched while RX is throttled");
+        // An RX kick does not bypass the limiter.
+        run(&mut dev, &mut rx, &mut tx, Some(RX_QUEUE)).unwrap();
+        assert_eq!(rx.take_used().len(), 0);
+        assert!(woken_within_5s(&dev));
+        assert!(run(&mut dev, &mut rx, &mut tx, None).unwrap().contains(RX_QUEUE));
+        assert_eq!(rx.take_used().len(), 1);
+        assert!(dev.backend_registered);
+        assert_eq!(dev.metrics().rx_rate_limiter_throttled.get(), 1);
     }
 
     #[test]

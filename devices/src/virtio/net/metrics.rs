@@ -13,6 +13,9 @@ device_metrics! {
         rx_dropped,
         /// Malformed guest frames, or frames the TAP refused.
         tx_dropped,
+        /// Times the RX (TX) rate limiter stopped that direction until its timer fired.
+        rx_rate_limiter_throttled,
+        tx_rate_limiter_throttled,
         /// Chains so broken that the device reported a fatal error (the transport then needs a reset).
         fatal_chains,
     }
