@@ -1,14 +1,49 @@
 //! The guest console: an 8250 UART (vm-superio) at COM1 whose transmit side goes to a host writer
 //! (stdout or a file) and whose receive FIFO is fed from the host (stdin). Register offsets come from
-//! the guest and are passed to vm-superio, which ignores unknown ones.
+//! the guest and are passed to vm-superio, which ignores unknown ones. Its counters
+//! ([`SerialMetrics`], Firecracker's `uart` section) are bumped from the UART's own events.
 
 use std::io::Write;
+use std::sync::Arc;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 
 use super::IrqLine;
 use crate::bus::BusDevice;
+use crate::virtio::metrics::device_metrics;
+
+device_metrics! {
+    /// Counters of the console UART, named as Firecracker's `uart` metrics.
+    pub struct SerialMetrics {
+        /// Bytes the guest read from the receive buffer.
+        read_count,
+        /// Bytes the guest sent that reached the host writer.
+        write_count,
+        /// Reads of a width other than one byte (answered with nothing).
+        missed_read_count,
+        /// Bytes lost: writes of another width, or bytes the host writer refused.
+        missed_write_count,
+        /// Register writes the UART refused (e.g. the interrupt line could not be raised).
+        error_count,
+    }
+}
+
+/// Feeds the UART's events into [`SerialMetrics`].
+struct CountingEvents(Arc<SerialMetrics>);
+
+impl SerialEvents for CountingEvents {
+    fn buffer_read(&self) {
+        self.0.read_count.inc();
+    }
+    fn out_byte(&self) {
+        self.0.write_count.inc();
+    }
+    fn tx_lost_byte(&self) {
+        self.0.missed_write_count.inc();
+    }
+    fn in_buffer_empty(&self) {}
+}
 
 /// COM1's I/O ports and interrupt.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -16,14 +51,22 @@ pub const COM1_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 pub struct SerialConsole {
-    uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    uart: Serial<IrqLine, CountingEvents, Box<dyn Write + Send>>,
+    metrics: Arc<SerialMetrics>,
 }
 
 impl SerialConsole {
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
+        let metrics = Arc::new(SerialMetrics::default());
         SerialConsole {
-            uart: Serial::new(irq, out),
+            uart: Serial::with_events(irq, CountingEvents(metrics.clone()), out),
+            metrics,
         }
+    }
+
+    /// The UART's counters, readable from any thread.
+    pub fn metrics(&self) -> Arc<SerialMetrics> {
+        self.metrics.clone()
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
@@ -50,15 +93,22 @@ impl SerialConsole {
 
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 {
+            self.metrics.missed_read_count.inc();
+        }
         if let (Ok(off), Some(first)) = (u8::try_from(offset), data.first_mut()) {
             *first = self.uart.read(off);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 {
+            self.metrics.missed_write_count.inc();
+        }
         let Ok(off) = u8::try_from(offset) else { return };
         for &byte in data.iter().take(1) {
             if let Err(e) = self.uart.write(off, byte) {
+                self.metrics.error_count.inc();
                 hull_logging::guest_warn!(error = ?e, "serial output failed");
             }
         }
@@ -68,7 +118,8 @@ impl BusDevice for SerialConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::virtio::DeviceMetrics;
+    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -102,5 +153,10 @@ mod tests {
         // Offsets and widths the UART does not have are ignored.
         s.write(0x1_0000, &[1]);
         s.read(3, &mut []);
+        let m = s.metrics().snapshot();
+        assert_eq!(m.get("write_count"), Some(3), "{m:?}");
+        assert_eq!(m.get("read_count"), Some(1), "{m:?}");
+        assert_eq!(m.get("missed_read_count"), Some(1), "{m:?}");
+        assert_eq!(m.get("missed_write_count"), Some(0), "{m:?}");
     }
 }

@@ -70,7 +70,9 @@ pub trait DeviceMetrics: Send + Sync {
 }
 
 /// Declares a device's metrics: a struct with one public [`Counter`] per listed field (doc comments
-/// allowed), `Default`, and [`DeviceMetrics`] naming each counter after its field.
+/// allowed), `Default`, and [`DeviceMetrics`] naming each counter after its field. Exported for the
+/// counters kept outside this crate (the VMM's vCPU exits).
+#[macro_export]
 macro_rules! device_metrics {
     (
         $(#[$meta:meta])*
@@ -91,7 +93,7 @@ macro_rules! device_metrics {
         }
     };
 }
-pub(crate) use device_metrics;
+pub use device_metrics;
 
 #[cfg(test)]
 mod tests {

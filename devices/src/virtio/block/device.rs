@@ -272,6 +272,7 @@ impl Block {
             }
             Err(e) => {
                 debug!(head, error = %e, "virtio-blk request refused");
+                self.metrics.invalid_requests.inc();
                 if e.status() == VIRTIO_BLK_S_IOERR {
                     self.metrics.io_errors.inc();
                 } else {
@@ -372,6 +373,7 @@ impl Block {
             Err(error) => {
                 warn!(?req, %error, "virtio-blk request failed");
                 self.metrics.io_errors.inc();
+                self.metrics.execute_fails.inc();
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         }
@@ -613,6 +615,8 @@ mod tests {
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
         assert_eq!(dev.metrics().unsupported.get(), 1);
+        assert_eq!(dev.metrics().invalid_requests.get(), 1);
+        assert_eq!(dev.metrics().execute_fails.get(), 0);
     }
 
     #[test]
@@ -787,6 +791,9 @@ mod tests {
         run(&mut dev, &mut q).unwrap();
         assert_eq!(status(&q), VIRTIO_BLK_S_OK);
         assert_eq!(dev.metrics().io_errors.get(), 3);
+        // Out of range on an empty disk: refused before anything ran.
+        assert_eq!(dev.metrics().invalid_requests.get(), 3);
+        assert_eq!(dev.metrics().execute_fails.get(), 0);
     }
 
     #[test]

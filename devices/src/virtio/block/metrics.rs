@@ -16,6 +16,11 @@ device_metrics! {
         io_errors,
         /// Requests answered with `VIRTIO_BLK_S_UNSUPP`.
         unsupported,
+        /// Requests refused before they ran (bad range, read-only, unknown type): Firecracker's
+        /// `invalid_reqs_count`.
+        invalid_requests,
+        /// Valid requests the backing file failed (Firecracker's `execute_fails`).
+        execute_fails,
         /// Times the drive's rate limiter stopped the queue until its timer fired.
         rate_limiter_throttled,
         /// Chains so broken that the device reported a fatal error (the transport then needs a reset).
