@@ -24,6 +24,7 @@ use crate::cpu_template::{self, CpuTemplate};
 use crate::event_loop::{self, SerialInput, Subscriber};
 use crate::layout::*;
 use crate::memory::{self, GuestMemoryMmap};
+use crate::metrics::{MetricSources, VcpuMetrics};
 use crate::microvm::{MicroVm, VmmError};
 use crate::mptable;
 use crate::vcpu::{self, VcpuContext, VcpuControl};
@@ -79,7 +80,9 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let vm = create_vm(&kvm)?;
     let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
-    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&vm, &mem, config, &mut legacy)?;
+    let vcpu_metrics = Arc::new(VcpuMetrics::default());
+    let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
+    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&vm, &mem, config, &mut legacy, &mut metrics)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -97,6 +100,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         mmio: Arc::new(legacy.mmio),
         control: control.clone(),
         reset_evt: legacy.reset_evt,
+        metrics: vcpu_metrics,
     });
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
@@ -126,6 +130,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         usize::from(machine.vcpu_count),
         drives,
         nets,
+        metrics,
     ))
 }
 
@@ -173,6 +178,7 @@ struct LegacyDevices {
     i8042: Arc<Mutex<I8042>>,
     reset_evt: EventFd,
     subscribers: Vec<Subscriber>,
+    uart_metrics: Arc<dyn devices::virtio::DeviceMetrics>,
 }
 
 fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildError> {
@@ -220,10 +226,9 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
     let serial_irq = IrqLine::new().map_err(dev_err)?;
     vm.register_irqfd(&serial_irq.0, COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(
-        serial_irq,
-        serial_writer(&options.serial)?,
-    )));
+    let serial = SerialConsole::new(serial_irq, serial_writer(&options.serial)?);
+    let uart_metrics = serial.metrics();
+    let serial = Arc::new(Mutex::new(serial));
 
     let kbd_irq = IrqLine::new().map_err(dev_err)?;
     vm.register_irqfd(&kbd_irq.0, I8042_KBD_IRQ)
@@ -261,6 +266,7 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
         i8042,
         reset_evt,
         subscribers,
+        uart_metrics,
     })
 }
 
@@ -268,12 +274,14 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
 /// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive, and the
-/// drives and network interfaces, for `PATCH /drives` and `PATCH /network-interfaces`.
+/// drives and network interfaces, for `PATCH /drives` and `PATCH /network-interfaces`. Each device's
+/// counters join `metrics`.
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &MicroVmConfig,
     legacy: &mut LegacyDevices,
+    metrics: &mut MetricSources,
 ) -> Result<(Vec<String>, virtio_devices::Drives, virtio_devices::NetInterfaces), BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
     let mut drives = virtio_devices::Drives::default();
@@ -284,10 +292,15 @@ fn attach_virtio_devices(
         let drive = device.drive.clone();
         let iface = device.iface.clone();
         let (subscriber, transport) = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+        let counters = devices::bus::lock(&transport).metrics();
         if let Some((id, read_only)) = drive {
+            metrics.drives.extend(counters.map(|c| (id.clone(), c)));
             drives.add(id, read_only, transport);
         } else if let Some(id) = iface {
+            metrics.nets.extend(counters.map(|c| (id.clone(), c)));
             nets.add(id, transport);
+        } else {
+            metrics.vsock = counters;
         }
         legacy.subscribers.push(subscriber);
         cmdline.push(virtio_devices::mmio_cmdline(addr, irq));

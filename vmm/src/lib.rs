@@ -11,6 +11,7 @@ mod event_loop;
 mod exit;
 pub mod layout;
 pub mod memory;
+pub mod metrics;
 mod microvm;
 pub mod mptable;
 pub mod seccomp;
@@ -23,6 +24,7 @@ pub use config::{
     MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;
+pub use metrics::{MetricSources, VcpuMetrics};
 pub use microvm::{MicroVm, VmState, VmmError};
 pub use seccomp::ThreadFilters;
 

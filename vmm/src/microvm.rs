@@ -1,5 +1,6 @@
 //! The running microVM: a handle over the KVM VM, its guest memory, vCPU threads, event loop and
-//! devices. It pauses, resumes, presses Ctrl-Alt-Del and tells how and when the guest ended.
+//! devices. It pauses, resumes, presses Ctrl-Alt-Del, hands out its counters and tells how and when the
+//! guest ended.
 //! Dropping it stops the guest and joins every thread before guest memory is unmapped.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,6 +16,7 @@ use crate::config::RateLimiterConfig;
 use crate::config::{MicroVmConfig, VmmOptions};
 use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
+use crate::metrics::MetricSources;
 use crate::vcpu::VcpuControl;
 use crate::virtio_devices::{DriveUpdateError, Drives, NetInterfaces, NetUpdateError};
 
@@ -55,6 +57,7 @@ pub struct MicroVm {
     vcpu_count: usize,
     drives: Drives,
     nets: NetInterfaces,
+    metrics: MetricSources,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -79,6 +82,7 @@ impl MicroVm {
         vcpu_count: usize,
         drives: Drives,
         nets: NetInterfaces,
+        metrics: MetricSources,
     ) -> Self {
         MicroVm {
             control,
@@ -88,6 +92,7 @@ impl MicroVm {
             vcpu_count,
             drives,
             nets,
+            metrics,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -176,6 +181,11 @@ impl MicroVm {
             return Err(VmmError::NotRunning);
         }
         Ok(self.nets.update_rate_limiters(id, rx, tx)?)
+    }
+
+    /// The counters of its devices and vCPUs (shared: they keep counting while the microVM runs).
+    pub fn metric_sources(&self) -> MetricSources {
+        self.metrics.clone()
     }
 
     /// An eventfd that becomes readable once the guest has ended (poll it; do not read it).

@@ -2,7 +2,8 @@
 //! bus, MMIO to the MMIO bus (virtio-mmio, the boot timer), HLT parks the thread, a reset, triple
 //! fault or KVM error ends the VM with an [`ExitReason`]. Every exit is handled or logged; whatever
 //! the guest does, the loop ends with an `ExitReason`, never a panic. Unmapped addresses read as
-//! 0xff (ports) or 0 (MMIO).
+//! 0xff (ports) or 0 (MMIO). Port and MMIO exits and failed runs are counted in [`VcpuMetrics`] (one
+//! relaxed atomic add each).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::control::{install_kick_handler, VcpuControl};
 use super::VcpuError;
 use crate::exit::ExitReason;
+use crate::metrics::VcpuMetrics;
 use crate::seccomp::{self, BpfProgram};
 
 /// What a vCPU thread needs besides its fd.
@@ -23,6 +25,8 @@ pub struct VcpuContext {
     pub control: Arc<VcpuControl>,
     /// Written by the i8042 when the guest resets the machine.
     pub reset_evt: EventFd,
+    /// Exit counters, shared by every vCPU.
+    pub metrics: Arc<VcpuMetrics>,
 }
 
 enum Next {
@@ -37,6 +41,7 @@ const I8042_PORTS: [u16; 2] = [0x60, 0x64];
 fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
     match exit {
         VcpuExit::IoOut(port, data) => {
+            ctx.metrics.exit_io_out.inc();
             if !ctx.pio.write(u64::from(port), data) {
                 hull_logging::guest_debug!(
                     vcpu = index,
@@ -50,6 +55,7 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
             Next::Continue
         }
         VcpuExit::IoIn(port, data) => {
+            ctx.metrics.exit_io_in.inc();
             if !ctx.pio.read(u64::from(port), data) {
                 hull_logging::guest_debug!(
                     vcpu = index,
@@ -61,6 +67,7 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
             Next::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
+            ctx.metrics.exit_mmio_read.inc();
             if !ctx.mmio.read(addr, data) {
                 hull_logging::guest_debug!(
                     vcpu = index,
@@ -72,6 +79,7 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
             Next::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
+            ctx.metrics.exit_mmio_write.inc();
             if !ctx.mmio.write(addr, data) {
                 hull_logging::guest_debug!(
                     vcpu = index,
@@ -124,6 +132,9 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, me: libc::pthread_t
             Err(e) if e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::Stop(ExitReason::VcpuError(format!("vCPU {index}: KVM_RUN failed: {e}"))),
         };
+        if matches!(next, Next::InternalError | Next::Stop(ExitReason::VcpuError(_))) {
+            ctx.metrics.failures.inc();
+        }
         match next {
             Next::Continue => {}
             Next::Halted => {
