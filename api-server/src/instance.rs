@@ -257,7 +257,7 @@ impl Instance {
     }
 
     /// `PUT /metrics` (or `--metrics-path`): opens the file (pre-boot only, like the logger); the lines go
-    /// there on `FlushMetrics`.
+    /// there on `FlushMetrics` and every 60 s.
     pub fn put_metrics(&mut self, metrics: MetricsConfig) -> Result<(), InstanceError> {
         self.ensure_not_started()?;
         if self.metrics_file.is_some() {
@@ -292,6 +292,7 @@ impl Instance {
         self.devices.apply_to(&mut self.config);
         self.config.validate()?;
         let vm = MicroVm::start(&self.config, self.options.clone())?;
+        crate::metrics::attach_vm(vm.metric_sources());
         tracing::debug!(id = %self.id, "InstanceStart done");
         self.vm = Some(vm);
         Ok(())
@@ -314,10 +315,18 @@ impl Instance {
 
     pub fn set_vm_state(&self, state: RequestedVmState) -> Result<(), InstanceError> {
         let vm = self.running_vm()?;
-        match state {
-            RequestedVmState::Paused => vm.pause()?,
-            RequestedVmState::Resumed => vm.resume()?,
-        }
+        let started = std::time::Instant::now();
+        let key = match state {
+            RequestedVmState::Paused => {
+                vm.pause()?;
+                "pause_vm"
+            }
+            RequestedVmState::Resumed => {
+                vm.resume()?;
+                "resume_vm"
+            }
+        };
+        crate::metrics::record_latency(key, started.elapsed());
         Ok(())
     }
 
