@@ -129,8 +129,13 @@ struct VmBody {
 
 /// Answers one request. Never fails: errors become 4xx responses.
 pub fn handle(instance: &mut Instance, req: &Request) -> Response {
+    // Counted before it runs, as Firecracker does, so a FlushMetrics line includes the FlushMetrics request.
+    let method = req.method.to_string();
+    crate::metrics::count_request(&method, &req.path);
     let outcome = dispatch(instance, req);
-    crate::metrics::count_request(&req.method.to_string(), &req.path, outcome.is_err());
+    if outcome.is_err() {
+        crate::metrics::count_failure(&method, &req.path);
+    }
     match outcome {
         Ok(response) => {
             tracing::debug!(method = %req.method, path = %req.path, status = response.status, "API request");

@@ -1,7 +1,8 @@
 //! Layer (a): hull boots the tiny test guests from `tests/guests/` and the tests check what the guests report
 //! on the serial console about the machine hull built for them: the PVH start info, long mode and
 //! boot_params, the bzImage entry, the memory map for the configured size, the boot timer, a triple fault,
-//! a second vCPU started by INIT-SIPI, pause/resume, and a boot driven entirely through the API socket.
+//! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, and
+//! the metrics file's vCPU-exit and console counters after `FlushMetrics`.
 //!
 //! Each guest runs for well under a second even with ring 0 emulated, so these run on every machine with a
 //! usable /dev/kvm (the software kvm_pvm included).
@@ -499,4 +500,71 @@ fn patch_drive_on_a_running_microvm_swaps_the_backing_file() {
         "the guest stopped after the drive updates\n{}",
         hull.report()
     );
+}
+
+/// The metrics file after `FlushMetrics`: the halt guest writes the boot timer (one MMIO write) and prints
+/// one line on COM1 (one port write a byte), then halts; the line must report exactly that under
+/// Firecracker's keys, and the next line only what happened since.
+#[test]
+fn flush_metrics_reports_the_guests_exits_and_console_bytes_under_firecrackers_keys() {
+    require_kvm!("flush_metrics_reports_the_guests_exits_and_console_bytes_under_firecrackers_keys");
+    const PRINTED: &str = "hull-tiny: halt booted\n";
+    let dir = hull_tests::TempDir::new("metrics").unwrap();
+    let metrics = dir.path().join("metrics.json");
+    let disk = dir.path().join("data.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let hull = Hull::with_api("metrics", &[]);
+    let api = hull.api();
+    api.expect_ok("PUT", "/metrics", &json!({ "metrics_path": metrics }));
+    let flush = json!({ "action_type": "FlushMetrics" }).to_string();
+    let refused = hull.request("PUT", "/actions", Some(&flush));
+    assert_eq!(refused.status, 400, "FlushMetrics before boot: {}", refused.body);
+    api.expect_ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny_guest("halt.elf"), "boot_args": "console=ttyS0" }),
+    );
+    api.expect_ok("PUT", "/machine-config", &json!({ "vcpu_count": 1, "mem_size_mib": 128 }));
+    api.expect_ok(
+        "PUT",
+        "/drives/data",
+        &json!({ "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true }),
+    );
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
+    hull.expect_output("hull-tiny: halt booted", EXIT_TIMEOUT);
+
+    let lines = |n: usize| -> Vec<Value> {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert_eq!(lines.len(), n, "{text}");
+        lines
+    };
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "FlushMetrics" }));
+    let line = lines(1).remove(0);
+    let printed = PRINTED.len() as u64;
+    assert_eq!(line["uart"]["write_count"], printed, "{line}");
+    assert_eq!(line["uart"]["missed_write_count"], 0, "{line}");
+    let vcpu = &line["vcpu"];
+    assert!(vcpu["exit_io_out"].as_u64().unwrap() >= printed, "{line}");
+    assert!(vcpu["exit_mmio_write"].as_u64().unwrap() >= 1, "{line}");
+    assert_eq!(vcpu["failures"], 0, "{line}");
+    // The drive has its section under its id (the guest never touches it), and `block` sums the drives.
+    assert_eq!(line["block_data"]["read_count"], 0, "{line}");
+    assert_eq!(line["block"]["read_count"], 0, "{line}");
+    assert!(line["net"].is_object() && line["vsock"].is_object(), "{line}");
+    // PUT /metrics, /boot-source, /machine-config, /drives and two /actions so far (one refused).
+    assert_eq!(line["put_api_requests"]["actions_count"], 3, "{line}");
+    assert_eq!(line["put_api_requests"]["actions_fails"], 1, "{line}");
+    assert_eq!(line["put_api_requests"]["drive_count"], 1, "{line}");
+    assert!(line["utc_timestamp_ms"].as_u64().unwrap() > 0, "{line}");
+
+    // The halted guest does nothing more: the next line's counters are all zero.
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "FlushMetrics" }));
+    let line = lines(2).remove(1);
+    assert_eq!(line["uart"]["write_count"], 0, "{line}");
+    assert_eq!(line["vcpu"]["exit_mmio_write"], 0, "{line}");
+    assert_eq!(line["put_api_requests"]["actions_count"], 1, "{line}");
 }
