@@ -1002,8 +1002,14 @@ fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
     ] {
         assert!(lines[1].get(key).is_some(), "{key} missing: {text}");
     }
-    // Deltas: the second line counts the first FlushMetrics and nothing before it twice.
+    // Deltas: a line counts the FlushMetrics that asked for it (Firecracker counts a request before it
+    // runs), and nothing before it twice.
+    assert_eq!(lines[0]["put_api_requests"]["actions_count"], 1, "{text}");
     assert_eq!(lines[1]["put_api_requests"]["actions_count"], 1, "{text}");
+    // The counter guest prints a tick line on COM1 at once: one port write per byte, each reaching the UART.
+    let written = lines[0]["uart"]["write_count"].as_u64().unwrap();
+    assert!(written >= "hull-tiny: counter start\n".len() as u64, "{text}");
+    assert!(lines[0]["vcpu"]["exit_io_out"].as_u64().unwrap() >= written, "{text}");
     assert_eq!(lines[0]["put_api_requests"]["logger_fails"], 1, "{text}");
     assert!(!hull.dir().join("late.log").exists());
 }
@@ -1032,4 +1038,50 @@ fn metrics_are_flushed_periodically_without_being_asked() {
     assert!(text.lines().count() >= 2, "{text}");
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(line["utc_timestamp_ms"].as_u64().unwrap() > 0, "{text}");
+}
+
+/// The periodic flush runs on a thread started pre-boot under the API thread's seccomp filter; after boot it
+/// reads the microVM's counters too, and must neither be killed by the filter nor report a count twice.
+#[test]
+fn the_periodic_flush_reports_the_running_guests_counters_under_seccomp() {
+    hull_tests::require_kvm!("the_periodic_flush_reports_the_running_guests_counters_under_seccomp");
+    let dir = temp_dir();
+    let cfg = json!({
+        "boot-source": { "kernel_image_path": hull_tests::tiny_guest("halt.elf"), "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        "metrics": { "metrics_path": "m.json" },
+    });
+    std::fs::write(dir.path().join("vm.json"), cfg.to_string()).unwrap();
+    let path = dir.path().join("m.json");
+    let mut cmd = Command::new(HULL);
+    cmd.current_dir(dir.path())
+        .env("HULL_METRICS_FLUSH_MS", "100")
+        .args(["--no-api", "--config-file", "vm.json"])
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("run hull");
+    let printed = "hull-tiny: halt booted\n".len() as u64;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut text = String::new();
+    let total = |text: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|line| line["uart"]["write_count"].as_u64())
+            .sum()
+    };
+    // Wait for the guest's line to be counted and for a few more periodic lines after it.
+    while Instant::now() < deadline && (total(&text) < printed || text.lines().count() < 5) {
+        std::thread::sleep(Duration::from_millis(50));
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+    }
+    let alive = child.try_wait().expect("wait on hull").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "hull died while flushing periodically (a seccomp kill?)\n{text}");
+    assert_eq!(total(&text), printed, "each byte counted once over all lines\n{text}");
+    let mmio_writes: u64 = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|line| line["vcpu"]["exit_mmio_write"].as_u64())
+        .sum();
+    assert!(mmio_writes >= 1, "the boot-timer write\n{text}");
 }
