@@ -353,7 +353,9 @@ mod tests {
         count_request("PATCH", "/entropy");
         count_failure("PATCH", "/entropy");
         count_request("PATCH", "/balloon/");
+        record_latency("pause_vm", std::time::Duration::from_micros(1500));
         let line = next_line(&Startup::default());
+        assert_eq!(line["latencies_us"]["pause_vm"], 1500, "{line}");
         assert_eq!(line["patch_api_requests"]["entropy_count"], 2);
         assert_eq!(line["patch_api_requests"]["entropy_fails"], 1);
         assert_eq!(line["patch_api_requests"]["balloon_count"], 1);
@@ -363,6 +365,8 @@ mod tests {
         }
         let line = next_line(&Startup::default());
         assert_eq!(line["patch_api_requests"]["entropy_count"], 0);
+        // A latency is the last value measured, not a count: it stays.
+        assert_eq!(line["latencies_us"]["pause_vm"], 1500, "{line}");
         for key in ["block", "net", "vsock", "uart", "vcpu", "latencies_us", "logger"] {
             assert!(line[key].is_object(), "{key}");
         }

@@ -970,6 +970,10 @@ fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
     // Opening files is a pre-boot operation: refused once the guest runs.
     let late = hull.request("PUT", "/logger", Some(r#"{"log_path":"late.log"}"#));
     assert_eq!(late.status, 400, "{}", late.body);
+    for state in ["Paused", "Resumed"] {
+        let reply = hull.request("PATCH", "/vm", Some(&json!({ "state": state }).to_string()));
+        assert_eq!(reply.status, 204, "{state}: {}", reply.body);
+    }
     for _ in 0..2 {
         let reply = hull.request("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#));
         assert_eq!(reply.status, 204, "{}", reply.body);
@@ -1010,6 +1014,13 @@ fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
     let written = lines[0]["uart"]["write_count"].as_u64().unwrap();
     assert!(written >= "hull-tiny: counter start\n".len() as u64, "{text}");
     assert!(lines[0]["vcpu"]["exit_io_out"].as_u64().unwrap() >= written, "{text}");
+    // How long PATCH /vm took, in microseconds: the last value, in every line.
+    for line in &lines {
+        for key in ["pause_vm", "resume_vm"] {
+            assert!(line["latencies_us"][key].as_u64().is_some(), "{key}: {text}");
+        }
+    }
+    assert_eq!(lines[0]["patch_api_requests"]["vm_count"], 2, "{text}");
     assert_eq!(lines[0]["put_api_requests"]["logger_fails"], 1, "{text}");
     assert!(!hull.dir().join("late.log").exists());
 }
