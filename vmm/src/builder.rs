@@ -292,14 +292,17 @@ fn attach_virtio_devices(
         let drive = device.drive.clone();
         let iface = device.iface.clone();
         let (subscriber, transport) = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
-        let counters = devices::bus::lock(&transport).metrics();
+        let (counters, kind) = {
+            let t = devices::bus::lock(&transport);
+            (t.metrics(), t.device_type())
+        };
         if let Some((id, read_only)) = drive {
             metrics.drives.extend(counters.map(|c| (id.clone(), c)));
             drives.add(id, read_only, transport);
         } else if let Some(id) = iface {
             metrics.nets.extend(counters.map(|c| (id.clone(), c)));
             nets.add(id, transport);
-        } else {
+        } else if kind == devices::virtio::TYPE_VSOCK {
             metrics.vsock = counters;
         }
         legacy.subscribers.push(subscriber);
