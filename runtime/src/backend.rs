@@ -278,6 +278,9 @@ fn vhost_user_blk_args(i: usize, sock: &Path) -> [String; 4] {
     ]
 }
 
+/// How long the backends may take to end by themselves once QEMU has gone, when the VM was stopped with a grace.
+const BACKEND_GRACE: Duration = Duration::from_millis(200);
+
 pub struct QemuVm {
     uds: PathBuf,
     console: PathBuf,
@@ -562,11 +565,21 @@ impl Vm for QemuVm {
     }
 
     fn stop(&mut self, grace: Duration) {
+        if grace.is_zero() {
+            // Nothing more is wanted from the VM: QEMU and every backend get SIGKILL together, so their ends
+            // (QEMU's guest memory above all) overlap and no one waits for another.
+            self.qemu.start_kill();
+            for b in &mut self.backends {
+                b.start_kill();
+            }
+        }
         self.qemu.wait_timeout(grace);
         self.qemu.kill();
-        // The backends end when QEMU disconnects; give them a moment, then make sure.
+        // With a grace, the backends end when QEMU disconnects: give them a moment (together) to finish the
+        // guest's last requests, then make sure.
+        let deadline = std::time::Instant::now() + if grace.is_zero() { Duration::ZERO } else { BACKEND_GRACE };
         for b in &mut self.backends {
-            b.wait_timeout(Duration::from_millis(200));
+            b.wait_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
             b.kill();
         }
     }

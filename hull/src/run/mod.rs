@@ -4,7 +4,8 @@
 //! agent's initramfs → connect to hull-agent over the hybrid vsock → sync the guest clock → create the
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
 //! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
-//! output → remove the container, shut the VM down, kill what is left, remove the run directory. The exit
+//! output → kill the VM and its backends (after removing the container and a clean power-off only when a
+//! disk of the caller's own was mounted read-write), remove the run directory. The exit
 //! status is the container's (128+N when signal N ended it), 127/126 when its program is missing or cannot
 //! be run, 125 when hull itself failed. Everything created
 //! is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
@@ -318,16 +319,24 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     let mut vm = backend::start(kind, &cfg)?;
     timing_phase(args, "vm_started", t0);
     let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
-    // Tear down: the agent is asked to power off (the VM is disposable: a short grace only, then the VM and
-    // its backends are killed; the image and sockets go with the run directory).
-    let grace = if let Ok(Some(a)) = result.as_ref().map(|(_, a)| a) {
-        if a.shutdown().is_ok() {
-            Duration::from_millis(300)
-        } else {
-            Duration::ZERO
+    // Tear down. With the status and the output in, nothing more is needed from the VM, which is disposable:
+    // it and its backends are killed at once, and the images and sockets go with the run directory. Only a
+    // disk of the caller's own that the guest may have written (`-v IMAGE:DEST`, read-write) needs the guest
+    // to let go of it first: then the container is removed (its mounts with it) and the agent powers off,
+    // syncing, with a short grace before the kill.
+    let callers_disk_written = drives
+        .iter()
+        .any(|d| !d.read_only && !d.image.path.starts_with(dir.path()));
+    let grace = match result.as_ref().map(|(_, a)| a) {
+        Ok(Some(a)) if callers_disk_written => {
+            let _ = a.remove(CONTAINER_ID);
+            if a.shutdown().is_ok() {
+                Duration::from_millis(300)
+            } else {
+                Duration::ZERO
+            }
         }
-    } else {
-        Duration::ZERO
+        _ => Duration::ZERO,
     };
     vm.stop(grace);
     let console = vm.console_log();
@@ -605,7 +614,6 @@ fn run_container(
             t0.elapsed().as_secs_f64()
         );
     }
-    let _ = agent.remove(CONTAINER_ID);
     Ok((code, Some(agent)))
 }
 
