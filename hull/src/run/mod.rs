@@ -27,17 +27,25 @@ use hull_agent_protocol::stdio::Stream;
 use crate::logging::LogLevel;
 use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
 use hull_runtime::container::{GuestDisk, NewContainer, Streams, VolumeMount};
+use hull_runtime::image_cache::ImageCache;
 use hull_runtime::{agent, console_tail, guard, image, jail, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
 const EXIT_HULL_FAILED: i32 = 125;
 const CONTAINER_ID: &str = "run";
+/// The image cache's directory in the build cache ([`hull_runtime::build_cache`]).
+const ROOTFS_IMAGE_CACHE: &str = "rootfs-images";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Container root file system: a directory (packed into an ext4 image) or an ext4/erofs image file.
+    /// Container root file system: a directory (packed into an ext4 image, kept in the image cache for the
+    /// next run of the same unchanged directory) or an ext4/erofs image file.
     #[arg(long, value_name = "DIR|IMAGE")]
     pub rootfs: PathBuf,
+    /// Pack a rootfs directory for this run alone, neither using nor filling the image cache
+    /// (`$HULL_CACHE/rootfs-images`, else `~/.cache/hull/rootfs-images`).
+    #[arg(long)]
+    pub no_image_cache: bool,
     /// VM backend: kvm (the hull VMM), qemu (QEMU TCG with hull's vhost-user devices), or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
@@ -268,8 +276,9 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     );
     let (kernel, initrd) = guest_files(args)?;
     let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
-    let image = image::prepare(&args.rootfs, dir.path(), "rootfs")?;
+    let image = rootfs_image(args, dir.path())?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
+    timing_phase(args, "rootfs_ready", t0);
     let mut drives = vec![backend::Drive {
         id: "rootfs".into(),
         image,
@@ -376,6 +385,19 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     out
 }
 
+/// The rootfs as a block image: a directory from the image cache (packed into it when it is not there yet),
+/// or packed into the run directory with `--no-image-cache` or without a usable cache; an image file as it is.
+fn rootfs_image(args: &RunArgs, run_dir: &std::path::Path) -> Result<image::RootfsImage, RunError> {
+    let cache = match hull_runtime::build_cache() {
+        Some(base) if !args.no_image_cache => ImageCache::open(&base.join(ROOTFS_IMAGE_CACHE)),
+        _ => None,
+    };
+    Ok(match cache {
+        Some(cache) => cache.prepare(&args.rootfs, run_dir, "rootfs")?,
+        None => image::prepare(&args.rootfs, run_dir, "rootfs")?,
+    })
+}
+
 /// The jail of the VM's processes, unless `--no-jail`; it needs root (chroot, device nodes, the uid change).
 fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::JailConfig>, RunError> {
     if args.no_jail {
@@ -399,7 +421,7 @@ fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::Ja
 }
 
 /// With `--timing`, one line per phase for tools (hull-bench parses it): `hull run: phase NAME SECONDS`,
-/// seconds since `hull run` started, in the order vm_started, agent_ready, container_created,
+/// seconds since `hull run` started, in the order rootfs_ready, vm_started, agent_ready, container_created,
 /// process_exited, teardown_done.
 fn timing_phase(args: &RunArgs, name: &str, t0: Instant) {
     if args.timing {
