@@ -535,6 +535,16 @@ fn run_container(
     agent.create(container.request())?;
     timing_phase(args, "container_created", t0);
 
+    // The wait, on a connection of its own, is made while the streams are opened and the container started
+    // (the agent allows waiting before Start), so connecting it is off the path from start to exit.
+    let (tx, rx) = mpsc::channel();
+    let uds = vm.vsock_uds().to_path_buf();
+    let exit_tx = tx.clone();
+    std::thread::spawn(move || {
+        let exited = agent::Agent::connect(&uds, Duration::from_secs(10)).and_then(|w| w.wait(CONTAINER_ID, ""));
+        let _ = exit_tx.send(Event::Exited(exited));
+    });
+
     // Stdio before Start, so not a byte is missed.
     let mut outputs = Vec::new();
     let mut raw_guard = None;
@@ -570,12 +580,6 @@ fn run_container(
     agent.start(CONTAINER_ID)?;
     tracing::info!(elapsed = ?t0.elapsed(), "container started");
 
-    let (tx, rx) = mpsc::channel();
-    let waiter = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        let _ = tx2.send(Event::Exited(waiter.wait(CONTAINER_ID, "")));
-    });
     tty::forward_signals(signals, move |s| tx.send(Event::Signal(s)).is_ok());
 
     let mut interrupts = 0;
