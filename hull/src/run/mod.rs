@@ -535,14 +535,14 @@ fn run_container(
     agent.create(container.request())?;
     timing_phase(args, "container_created", t0);
 
-    // The wait, on a connection of its own, is made while the streams are opened and the container started
-    // (the agent allows waiting before Start), so connecting it is off the path from start to exit.
+    // The wait, on a connection of its own, is connected and sent before Start (the agent allows waiting
+    // before Start): connecting after Start took longer, with the guest busy starting the program. The
+    // connections are still made one after another, from this thread.
     let (tx, rx) = mpsc::channel();
-    let uds = vm.vsock_uds().to_path_buf();
+    let waiter = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
     let exit_tx = tx.clone();
     std::thread::spawn(move || {
-        let exited = agent::Agent::connect(&uds, Duration::from_secs(10)).and_then(|w| w.wait(CONTAINER_ID, ""));
-        let _ = exit_tx.send(Event::Exited(exited));
+        let _ = exit_tx.send(Event::Exited(waiter.wait(CONTAINER_ID, "")));
     });
 
     // Stdio before Start, so not a byte is missed.
