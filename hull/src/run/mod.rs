@@ -5,7 +5,8 @@
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
 //! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
 //! output → kill the VM and its backends (after removing the container and a clean power-off only when a
-//! disk of the caller's own was mounted read-write), remove the run directory. The exit
+//! disk of the caller's own was mounted read-write, or the agent policy lets other clients in), remove the
+//! run directory. The exit
 //! status is the container's (128+N when signal N ended it), 127/126 when its program is missing or cannot
 //! be run, 125 when hull itself failed. Everything created
 //! is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
@@ -329,15 +330,17 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     timing_phase(args, "vm_started", t0);
     let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
     // Tear down. With the status and the output in, nothing more is needed from the VM, which is disposable:
-    // it and its backends are killed at once, and the images and sockets go with the run directory. Only a
-    // disk of the caller's own that the guest may have written (`-v IMAGE:DEST`, read-write) needs the guest
-    // to let go of it first: then the container is removed (its mounts with it) and the agent powers off,
-    // syncing, with a short grace before the kill.
+    // it and its backends are killed at once, and the images and sockets go with the run directory. Only
+    // when the guest may still owe something is it stopped as before (the container removed, its mounts with
+    // it, and the agent asked to power off, syncing, with a short grace before the kill): a disk of the
+    // caller's own that it may have written (`-v IMAGE:DEST`, read-write), or an agent policy wider than
+    // hull run's own calls, under which another client (an exec, a signal) may be waiting for an answer.
     let callers_disk_written = drives
         .iter()
         .any(|d| !d.read_only && !d.image.path.starts_with(dir.path()));
+    let other_clients = cfg.agent_policy != Policy::hull_run();
     let grace = match result.as_ref().map(|(_, a)| a) {
-        Ok(Some(a)) if callers_disk_written => {
+        Ok(Some(a)) if callers_disk_written || other_clients => {
             let _ = a.remove(CONTAINER_ID);
             if a.shutdown().is_ok() {
                 Duration::from_millis(300)
