@@ -269,8 +269,13 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn have_mkfs() -> bool {
-        Command::new("mkfs.ext4").arg("-V").output().is_ok()
+    /// Whether e2fsprogs is there; says that `test` is skipped if not.
+    fn have_mkfs(test: &str) -> bool {
+        let there = Command::new("mkfs.ext4").arg("-V").output().is_ok();
+        if !there {
+            eprintln!("SKIP {test}: no e2fsprogs");
+        }
+        there
     }
 
     struct Dirs {
@@ -306,8 +311,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_tree_is_packed_once_and_a_changed_one_again() {
-        if !have_mkfs() {
-            eprintln!("SKIP an_unchanged_tree_is_packed_once_and_a_changed_one_again: no e2fsprogs");
+        if !have_mkfs("an_unchanged_tree_is_packed_once_and_a_changed_one_again") {
             return;
         }
         let (_d, src, run, cache) = dirs("reuse");
@@ -337,8 +341,7 @@ mod tests {
 
     #[test]
     fn a_tree_changed_just_now_is_packed_for_the_run_alone() {
-        if !have_mkfs() {
-            eprintln!("SKIP a_tree_changed_just_now_is_packed_for_the_run_alone: no e2fsprogs");
+        if !have_mkfs("a_tree_changed_just_now_is_packed_for_the_run_alone") {
             return;
         }
         let (_d, src, run, cache) = dirs("fresh");
