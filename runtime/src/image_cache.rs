@@ -154,7 +154,7 @@ impl ImageCache {
             images.push((md.modified().unwrap_or(SystemTime::UNIX_EPOCH), age(&md), path));
         }
         // Newest first; `keep` is one of the MAX_IMAGES.
-        images.sort_by(|a, b| b.0.cmp(&a.0));
+        images.sort_by_key(|image| std::cmp::Reverse(image.0));
         for (_, age, path) in images.into_iter().skip(MAX_IMAGES - 1) {
             if age.is_some_and(|a| a > KEEP_UNUSED) {
                 tracing::info!(image = %path.display(), "removing an unused rootfs image from the cache");
