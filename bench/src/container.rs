@@ -2,8 +2,11 @@
 //! `runc run` of the same busybox rootfs.
 //!
 //! Each hull sample is one `hull run --rootfs R --backend B --timing -- /bin/true`; its `--timing` lines
-//! (`hull run: phase NAME SECONDS`, seconds since hull started) give the phases VM start, agent ready,
-//! container created, process exit and teardown. The host-side end to end is spawn → exit, measured here.
+//! (`hull run: phase NAME SECONDS`, seconds since hull started) give the phases rootfs image, VM start, agent
+//! ready, container created, process exit and teardown. The host-side end to end is spawn → exit, measured
+//! here. Each backend runs twice: with `--no-image-cache` (the rootfs packed with `mkfs.ext4` in every
+//! sample), then as a user runs it a second time (the rootfs image from hull's image cache, which one
+//! untimed warm-up run fills).
 //! Each runc sample is one `runc --root S run --bundle B <unique id>` of the same rootfs, always followed
 //! by `runc delete -f`.
 //!
@@ -29,9 +32,13 @@ const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// `apt-get install runc`.
 const APT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How many phases `hull run --timing` reports.
+const N_PHASES: usize = 6;
+
 /// The phases `hull run --timing` reports, in order, and how the table names the step that ends at each.
-pub const PHASES: [(&str, &str); 5] = [
-    ("vm_started", "VM start (hull start → VM started)"),
+pub const PHASES: [(&str, &str); N_PHASES] = [
+    ("rootfs_ready", "rootfs image (hull start → image ready)"),
+    ("vm_started", "VM start (image ready → VM and backends started)"),
     ("agent_ready", "agent ready (VM started → agent answers)"),
     ("container_created", "container created (agent → CreateContainer done)"),
     ("process_exited", "process exit (created → /bin/true exited)"),
@@ -47,15 +54,15 @@ pub struct RunOptions {
 #[derive(Clone, Debug, PartialEq)]
 pub struct HullTiming {
     /// One timestamp per entry of [`PHASES`], in that order.
-    pub at: [f64; 5],
+    pub at: [f64; N_PHASES],
     /// hull's own `end to end` figure and the backend it names.
     pub end_to_end: f64,
     pub backend: String,
 }
 
 impl HullTiming {
-    /// Durations of the five steps, in seconds (each phase minus the one before; the first from 0).
-    pub fn steps(&self) -> [f64; 5] {
+    /// Durations of the steps, in seconds (each phase minus the one before; the first from 0).
+    pub fn steps(&self) -> [f64; N_PHASES] {
         let mut prev = 0.0;
         self.at.map(|t| {
             let d = t - prev;
@@ -68,7 +75,7 @@ impl HullTiming {
 /// Parses the `--timing` lines of hull run's stderr. Every phase must appear exactly once, with a finite,
 /// non-negative time, not earlier than the phase before it; the `end to end` line must be there too.
 pub fn parse_timing(stderr: &str) -> std::result::Result<HullTiming, String> {
-    let mut at: [Option<f64>; 5] = [None; 5];
+    let mut at: [Option<f64>; N_PHASES] = [None; N_PHASES];
     let mut end = None;
     for line in stderr.lines() {
         let Some(rest) = line.trim_end().strip_prefix("hull run: ") else {
@@ -99,7 +106,7 @@ pub fn parse_timing(stderr: &str) -> std::result::Result<HullTiming, String> {
             }
         }
     }
-    let mut out = [0.0; 5];
+    let mut out = [0.0; N_PHASES];
     for (i, (name, _)) in PHASES.iter().enumerate() {
         out[i] = at[i].ok_or_else(|| format!("no `hull run: phase {name}` line (is hull older than this bench?)"))?;
         if i > 0 && out[i] < out[i - 1] {
@@ -202,10 +209,21 @@ pub fn run(opts: &RunOptions) -> Vec<Section> {
             Ok(())
         },
     ));
-    let mut hull_medians: Vec<(String, Option<[f64; 6]>)> = Vec::new();
-    for backend in ["qemu", "kvm"] {
-        let id = format!("run.hull_{backend}");
-        let title = format!("hull run --backend {backend} -- /bin/true, busybox rootfs");
+    let mut hull_medians: Vec<(String, Option<Medians>)> = Vec::new();
+    for (backend, variant) in [
+        // Uncached first: by the time it is done, the just-built rootfs has been still for longer than hull's
+        // image cache asks before it keeps an image.
+        ("qemu", Variant::Uncached),
+        ("qemu", Variant::Cached),
+        ("kvm", Variant::Uncached),
+        ("kvm", Variant::Cached),
+    ] {
+        let id = format!("run.hull_{backend}{}", variant.id_suffix());
+        let title = format!(
+            "hull run --backend {backend}{} -- /bin/true, busybox rootfs",
+            variant.flag().map(|f| format!(" {f}")).unwrap_or_default()
+        );
+        let row = format!("{backend}{}", variant.row_suffix());
         if backend == "kvm" && !hull_tests::hardware_kvm() {
             let mut s = Section::start(&id, &title);
             s.note(if hull_tests::software_kvm() {
@@ -215,20 +233,52 @@ pub fn run(opts: &RunOptions) -> Vec<Section> {
             });
             s.finish();
             sections.push(s);
-            hull_medians.push((backend.into(), None));
+            hull_medians.push((row, None));
             continue;
         }
         let mut medians = None;
         sections.push(run_section(&id, &title, |s| {
-            medians = Some(hull_runs(s, &opts.hull_bin, backend, &rootfs.1, opts.runs)?);
+            medians = Some(hull_runs(s, &opts.hull_bin, backend, variant, &rootfs.1, opts.runs)?);
             Ok(())
         }));
-        hull_medians.push((backend.into(), medians));
+        hull_medians.push((row, medians));
     }
     sections.push(ratio_section(runc_e2e, &hull_medians));
     drop(rootfs);
     sections
 }
+
+/// How a hull section treats the rootfs image.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// As `hull run` does by default: packed once, then taken from hull's image cache.
+    Cached,
+    /// `--no-image-cache`: packed with `mkfs.ext4` in every sample.
+    Uncached,
+}
+
+impl Variant {
+    fn flag(self) -> Option<&'static str> {
+        (self == Variant::Uncached).then_some("--no-image-cache")
+    }
+    fn id_suffix(self) -> &'static str {
+        if self == Variant::Uncached {
+            "_uncached"
+        } else {
+            ""
+        }
+    }
+    fn row_suffix(self) -> &'static str {
+        if self == Variant::Uncached {
+            " (uncached)"
+        } else {
+            ""
+        }
+    }
+}
+
+/// Medians (ms) of one hull section: the host's end to end, then each step of [`PHASES`].
+type Medians = [f64; N_PHASES + 1];
 
 /// `tests/rootfs/busybox.sh` into a temporary directory (kept, with it, until the suite ends).
 fn build_rootfs() -> Result<(TempDir, PathBuf)> {
@@ -259,18 +309,29 @@ fn build_rootfs() -> Result<(TempDir, PathBuf)> {
 }
 
 /// N x `hull run`; records each step and both end-to-end figures. Returns the medians (ms) of the host
-/// end to end and of the five steps.
-fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: usize) -> Result<[f64; 6]> {
+/// end to end and of the steps.
+fn hull_runs(
+    s: &mut Section,
+    hull: &Path,
+    backend: &str,
+    variant: Variant,
+    rootfs: &Path,
+    runs: usize,
+) -> Result<Medians> {
     let mut host = Vec::new();
     let mut own = Vec::new();
-    let mut steps: [Vec<f64>; 5] = Default::default();
-    for i in 0..runs {
+    let mut steps: [Vec<f64>; N_PHASES] = Default::default();
+    // With the cache, one untimed run first puts the image in it (or finds it there).
+    let warm_up = usize::from(variant == Variant::Cached);
+    for i in 0..runs + warm_up {
         let mut cmd = Command::new(hull);
-        cmd.arg("run")
-            .arg("--rootfs")
-            .arg(rootfs)
-            .args(["--backend", backend, "--timing", "--", "/bin/true"]);
-        let what = format!("hull run (backend {backend}, sample {})", i + 1);
+        cmd.arg("run").arg("--rootfs").arg(rootfs).args(["--backend", backend]);
+        cmd.args(variant.flag()).args(["--timing", "--", "/bin/true"]);
+        let what = if i < warm_up {
+            format!("hull run (backend {backend}, warm-up)")
+        } else {
+            format!("hull run (backend {backend}, sample {})", i + 1 - warm_up)
+        };
         let done = run_bounded(cmd, &what, HULL_TIMEOUT)?;
         let tail = || hull_tests::tail(&done.stderr, 2000).to_string();
         if !done.status.success() {
@@ -288,6 +349,9 @@ fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: u
                 timing.backend
             )));
         }
+        if i < warm_up {
+            continue;
+        }
         host.push(ms(done.took));
         own.push(timing.end_to_end * 1e3);
         for (v, d) in steps.iter_mut().zip(timing.steps()) {
@@ -295,7 +359,8 @@ fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: u
         }
     }
     let median = |v: &[f64]| Summary::of(v).map(|x| x.median).unwrap_or(f64::NAN);
-    let mut medians = [median(&host), 0.0, 0.0, 0.0, 0.0, 0.0];
+    let mut medians = [0.0; N_PHASES + 1];
+    medians[0] = median(&host);
     for (m, v) in medians[1..].iter_mut().zip(&steps) {
         *m = median(v);
     }
@@ -305,6 +370,10 @@ fn hull_runs(s: &mut Section, hull: &Path, backend: &str, rootfs: &Path, runs: u
         s.metric(*label, "ms", v);
     }
     s.note("phases from `hull run --timing` (`hull run: phase NAME SECONDS`); they add up to hull's own figure");
+    s.note(match variant {
+        Variant::Cached => "rootfs image from hull's image cache, filled by one untimed warm-up run",
+        Variant::Uncached => "--no-image-cache: the rootfs is packed with mkfs.ext4 in every sample",
+    });
     if backend == "qemu" {
         s.note("qemu backend: QEMU TCG (software CPU emulation) here, so the guest's boot dominates");
     }
@@ -436,32 +505,31 @@ fn runc_runs(s: &mut Section, rootfs: &Path, runs: usize) -> Result<Vec<f64>> {
 }
 
 /// hull/runc of the medians, end to end, per backend; the phase medians beside them for reference.
-fn ratio_section(runc: Option<f64>, hull: &[(String, Option<[f64; 6]>)]) -> Section {
+fn ratio_section(runc: Option<f64>, hull: &[(String, Option<Medians>)]) -> Section {
     let mut s = Section::start("run.ratio", "hull run / runc run, ratio of the end-to-end medians");
     let runc_text = runc.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "no figure".into());
     let mut table = vec![format!(
-        "{:<8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "backend", "hull ms", "runc ms", "hull/runc", "vm", "agent", "created", "exit", "teardown"
+        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "backend", "hull ms", "runc ms", "hull/runc", "rootfs", "vm", "agent", "created", "exit", "teardown"
     )];
     for (backend, medians) in hull {
         match (medians, runc) {
-            (Some(m), Some(r)) if r > 0.0 => table.push(format!(
-                "{:<8} {:>12.1} {:>12.2} {:>9.0}x {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-                backend,
-                m[0],
-                r,
-                m[0] / r,
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5]
-            )),
-            (Some(m), _) => table.push(format!("{backend:<8} {:>12.1} {runc_text:>12} {:>10}", m[0], "-")),
-            (None, _) if backend == "kvm" && !hull_tests::hardware_kvm() => {
-                table.push(format!("{backend:<8} skipped: needs hardware KVM"))
+            (Some(m), Some(r)) if r > 0.0 => {
+                let steps: Vec<String> = m[1..].iter().map(|v| format!("{v:>8.1}")).collect();
+                table.push(format!(
+                    "{:<16} {:>9.1} {:>9.2} {:>8.0}x {}",
+                    backend,
+                    m[0],
+                    r,
+                    m[0] / r,
+                    steps.join(" ")
+                ))
             }
-            (None, _) => table.push(format!("{backend:<8} no figure (see its section)")),
+            (Some(m), _) => table.push(format!("{backend:<16} {:>9.1} {runc_text:>9} {:>9}", m[0], "-")),
+            (None, _) if backend.starts_with("kvm") && !hull_tests::hardware_kvm() => {
+                table.push(format!("{backend:<16} skipped: needs hardware KVM"))
+            }
+            (None, _) => table.push(format!("{backend:<16} no figure (see its section)")),
         }
         if let (Some(m), Some(r)) = (medians, runc) {
             if r > 0.0 {
@@ -487,6 +555,7 @@ mod tests {
 
     const STDERR: &str = "\
 hull run: backend qemu (chosen: /dev/kvm is kvm_pvm)
+hull run: phase rootfs_ready 0.012000
 hull run: phase vm_started 0.412000
 hull run: phase agent_ready 3.896123
 hull run: phase container_created 4.100000
@@ -499,10 +568,10 @@ hull run: end to end 6.335 s (backend qemu)
     #[test]
     fn timing_lines_are_parsed_into_steps() {
         let t = parse_timing(STDERR).unwrap();
-        assert_eq!(t.at, [0.412, 3.896123, 4.1, 5.7, 6.3]);
+        assert_eq!(t.at, [0.012, 0.412, 3.896123, 4.1, 5.7, 6.3]);
         assert_eq!((t.end_to_end, t.backend.as_str()), (6.335, "qemu"));
         let steps = t.steps();
-        assert!((steps[0] - 0.412).abs() < 1e-9 && (steps[4] - 0.6).abs() < 1e-9);
+        assert!((steps[0] - 0.012).abs() < 1e-9 && (steps[1] - 0.4).abs() < 1e-9 && (steps[5] - 0.6).abs() < 1e-9);
         assert!((steps.iter().sum::<f64>() - 6.3).abs() < 1e-9);
         // Unrelated lines, guest output and trailing whitespace are ignored.
         let noisy = format!("some guest text\nhull run: other\n{}", STDERR.replace('\n', "  \n"));

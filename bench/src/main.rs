@@ -45,8 +45,9 @@ suites:
   devices    virtio-blk, -vsock and -net device cores driven through guest-memory queues, next to the
              raw host operation (pread/pwrite, unix socket pair, TAP write); then guest-measured MB/s
              of blk (dd) and vsock (bulk transfer) in a QEMU TCG guest with hull's vhost-user backends
-  run        `hull run -- /bin/true` end to end per backend, split into phases (VM start, agent ready,
-             container created, process exit, teardown), next to `runc run` of the same busybox rootfs
+  run        `hull run -- /bin/true` end to end per backend, split into phases (rootfs image, VM start,
+             agent ready, container created, process exit, teardown), as run by default (rootfs image from
+             hull's image cache) and with --no-image-cache, next to `runc run` of the same busybox rootfs
              (installs Debian's runc if missing), with the hull/runc ratio of the medians
   containerd `ctr run --rm busybox echo hello` through containerd-shim-hull-v2 vs runc (20 each), CRI pod
              start (RunPodSandbox → CreateContainer → StartContainer) handler hull vs runc (10 each),

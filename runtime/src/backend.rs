@@ -237,7 +237,28 @@ fn capped(file: &Path) -> Result<CappedOutput, BackendError> {
     })
 }
 
-/// Starts `hull vhost-user <args>` and waits for its socket.
+/// A `hull vhost-user` backend started, its socket not yet checked for ([`StartingBackend::up`]).
+struct StartingBackend {
+    name: String,
+    child: ChildGuard,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl StartingBackend {
+    /// Waits for the backend's socket: the backend, ready to serve QEMU.
+    fn up(mut self) -> Result<ChildGuard, BackendError> {
+        if !wait_for_path(&self.socket, &mut self.child, Duration::from_secs(20)) {
+            return Err(BackendError::NotUp {
+                what: self.name,
+                log: self.log.display().to_string(),
+            });
+        }
+        Ok(self.child)
+    }
+}
+
+/// Starts `hull vhost-user <args>`; the backends of a VM start together and are waited for together.
 fn vhost_user(
     cfg: &VmLaunchConfig,
     files: &ProcFiles,
@@ -245,7 +266,7 @@ fn vhost_user(
     socket: &Path,
     args: &[std::ffi::OsString],
     cgroup_procs: &[PathBuf],
-) -> Result<ChildGuard, BackendError> {
+) -> Result<StartingBackend, BackendError> {
     let mut all: Vec<std::ffi::OsString> = vec!["vhost-user".into()];
     all.extend(args.iter().cloned());
     all.extend(["--log-level".into(), "Warning".into()]);
@@ -255,17 +276,16 @@ fn vhost_user(
     join_cgroups(&mut cmd, cgroup_procs)?;
     let log = cfg.dir.join(format!("{name}.log"));
     let output = capped(&log)?;
-    let mut child = ChildGuard::spawn(name, cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
+    let child = ChildGuard::spawn(name, cmd, output.fifo(), cfg.netns).map_err(|source| BackendError::Spawn {
         what: name.into(),
         source,
     })?;
-    if !wait_for_path(socket, &mut child, Duration::from_secs(20)) {
-        return Err(BackendError::NotUp {
-            what: name.into(),
-            log: log.display().to_string(),
-        });
-    }
-    Ok(child)
+    Ok(StartingBackend {
+        name: name.into(),
+        child,
+        socket: socket.to_path_buf(),
+        log,
+    })
 }
 
 /// QEMU's arguments for vhost-user disk `i` served on `sock`.
@@ -277,6 +297,9 @@ fn vhost_user_blk_args(i: usize, sock: &Path) -> [String; 4] {
         format!("vhost-user-blk,chardev=blk{i}"),
     ]
 }
+
+/// How long the backends may take to end by themselves once QEMU has gone, when the VM was stopped with a grace.
+const BACKEND_GRACE: Duration = Duration::from_millis(200);
 
 pub struct QemuVm {
     uds: PathBuf,
@@ -315,7 +338,7 @@ fn os(s: impl AsRef<std::ffi::OsStr>) -> std::ffi::OsString {
 impl QemuVm {
     fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<QemuVm, BackendError> {
         let d = cfg.dir;
-        let mut backends = Vec::new();
+        let mut starting = Vec::new();
         let mut blk_args = Vec::new();
         let mut jails = Vec::new();
         for (i, drive) in cfg.drives.iter().enumerate() {
@@ -333,7 +356,7 @@ impl QemuVm {
                 args.push(os("--read-only"));
             }
             let name = format!("vhost-user-blk{i}");
-            backends.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
+            starting.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
             jails.push(files);
         }
@@ -358,7 +381,7 @@ impl QemuVm {
                 os(control_arg),
             ];
             let name = format!("vhost-user-{id}");
-            backends.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
+            starting.push(vhost_user(cfg, &files, &name, &sock, &args, cgroup_procs)?);
             blk_args.extend(vhost_user_blk_args(i, &sock));
             controls.push((id, control, files));
         }
@@ -374,7 +397,7 @@ impl QemuVm {
             os("--uds-path"),
             os(uds_arg),
         ];
-        backends.push(vhost_user(
+        starting.push(vhost_user(
             cfg,
             &files,
             "vhost-user-vsock",
@@ -391,10 +414,15 @@ impl QemuVm {
                 crate::jail::set_tap_owner(tap, cfg.netns, j.uid, j.gid)?;
             }
             let args = [os("net"), os("--socket"), os(sock_arg), os("--tap"), os(tap)];
-            backends.push(vhost_user(cfg, &files, "vhost-user-net", &sock, &args, cgroup_procs)?);
+            starting.push(vhost_user(cfg, &files, "vhost-user-net", &sock, &args, cgroup_procs)?);
             jails.push(files);
             net_sock = sock;
         }
+        // QEMU connects to every backend's socket as it starts.
+        let backends = starting
+            .into_iter()
+            .map(StartingBackend::up)
+            .collect::<Result<Vec<_>, _>>()?;
         let console = d.join("console.log");
         link_vsock_uds(cfg, &uds)?;
         // Jailed, QEMU runs as the jail uid/gid in a directory of its own inside the VM's (`qemu/`, 0700,
@@ -562,11 +590,21 @@ impl Vm for QemuVm {
     }
 
     fn stop(&mut self, grace: Duration) {
+        if grace.is_zero() {
+            // Nothing more is wanted from the VM: QEMU and every backend get SIGKILL together, so their ends
+            // (QEMU's guest memory above all) overlap and no one waits for another.
+            self.qemu.start_kill();
+            for b in &mut self.backends {
+                b.start_kill();
+            }
+        }
         self.qemu.wait_timeout(grace);
         self.qemu.kill();
-        // The backends end when QEMU disconnects; give them a moment, then make sure.
+        // With a grace, the backends end when QEMU disconnects: give them a moment (together) to finish the
+        // guest's last requests, then make sure.
+        let deadline = std::time::Instant::now() + if grace.is_zero() { Duration::ZERO } else { BACKEND_GRACE };
         for b in &mut self.backends {
-            b.wait_timeout(Duration::from_millis(200));
+            b.wait_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
             b.kill();
         }
     }

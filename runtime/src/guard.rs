@@ -150,6 +150,14 @@ impl ChildGuard {
         self.exited()
     }
 
+    /// Sends SIGKILL without waiting for the process to end ([`ChildGuard::kill`] reaps it), so that several
+    /// processes can be ended at once.
+    pub fn start_kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             tracing::debug!(name = %self.name, pid = c.id(), "stopping");

@@ -1,9 +1,9 @@
 //! What `hull run` and the containerd shim (`containerd-shim-hull-v2`) share to run OCI workloads in a
 //! microVM: the two VM backends behind one interface ([`backend`]), the client of the guest's hull-agent
-//! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]), runc-style
-//! spec defaults ([`spec`]), ownership of child processes and directories ([`guard`]), confinement of the VM's
-//! processes ([`jail`]: hull-jailer, the jail uid/gid; [`jail_uid`]: a uid per VM), and where the guest
-//! kernel and initramfs are found ([`guest_files`]).
+//! ([`agent`]), the client of hull's API socket ([`api_client`]), rootfs block images ([`image`]; `hull run`
+//! keeps packed ones in [`image_cache`]), runc-style spec defaults ([`spec`]), ownership of child processes
+//! and directories ([`guard`]), confinement of the VM's processes ([`jail`]: hull-jailer, the jail uid/gid;
+//! [`jail_uid`]: a uid per VM), and where the guest kernel and initramfs are found ([`guest_files`]).
 //!
 //! Both build the agent's `CreateContainerRequest` with [`container`] (rootfs and volume disks, copied files,
 //! attached streams, the spec); each brings its own spec and disks.
@@ -14,6 +14,7 @@ pub mod backend;
 pub mod container;
 pub mod guard;
 pub mod image;
+pub mod image_cache;
 pub mod jail;
 pub mod jail_uid;
 pub mod output;

@@ -4,7 +4,9 @@
 //! agent's initramfs → connect to hull-agent over the hybrid vsock → sync the guest clock → create the
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
 //! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
-//! output → remove the container, shut the VM down, kill what is left, remove the run directory. The exit
+//! output → kill the VM and its backends (after removing the container and a clean power-off only when a
+//! disk of the caller's own was mounted read-write, or the agent policy lets other clients in), remove the
+//! run directory. The exit
 //! status is the container's (128+N when signal N ended it), 127/126 when its program is missing or cannot
 //! be run, 125 when hull itself failed. Everything created
 //! is owned by a guard ([`guard`]), so early returns and Ctrl-C leave nothing.
@@ -26,17 +28,25 @@ use hull_agent_protocol::stdio::Stream;
 use crate::logging::LogLevel;
 use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
 use hull_runtime::container::{GuestDisk, NewContainer, Streams, VolumeMount};
+use hull_runtime::image_cache::ImageCache;
 use hull_runtime::{agent, console_tail, guard, image, jail, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
 const EXIT_HULL_FAILED: i32 = 125;
 const CONTAINER_ID: &str = "run";
+/// The image cache's directory in the build cache ([`hull_runtime::build_cache`]).
+const ROOTFS_IMAGE_CACHE: &str = "rootfs-images";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Container root file system: a directory (packed into an ext4 image) or an ext4/erofs image file.
+    /// Container root file system: a directory (packed into an ext4 image, kept in the image cache for the
+    /// next run of the same unchanged directory) or an ext4/erofs image file.
     #[arg(long, value_name = "DIR|IMAGE")]
     pub rootfs: PathBuf,
+    /// Pack a rootfs directory for this run alone, neither using nor filling the image cache
+    /// (`$HULL_CACHE/rootfs-images`, else `~/.cache/hull/rootfs-images`).
+    #[arg(long)]
+    pub no_image_cache: bool,
     /// VM backend: kvm (the hull VMM), qemu (QEMU TCG with hull's vhost-user devices), or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
@@ -271,8 +281,9 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     );
     let (kernel, initrd) = guest_files(args)?;
     let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
-    let image = image::prepare(&args.rootfs, dir.path(), "rootfs")?;
+    let image = rootfs_image(args, dir.path())?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
+    timing_phase(args, "rootfs_ready", t0);
     let mut drives = vec![backend::Drive {
         id: "rootfs".into(),
         image,
@@ -322,16 +333,26 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     let mut vm = backend::start(kind, &cfg)?;
     timing_phase(args, "vm_started", t0);
     let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
-    // Tear down: the agent is asked to power off (the VM is disposable: a short grace only, then the VM and
-    // its backends are killed; the image and sockets go with the run directory).
-    let grace = if let Ok(Some(a)) = result.as_ref().map(|(_, a)| a) {
-        if a.shutdown().is_ok() {
-            Duration::from_millis(300)
-        } else {
-            Duration::ZERO
+    // Tear down. With the status and the output in, nothing more is needed from the VM, which is disposable:
+    // it and its backends are killed at once, and the images and sockets go with the run directory. Only
+    // when the guest may still owe something is it stopped as before (the container removed, its mounts with
+    // it, and the agent asked to power off, syncing, with a short grace before the kill): a disk of the
+    // caller's own that it may have written (`-v IMAGE:DEST`, read-write), or an agent policy wider than
+    // hull run's own calls, under which another client (an exec, a signal) may be waiting for an answer.
+    let callers_disk_written = drives
+        .iter()
+        .any(|d| !d.read_only && !d.image.path.starts_with(dir.path()));
+    let other_clients = cfg.agent_policy != Policy::hull_run();
+    let grace = match result.as_ref().map(|(_, a)| a) {
+        Ok(Some(a)) if callers_disk_written || other_clients => {
+            let _ = a.remove(CONTAINER_ID);
+            if a.shutdown().is_ok() {
+                Duration::from_millis(300)
+            } else {
+                Duration::ZERO
+            }
         }
-    } else {
-        Duration::ZERO
+        _ => Duration::ZERO,
     };
     vm.stop(grace);
     let console = vm.console_log();
@@ -371,6 +392,19 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     out
 }
 
+/// The rootfs as a block image: a directory from the image cache (packed into it when it is not there yet),
+/// or packed into the run directory with `--no-image-cache` or without a usable cache; an image file as it is.
+fn rootfs_image(args: &RunArgs, run_dir: &std::path::Path) -> Result<image::RootfsImage, RunError> {
+    let cache = match hull_runtime::build_cache() {
+        Some(base) if !args.no_image_cache => ImageCache::open(&base.join(ROOTFS_IMAGE_CACHE)),
+        _ => None,
+    };
+    Ok(match cache {
+        Some(cache) => cache.prepare(&args.rootfs, run_dir, "rootfs")?,
+        None => image::prepare(&args.rootfs, run_dir, "rootfs")?,
+    })
+}
+
 /// The jail of the VM's processes, unless `--no-jail`; it needs root (chroot, device nodes, the uid change).
 fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::JailConfig>, RunError> {
     if args.no_jail {
@@ -394,7 +428,7 @@ fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::Ja
 }
 
 /// With `--timing`, one line per phase for tools (hull-bench parses it): `hull run: phase NAME SECONDS`,
-/// seconds since `hull run` started, in the order vm_started, agent_ready, container_created,
+/// seconds since `hull run` started, in the order rootfs_ready, vm_started, agent_ready, container_created,
 /// process_exited, teardown_done.
 fn timing_phase(args: &RunArgs, name: &str, t0: Instant) {
     if args.timing {
@@ -509,6 +543,16 @@ fn run_container(
     agent.create(container.request())?;
     timing_phase(args, "container_created", t0);
 
+    // The wait, on a connection of its own, is connected and sent before Start (the agent allows waiting
+    // before Start): connecting after Start took longer, with the guest busy starting the program. The
+    // connections are still made one after another, from this thread.
+    let (tx, rx) = mpsc::channel();
+    let waiter = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
+    let exit_tx = tx.clone();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(Event::Exited(waiter.wait(CONTAINER_ID, "")));
+    });
+
     // Stdio before Start, so not a byte is missed.
     let mut outputs = Vec::new();
     let mut raw_guard = None;
@@ -544,12 +588,6 @@ fn run_container(
     agent.start(CONTAINER_ID)?;
     tracing::info!(elapsed = ?t0.elapsed(), "container started");
 
-    let (tx, rx) = mpsc::channel();
-    let waiter = agent::Agent::connect(vm.vsock_uds(), Duration::from_secs(10))?;
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        let _ = tx2.send(Event::Exited(waiter.wait(CONTAINER_ID, "")));
-    });
     tty::forward_signals(signals, move |s| tx.send(Event::Signal(s)).is_ok());
 
     let mut interrupts = 0;
@@ -610,7 +648,6 @@ fn run_container(
             t0.elapsed().as_secs_f64()
         );
     }
-    let _ = agent.remove(CONTAINER_ID);
     Ok((code, Some(agent)))
 }
 
