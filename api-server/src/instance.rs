@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 use vmm::{
-    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, MachineConfig, MicroVm, MicroVmConfig, VmState,
+    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig, VmState,
     VmmError, VmmOptions,
 };
 
@@ -46,6 +46,7 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     pub cpu_template: Option<CpuTemplateName>,
     pub track_dirty_pages: Option<bool>,
+    pub huge_pages: Option<HugePages>,
 }
 
 impl MachineConfigUpdate {
@@ -60,6 +61,7 @@ impl MachineConfigUpdate {
             smt: self.smt.unwrap_or(base.smt),
             cpu_template: self.cpu_template.unwrap_or(base.cpu_template),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
+            huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
         }
     }
 }

@@ -369,7 +369,7 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             json,
-            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": true, "cpu_template": "None", "track_dirty_pages": false})
+            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": true, "cpu_template": "None", "track_dirty_pages": false, "huge_pages": "None"})
         );
         let (status, json) = call(&mut i, Method::Patch, "/machine-config", "{}");
         assert_eq!((status, fault(&json)), (400, "Empty PATCH request."));

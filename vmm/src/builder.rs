@@ -57,6 +57,8 @@ pub enum BuildError {
     SerialOutput { path: String, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     EventLoop(std::io::Error),
+    #[error("Failed to get CPU template: {0}")]
+    CpuTemplate(#[from] cpu_template::TemplateError),
     #[error("cannot attach a virtio device: {0}")]
     Virtio(#[from] virtio_devices::AttachError),
 }
@@ -75,10 +77,10 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         .ok_or(crate::config::ConfigError::MissingBootSource)?;
     let machine = &config.machine;
 
-    let template = choose_cpu_template(machine.cpu_template);
+    let template = choose_cpu_template(machine.cpu_template)?;
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     let vm = create_vm(&kvm)?;
-    let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
+    let mem = create_guest_memory(&vm, machine.mem_size_mib, machine.huge_pages)?;
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
@@ -135,17 +137,17 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
 }
 
 /// Step: the CPU template, chosen automatically on a software KVM.
-fn choose_cpu_template(name: crate::config::CpuTemplateName) -> CpuTemplate {
+fn choose_cpu_template(name: crate::config::CpuTemplateName) -> Result<CpuTemplate, BuildError> {
     let software = cpu_template::software_kvm_detected();
-    let template = cpu_template::resolve(name, software);
-    if software && template == CpuTemplate::SoftKvm {
+    let template = cpu_template::resolve(name, software, cpu_template::host_vendor())?;
+    if software && template != CpuTemplate::PassThrough {
         tracing::info!(
             "software KVM (kvm_pvm) detected: CPU template SoftKvm hides cmpxchg16b, popcnt, xsave, AVX, SSE4 \
              and more from the guest, and the kernel command line gets: {}",
             cpu_template::cmdline_switches(template).unwrap_or_default()
         );
     }
-    template
+    Ok(template)
 }
 
 /// Step: the VM with its in-kernel interrupt controllers (PIC, IO APIC, LAPICs) and PIT.
@@ -165,8 +167,12 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
 }
 
 /// Step: guest RAM, mapped here and registered with KVM.
-fn create_guest_memory(vm: &VmFd, mem_mib: usize) -> Result<GuestMemoryMmap, BuildError> {
-    let mem = memory::create_guest_memory(mem_mib)?;
+fn create_guest_memory(
+    vm: &VmFd,
+    mem_mib: usize,
+    huge_pages: crate::config::HugePages,
+) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = memory::create_guest_memory(mem_mib, huge_pages)?;
     memory::register_memory(vm, &mem)?;
     Ok(mem)
 }

@@ -20,7 +20,7 @@ mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
+    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, HugePages, IoEngine, MachineConfig,
     MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;

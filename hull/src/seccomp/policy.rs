@@ -115,6 +115,8 @@ const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
 const MAP_PRIVATE_ANON: u32 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
 const MAP_NORESERVE: u32 = libc::MAP_NORESERVE as u32;
 const MAP_STACK: u32 = libc::MAP_STACK as u32;
+/// Guest memory on 2 MiB pages (`huge_pages: "2M"`).
+const MAP_HUGETLB_2M: u32 = (libc::MAP_HUGETLB | libc::MAP_HUGE_2MB) as u32;
 /// The futex command without the PRIVATE and CLOCK_REALTIME flag bits.
 const FUTEX_CMD: u32 = 0x7f;
 const SIGABRT: u32 = libc::SIGABRT as u32;
@@ -126,6 +128,7 @@ const MMAP_RULES: &[&[Arg]] = &[
     &[eq(3, MAP_PRIVATE_ANON), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_PRIVATE_ANON | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_PRIVATE_ANON | MAP_STACK), masked(2, PROT_EXEC, 0)],
+    &[eq(3, MAP_PRIVATE_ANON | MAP_HUGETLB_2M), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
 ];
