@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<vmm::cpu_config::CustomCpuTemplate>,
     #[serde(default)]
     pub drives: Vec<Value>,
     #[serde(rename = "network-interfaces", default)]
@@ -67,6 +69,9 @@ impl ConfigFile {
             instance
                 .put_machine_config(machine)
                 .map_err(|e| ("machine-config", e))?;
+        }
+        if let Some(template) = self.cpu_config {
+            instance.put_cpu_config(template).map_err(|e| ("cpu-config", e))?;
         }
         if let Some(boot_source) = self.boot_source {
             instance.put_boot_source(boot_source).map_err(|e| ("boot-source", e))?;

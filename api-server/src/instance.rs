@@ -6,6 +6,7 @@
 use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
+use vmm::cpu_config::CustomCpuTemplate;
 use vmm::{
     BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig, VmState,
     VmmError, VmmOptions,
@@ -92,6 +93,8 @@ pub struct FullVmConfig<'a> {
     pub machine_config: &'a MachineConfig,
     #[serde(flatten)]
     pub devices: &'a DeviceConfigs,
+    #[serde(rename = "cpu-config", skip_serializing_if = "Option::is_none")]
+    pub cpu_config: Option<&'a CustomCpuTemplate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logger: Option<&'a LoggerConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +152,7 @@ impl Instance {
         FullVmConfig {
             boot_source: self.config.boot_source.as_ref(),
             machine_config: &self.config.machine,
+            cpu_config: self.config.cpu_config.as_ref(),
             devices: &self.devices,
             logger: self.logger.as_ref(),
             metrics: self.metrics.as_ref(),
@@ -170,6 +174,13 @@ impl Instance {
         self.ensure_not_started()?;
         boot_source.validate()?;
         self.config.boot_source = Some(boot_source);
+        Ok(())
+    }
+
+    /// `PUT /cpu-config`: a custom CPU template (already parsed and checked), pre-boot only.
+    pub fn put_cpu_config(&mut self, template: CustomCpuTemplate) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        self.config.cpu_config = Some(template);
         Ok(())
     }
 

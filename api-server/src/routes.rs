@@ -59,6 +59,7 @@ enum Route {
     MachineConfig,
     Vm,
     VmConfig,
+    CpuConfig,
     Logger,
     Metrics,
     Drive(String),
@@ -78,6 +79,7 @@ impl Route {
             "/machine-config" => Route::MachineConfig,
             "/vm" => Route::Vm,
             "/vm/config" => Route::VmConfig,
+            "/cpu-config" => Route::CpuConfig,
             "/logger" => Route::Logger,
             "/metrics" => Route::Metrics,
             "/vsock" => Route::Vsock,
@@ -98,7 +100,9 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::Actions | Route::BootSource | Route::Logger | Route::Metrics | Route::Vsock => "PUT",
+            Route::Actions | Route::BootSource | Route::CpuConfig | Route::Logger | Route::Metrics | Route::Vsock => {
+                "PUT"
+            }
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
@@ -200,6 +204,10 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vm, Method::Patch) => {
             let vm: VmBody = body(req)?;
             instance.set_vm_state(vm.state)?;
+            Ok(Response::no_content())
+        }
+        (Route::CpuConfig, Method::Put) => {
+            instance.put_cpu_config(body(req)?)?;
             Ok(Response::no_content())
         }
         (Route::Logger, Method::Put) => {

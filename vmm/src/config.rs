@@ -529,6 +529,8 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
+    pub cpu_config: Option<crate::cpu_config::CustomCpuTemplate>,
 }
 
 impl MicroVmConfig {

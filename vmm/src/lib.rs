@@ -6,6 +6,7 @@
 pub mod boot;
 mod builder;
 pub mod config;
+pub mod cpu_config;
 pub mod cpu_template;
 mod event_loop;
 mod exit;

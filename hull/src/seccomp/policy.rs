@@ -82,6 +82,7 @@ const fn iowr(nr: u32, size: usize) -> u32 {
 use std::mem::size_of;
 
 pub const KVM_CREATE_VM: u32 = io(0x01);
+pub const KVM_CHECK_EXTENSION: u32 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u32 = io(0x04);
 pub const KVM_GET_SUPPORTED_CPUID: u32 = iowr(0x05, size_of::<kvm_cpuid2>());
 pub const KVM_CREATE_VCPU: u32 = io(0x41);
@@ -97,6 +98,7 @@ pub const KVM_GET_REGS: u32 = ior(0x81, size_of::<kvm_regs>());
 pub const KVM_SET_REGS: u32 = iow(0x82, size_of::<kvm_regs>());
 pub const KVM_GET_SREGS: u32 = ior(0x83, size_of::<kvm_sregs>());
 pub const KVM_SET_SREGS: u32 = iow(0x84, size_of::<kvm_sregs>());
+pub const KVM_GET_MSRS: u32 = iowr(0x88, size_of::<kvm_msrs>());
 pub const KVM_SET_MSRS: u32 = iow(0x89, size_of::<kvm_msrs>());
 pub const KVM_SET_FPU: u32 = iow(0x8d, size_of::<kvm_fpu>());
 pub const KVM_GET_LAPIC: u32 = ior(0x8e, size_of::<kvm_lapic_state>());
@@ -288,6 +290,7 @@ const API_OWN: &[Allow] = &[
         libc::SYS_ioctl,
         &[
             &[eq(1, KVM_CREATE_VM)],
+            &[eq(1, KVM_CHECK_EXTENSION)],
             &[eq(1, KVM_GET_VCPU_MMAP_SIZE)],
             &[eq(1, KVM_GET_SUPPORTED_CPUID)],
             &[eq(1, KVM_CREATE_VCPU)],
@@ -301,6 +304,7 @@ const API_OWN: &[Allow] = &[
             &[eq(1, KVM_SET_REGS)],
             &[eq(1, KVM_SET_SREGS)],
             &[eq(1, KVM_SET_MSRS)],
+            &[eq(1, KVM_GET_MSRS)],
             &[eq(1, KVM_SET_FPU)],
             &[eq(1, KVM_GET_LAPIC)],
             &[eq(1, KVM_SET_LAPIC)],
