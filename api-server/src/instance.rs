@@ -8,8 +8,8 @@ use std::os::fd::RawFd;
 use serde::{Deserialize, Serialize};
 use vmm::cpu_config::CustomCpuTemplate;
 use vmm::{
-    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig, VmState,
-    VmmError, VmmOptions,
+    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig,
+    VmState, VmmError, VmmOptions,
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};

@@ -111,7 +111,7 @@ fn huge_pages_back_guest_memory_when_reserved() {
         .find_map(|l| l.strip_prefix("HugetlbPages:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    assert!(touched >= 2048 && touched % 2048 == 0, "{status}");
+    assert!(touched >= 2048 && touched.is_multiple_of(2048), "{status}");
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
     let rsvd: u64 = meminfo
         .lines()
@@ -143,15 +143,15 @@ fn huge_pages_are_refused_without_free_pages_or_whole_pages() {
         eprintln!("skipped: cannot write {NR_HUGEPAGES}");
         return;
     };
-    hull.api().expect_ok(
-        "PATCH",
-        "/machine-config",
-        &json!({ "huge_pages": "2M" }),
-    );
+    hull.api()
+        .expect_ok("PATCH", "/machine-config", &json!({ "huge_pages": "2M" }));
     let reply = start(&hull);
     assert_eq!(reply.status, 400, "{}", reply.body);
     let fault = reply.fault_message().unwrap_or_default();
-    assert!(fault.contains("2 MiB huge pages") && fault.contains("vm.nr_hugepages"), "{fault}");
+    assert!(
+        fault.contains("2 MiB huge pages") && fault.contains("vm.nr_hugepages"),
+        "{fault}"
+    );
 }
 
 #[test]
@@ -203,10 +203,18 @@ fn t2a_and_a_cpuid_modifier_reach_the_guest() {
     let bad = hull.request(
         "PUT",
         "/cpu-config",
-        Some(r#"{"cpuid_modifiers": [{"leaf": 1, "subleaf": 0, "modifiers": [{"register": "esp", "bitmap": "0b1"}]}]}"#),
+        Some(
+            r#"{"cpuid_modifiers": [{"leaf": 1, "subleaf": 0, "modifiers": [{"register": "esp", "bitmap": "0b1"}]}]}"#,
+        ),
     );
     assert_eq!(bad.status, 400, "{}", bad.body);
-    assert!(bad.fault_message().unwrap_or_default().contains("Invalid register \"esp\""), "{}", bad.body);
+    assert!(
+        bad.fault_message()
+            .unwrap_or_default()
+            .contains("Invalid register \"esp\""),
+        "{}",
+        bad.body
+    );
     hull.api().expect_ok("PUT", "/cpu-config", &template);
     let config = hull.request("GET", "/vm/config", None).json();
     assert_eq!(config["cpu-config"]["cpuid_modifiers"][0]["leaf"], "0x1");
@@ -222,7 +230,8 @@ fn t2a_and_a_cpuid_modifier_reach_the_guest() {
 fn a_missing_kvm_capability_is_refused_at_start() {
     require_kvm!("a_missing_kvm_capability_is_refused_at_start");
     let hull = configured("caps", "halt.elf", json!({ "vcpu_count": 1, "mem_size_mib": 128 }));
-    hull.api().expect_ok("PUT", "/cpu-config", &json!({ "kvm_capabilities": ["999999"] }));
+    hull.api()
+        .expect_ok("PUT", "/cpu-config", &json!({ "kvm_capabilities": ["999999"] }));
     let reply = start(&hull);
     assert_eq!(reply.status, 400, "{}", reply.body);
     let fault = reply.fault_message().unwrap_or_default();

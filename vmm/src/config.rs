@@ -185,7 +185,7 @@ impl MachineConfig {
         if self.mem_size_mib < MIN_MEM_MIB || self.mem_size_mib > MAX_MEM_MIB {
             return Err(ConfigError::InvalidMemorySize(self.mem_size_mib as u64));
         }
-        if self.mem_size_mib % self.huge_pages.page_mib() != 0 {
+        if !self.mem_size_mib.is_multiple_of(self.huge_pages.page_mib()) {
             return Err(ConfigError::MemoryNotPageAligned);
         }
         Ok(())

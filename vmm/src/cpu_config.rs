@@ -204,7 +204,11 @@ impl TryFrom<RawTemplate> for CustomCpuTemplate {
                     None => (false, c.as_str()),
                 };
                 let n: u32 = n.parse().map_err(|_| CpuConfigError::Capability(c.clone()))?;
-                Ok(if remove { KvmCapability::Remove(n) } else { KvmCapability::Add(n) })
+                Ok(if remove {
+                    KvmCapability::Remove(n)
+                } else {
+                    KvmCapability::Add(n)
+                })
             })
             .collect::<Result<_, CpuConfigError>>()?;
         let cpuid_modifiers = raw
@@ -387,7 +391,9 @@ impl CustomCpuTemplate {
 /// Checks every capability the template and hull need (KVM_CHECK_EXTENSION).
 pub fn check_capabilities(kvm: &Kvm, template: Option<&CustomCpuTemplate>) -> Result<(), CpuConfigError> {
     for cap in CustomCpuTemplate::capabilities_to_check(template) {
-        let ok = i32::try_from(cap).map(|c| kvm.check_extension_raw(c as u64) > 0).unwrap_or(false);
+        let ok = i32::try_from(cap)
+            .map(|c| kvm.check_extension_raw(c as u64) > 0)
+            .unwrap_or(false);
         if !ok {
             return Err(CpuConfigError::MissingCapability(cap));
         }
@@ -415,10 +421,19 @@ mod tests {
             "x".repeat(63)
         );
         let t = parse(&json).unwrap();
-        assert_eq!(t.kvm_capabilities, vec![KvmCapability::Remove(36), KvmCapability::Add(10)]);
+        assert_eq!(
+            t.kvm_capabilities,
+            vec![KvmCapability::Remove(36), KvmCapability::Add(10)]
+        );
         assert_eq!(t.cpuid_modifiers[0].leaf, 1);
         assert_eq!(t.cpuid_modifiers[0].modifiers[0].register, CpuidRegister::Ebx);
-        assert_eq!(t.msr_modifiers[0], MsrModifier { addr: 0x10a, bitmap: Bitmap { filter: 1, value: 1 } });
+        assert_eq!(
+            t.msr_modifiers[0],
+            MsrModifier {
+                addr: 0x10a,
+                bitmap: Bitmap { filter: 1, value: 1 }
+            }
+        );
         let again: CustomCpuTemplate = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
         assert_eq!(again, t);
         let caps = CustomCpuTemplate::capabilities_to_check(Some(&t));
@@ -484,6 +499,9 @@ mod tests {
             kvm_capabilities: vec![KvmCapability::Add(999_999)],
             ..Default::default()
         };
-        assert_eq!(check_capabilities(&kvm, Some(&t)), Err(CpuConfigError::MissingCapability(999_999)));
+        assert_eq!(
+            check_capabilities(&kvm, Some(&t)),
+            Err(CpuConfigError::MissingCapability(999_999))
+        );
     }
 }

@@ -16,7 +16,9 @@ pub enum CpuTemplate {
     PassThrough,
     SoftKvm,
     /// Firecracker's `T2A`; `soft_kvm` adds `SoftKvm`'s hiding, which a software KVM needs in any case.
-    T2A { soft_kvm: bool },
+    T2A {
+        soft_kvm: bool,
+    },
 }
 
 /// Why a static template cannot be used on this host. The texts are Firecracker's.
@@ -260,16 +262,53 @@ fn normalize(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: u32
 // T2A: an AMD host shown with the feature set of a T2 instance (Skylake/Cascade Lake class), as
 // Firecracker's T2A template does: no AVX-512 and newer Intel-era extensions, and none of the AMD-only
 // extensions a T2 guest would not find (SVM, XOP, FMA4, TBM, LWP, IBS, perf counter extensions, ...).
-const T2A_L1_ECX: u32 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10)
-    | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 18);
-const T2A_L7_EBX: u32 = L7_EBX_AVX512_ALL | (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 22) | (1 << 24)
-    | (1 << 29);
-const T2A_L7_ECX: u32 = L7_ECX_AVX512_ALL | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9)
-    | (1 << 10) | (1 << 13) | L7_ECX_RDPID | (1 << 25) | (1 << 27) | (1 << 28);
+const T2A_L1_ECX: u32 = (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 18);
+const T2A_L7_EBX: u32 =
+    L7_EBX_AVX512_ALL | (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 22) | (1 << 24) | (1 << 29);
+const T2A_L7_ECX: u32 = L7_ECX_AVX512_ALL
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 13)
+    | L7_ECX_RDPID
+    | (1 << 25)
+    | (1 << 27)
+    | (1 << 28);
 const T2A_L7_EDX: u32 = L7_EDX_FSRM | (1 << 2) | (1 << 3) | (1 << 8) | (1 << 14) | (1 << 18) | (1 << 23);
-const T2A_EXT1_ECX: u32 = (1 << 2) | (1 << 3) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13)
-    | (1 << 15) | (1 << 16) | (1 << 17) | (1 << 21) | (1 << 22) | (1 << 23) | (1 << 24) | (1 << 26) | (1 << 27)
-    | (1 << 28) | (1 << 29) | (1 << 30);
+const T2A_EXT1_ECX: u32 = (1 << 2)
+    | (1 << 3)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 29)
+    | (1 << 30);
 const T2A_EXT1_EDX: u32 = (1 << 26) | (1 << 30) | (1 << 31);
 
 fn t2a(e: &mut kvm_cpuid_entry2) {
@@ -370,15 +409,31 @@ mod tests {
 
     #[test]
     fn static_templates_are_checked_against_the_vendor_as_firecracker_does() {
-        for intel in [CpuTemplateName::C3, CpuTemplateName::T2, CpuTemplateName::T2S, CpuTemplateName::T2CL] {
+        for intel in [
+            CpuTemplateName::C3,
+            CpuTemplateName::T2,
+            CpuTemplateName::T2S,
+            CpuTemplateName::T2CL,
+        ] {
             let e = resolve(intel, false, Vendor::Amd).unwrap_err();
-            assert_eq!(e.to_string(), "CPU vendor mismatched between actual CPU and CPU template.");
+            assert_eq!(
+                e.to_string(),
+                "CPU vendor mismatched between actual CPU and CPU template."
+            );
             assert!(resolve(intel, false, Vendor::Intel).is_err());
         }
-        assert_eq!(resolve(CpuTemplateName::T2A, true, Vendor::Amd), Ok(CpuTemplate::T2A { soft_kvm: true }));
-        assert_eq!(resolve(CpuTemplateName::T2A, false, Vendor::Intel), Err(TemplateError::CpuVendorMismatched));
         assert_eq!(
-            resolve(CpuTemplateName::V1N1, false, Vendor::Amd).unwrap_err().to_string(),
+            resolve(CpuTemplateName::T2A, true, Vendor::Amd),
+            Ok(CpuTemplate::T2A { soft_kvm: true })
+        );
+        assert_eq!(
+            resolve(CpuTemplateName::T2A, false, Vendor::Intel),
+            Err(TemplateError::CpuVendorMismatched)
+        );
+        assert_eq!(
+            resolve(CpuTemplateName::V1N1, false, Vendor::Amd)
+                .unwrap_err()
+                .to_string(),
             "Invalid static CPU template: V1N1"
         );
         // "AuthenticAMD" is EBX, EDX, ECX of leaf 0.
