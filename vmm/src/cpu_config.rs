@@ -491,6 +491,42 @@ mod tests {
         assert_eq!((added.eax, added.flags), (u32::MAX, 1));
     }
 
+    /// A created vCPU: the modified MSR reads back changed in the forced bits only, and an MSR KVM does not
+    /// know is refused with a message.
+    #[test]
+    fn msr_modifiers_are_read_modified_and_written_on_a_vcpu() {
+        let Ok(kvm) = Kvm::new() else { return };
+        let vm = kvm.create_vm().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        const PAT: u32 = 0x277;
+        let read = |vcpu: &VcpuFd| {
+            let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index: PAT,
+                ..Default::default()
+            }])
+            .unwrap();
+            vcpu.get_msrs(&mut msrs).unwrap();
+            msrs.as_slice()[0].data
+        };
+        let before = read(&vcpu);
+        // PA1 (bits 15:8) becomes write-back (6); everything else is kept.
+        let bitmap = format!("0b{}00000110{}", "x".repeat(48), "x".repeat(8));
+        let t = parse(&format!(
+            r#"{{"msr_modifiers": [{{"addr": "0x277", "bitmap": "{bitmap}"}}]}}"#
+        ))
+        .unwrap();
+        t.apply_msrs(&vcpu, 0).unwrap();
+        assert_eq!(read(&vcpu), (before & !0xff00) | 0x0600, "before {before:#x}");
+
+        let unknown = parse(&format!(
+            r#"{{"msr_modifiers": [{{"addr": "0xdead0000", "bitmap": "0b{}"}}]}}"#,
+            "1".repeat(64)
+        ))
+        .unwrap();
+        let e = unknown.apply_msrs(&vcpu, 0).unwrap_err().to_string();
+        assert!(e.contains("0xdead0000"), "{e}");
+    }
+
     #[test]
     fn capabilities_are_checked_on_this_kvm() {
         let Ok(kvm) = Kvm::new() else { return };
