@@ -130,6 +130,27 @@ mod tests {
     }
 
     #[test]
+    fn cpu_config_is_read_from_its_key_and_checked() {
+        let file = ConfigFile::parse(
+            r#"{"cpu-config": {"kvm_capabilities": ["!36"], "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0",
+                "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"}]}]}}"#,
+        )
+        .unwrap();
+        let mut instance = instance();
+        file.apply(&mut instance).unwrap();
+        let json = serde_json::to_value(instance.full_config()).unwrap();
+        assert_eq!(json["cpu-config"]["kvm_capabilities"][0], "!36");
+        assert_eq!(
+            json["cpu-config"]["cpuid_modifiers"][0]["modifiers"][0]["bitmap"],
+            "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"
+        );
+        let e = ConfigFile::parse(r#"{"cpu-config": {"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Invalid bitmap"), "{e}");
+    }
+
+    #[test]
     fn a_firecracker_config_with_empty_device_lists_parses() {
         let text = r#"{
             "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},

@@ -329,6 +329,40 @@ mod tests {
     }
 
     #[test]
+    fn cpu_config_is_put_only_and_refuses_bad_templates_with_400() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/cpu-config", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", "");
+        assert_eq!((status, fault(&json)), (400, "Empty PUT request."));
+        let bad =
+            r#"{"cpuid_modifiers": [{"leaf": 7, "subleaf": 0, "modifiers": [{"register": "ebx", "bitmap": "0bx"}]}]}"#;
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", bad);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid bitmap \"0bx\""), "{json}");
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", r#"{"kvm_capabilities": ["!"]}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid KVM capability"), "{json}");
+        let (status, _) = call(&mut i, Method::Put, "/cpu-config", r#"{"kvm_capabilities": ["33"]}"#);
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["cpu-config"]["kvm_capabilities"], serde_json::json!(["33"]));
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 127, "huge_pages": "2M"}"#,
+        );
+        assert_eq!(
+            (status, fault(&json)),
+            (
+                400,
+                "The memory size (MiB) is either 0, or not a multiple of the configured page size."
+            )
+        );
+    }
+
+    #[test]
     fn unknown_paths_are_404_and_wrong_methods_405() {
         let mut i = instance();
         let (status, json) = call(&mut i, Method::Get, "/nothing", "");
