@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<vmm::cpu_config::CustomCpuTemplate>,
     #[serde(default)]
     pub drives: Vec<Value>,
     #[serde(rename = "network-interfaces", default)]
@@ -67,6 +69,9 @@ impl ConfigFile {
             instance
                 .put_machine_config(machine)
                 .map_err(|e| ("machine-config", e))?;
+        }
+        if let Some(template) = self.cpu_config {
+            instance.put_cpu_config(template).map_err(|e| ("cpu-config", e))?;
         }
         if let Some(boot_source) = self.boot_source {
             instance.put_boot_source(boot_source).map_err(|e| ("boot-source", e))?;
@@ -122,6 +127,27 @@ mod tests {
 
     fn instance() -> Instance {
         Instance::new("t".into(), VmmOptions::default())
+    }
+
+    #[test]
+    fn cpu_config_is_read_from_its_key_and_checked() {
+        let file = ConfigFile::parse(
+            r#"{"cpu-config": {"kvm_capabilities": ["!36"], "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0",
+                "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"}]}]}}"#,
+        )
+        .unwrap();
+        let mut instance = instance();
+        file.apply(&mut instance).unwrap();
+        let json = serde_json::to_value(instance.full_config()).unwrap();
+        assert_eq!(json["cpu-config"]["kvm_capabilities"][0], "!36");
+        assert_eq!(
+            json["cpu-config"]["cpuid_modifiers"][0]["modifiers"][0]["bitmap"],
+            "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"
+        );
+        let e = ConfigFile::parse(r#"{"cpu-config": {"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Invalid bitmap"), "{e}");
     }
 
     #[test]

@@ -6,9 +6,10 @@
 use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
+use vmm::cpu_config::CustomCpuTemplate;
 use vmm::{
-    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, MachineConfig, MicroVm, MicroVmConfig, VmState,
-    VmmError, VmmOptions,
+    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig,
+    VmState, VmmError, VmmOptions,
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};
@@ -46,6 +47,7 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     pub cpu_template: Option<CpuTemplateName>,
     pub track_dirty_pages: Option<bool>,
+    pub huge_pages: Option<HugePages>,
 }
 
 impl MachineConfigUpdate {
@@ -60,6 +62,7 @@ impl MachineConfigUpdate {
             smt: self.smt.unwrap_or(base.smt),
             cpu_template: self.cpu_template.unwrap_or(base.cpu_template),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
+            huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct FullVmConfig<'a> {
     pub machine_config: &'a MachineConfig,
     #[serde(flatten)]
     pub devices: &'a DeviceConfigs,
+    #[serde(rename = "cpu-config", skip_serializing_if = "Option::is_none")]
+    pub cpu_config: Option<&'a CustomCpuTemplate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logger: Option<&'a LoggerConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +152,7 @@ impl Instance {
         FullVmConfig {
             boot_source: self.config.boot_source.as_ref(),
             machine_config: &self.config.machine,
+            cpu_config: self.config.cpu_config.as_ref(),
             devices: &self.devices,
             logger: self.logger.as_ref(),
             metrics: self.metrics.as_ref(),
@@ -168,6 +174,13 @@ impl Instance {
         self.ensure_not_started()?;
         boot_source.validate()?;
         self.config.boot_source = Some(boot_source);
+        Ok(())
+    }
+
+    /// `PUT /cpu-config`: a custom CPU template (already parsed and checked), pre-boot only.
+    pub fn put_cpu_config(&mut self, template: CustomCpuTemplate) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        self.config.cpu_config = Some(template);
         Ok(())
     }
 

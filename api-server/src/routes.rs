@@ -59,6 +59,7 @@ enum Route {
     MachineConfig,
     Vm,
     VmConfig,
+    CpuConfig,
     Logger,
     Metrics,
     Drive(String),
@@ -78,6 +79,7 @@ impl Route {
             "/machine-config" => Route::MachineConfig,
             "/vm" => Route::Vm,
             "/vm/config" => Route::VmConfig,
+            "/cpu-config" => Route::CpuConfig,
             "/logger" => Route::Logger,
             "/metrics" => Route::Metrics,
             "/vsock" => Route::Vsock,
@@ -98,7 +100,9 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::Actions | Route::BootSource | Route::Logger | Route::Metrics | Route::Vsock => "PUT",
+            Route::Actions | Route::BootSource | Route::CpuConfig | Route::Logger | Route::Metrics | Route::Vsock => {
+                "PUT"
+            }
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
@@ -200,6 +204,10 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vm, Method::Patch) => {
             let vm: VmBody = body(req)?;
             instance.set_vm_state(vm.state)?;
+            Ok(Response::no_content())
+        }
+        (Route::CpuConfig, Method::Put) => {
+            instance.put_cpu_config(body(req)?)?;
             Ok(Response::no_content())
         }
         (Route::Logger, Method::Put) => {
@@ -321,6 +329,40 @@ mod tests {
     }
 
     #[test]
+    fn cpu_config_is_put_only_and_refuses_bad_templates_with_400() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/cpu-config", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", "");
+        assert_eq!((status, fault(&json)), (400, "Empty PUT request."));
+        let bad =
+            r#"{"cpuid_modifiers": [{"leaf": 7, "subleaf": 0, "modifiers": [{"register": "ebx", "bitmap": "0bx"}]}]}"#;
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", bad);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid bitmap \"0bx\""), "{json}");
+        let (status, json) = call(&mut i, Method::Put, "/cpu-config", r#"{"kvm_capabilities": ["!"]}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid KVM capability"), "{json}");
+        let (status, _) = call(&mut i, Method::Put, "/cpu-config", r#"{"kvm_capabilities": ["33"]}"#);
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["cpu-config"]["kvm_capabilities"], serde_json::json!(["33"]));
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 127, "huge_pages": "2M"}"#,
+        );
+        assert_eq!(
+            (status, fault(&json)),
+            (
+                400,
+                "The memory size (MiB) is either 0, or not a multiple of the configured page size."
+            )
+        );
+    }
+
+    #[test]
     fn unknown_paths_are_404_and_wrong_methods_405() {
         let mut i = instance();
         let (status, json) = call(&mut i, Method::Get, "/nothing", "");
@@ -369,7 +411,7 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             json,
-            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": true, "cpu_template": "None", "track_dirty_pages": false})
+            json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": true, "cpu_template": "None", "track_dirty_pages": false, "huge_pages": "None"})
         );
         let (status, json) = call(&mut i, Method::Patch, "/machine-config", "{}");
         assert_eq!((status, fault(&json)), (400, "Empty PATCH request."));

@@ -5,6 +5,9 @@
 //!     (`Guest-boot-time`, measured inside hull from the start of the VM build) and as the host sees it
 //!     (request sent → log line read from hull's stderr); the same booted with `--no-api --config-file`;
 //! (c) hull's resident memory minus the guest's RAM, with the tiny `counter` guest running;
+//! (c') `huge_pages` `None` against `2M`: a 256 MiB guest with a 64 MiB initrd that hull copies in, VM build
+//!     time (`Guest-boot-time`) and hull's minor page faults (the 2 MiB pool is reserved for the run and
+//!     restored after);
 //! (d) with `--linux`: hull start → the real kernel's `Run /init` (one boot: about a minute here).
 //!
 //! Every hull runs through `hull_tests::Hull`, which kills it (SIGKILL, and PR_SET_PDEATHSIG if this
@@ -67,6 +70,11 @@ pub fn run(opts: &BootOptions) -> Vec<Section> {
         "boot.rss",
         "hull RSS minus guest memory (tiny counter guest running, 128 MiB)",
         |s| rss(s, opts.runs.clamp(1, 5), &opts.hull_bin),
+    ));
+    sections.push(run_section(
+        "boot.huge_pages",
+        "huge_pages None vs 2M: Guest-boot-time and hull's minor faults (256 MiB guest, 64 MiB initrd copied in)",
+        |s| huge_pages(s, opts.runs.clamp(1, 10)),
     ));
     if opts.linux {
         sections.push(run_section(
@@ -361,6 +369,74 @@ fn rss(s: &mut Section, runs: usize, hull_bin: &Path) -> Result<()> {
         "measured after the guest printed `tick 2`; the guest touches little of its RAM, so the guest \
             figure is mostly what hull wrote (the kernel image, boot structures)",
     );
+    Ok(())
+}
+
+/// Sets `vm.nr_hugepages` and restores the old value on drop.
+struct HugePagePool(String);
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePagePool {
+    fn reserve(pages: u64) -> Result<HugePagePool> {
+        let old = std::fs::read_to_string(NR_HUGEPAGES).map_err(fail("reading vm.nr_hugepages"))?;
+        std::fs::write(NR_HUGEPAGES, pages.to_string()).map_err(fail("writing vm.nr_hugepages"))?;
+        Ok(HugePagePool(old.trim().to_string()))
+    }
+}
+
+impl Drop for HugePagePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, &self.0);
+    }
+}
+
+/// (c') The same boot with 4 KiB and with 2 MiB pages; hull copies the initrd into guest memory, so the
+/// page size shows in its faults and build time (the tiny guest itself touches one page).
+fn huge_pages(s: &mut Section, runs: usize) -> Result<()> {
+    const MEM_MIB: u64 = 256;
+    const INITRD_MIB: usize = 64;
+    let _pool = HugePagePool::reserve(MEM_MIB / 2 + 8)?;
+    let dir = TempDir::new("bench-huge").map_err(fail("creating a temporary directory"))?;
+    let initrd = dir.path().join("initrd.bin");
+    let bytes: Vec<u8> = (0..INITRD_MIB << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(&initrd, bytes).map_err(fail("writing the initrd"))?;
+    for huge in ["None", "2M"] {
+        let config = json!({
+            "boot-source": { "kernel_image_path": tiny_guest("halt.elf"), "boot_args": TINY_BOOT_ARGS,
+                             "initrd_path": initrd },
+            "machine-config": { "vcpu_count": 1, "mem_size_mib": MEM_MIB, "huge_pages": huge },
+        });
+        let file = dir.path().join(format!("vm-{huge}.json"));
+        std::fs::write(&file, config.to_string()).map_err(fail(format!("writing {}", file.display())))?;
+        let (mut boot_ms, mut faults) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let args = [
+                OsArg::from("--no-api"),
+                "--config-file".into(),
+                file.as_os_str().into(),
+                "--boot-timer".into(),
+            ];
+            let hull = Hull::spawn("bench-huge", args);
+            let line = hull.wait_for_log("Guest-boot-time", TINY_TIMEOUT).ok_or_else(|| {
+                BenchError::failed(format!("no boot-timer line with huge_pages {huge}\n{}", hull.report()))
+            })?;
+            let us = parse_boot_time_us(&line).ok_or_else(|| BenchError::failed(format!("bad line {line:?}")))?;
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", hull.pid()))
+                .map_err(fail("reading /proc/PID/stat"))?;
+            // Field 10 (minflt) counts after the command name, which ends at the last ')'.
+            let minflt = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| BenchError::failed("no minflt in /proc/PID/stat"))?;
+            boot_ms.push(us as f64 / 1e3);
+            faults.push(minflt);
+        }
+        s.metric(format!("Guest-boot-time, huge_pages {huge}"), "ms", boot_ms);
+        s.metric(format!("hull minor page faults, huge_pages {huge}"), "faults", faults);
+    }
+    s.note("vm.nr_hugepages is raised for this section and put back after it");
     Ok(())
 }
 

@@ -41,7 +41,8 @@ usage: hull-bench <suite> [options]
 
 suites:
   boot       hull spawn → API socket; InstanceStart → tiny guest's boot timer (API and --config-file);
-             hull RSS minus guest memory; with --linux, hull start → Linux `Run /init`
+             hull RSS minus guest memory; huge_pages None vs 2M (boot time, minor faults; reserves
+             vm.nr_hugepages for the run); with --linux, hull start → Linux `Run /init`
   devices    virtio-blk, -vsock and -net device cores driven through guest-memory queues, next to the
              raw host operation (pread/pwrite, unix socket pair, TAP write); then guest-measured MB/s
              of blk (dd) and vsock (bulk transfer) in a QEMU TCG guest with hull's vhost-user backends

@@ -112,7 +112,7 @@ fn machine_config_has_firecracker_defaults() {
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.json(),
-        json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "cpu_template": "None", "track_dirty_pages": false})
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "cpu_template": "None", "track_dirty_pages": false, "huge_pages": "None"})
     );
 }
 

@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn e820_reserves_the_legacy_area_and_follows_the_memory_size() {
-        let mem = create_guest_memory(128).unwrap();
+        let mem = create_guest_memory(128, crate::config::HugePages::None).unwrap();
         let map = e820_map(&mem);
         assert_eq!(map[0], (0, EBDA_START, E820_RAM));
         assert_eq!(map[1], (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED));
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn e820_continues_above_4g_for_large_guests() {
-        let mem = create_guest_memory(4096).unwrap();
+        let mem = create_guest_memory(4096, crate::config::HugePages::None).unwrap();
         let map = e820_map(&mem);
         assert_eq!(map[2], (HIMEM_START, MMIO_HOLE_START - HIMEM_START, E820_RAM));
         assert_eq!(map[3], (1 << 32, (4096u64 << 20) - MMIO_HOLE_START, E820_RAM));
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn linux_boot_params_carry_cmdline_initrd_and_e820() {
-        let mem = create_guest_memory(64).unwrap();
+        let mem = create_guest_memory(64, crate::config::HugePages::None).unwrap();
         let rd = InitrdRegion {
             addr: GuestAddress(0x300_0000),
             size: 0x1234,
@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn pvh_start_info_points_at_memmap_and_module() {
-        let mem = create_guest_memory(32).unwrap();
+        let mem = create_guest_memory(32, crate::config::HugePages::None).unwrap();
         let rd = InitrdRegion {
             addr: GuestAddress(0x100_0000),
             size: 4096,
@@ -371,7 +371,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let small = dir.join("small");
         std::fs::write(&small, vec![7u8; 5000]).unwrap();
-        let mem = create_guest_memory(32).unwrap();
+        let mem = create_guest_memory(32, crate::config::HugePages::None).unwrap();
         let rd = load_initrd(&mem, &small, 0x20_0000).unwrap();
         assert_eq!(rd.size, 5000);
         assert_eq!(rd.addr.raw_value() & 0xfff, 0);
@@ -392,7 +392,7 @@ mod tests {
     fn garbage_kernel_is_refused_with_both_reasons() {
         let p = std::env::temp_dir().join(format!("hull-garbage-kernel-{}", std::process::id()));
         std::fs::write(&p, vec![0x41u8; 8192]).unwrap();
-        let mem = create_guest_memory(16).unwrap();
+        let mem = create_guest_memory(16, crate::config::HugePages::None).unwrap();
         let e = load_kernel(&mem, &p).err().unwrap().to_string();
         assert!(e.contains("neither a loadable ELF nor a bzImage"), "{e}");
         std::fs::remove_file(&p).unwrap();

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, EntryPoint, InitrdRegion, LoadedKernel};
 use crate::config::{MicroVmConfig, SerialOutput, VmmOptions};
+use crate::cpu_config::{self, CustomCpuTemplate};
 use crate::cpu_template::{self, CpuTemplate};
 use crate::event_loop::{self, SerialInput, Subscriber};
 use crate::layout::*;
@@ -57,6 +58,10 @@ pub enum BuildError {
     SerialOutput { path: String, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     EventLoop(std::io::Error),
+    #[error("Invalid CPU configuration: {0}")]
+    CpuConfig(#[from] cpu_config::CpuConfigError),
+    #[error("Failed to get CPU template: {0}")]
+    CpuTemplate(#[from] cpu_template::TemplateError),
     #[error("cannot attach a virtio device: {0}")]
     Virtio(#[from] virtio_devices::AttachError),
 }
@@ -75,10 +80,11 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         .ok_or(crate::config::ConfigError::MissingBootSource)?;
     let machine = &config.machine;
 
-    let template = choose_cpu_template(machine.cpu_template);
+    let template = choose_cpu_template(machine.cpu_template)?;
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    cpu_config::check_capabilities(&kvm, config.cpu_config.as_ref()).map_err(BuildError::CpuConfig)?;
     let vm = create_vm(&kvm)?;
-    let mem = create_guest_memory(&vm, machine.mem_size_mib)?;
+    let mem = create_guest_memory(&vm, machine.mem_size_mib, machine.huge_pages)?;
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
@@ -90,7 +96,14 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     };
     let cmdline_len = write_cmdline(&mem, boot_source.boot_args_or_default(), template, &virtio_cmdline)?;
     write_boot_structures(&mem, &kernel, cmdline_len, initrd, machine.vcpu_count)?;
-    let vcpus = create_vcpus(&kvm, &vm, &mem, machine.vcpu_count, template, kernel.entry)?;
+    let vcpus = create_vcpus(
+        &kvm,
+        &vm,
+        &mem,
+        machine.vcpu_count,
+        (template, config.cpu_config.as_ref()),
+        kernel.entry,
+    )?;
 
     let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
     let event_thread = event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
@@ -135,17 +148,17 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
 }
 
 /// Step: the CPU template, chosen automatically on a software KVM.
-fn choose_cpu_template(name: crate::config::CpuTemplateName) -> CpuTemplate {
+fn choose_cpu_template(name: crate::config::CpuTemplateName) -> Result<CpuTemplate, BuildError> {
     let software = cpu_template::software_kvm_detected();
-    let template = cpu_template::resolve(name, software);
-    if software && template == CpuTemplate::SoftKvm {
+    let template = cpu_template::resolve(name, software, cpu_template::host_vendor())?;
+    if software && template != CpuTemplate::PassThrough {
         tracing::info!(
             "software KVM (kvm_pvm) detected: CPU template SoftKvm hides cmpxchg16b, popcnt, xsave, AVX, SSE4 \
              and more from the guest, and the kernel command line gets: {}",
             cpu_template::cmdline_switches(template).unwrap_or_default()
         );
     }
-    template
+    Ok(template)
 }
 
 /// Step: the VM with its in-kernel interrupt controllers (PIC, IO APIC, LAPICs) and PIT.
@@ -165,8 +178,12 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
 }
 
 /// Step: guest RAM, mapped here and registered with KVM.
-fn create_guest_memory(vm: &VmFd, mem_mib: usize) -> Result<GuestMemoryMmap, BuildError> {
-    let mem = memory::create_guest_memory(mem_mib)?;
+fn create_guest_memory(
+    vm: &VmFd,
+    mem_mib: usize,
+    huge_pages: crate::config::HugePages,
+) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = memory::create_guest_memory(mem_mib, huge_pages)?;
     memory::register_memory(vm, &mem)?;
     Ok(mem)
 }
@@ -351,7 +368,7 @@ fn create_vcpus(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     count: u8,
-    template: CpuTemplate,
+    (template, custom): (CpuTemplate, Option<&CustomCpuTemplate>),
     entry: EntryPoint,
 ) -> Result<Vec<VcpuFd>, BuildError> {
     let supported: CpuId = kvm
@@ -360,8 +377,14 @@ fn create_vcpus(
     (0..count)
         .map(|index| {
             let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
+            let mut cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
+            if let Some(custom) = custom {
+                custom.apply_cpuid(&mut cpuid)?;
+            }
             vcpu::configure_vcpu(&fd, index, mem, &cpuid, entry)?;
+            if let Some(custom) = custom {
+                custom.apply_msrs(&fd, index)?;
+            }
             Ok(fd)
         })
         .collect()

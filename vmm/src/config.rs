@@ -27,6 +27,9 @@ pub enum ConfigError {
     InvalidVcpuCount(u64),
     #[error("The memory size (MiB) must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} (got {0})")]
     InvalidMemorySize(u64),
+    /// Firecracker's text for a memory size that the huge page size does not divide.
+    #[error("The memory size (MiB) is either 0, or not a multiple of the configured page size.")]
+    MemoryNotPageAligned,
     #[error("The kernel command line is invalid: {0}")]
     InvalidBootArgs(String),
     #[error("Missing boot source: configure the kernel with PUT /boot-source before starting the microVM")]
@@ -100,7 +103,9 @@ fn check_readable(path: &std::path::Path) -> Result<(), String> {
     std::fs::File::open(path).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// CPU templates: which CPU features the guest is shown.
+/// CPU templates: which CPU features the guest is shown. Firecracker's static templates keep their names
+/// and their host checks (`cpu_template.rs`): Intel ones are refused on AMD at `InstanceStart`, as
+/// Firecracker refuses them, `T2A` only applies on AMD, and `V1N1` (Arm) never on x86_64.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuTemplateName {
     /// Pass KVM's supported CPUID through, except on a software KVM (`kvm_pvm`), where `SoftKvm` is chosen.
@@ -108,6 +113,36 @@ pub enum CpuTemplateName {
     None,
     /// Hide what a software KVM cannot emulate (cmpxchg16b, popcnt, xsave, AVX, SSE4, ...).
     SoftKvm,
+    /// Firecracker's Intel templates.
+    C3,
+    T2,
+    T2S,
+    T2CL,
+    /// Firecracker's AMD template: an AMD host shown with a T2-like feature set.
+    T2A,
+    /// Firecracker's Arm Neoverse V1 template.
+    V1N1,
+}
+
+/// `huge_pages`: the page size behind guest memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Ordinary 4 KiB pages.
+    #[default]
+    None,
+    /// 2 MiB hugetlbfs pages (the host needs free pages in `vm.nr_hugepages`).
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+impl HugePages {
+    /// The page size in MiB that guest memory must be a multiple of (1: no constraint beyond MiB).
+    pub fn page_mib(self) -> usize {
+        match self {
+            HugePages::None => 1,
+            HugePages::Hugetlbfs2M => 2,
+        }
+    }
 }
 
 /// `machine-config`: vCPUs and memory.
@@ -124,6 +159,8 @@ pub struct MachineConfig {
     /// Accepted for Firecracker compatibility; hull has no snapshots, so nothing reads the dirty log.
     #[serde(default)]
     pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub huge_pages: HugePages,
 }
 
 impl Default for MachineConfig {
@@ -134,6 +171,7 @@ impl Default for MachineConfig {
             smt: false,
             cpu_template: CpuTemplateName::None,
             track_dirty_pages: false,
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -146,6 +184,9 @@ impl MachineConfig {
         }
         if self.mem_size_mib < MIN_MEM_MIB || self.mem_size_mib > MAX_MEM_MIB {
             return Err(ConfigError::InvalidMemorySize(self.mem_size_mib as u64));
+        }
+        if !self.mem_size_mib.is_multiple_of(self.huge_pages.page_mib()) {
+            return Err(ConfigError::MemoryNotPageAligned);
         }
         Ok(())
     }
@@ -488,6 +529,8 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
+    pub cpu_config: Option<crate::cpu_config::CustomCpuTemplate>,
 }
 
 impl MicroVmConfig {
@@ -591,6 +634,23 @@ mod tests {
         m.smt = false;
         m.mem_size_mib = 1;
         assert_eq!(m.validate(), Err(ConfigError::InvalidMemorySize(1)));
+    }
+
+    #[test]
+    fn huge_pages_parse_with_firecrackers_names_and_need_whole_pages() {
+        let m: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":129,"huge_pages":"2M"}"#).unwrap();
+        assert_eq!(m.huge_pages, HugePages::Hugetlbfs2M);
+        assert_eq!(m.validate(), Err(ConfigError::MemoryNotPageAligned));
+        let m = MachineConfig { mem_size_mib: 128, ..m };
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(serde_json::to_value(m).unwrap()["huge_pages"], "2M");
+        let r: Result<MachineConfig, _> =
+            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":128,"huge_pages":"1G"}"#);
+        assert!(r.unwrap_err().to_string().contains("unknown variant"));
+        let t: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"T2A"}"#).unwrap();
+        assert_eq!(t.cpu_template, CpuTemplateName::T2A);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What each vCPU is told by CPUID: KVM's supported set, normalized per vCPU (APIC ID, topology,
 //! hypervisor bit), then filtered by a CPU template. The `SoftKvm` template hides what a software KVM
 //! such as `kvm_pvm` cannot emulate in guest kernel mode; hull picks it automatically on such a host.
+//! Firecracker's static templates are checked against the host's CPU vendor (CPUID leaf 0) with
+//! Firecracker's refusals; `T2A` applies on AMD hosts (with `SoftKvm`'s hiding on top on a software KVM).
 
 use std::path::Path;
 
@@ -13,6 +15,49 @@ use crate::config::CpuTemplateName;
 pub enum CpuTemplate {
     PassThrough,
     SoftKvm,
+    /// Firecracker's `T2A`; `soft_kvm` adds `SoftKvm`'s hiding, which a software KVM needs in any case.
+    T2A {
+        soft_kvm: bool,
+    },
+}
+
+/// Why a static template cannot be used on this host. The texts are Firecracker's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("CPU vendor mismatched between actual CPU and CPU template.")]
+    CpuVendorMismatched,
+    #[error("Invalid static CPU template: {0:?}")]
+    InvalidStaticCpuTemplate(CpuTemplateName),
+    /// An Intel template on an Intel host: hull does not carry Firecracker's Intel CPUID/MSR tables.
+    #[error("The CPU template {0:?} is not available in hull; use None, T2A (AMD) or PUT /cpu-config")]
+    NotAvailable(CpuTemplateName),
+}
+
+/// The host CPU's vendor, from CPUID leaf 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    Intel,
+    Amd,
+    Other,
+}
+
+/// Reads the host's vendor string.
+pub fn host_vendor() -> Vendor {
+    // CPUID is available on every x86_64 CPU and has no side effects.
+    let leaf = std::arch::x86_64::__cpuid(0);
+    vendor_from_leaf0(leaf.ebx, leaf.edx, leaf.ecx)
+}
+
+fn vendor_from_leaf0(ebx: u32, edx: u32, ecx: u32) -> Vendor {
+    let mut id = [0u8; 12];
+    id[0..4].copy_from_slice(&ebx.to_le_bytes());
+    id[4..8].copy_from_slice(&edx.to_le_bytes());
+    id[8..12].copy_from_slice(&ecx.to_le_bytes());
+    match &id {
+        b"GenuineIntel" => Vendor::Intel,
+        b"AuthenticAMD" => Vendor::Amd,
+        _ => Vendor::Other,
+    }
 }
 
 /// True when /dev/kvm is the software `kvm_pvm` implementation.
@@ -20,12 +65,30 @@ pub fn software_kvm_detected() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Chooses the template: an explicit one wins; `None` becomes `SoftKvm` on a software KVM.
-pub fn resolve(name: CpuTemplateName, software_kvm: bool) -> CpuTemplate {
+/// Chooses the template: an explicit one wins; `None` becomes `SoftKvm` on a software KVM. Static
+/// templates are checked against the host's vendor as Firecracker checks them.
+pub fn resolve(name: CpuTemplateName, software_kvm: bool, vendor: Vendor) -> Result<CpuTemplate, TemplateError> {
     match name {
-        CpuTemplateName::SoftKvm => CpuTemplate::SoftKvm,
-        CpuTemplateName::None if software_kvm => CpuTemplate::SoftKvm,
-        CpuTemplateName::None => CpuTemplate::PassThrough,
+        CpuTemplateName::SoftKvm => Ok(CpuTemplate::SoftKvm),
+        CpuTemplateName::None if software_kvm => Ok(CpuTemplate::SoftKvm),
+        CpuTemplateName::None => Ok(CpuTemplate::PassThrough),
+        CpuTemplateName::T2A if vendor == Vendor::Amd => Ok(CpuTemplate::T2A { soft_kvm: software_kvm }),
+        CpuTemplateName::T2A => Err(TemplateError::CpuVendorMismatched),
+        CpuTemplateName::C3 | CpuTemplateName::T2 | CpuTemplateName::T2S | CpuTemplateName::T2CL => {
+            if vendor == Vendor::Intel {
+                Err(TemplateError::NotAvailable(name))
+            } else {
+                Err(TemplateError::CpuVendorMismatched)
+            }
+        }
+        CpuTemplateName::V1N1 => Err(TemplateError::InvalidStaticCpuTemplate(name)),
+    }
+}
+
+impl CpuTemplate {
+    /// True when the software-KVM hiding applies.
+    fn soft_kvm(self) -> bool {
+        matches!(self, CpuTemplate::SoftKvm | CpuTemplate::T2A { soft_kvm: true })
     }
 }
 
@@ -36,9 +99,9 @@ pub fn resolve(name: CpuTemplateName, software_kvm: bool) -> CpuTemplate {
 /// which livelocked a 2-vCPU guest whose emulated timer ticks took longer than a tick, and a 1-vCPU
 /// boot reached `Run /init` in well under half the time without the switch.
 pub fn cmdline_switches(template: CpuTemplate) -> Option<&'static str> {
-    match template {
-        CpuTemplate::PassThrough => None,
-        CpuTemplate::SoftKvm => Some(
+    match template.soft_kvm() {
+        false => None,
+        true => Some(
             "tsc=unstable noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,rdpid,fsgsbase,smap,pcid,invpcid,movbe,erms,fsrm,\
              xsaveopt,xsavec,xsaves,avx,avx2,avx512f,sse4_1",
         ),
@@ -109,7 +172,10 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, template: CpuTemplate
     let core_shift = 32 - u32::from(count.max(1) - 1).leading_zeros();
     for e in cpuid.as_mut_slice().iter_mut() {
         normalize(e, apic_id, u32::from(count), core_shift);
-        if template == CpuTemplate::SoftKvm {
+        if let CpuTemplate::T2A { .. } = template {
+            t2a(e);
+        }
+        if template.soft_kvm() {
             soft_kvm(e);
         }
     }
@@ -193,6 +259,80 @@ fn normalize(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: u32
     }
 }
 
+// T2A: an AMD host shown with the feature set of a T2 instance (Skylake/Cascade Lake class), as
+// Firecracker's T2A template does: no AVX-512 and newer Intel-era extensions, and none of the AMD-only
+// extensions a T2 guest would not find (SVM, XOP, FMA4, TBM, LWP, IBS, perf counter extensions, ...).
+const T2A_L1_ECX: u32 = (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 18);
+const T2A_L7_EBX: u32 =
+    L7_EBX_AVX512_ALL | (1 << 2) | (1 << 4) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 22) | (1 << 24) | (1 << 29);
+const T2A_L7_ECX: u32 = L7_ECX_AVX512_ALL
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 13)
+    | L7_ECX_RDPID
+    | (1 << 25)
+    | (1 << 27)
+    | (1 << 28);
+const T2A_L7_EDX: u32 = L7_EDX_FSRM | (1 << 2) | (1 << 3) | (1 << 8) | (1 << 14) | (1 << 18) | (1 << 23);
+const T2A_EXT1_ECX: u32 = (1 << 2)
+    | (1 << 3)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 29)
+    | (1 << 30);
+const T2A_EXT1_EDX: u32 = (1 << 26) | (1 << 30) | (1 << 31);
+
+fn t2a(e: &mut kvm_cpuid_entry2) {
+    match (e.function, e.index) {
+        (0x1, _) => e.ecx &= !T2A_L1_ECX,
+        (0x7, 0) => {
+            e.ebx &= !T2A_L7_EBX;
+            e.ecx &= !T2A_L7_ECX;
+            e.edx &= !T2A_L7_EDX;
+        }
+        (0x7, _) => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        (0x8000_0001, _) => {
+            e.ecx &= !T2A_EXT1_ECX;
+            e.edx &= !T2A_EXT1_EDX;
+        }
+        _ => {}
+    }
+}
+
 fn soft_kvm(e: &mut kvm_cpuid_entry2) {
     match (e.function, e.index) {
         (0x1, _) => e.ecx &= !SOFT_KVM_L1_ECX,
@@ -257,13 +397,73 @@ mod tests {
 
     #[test]
     fn auto_template_follows_the_host() {
-        assert_eq!(resolve(CpuTemplateName::None, true), CpuTemplate::SoftKvm);
-        assert_eq!(resolve(CpuTemplateName::None, false), CpuTemplate::PassThrough);
-        assert_eq!(resolve(CpuTemplateName::SoftKvm, false), CpuTemplate::SoftKvm);
+        let amd = Vendor::Amd;
+        assert_eq!(resolve(CpuTemplateName::None, true, amd), Ok(CpuTemplate::SoftKvm));
+        assert_eq!(resolve(CpuTemplateName::None, false, amd), Ok(CpuTemplate::PassThrough));
+        assert_eq!(resolve(CpuTemplateName::SoftKvm, false, amd), Ok(CpuTemplate::SoftKvm));
         assert!(cmdline_switches(CpuTemplate::PassThrough).is_none());
         let sw = cmdline_switches(CpuTemplate::SoftKvm).unwrap();
         let list = sw.split("clearcpuid=").nth(1).unwrap();
         assert!(list.len() < 128, "Linux truncates clearcpuid at ~128 chars");
+    }
+
+    #[test]
+    fn static_templates_are_checked_against_the_vendor_as_firecracker_does() {
+        for intel in [
+            CpuTemplateName::C3,
+            CpuTemplateName::T2,
+            CpuTemplateName::T2S,
+            CpuTemplateName::T2CL,
+        ] {
+            let e = resolve(intel, false, Vendor::Amd).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "CPU vendor mismatched between actual CPU and CPU template."
+            );
+            assert!(resolve(intel, false, Vendor::Intel).is_err());
+        }
+        assert_eq!(
+            resolve(CpuTemplateName::T2A, true, Vendor::Amd),
+            Ok(CpuTemplate::T2A { soft_kvm: true })
+        );
+        assert_eq!(
+            resolve(CpuTemplateName::T2A, false, Vendor::Intel),
+            Err(TemplateError::CpuVendorMismatched)
+        );
+        assert_eq!(
+            resolve(CpuTemplateName::V1N1, false, Vendor::Amd)
+                .unwrap_err()
+                .to_string(),
+            "Invalid static CPU template: V1N1"
+        );
+        // "AuthenticAMD" is EBX, EDX, ECX of leaf 0.
+        let le = |s: &[u8; 4]| u32::from_le_bytes(*s);
+        assert_eq!(vendor_from_leaf0(le(b"Auth"), le(b"enti"), le(b"cAMD")), Vendor::Amd);
+        assert_eq!(vendor_from_leaf0(le(b"Genu"), le(b"ineI"), le(b"ntel")), Vendor::Intel);
+        assert_eq!(vendor_from_leaf0(0, 0, 0), Vendor::Other);
+    }
+
+    #[test]
+    fn t2a_hides_avx512_and_amd_only_extensions() {
+        let mut s = sample();
+        s.push(kvm_cpuid_entry2 {
+            function: 0x8000_0001,
+            ecx: (1 << 2) | (1 << 16) | 1,
+            edx: 1 << 29,
+            ..Default::default()
+        })
+        .unwrap();
+        let c = vcpu_cpuid(&s, 0, 1, CpuTemplate::T2A { soft_kvm: false });
+        let ext = find(&c, 0x8000_0001, 0);
+        assert_eq!(ext.ecx, 1, "SVM and FMA4 hidden, LAHF/SAHF kept");
+        assert_eq!(ext.edx, 1 << 29, "long mode kept");
+        assert_ne!(find(&c, 1, 0).ecx & L1_ECX_POPCNT, 0, "no SoftKvm hiding asked");
+        let l7 = find(&c, 7, 0);
+        assert_eq!(l7.ecx & L7_ECX_RDPID, 0);
+        assert_ne!(l7.ebx & L7_EBX_AVX2, 0, "a T2 has AVX2");
+        let soft = vcpu_cpuid(&s, 0, 1, CpuTemplate::T2A { soft_kvm: true });
+        assert_eq!(find(&soft, 1, 0).ecx & L1_ECX_POPCNT, 0);
+        assert!(cmdline_switches(CpuTemplate::T2A { soft_kvm: true }).is_some());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod boot;
 mod builder;
 pub mod config;
+pub mod cpu_config;
 pub mod cpu_template;
 mod event_loop;
 mod exit;
@@ -20,7 +21,7 @@ mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, IoEngine, MachineConfig,
+    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, HugePages, IoEngine, MachineConfig,
     MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;

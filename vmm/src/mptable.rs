@@ -149,7 +149,7 @@ mod tests {
     fn fits_below_one_mib_for_the_largest_guest() {
         let b = build(crate::config::MAX_VCPUS).unwrap();
         assert!(MPTABLE_START + b.len() as u64 <= HIMEM_START);
-        let mem = crate::memory::create_guest_memory(16).unwrap();
+        let mem = crate::memory::create_guest_memory(16, crate::config::HugePages::None).unwrap();
         write(&mem, 2).unwrap();
         let mut sig = [0u8; 4];
         mem.read_slice(&mut sig, GuestAddress(MPTABLE_START)).unwrap();

@@ -82,6 +82,7 @@ const fn iowr(nr: u32, size: usize) -> u32 {
 use std::mem::size_of;
 
 pub const KVM_CREATE_VM: u32 = io(0x01);
+pub const KVM_CHECK_EXTENSION: u32 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u32 = io(0x04);
 pub const KVM_GET_SUPPORTED_CPUID: u32 = iowr(0x05, size_of::<kvm_cpuid2>());
 pub const KVM_CREATE_VCPU: u32 = io(0x41);
@@ -97,6 +98,7 @@ pub const KVM_GET_REGS: u32 = ior(0x81, size_of::<kvm_regs>());
 pub const KVM_SET_REGS: u32 = iow(0x82, size_of::<kvm_regs>());
 pub const KVM_GET_SREGS: u32 = ior(0x83, size_of::<kvm_sregs>());
 pub const KVM_SET_SREGS: u32 = iow(0x84, size_of::<kvm_sregs>());
+pub const KVM_GET_MSRS: u32 = iowr(0x88, size_of::<kvm_msrs>());
 pub const KVM_SET_MSRS: u32 = iow(0x89, size_of::<kvm_msrs>());
 pub const KVM_SET_FPU: u32 = iow(0x8d, size_of::<kvm_fpu>());
 pub const KVM_GET_LAPIC: u32 = ior(0x8e, size_of::<kvm_lapic_state>());
@@ -115,6 +117,8 @@ const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
 const MAP_PRIVATE_ANON: u32 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
 const MAP_NORESERVE: u32 = libc::MAP_NORESERVE as u32;
 const MAP_STACK: u32 = libc::MAP_STACK as u32;
+/// Guest memory on 2 MiB pages (`huge_pages: "2M"`).
+const MAP_HUGETLB_2M: u32 = (libc::MAP_HUGETLB | libc::MAP_HUGE_2MB) as u32;
 /// The futex command without the PRIVATE and CLOCK_REALTIME flag bits.
 const FUTEX_CMD: u32 = 0x7f;
 const SIGABRT: u32 = libc::SIGABRT as u32;
@@ -126,6 +130,7 @@ const MMAP_RULES: &[&[Arg]] = &[
     &[eq(3, MAP_PRIVATE_ANON), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_PRIVATE_ANON | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_PRIVATE_ANON | MAP_STACK), masked(2, PROT_EXEC, 0)],
+    &[eq(3, MAP_PRIVATE_ANON | MAP_HUGETLB_2M), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
 ];
@@ -285,6 +290,7 @@ const API_OWN: &[Allow] = &[
         libc::SYS_ioctl,
         &[
             &[eq(1, KVM_CREATE_VM)],
+            &[eq(1, KVM_CHECK_EXTENSION)],
             &[eq(1, KVM_GET_VCPU_MMAP_SIZE)],
             &[eq(1, KVM_GET_SUPPORTED_CPUID)],
             &[eq(1, KVM_CREATE_VCPU)],
@@ -298,6 +304,7 @@ const API_OWN: &[Allow] = &[
             &[eq(1, KVM_SET_REGS)],
             &[eq(1, KVM_SET_SREGS)],
             &[eq(1, KVM_SET_MSRS)],
+            &[eq(1, KVM_GET_MSRS)],
             &[eq(1, KVM_SET_FPU)],
             &[eq(1, KVM_GET_LAPIC)],
             &[eq(1, KVM_SET_LAPIC)],

@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn long_mode_boot_state_identity_maps_the_first_gib() {
-        let mem = crate::memory::create_guest_memory(16).unwrap();
+        let mem = crate::memory::create_guest_memory(16, crate::config::HugePages::None).unwrap();
         let entry = EntryPoint::Linux64(GuestAddress(0x100_0000));
         let sregs = boot_sregs(&mem, kvm_sregs::default(), entry).unwrap();
         assert_eq!(sregs.cr3, PML4_START);
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn pvh_boot_state_is_flat_protected_mode_with_start_info_in_ebx() {
-        let mem = crate::memory::create_guest_memory(16).unwrap();
+        let mem = crate::memory::create_guest_memory(16, crate::config::HugePages::None).unwrap();
         let entry = EntryPoint::Pvh(GuestAddress(0x10_0000));
         let sregs = boot_sregs(&mem, kvm_sregs::default(), entry).unwrap();
         assert_eq!(sregs.cr0, X86_CR0_PE | X86_CR0_ET);
