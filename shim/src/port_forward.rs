@@ -295,17 +295,8 @@ fn reset(tcp: &TcpStream) {
 
 /// Copies `from` into `to` until `from` ends or either fails, then half-closes `to`.
 fn copy_then_close<R: Read, W: Write>(mut from: R, mut to: W, close: impl FnOnce(&W) -> io::Result<()>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+    // An error on either side ends the copy as the end of `from` does.
+    let _ = std::io::copy(&mut from, &mut to);
     let _ = close(&to);
 }
 
