@@ -65,6 +65,9 @@ fn ctrl_c_tears_everything_down() {
     // SIGKILL.
     let mut run = HullRun::spawn(command(&[], &["sh", "-c", "echo ready; exec sleep 600"]), None);
     run.wait_stdout("ready", RUN_TIMEOUT);
+    // "ready" comes from the shell, which catches SIGINT itself until it has exec'd sleep: give the exec
+    // time, or a loaded machine can deliver the Ctrl-C to the shell.
+    std::thread::sleep(Duration::from_secs(1));
     let pid = run.pid();
     run.signal(libc::SIGINT);
     std::thread::sleep(Duration::from_secs(3));
