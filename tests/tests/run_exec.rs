@@ -219,7 +219,7 @@ fn terminal_exec_resource_updates_and_oom_events() {
     exec(
         &agent,
         "hog",
-        serde_json::json!({ "args": ["sh", "-c", "x=$(head -c 80000000 /dev/zero | tr '\\0' a); echo $x"],
+        serde_json::json!({ "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=80M", "count=1"],
                             "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 } }),
         false,
     );
