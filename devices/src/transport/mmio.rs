@@ -77,7 +77,7 @@ pub const STATUS_DRIVER_OK: u32 = 0x04;
 pub const STATUS_FEATURES_OK: u32 = 0x08;
 pub const STATUS_FAILED: u32 = 0x80;
 /// The bits a driver may set; anything else it writes is dropped.
-const DRIVER_STATUS_BITS: u32 =
+pub(crate) const DRIVER_STATUS_BITS: u32 =
     STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK | STATUS_FEATURES_OK | STATUS_FAILED;
 
 /// InterruptStatus bits: a used buffer was added / the configuration changed (or the device broke).
@@ -85,11 +85,11 @@ pub const INT_VRING: u32 = 0x1;
 pub const INT_CONFIG: u32 = 0x2;
 
 /// `VIRTIO_RING_F_EVENT_IDX`: if a device offers it and the driver takes it, the queues use it.
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+pub(crate) const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// Largest queue the split ring allows.
-const MAX_QUEUE_SIZE: u16 = 32768;
+pub(crate) const MAX_QUEUE_SIZE: u16 = 32768;
 /// `QueueSignals` has one bit per queue.
-const MAX_QUEUES: usize = 64;
+pub(crate) const MAX_QUEUES: usize = 64;
 
 /// A device core cannot be wrapped (a bug in the core, not guest input).
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,12 @@ pub enum TransportError {
         device: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("virtio device {device}: {source}")]
+    PciCapability {
+        device: String,
+        #[source]
+        source: super::pci::config_space::CapabilityFull,
     },
 }
 
@@ -141,14 +147,14 @@ pub fn device_type_name(device_type: u32) -> &'static str {
     }
 }
 
-/// One queue's registers as the driver wrote them; validated only at `DRIVER_OK`.
+/// One queue's registers as the driver wrote them; validated only at `DRIVER_OK` (shared with virtio-pci).
 #[derive(Clone, Copy, Debug, Default)]
-struct QueueRegs {
-    size: u32,
-    ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
+pub(crate) struct QueueRegs {
+    pub(crate) size: u32,
+    pub(crate) ready: bool,
+    pub(crate) desc: u64,
+    pub(crate) avail: u64,
+    pub(crate) used: u64,
 }
 
 /// Replaces the low or high half of `addr`.
@@ -307,6 +313,11 @@ impl MmioTransport {
     /// middle of a request. `None` when the core is something else.
     pub fn with_device<T: 'static, R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         self.device.as_any_mut()?.downcast_mut::<T>().map(f)
+    }
+
+    /// The core as `Any`, for [`super::VirtioTransport`].
+    pub fn device_any(&mut self) -> Option<&mut dyn std::any::Any> {
+        self.device.as_any_mut()
     }
 
     /// The host changed the device's config space (a new disk capacity): ConfigGeneration moves on, and a
@@ -474,52 +485,7 @@ impl MmioTransport {
 
     fn try_activate(&mut self) -> Result<(), ActivationError> {
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for (index, (queue, regs)) in self.queues.iter_mut().zip(&self.regs).enumerate() {
-            queue.reset();
-            if !regs.ready {
-                continue;
-            }
-            let max = queue.max_size();
-            let size = u16::try_from(regs.size)
-                .ok()
-                .filter(|s| *s != 0 && s.is_power_of_two() && *s <= max)
-                .ok_or(ActivationError::QueueSize {
-                    queue: index,
-                    size: regs.size,
-                    max,
-                })?;
-            queue.try_set_size(size).map_err(|_| ActivationError::QueueSize {
-                queue: index,
-                size: regs.size,
-                max,
-            })?;
-            let align = |ring, addr| ActivationError::QueueAlignment {
-                queue: index,
-                ring,
-                addr,
-            };
-            queue
-                .try_set_desc_table_address(GuestAddress(regs.desc))
-                .map_err(|_| align("descriptor table", regs.desc))?;
-            queue
-                .try_set_avail_ring_address(GuestAddress(regs.avail))
-                .map_err(|_| align("available ring", regs.avail))?;
-            queue
-                .try_set_used_ring_address(GuestAddress(regs.used))
-                .map_err(|_| align("used ring", regs.used))?;
-            queue.set_event_idx(event_idx);
-            queue.set_ready(true);
-            if !queue.is_valid(&self.mem) {
-                queue.reset();
-                return Err(ActivationError::QueueOutsideMemory {
-                    queue: index,
-                    desc: regs.desc,
-                    avail: regs.avail,
-                    used: regs.used,
-                    size: regs.size,
-                });
-            }
-        }
+        activate_queues(&mut self.queues, &self.regs, &self.mem, event_idx)?;
         self.device.activate()?;
         Ok(())
     }
@@ -630,6 +596,64 @@ impl MmioTransport {
             _ => {}
         }
     }
+}
+
+/// Validates the queues the driver made ready (power-of-two size within the maximum, aligned rings inside
+/// guest memory) and hands their registers to the `Queue`s; the others are left reset. Used at
+/// `DRIVER_OK` by both transports.
+pub(crate) fn activate_queues(
+    queues: &mut [Queue],
+    regs: &[QueueRegs],
+    mem: &GuestMemory,
+    event_idx: bool,
+) -> Result<(), ActivationError> {
+    for (index, (queue, regs)) in queues.iter_mut().zip(regs).enumerate() {
+        queue.reset();
+        if !regs.ready {
+            continue;
+        }
+        let max = queue.max_size();
+        let size = u16::try_from(regs.size)
+            .ok()
+            .filter(|s| *s != 0 && s.is_power_of_two() && *s <= max)
+            .ok_or(ActivationError::QueueSize {
+                queue: index,
+                size: regs.size,
+                max,
+            })?;
+        queue.try_set_size(size).map_err(|_| ActivationError::QueueSize {
+            queue: index,
+            size: regs.size,
+            max,
+        })?;
+        let align = |ring, addr| ActivationError::QueueAlignment {
+            queue: index,
+            ring,
+            addr,
+        };
+        queue
+            .try_set_desc_table_address(GuestAddress(regs.desc))
+            .map_err(|_| align("descriptor table", regs.desc))?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(regs.avail))
+            .map_err(|_| align("available ring", regs.avail))?;
+        queue
+            .try_set_used_ring_address(GuestAddress(regs.used))
+            .map_err(|_| align("used ring", regs.used))?;
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
+        if !queue.is_valid(mem) {
+            queue.reset();
+            return Err(ActivationError::QueueOutsideMemory {
+                queue: index,
+                desc: regs.desc,
+                avail: regs.avail,
+                used: regs.used,
+                size: regs.size,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl BusDevice for MmioTransport {

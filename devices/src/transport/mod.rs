@@ -1,6 +1,8 @@
 //! Transports that carry a [`crate::virtio::VirtioDevice`] core to a guest inside hull. `mmio` is
-//! virtio-mmio version 2 (virtio 1.x): a 4 KiB register window on the MMIO bus per device. (The other
-//! transport, vhost-user, serves the same cores to another VMM and lives in `crate::vhost_user`.)
+//! virtio-mmio version 2 (virtio 1.x): a 4 KiB register window on the MMIO bus per device. `pci` is
+//! virtio-pci (modern only): a function on PCI bus 0 with one memory BAR and MSI-X. The VMM drives both
+//! through [`VirtioTransport`]. (The other transport, vhost-user, serves the same cores to another VMM and
+//! lives in `crate::vhost_user`.)
 //!
 //! [`NeedsReset`] is the one place that remembers a device is broken: device cores only report a fatal
 //! error; every transport records it here, stops calling the core and forgets it when the driver resets
@@ -9,10 +11,87 @@
 //! Never trusted here: any value the driver writes into a register window.
 
 pub mod mmio;
+pub mod pci;
 
 pub use mmio::{MmioTransport, TransportError};
+pub use pci::VirtioPciDevice;
 
-use crate::virtio::{DeviceError, QueueSignals};
+use std::os::fd::RawFd;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio::{DeviceError, DeviceMetrics, QueueSignals};
+
+/// What the VMM's event loop and host-side updates need of a transport, whichever it is.
+pub trait VirtioTransport: Send {
+    /// The name given at creation (`block:rootfs`).
+    fn label(&self) -> &str;
+    /// The virtio device id of the core.
+    fn device_type(&self) -> u32;
+    /// The core's counters, if it keeps any.
+    fn metrics(&self) -> Option<std::sync::Arc<dyn DeviceMetrics>>;
+    /// The driver kicked queue `index`.
+    fn notify_queue(&mut self, index: usize);
+    /// The core's backend fd polled readable.
+    fn process_backend(&mut self);
+    /// Readable when the device starts or stops serving.
+    fn state_event(&self) -> &EventFd;
+    /// The core's host-side fd while the device serves.
+    fn backend_fd(&self) -> Option<RawFd>;
+    /// The host changed the config space: new generation, and an interrupt for a running driver.
+    fn config_changed(&mut self);
+    /// The config generation (as the transport counts it).
+    fn config_generation(&self) -> u32;
+    /// The core as `Any`, for host-side operations one kind of device has.
+    fn device_any(&mut self) -> Option<&mut dyn std::any::Any>;
+}
+
+impl dyn VirtioTransport {
+    /// Runs `f` on the core when it is a `T`; `None` otherwise.
+    pub fn with_device<T: 'static, R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.device_any()?.downcast_mut::<T>().map(f)
+    }
+}
+
+macro_rules! impl_virtio_transport {
+    ($t:ty) => {
+        impl VirtioTransport for $t {
+            fn label(&self) -> &str {
+                <$t>::label(self)
+            }
+            fn device_type(&self) -> u32 {
+                <$t>::device_type(self)
+            }
+            fn metrics(&self) -> Option<std::sync::Arc<dyn DeviceMetrics>> {
+                <$t>::metrics(self)
+            }
+            fn notify_queue(&mut self, index: usize) {
+                <$t>::notify_queue(self, index)
+            }
+            fn process_backend(&mut self) {
+                <$t>::process_backend(self)
+            }
+            fn state_event(&self) -> &EventFd {
+                <$t>::state_event(self)
+            }
+            fn backend_fd(&self) -> Option<RawFd> {
+                <$t>::backend_fd(self)
+            }
+            fn config_changed(&mut self) {
+                <$t>::config_changed(self)
+            }
+            fn config_generation(&self) -> u32 {
+                <$t>::config_generation(self)
+            }
+            fn device_any(&mut self) -> Option<&mut dyn std::any::Any> {
+                <$t>::device_any(self)
+            }
+        }
+    };
+}
+
+impl_virtio_transport!(MmioTransport);
+impl_virtio_transport!(VirtioPciDevice);
 
 /// A transport's `DEVICE_NEEDS_RESET` state. A core's processing call that returns `Err(DeviceError)` sets
 /// it; while set, the core is not called (the call answers `DeviceError::NeedsReset`); a driver reset
