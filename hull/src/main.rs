@@ -145,7 +145,7 @@ fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
         tracing::warn!("--metadata is valid JSON, but hull has no MMDS yet: the guest cannot read it");
     }
     if fc.enable_pci {
-        tracing::warn!("--enable-pci: hull has no virtio-pci; devices are on virtio-mmio");
+        tracing::info!("--enable-pci: the virtio devices are virtio-pci functions on PCI bus 0 (MSI-X interrupts)");
     }
     Ok(())
 }

@@ -69,6 +69,7 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
         VmmOptions {
             boot_timer: args.boot_timer,
             serial,
+            enable_pci: args.firecracker.enable_pci,
             seccomp: ThreadFilters {
                 event_loop: filters.get(ThreadKind::EventLoop),
                 vcpu: filters.get(ThreadKind::Vcpu),

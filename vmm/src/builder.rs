@@ -14,6 +14,7 @@ use devices::bus::{Bus, BusDevice};
 use devices::legacy::i8042::{I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ};
 use devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::legacy::{BootTimer, IrqLine, SerialConsole, I8042};
+use devices::transport::pci::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -28,6 +29,7 @@ use crate::memory::{self, GuestMemoryMmap};
 use crate::metrics::{MetricSources, VcpuMetrics};
 use crate::microvm::{MicroVm, VmmError};
 use crate::mptable;
+use crate::msi_routing::MsiRouting;
 use crate::vcpu::{self, VcpuContext, VcpuControl};
 use crate::virtio_devices;
 
@@ -88,7 +90,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
-    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&vm, &mem, config, &mut legacy, &mut metrics)?;
+    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&kvm, &vm, &mem, config, &mut legacy, &mut metrics)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -196,6 +198,8 @@ struct LegacyDevices {
     reset_evt: EventFd,
     subscribers: Vec<Subscriber>,
     uart_metrics: Arc<dyn devices::virtio::DeviceMetrics>,
+    /// PCI bus 0 on ports 0xCF8-0xCFF, with `--enable-pci`: the virtio devices become its functions.
+    pci: Option<Arc<Mutex<PciRoot>>>,
 }
 
 fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildError> {
@@ -276,8 +280,21 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
         mmio.insert(Arc::new(Mutex::new(BootTimer::new(started))), BOOT_TIMER_ADDR, 0x1000)
             .map_err(bus_err)?;
     }
+    let pci = if options.enable_pci {
+        let root = Arc::new(Mutex::new(PciRoot::new()));
+        pio.insert(
+            root.clone() as Arc<Mutex<dyn BusDevice>>,
+            PCI_CONFIG_PORT,
+            PCI_CONFIG_PORT_LEN,
+        )
+        .map_err(bus_err)?;
+        Some(root)
+    } else {
+        None
+    };
     let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial)))];
     Ok(LegacyDevices {
+        pci,
         pio: Arc::new(pio),
         mmio,
         i8042,
@@ -289,11 +306,14 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 
 /// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
-/// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
-/// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive, and the
+/// through ioeventfds and its interrupt an irqfd, served by the event loop. With `--enable-pci` each is a
+/// virtio-pci function on bus 0 instead, its BAR from `PCI_BAR_START`, its interrupts MSI-X vectors.
+/// Returns the command-line entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>` and
+/// `pci=off`, or nothing for PCI, which the kernel scans) and mount the root drive, and the
 /// drives and network interfaces, for `PATCH /drives` and `PATCH /network-interfaces`. Each device's
 /// counters join `metrics`.
 fn attach_virtio_devices(
+    kvm: &Kvm,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &MicroVmConfig,
@@ -303,12 +323,29 @@ fn attach_virtio_devices(
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
     let mut drives = virtio_devices::Drives::default();
     let mut nets = virtio_devices::NetInterfaces::default();
+    let routing = match legacy.pci {
+        Some(_) => Some(MsiRouting::new(kvm, vm).map_err(|e| BuildError::Devices(e.to_string()))?),
+        None => {
+            // Firecracker's behaviour without PCI: the kernel does not probe for it.
+            cmdline.push("pci=off".to_string());
+            None
+        }
+    };
     for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
-        let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
-        let irq = IRQ_BASE + slot as u32;
         let drive = device.drive.clone();
         let iface = device.iface.clone();
-        let (subscriber, transport) = virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+        let (subscriber, transport) = match (&legacy.pci, &routing) {
+            (Some(root), Some(routing)) => {
+                let bar = PCI_BAR_START + slot as u64 * devices::transport::pci::BAR_SIZE;
+                virtio_devices::attach_pci(vm, mem, &mut legacy.mmio, root, routing, device, bar)?
+            }
+            _ => {
+                let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
+                let irq = IRQ_BASE + slot as u32;
+                cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
+                virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?
+            }
+        };
         let (counters, kind) = {
             let t = devices::bus::lock(&transport);
             (t.metrics(), t.device_type())
@@ -323,7 +360,6 @@ fn attach_virtio_devices(
             metrics.vsock = counters;
         }
         legacy.subscribers.push(subscriber);
-        cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
     }
     Ok((cmdline, drives, nets))
 }
@@ -388,4 +424,89 @@ fn create_vcpus(
             Ok(fd)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the legacy-device and virtio steps for a VM with one vsock device; `None` without /dev/kvm.
+    fn attach(enable_pci: bool, dir: &std::path::Path) -> Option<(Vec<String>, LegacyDevices)> {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("skipped: no /dev/kvm");
+            return None;
+        };
+        let vm = create_vm(&kvm).unwrap();
+        let mem = create_guest_memory(&vm, 64, Default::default()).unwrap();
+        let options = VmmOptions {
+            serial: SerialOutput::Sink,
+            enable_pci,
+            ..Default::default()
+        };
+        let mut legacy = create_legacy_devices(&vm, &options, Instant::now()).unwrap();
+        let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), Arc::new(VcpuMetrics::default()));
+        let config = MicroVmConfig {
+            vsock: Some(crate::config::VsockConfig {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: dir.join(format!("v{enable_pci}.sock")),
+            }),
+            ..Default::default()
+        };
+        let (cmdline, _, _) = attach_virtio_devices(&kvm, &vm, &mem, &config, &mut legacy, &mut metrics).unwrap();
+        Some((cmdline, legacy))
+    }
+
+    fn config_read32(pio: &Bus, slot: u32, register: u32) -> Option<u32> {
+        let address = 0x8000_0000u32 | (slot << 11) | register;
+        assert!(pio.write(PCI_CONFIG_PORT, &address.to_le_bytes()));
+        let mut b = [0u8; 4];
+        pio.read(PCI_CONFIG_PORT + 4, &mut b).then(|| u32::from_le_bytes(b))
+    }
+
+    #[test]
+    fn without_pci_devices_are_on_virtio_mmio_and_the_kernel_is_told_pci_off() {
+        let dir = std::env::temp_dir().join(format!("hull-builder-mmio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let Some((cmdline, legacy)) = attach(false, &dir) else {
+            return;
+        };
+        assert!(cmdline.contains(&"pci=off".to_string()), "{cmdline:?}");
+        assert!(
+            cmdline.contains(&"virtio_mmio.device=4K@0xd0000000:5".to_string()),
+            "{cmdline:?}"
+        );
+        assert!(legacy.pci.is_none());
+        let mut b = [0u8; 4];
+        assert!(
+            !legacy.pio.read(PCI_CONFIG_PORT + 4, &mut b),
+            "no PCI configuration ports"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn with_pci_devices_are_pci_functions_with_assigned_bars_and_no_cmdline_entries() {
+        let dir = std::env::temp_dir().join(format!("hull-builder-pci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let Some((cmdline, legacy)) = attach(true, &dir) else {
+            return;
+        };
+        assert!(
+            !cmdline
+                .iter()
+                .any(|c| c.starts_with("pci=") || c.starts_with("virtio_mmio")),
+            "{cmdline:?}"
+        );
+        // 00:00.0 is the host bridge; 00:01.0 the vsock device (0x1040 + 19) with its BAR assigned.
+        assert_eq!(config_read32(&legacy.pio, 0, 0x08).map(|c| c >> 16), Some(0x0600));
+        assert_eq!(config_read32(&legacy.pio, 1, 0), Some(0x1053_1af4));
+        assert_eq!(config_read32(&legacy.pio, 1, 0x10), Some(PCI_BAR_START as u32 | 4));
+        assert_eq!(config_read32(&legacy.pio, 2, 0), Some(u32::MAX), "empty slot");
+        // The BAR answers on the MMIO bus: the common configuration's num_queues (3 for vsock).
+        let mut q = [0u8; 2];
+        assert!(legacy.mmio.read(PCI_BAR_START + 0x12, &mut q));
+        assert_eq!(u16::from_le_bytes(q), 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -614,6 +614,8 @@ pub struct VmmOptions {
     pub serial: SerialOutput,
     /// Seccomp filters for the event loop and vCPU threads, installed as each thread starts.
     pub seccomp: crate::seccomp::ThreadFilters,
+    /// `--enable-pci`: every virtio device is a virtio-pci function (else virtio-mmio, and `pci=off`).
+    pub enable_pci: bool,
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub const BOOT_TIMER_ADDR: u64 = 0xc000_0000;
 /// virtio-mmio devices: one 4 KiB window each, after the boot timer page.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// virtio-pci BARs (`--enable-pci`): one 32 KiB BAR per device from here, assigned by hull (there is no
+/// firmware; Linux keeps assigned BARs). Inside the MMIO hole, which the e820 map leaves out of RAM, and
+/// below the IO APIC.
+pub const PCI_BAR_START: u64 = 0xe000_0000;
 /// The local APIC and IO APIC (in the MMIO hole, as hardware has them).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const APIC_ADDR: u64 = 0xfee0_0000;

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 mod microvm;
 pub mod mptable;
+pub mod msi_routing;
 pub mod seccomp;
 pub mod vcpu;
 mod virtio_devices;

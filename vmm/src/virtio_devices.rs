@@ -1,6 +1,7 @@
 //! hull's virtio devices in the VMM: building each device core from its `*Config`, putting it behind a
-//! virtio-mmio window on the MMIO bus, wiring its notifications to KVM (one ioeventfd per queue on the
-//! QueueNotify register, one irqfd for its interrupt line), and the event-loop subscriber that runs the
+//! virtio-mmio window on the MMIO bus (one ioeventfd per queue on the QueueNotify register, one irqfd for
+//! its interrupt line) or, with `--enable-pci`, behind a virtio-pci function on bus 0 (its BAR on the MMIO
+//! bus, one ioeventfd per queue notification slot, an irqfd per MSI-X vector), and the event-loop subscriber that runs the
 //! device when a queue is kicked or its host-side fd is readable (a TAP, a socket, or a rate limiter's
 //! timer). The running drives and network interfaces stay reachable for post-boot updates (`PATCH`): a new
 //! backing file, new rate limits.
@@ -15,13 +16,15 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, Bus, BusDevice};
 use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
+use devices::transport::pci::{notify_address, PciRoot, VirtioPciDevice, BAR_SIZE};
+use devices::transport::VirtioTransport;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 // Every line here can be triggered by the guest (or its driver): rate-limited per call site.
 use hull_logging::{guest_debug as debug, guest_info as info, guest_warn as warn};
 use vmm_sys_util::epoll::EventSet;
@@ -30,6 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{MicroVmConfig, RateLimiterConfig};
 use crate::event_loop::Subscriber;
 use crate::memory::GuestMemoryMmap;
+use crate::msi_routing::{MsiError, MsiRouting};
 
 /// Attaching a virtio device failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,18 @@ pub enum AttachError {
         irq: u32,
         #[source]
         source: kvm_ioctls::Error,
+    },
+    #[error("{device}: MSI-X vectors: {source}")]
+    Msi {
+        device: String,
+        #[source]
+        source: MsiError,
+    },
+    #[error("{device}: {source}")]
+    PciSlot {
+        device: String,
+        #[source]
+        source: devices::transport::pci::bus::BusFull,
     },
     #[error("{device}: cannot map its registers at {addr:#x}: {source}")]
     Bus {
@@ -106,7 +122,7 @@ pub enum DriveUpdateError {
 struct DriveHandle {
     id: String,
     read_only: bool,
-    transport: Arc<Mutex<MmioTransport>>,
+    transport: Arc<Mutex<dyn VirtioTransport>>,
 }
 
 /// The running microVM's drives, for `PATCH /drives/{id}`.
@@ -115,7 +131,7 @@ pub struct Drives(Vec<DriveHandle>);
 
 impl Drives {
     /// Remembers an attached drive.
-    pub fn add(&mut self, id: String, read_only: bool, transport: Arc<Mutex<MmioTransport>>) {
+    pub fn add(&mut self, id: String, read_only: bool, transport: Arc<Mutex<dyn VirtioTransport>>) {
         self.0.push(DriveHandle {
             id,
             read_only,
@@ -164,11 +180,11 @@ impl Drives {
 
 /// The running microVM's network interfaces, for `PATCH /network-interfaces/{id}`.
 #[derive(Default)]
-pub struct NetInterfaces(Vec<(String, Arc<Mutex<MmioTransport>>)>);
+pub struct NetInterfaces(Vec<(String, Arc<Mutex<dyn VirtioTransport>>)>);
 
 impl NetInterfaces {
     /// Remembers an attached network interface.
-    pub fn add(&mut self, id: String, transport: Arc<Mutex<MmioTransport>>) {
+    pub fn add(&mut self, id: String, transport: Arc<Mutex<dyn VirtioTransport>>) {
         self.0.push((id, transport));
     }
 
@@ -275,7 +291,7 @@ pub fn attach_mmio(
     device: DeviceCore,
     addr: u64,
     irq: u32,
-) -> Result<(Subscriber, Arc<Mutex<MmioTransport>>), AttachError> {
+) -> Result<(Subscriber, Arc<Mutex<dyn VirtioTransport>>), AttachError> {
     let label = device.label;
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| AttachError::EventFd {
         device: label.clone(),
@@ -314,7 +330,65 @@ pub fn attach_mmio(
             source,
         })?;
     info!(device = %label, kind = %kind, addr = format_args!("{addr:#x}"), irq, ioeventfds = ioeventfds.len(), "virtio-mmio device attached");
-    let handler = Arc::new(Mutex::new(MmioDeviceHandler::new(transport.clone(), ioeventfds)));
+    let transport: Arc<Mutex<dyn VirtioTransport>> = transport;
+    let handler = Arc::new(Mutex::new(DeviceHandler::new(transport.clone(), ioeventfds)));
+    Ok((handler, transport))
+}
+
+/// Puts `core` behind a virtio-pci function on `root` with its BAR at `bar` (on the MMIO bus): one GSI
+/// and irqfd per MSI-X vector from `routing` (a route is set when the guest unmasks the vector), one
+/// ioeventfd per queue on its notification slot (the MMIO-exit path stays as the fallback). Returns the
+/// event-loop subscriber and the transport, as [`attach_mmio`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn attach_pci(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    root: &Mutex<PciRoot>,
+    routing: &Arc<MsiRouting>,
+    device: DeviceCore,
+    bar: u64,
+) -> Result<(Subscriber, Arc<Mutex<dyn VirtioTransport>>), AttachError> {
+    let label = device.label;
+    let queues = device.core.queue_max_sizes().len();
+    let vectors = routing.vectors(vm, queues + 1).map_err(|source| AttachError::Msi {
+        device: label.clone(),
+        source,
+    })?;
+    let function = VirtioPciDevice::new(label.clone(), device.core, mem.clone(), bar, Box::new(vectors))?;
+    let kind = device_type_name(function.device_type());
+    let mut ioeventfds = Vec::with_capacity(function.queue_count());
+    for index in 0..function.queue_count() {
+        let registered = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| e.to_string())
+            .and_then(|evt| {
+                vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify_address(bar, index)), NoDatamatch)
+                    .map(|()| evt)
+                    .map_err(|e| e.to_string())
+            });
+        match registered {
+            Ok(evt) => ioeventfds.push((index, evt)),
+            Err(error) => {
+                warn!(device = %label, index, %error, "no ioeventfd for this queue; its notifications take the MMIO-exit path");
+            }
+        }
+    }
+    let function = Arc::new(Mutex::new(function));
+    mmio.insert(function.clone() as Arc<Mutex<dyn BusDevice>>, bar, BAR_SIZE)
+        .map_err(|source| AttachError::Bus {
+            device: label.clone(),
+            addr: bar,
+            source,
+        })?;
+    let slot = lock(root)
+        .add(function.clone() as Arc<Mutex<dyn devices::transport::pci::PciFunction>>)
+        .map_err(|source| AttachError::PciSlot {
+            device: label.clone(),
+            source,
+        })?;
+    info!(device = %label, kind = %kind, slot, bar = format_args!("{bar:#x}"), vectors = queues + 1, ioeventfds = ioeventfds.len(), "virtio-pci device attached");
+    let transport: Arc<Mutex<dyn VirtioTransport>> = function;
+    let handler = Arc::new(Mutex::new(DeviceHandler::new(transport.clone(), ioeventfds)));
     Ok((handler, transport))
 }
 
@@ -323,9 +397,9 @@ const STATE_TOKEN: u32 = u32::MAX;
 /// Event token of the device's host-side fd.
 const BACKEND_TOKEN: u32 = u32::MAX - 1;
 
-/// The event-loop side of one virtio-mmio device.
-pub struct MmioDeviceHandler {
-    transport: Arc<Mutex<MmioTransport>>,
+/// The event-loop side of one virtio device, on either transport.
+pub struct DeviceHandler {
+    transport: Arc<Mutex<dyn VirtioTransport>>,
     ioeventfds: Vec<(usize, EventFd)>,
     state_fd: RawFd,
     label: String,
@@ -333,13 +407,13 @@ pub struct MmioDeviceHandler {
     watched_backend: Option<RawFd>,
 }
 
-impl MmioDeviceHandler {
-    fn new(transport: Arc<Mutex<MmioTransport>>, ioeventfds: Vec<(usize, EventFd)>) -> Self {
+impl DeviceHandler {
+    fn new(transport: Arc<Mutex<dyn VirtioTransport>>, ioeventfds: Vec<(usize, EventFd)>) -> Self {
         let (state_fd, label) = {
             let t = lock(&transport);
             (t.state_event().as_raw_fd(), t.label().to_string())
         };
-        MmioDeviceHandler {
+        DeviceHandler {
             transport,
             ioeventfds,
             state_fd,
@@ -368,7 +442,7 @@ impl MmioDeviceHandler {
     }
 }
 
-impl MutEventSubscriber for MmioDeviceHandler {
+impl MutEventSubscriber for DeviceHandler {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, evt) in &self.ioeventfds {
             if let Err(error) = ops.add(Events::with_data(evt, *index as u32, EventSet::IN)) {

@@ -18,8 +18,8 @@
 //! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`: every thread of a `hull vhost-user` backend.
 
 use kvm_bindings::{
-    kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region,
+    kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config,
+    kvm_regs, kvm_sregs, kvm_userspace_memory_region,
 };
 
 /// One allowed system call: with any arguments (`only` empty), or only when the arguments match one of the
@@ -90,6 +90,7 @@ pub const KVM_SET_USER_MEMORY_REGION: u32 = iow(0x46, size_of::<kvm_userspace_me
 pub const KVM_SET_TSS_ADDR: u32 = io(0x47);
 pub const KVM_SET_IDENTITY_MAP_ADDR: u32 = iow(0x48, size_of::<u64>());
 pub const KVM_CREATE_IRQCHIP: u32 = io(0x60);
+pub const KVM_SET_GSI_ROUTING: u32 = iow(0x6a, size_of::<kvm_irq_routing>());
 pub const KVM_IRQFD: u32 = iow(0x76, size_of::<kvm_irqfd>());
 pub const KVM_CREATE_PIT2: u32 = iow(0x77, size_of::<kvm_pit_config>());
 pub const KVM_IOEVENTFD: u32 = iow(0x79, size_of::<kvm_ioeventfd>());
@@ -213,12 +214,18 @@ pub const KICK_SIGNAL: u32 = 34;
 const KICK: &[Allow] = &[only("tgkill", libc::SYS_tgkill, &[&[eq(2, KICK_SIGNAL)]])];
 
 /// A vCPU: KVM_RUN, and the exits it routes (serial output, eventfds of the reset line and interrupts,
-/// registers read to report a failed vCPU); it kicks the other vCPUs when the guest ends the VM.
+/// registers read to report a failed vCPU, the MSI routes a virtio-pci driver programs when it unmasks an
+/// MSI-X vector); it kicks the other vCPUs when the guest ends the VM.
 const VCPU: &[Allow] = &[
     only(
         "ioctl",
         libc::SYS_ioctl,
-        &[&[eq(1, KVM_RUN)], &[eq(1, KVM_GET_REGS)], &[eq(1, KVM_GET_SREGS)]],
+        &[
+            &[eq(1, KVM_RUN)],
+            &[eq(1, KVM_GET_REGS)],
+            &[eq(1, KVM_GET_SREGS)],
+            &[eq(1, KVM_SET_GSI_ROUTING)],
+        ],
     ),
     any("read", libc::SYS_read),
     // `--serial-out` with a size cap rotates the console file on the vCPU that writes the byte: copy it
