@@ -1,8 +1,9 @@
-//! hull's virtio devices under the project's real guest kernel, in one boot (each boot costs about a minute of
-//! emulated ring 0 under the software kvm_pvm): an ext4 root drive that the kernel mounts, a virtio-net
+//! hull's virtio devices under the project's real guest kernel, in one boot per transport (virtio-mmio, and
+//! virtio-pci with `--enable-pci`; each boot costs about a minute of emulated ring 0 under the software
+//! kvm_pvm): an ext4 root drive that the kernel mounts, a virtio-net
 //! interface on a TAP that gets a DHCP answer from dnsmasq, and a vsock device the guest driver brings up
-//! (hull logs `virtio-mmio device activated` with `kind=vsock` when the driver writes DRIVER_OK; the kernel
-//! itself prints nothing when virtio-vsock probes).
+//! (hull logs `virtio-mmio device activated` or `virtio-pci device activated` with `kind=vsock` when the
+//! driver writes DRIVER_OK; the kernel itself prints nothing when virtio-vsock probes).
 //!
 //! Everything the test touches lives in places it creates: a network namespace with the TAP and dnsmasq (hull
 //! is started inside it with `ip netns exec`, since the TAP lives there), and a temporary directory with the
@@ -173,18 +174,41 @@ fn hull_in_netns(dir: &Path, netns: &str) -> PathBuf {
     wrapper
 }
 
+/// Which transport hull puts the devices on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Mmio,
+    Pci,
+}
+
 #[test]
 fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vsock() {
-    const NAME: &str = "linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vsock";
-    require_kvm!(NAME);
+    boot_with_virtio_devices(
+        "linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vsock",
+        Transport::Mmio,
+    );
+}
+
+/// The same boot with `--enable-pci`: the kernel finds the three devices by scanning PCI bus 0 (no
+/// command-line entries) and its virtio-pci driver runs them with MSI-X interrupts.
+#[test]
+fn linux_finds_the_same_devices_on_virtio_pci_with_enable_pci() {
+    boot_with_virtio_devices(
+        "linux_finds_the_same_devices_on_virtio_pci_with_enable_pci",
+        Transport::Pci,
+    );
+}
+
+fn boot_with_virtio_devices(name: &str, transport: Transport) {
+    require_kvm!(name);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        skip(NAME, "network namespaces and TAP devices need root");
+        skip(name, "network namespaces and TAP devices need root");
         return;
     }
     for tool in ["ip", "mkfs.ext4", "dnsmasq"] {
         if !have(tool) {
-            skip(NAME, &format!("{tool} is missing; run scripts/install-test-deps.sh"));
+            skip(name, &format!("{tool} is missing; run scripts/install-test-deps.sh"));
             return;
         }
     }
@@ -194,11 +218,16 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
     let dir = TempDir::new("virtio-boot").expect("create temp dir");
     let rootfs = make_rootfs(dir.path());
     let net = TestNetwork::create(dir.path());
-    // hull_bin() honours $HULL_BIN, so pointing it at the wrapper starts hull inside the namespace. This test
-    // binary holds this one test, so no other thread reads the variable meanwhile.
+    // The wrapper starts hull inside the namespace, where the TAP lives.
     let wrapper = hull_in_netns(dir.path(), &net.netns);
-    std::env::set_var("HULL_BIN", &wrapper);
-    let mut hull = Hull::with_api("virtio-boot", &[]);
+    let hull_dir = TempDir::new("virtio-boot-hull").expect("create temp dir");
+    let sock = hull_dir.path().join("api.sock");
+    let mut args = vec!["--api-sock".to_string(), sock.display().to_string()];
+    if transport == Transport::Pci {
+        args.push("--enable-pci".into());
+    }
+    let mut hull = Hull::spawn_binary_in(&wrapper, hull_dir, &args);
+    hull.wait_for_api(Duration::from_secs(10));
     let api = hull.api();
     let uds = dir.path().join("v.sock");
 
@@ -241,8 +270,6 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
         late.body
     );
 
-    // hull declared the three devices on the command line the kernel saw, root drive first, and the kernel
-    // registered them. (The wait ends on a complete line; the command line is long printed by then.)
     let report = |hull: &Hull| {
         format!(
             "{}\n--- dnsmasq ---\n{}",
@@ -250,35 +277,67 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
             TestNetwork::dnsmasq_log(dir.path())
         )
     };
-    hull.wait_for_output("virtio-mmio.2 at 0xd0002000-0xd0002fff, IRQ 7.", BOOT_TIMEOUT)
-        .unwrap_or_else(|| {
-            panic!(
-                "the kernel did not register the third virtio-mmio device\n{}",
-                report(&hull)
-            )
-        });
-    let serial = hull.stdout();
-    let cmdline = serial.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
-    for expected in [
-        "root=/dev/vda rw",
-        "virtio_mmio.device=4K@0xd0000000:5",
-        "virtio_mmio.device=4K@0xd0001000:6",
-        "virtio_mmio.device=4K@0xd0002000:7",
-    ] {
-        assert!(cmdline.contains(expected), "{expected:?} missing from {cmdline:?}");
+    let kind = match transport {
+        Transport::Mmio => "virtio-mmio",
+        Transport::Pci => "virtio-pci",
+    };
+    match transport {
+        Transport::Mmio => {
+            // hull declared the three devices on the command line the kernel saw, root drive first, and the
+            // kernel registered them. (The wait ends on a complete line; the command line is long printed by then.)
+            hull.wait_for_output("virtio-mmio.2 at 0xd0002000-0xd0002fff, IRQ 7.", BOOT_TIMEOUT)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the kernel did not register the third virtio-mmio device\n{}",
+                        report(&hull)
+                    )
+                });
+            let serial = hull.stdout();
+            let cmdline = serial.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
+            for expected in [
+                "root=/dev/vda rw",
+                "pci=off",
+                "virtio_mmio.device=4K@0xd0000000:5",
+                "virtio_mmio.device=4K@0xd0001000:6",
+                "virtio_mmio.device=4K@0xd0002000:7",
+            ] {
+                assert!(cmdline.contains(expected), "{expected:?} missing from {cmdline:?}");
+            }
+        }
+        Transport::Pci => {
+            // The kernel scanned bus 0 and found the three functions hull put there, in attachment order:
+            // block (1af4:1042), net (1af4:1041), vsock (1af4:1053), each with the BAR hull assigned.
+            for (slot, id) in [(1, "1af4:1042"), (2, "1af4:1041"), (3, "1af4:1053")] {
+                let line = format!("pci 0000:00:0{slot}.0: [{id}] type 00");
+                hull.wait_for_output(&line, BOOT_TIMEOUT)
+                    .unwrap_or_else(|| panic!("the kernel did not find {line:?}\n{}", report(&hull)));
+            }
+            let serial = hull.stdout();
+            let cmdline = serial.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
+            assert!(cmdline.contains("root=/dev/vda rw"), "{cmdline:?}");
+            assert!(
+                !cmdline.contains("virtio_mmio") && !cmdline.contains("pci=off"),
+                "{cmdline:?}"
+            );
+        }
     }
 
     let mut timings = Vec::new();
     for (what, pattern) in [
         // In the order the kernel probes them.
-        ("virtio-blk activated", "virtio-mmio device activated device=block:"),
-        ("virtio-net activated", "virtio-mmio device activated device=net:"),
-        ("virtio-vsock activated", "virtio-mmio device activated device=vsock:"),
+        ("virtio-blk activated", "device activated device=block:"),
+        ("virtio-net activated", "device activated device=net:"),
+        ("virtio-vsock activated", "device activated device=vsock:"),
     ] {
+        let pattern = format!("{kind} {pattern}");
         let line = hull
-            .wait_for_log(pattern, BOOT_TIMEOUT)
+            .wait_for_log(&pattern, BOOT_TIMEOUT)
             .unwrap_or_else(|| panic!("no {what}\n{}", report(&hull)));
         eprintln!("{line}");
+        if transport == Transport::Pci {
+            // The driver took MSI-X: interrupts go through the vectors' KVM routes.
+            assert!(line.contains("msix=true"), "{line}");
+        }
         timings.push((what, started.elapsed()));
     }
     for (what, pattern) in [
