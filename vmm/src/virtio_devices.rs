@@ -603,6 +603,60 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// MSI-X vectors that only count what is sent.
+    #[derive(Clone, Default)]
+    struct CountingVectors(Arc<Mutex<Vec<u16>>>);
+
+    impl devices::transport::pci::MsiVectors for CountingVectors {
+        fn set_route(&self, _: u16, _: devices::transport::pci::MsiMessage) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn trigger(&self, vector: u16) -> std::io::Result<()> {
+            lock(&self.0).push(vector);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn drive_updates_work_the_same_over_virtio_pci() {
+        use devices::transport::pci::device::DEVICE_CONFIG_OFFSET;
+        let dir = std::env::temp_dir().join(format!("hull-vmm-drives-pci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (empty, image) = (dir.join("empty"), dir.join("image"));
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&image, vec![1u8; 8192]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let block = Block::new(&BlockConfig {
+            path: empty.clone(),
+            read_only: false,
+            id: Some("data".into()),
+            rate_limiter: Default::default(),
+        })
+        .unwrap();
+        let vectors = CountingVectors::default();
+        let function = VirtioPciDevice::new(
+            "block:data",
+            Box::new(block),
+            mem,
+            0xe000_0000,
+            Box::new(vectors.clone()),
+        )
+        .unwrap();
+        let function = Arc::new(Mutex::new(function));
+        let mut drives = Drives::default();
+        drives.add("data".into(), false, function.clone());
+        assert_eq!(drives.update("data", &image).unwrap(), 16);
+        let mut capacity = [0u8; 8];
+        lock(&function).read(DEVICE_CONFIG_OFFSET, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 16);
+        assert_eq!(lock(&function).config_generation(), 1);
+        assert!(lock(&vectors.0).is_empty(), "no driver yet: no interrupt");
+        let e = drives.update("data", &dir.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        assert_eq!(lock(&function).config_generation(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn command_line_entries_look_like_firecrackers() {
         assert_eq!(mmio_cmdline(0xd000_0000, 5), "virtio_mmio.device=4K@0xd0000000:5");
