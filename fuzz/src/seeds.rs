@@ -107,6 +107,45 @@ fn virtio_with(prefix: &[u8]) -> Vec<Vec<u8>> {
     seeds
 }
 
+/// Operations of the `virtio_pci` target: a driver's bring-up of the virtio-blk function (command register,
+/// MSI-X on, negotiation, one queue, DRIVER_OK), then a request in memory and a kick.
+pub fn virtio_pci() -> Vec<Vec<u8>> {
+    // BAR write: op 4, region index, offset in the region, width index, value (8 bytes).
+    let bar_write = |out: &mut Vec<u8>, region: u8, offset: u8, width: u8, value: u64| {
+        out.extend_from_slice(&[4, region, offset, width]);
+        out.extend_from_slice(&value.to_le_bytes());
+    };
+    // Config write through 0xCFC: latch (op 0) the register, then write (op 2) at port 4.
+    let cfg_write = |out: &mut Vec<u8>, register: u8, width: u8, value: u64| {
+        out.extend_from_slice(&[0, register, 2, 4, width]);
+        out.extend_from_slice(&value.to_le_bytes());
+    };
+    let mut s = Vec::new();
+    cfg_write(&mut s, 0x04, 1, 0x6);
+    // The MSI-X capability (at 0x84, after the four virtio ones): its message control gets the enable bit.
+    cfg_write(&mut s, 0x84, 2, 0x8000_0000);
+    for status in [1u64, 3] {
+        bar_write(&mut s, 0, 0x14, 0, status);
+    }
+    bar_write(&mut s, 0, 0x08, 2, 1);
+    bar_write(&mut s, 0, 0x0c, 2, 1);
+    bar_write(&mut s, 0, 0x14, 0, 0xb);
+    bar_write(&mut s, 0, 0x18, 1, 16);
+    bar_write(&mut s, 0, 0x1a, 1, 1);
+    bar_write(&mut s, 0, 0x20, 3, 0x1000);
+    bar_write(&mut s, 0, 0x28, 3, 0x2000);
+    bar_write(&mut s, 0, 0x30, 3, 0x3000);
+    bar_write(&mut s, 0, 0x1c, 1, 1);
+    bar_write(&mut s, 0, 0x14, 0, 0xf);
+    // A descriptor at 0x1000 pointing at 0x4000, the available ring publishing it, then a kick.
+    s.extend_from_slice(&[6, 0, 0x10, 0, 0]);
+    chunk(&mut s, &[0, 0x40, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0]);
+    s.extend_from_slice(&[6, 0, 0x20, 0, 0]);
+    chunk(&mut s, &[0, 0, 1, 0, 0, 0]);
+    s.extend_from_slice(&[7, 0, 0, 0, 0, 1]);
+    vec![s, Vec::new()]
+}
+
 pub fn virtio_chain() -> Vec<Vec<u8>> {
     virtio_with(&[])
 }

@@ -85,7 +85,7 @@ fn drive(target: &'static str, device: &mut dyn VirtioDevice, guest: &mut Guest,
 }
 
 /// A disk in memory; its size comes from the input.
-struct MemDisk(Vec<u8>);
+pub(crate) struct MemDisk(pub(crate) Vec<u8>);
 
 impl DiskBackend for MemDisk {
     fn capacity_bytes(&self) -> u64 {
