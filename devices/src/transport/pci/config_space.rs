@@ -4,7 +4,9 @@
 //!
 //! The BAR's address is assigned by the VMM and never moves: a driver may write the register (sizing, or
 //! restoring the value it read), but the function keeps decoding at the assigned address. Linux keeps
-//! the addresses it finds, so it never asks for a move.
+//! the addresses it finds, so it never asks for a move. Likewise the command register's memory-space and
+//! bus-master bits are stored for the driver to read back but gate nothing: the BAR always decodes and
+//! the device always reaches guest memory (as virtio-mmio devices do).
 //!
 //! Never trusted: every offset, width and value a driver writes. Accesses outside the 256 bytes read as
 //! all ones and are not written; read-only bits keep their value whatever is written.

@@ -472,9 +472,6 @@ impl BusDevice for VirtioPciDevice {
         match offset {
             o if o < COMMON_OFFSET + REGION_SIZE => {
                 self.common.read(o - COMMON_OFFSET, data, self.device.avail_features());
-                if o == super::common_config::DEVICE_STATUS && data.len() == 1 {
-                    data[0] = self.common.status as u8;
-                }
             }
             o if (ISR_OFFSET..ISR_OFFSET + REGION_SIZE).contains(&o) => {
                 data.fill(0);
