@@ -312,6 +312,16 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
                 hull.wait_for_output(&line, BOOT_TIMEOUT)
                     .unwrap_or_else(|| panic!("the kernel did not find {line:?}\n{}", report(&hull)));
             }
+            // Linux read the BARs hull assigned (this kernel prints them as `BAR 0 [mem ...]`) ...
+            for (slot, base) in [
+                (1, "0xe0000000-0xe0007fff"),
+                (2, "0xe0008000-0xe000ffff"),
+                (3, "0xe0010000-0xe0017fff"),
+            ] {
+                let bar = format!("pci 0000:00:0{slot}.0: BAR 0 [mem {base} 64bit]");
+                hull.wait_for_output(&bar, BOOT_TIMEOUT)
+                    .unwrap_or_else(|| panic!("{bar:?} missing\n{}", report(&hull)));
+            }
             let serial = hull.stdout();
             let cmdline = serial.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
             assert!(cmdline.contains("root=/dev/vda rw"), "{cmdline:?}");
@@ -350,6 +360,18 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
     }
     for (what, at) in &timings {
         eprintln!("{what}: {:.1} s after InstanceStart", at.as_secs_f64());
+    }
+    if transport == Transport::Pci {
+        // ... and kept them: a BAR it could not claim would be "assigned" elsewhere.
+        let serial = hull.stdout();
+        for line in serial.lines().filter(|l| l.contains("PCI") || l.contains("pci ")) {
+            eprintln!("{line}");
+        }
+        assert!(
+            !serial.contains(": assigned") && !serial.contains("can't claim"),
+            "{}",
+            report(&hull)
+        );
     }
     // The guest got an address from our range.
     let complete = hull.expect_output("IP-Config: Complete", Duration::ZERO);
