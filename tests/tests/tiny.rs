@@ -111,6 +111,25 @@ fn boot_timer_logs_the_guest_boot_time() {
     assert!(us > 0 && us < 30_000_000, "implausible boot time {us} us");
 }
 
+/// The command line tells the guest kernel about PCI as Firecracker's does: `pci=off` without
+/// `--enable-pci` (the devices are on virtio-mmio), nothing with it (the kernel scans bus 0).
+#[test]
+fn pci_off_is_on_the_command_line_unless_pci_is_enabled() {
+    require_kvm!("pci_off_is_on_the_command_line_unless_pci_is_enabled");
+    let args = "console=ttyS0 reboot=k hull.test=pci";
+    for (extra, expect_pci_off) in [(&[][..], true), (&["--enable-pci"][..], false)] {
+        let hull = boot_to_reset("pci-cmdline", "pvh.elf", 1, 128, args, extra);
+        let cmdline = hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO);
+        assert_cmdline(&cmdline, "cmdline=", args);
+        assert_eq!(
+            cmdline.split_whitespace().any(|w| w == "pci=off"),
+            expect_pci_off,
+            "{extra:?}: {cmdline}"
+        );
+        assert!(!cmdline.contains("virtio_mmio"), "no devices configured: {cmdline}");
+    }
+}
+
 #[test]
 fn long64_guest_runs_in_long_mode_and_reads_boot_params() {
     require_kvm!("long64_guest_runs_in_long_mode_and_reads_boot_params");
