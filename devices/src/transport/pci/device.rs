@@ -60,6 +60,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 /// PCI capability ids.
 const CAP_ID_VENDOR: u8 = 0x09;
 const CAP_ID_MSIX: u8 = 0x11;
@@ -91,6 +92,8 @@ pub struct VirtioPciDevice {
     common: CommonConfig,
     msix: MsixTable,
     msix_cap: usize,
+    /// The VIRTIO_PCI_CAP_PCI_CFG capability: a window onto the BAR through configuration cycles.
+    pci_cfg_cap: usize,
     acked_features: u64,
     isr: u8,
     config_generation: u32,
@@ -154,7 +157,7 @@ impl VirtioPciDevice {
         });
         config.set_bar0(bar_addr, BAR_SIZE);
         let msix = MsixTable::new(label.clone(), queues.len() + 1, vectors);
-        let msix_cap = Self::add_capabilities(&mut config, &msix, queues.len()).map_err(|source| {
+        let (msix_cap, pci_cfg_cap) = Self::add_capabilities(&mut config, &msix, queues.len()).map_err(|source| {
             TransportError::PciCapability {
                 device: label.clone(),
                 source,
@@ -169,6 +172,7 @@ impl VirtioPciDevice {
             config,
             msix,
             msix_cap,
+            pci_cfg_cap,
             acked_features: 0,
             isr: 0,
             config_generation: 0,
@@ -178,9 +182,13 @@ impl VirtioPciDevice {
         })
     }
 
-    /// The virtio capabilities (common, notify, ISR, device) and MSI-X; returns the MSI-X capability's
-    /// offset.
-    fn add_capabilities(config: &mut ConfigSpace, msix: &MsixTable, queues: usize) -> Result<usize, CapabilityFull> {
+    /// The virtio capabilities (common, notify, ISR, device), MSI-X, and the configuration-access window;
+    /// returns the offsets of the last two.
+    fn add_capabilities(
+        config: &mut ConfigSpace,
+        msix: &MsixTable,
+        queues: usize,
+    ) -> Result<(usize, usize), CapabilityFull> {
         config.add_capability(
             CAP_ID_VENDOR,
             &virtio_cap(16, CAP_COMMON, COMMON_OFFSET, COMMON_CONFIG_LEN),
@@ -206,7 +214,13 @@ impl VirtioPciDevice {
         let cap = config.add_capability(CAP_ID_MSIX, &body)?;
         // Enable and function mask are the driver's; the table size is not.
         config.set_writable(cap + 2, &[0x00, 0xc0]);
-        Ok(cap)
+        // The window: the driver picks bar, offset and length, then reads or writes pci_cfg_data.
+        let mut window = virtio_cap(20, CAP_PCI_CFG, 0, 0);
+        window.extend_from_slice(&[0; 4]);
+        let pci_cfg = config.add_capability(CAP_ID_VENDOR, &window)?;
+        config.set_writable(pci_cfg + 4, &[0xff]);
+        config.set_writable(pci_cfg + 8, &[0xff; 12]);
+        Ok((cap, pci_cfg))
     }
 
     /// The name given at creation.
@@ -449,15 +463,44 @@ impl VirtioPciDevice {
     fn touches(offset: usize, len: usize, field: usize, field_len: usize) -> bool {
         offset < field + field_len && field < offset.saturating_add(len)
     }
+
+    /// Where the configuration-access window points: (BAR offset, length), if the driver set it to an
+    /// aligned 1-, 2- or 4-byte access inside BAR 0.
+    fn window(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_cap;
+        let offset = u64::from(self.config.u32_at(cap + 8));
+        let len = self.config.u32_at(cap + 12) as usize;
+        let ok = self.config.u8_at(cap + 4) == 0
+            && matches!(len, 1 | 2 | 4)
+            && offset.is_multiple_of(len as u64)
+            && offset + len as u64 <= BAR_SIZE;
+        ok.then_some((offset, len))
+    }
 }
 
 impl PciFunction for VirtioPciDevice {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        let window_data = self.pci_cfg_cap + 16;
+        if Self::touches(offset, data.len(), window_data, 4) {
+            // A read of pci_cfg_data reads the BAR where the window points (virtio 1.2, 4.1.4.9).
+            if let Some((bar_offset, len)) = self.window() {
+                let mut bytes = [0u8; 4];
+                BusDevice::read(self, bar_offset, &mut bytes[..len]);
+                self.config.set_bytes(window_data, &bytes);
+            }
+        }
         self.config.read(offset, data);
     }
 
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        let window_data = self.pci_cfg_cap + 16;
+        if Self::touches(offset, data.len(), window_data, 4) {
+            if let Some((bar_offset, len)) = self.window() {
+                let bytes = self.config.u32_at(window_data).to_le_bytes();
+                BusDevice::write(self, bar_offset, &bytes[..len]);
+            }
+        }
         let control = self.msix_cap + 2;
         if Self::touches(offset, data.len(), control, 2) {
             self.msix.set_message_control(self.config.u16_at(control));
@@ -598,6 +641,7 @@ mod tests {
                     }
                     CAP_ISR => isr = offset,
                     CAP_DEVICE => device_cfg = offset,
+                    CAP_PCI_CFG => assert_eq!(cfg_read(&mut d, p + 2, 1), 20, "pci_cfg capability length"),
                     other => panic!("unexpected virtio capability {other}"),
                 }
             } else if id == u32::from(CAP_ID_MSIX) {
@@ -812,6 +856,43 @@ mod tests {
         let head = offer_request(&mut r.q, VIRTIO_BLK_T_IN, 0, &[Desc::write(DATA, 512)]);
         kick(&mut r, 0);
         assert_eq!(r.q.take_used(), vec![(head, 513)]);
+    }
+
+    #[test]
+    fn the_pci_cfg_window_reaches_the_bar_through_configuration_cycles() {
+        let mut r = rig();
+        let cap = r.d.pci_cfg_cap;
+        assert_eq!(cfg_read(&mut r.d, cap, 1), u32::from(CAP_ID_VENDOR));
+        assert_eq!(cfg_read(&mut r.d, cap + 3, 1), u32::from(CAP_PCI_CFG));
+        // num_queues (2 bytes at 0x12 of the common configuration).
+        r.d.config_write(cap + 4, &[0]);
+        r.d.config_write(cap + 8, &((COMMON_OFFSET + NUM_QUEUES) as u32).to_le_bytes());
+        r.d.config_write(cap + 12, &2u32.to_le_bytes());
+        assert_eq!(cfg_read(&mut r.d, cap + 16, 2), 1);
+        // A write through the window: device_feature_select = 1, then device_feature reads page 1.
+        r.d.config_write(cap + 8, &((COMMON_OFFSET + DEVICE_FEATURE_SELECT) as u32).to_le_bytes());
+        r.d.config_write(cap + 12, &4u32.to_le_bytes());
+        r.d.config_write(cap + 16, &1u32.to_le_bytes());
+        assert_eq!(
+            bar_rd(&mut r.d, r.common + DEVICE_FEATURE, 4) & 1,
+            1,
+            "VERSION_1 on page 1"
+        );
+        // Windows outside the BAR, unaligned, of another BAR or another width do nothing.
+        for (bar, offset, len) in [
+            (0u8, BAR_SIZE as u32, 4u32),
+            (0, 0x13, 2),
+            (1, 0x12, 2),
+            (0, 0x12, 3),
+            (0, u32::MAX, 1),
+        ] {
+            r.d.config_write(cap + 4, &[bar]);
+            r.d.config_write(cap + 8, &offset.to_le_bytes());
+            r.d.config_write(cap + 12, &len.to_le_bytes());
+            r.d.config_write(cap + 16, &0u32.to_le_bytes());
+            let _ = cfg_read(&mut r.d, cap + 16, 4);
+        }
+        assert_eq!(bar_rd(&mut r.d, r.common + DEVICE_FEATURE_SELECT, 4), 1);
     }
 
     #[test]

@@ -254,7 +254,10 @@ impl MsixTable {
 
     /// Which vector and which dword of it an aligned 4- or 8-byte access at `offset` touches.
     fn locate(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
-        if !matches!(len, 4 | 8) || !offset.is_multiple_of(len as u64) || offset.checked_add(len as u64)? > self.table_bytes() {
+        if !matches!(len, 4 | 8)
+            || !offset.is_multiple_of(len as u64)
+            || offset.checked_add(len as u64)? > self.table_bytes()
+        {
             return None;
         }
         let vector = usize::try_from(offset / MSIX_ENTRY_SIZE).ok()?;
