@@ -1,7 +1,7 @@
 //! hull's emulated devices. `bus` routes vCPU exits to devices; `legacy` holds the port-I/O and MMIO
 //! devices every microVM has (8250 serial, i8042, boot timer); `virtio` holds block, net and vsock, each
-//! written once and served over virtio-mmio inside hull (`transport`) or as a vhost-user backend
-//! (`vhost_user`).
+//! written once and served over virtio-mmio or virtio-pci inside hull (`transport`) or as a vhost-user
+//! backend (`vhost_user`).
 //!
 //! Every virtio device has one folder with the same parts: `device.rs` (the core: features, config
 //! space, queues), `request.rs`/`packet.rs` (all validation of guest data, typed errors), `metrics.rs`

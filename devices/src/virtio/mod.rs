@@ -1,6 +1,6 @@
 //! The transport-agnostic virtio device model: the `VirtioDevice` trait every device core (block, net,
-//! vsock) implements, and what a transport hands it. Two transports drive the same cores: hull's
-//! virtio-mmio (in the VMM) and the vhost-user wrapper in `crate::vhost_user`.
+//! vsock) implements, and what a transport hands it. Three transports drive the same cores: hull's
+//! virtio-mmio and virtio-pci (in the VMM) and the vhost-user wrapper in `crate::vhost_user`.
 //!
 //! Shape of the contract:
 //! * the transport owns the virtqueues (their addresses, sizes and ready bits come from the driver) and
