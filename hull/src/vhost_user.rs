@@ -79,8 +79,58 @@ pub struct NetArgs {
     /// Name of the TAP device to attach to (created if missing and allowed).
     #[arg(long, value_name = "NAME")]
     pub tap: String,
+    /// Serve MMDS (Firecracker's metadata service) on this interface: the guest's requests to the MMDS
+    /// address are answered here and never reach the TAP.
+    #[arg(long)]
+    pub mmds: bool,
+    /// The MMDS data store's content: a JSON file (needs --mmds).
+    #[arg(long, value_name = "FILE", requires = "mmds")]
+    pub metadata: Option<PathBuf>,
+    /// The MMDS address, link-local (169.254.0.0/16).
+    #[arg(long, value_name = "IPV4", default_value_t = devices::mmds::DEFAULT_IPV4, requires = "mmds")]
+    pub mmds_ipv4: std::net::Ipv4Addr,
+    /// V1 (plain GETs) or V2 (GETs need a session token from `PUT /latest/api/token`).
+    #[arg(long, value_name = "VERSION", default_value = "V1", value_parser = ["V1", "V2"], requires = "mmds")]
+    pub mmds_version: String,
+    /// Answer in IMDS text whatever the guest's Accept header asks.
+    #[arg(long, requires = "mmds")]
+    pub mmds_imds_compat: bool,
+    /// Largest MMDS data store in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = devices::mmds::DEFAULT_SIZE_LIMIT, requires = "mmds")]
+    pub mmds_size_limit: usize,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Builds the MMDS a `--mmds` net backend serves, reading `--metadata` (before the seccomp filter, which
+/// opens no files for a net backend).
+fn net_mmds(a: &NetArgs) -> Result<Option<(devices::mmds::SharedMmds, std::net::Ipv4Addr)>, String> {
+    use devices::mmds::{Mmds, MmdsVersion};
+    if !a.mmds {
+        return Ok(None);
+    }
+    if !a.mmds_ipv4.is_link_local() {
+        return Err(format!(
+            "--mmds-ipv4 {}: the MMDS IPv4 address is not link local",
+            a.mmds_ipv4
+        ));
+    }
+    let mut mmds = Mmds::new(a.mmds_size_limit);
+    let version = if a.mmds_version == "V2" {
+        MmdsVersion::V2
+    } else {
+        MmdsVersion::V1
+    };
+    mmds.configure(version, a.mmds_imds_compat);
+    if let Some(path) = &a.metadata {
+        let text = std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format!("--metadata {}: not JSON: {e}", path.display()))?;
+        mmds.data_store_mut()
+            .put(value)
+            .map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+    }
+    Ok(Some((mmds.shared(), a.mmds_ipv4)))
 }
 
 /// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
@@ -93,6 +143,16 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
     };
     crate::logging::init(common.log_level);
     hull_logging::security::set_identity(&common.vm_id, "");
+    let mmds = match &cmd {
+        VhostUserCommand::Net(a) => match net_mmds(a) {
+            Ok(mmds) => mmds,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
     let seccomp = &common.seccomp;
     // On this, the only thread so far, before any socket or file is opened: the threads the backend
     // starts later (vhost-user-backend's workers, the control socket's) inherit it.
@@ -117,6 +177,7 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
         VhostUserCommand::Net(a) => vhost_user::net::run(&vhost_user::net::NetArgs {
             socket: a.socket,
             tap: a.tap,
+            mmds,
         }),
     };
     match result {
