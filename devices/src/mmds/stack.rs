@@ -5,6 +5,7 @@
 //! - IPv4 packets to the MMDS address: TCP to port 80 is served by a minimal responder (handshake, one
 //!   request per connection, the answer, FIN), TCP to other ports gets a reset, anything else is dropped;
 //! - any frame to [`MMDS_MAC`] is dropped.
+//!
 //! Everything else passes unchanged. Answers wait in a bounded queue until the device's RX path takes them
 //! ([`MmdsStack::pop_frame`]).
 //!
@@ -280,7 +281,7 @@ impl MmdsStack {
                     .wrapping_add(conn.sent as u32 + u32::from(conn.fin_sent)),
                 conn.rcv_nxt,
             );
-            let frame = self.tcp_frame(&conn, key, seq, ack, ACK, &[], &[]);
+            let frame = self.tcp_frame(&conn, key, (seq, ack, ACK), &[], &[]);
             self.push(frame);
         }
         if !(conn.fin_acked && conn.guest_fin) {
@@ -323,7 +324,7 @@ impl MmdsStack {
         let Some(conn) = self.conns.get(&key) else { return };
         let mss_option = (MAX_MSS as u16).to_be_bytes();
         let options = [2, 4, mss_option[0], mss_option[1]];
-        let frame = self.tcp_frame(conn, key, conn.iss, conn.rcv_nxt, SYN | ACK, &options, &[]);
+        let frame = self.tcp_frame(conn, key, (conn.iss, conn.rcv_nxt, SYN | ACK), &options, &[]);
         self.push(frame);
     }
 
@@ -354,7 +355,7 @@ impl MmdsStack {
             let len = conn.mss.min(response.len() - conn.sent).min(room);
             let seq = conn.iss.wrapping_add(1).wrapping_add(conn.sent as u32);
             let payload = &response[conn.sent..conn.sent + len];
-            let frame = self.tcp_frame(conn, key, seq, conn.rcv_nxt, ACK | PSH, &[], payload);
+            let frame = self.tcp_frame(conn, key, (seq, conn.rcv_nxt, ACK | PSH), &[], payload);
             if !self.push(frame) {
                 break;
             }
@@ -363,7 +364,7 @@ impl MmdsStack {
         }
         if conn.sent == response.len() && !conn.fin_sent {
             let seq = conn.iss.wrapping_add(1).wrapping_add(response.len() as u32);
-            let frame = self.tcp_frame(conn, key, seq, conn.rcv_nxt, FIN | ACK, &[], &[]);
+            let frame = self.tcp_frame(conn, key, (seq, conn.rcv_nxt, FIN | ACK), &[], &[]);
             if self.push(frame) {
                 conn.fin_sent = true;
                 any = true;
@@ -396,9 +397,7 @@ impl MmdsStack {
         &self,
         conn: &Conn,
         key: ConnKey,
-        seq: u32,
-        ack: u32,
-        flags: u8,
+        (seq, ack, flags): (u32, u32, u8),
         options: &[u8],
         payload: &[u8],
     ) -> Vec<u8> {

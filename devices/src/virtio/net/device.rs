@@ -201,12 +201,11 @@ impl<B: NetBackend> Net<B> {
             if let Err(e) = frame {
                 debug!(head = chain.head, error = %e, "virtio-net TX frame dropped");
                 self.metrics.tx_dropped.inc();
-            } else if !self.to_mmds() {
+            } else if !self.consumed_by_mmds() {
                 self.transmit();
             }
             txq.complete(chain.head, 0, signals)?;
         }
-        drop(txq);
         if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
             // MMDS answered: deliver now rather than at the next RX kick or TAP frame.
             self.process_rx(mem, queues, signals)?;
@@ -215,7 +214,7 @@ impl<B: NetBackend> Net<B> {
     }
 
     /// Hands the frame in `tx_frame` to MMDS; `true` when it was MMDS's (it must not reach the TAP).
-    fn to_mmds(&mut self) -> bool {
+    fn consumed_by_mmds(&mut self) -> bool {
         let Some(stack) = self.mmds.as_mut() else {
             return false;
         };
