@@ -1,6 +1,6 @@
 //! Fuzz targets for everything in hull that parses bytes it must not trust: the API's HTTP framing and
 //! routes, the config file, descriptor chains and the virtio-blk/-net/-vsock request parsing over
-//! arbitrary guest memory, the vsock muxer and its hybrid `CONNECT` handshake, hull's vhost-user relay,
+//! arbitrary guest memory, the frames a guest sends to MMDS, the vsock muxer and its hybrid `CONNECT` handshake, hull's vhost-user relay,
 //! control socket and config-change acknowledgement, and the agent's replies and stdio handshake as the
 //! host reads them.
 //!
@@ -66,6 +66,11 @@ pub const TARGETS: &[Target] = &[
         name: "virtio_vsock",
         run: targets::virtio::vsock,
         seeds: seeds::virtio_vsock,
+    },
+    Target {
+        name: "mmds_stack",
+        run: targets::mmds::stack,
+        seeds: seeds::mmds_stack,
     },
     Target {
         name: "vsock_muxer",

@@ -75,6 +75,7 @@ bounded!(
     virtio_block,
     virtio_net,
     virtio_vsock,
+    mmds_stack,
     vsock_muxer,
     vsock_handshake,
     vhost_user_relay,
