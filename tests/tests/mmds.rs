@@ -4,6 +4,9 @@
 //! socket on the TAP (in the network namespace this test creates) records every frame that reaches the
 //! host: none may involve the MMDS address, while the guest's ping of the host must be there.
 //!
+//! Also hull itself (no guest user space needed): `--metadata` and `--mmds-size-limit` feed the data store
+//! the API serves, and `InstanceStart` attaches MMDS to the interface `PUT /mmds/config` named.
+//!
 //! Everything started (backend, QEMU, the capture thread) and created (namespace, TAP, files) is owned by
 //! guards that clean up on drop, also when an assertion fails.
 
@@ -12,7 +15,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use hull_tests::guest_devices::*;
-use hull_tests::vhost_user::{ensure_tools, WorkDir, GUEST_TIMEOUT};
+use hull_tests::vhost_user::{ensure_tools, hull, kernel, Proc, WorkDir, GUEST_TIMEOUT};
+use hull_tests::{kvm_usable, skip, ApiClient, Hull, TempDir};
+use serde_json::{json, Value};
 
 const HOST_IP: [u8; 4] = [10, 78, 0, 1];
 const GUEST_IP: [u8; 4] = [10, 78, 0, 2];
@@ -157,5 +162,118 @@ fn qemu_guest_reads_mmds_v2_and_no_mmds_frame_reaches_the_tap() {
         leaked.first()
     );
     drop(guest);
+    drop(ns);
+}
+
+#[test]
+fn hull_metadata_flag_fills_the_data_store_within_the_size_limit() {
+    let files = TempDir::new("mmds-md").unwrap();
+    let metadata = files.path().join("metadata.json");
+    std::fs::write(&metadata, r#"{"latest": {"meta-data": {"ami-id": "ami-1"}}}"#).unwrap();
+    let md = metadata.to_str().unwrap();
+    let hull = Hull::with_api("mmds-api", &["--metadata", md, "--mmds-size-limit", "100"]);
+    let api = hull.api();
+    let got = api.get("/mmds").unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got.body).unwrap(),
+        json!({"latest": {"meta-data": {"ami-id": "ami-1"}}})
+    );
+    let big = api.put("/mmds", &json!({ "k": "x".repeat(100) })).unwrap();
+    assert_eq!(big.status, 413, "{}", big.body);
+    assert!(big.body.contains("fault_message"), "{}", big.body);
+    let patched = api
+        .patch("/mmds", &json!({"latest": {"meta-data": {"ami-id": "ami-2"}}}))
+        .unwrap();
+    assert_eq!(patched.status, 204, "{}", patched.body);
+    let got = api.get("/mmds").unwrap();
+    assert!(got.body.contains("ami-2"), "{}", got.body);
+    let cfg = api
+        .put("/mmds/config", &json!({"network_interfaces": ["eth0"]}))
+        .unwrap();
+    assert_eq!(cfg.status, 400, "no interface eth0 yet: {}", cfg.body);
+    drop(hull);
+
+    // Content over the limit: hull refuses to start (Firecracker's bad-configuration status).
+    let mut over = Hull::spawn(
+        "mmds-over",
+        [
+            "--no-api",
+            "--config-file",
+            "/nonexistent",
+            "--metadata",
+            md,
+            "--mmds-size-limit",
+            "10",
+        ],
+    );
+    let status = over.wait_exit(std::time::Duration::from_secs(10)).expect("hull exits");
+    assert_eq!(status.code(), Some(152), "{}", over.stderr());
+    assert!(over.stderr().contains("MMDS size limit"), "{}", over.stderr());
+}
+
+/// hull's own net path: MMDS configured through the API is attached to eth0 at `InstanceStart`, and the
+/// data store stays writable while the microVM runs. The guest is killed right after (no Linux user space
+/// runs under the software KVM; the frames themselves are proven by the QEMU test above, through the same
+/// device core).
+#[test]
+fn hull_attaches_mmds_to_the_named_interface_at_instance_start() {
+    let test = "hull_attaches_mmds_to_the_named_interface_at_instance_start";
+    if !kvm_usable() {
+        skip(test, "/dev/kvm is missing or not accessible");
+        return;
+    }
+    ensure_tools();
+    let dir = WorkDir::new("mmds-hull");
+    let ns = Netns::new("mmds-hull");
+    ns.add_tap(TAP, &format!("{}/24", dotted(HOST_IP)));
+    let sock = dir.join("api.sock");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(hull())
+        .args(["--api-sock", sock.to_str().unwrap(), "--log-level", "Info"]);
+    let mut vmm = Proc::spawn("hull", cmd);
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "no API socket\n{}", vmm.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let api = ApiClient::new(&sock);
+    let put = |uri: &str, body: Value| {
+        let r = api.put(uri, &body).unwrap();
+        assert!(r.is_success(), "PUT {uri}: {} {}", r.status, r.body);
+    };
+    put("/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 128}));
+    put(
+        "/boot-source",
+        json!({"kernel_image_path": kernel(), "boot_args": "console=ttyS0 reboot=k panic=-1"}),
+    );
+    put(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": GUEST_MAC}),
+    );
+    put(
+        "/mmds/config",
+        json!({"network_interfaces": ["eth0"], "version": "V2", "ipv4_address": "169.254.170.2"}),
+    );
+    put("/mmds", json!({"latest": {"meta-data": {"ami-id": "ami-1"}}}));
+    put("/actions", json!({"action_type": "InstanceStart"}));
+    let line = vmm
+        .wait_for("MMDS served on this interface", std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", vmm.output()));
+    assert!(line.contains("eth0") && line.contains("169.254.170.2"), "{line}");
+    // After boot: the configuration is fixed, the data is not.
+    let r = api
+        .put("/mmds/config", &json!({"network_interfaces": ["eth0"]}))
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = api
+        .patch("/mmds", &json!({"latest": {"meta-data": {"ami-id": "ami-2"}}}))
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(api.get("/mmds").unwrap().body.contains("ami-2"));
+    let config: Value = serde_json::from_str(&api.get("/vm/config").unwrap().body).unwrap();
+    assert_eq!(config["mmds-config"]["version"], "V2");
+    vmm.kill9();
     drop(ns);
 }
