@@ -130,6 +130,12 @@ impl MmdsStack {
         !self.out.is_empty()
     }
 
+    /// Forgets every connection and queued answer (the device was reset: the guest's stack starts over).
+    pub fn forget_all(&mut self) {
+        self.conns.clear();
+        self.out.clear();
+    }
+
     /// Answer frames dropped because the queue was full.
     pub fn dropped_frames(&self) -> u64 {
         self.dropped
@@ -750,6 +756,10 @@ mod tests {
         // The guest's reset forgets it.
         s.handle_tx_frame(&guest_tcp(80, 10, 0, RST, &[]));
         assert!(s.conns.is_empty());
+        // So does a device reset, with whatever answers were queued.
+        s.handle_tx_frame(&guest_tcp(80, 9, 0, SYN, &[]));
+        s.forget_all();
+        assert!(s.conns.is_empty() && !s.has_frames());
     }
 
     #[test]

@@ -372,6 +372,9 @@ impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         self.pending = None;
+        if let Some(stack) = self.mmds.as_mut() {
+            stack.forget_all();
+        }
         self.acked_features = 0;
         let _ = self.watch_backend(true);
     }
