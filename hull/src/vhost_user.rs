@@ -188,3 +188,40 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn net_args(args: &[&str]) -> Result<NetArgs, clap::Error> {
+        let line = ["hull", "vhost-user", "net", "--socket", "/tmp/n.sock", "--tap", "tap0"];
+        let cli = Cli::try_parse_from(line.iter().chain(args))?;
+        match cli.command {
+            Some(Command::VhostUser(VhostUserCommand::Net(a))) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mmds_flags_parse_and_need_mmds() {
+        let a = net_args(&[]).unwrap();
+        assert!(!a.mmds);
+        assert!(net_mmds(&a).unwrap().is_none());
+        let a = net_args(&["--mmds", "--mmds-version", "V2", "--mmds-ipv4", "169.254.170.2"]).unwrap();
+        let (mmds, ip) = net_mmds(&a).unwrap().unwrap();
+        assert_eq!(ip, std::net::Ipv4Addr::new(169, 254, 170, 2));
+        assert_eq!(mmds.lock().unwrap().version(), devices::mmds::MmdsVersion::V2);
+        assert!(
+            net_args(&["--metadata", "/tmp/m.json"]).is_err(),
+            "--metadata needs --mmds"
+        );
+        assert!(net_args(&["--mmds", "--mmds-version", "V3"]).is_err());
+        let a = net_args(&["--mmds", "--mmds-ipv4", "10.0.0.1"]).unwrap();
+        assert!(net_mmds(&a).unwrap_err().contains("not link local"));
+        let a = net_args(&["--mmds", "--metadata", "/nonexistent/m.json"]).unwrap();
+        assert!(net_mmds(&a).unwrap_err().contains("/nonexistent/m.json"));
+    }
+}
