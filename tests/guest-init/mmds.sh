@@ -14,6 +14,7 @@ echo "TOKEN-LEN ${#token}"
 get() { wget -q -O - --header "X-metadata-token: $token" "$@"; }
 echo "AMI-ID $(get "http://$mmds/latest/meta-data/ami-id")"
 echo "LISTING $(get "http://$mmds/latest/meta-data/" | tr '\n' ',')"
+echo "BIG-BYTES $(get "http://$mmds/latest/meta-data/big" | wc -c)"
 echo "JSON $(get --header 'Accept: application/json' "http://$mmds/latest/meta-data/placement")"
 wget -q -O /tmp/missing --header "X-metadata-token: $token" "http://$mmds/latest/nothing" 2>/tmp/missing.err
 echo "MISSING rc=$? $(cat /tmp/missing.err)"

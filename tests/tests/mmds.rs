@@ -107,6 +107,8 @@ fn qemu_guest_reads_mmds_v2_and_no_mmds_frame_reaches_the_tap() {
         "ami-id": "ami-12345678",
         "local-hostname": "guest-1",
         "placement": {"availability-zone": "hull-1a"},
+        // Many segments: more than MMDS keeps unacknowledged at once.
+        "big": "x".repeat(30_000),
     }}});
     std::fs::write(&metadata, content.to_string()).unwrap();
 
@@ -143,7 +145,12 @@ fn qemu_guest_reads_mmds_v2_and_no_mmds_frame_reaches_the_tap() {
     assert!(no_token.starts_with("rc=1") && no_token.contains("401"), "{report}");
     assert_eq!(guest.marker("TOKEN-LEN"), "64", "{report}");
     assert_eq!(guest.marker("AMI-ID"), "ami-12345678", "{report}");
-    assert_eq!(guest.marker("LISTING"), "ami-id,local-hostname,placement/", "{report}");
+    assert_eq!(
+        guest.marker("LISTING"),
+        "ami-id,big,local-hostname,placement/",
+        "{report}"
+    );
+    assert_eq!(guest.marker("BIG-BYTES"), "30000", "{report}");
     assert_eq!(guest.marker("JSON"), r#"{"availability-zone":"hull-1a"}"#, "{report}");
     let missing = guest.marker("MISSING");
     assert!(missing.starts_with("rc=1") && missing.contains("404"), "{report}");
