@@ -1,5 +1,5 @@
 //! `--config-file`: a JSON file in Firecracker's shape (`boot-source`, `machine-config`, `drives`,
-//! `network-interfaces`, `vsock`, `logger`, `metrics`), applied to the [`Instance`] through the same
+//! `network-interfaces`, `vsock`, `logger`, `metrics`, `mmds-config`), applied to the [`Instance`] through the same
 //! methods the API uses, then booted. The file is user input: unknown keys are refused and every value is
 //! validated by the instance.
 
@@ -50,6 +50,8 @@ pub struct ConfigFile {
     pub logger: Option<LoggerConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<crate::mmds::MmdsConfig>,
 }
 
 impl ConfigFile {
@@ -92,6 +94,9 @@ impl ConfigFile {
         if let Some(vsock) = self.vsock {
             let devices = instance.devices_mut().map_err(|e| ("vsock", e))?;
             devices.put_vsock(vsock).map_err(in_section("vsock"))?;
+        }
+        if let Some(mmds) = self.mmds_config {
+            instance.put_mmds_config(mmds).map_err(|e| ("mmds-config", e))?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use vmm::{
 
 use crate::devices::{DeviceConfigs, DeviceError};
 use crate::logger::{LoggerConfig, MetricsConfig};
+use crate::mmds::{MmdsConfig, MmdsError, MmdsService};
 
 /// The `app_name` reported by `GET /`.
 pub const APP_NAME: &str = "hull";
@@ -36,6 +37,8 @@ pub enum InstanceError {
     Logger(String),
     #[error("Invalid metrics configuration: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Mmds(#[from] MmdsError),
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -99,6 +102,8 @@ pub struct FullVmConfig<'a> {
     pub logger: Option<&'a LoggerConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<&'a MetricsConfig>,
+    #[serde(rename = "mmds-config", skip_serializing_if = "Option::is_none")]
+    pub mmds_config: Option<&'a MmdsConfig>,
 }
 
 pub struct Instance {
@@ -110,6 +115,7 @@ pub struct Instance {
     metrics_file: Option<std::sync::Arc<std::fs::File>>,
     startup: crate::metrics::Startup,
     options: VmmOptions,
+    mmds: MmdsService,
     vm: Option<MicroVm>,
 }
 
@@ -124,6 +130,7 @@ impl Instance {
             metrics_file: None,
             startup: Default::default(),
             options,
+            mmds: MmdsService::default(),
             vm: None,
         }
     }
@@ -156,6 +163,7 @@ impl Instance {
             devices: &self.devices,
             logger: self.logger.as_ref(),
             metrics: self.metrics.as_ref(),
+            mmds_config: self.mmds.config(),
         }
     }
 
@@ -294,6 +302,28 @@ impl Instance {
         Ok(())
     }
 
+    /// The data store's size limit (`--mmds-size-limit`); set at start-up, before any data is put.
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.mmds = MmdsService::new(limit);
+    }
+
+    /// `PUT`/`PATCH`/`GET /mmds`: the data store, before and after boot.
+    pub fn mmds(&self) -> &MmdsService {
+        &self.mmds
+    }
+
+    /// `PUT /mmds/config`: pre-boot only, naming network interfaces configured already.
+    pub fn put_mmds_config(&mut self, config: MmdsConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        let ids: Vec<&str> = self
+            .devices
+            .network_interfaces
+            .iter()
+            .map(|n| n.iface_id.as_str())
+            .collect();
+        Ok(self.mmds.put_config(config, &ids)?)
+    }
+
     /// Firecracker's start-up figures for the `api_server` metrics section.
     pub fn set_startup(&mut self, startup: crate::metrics::Startup) {
         self.startup = startup;
@@ -303,6 +333,7 @@ impl Instance {
     pub fn start(&mut self) -> Result<(), InstanceError> {
         self.ensure_not_started()?;
         self.devices.apply_to(&mut self.config);
+        self.config.mmds = self.mmds.attachment();
         self.config.validate()?;
         let vm = MicroVm::start(&self.config, self.options.clone())?;
         crate::metrics::attach_vm(vm.metric_sources());

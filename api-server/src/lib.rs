@@ -18,5 +18,6 @@ pub mod http;
 pub mod instance;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod routes;
 pub mod server;

@@ -44,6 +44,7 @@ impl RouteError {
         match self {
             RouteError::NotFound { .. } => 404,
             RouteError::MethodNotAllowed { .. } => 405,
+            RouteError::Instance(InstanceError::Mmds(e)) => e.status(),
             _ => 400,
         }
     }
@@ -65,6 +66,8 @@ enum Route {
     Drive(String),
     NetworkInterface(String),
     Vsock,
+    Mmds,
+    MmdsConfig,
 }
 
 impl Route {
@@ -83,6 +86,8 @@ impl Route {
             "/logger" => Route::Logger,
             "/metrics" => Route::Metrics,
             "/vsock" => Route::Vsock,
+            "/mmds" => Route::Mmds,
+            "/mmds/config" => Route::MmdsConfig,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
@@ -106,6 +111,8 @@ impl Route {
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
+            Route::Mmds => "GET, PUT, PATCH",
+            Route::MmdsConfig => "PUT",
         }
     }
 }
@@ -241,6 +248,20 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vsock, Method::Put) => {
             let vsock: Value = body(req)?;
             instance.devices_mut()?.put_vsock(vsock)?;
+            Ok(Response::no_content())
+        }
+        (Route::Mmds, Method::Get) => ok_json(&instance.mmds().get()),
+        (Route::Mmds, Method::Put) => {
+            instance.mmds().put(body(req)?).map_err(InstanceError::from)?;
+            Ok(Response::no_content())
+        }
+        (Route::Mmds, Method::Patch) => {
+            let patch: Value = body(req)?;
+            instance.mmds().patch(&patch).map_err(InstanceError::from)?;
+            Ok(Response::no_content())
+        }
+        (Route::MmdsConfig, Method::Put) => {
+            instance.put_mmds_config(body(req)?)?;
             Ok(Response::no_content())
         }
         (route, method) => Err(RouteError::MethodNotAllowed {
@@ -600,6 +621,92 @@ mod tests {
         let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
         assert_eq!(json["drives"][0]["rate_limiter"]["ops"]["size"], 10);
         std::fs::remove_file(img).unwrap();
+    }
+
+    #[test]
+    fn mmds_data_is_put_patched_and_read() {
+        let mut i = instance();
+        let (status, json) = call(&mut i, Method::Get, "/mmds", "");
+        assert_eq!((status, json), (200, json!({})));
+        let (status, json) = call(&mut i, Method::Patch, "/mmds", r#"{"a": 1}"#);
+        assert_eq!((status, fault(&json)), (400, "The MMDS data store is not initialized."));
+        let (status, _) = call(
+            &mut i,
+            Method::Put,
+            "/mmds",
+            r#"{"latest": {"meta-data": {"ami-id": "ami-1", "gone": "x"}}}"#,
+        );
+        assert_eq!(status, 204);
+        let patch = r#"{"latest": {"meta-data": {"ami-id": "ami-2", "gone": null}}, "new": [1]}"#;
+        let (status, _) = call(&mut i, Method::Patch, "/mmds", patch);
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/mmds", "");
+        assert_eq!(json, json!({"latest": {"meta-data": {"ami-id": "ami-2"}}, "new": [1]}));
+        let (status, json) = call(&mut i, Method::Put, "/mmds", "");
+        assert_eq!((status, fault(&json)), (400, "Empty PUT request."));
+        let (status, json) = call(&mut i, Method::Put, "/mmds", "{");
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("deserializing"), "{json}");
+        let (status, json) = call(&mut i, Method::Other("DELETE".into()), "/mmds", "");
+        assert_eq!(status, 405, "{json}");
+    }
+
+    #[test]
+    fn mmds_size_limit_refuses_with_413_and_keeps_the_data() {
+        let mut i = instance();
+        i.set_mmds_size_limit(64);
+        let (status, _) = call(&mut i, Method::Put, "/mmds", r#"{"k": "small"}"#);
+        assert_eq!(status, 204);
+        let big = json!({ "k": "x".repeat(64) }).to_string();
+        for method in [Method::Put, Method::Patch] {
+            let (status, json) = call(&mut i, method.clone(), "/mmds", &big);
+            assert_eq!(status, 413, "{method}: {json}");
+            assert!(fault(&json).contains("doesn't fit"), "{json}");
+        }
+        let (_, json) = call(&mut i, Method::Get, "/mmds", "");
+        assert_eq!(json, json!({"k": "small"}));
+    }
+
+    #[test]
+    fn mmds_config_names_existing_interfaces_and_shows_in_vm_config() {
+        let mut i = instance();
+        let cfg = r#"{"network_interfaces": ["eth0"], "version": "V2"}"#;
+        let (status, json) = call(&mut i, Method::Put, "/mmds/config", cfg);
+        assert_eq!(status, 400);
+        assert!(
+            fault(&json).contains("does not correspond to any existing network interface"),
+            "{json}"
+        );
+        let iface = r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#;
+        assert_eq!(call(&mut i, Method::Put, "/network-interfaces/eth0", iface).0, 204);
+        let cases = [
+            (r#"{"network_interfaces": []}"#, "is empty"),
+            (
+                r#"{"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}"#,
+                "The MMDS IPv4 address is not link local.",
+            ),
+            (
+                r#"{"network_interfaces": ["eth0"], "version": "V9"}"#,
+                "unknown variant `V9`",
+            ),
+            (
+                r#"{"network_interfaces": ["eth0"], "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+            (r#"{"version": "V2"}"#, "missing field `network_interfaces`"),
+        ];
+        for (body, expected) in cases {
+            let (status, json) = call(&mut i, Method::Put, "/mmds/config", body);
+            assert_eq!(status, 400, "{body}: {json}");
+            assert!(fault(&json).contains(expected), "{body}: {json}");
+        }
+        assert_eq!(call(&mut i, Method::Put, "/mmds/config", cfg).0, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(
+            json["mmds-config"],
+            json!({"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254", "imds_compat": false})
+        );
+        assert_eq!(call(&mut i, Method::Get, "/mmds/config", "").0, 405);
     }
 
     #[test]

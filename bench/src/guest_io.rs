@@ -68,6 +68,7 @@ pub fn run(s: &mut Section, opts: &GuestOptions) -> Result<()> {
         }],
         net: None,
         vsock: Some(VsockSpec { cid: GUEST_CID, uds }),
+        ..Default::default()
     };
     let started = Instant::now();
     let mut guest = boot(Vmm::Qemu, dir.path(), &spec);

@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod stale_socket;
 pub mod transport;

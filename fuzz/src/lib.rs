@@ -1,6 +1,6 @@
 //! Fuzz targets for everything in hull that parses bytes it must not trust: the API's HTTP framing and
 //! routes, the config file, descriptor chains and the virtio-blk/-net/-vsock request parsing over
-//! arbitrary guest memory, the virtio-pci transport's configuration cycles and BAR registers, the vsock muxer and its hybrid `CONNECT` handshake, hull's vhost-user relay,
+//! arbitrary guest memory, the virtio-pci transport's configuration cycles and BAR registers, the frames a guest sends to MMDS, the vsock muxer and its hybrid `CONNECT` handshake, hull's vhost-user relay,
 //! control socket and config-change acknowledgement, and the agent's replies and stdio handshake as the
 //! host reads them.
 //!
@@ -71,6 +71,9 @@ pub const TARGETS: &[Target] = &[
         name: "virtio_pci",
         run: targets::pci::transport,
         seeds: seeds::virtio_pci,
+        name: "mmds_stack",
+        run: targets::mmds::stack,
+        seeds: seeds::mmds_stack,
     },
     Target {
         name: "vsock_muxer",

@@ -168,6 +168,46 @@ pub fn virtio_vsock() -> Vec<Vec<u8>> {
     virtio_with(&[0, 0, 0, 0])
 }
 
+/// `targets::mmds::stack`: V1 or V2, then a handshake (SYN, drain, ACK in sequence), a request, a drain.
+pub fn mmds_stack() -> Vec<Vec<u8>> {
+    let op = |out: &mut Vec<u8>, n: u32| out.extend_from_slice(&n.to_le_bytes());
+    let segment = |out: &mut Vec<u8>, flags: u8, payload: &[u8]| {
+        op(out, 1);
+        // port 80, source port 40000, tracked seq and ack, the flags, the payload.
+        out.push(0);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&[0, 0, flags]);
+        chunk(out, payload);
+    };
+    let drain = |out: &mut Vec<u8>| {
+        op(out, 3);
+        out.extend_from_slice(&63u32.to_le_bytes());
+    };
+    let requests: [&[u8]; 3] = [
+        b"GET /latest/meta-data/ HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+        b"PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n",
+        b"GET /latest/meta-data/ami-id HTTP/1.1\r\nX-metadata-token: x\r\n\r\n",
+    ];
+    let mut seeds = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        let mut s = vec![u8::from(i == 2), 0];
+        // First the SYN at a fixed sequence number.
+        op(&mut s, 1);
+        s.push(0);
+        s.extend_from_slice(&0u32.to_le_bytes());
+        s.extend_from_slice(&[1, 0x10, 0, 0, 0, 0, 0x02]);
+        chunk(&mut s, b"");
+        drain(&mut s);
+        segment(&mut s, 0x10, b"");
+        segment(&mut s, 0x18, request);
+        drain(&mut s);
+        segment(&mut s, 0x11, b"");
+        drain(&mut s);
+        seeds.push(s);
+    }
+    seeds
+}
+
 pub fn vsock_muxer() -> Vec<Vec<u8>> {
     vec![
         // host connects with CONNECT 1024, the muxer runs, the guest reads the REQUEST and answers it

@@ -76,6 +76,7 @@ bounded!(
     virtio_net,
     virtio_vsock,
     virtio_pci,
+    mmds_stack,
     vsock_muxer,
     vsock_handshake,
     vhost_user_relay,

@@ -127,12 +127,12 @@ pub struct FirecrackerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 51_200)]
     pub http_api_max_payload_size: usize,
 
-    /// Largest MMDS data store in bytes. Accepted and kept: hull has no MMDS yet.
+    /// Largest MMDS data store in bytes (default: --http-api-max-payload-size); a PUT or PATCH /mmds that
+    /// would exceed it is refused with 413.
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
 
-    /// JSON file for the MMDS data store: checked to be JSON within the MMDS size limit, then kept
-    /// (hull has no MMDS yet).
+    /// JSON file for the MMDS data store's initial content (within the MMDS size limit).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
 

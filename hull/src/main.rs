@@ -48,10 +48,13 @@ fn main() {
         }
         None => logging::init_with_sink(cli.vmm.log_level, cli.vmm.output.log_format, cli.vmm.id.clone()),
     }
-    if let Err(e) = check_firecracker_files(fc) {
-        tracing::error!("{e}");
-        std::process::exit(vmm_mode::EXIT_BAD_CONFIGURATION);
-    }
+    let metadata = match check_firecracker_files(fc) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(vmm_mode::EXIT_BAD_CONFIGURATION);
+        }
+    };
     // The VMM serves one VM (a whole pod under the shim): its security events name it by --id.
     hull_logging::security::set_identity(&cli.vmm.id, "");
     // Before any thread exists, so every thread inherits the blocked mask.
@@ -62,7 +65,7 @@ fn main() {
             std::process::exit(vmm_mode::EXIT_GENERIC_ERROR);
         }
     };
-    let code = vmm_mode::run(cli.vmm, &signals);
+    let code = vmm_mode::run(cli.vmm, &signals, metadata);
     std::process::exit(code);
 }
 
@@ -127,9 +130,11 @@ fn firecracker_only_flags(fc: &cli::FirecrackerArgs) -> Option<i32> {
     None
 }
 
-/// Checks the files Firecracker's flags name, before any seccomp filter: `--metadata` must be JSON within
-/// the MMDS size limit (kept for an MMDS hull does not have yet), `--metrics-path` is opened by `vmm_mode`.
-fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
+/// Reads the files Firecracker's flags name, before any seccomp filter: `--metadata` must be JSON within
+/// the MMDS size limit (it becomes the data store's initial content); `--metrics-path` is opened by
+/// `vmm_mode`.
+fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<Option<serde_json::Value>, String> {
+    let mut metadata = None;
     if let Some(path) = &fc.metadata {
         let text = std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
         if text.len() > fc.mmds_limit() {
@@ -140,12 +145,12 @@ fn check_firecracker_files(fc: &cli::FirecrackerArgs) -> Result<(), String> {
                 fc.mmds_limit()
             ));
         }
-        serde_json::from_slice::<serde_json::Value>(&text)
+        let value = serde_json::from_slice::<serde_json::Value>(&text)
             .map_err(|e| format!("--metadata {}: not JSON: {e}", path.display()))?;
-        tracing::warn!("--metadata is valid JSON, but hull has no MMDS yet: the guest cannot read it");
+        metadata = Some(value);
     }
     if fc.enable_pci {
         tracing::info!("--enable-pci: the virtio devices are virtio-pci functions on PCI bus 0 (MSI-X interrupts)");
     }
-    Ok(())
+    Ok(metadata)
 }

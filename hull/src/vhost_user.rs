@@ -79,8 +79,58 @@ pub struct NetArgs {
     /// Name of the TAP device to attach to (created if missing and allowed).
     #[arg(long, value_name = "NAME")]
     pub tap: String,
+    /// Serve MMDS (Firecracker's metadata service) on this interface: the guest's requests to the MMDS
+    /// address are answered here and never reach the TAP.
+    #[arg(long)]
+    pub mmds: bool,
+    /// The MMDS data store's content: a JSON file (needs --mmds).
+    #[arg(long, value_name = "FILE", requires = "mmds")]
+    pub metadata: Option<PathBuf>,
+    /// The MMDS address, link-local (169.254.0.0/16).
+    #[arg(long, value_name = "IPV4", default_value_t = devices::mmds::DEFAULT_IPV4, requires = "mmds")]
+    pub mmds_ipv4: std::net::Ipv4Addr,
+    /// V1 (plain GETs) or V2 (GETs need a session token from `PUT /latest/api/token`).
+    #[arg(long, value_name = "VERSION", default_value = "V1", value_parser = ["V1", "V2"], requires = "mmds")]
+    pub mmds_version: String,
+    /// Answer in IMDS text whatever the guest's Accept header asks.
+    #[arg(long, requires = "mmds")]
+    pub mmds_imds_compat: bool,
+    /// Largest MMDS data store in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = devices::mmds::DEFAULT_SIZE_LIMIT, requires = "mmds")]
+    pub mmds_size_limit: usize,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Builds the MMDS a `--mmds` net backend serves, reading `--metadata` (before the seccomp filter, which
+/// opens no files for a net backend).
+fn net_mmds(a: &NetArgs) -> Result<Option<(devices::mmds::SharedMmds, std::net::Ipv4Addr)>, String> {
+    use devices::mmds::{Mmds, MmdsVersion};
+    if !a.mmds {
+        return Ok(None);
+    }
+    if !a.mmds_ipv4.is_link_local() {
+        return Err(format!(
+            "--mmds-ipv4 {}: the MMDS IPv4 address is not link local",
+            a.mmds_ipv4
+        ));
+    }
+    let mut mmds = Mmds::new(a.mmds_size_limit);
+    let version = if a.mmds_version == "V2" {
+        MmdsVersion::V2
+    } else {
+        MmdsVersion::V1
+    };
+    mmds.configure(version, a.mmds_imds_compat);
+    if let Some(path) = &a.metadata {
+        let text = std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format!("--metadata {}: not JSON: {e}", path.display()))?;
+        mmds.data_store_mut()
+            .put(value)
+            .map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+    }
+    Ok(Some((mmds.shared(), a.mmds_ipv4)))
 }
 
 /// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
@@ -93,6 +143,16 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
     };
     crate::logging::init(common.log_level);
     hull_logging::security::set_identity(&common.vm_id, "");
+    let mmds = match &cmd {
+        VhostUserCommand::Net(a) => match net_mmds(a) {
+            Ok(mmds) => mmds,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
     let seccomp = &common.seccomp;
     // On this, the only thread so far, before any socket or file is opened: the threads the backend
     // starts later (vhost-user-backend's workers, the control socket's) inherit it.
@@ -117,6 +177,7 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
         VhostUserCommand::Net(a) => vhost_user::net::run(&vhost_user::net::NetArgs {
             socket: a.socket,
             tap: a.tap,
+            mmds,
         }),
     };
     match result {
@@ -125,5 +186,42 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
             tracing::error!(error = %e, "vhost-user backend failed");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn net_args(args: &[&str]) -> Result<NetArgs, clap::Error> {
+        let line = ["hull", "vhost-user", "net", "--socket", "/tmp/n.sock", "--tap", "tap0"];
+        let cli = Cli::try_parse_from(line.iter().chain(args))?;
+        match cli.command {
+            Some(Command::VhostUser(VhostUserCommand::Net(a))) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mmds_flags_parse_and_need_mmds() {
+        let a = net_args(&[]).unwrap();
+        assert!(!a.mmds);
+        assert!(net_mmds(&a).unwrap().is_none());
+        let a = net_args(&["--mmds", "--mmds-version", "V2", "--mmds-ipv4", "169.254.170.2"]).unwrap();
+        let (mmds, ip) = net_mmds(&a).unwrap().unwrap();
+        assert_eq!(ip, std::net::Ipv4Addr::new(169, 254, 170, 2));
+        assert_eq!(mmds.lock().unwrap().version(), devices::mmds::MmdsVersion::V2);
+        assert!(
+            net_args(&["--metadata", "/tmp/m.json"]).is_err(),
+            "--metadata needs --mmds"
+        );
+        assert!(net_args(&["--mmds", "--mmds-version", "V3"]).is_err());
+        let a = net_args(&["--mmds", "--mmds-ipv4", "10.0.0.1"]).unwrap();
+        assert!(net_mmds(&a).unwrap_err().contains("not link local"));
+        let a = net_args(&["--mmds", "--metadata", "/nonexistent/m.json"]).unwrap();
+        assert!(net_mmds(&a).unwrap_err().contains("/nonexistent/m.json"));
     }
 }

@@ -21,7 +21,7 @@ pub const EXIT_GENERIC_ERROR: i32 = 1;
 
 /// Runs the Firecracker-compatible mode. Returns the process exit status; the API socket is removed
 /// before this returns.
-pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
+pub fn run(args: VmmArgs, signals: &SignalFd, metadata: Option<serde_json::Value>) -> i32 {
     let kinds = [
         ThreadKind::Api,
         ThreadKind::ApiRunning,
@@ -81,6 +81,13 @@ pub fn run(args: VmmArgs, signals: &SignalFd) -> i32 {
         process_startup_time_us: since(libc::CLOCK_MONOTONIC, args.firecracker.start_time_us),
         process_startup_time_cpu_us: since(libc::CLOCK_PROCESS_CPUTIME_ID, args.firecracker.start_time_cpu_us),
     });
+    instance.set_mmds_size_limit(args.firecracker.mmds_limit());
+    if let Some(metadata) = metadata {
+        if let Err(e) = instance.mmds().put(metadata) {
+            tracing::error!("--metadata: {e}");
+            return EXIT_BAD_CONFIGURATION;
+        }
+    }
     if let Some(path) = args.firecracker.metrics_path.clone() {
         let metrics = api_server::logger::MetricsConfig { metrics_path: path };
         if let Err(e) = instance.put_metrics(metrics) {

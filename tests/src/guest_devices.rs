@@ -86,6 +86,8 @@ pub struct GuestSpec {
     pub cmdline: String,
     pub drives: Vec<DriveSpec>,
     pub net: Option<NetSpec>,
+    /// Further arguments for the `hull vhost-user net` backend (QEMU only), e.g. `--mmds`.
+    pub net_backend_args: Vec<String>,
     pub vsock: Option<VsockSpec>,
 }
 
@@ -198,6 +200,7 @@ fn boot_qemu(dir: &Path, spec: &GuestSpec, initrd: &Path) -> Guest {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &n.netns]).arg(hull());
         cmd.args(["vhost-user", "net", "--socket", path_str(&sock), "--tap", &n.tap])
+            .args(&spec.net_backend_args)
             .env("RUST_LOG", "info");
         let mut backend = Proc::spawn("net-backend", cmd);
         wait_for_socket(&mut backend, &sock);

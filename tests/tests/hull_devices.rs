@@ -418,6 +418,7 @@ fn hull_takes_the_scenario_devices(vmm: Vmm, test: &str) {
             cid: GUEST_CID,
             uds: uds.clone(),
         }),
+        ..Default::default()
     };
     let mut guest = boot(vmm, dir.path(), &spec);
     let deadline = Instant::now() + Duration::from_secs(60);

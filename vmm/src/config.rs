@@ -531,7 +531,28 @@ pub struct MicroVmConfig {
     pub vsock: Option<VsockConfig>,
     /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
     pub cpu_config: Option<crate::cpu_config::CustomCpuTemplate>,
+    /// MMDS on some of the network interfaces (`PUT /mmds/config`).
+    pub mmds: Option<MmdsAttachment>,
 }
+
+/// MMDS served on network interfaces: the service (shared with the API, which keeps changing its data)
+/// and the address it answers at.
+#[derive(Clone, Debug)]
+pub struct MmdsAttachment {
+    pub network_interfaces: Vec<String>,
+    pub ipv4_address: std::net::Ipv4Addr,
+    pub mmds: devices::mmds::SharedMmds,
+}
+
+impl PartialEq for MmdsAttachment {
+    fn eq(&self, other: &Self) -> bool {
+        self.network_interfaces == other.network_interfaces
+            && self.ipv4_address == other.ipv4_address
+            && std::sync::Arc::ptr_eq(&self.mmds, &other.mmds)
+    }
+}
+
+impl Eq for MmdsAttachment {}
 
 impl MicroVmConfig {
     /// Checks the whole configuration before any VM resource is created.

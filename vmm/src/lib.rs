@@ -23,7 +23,8 @@ mod virtio_devices;
 pub use builder::BuildError;
 pub use config::{
     BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, HugePages, IoEngine, MachineConfig,
-    MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
+    MicroVmConfig, MmdsAttachment, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig,
+    VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;
 pub use metrics::{MetricSources, VcpuMetrics};

@@ -236,10 +236,18 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
             rx_rate_limiter: iface.rx_rate_limiter.unwrap_or_default().to_device(),
             tx_rate_limiter: iface.tx_rate_limiter.unwrap_or_default().to_device(),
         };
-        let net = Net::new(&cfg).map_err(|source| AttachError::Net {
+        let mut net = Net::new(&cfg).map_err(|source| AttachError::Net {
             id: iface.iface_id.clone(),
             source,
         })?;
+        if let Some(mmds) = config
+            .mmds
+            .as_ref()
+            .filter(|m| m.network_interfaces.contains(&iface.iface_id))
+        {
+            net.set_mmds(devices::mmds::MmdsStack::new(mmds.mmds.clone(), mmds.ipv4_address));
+            info!(iface_id = %iface.iface_id, ipv4 = %mmds.ipv4_address, "MMDS served on this interface");
+        }
         cores.push(DeviceCore {
             label: format!("net:{}", iface.iface_id),
             core: Box::new(net),

@@ -51,7 +51,7 @@ fn answer(instance: &mut Instance, req: &Request) -> Option<Response> {
     }
     let response = routes::handle(instance, req);
     assert!(
-        matches!(response.status, 200 | 204 | 400 | 404 | 405),
+        matches!(response.status, 200 | 204 | 400 | 404 | 405 | 413),
         "unexpected status {}",
         response.status
     );

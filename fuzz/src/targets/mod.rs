@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod pci;
+pub mod mmds;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vsock;

@@ -10,6 +10,10 @@
 //! leaves the epoll. Both limiters' timer fds sit in the device's epoll (its `backend_fd`), so the
 //! transport's event loop wakes the device when a throttled direction may go on; the device never waits.
 //!
+//! With MMDS attached ([`Net::set_mmds`]), every TX frame passes the device's [`MmdsStack`] first: frames for
+//! the metadata service are consumed there (never written to the TAP), and its answers go to the guest
+//! ahead of the TAP's frames, through the same RX path and limiter.
+//!
 //! Never trusts: TX chains and RX buffers (see `packet`). A frame too big for the offered buffer is
 //! dropped and counted (the driver sized its buffers for the MTU it was told about).
 
@@ -24,7 +28,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::metrics::NetMetrics;
 use super::packet::{prepare_rx_header, read_tx_frame, rx_capacity};
 use super::tap::{NetBackend, Tap, TapError};
+use super::VNET_HDR_LEN;
 use super::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use crate::mmds::MmdsStack;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterUpdate};
 use crate::virtio::{
     read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_NET,
@@ -77,6 +83,8 @@ pub struct Net<B: NetBackend = Tap> {
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
     metrics: Arc<NetMetrics>,
+    /// The metadata service's endpoint on this interface, when MMDS is attached to it.
+    mmds: Option<MmdsStack>,
 }
 
 impl Net<Tap> {
@@ -114,6 +122,7 @@ impl<B: NetBackend> Net<B> {
             rx_limiter,
             tx_limiter,
             metrics: Arc::new(NetMetrics::default()),
+            mmds: None,
         };
         net.watch_backend(true).map_err(NetError::Epoll)?;
         Ok(net)
@@ -128,6 +137,11 @@ impl<B: NetBackend> Net<B> {
     pub fn update_rate_limiters(&mut self, rx: &RateLimiterUpdate, tx: &RateLimiterUpdate) {
         self.rx_limiter.update(rx);
         self.tx_limiter.update(tx);
+    }
+
+    /// Serves MMDS on this interface: its frames stop here instead of reaching the TAP.
+    pub fn set_mmds(&mut self, stack: MmdsStack) {
+        self.mmds = Some(stack);
     }
 
     /// The RX (guest-bound) rate limiter.
@@ -187,12 +201,34 @@ impl<B: NetBackend> Net<B> {
             if let Err(e) = frame {
                 debug!(head = chain.head, error = %e, "virtio-net TX frame dropped");
                 self.metrics.tx_dropped.inc();
-            } else {
+            } else if !self.consumed_by_mmds() {
                 self.transmit();
             }
             txq.complete(chain.head, 0, signals)?;
         }
+        if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
+            // MMDS answered: deliver now rather than at the next RX kick or TAP frame.
+            self.process_rx(mem, queues, signals)?;
+        }
         Ok(())
+    }
+
+    /// Hands the frame in `tx_frame` to MMDS; `true` when it was MMDS's (it must not reach the TAP).
+    fn consumed_by_mmds(&mut self) -> bool {
+        let Some(stack) = self.mmds.as_mut() else {
+            return false;
+        };
+        self.tx_frame.len() > VNET_HDR_LEN && stack.handle_tx_frame(&self.tx_frame[VNET_HDR_LEN..])
+    }
+
+    /// Puts MMDS's next answer frame into `rx_frame` behind a virtio-net header; its length.
+    fn mmds_frame(&mut self) -> Option<usize> {
+        let frame = self.mmds.as_mut()?.pop_frame()?;
+        let len = VNET_HDR_LEN + frame.len();
+        // Our own frames are far below MAX_FRAME_LEN; the check only keeps that a fact.
+        let slot = self.rx_frame.get_mut(VNET_HDR_LEN..len)?;
+        slot.copy_from_slice(&frame);
+        Some(len)
     }
 
     /// Sends the frame in `tx_frame` to the TAP, or drops it (counted) if the TAP refuses it.
@@ -226,7 +262,7 @@ impl<B: NetBackend> Net<B> {
             return Ok(());
         };
         loop {
-            let len = match self.pending {
+            let len = match self.pending.or_else(|| self.mmds_frame()) {
                 Some(len) => len,
                 None => match self.backend.read_frame(&mut self.rx_frame) {
                     Ok(Some(len)) => len,
@@ -336,6 +372,9 @@ impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         self.pending = None;
+        if let Some(stack) = self.mmds.as_mut() {
+            stack.forget_all();
+        }
         self.acked_features = 0;
         let _ = self.watch_backend(true);
     }
@@ -409,6 +448,41 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(&out[0][..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
         assert_eq!(&out[0][VNET_HDR_LEN..], &frame(60)[..]);
+    }
+
+    #[test]
+    fn mmds_frames_never_reach_the_tap_and_answers_come_back_through_rx() {
+        use crate::mmds::{Mmds, MmdsStack, DEFAULT_IPV4};
+        let tap = FakeTap::new();
+        let mut core = Net::with_backend(tap.clone(), None).unwrap();
+        core.set_mmds(MmdsStack::new(Mmds::new(1024).shared(), DEFAULT_IPV4));
+        let mut dev = TestTransport::new(core);
+        let (mut rx, mut tx) = queues();
+        rx.add_chain(&[Desc::write(0x80_000, 1526)]);
+        // An ARP request for 169.254.169.254, then an ordinary frame.
+        let mut arp = vec![0u8; VNET_HDR_LEN];
+        arp.extend_from_slice(&[0xff; 6]);
+        arp.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 169, 254, 0, 2, 0, 0, 0, 0, 0, 0]);
+        arp.extend_from_slice(&DEFAULT_IPV4.octets());
+        tx.mem_write(0x40_000, &arp);
+        tx.add_chain(&[Desc::read(0x40_000, arp.len() as u32)]);
+        let mut other = vec![0u8; VNET_HDR_LEN];
+        other.extend(frame(60));
+        tx.mem_write(0x50_000, &other);
+        tx.add_chain(&[Desc::read(0x50_000, other.len() as u32)]);
+        let signals = run(&mut dev, &mut rx, &mut tx, Some(TX_QUEUE)).unwrap();
+        assert!(signals.contains(TX_QUEUE) && signals.contains(RX_QUEUE));
+        let out = tap.outbound.lock().unwrap();
+        assert_eq!(out.len(), 1, "only the ordinary frame reaches the TAP");
+        assert_eq!(&out[0][VNET_HDR_LEN..], &frame(60)[..]);
+        let used = rx.take_used();
+        assert_eq!(used, vec![(0, (VNET_HDR_LEN + 42) as u32)]);
+        let mut reply = [0u8; VNET_HDR_LEN + 42];
+        rx.mem().read_slice(&mut reply, GuestAddress(0x80_000)).unwrap();
+        assert_eq!(&reply[10..12], &[1, 0], "num_buffers = 1");
+        assert_eq!(&reply[VNET_HDR_LEN + 20..VNET_HDR_LEN + 22], &[0, 2], "an ARP reply");
+        assert_eq!(&reply[VNET_HDR_LEN + 28..VNET_HDR_LEN + 32], &DEFAULT_IPV4.octets());
     }
 
     #[test]
