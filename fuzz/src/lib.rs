@@ -71,6 +71,8 @@ pub const TARGETS: &[Target] = &[
         name: "virtio_pci",
         run: targets::pci::transport,
         seeds: seeds::virtio_pci,
+    },
+    Target {
         name: "mmds_stack",
         run: targets::mmds::stack,
         seeds: seeds::mmds_stack,
