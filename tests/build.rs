@@ -19,6 +19,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("keyboard.S", "keyboard.elf"),
     ("flood.S", "flood.elf"),
     ("halt.S", "halt.elf"),
+    ("snapcount.S", "snapcount.elf"),
 ];
 
 fn main() {

@@ -36,6 +36,10 @@ pub enum InstanceError {
     Logger(String),
     #[error("Invalid metrics configuration: {0}")]
     Metrics(String),
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadSnapshotNotAllowed,
+    #[error(transparent)]
+    Snapshot(#[from] vmm::snapshot::SnapshotError),
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -111,6 +115,9 @@ pub struct Instance {
     startup: crate::metrics::Startup,
     options: VmmOptions,
     vm: Option<MicroVm>,
+    /// A boot-specific resource (boot source, machine, CPU or device configuration) was set: from then
+    /// on a snapshot can no longer be loaded, as in Firecracker.
+    boot_resources_configured: bool,
 }
 
 impl Instance {
@@ -125,6 +132,7 @@ impl Instance {
             startup: Default::default(),
             options,
             vm: None,
+            boot_resources_configured: false,
         }
     }
 
@@ -159,6 +167,14 @@ impl Instance {
         }
     }
 
+    /// Before boot, for requests that configure the machine: refused after start, and marks the
+    /// instance as configured (no snapshot load any more).
+    fn configure(&mut self) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        self.boot_resources_configured = true;
+        Ok(())
+    }
+
     fn ensure_not_started(&self) -> Result<(), InstanceError> {
         match self.vm {
             Some(_) => Err(InstanceError::NotAllowedAfterStart),
@@ -171,7 +187,7 @@ impl Instance {
     }
 
     pub fn put_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         boot_source.validate()?;
         self.config.boot_source = Some(boot_source);
         Ok(())
@@ -179,13 +195,13 @@ impl Instance {
 
     /// `PUT /cpu-config`: a custom CPU template (already parsed and checked), pre-boot only.
     pub fn put_cpu_config(&mut self, template: CustomCpuTemplate) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         self.config.cpu_config = Some(template);
         Ok(())
     }
 
     pub fn put_machine_config(&mut self, machine: MachineConfig) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         machine.validate()?;
         self.config.machine = machine;
         Ok(())
@@ -193,7 +209,7 @@ impl Instance {
 
     /// Applies a partial update; nothing changes unless the result as a whole is valid.
     pub fn patch_machine_config(&mut self, update: &MachineConfigUpdate) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         let machine = update.applied_to(&self.config.machine);
         machine.validate()?;
         self.config.machine = machine;
@@ -201,7 +217,7 @@ impl Instance {
     }
 
     pub fn devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         Ok(&mut self.devices)
     }
 
@@ -307,6 +323,35 @@ impl Instance {
         let vm = MicroVm::start(&self.config, self.options.clone())?;
         crate::metrics::attach_vm(vm.metric_sources());
         tracing::debug!(id = %self.id, "InstanceStart done");
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// `PUT /snapshot/create`: the microVM must be paused.
+    pub fn create_snapshot(&self, params: &vmm::snapshot::CreateParams) -> Result<(), InstanceError> {
+        let vm = self.running_vm()?;
+        let started = std::time::Instant::now();
+        vm.create_snapshot(params)?;
+        let key = match params.snapshot_type {
+            vmm::snapshot::SnapshotType::Full => "full_create_snapshot",
+            vmm::snapshot::SnapshotType::Diff => "diff_create_snapshot",
+        };
+        crate::metrics::record_latency(key, started.elapsed());
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: only as the first configuration of the instance (Firecracker's rule); the
+    /// restored microVM then stands for `InstanceStart`.
+    pub fn load_snapshot(&mut self, params: &vmm::snapshot::LoadParams) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        if self.boot_resources_configured {
+            return Err(InstanceError::LoadSnapshotNotAllowed);
+        }
+        let started = std::time::Instant::now();
+        let vm = MicroVm::restore(params, self.options.clone())?;
+        crate::metrics::attach_vm(vm.metric_sources());
+        crate::metrics::record_latency("load_snapshot", started.elapsed());
+        self.config.machine = vm.machine_config().clone();
         self.vm = Some(vm);
         Ok(())
     }

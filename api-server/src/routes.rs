@@ -37,6 +37,8 @@ pub enum RouteError {
     Instance(#[from] InstanceError),
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
+    #[error(transparent)]
+    SnapshotBody(#[from] crate::snapshot::LoadBodyError),
 }
 
 impl RouteError {
@@ -65,6 +67,8 @@ enum Route {
     Drive(String),
     NetworkInterface(String),
     Vsock,
+    SnapshotCreate,
+    SnapshotLoad,
 }
 
 impl Route {
@@ -83,6 +87,8 @@ impl Route {
             "/logger" => Route::Logger,
             "/metrics" => Route::Metrics,
             "/vsock" => Route::Vsock,
+            "/snapshot/create" => Route::SnapshotCreate,
+            "/snapshot/load" => Route::SnapshotLoad,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
@@ -100,9 +106,14 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::Actions | Route::BootSource | Route::CpuConfig | Route::Logger | Route::Metrics | Route::Vsock => {
-                "PUT"
-            }
+            Route::Actions
+            | Route::BootSource
+            | Route::CpuConfig
+            | Route::Logger
+            | Route::Metrics
+            | Route::Vsock
+            | Route::SnapshotCreate
+            | Route::SnapshotLoad => "PUT",
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
@@ -241,6 +252,16 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vsock, Method::Put) => {
             let vsock: Value = body(req)?;
             instance.devices_mut()?.put_vsock(vsock)?;
+            Ok(Response::no_content())
+        }
+        (Route::SnapshotCreate, Method::Put) => {
+            let create: crate::snapshot::SnapshotCreateBody = body(req)?;
+            instance.create_snapshot(&create.into())?;
+            Ok(Response::no_content())
+        }
+        (Route::SnapshotLoad, Method::Put) => {
+            let load: crate::snapshot::SnapshotLoadBody = body(req)?;
+            instance.load_snapshot(&load.try_into()?)?;
             Ok(Response::no_content())
         }
         (route, method) => Err(RouteError::MethodNotAllowed {

@@ -16,6 +16,7 @@ pub mod metrics;
 mod microvm;
 pub mod mptable;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 mod virtio_devices;
 

@@ -58,6 +58,7 @@ pub struct MicroVm {
     drives: Drives,
     nets: NetInterfaces,
     metrics: MetricSources,
+    snapshot: crate::snapshot::SnapshotParts,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -83,6 +84,7 @@ impl MicroVm {
         drives: Drives,
         nets: NetInterfaces,
         metrics: MetricSources,
+        snapshot: crate::snapshot::SnapshotParts,
     ) -> Self {
         MicroVm {
             control,
@@ -93,6 +95,7 @@ impl MicroVm {
             drives,
             nets,
             metrics,
+            snapshot,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -181,6 +184,41 @@ impl MicroVm {
             return Err(VmmError::NotRunning);
         }
         Ok(self.nets.update_rate_limiters(id, rx, tx)?)
+    }
+
+    /// Writes a snapshot of the paused microVM (`PUT /snapshot/create`): its state file and its memory
+    /// file (all of it, or with `Diff` only the pages written since the last snapshot).
+    pub fn create_snapshot(
+        &self,
+        params: &crate::snapshot::CreateParams,
+    ) -> Result<(), crate::snapshot::SnapshotError> {
+        if self.state() != VmState::Paused {
+            return Err(crate::snapshot::SnapshotError::NotPaused);
+        }
+        crate::snapshot::create(
+            &crate::snapshot::LiveVm {
+                vm: &self._vm,
+                mem: &self._mem,
+                control: &self.control,
+                vcpu_count: self.vcpu_count,
+                parts: &self.snapshot,
+            },
+            params,
+        )
+    }
+
+    /// Builds a microVM from a snapshot (`PUT /snapshot/load`); it runs at once with `resume_vm`, else
+    /// it stays paused.
+    pub fn restore(
+        params: &crate::snapshot::LoadParams,
+        options: VmmOptions,
+    ) -> Result<MicroVm, crate::snapshot::SnapshotError> {
+        crate::snapshot::restore(params, options)
+    }
+
+    /// Its machine configuration (after a restore: the snapshot's, with this load's dirty-page tracking).
+    pub fn machine_config(&self) -> &crate::config::MachineConfig {
+        &self.snapshot.config.machine
     }
 
     /// The counters of its devices and vCPUs (shared: they keep counting while the microVM runs).

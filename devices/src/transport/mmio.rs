@@ -20,6 +20,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+mod persist;
+
+pub use persist::{MmioTransportState, QueueSnapshot, RestoreError};
+
 use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
