@@ -264,3 +264,57 @@ fn bad_snapshots_are_refused_and_the_process_stays_usable() {
     hull.expect_output(&format!("hull-tiny: snap tick={} ", last + 2), TIMEOUT);
     assert!(check_ticks(&format!("{before}{}", hull.stdout())) > last);
 }
+
+/// Linux paused mid-boot (its virtio-blk driver has set up the drive, so the transport holds live queues)
+/// is snapshotted, killed, and restored in a new hull, where it finishes booting to `Run /init`. About a
+/// minute under the software KVM, one boot split over two processes.
+#[test]
+fn linux_paused_mid_boot_finishes_booting_in_a_new_process() {
+    require_kvm!("linux_paused_mid_boot_finishes_booting_in_a_new_process");
+    let images = hull_tests::guest_images();
+    let _one_linux_boot_at_a_time = hull_tests::FileLock::acquire("linux-boot");
+    let dir = TempDir::new("snap-linux").unwrap();
+    let drive = dir.path().join("data.raw");
+    std::fs::write(&drive, vec![0u8; 1 << 20]).unwrap();
+    let config = json!({
+        "boot-source": { "kernel_image_path": images.kernel, "initrd_path": images.initrd,
+                         "boot_args": "console=ttyS0 reboot=k panic=1" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        "drives": [{ "drive_id": "data", "path_on_host": drive, "is_root_device": false }],
+        "vsock": { "guest_cid": 3, "uds_path": dir.path().join("v.sock") },
+    });
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let timeout = Duration::from_secs(300);
+    let mut first = Hull::with_api("snap-linux-a", &["--config-file", cfg.to_str().unwrap()]);
+    first.expect_output("[vda]", timeout);
+    let (snap, mem) = (dir.path().join("linux.snap"), dir.path().join("linux.mem"));
+    let before = pause_and_snapshot(&first, &snap, &mem, "Full");
+    assert!(
+        !before.contains("Run /init"),
+        "the boot ended before the pause:\n{before}"
+    );
+    first.kill();
+    hull_tests::note(&format!(
+        "snapshot: Linux paused {:.1} s into its boot",
+        first.elapsed().as_secs_f64()
+    ));
+
+    let second = Hull::with_api("snap-linux-b", &[]);
+    let (status, body) = put(
+        &second,
+        "/snapshot/load",
+        json!({ "snapshot_path": snap, "mem_backend": { "backend_type": "File", "backend_path": mem }, "resume_vm": true }),
+    );
+    assert_eq!(status, 204, "snapshot/load: {body}\n{}", second.report());
+    second.expect_output("Run /init as init process", timeout);
+    let after = second.stdout();
+    assert!(
+        !after.contains("Linux version"),
+        "the restored kernel must not boot again:\n{after}"
+    );
+    hull_tests::note(&format!(
+        "snapshot: restored Linux reached `Run /init` {:.1} s after the load",
+        second.elapsed().as_secs_f64()
+    ));
+}

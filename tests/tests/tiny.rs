@@ -524,7 +524,11 @@ fn flush_metrics_reports_the_guests_exits_and_console_bytes_under_firecrackers_k
         "/boot-source",
         &json!({ "kernel_image_path": tiny_guest("halt.elf"), "boot_args": "console=ttyS0" }),
     );
-    api.expect_ok("PUT", "/machine-config", &json!({ "vcpu_count": 1, "mem_size_mib": 128 }));
+    api.expect_ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+    );
     api.expect_ok(
         "PUT",
         "/drives/data",

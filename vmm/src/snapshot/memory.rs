@@ -14,6 +14,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
@@ -66,7 +68,7 @@ pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
 }
 
 /// Bitmap of pages written since the last call: one bit per page, per region. Reading KVM's log also
-/// clears it; the soft-dirty bits are cleared by [`clear_soft_dirty`].
+/// clears it; the soft-dirty bits are cleared by [`start_dirty_period`].
 pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> std::io::Result<Vec<Vec<u64>>> {
     let mut pagemap = File::open("/proc/self/pagemap")?;
     let mut bitmaps = Vec::new();
@@ -95,9 +97,42 @@ pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> std::io::Result<Vec<Vec<
     Ok(bitmaps)
 }
 
-/// Starts a new soft-dirty period for this process (`/proc/self/clear_refs`, value 4).
-pub fn clear_soft_dirty() -> std::io::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "4")
+/// Whether the kernel was seen to set soft-dirty bits (set by [`start_dirty_period`]).
+static SOFT_DIRTY_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// A page of this process written right after each clear, to see whether the kernel tracks soft-dirty
+/// pages at all (CONFIG_MEM_SOFT_DIRTY); without it a diff would miss what hull's devices wrote.
+#[repr(C, align(4096))]
+struct ProbePage([u8; PAGE_SIZE as usize]);
+
+fn probe_page() -> *mut u8 {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| Box::into_raw(Box::new(ProbePage([0; PAGE_SIZE as usize]))) as usize) as *mut u8
+}
+
+fn soft_dirty(pagemap: &File, addr: u64) -> std::io::Result<bool> {
+    let mut entry = [0u8; 8];
+    pagemap.read_exact_at(&mut entry, addr / PAGE_SIZE * 8)?;
+    Ok(u64::from_le_bytes(entry) & (1 << 55) != 0)
+}
+
+/// Starts a new dirty-page period for this process's own writes (`/proc/self/clear_refs`, value 4:
+/// clear the soft-dirty bits) and checks that the kernel sets them again.
+pub fn start_dirty_period() -> std::io::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "4")?;
+    let page = probe_page();
+    // SAFETY: the probe page is a leaked, page-aligned allocation of PAGE_SIZE bytes owned by this module.
+    unsafe { std::ptr::write_volatile(page, std::ptr::read_volatile(page).wrapping_add(1)) };
+    if soft_dirty(&File::open("/proc/self/pagemap")?, page as u64)? {
+        SOFT_DIRTY_SEEN.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Whether diff snapshots can see the devices' writes: the kernel set a soft-dirty bit after the last
+/// [`start_dirty_period`].
+pub fn soft_dirty_tracked() -> bool {
+    SOFT_DIRTY_SEEN.load(Ordering::Relaxed)
 }
 
 /// Writes the pages `dirty` marks to `path`, sized like the whole memory, holes elsewhere. Returns how

@@ -223,6 +223,13 @@ pub(crate) fn create(live: &LiveVm<'_>, params: &CreateParams) -> Result<(), Sna
             None
         }
         SnapshotType::Diff => {
+            if !memory::soft_dirty_tracked() {
+                return Err(SnapshotError::Save(
+                    "this host kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY), which a diff \
+                     snapshot needs to see what hull's own devices wrote into guest memory; take a Full snapshot"
+                        .into(),
+                ));
+            }
             let dirty = memory::dirty_pages(live.vm, live.mem).map_err(mem_err)?;
             Some(memory::write_diff(live.mem, &dirty, mem_path).map_err(mem_err)?)
         }
@@ -232,7 +239,7 @@ pub(crate) fn create(live: &LiveVm<'_>, params: &CreateParams) -> Result<(), Sna
         if params.snapshot_type == SnapshotType::Full {
             memory::dirty_pages(live.vm, live.mem).map_err(mem_err)?;
         }
-        memory::clear_soft_dirty().map_err(mem_err)?;
+        memory::start_dirty_period().map_err(mem_err)?;
     }
     drop(transports);
     let payload = serde_json::to_vec(&state).map_err(|e| SnapshotError::Save(e.to_string()))?;
@@ -350,7 +357,7 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
     })?;
     crate::memory::register_memory(&vm, &mem, params.track_dirty_pages).map_err(|e| restore_err(&e))?;
     if params.track_dirty_pages {
-        memory::clear_soft_dirty().map_err(|e| restore_err(&e))?;
+        memory::start_dirty_period().map_err(|e| restore_err(&e))?;
     }
 
     let mut legacy = crate::builder::create_legacy_devices(&vm, &options, started).map_err(|e| restore_err(&e))?;
