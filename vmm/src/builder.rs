@@ -58,8 +58,6 @@ pub enum BuildError {
     SerialOutput { path: String, source: std::io::Error },
     #[error("cannot start the event loop: {0}")]
     EventLoop(std::io::Error),
-    #[error("cannot start dirty-page tracking (/proc/self/clear_refs): {0}")]
-    DirtyTracking(std::io::Error),
     #[error("Invalid CPU configuration: {0}")]
     CpuConfig(#[from] cpu_config::CpuConfigError),
     #[error("Failed to get CPU template: {0}")]
@@ -88,11 +86,8 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let vm = create_vm(&kvm)?;
     let mem = memory::create_guest_memory(machine.mem_size_mib, machine.huge_pages).map_err(BuildError::from)?;
     memory::register_memory(&vm, &mem, machine.track_dirty_pages).map_err(BuildError::from)?;
-    if machine.track_dirty_pages {
-        // Diff snapshots also need the writes hull makes (the kernel it loads, its devices'): start the
-        // soft-dirty period now, before any of them.
-        crate::snapshot::memory::start_dirty_period().map_err(BuildError::DirtyTracking)?;
-    }
+    // Diff snapshots also need the pages hull's devices write (KVM logs only the guest's).
+    devices::dirty_log::set_enabled(machine.track_dirty_pages);
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());

@@ -4,18 +4,17 @@
 //! The memory file is the guest's RAM regions one after another (`MemoryRegionState::file_offset`).
 //! A diff file has the same size with only the dirty pages written (the rest are holes), so it can be
 //! laid onto a full file page by page (`merge_diff`). Dirty pages are the union of KVM's dirty log
-//! (guest writes) and the kernel's soft-dirty bits of this process's mapping (writes by hull's own
-//! devices into guest memory, which KVM does not log).
+//! (guest writes) and the pages hull's own devices wrote into guest memory, which KVM does not log
+//! (`devices::dirty_log` and the queues' used rings).
 //!
 //! Restoring maps the file MAP_PRIVATE: pages are read from the file only when touched, and guest
 //! writes stay in this process. The file's size must match the snapshot's layout exactly.
 
+use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
 use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
@@ -67,72 +66,27 @@ pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
     file.flush()
 }
 
-/// Bitmap of pages written since the last call: one bit per page, per region. Reading KVM's log also
-/// clears it; the soft-dirty bits are cleared by [`start_dirty_period`].
-pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> std::io::Result<Vec<Vec<u64>>> {
-    let mut pagemap = File::open("/proc/self/pagemap")?;
+/// Bitmap of pages written since the last call, one bit per page, per region: KVM's dirty log (the guest's
+/// writes; reading it also clears it) and `device_pages`, guest page numbers hull's own code wrote
+/// (`devices::dirty_log`, plus the used rings).
+pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap, device_pages: &BTreeSet<u64>) -> std::io::Result<Vec<Vec<u64>>> {
     let mut bitmaps = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let len = region.len() as usize;
         let mut bitmap = vm
             .get_dirty_log(slot as u32, len)
             .map_err(|e| std::io::Error::other(format!("KVM_GET_DIRTY_LOG on slot {slot}: {e}")))?;
+        let first = region.start_addr().0 / PAGE_SIZE;
         let pages = region.len() / PAGE_SIZE;
-        let first = region.as_ptr() as u64 / PAGE_SIZE;
-        pagemap.seek(SeekFrom::Start(first * 8))?;
-        let mut entries = vec![0u8; pages as usize * 8];
-        pagemap.read_exact(&mut entries)?;
-        for (page, entry) in entries.chunks_exact(8).enumerate() {
-            let mut e = [0u8; 8];
-            e.copy_from_slice(entry);
-            // Bit 55: soft-dirty.
-            if u64::from_le_bytes(e) & (1 << 55) != 0 {
-                if let Some(word) = bitmap.get_mut(page / 64) {
-                    *word |= 1 << (page % 64);
-                }
+        for page in device_pages.range(first..first + pages) {
+            let i = (page - first) as usize;
+            if let Some(word) = bitmap.get_mut(i / 64) {
+                *word |= 1 << (i % 64);
             }
         }
         bitmaps.push(bitmap);
     }
     Ok(bitmaps)
-}
-
-/// Whether the kernel was seen to set soft-dirty bits (set by [`start_dirty_period`]).
-static SOFT_DIRTY_SEEN: AtomicBool = AtomicBool::new(false);
-
-/// A page of this process written right after each clear, to see whether the kernel tracks soft-dirty
-/// pages at all (CONFIG_MEM_SOFT_DIRTY); without it a diff would miss what hull's devices wrote.
-#[repr(C, align(4096))]
-struct ProbePage([u8; PAGE_SIZE as usize]);
-
-fn probe_page() -> *mut u8 {
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    *PAGE.get_or_init(|| Box::into_raw(Box::new(ProbePage([0; PAGE_SIZE as usize]))) as usize) as *mut u8
-}
-
-fn soft_dirty(pagemap: &File, addr: u64) -> std::io::Result<bool> {
-    let mut entry = [0u8; 8];
-    pagemap.read_exact_at(&mut entry, addr / PAGE_SIZE * 8)?;
-    Ok(u64::from_le_bytes(entry) & (1 << 55) != 0)
-}
-
-/// Starts a new dirty-page period for this process's own writes (`/proc/self/clear_refs`, value 4:
-/// clear the soft-dirty bits) and checks that the kernel sets them again.
-pub fn start_dirty_period() -> std::io::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "4")?;
-    let page = probe_page();
-    // SAFETY: the probe page is a leaked, page-aligned allocation of PAGE_SIZE bytes owned by this module.
-    unsafe { std::ptr::write_volatile(page, std::ptr::read_volatile(page).wrapping_add(1)) };
-    if soft_dirty(&File::open("/proc/self/pagemap")?, page as u64)? {
-        SOFT_DIRTY_SEEN.store(true, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-/// Whether diff snapshots can see the devices' writes: the kernel set a soft-dirty bit after the last
-/// [`start_dirty_period`].
-pub fn soft_dirty_tracked() -> bool {
-    SOFT_DIRTY_SEEN.load(Ordering::Relaxed)
 }
 
 /// Writes the pages `dirty` marks to `path`, sized like the whole memory, holes elsewhere. Returns how

@@ -223,23 +223,16 @@ pub(crate) fn create(live: &LiveVm<'_>, params: &CreateParams) -> Result<(), Sna
             None
         }
         SnapshotType::Diff => {
-            if !memory::soft_dirty_tracked() {
-                return Err(SnapshotError::Save(
-                    "this host kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY), which a diff \
-                     snapshot needs to see what hull's own devices wrote into guest memory; take a Full snapshot"
-                        .into(),
-                ));
-            }
-            let dirty = memory::dirty_pages(live.vm, live.mem).map_err(mem_err)?;
+            let dirty = memory::dirty_pages(live.vm, live.mem, &device_pages(&state.devices)).map_err(mem_err)?;
             Some(memory::write_diff(live.mem, &dirty, mem_path).map_err(mem_err)?)
         }
     };
     if tracking {
         // The next diff holds what is written from now on.
         if params.snapshot_type == SnapshotType::Full {
-            memory::dirty_pages(live.vm, live.mem).map_err(mem_err)?;
+            memory::dirty_pages(live.vm, live.mem, &Default::default()).map_err(mem_err)?;
         }
-        memory::start_dirty_period().map_err(mem_err)?;
+        devices::dirty_log::take();
     }
     drop(transports);
     let payload = serde_json::to_vec(&state).map_err(|e| SnapshotError::Save(e.to_string()))?;
@@ -253,6 +246,18 @@ pub(crate) fn create(live: &LiveVm<'_>, params: &CreateParams) -> Result<(), Sna
         "snapshot created"
     );
     Ok(())
+}
+
+/// The guest pages hull's devices wrote since the last snapshot: the device log, and every live queue's
+/// used ring (the ring, its index and `avail_event` are written through virtio-queue, not the log).
+fn device_pages(devices: &[state::DeviceState]) -> std::collections::BTreeSet<u64> {
+    let mut pages = devices::dirty_log::take();
+    for q in devices.iter().flat_map(|d| &d.transport.queues).filter(|q| q.live) {
+        let len = 6 + 8 * u64::from(q.size);
+        let page = memory::PAGE_SIZE;
+        pages.extend(q.used / page..=(q.used.saturating_add(len - 1)) / page);
+    }
+    pages
 }
 
 fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -356,9 +361,7 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
         reason,
     })?;
     crate::memory::register_memory(&vm, &mem, params.track_dirty_pages).map_err(|e| restore_err(&e))?;
-    if params.track_dirty_pages {
-        memory::start_dirty_period().map_err(|e| restore_err(&e))?;
-    }
+    devices::dirty_log::set_enabled(params.track_dirty_pages);
 
     let mut legacy = crate::builder::create_legacy_devices(&vm, &options, started).map_err(|e| restore_err(&e))?;
     lock(&legacy.serial)
