@@ -318,3 +318,86 @@ fn linux_paused_mid_boot_finishes_booting_in_a_new_process() {
         second.elapsed().as_secs_f64()
     ));
 }
+
+/// The `Uffd` memory backend: `hull-uffd-handler` (built with hull) serves the restored guest's pages from
+/// the memory file over a userfaultfd; the guest continues as with the `File` backend.
+#[test]
+fn the_uffd_backend_serves_a_restored_guest_through_the_example_handler() {
+    require_kvm!("the_uffd_backend_serves_a_restored_guest_through_the_example_handler");
+    let dir = TempDir::new("snap-uffd").unwrap();
+    let mut vm = boot("snap-uffd-src", dir.path(), false);
+    let (snap, mem) = (dir.path().join("snap"), dir.path().join("mem"));
+    let before = pause_and_snapshot(&vm, &snap, &mem, "Full");
+    vm.kill();
+    let last = check_ticks(&before);
+
+    let handler_bin = hull_tests::hull_bin().with_file_name("hull-uffd-handler");
+    let socket = dir.path().join("uffd.sock");
+    let mut handler = KillOnDrop(
+        std::process::Command::new(&handler_bin)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--mem-file")
+            .arg(&mem)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", handler_bin.display())),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut hull = Hull::with_api("snap-uffd-dst", &[]);
+    let (status, body) = put(
+        &hull,
+        "/snapshot/load",
+        json!({ "snapshot_path": snap, "mem_backend": { "backend_type": "Uffd", "backend_path": socket }, "resume_vm": true }),
+    );
+    assert_eq!(status, 204, "snapshot/load: {body}\n{}", hull.report());
+    hull.expect_output(&format!("hull-tiny: snap tick={} ", last + 3), TIMEOUT);
+    assert!(check_ticks(&format!("{before}{}", hull.stdout())) >= last + 2);
+    hull.kill();
+    // The handler ends when hull goes away, having served only the pages the guest touched.
+    let out = handler.0.wait_with_output_timeout();
+    assert!(out.contains("hull went away after"), "{out}");
+    let pages: u64 = out
+        .split("after ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(pages > 0 && pages < (64 << 20) / 4096 / 2, "pages served: {pages}");
+}
+
+/// A child process killed (by its PID) when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+trait WaitWithTimeout {
+    fn wait_with_output_timeout(&mut self) -> String;
+}
+
+impl WaitWithTimeout for std::process::Child {
+    /// Waits up to 10 s for the process to end, then returns its standard output.
+    fn wait_with_output_timeout(&mut self) -> String {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        if self.try_wait().ok().flatten().is_some() {
+            if let Some(stdout) = self.stdout.as_mut() {
+                let _ = stdout.read_to_string(&mut out);
+            }
+        }
+        out
+    }
+}

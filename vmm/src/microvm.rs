@@ -59,6 +59,8 @@ pub struct MicroVm {
     nets: NetInterfaces,
     metrics: MetricSources,
     snapshot: crate::snapshot::SnapshotParts,
+    /// The userfaultfd of a microVM restored with the Uffd backend (its handler serves the pages).
+    _uffd: Option<crate::snapshot::uffd::UffdBackend>,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -96,6 +98,7 @@ impl MicroVm {
             nets,
             metrics,
             snapshot,
+            _uffd: None,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -214,6 +217,10 @@ impl MicroVm {
         options: VmmOptions,
     ) -> Result<MicroVm, crate::snapshot::SnapshotError> {
         crate::snapshot::restore(params, options)
+    }
+
+    pub(crate) fn keep_uffd(&mut self, uffd: Option<crate::snapshot::uffd::UffdBackend>) {
+        self._uffd = uffd;
     }
 
     /// Its machine configuration (after a restore: the snapshot's, with this load's dirty-page tracking).

@@ -125,6 +125,10 @@ pub const KVM_GET_XSAVE: u32 = ior(0xa4, size_of::<kvm_xsave>());
 pub const KVM_SET_XSAVE: u32 = iow(0xa5, size_of::<kvm_xsave>());
 pub const KVM_GET_XCRS: u32 = ior(0xa6, size_of::<kvm_xcrs>());
 pub const KVM_SET_XCRS: u32 = iow(0xa7, size_of::<kvm_xcrs>());
+// userfaultfd (linux/userfaultfd.h), for the Uffd snapshot backend.
+pub const UFFDIO_API: u32 = vmm::snapshot::uffd::UFFDIO_API_IOCTL;
+pub const UFFDIO_REGISTER: u32 = vmm::snapshot::uffd::UFFDIO_REGISTER_IOCTL;
+pub const USERFAULTFD_IOC_NEW: u32 = 0xaa00;
 // TAP set-up (linux/if_tun.h) and generic fd ioctls.
 pub const TUNSETIFF: u32 = 0x4004_54ca;
 pub const TUNSETOFFLOAD: u32 = 0x4004_54d0;
@@ -322,10 +326,16 @@ const API_OWN: &[Allow] = &[
         ],
     ),
     only("seccomp", libc::SYS_seccomp, &[&[eq(0, libc::SECCOMP_SET_MODE_FILTER)]]),
+    // PUT /snapshot/load with the Uffd backend: a userfaultfd, handed to the page-fault handler.
+    any("userfaultfd", libc::SYS_userfaultfd),
+    any("sendmsg", libc::SYS_sendmsg),
     only(
         "ioctl",
         libc::SYS_ioctl,
         &[
+            &[eq(1, UFFDIO_API)],
+            &[eq(1, UFFDIO_REGISTER)],
+            &[eq(1, USERFAULTFD_IOC_NEW)],
             &[eq(1, KVM_CREATE_VM)],
             &[eq(1, KVM_CHECK_EXTENSION)],
             &[eq(1, KVM_GET_VCPU_MMAP_SIZE)],

@@ -11,6 +11,7 @@
 pub mod format;
 pub mod memory;
 pub mod state;
+pub mod uffd;
 pub mod vcpu;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,8 @@ pub enum SnapshotError {
     MemoryFile { path: String, reason: String },
     #[error("Failed to restore from snapshot: {0}")]
     Unsupported(String),
+    #[error("Failed to restore from snapshot: the Uffd memory backend: {0}")]
+    Uffd(String),
     #[error("Failed to restore from snapshot: invalid network override: {0}")]
     NetworkOverride(String),
     #[error("Failed to restore from snapshot: this host cannot run the snapshot: {0}")]
@@ -292,22 +295,31 @@ pub fn describe(path: &Path) -> Result<String, SnapshotError> {
     Ok(format::read_version(path)?.to_string())
 }
 
+/// Opens the memory file and checks its size against the snapshot's layout.
+fn open_memory_file(path: &Path, bytes: u64) -> Result<(String, std::fs::File), SnapshotError> {
+    let name = path.display().to_string();
+    let err = |reason: String| SnapshotError::MemoryFile {
+        path: name.clone(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    if size != bytes {
+        return Err(err(format!(
+            "it has {size} bytes; the snapshot's guest memory is {bytes} bytes"
+        )));
+    }
+    Ok((name, file))
+}
+
 /// Builds a microVM from a snapshot (see the module doc).
 pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroVm, SnapshotError> {
     let started = Instant::now();
     let mut state = read_state(&params.snapshot_path)?;
     let restore_err = |e: &dyn std::fmt::Display| SnapshotError::Restore(e.to_string());
-    let mem_path = match &params.mem_backend {
-        MemBackend::File(path) => path,
-        MemBackend::Uffd(_) => {
-            return Err(SnapshotError::Unsupported(
-                "the Uffd memory backend is not available in this hull; use File".into(),
-            ))
-        }
-    };
     if state.config.machine.huge_pages != crate::config::HugePages::None {
         return Err(SnapshotError::Unsupported(
-            "a microVM on huge pages cannot be restored from a File memory backend".into(),
+            "a microVM on huge pages cannot be restored by this hull (4 KiB pages only)".into(),
         ));
     }
     for o in &params.network_overrides {
@@ -325,27 +337,10 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
         .validate_devices()
         .map_err(|e| SnapshotError::Inconsistent(e.to_string()))?;
 
-    let mem_name = mem_path.display().to_string();
-    let mem_file = std::fs::File::open(mem_path).map_err(|e| SnapshotError::MemoryFile {
-        path: mem_name.clone(),
-        reason: e.to_string(),
-    })?;
-    let size = mem_file
-        .metadata()
-        .map_err(|e| SnapshotError::MemoryFile {
-            path: mem_name.clone(),
-            reason: e.to_string(),
-        })?
-        .len();
-    if size != state.memory_bytes() {
-        return Err(SnapshotError::MemoryFile {
-            path: mem_name,
-            reason: format!(
-                "it has {size} bytes; the snapshot's guest memory is {} bytes",
-                state.memory_bytes()
-            ),
-        });
-    }
+    let (mem_file, uffd_socket) = match &params.mem_backend {
+        MemBackend::File(path) => (Some(open_memory_file(path, state.memory_bytes())?), None),
+        MemBackend::Uffd(socket) => (None, Some(socket)),
+    };
 
     let kvm = Kvm::new().map_err(|e| restore_err(&format!("cannot open /dev/kvm: {e}")))?;
     let supported = kvm
@@ -356,10 +351,20 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
             .map_err(|e| SnapshotError::Host(format!("vCPU {}: {e}", v.index)))?;
     }
     let vm = crate::builder::create_vm(&kvm).map_err(|e| restore_err(&e))?;
-    let mem = memory::map_private(&mem_file, &state.memory).map_err(|reason| SnapshotError::MemoryFile {
-        path: mem_name.clone(),
-        reason,
-    })?;
+    let (mem, uffd) = match (&mem_file, uffd_socket) {
+        (Some((path, file)), _) => {
+            let mem = memory::map_private(file, &state.memory).map_err(|reason| SnapshotError::MemoryFile {
+                path: path.clone(),
+                reason,
+            })?;
+            (mem, None)
+        }
+        (None, Some(socket)) => {
+            let (mem, fd) = uffd::connect(socket, &state.memory).map_err(SnapshotError::Uffd)?;
+            (mem, Some(fd))
+        }
+        (None, None) => unreachable!("one backend is always chosen"),
+    };
     crate::memory::register_memory(&vm, &mem, params.track_dirty_pages).map_err(|e| restore_err(&e))?;
     devices::dirty_log::set_enabled(params.track_dirty_pages);
 
@@ -410,7 +415,7 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
     }
     .map_err(|e| restore_err(&e))?;
     let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
-    let microvm = crate::builder::start_threads(
+    let mut microvm = crate::builder::start_threads(
         (kvm, vm, mem),
         (vcpus, cpuids),
         legacy,
@@ -420,6 +425,7 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
         state.config.clone(),
     )
     .map_err(|e| restore_err(&e))?;
+    microvm.keep_uffd(uffd);
     tracing::info!(
         snapshot = %params.snapshot_path.display(),
         resumed = params.resume_vm,
