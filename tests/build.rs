@@ -20,6 +20,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("flood.S", "flood.elf"),
     ("halt.S", "halt.elf"),
     ("snapcount.S", "snapcount.elf"),
+    ("memtouch.S", "memtouch.elf"),
 ];
 
 fn main() {
