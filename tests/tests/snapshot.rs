@@ -265,9 +265,10 @@ fn bad_snapshots_are_refused_and_the_process_stays_usable() {
     assert!(check_ticks(&format!("{before}{}", hull.stdout())) > last);
 }
 
-/// Linux paused mid-boot (its virtio-blk driver has set up the drive, so the transport holds live queues)
-/// is snapshotted, killed, and restored in a new hull, where it finishes booting to `Run /init`. About a
-/// minute under the software KVM, one boot split over two processes.
+/// Linux paused mid-boot (its virtio-blk and virtio-vsock drivers have set up their devices, so the
+/// transports hold live queues) is snapshotted, killed, and restored in a new hull, where the vsock device
+/// sends the driver a transport reset and the kernel finishes booting to `Run /init`. About a minute under
+/// the software KVM, one boot split over two processes.
 #[test]
 fn linux_paused_mid_boot_finishes_booting_in_a_new_process() {
     require_kvm!("linux_paused_mid_boot_finishes_booting_in_a_new_process");
@@ -287,7 +288,11 @@ fn linux_paused_mid_boot_finishes_booting_in_a_new_process() {
     std::fs::write(&cfg, config.to_string()).unwrap();
     let timeout = Duration::from_secs(300);
     let mut first = Hull::with_api("snap-linux-a", &["--config-file", cfg.to_str().unwrap()]);
+    // Both drivers are up: the drive's (its queue in use) and the vsock's. Its probe posts the event
+    // buffers just after DRIVER_OK, so wait for a later line of the boot (a few seconds before init).
     first.expect_output("[vda]", timeout);
+    first.expect_log("virtio-mmio device activated device=vsock", timeout);
+    first.expect_output("Freeing unused kernel image (initmem)", timeout);
     let (snap, mem) = (dir.path().join("linux.snap"), dir.path().join("linux.mem"));
     let before = pause_and_snapshot(&first, &snap, &mem, "Full");
     assert!(
@@ -308,6 +313,8 @@ fn linux_paused_mid_boot_finishes_booting_in_a_new_process() {
     );
     assert_eq!(status, 204, "snapshot/load: {body}\n{}", second.report());
     second.expect_output("Run /init as init process", timeout);
+    // The guest's vsock driver was up: the restored device told it its connections are gone.
+    second.expect_log("vsock transport reset sent to the driver", Duration::ZERO);
     let after = second.stdout();
     assert!(
         !after.contains("Linux version"),
@@ -400,4 +407,90 @@ impl WaitWithTimeout for std::process::Child {
         }
         out
     }
+}
+
+/// A TAP device, deleted (by name) on drop.
+struct Tap(String);
+
+impl Tap {
+    fn create(name: &str) -> Option<Tap> {
+        let ok = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = std::process::Command::new("ip").args(["link", "del", name]).output();
+        if !ok(&["tuntap", "add", "dev", name, "mode", "tap"]) {
+            return None;
+        }
+        Some(Tap(name.to_string()))
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// `network_overrides` moves a snapshot's interface to another TAP; an override naming an interface the
+/// snapshot does not have is refused.
+#[test]
+fn network_overrides_move_an_interface_to_another_tap() {
+    require_kvm!("network_overrides_move_an_interface_to_another_tap");
+    let id = std::process::id() % 100_000;
+    let (Some(first_tap), Some(second_tap)) = (Tap::create(&format!("hsa{id}")), Tap::create(&format!("hsb{id}")))
+    else {
+        hull_tests::skip(
+            "network_overrides_move_an_interface_to_another_tap",
+            "cannot create TAP devices (needs CAP_NET_ADMIN and ip)",
+        );
+        return;
+    };
+    let dir = TempDir::new("snap-net").unwrap();
+    let config = json!({
+        "boot-source": { "kernel_image_path": tiny_guest("snapcount.elf"), "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 64 },
+        "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": first_tap.0, "guest_mac": "06:00:ac:10:00:02" }],
+    });
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let mut vm = Hull::with_api("snap-net-a", &["--config-file", cfg.to_str().unwrap()]);
+    vm.expect_output("hull-tiny: snap tick=1 ", TIMEOUT);
+    let (snap, mem) = (dir.path().join("snap"), dir.path().join("mem"));
+    let before = pause_and_snapshot(&vm, &snap, &mem, "Full");
+    vm.kill();
+    let last = check_ticks(&before);
+
+    let hull = Hull::with_api("snap-net-b", &[]);
+    let load = |overrides: Value| {
+        json!({ "snapshot_path": snap, "mem_backend": { "backend_type": "File", "backend_path": mem },
+                "resume_vm": true, "network_overrides": overrides })
+    };
+    let (status, body) = put(
+        &hull,
+        "/snapshot/load",
+        load(json!([{ "iface_id": "eth9", "host_dev_name": second_tap.0 }])),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid network override") && body.contains("eth9"), "{body}");
+    let (status, body) = put(
+        &hull,
+        "/snapshot/load",
+        load(json!([{ "iface_id": "eth0", "host_dev_name": second_tap.0 }])),
+    );
+    assert_eq!(status, 204, "{body}\n{}", hull.report());
+    hull.expect_output(&format!("hull-tiny: snap tick={} ", last + 2), TIMEOUT);
+    let config = hull.api().get("/vm/config").unwrap().json();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 64, "{config}");
+    // hull has the second TAP open, not the first.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", hull.pid())).unwrap().count();
+    assert!(fds > 0);
+    let tun = std::fs::read_dir(format!("/proc/{}/fdinfo", hull.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|info| info.contains("iff:"))
+        .unwrap_or_default();
+    assert!(tun.contains(&second_tap.0), "the TAP hull holds: {tun:?}");
 }

@@ -203,7 +203,12 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
             };
             let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
             chain.write_at(mem, 0, &event).map_err(evq.malformed(chain.head))?;
-            evq.complete(chain.head, event.len() as u32, signals)
+            evq.complete(chain.head, event.len() as u32, signals)?;
+            tracing::info!(
+                guest_cid = self.guest_cid,
+                "vsock transport reset sent to the driver after a restore"
+            );
+            Ok(())
         })
     }
 
