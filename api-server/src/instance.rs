@@ -351,7 +351,13 @@ impl Instance {
         let vm = MicroVm::restore(params, self.options.clone())?;
         crate::metrics::attach_vm(vm.metric_sources());
         crate::metrics::record_latency("load_snapshot", started.elapsed());
-        self.config.machine = vm.machine_config().clone();
+        // GET /vm/config and PATCH /drives see the restored machine's devices.
+        let saved = vm.saved_config();
+        self.config.machine = saved.machine.clone();
+        self.devices.drives = saved.drives.clone();
+        self.devices.network_interfaces = saved.net.clone();
+        self.devices.vsock = saved.vsock.clone();
+        self.devices.apply_to(&mut self.config);
         self.vm = Some(vm);
         Ok(())
     }

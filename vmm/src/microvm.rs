@@ -228,6 +228,12 @@ impl MicroVm {
         &self.snapshot.config.machine
     }
 
+    /// The configuration it was built from (after a restore: the snapshot's, with this load's network
+    /// overrides and dirty-page tracking).
+    pub fn saved_config(&self) -> &crate::snapshot::SavedConfig {
+        &self.snapshot.config
+    }
+
     /// The counters of its devices and vCPUs (shared: they keep counting while the microVM runs).
     pub fn metric_sources(&self) -> MetricSources {
         self.metrics.clone()
