@@ -284,8 +284,11 @@ fn wrong_method_is_405() {
 #[test]
 fn unknown_path_is_404() {
     let hull = start();
+    hull.request("GET", "/no-such-resource", None)
+        .assert_fault(404, "Invalid request method and/or path: GET /no-such-resource.");
+    // The snapshot resources exist (PUT only).
     hull.request("GET", "/snapshot/create", None)
-        .assert_fault(404, "Invalid request method and/or path: GET /snapshot/create.");
+        .assert_fault(405, "Allowed methods: PUT.");
     hull.request("PUT", "/machine-configuration", Some("{}"))
         .assert_fault(404, "PUT /machine-configuration");
 }
