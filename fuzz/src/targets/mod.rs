@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod snapshot;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vsock;
