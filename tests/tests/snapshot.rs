@@ -16,11 +16,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A booted snapcount guest with a drive and a vsock, served on an API socket.
 fn boot(label: &str, dir: &Path, track_dirty_pages: bool) -> Hull {
+    boot_with(label, dir, track_dirty_pages, 1)
+}
+
+fn boot_with(label: &str, dir: &Path, track_dirty_pages: bool, vcpus: u8) -> Hull {
     let drive = dir.join("disk.raw");
     std::fs::write(&drive, vec![0u8; 64 * 1024]).unwrap();
     let config = json!({
         "boot-source": { "kernel_image_path": tiny_guest("snapcount.elf"), "boot_args": "console=ttyS0" },
-        "machine-config": { "vcpu_count": 1, "mem_size_mib": 64, "track_dirty_pages": track_dirty_pages },
+        "machine-config": { "vcpu_count": vcpus, "mem_size_mib": 64, "track_dirty_pages": track_dirty_pages },
         "drives": [{ "drive_id": "data", "path_on_host": drive, "is_root_device": false }],
         "vsock": { "guest_cid": 3, "uds_path": dir.join("v.sock") },
     });
@@ -144,6 +148,22 @@ fn a_tiny_guest_continues_in_a_new_process_and_can_be_snapshotted_again() {
     second.kill();
     let mut third = restore_and_check("snap-c", &snap2, &mem2, &before2);
     third.kill();
+}
+
+/// Two vCPUs (the second one waiting for INIT-SIPI, as the guest never starts it): both are saved and
+/// restored, and the guest carries on.
+#[test]
+fn a_two_vcpu_guest_restores() {
+    require_kvm!("a_two_vcpu_guest_restores");
+    let dir = TempDir::new("snap-smp").unwrap();
+    let mut vm = boot_with("snap-smp-a", dir.path(), false, 2);
+    let (snap, mem) = (dir.path().join("snap"), dir.path().join("mem"));
+    let before = pause_and_snapshot(&vm, &snap, &mem, "Full");
+    vm.kill();
+    let mut restored = restore_and_check("snap-smp-b", &snap, &mem, &before);
+    let config = restored.api().get("/vm/config").unwrap().json();
+    assert_eq!(config["machine-config"]["vcpu_count"], 2, "{config}");
+    restored.kill();
 }
 
 #[test]

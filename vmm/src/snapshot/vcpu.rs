@@ -49,8 +49,14 @@ pub enum VcpuStateError {
 /// The CPUID leaves whose feature bits a snapshot may only use where this host's KVM offers them:
 /// (function, index, which registers).
 const FEATURE_LEAVES: [(u32, u32); 3] = [(1, 0), (7, 0), (0x8000_0001, 0)];
-/// Bits a VMM sets in leaf 1 ECX whatever KVM reports: the hypervisor bit and the TSC deadline timer.
-const LEAF1_ECX_VMM_BITS: u32 = (1 << 31) | (1 << 24);
+/// Bits a VMM sets whatever KVM reports, (function, register, bits): in leaf 1 ECX the hypervisor bit and
+/// the TSC deadline timer, in leaf 1 EDX HTT and in 0x80000001 ECX CmpLegacy (both describe the vCPU
+/// topology, not a host feature).
+const VMM_BITS: [(u32, &str, u32); 3] = [
+    (1, "ecx", (1 << 31) | (1 << 24)),
+    (1, "edx", 1 << 28),
+    (0x8000_0001, "ecx", 1 << 1),
+];
 
 /// Checks that every feature bit the snapshot's CPUID sets in leaves 1, 7.0 and 0x80000001 (ECX, EDX;
 /// EBX too for leaf 7) is offered by this host's KVM (`supported`, from KVM_GET_SUPPORTED_CPUID).
@@ -69,11 +75,11 @@ pub fn check_cpuid_fits(saved: &[kvm_cpuid_entry2], supported: &[kvm_cpuid_entry
             regs.push(("ebx", s.ebx, host.ebx));
         }
         for (name, want, have) in regs {
-            let allowed = if function == 1 && name == "ecx" {
-                have | LEAF1_ECX_VMM_BITS
-            } else {
-                have
-            };
+            let vmm_bits = VMM_BITS
+                .iter()
+                .filter(|(f, r, _)| *f == function && *r == name)
+                .fold(0, |acc, (_, _, bits)| acc | bits);
+            let allowed = have | vmm_bits;
             let missing = want & !allowed;
             if missing != 0 {
                 return Err(format!(
@@ -190,7 +196,7 @@ mod tests {
     #[test]
     fn cpuid_features_the_host_lacks_are_refused() {
         let host = [leaf(1, 0x0000_2001, 0xff, 0), leaf(7, 0, 0, 0b1010)];
-        assert!(check_cpuid_fits(&[leaf(1, 0x0000_2001 | (1 << 31), 0x0f, 0xffff)], &host).is_ok());
+        assert!(check_cpuid_fits(&[leaf(1, 0x0000_2001 | (1 << 31), 0x0f | (1 << 28), 0xffff)], &host).is_ok());
         assert!(check_cpuid_fits(&[leaf(7, 0, 0, 0b1000)], &host).is_ok());
         let e = check_cpuid_fits(&[leaf(7, 0, 0, 0b0100)], &host).unwrap_err();
         assert!(e.contains("leaf 0x7.0 ebx") && e.contains("0x00000004"), "{e}");
