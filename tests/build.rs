@@ -19,6 +19,8 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("keyboard.S", "keyboard.elf"),
     ("flood.S", "flood.elf"),
     ("halt.S", "halt.elf"),
+    ("snapcount.S", "snapcount.elf"),
+    ("memtouch.S", "memtouch.elf"),
 ];
 
 fn main() {

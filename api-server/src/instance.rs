@@ -39,6 +39,10 @@ pub enum InstanceError {
     Metrics(String),
     #[error(transparent)]
     Mmds(#[from] MmdsError),
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadSnapshotNotAllowed,
+    #[error(transparent)]
+    Snapshot(#[from] vmm::snapshot::SnapshotError),
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -117,6 +121,9 @@ pub struct Instance {
     options: VmmOptions,
     mmds: MmdsService,
     vm: Option<MicroVm>,
+    /// A boot-specific resource (boot source, machine, CPU or device configuration) was set: from then
+    /// on a snapshot can no longer be loaded, as in Firecracker.
+    boot_resources_configured: bool,
 }
 
 impl Instance {
@@ -132,6 +139,7 @@ impl Instance {
             options,
             mmds: MmdsService::default(),
             vm: None,
+            boot_resources_configured: false,
         }
     }
 
@@ -167,6 +175,14 @@ impl Instance {
         }
     }
 
+    /// Before boot, for requests that configure the machine: refused after start, and marks the
+    /// instance as configured (no snapshot load any more).
+    fn configure(&mut self) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        self.boot_resources_configured = true;
+        Ok(())
+    }
+
     fn ensure_not_started(&self) -> Result<(), InstanceError> {
         match self.vm {
             Some(_) => Err(InstanceError::NotAllowedAfterStart),
@@ -179,7 +195,7 @@ impl Instance {
     }
 
     pub fn put_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         boot_source.validate()?;
         self.config.boot_source = Some(boot_source);
         Ok(())
@@ -187,13 +203,13 @@ impl Instance {
 
     /// `PUT /cpu-config`: a custom CPU template (already parsed and checked), pre-boot only.
     pub fn put_cpu_config(&mut self, template: CustomCpuTemplate) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         self.config.cpu_config = Some(template);
         Ok(())
     }
 
     pub fn put_machine_config(&mut self, machine: MachineConfig) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         machine.validate()?;
         self.config.machine = machine;
         Ok(())
@@ -201,7 +217,7 @@ impl Instance {
 
     /// Applies a partial update; nothing changes unless the result as a whole is valid.
     pub fn patch_machine_config(&mut self, update: &MachineConfigUpdate) -> Result<(), InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         let machine = update.applied_to(&self.config.machine);
         machine.validate()?;
         self.config.machine = machine;
@@ -209,7 +225,7 @@ impl Instance {
     }
 
     pub fn devices_mut(&mut self) -> Result<&mut DeviceConfigs, InstanceError> {
-        self.ensure_not_started()?;
+        self.configure()?;
         Ok(&mut self.devices)
     }
 
@@ -338,6 +354,41 @@ impl Instance {
         let vm = MicroVm::start(&self.config, self.options.clone())?;
         crate::metrics::attach_vm(vm.metric_sources());
         tracing::debug!(id = %self.id, "InstanceStart done");
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// `PUT /snapshot/create`: the microVM must be paused.
+    pub fn create_snapshot(&self, params: &vmm::snapshot::CreateParams) -> Result<(), InstanceError> {
+        let vm = self.running_vm()?;
+        let started = std::time::Instant::now();
+        vm.create_snapshot(params)?;
+        let key = match params.snapshot_type {
+            vmm::snapshot::SnapshotType::Full => "full_create_snapshot",
+            vmm::snapshot::SnapshotType::Diff => "diff_create_snapshot",
+        };
+        crate::metrics::record_latency(key, started.elapsed());
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: only as the first configuration of the instance (Firecracker's rule); the
+    /// restored microVM then stands for `InstanceStart`.
+    pub fn load_snapshot(&mut self, params: &vmm::snapshot::LoadParams) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        if self.boot_resources_configured {
+            return Err(InstanceError::LoadSnapshotNotAllowed);
+        }
+        let started = std::time::Instant::now();
+        let vm = MicroVm::restore(params, self.options.clone())?;
+        crate::metrics::attach_vm(vm.metric_sources());
+        crate::metrics::record_latency("load_snapshot", started.elapsed());
+        // GET /vm/config and PATCH /drives see the restored machine's devices.
+        let saved = vm.saved_config();
+        self.config.machine = saved.machine.clone();
+        self.devices.drives = saved.drives.clone();
+        self.devices.network_interfaces = saved.net.clone();
+        self.devices.vsock = saved.vsock.clone();
+        self.devices.apply_to(&mut self.config);
         self.vm = Some(vm);
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! - [`instance`]: the microVM before and after `InstanceStart`: configuration, boot, pause/resume.
 //! - [`devices`]: drive, network-interface and vsock sections.
 //! - [`config_file`]: boot from a `--config-file`.
+//! - [`snapshot`]: the `/snapshot/create` and `/snapshot/load` bodies.
 //! - [`logger`]: the `logger`/`metrics` sections and Firecracker's log level names.
 
 pub mod config_file;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod mmds;
 pub mod routes;
 pub mod server;
+pub mod snapshot;

@@ -37,6 +37,8 @@ pub enum RouteError {
     Instance(#[from] InstanceError),
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
+    #[error(transparent)]
+    SnapshotBody(#[from] crate::snapshot::LoadBodyError),
 }
 
 impl RouteError {
@@ -68,6 +70,8 @@ enum Route {
     Vsock,
     Mmds,
     MmdsConfig,
+    SnapshotCreate,
+    SnapshotLoad,
 }
 
 impl Route {
@@ -88,6 +92,8 @@ impl Route {
             "/vsock" => Route::Vsock,
             "/mmds" => Route::Mmds,
             "/mmds/config" => Route::MmdsConfig,
+            "/snapshot/create" => Route::SnapshotCreate,
+            "/snapshot/load" => Route::SnapshotLoad,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
@@ -105,9 +111,14 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::Actions | Route::BootSource | Route::CpuConfig | Route::Logger | Route::Metrics | Route::Vsock => {
-                "PUT"
-            }
+            Route::Actions
+            | Route::BootSource
+            | Route::CpuConfig
+            | Route::Logger
+            | Route::Metrics
+            | Route::Vsock
+            | Route::SnapshotCreate
+            | Route::SnapshotLoad => "PUT",
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
@@ -262,6 +273,16 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         }
         (Route::MmdsConfig, Method::Put) => {
             instance.put_mmds_config(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::SnapshotCreate, Method::Put) => {
+            let create: crate::snapshot::SnapshotCreateBody = body(req)?;
+            instance.create_snapshot(&create.into())?;
+            Ok(Response::no_content())
+        }
+        (Route::SnapshotLoad, Method::Put) => {
+            let load: crate::snapshot::SnapshotLoadBody = body(req)?;
+            instance.load_snapshot(&load.try_into()?)?;
             Ok(Response::no_content())
         }
         (route, method) => Err(RouteError::MethodNotAllowed {

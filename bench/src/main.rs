@@ -1,6 +1,6 @@
 //! `hull-bench`, the project's benchmark harness.
 //!
-//! `hull-bench <boot|devices|run|containerd|compare|density> [--runs N] [--json FILE] [--linux] [--window-ms MS]
+//! `hull-bench <boot|devices|run|containerd|compare|density|snapshot> [--runs N] [--json FILE] [--linux] [--window-ms MS]
 //! [--hull PATH] [--svg FILE] [--vms N] [--qemu PATH] [--firecracker PATH] [--cloud-hypervisor PATH]` prints a
 //! one-paragraph description of the machine, then one table per benchmark (median, p90, min, max) as each
 //! finishes (`compare` and `density` end with a table of hull next to the other VMMs), and with `--json`
@@ -23,6 +23,7 @@ mod guest_io;
 mod machine;
 mod report;
 mod smaps;
+mod snapshot;
 mod stats;
 mod svg;
 mod virtq;
@@ -61,9 +62,12 @@ suites:
   density    N microVMs with the halting tiny guest started at once, per VMM: start rate (N / time
              until all N guests are up), per-VM PSS and RSS, MemAvailable before, with all up and after
              teardown, and a check that teardown leaves no process, socket or temporary directory
+  snapshot   a tiny guest (64 MiB, dirty tracking on): /snapshot/create time and file sizes (Full and
+             Diff), /snapshot/load → response and → the guest's first output, and the restored hull's
+             RSS before and after the guest writes all its memory
 
 options:
-  --runs N         samples per boot or run metric (default 20), timed windows per device row (default 5),
+  --runs N         samples per boot or run metric (default 20; snapshot: 10), timed windows per device row (default 5),
                    containerd: both ctr runs and pod starts (default 20 and 10), compare: rounds (default 10)
   --json FILE      also write all samples and summaries as JSON to FILE
   --linux          boot: also boot the real guest kernel once (1-2 minutes under kvm_pvm)
@@ -164,8 +168,9 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             }
         }
     }
-    let suite = suite.ok_or_else(|| usage("which suite? boot, devices, run, containerd, compare or density".into()))?;
-    if !["boot", "devices", "run", "containerd", "compare", "density"].contains(&suite.as_str()) {
+    let suite = suite
+        .ok_or_else(|| usage("which suite? boot, devices, run, containerd, compare, density or snapshot".into()))?;
+    if !["boot", "devices", "run", "containerd", "compare", "density", "snapshot"].contains(&suite.as_str()) {
         return Err(usage(format!("unknown suite {suite:?}")));
     }
     if parsed.linux && suite != "boot" {
@@ -403,6 +408,19 @@ fn run(args: Args) -> Result<Vec<Section>> {
                 linux: args.linux,
                 hull_bin: hull,
             })
+        }
+        "snapshot" => {
+            let hull = find_hull(args.hull.clone())?;
+            if !machine.kvm_usable {
+                return Err(BenchError::env(
+                    "/dev/kvm is missing or not accessible to this user: hull cannot boot",
+                ));
+            }
+            // hull_tests::Hull starts `$HULL_BIN`; no other thread runs yet.
+            std::env::set_var("HULL_BIN", &hull);
+            print_header(&machine, &format!("hull binary: {}.", hull.display()));
+            json["hull_bin"] = serde_json::json!(hull);
+            snapshot::run(args.runs.unwrap_or(10))
         }
         "run" => {
             let hull = find_hull(args.hull.clone())?;

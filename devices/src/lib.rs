@@ -8,9 +8,11 @@
 //! (its counters), `test_utils.rs`, and its host-side backend (a file, a TAP, or vsock's `muxer` and
 //! `connection`). Shared by all three: `virtio::chain` (the one loop over a queue's descriptor chains),
 //! `virtio::metrics` (the counter type) and the `VirtioDevice` contract in `virtio`. The cores never
-//! remember a fatal error; the transports do (`transport::NeedsReset`).
+//! remember a fatal error; the transports do (`transport::NeedsReset`). `dirty_log` records the guest pages
+//! device code wrote, for diff snapshots.
 
 pub mod bus;
+pub mod dirty_log;
 pub mod legacy;
 pub mod mmds;
 pub mod rate_limiter;

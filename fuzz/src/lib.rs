@@ -48,6 +48,11 @@ pub const TARGETS: &[Target] = &[
         seeds: seeds::config_file,
     },
     Target {
+        name: "snapshot_state",
+        run: targets::snapshot::state_file,
+        seeds: seeds::snapshot_state,
+    },
+    Target {
         name: "virtio_chain",
         run: targets::virtio::chain,
         seeds: seeds::virtio_chain,

@@ -92,6 +92,21 @@ pub fn config_file() -> Vec<Vec<u8>> {
     ])
 }
 
+/// Snapshot state files: a well-formed empty one, JSON payloads of the state's shape, damaged headers.
+pub fn snapshot_state() -> Vec<Vec<u8>> {
+    let state = br#"{"vmm_version":"0.1.0","config":{"machine":{"vcpu_count":1,"mem_size_mib":16},"drives":[],"net":[],"vsock":null},"memory":[{"guest_addr":0,"size":16777216,"file_offset":0}],"vm":{},"vcpus":[],"serial":{"registers":[0,0,0,0,0,0,0,0,0],"in_buffer":[]},"devices":[]}"#;
+    let mut seeds = vec![
+        vmm::snapshot::format::encode(b"{}"),
+        vmm::snapshot::format::encode(state),
+        state.to_vec(),
+        b"HULLSNAP".to_vec(),
+    ];
+    let mut newer = vmm::snapshot::format::encode(b"{}");
+    newer[8] = 2;
+    seeds.push(newer);
+    seeds
+}
+
 /// Inputs for a device target: its own prefix (backend set-up), then queue layouts of every kind.
 fn virtio_with(prefix: &[u8]) -> Vec<Vec<u8>> {
     let mut rng = crate::runner::Rng::new(0x7669_7274_696f);

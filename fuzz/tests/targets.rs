@@ -71,6 +71,7 @@ bounded!(
     http_request,
     api_routes,
     config_file,
+    snapshot_state,
     virtio_chain,
     virtio_block,
     virtio_net,

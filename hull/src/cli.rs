@@ -41,6 +41,19 @@ pub enum Command {
     /// Serve one virtio device to a vhost-user frontend (QEMU) until it disconnects.
     #[command(subcommand)]
     VhostUser(crate::vhost_user::VhostUserCommand),
+    /// Merge a diff snapshot's memory file onto the full memory file it follows (in place).
+    RebaseSnap(RebaseSnapArgs),
+}
+
+/// `hull rebase-snap --base-file FULL --diff-file DIFF` (Firecracker's rebase-snap flags).
+#[derive(Debug, Args)]
+pub struct RebaseSnapArgs {
+    /// The full memory file; the diff's pages are written into it.
+    #[arg(long, value_name = "FILE")]
+    pub base_file: PathBuf,
+    /// The diff memory file (same size; only its written pages count).
+    #[arg(long, value_name = "FILE")]
+    pub diff_file: PathBuf,
 }
 
 /// The Firecracker-compatible mode: serve the REST API on a unix socket and/or boot from a JSON file.
@@ -148,11 +161,11 @@ pub struct FirecrackerArgs {
     #[arg(long, value_name = "MICROSECONDS")]
     pub parent_cpu_time_us: Option<u64>,
 
-    /// Print the snapshot format version and exit. hull has no snapshots yet: it says so and exits 1.
+    /// Print the snapshot format version hull writes (`v1.0.0`) and exit.
     #[arg(long)]
     pub snapshot_version: bool,
 
-    /// Print the format version of a snapshot file and exit. hull has no snapshots yet: refused, exit 1.
+    /// Print the format version of a snapshot state file and exit (exit 1 if it is not one).
     #[arg(long, value_name = "FILE")]
     pub describe_snapshot: Option<PathBuf>,
 

@@ -3,7 +3,8 @@
 //! - no subcommand: the Firecracker-compatible microVM with its REST API and/or config file ([`vmm_mode`],
 //!   on top of the `api_server` library);
 //! - `hull run`: a container in a fresh microVM, through hull-agent ([`run`]);
-//! - `hull vhost-user {blk,vsock,net}`: one virtio device served to a vhost-user frontend ([`vhost_user`]).
+//! - `hull vhost-user {blk,vsock,net}`: one virtio device served to a vhost-user frontend ([`vhost_user`]);
+//! - `hull rebase-snap`: merges a diff snapshot's memory file onto its base (Firecracker's rebase-snap).
 
 mod cli;
 mod logging;
@@ -26,6 +27,7 @@ fn main() {
         match command {
             cli::Command::VhostUser(cmd) => std::process::exit(vhost_user::run(cmd)),
             cli::Command::Run(args) => std::process::exit(run::run(*args)),
+            cli::Command::RebaseSnap(args) => std::process::exit(rebase_snap(&args)),
         }
     }
     if let Some(code) = firecracker_only_flags(&cli.vmm.firecracker) {
@@ -114,20 +116,45 @@ fn release_stack_below_here() {
     }
 }
 
-/// `--snapshot-version` and `--describe-snapshot` answer and exit: hull has no snapshots yet, so both say so.
+/// `--snapshot-version` prints the snapshot format hull writes; `--describe-snapshot FILE` the format of
+/// FILE (its header only; a file that is not a hull snapshot is refused, exit 1). Both then exit.
 fn firecracker_only_flags(fc: &cli::FirecrackerArgs) -> Option<i32> {
     if fc.snapshot_version {
-        eprintln!("hull: --snapshot-version: hull has no snapshot support yet, so no snapshot format version");
-        return Some(vmm_mode::EXIT_GENERIC_ERROR);
+        println!("{}", vmm::snapshot::format::FORMAT_VERSION);
+        return Some(0);
     }
     if let Some(file) = &fc.describe_snapshot {
-        eprintln!(
-            "hull: --describe-snapshot {}: hull has no snapshot support yet",
-            file.display()
-        );
-        return Some(vmm_mode::EXIT_GENERIC_ERROR);
+        return Some(match vmm::snapshot::describe(file) {
+            Ok(version) => {
+                println!("{version}");
+                0
+            }
+            Err(e) => {
+                eprintln!("hull: --describe-snapshot: {e}");
+                vmm_mode::EXIT_GENERIC_ERROR
+            }
+        });
     }
     None
+}
+
+/// `hull rebase-snap`: lays a diff snapshot's memory file onto the full one it follows (Firecracker's
+/// rebase-snap tool), so the result restores with the diff's state file.
+fn rebase_snap(args: &cli::RebaseSnapArgs) -> i32 {
+    match vmm::snapshot::memory::merge_diff(&args.diff_file, &args.base_file) {
+        Ok(bytes) => {
+            println!(
+                "merged {bytes} bytes of {} onto {}",
+                args.diff_file.display(),
+                args.base_file.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("hull rebase-snap: {e}");
+            vmm_mode::EXIT_GENERIC_ERROR
+        }
+    }
 }
 
 /// Reads the files Firecracker's flags name, before any seccomp filter: `--metadata` must be JSON within

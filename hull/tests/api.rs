@@ -284,8 +284,11 @@ fn wrong_method_is_405() {
 #[test]
 fn unknown_path_is_404() {
     let hull = start();
+    hull.request("GET", "/no-such-resource", None)
+        .assert_fault(404, "Invalid request method and/or path: GET /no-such-resource.");
+    // The snapshot resources exist (PUT only).
     hull.request("GET", "/snapshot/create", None)
-        .assert_fault(404, "Invalid request method and/or path: GET /snapshot/create.");
+        .assert_fault(405, "Allowed methods: PUT.");
     hull.request("PUT", "/machine-configuration", Some("{}"))
         .assert_fault(404, "PUT /machine-configuration");
 }
@@ -714,16 +717,21 @@ fn every_firecracker_flag_is_accepted_and_the_log_path_gets_firecracker_lines() 
 }
 
 #[test]
-fn snapshot_flags_and_bad_metadata_are_refused_clearly() {
-    for args in [&["--snapshot-version"][..], &["--describe-snapshot", "snap"][..]] {
-        let output = Command::new(HULL).args(args).output().expect("run hull");
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains("no snapshot support"),
-            "{args:?}"
-        );
-    }
+fn snapshot_flags_answer_and_bad_snapshots_and_metadata_are_refused_clearly() {
+    let output = Command::new(HULL).arg("--snapshot-version").output().expect("run hull");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "v1.0.0");
     let dir = temp_dir();
+    std::fs::write(dir.path().join("not-a-snapshot"), "hello, this is not a snapshot").unwrap();
+    for (file, says) in [("missing", "cannot read"), ("not-a-snapshot", "bad magic")] {
+        let output = Command::new(HULL)
+            .current_dir(dir.path())
+            .args(["--describe-snapshot", file])
+            .output()
+            .expect("run hull");
+        assert_eq!(output.status.code(), Some(1), "{file}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{file}");
+    }
     std::fs::write(dir.path().join("bad.json"), "{not json").unwrap();
     std::fs::write(dir.path().join("big.json"), format!("\"{}\"", "x".repeat(100))).unwrap();
     for (file, limit, says) in [("bad.json", "4096", "not JSON"), ("big.json", "50", "size limit")] {

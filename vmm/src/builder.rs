@@ -88,11 +88,14 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     cpu_config::check_capabilities(&kvm, config.cpu_config.as_ref()).map_err(BuildError::CpuConfig)?;
     let vm = create_vm(&kvm)?;
-    let mem = create_guest_memory(&vm, machine.mem_size_mib, machine.huge_pages)?;
+    let mem = memory::create_guest_memory(machine.mem_size_mib, machine.huge_pages).map_err(BuildError::from)?;
+    memory::register_memory(&vm, &mem, machine.track_dirty_pages).map_err(BuildError::from)?;
+    // Diff snapshots also need the pages hull's devices write (KVM logs only the guest's).
+    devices::dirty_log::set_enabled(machine.track_dirty_pages);
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
-    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&kvm, &vm, &mem, config, &mut legacy, &mut metrics)?;
+    let attached = attach_virtio_devices(&kvm, &vm, &mem, config, &mut legacy, &mut metrics)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -102,11 +105,11 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         &mem,
         boot_source.boot_args_or_default(),
         template,
-        &virtio_cmdline,
+        &attached.cmdline,
         options.enable_pci,
     )?;
     write_boot_structures(&mem, &kernel, cmdline_len, initrd, machine.vcpu_count)?;
-    let vcpus = create_vcpus(
+    let (vcpus, cpuids) = create_vcpus(
         &kvm,
         &vm,
         &mem,
@@ -116,6 +119,41 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     )?;
 
     let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
+    let saved = crate::snapshot::SavedConfig::of(config);
+    let vm = start_threads(
+        (kvm, vm, mem),
+        (vcpus, cpuids),
+        legacy,
+        attached,
+        (control, vcpu_metrics, metrics),
+        &options,
+        saved,
+    )?;
+    tracing::info!(
+        vcpus = machine.vcpu_count,
+        mem_mib = machine.mem_size_mib,
+        entry = ?kernel.entry,
+        build_ms = started.elapsed().as_millis() as u64,
+        "microVM started"
+    );
+    Ok(vm)
+}
+
+/// Last step, shared with a restore: the event loop, then one thread per vCPU, and the handle over it all.
+pub(crate) fn start_threads(
+    (kvm, vm, mem): (Kvm, VmFd, GuestMemoryMmap),
+    (vcpus, cpuids): (Vec<VcpuFd>, Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>),
+    legacy: LegacyDevices,
+    attached: AttachedDevices,
+    (control, vcpu_metrics, metrics): (Arc<VcpuControl>, Arc<VcpuMetrics>, MetricSources),
+    options: &VmmOptions,
+    saved: crate::snapshot::SavedConfig,
+) -> Result<MicroVm, VmmError> {
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec();
     let event_thread = event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
         .map_err(BuildError::EventLoop)?;
     let ctx = Arc::new(VcpuContext {
@@ -124,8 +162,11 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         control: control.clone(),
         reset_evt: legacy.reset_evt,
         metrics: vcpu_metrics,
+        msr_list,
+        cpuids,
     });
-    let mut threads = Vec::with_capacity(vcpus.len());
+    let vcpu_count = vcpus.len();
+    let mut threads = Vec::with_capacity(vcpu_count);
     for (index, fd) in vcpus.into_iter().enumerate() {
         match vcpu::spawn_vcpu(index as u8, fd, ctx.clone(), options.seccomp.vcpu.clone()) {
             Ok(t) => threads.push(t),
@@ -135,13 +176,12 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
             }
         }
     }
-    tracing::info!(
-        vcpus = machine.vcpu_count,
-        mem_mib = machine.mem_size_mib,
-        entry = ?kernel.entry,
-        build_ms = started.elapsed().as_millis() as u64,
-        "microVM started"
-    );
+    let snapshot = crate::snapshot::SnapshotParts {
+        pci: legacy.pci.is_some(),
+        serial: legacy.serial,
+        devices: attached.all,
+        config: saved,
+    };
     Ok(MicroVm::new(
         kvm,
         vm,
@@ -150,15 +190,16 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         threads,
         event_thread,
         legacy.i8042,
-        usize::from(machine.vcpu_count),
-        drives,
-        nets,
+        vcpu_count,
+        attached.drives,
+        attached.nets,
         metrics,
+        snapshot,
     ))
 }
 
 /// Step: the CPU template, chosen automatically on a software KVM.
-fn choose_cpu_template(name: crate::config::CpuTemplateName) -> Result<CpuTemplate, BuildError> {
+pub(crate) fn choose_cpu_template(name: crate::config::CpuTemplateName) -> Result<CpuTemplate, BuildError> {
     let software = cpu_template::software_kvm_detected();
     let template = cpu_template::resolve(name, software, cpu_template::host_vendor())?;
     if software && template != CpuTemplate::PassThrough {
@@ -172,7 +213,7 @@ fn choose_cpu_template(name: crate::config::CpuTemplateName) -> Result<CpuTempla
 }
 
 /// Step: the VM with its in-kernel interrupt controllers (PIC, IO APIC, LAPICs) and PIT.
-fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
+pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDR as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -187,27 +228,17 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
     Ok(vm)
 }
 
-/// Step: guest RAM, mapped here and registered with KVM.
-fn create_guest_memory(
-    vm: &VmFd,
-    mem_mib: usize,
-    huge_pages: crate::config::HugePages,
-) -> Result<GuestMemoryMmap, BuildError> {
-    let mem = memory::create_guest_memory(mem_mib, huge_pages)?;
-    memory::register_memory(vm, &mem)?;
-    Ok(mem)
-}
-
-struct LegacyDevices {
-    pio: Arc<Bus>,
+pub(crate) struct LegacyDevices {
+    pub(crate) pio: Arc<Bus>,
     /// Still open: the virtio devices join it before the vCPUs share it.
-    mmio: Bus,
-    i8042: Arc<Mutex<I8042>>,
-    reset_evt: EventFd,
-    subscribers: Vec<Subscriber>,
-    uart_metrics: Arc<dyn devices::virtio::DeviceMetrics>,
+    pub(crate) mmio: Bus,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) serial: Arc<Mutex<SerialConsole>>,
+    pub(crate) reset_evt: EventFd,
+    pub(crate) subscribers: Vec<Subscriber>,
+    pub(crate) uart_metrics: Arc<dyn devices::virtio::DeviceMetrics>,
     /// PCI bus 0 on ports 0xCF8-0xCFF, with `--enable-pci`: the virtio devices become its functions.
-    pci: Option<Arc<Mutex<PciRoot>>>,
+    pub(crate) pci: Option<Arc<Mutex<PciRoot>>>,
 }
 
 fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildError> {
@@ -250,7 +281,11 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, BuildEr
 }
 
 /// Step: COM1, the i8042, the CMOS clock and the boot timer on their buses, with their interrupt lines.
-fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> Result<LegacyDevices, BuildError> {
+pub(crate) fn create_legacy_devices(
+    vm: &VmFd,
+    options: &VmmOptions,
+    started: Instant,
+) -> Result<LegacyDevices, BuildError> {
     let dev_err = |e: std::io::Error| BuildError::Devices(e.to_string());
     let serial_irq = IrqLine::new().map_err(dev_err)?;
     vm.register_irqfd(&serial_irq.0, COM1_IRQ)
@@ -300,12 +335,13 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
     } else {
         None
     };
-    let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial)))];
+    let subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(SerialInput::new(serial.clone())))];
     Ok(LegacyDevices {
         pci,
         pio: Arc::new(pio),
         mmio,
         i8042,
+        serial,
         reset_evt,
         subscribers,
         uart_metrics,
@@ -320,14 +356,14 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
 /// for PCI, which the kernel scans) and mount the root drive, and the
 /// drives and network interfaces, for `PATCH /drives` and `PATCH /network-interfaces`. Each device's
 /// counters join `metrics`.
-fn attach_virtio_devices(
+pub(crate) fn attach_virtio_devices(
     kvm: &Kvm,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &MicroVmConfig,
     legacy: &mut LegacyDevices,
     metrics: &mut MetricSources,
-) -> Result<(Vec<String>, virtio_devices::Drives, virtio_devices::NetInterfaces), BuildError> {
+) -> Result<AttachedDevices, BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
     let mut drives = virtio_devices::Drives::default();
     let mut nets = virtio_devices::NetInterfaces::default();
@@ -335,6 +371,7 @@ fn attach_virtio_devices(
         Some(_) => Some(MsiRouting::new(kvm, vm).map_err(|e| BuildError::Devices(e.to_string()))?),
         None => None,
     };
+    let mut all = Vec::new();
     for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
         let drive = device.drive.clone();
         let iface = device.iface.clone();
@@ -347,7 +384,17 @@ fn attach_virtio_devices(
                 let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
                 let irq = IRQ_BASE + slot as u32;
                 cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
-                virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?
+                let (subscriber, transport) =
+                    virtio_devices::attach_mmio(vm, mem, &mut legacy.mmio, device, addr, irq)?;
+                all.push(crate::snapshot::AttachedDevice {
+                    addr,
+                    irq,
+                    transport: transport.clone(),
+                });
+                (
+                    subscriber,
+                    transport as Arc<Mutex<dyn devices::transport::VirtioTransport>>,
+                )
             }
         };
         let (counters, kind) = {
@@ -365,7 +412,21 @@ fn attach_virtio_devices(
         }
         legacy.subscribers.push(subscriber);
     }
-    Ok((cmdline, drives, nets))
+    Ok(AttachedDevices {
+        cmdline,
+        drives,
+        nets,
+        all,
+    })
+}
+
+/// The attached virtio devices: their command-line entries, the drives and interfaces `PATCH` reaches,
+/// and every transport at its address (for snapshots).
+pub(crate) struct AttachedDevices {
+    pub(crate) cmdline: Vec<String>,
+    pub(crate) drives: virtio_devices::Drives,
+    pub(crate) nets: virtio_devices::NetInterfaces,
+    pub(crate) all: Vec<crate::snapshot::AttachedDevice>,
 }
 
 /// Step: the command line, the user's first, then what the machine needs.
@@ -408,7 +469,7 @@ fn write_boot_structures(
     Ok(())
 }
 
-/// Step: the vCPUs, each with its CPUID and boot state.
+/// Step: the vCPUs, each with its CPUID and boot state. Returns them with the CPUID each was given.
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
@@ -416,24 +477,26 @@ fn create_vcpus(
     count: u8,
     (template, custom): (CpuTemplate, Option<&CustomCpuTemplate>),
     entry: EntryPoint,
-) -> Result<Vec<VcpuFd>, BuildError> {
+) -> Result<(Vec<VcpuFd>, Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>), BuildError> {
     let supported: CpuId = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    (0..count)
-        .map(|index| {
-            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
-            if let Some(custom) = custom {
-                custom.apply_cpuid(&mut cpuid)?;
-            }
-            vcpu::configure_vcpu(&fd, index, mem, &cpuid, entry)?;
-            if let Some(custom) = custom {
-                custom.apply_msrs(&fd, index)?;
-            }
-            Ok(fd)
-        })
-        .collect()
+    let mut fds = Vec::with_capacity(usize::from(count));
+    let mut cpuids = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
+        if let Some(custom) = custom {
+            custom.apply_cpuid(&mut cpuid)?;
+        }
+        vcpu::configure_vcpu(&fd, index, mem, &cpuid, entry)?;
+        if let Some(custom) = custom {
+            custom.apply_msrs(&fd, index)?;
+        }
+        cpuids.push(cpuid.as_slice().to_vec());
+        fds.push(fd);
+    }
+    Ok((fds, cpuids))
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub struct MachineConfig {
     pub smt: bool,
     #[serde(default)]
     pub cpu_template: CpuTemplateName,
-    /// Accepted for Firecracker compatibility; hull has no snapshots, so nothing reads the dirty log.
+    /// Dirty-page tracking for diff snapshots (KVM_MEM_LOG_DIRTY_PAGES, and the devices' own writes).
     #[serde(default)]
     pub track_dirty_pages: bool,
     #[serde(default)]

@@ -17,6 +17,7 @@ mod microvm;
 pub mod mptable;
 pub mod msi_routing;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 mod virtio_devices;
 

@@ -87,13 +87,18 @@ pub fn free_huge_pages_2m() -> u64 {
         .unwrap_or(0)
 }
 
-/// Tells KVM about every RAM region, one slot each.
-pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+/// Tells KVM about every RAM region, one slot each; with `track_dirty` KVM logs the pages the guest
+/// writes (KVM_MEM_LOG_DIRTY_PAGES), for diff snapshots.
+pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, track_dirty: bool) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let entry = kvm_bindings::kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if track_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,

@@ -58,6 +58,9 @@ pub struct MicroVm {
     drives: Drives,
     nets: NetInterfaces,
     metrics: MetricSources,
+    snapshot: crate::snapshot::SnapshotParts,
+    /// The userfaultfd of a microVM restored with the Uffd backend (its handler serves the pages).
+    _uffd: Option<crate::snapshot::uffd::UffdBackend>,
     // Kept alive for the vCPUs; dropped after the threads are joined (see Drop).
     _mem: GuestMemoryMmap,
     _vm: VmFd,
@@ -83,6 +86,7 @@ impl MicroVm {
         drives: Drives,
         nets: NetInterfaces,
         metrics: MetricSources,
+        snapshot: crate::snapshot::SnapshotParts,
     ) -> Self {
         MicroVm {
             control,
@@ -93,6 +97,8 @@ impl MicroVm {
             drives,
             nets,
             metrics,
+            snapshot,
+            _uffd: None,
             _mem: mem,
             _vm: vm,
             _kvm: kvm,
@@ -181,6 +187,51 @@ impl MicroVm {
             return Err(VmmError::NotRunning);
         }
         Ok(self.nets.update_rate_limiters(id, rx, tx)?)
+    }
+
+    /// Writes a snapshot of the paused microVM (`PUT /snapshot/create`): its state file and its memory
+    /// file (all of it, or with `Diff` only the pages written since the last snapshot).
+    pub fn create_snapshot(
+        &self,
+        params: &crate::snapshot::CreateParams,
+    ) -> Result<(), crate::snapshot::SnapshotError> {
+        if self.state() != VmState::Paused {
+            return Err(crate::snapshot::SnapshotError::NotPaused);
+        }
+        crate::snapshot::create(
+            &crate::snapshot::LiveVm {
+                vm: &self._vm,
+                mem: &self._mem,
+                control: &self.control,
+                vcpu_count: self.vcpu_count,
+                parts: &self.snapshot,
+            },
+            params,
+        )
+    }
+
+    /// Builds a microVM from a snapshot (`PUT /snapshot/load`); it runs at once with `resume_vm`, else
+    /// it stays paused.
+    pub fn restore(
+        params: &crate::snapshot::LoadParams,
+        options: VmmOptions,
+    ) -> Result<MicroVm, crate::snapshot::SnapshotError> {
+        crate::snapshot::restore(params, options)
+    }
+
+    pub(crate) fn keep_uffd(&mut self, uffd: Option<crate::snapshot::uffd::UffdBackend>) {
+        self._uffd = uffd;
+    }
+
+    /// Its machine configuration (after a restore: the snapshot's, with this load's dirty-page tracking).
+    pub fn machine_config(&self) -> &crate::config::MachineConfig {
+        &self.snapshot.config.machine
+    }
+
+    /// The configuration it was built from (after a restore: the snapshot's, with this load's network
+    /// overrides and dirty-page tracking).
+    pub fn saved_config(&self) -> &crate::snapshot::SavedConfig {
+        &self.snapshot.config
     }
 
     /// The counters of its devices and vCPUs (shared: they keep counting while the microVM runs).

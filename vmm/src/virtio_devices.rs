@@ -299,7 +299,7 @@ pub fn attach_mmio(
     device: DeviceCore,
     addr: u64,
     irq: u32,
-) -> Result<(Subscriber, Arc<Mutex<dyn VirtioTransport>>), AttachError> {
+) -> Result<(Subscriber, Arc<Mutex<MmioTransport>>), AttachError> {
     let label = device.label;
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| AttachError::EventFd {
         device: label.clone(),
@@ -338,8 +338,10 @@ pub fn attach_mmio(
             source,
         })?;
     info!(device = %label, kind = %kind, addr = format_args!("{addr:#x}"), irq, ioeventfds = ioeventfds.len(), "virtio-mmio device attached");
-    let transport: Arc<Mutex<dyn VirtioTransport>> = transport;
-    let handler = Arc::new(Mutex::new(DeviceHandler::new(transport.clone(), ioeventfds)));
+    let handler = Arc::new(Mutex::new(DeviceHandler::new(
+        transport.clone() as Arc<Mutex<dyn VirtioTransport>>,
+        ioeventfds,
+    )));
     Ok((handler, transport))
 }
 

@@ -45,6 +45,14 @@ impl SerialEvents for CountingEvents {
     fn in_buffer_empty(&self) {}
 }
 
+/// The UART's state in a snapshot: its nine registers (divisor low/high, IER, IIR, LCR, LSR, MCR, MSR,
+/// scratch) and the bytes waiting in its receive FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
 /// COM1's I/O ports and interrupt.
 pub const COM1_BASE: u64 = 0x3f8;
 pub const COM1_LEN: u64 = 8;
@@ -84,6 +92,58 @@ impl SerialConsole {
     /// Room left in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn save_state(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts the UART back in a saved state (from a snapshot file: a FIFO longer than the UART's is
+    /// refused). The host writer, interrupt line and counters stay.
+    pub fn restore_state(&mut self, snap: &SerialSnapshot) -> Result<(), String> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            snap.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let irq = IrqLine(self.uart.interrupt_evt().0.try_clone().map_err(|e| e.to_string())?);
+        let placeholder = Serial::with_events(
+            IrqLine(self.uart.interrupt_evt().0.try_clone().map_err(|e| e.to_string())?),
+            CountingEvents(self.metrics.clone()),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        match Serial::from_state(&state, irq, CountingEvents(self.metrics.clone()), out) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(format!("the serial console's state is refused: {e:?}")),
+        }
     }
 
     pub fn interrupt_fd(&self) -> &vmm_sys_util::eventfd::EventFd {

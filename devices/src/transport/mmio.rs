@@ -20,6 +20,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+mod persist;
+
+pub use persist::{MmioTransportState, QueueSnapshot, RestoreError};
+
 use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
@@ -770,6 +774,56 @@ mod tests {
         setup_queue_and_go(r, QSIZE);
         assert!(r.t.is_serving(), "status {:#x}", r.t.status());
         assert_eq!(r.t.state_event().read().unwrap(), 1);
+    }
+
+    /// A transport saved mid-use and restored into a fresh one over the same memory and disk serves the
+    /// next request where the first left off; hostile states are refused.
+    #[test]
+    fn a_saved_transport_restores_into_a_fresh_one_and_bad_states_are_refused() {
+        let mut r = rig();
+        bring_up(&mut r);
+        let first = offer_request(&mut r.q, VIRTIO_BLK_T_IN, 1, &[Desc::write(DATA, 512)]);
+        r.t.notify_queue(0);
+        assert_eq!(r.q.take_used(), vec![(first, 513)]);
+        let saved = r.t.save_state();
+        assert!(saved.active && saved.queues[0].live && saved.queues[0].next_used == 1);
+
+        let fresh = |r: &Rig| {
+            let dev = Block::with_backend(Box::new(r.disk.clone()), false, "mmio-test").unwrap();
+            MmioTransport::new(
+                "block:restored",
+                Box::new(dev),
+                r.q.mem().clone(),
+                r.irq.try_clone().unwrap(),
+            )
+            .unwrap()
+        };
+        let mut restored = fresh(&r);
+        restored.restore_state(&saved).unwrap();
+        restored.resume_after_restore();
+        assert!(restored.is_serving());
+        assert_eq!(restored.save_state(), saved);
+        r.disk.data.lock().unwrap()[3 * 512..4 * 512].fill(0x77);
+        let second = offer_request(&mut r.q, VIRTIO_BLK_T_IN, 3, &[Desc::write(DATA, 512)]);
+        restored.notify_queue(0);
+        assert_eq!(status(&r.q), VIRTIO_BLK_S_OK);
+        assert_eq!(r.q.take_used(), vec![(second, 513)]);
+        let mut got = [0u8; 512];
+        r.q.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert!(got.iter().all(|b| *b == 0x77));
+
+        let refused = |change: &dyn Fn(&mut MmioTransportState), says: &str| {
+            let mut bad = saved.clone();
+            change(&mut bad);
+            let e = fresh(&r).restore_state(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(&|s| s.queues[0].size = 3, "queue 0");
+        refused(&|s| s.queues[0].used = 1 << 40, "not all in guest memory");
+        refused(&|s| s.device_type = TYPE_NET, "type 1");
+        refused(&|s| s.acked_features |= 1 << 60, "not ones a driver could reach");
+        refused(&|s| s.queues.push(s.queues[0].clone()), "2 queues");
+        refused(&|s| s.device = serde_json::json!({ "x": 1 }), "own state");
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl ParsedChain {
         for (addr, n) in self.span(Part::Writable, offset, buf.len() as u64)? {
             mem.write_slice(&buf[done..done + n], addr)
                 .map_err(|_| out_of_memory(addr, n))?;
+            crate::dirty_log::mark(addr.0, n);
             done += n;
         }
         Ok(())

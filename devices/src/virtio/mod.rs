@@ -241,6 +241,29 @@ pub trait VirtioDevice: Send {
         None
     }
 
+    /// The device's own state for a snapshot, beyond what the transport keeps (features, queues): JSON
+    /// the same device kind reads back in [`VirtioDevice::restore_state`]. `Null` for devices whose state
+    /// is all in their configuration (block's file, net's TAP) — the default. Devices added later
+    /// implement these two to take part in snapshots.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Takes back what [`VirtioDevice::save_state`] wrote (from a snapshot file, so untrusted: check it).
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        if state.is_null() {
+            Ok(())
+        } else {
+            Err("this device keeps no state of its own, yet the snapshot has some".into())
+        }
+    }
+
+    /// Called once after a restore, with the device serving again: what the device must tell the driver
+    /// about having moved to a new host (vsock: `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`).
+    fn after_restore(&mut self, _mem: &GuestMemory, _queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        Ok(QueueSignals::NONE)
+    }
+
     /// The concrete device, for host-side operations only one kind has (replacing a block device's
     /// file); `None` for devices that offer none.
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {

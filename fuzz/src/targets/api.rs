@@ -1,8 +1,9 @@
 //! The API front end: HTTP framing of a byte stream (`api-server/src/http.rs`), the routes with their JSON
 //! bodies on one instance (`api-server/src/routes.rs`), and the config file (`api-server/src/config_file.rs`).
 //!
-//! `InstanceStart` is never let through: it would boot a microVM. Everything else before boot only checks
-//! and stores configuration (drive paths are opened read-only or read-write to check them, nothing more).
+//! `InstanceStart` and `/snapshot/load` are never let through: they would boot a microVM. Everything else
+//! before boot only checks and stores configuration (drive paths are opened read-only or read-write to check
+//! them, nothing more).
 
 use api_server::config_file::ConfigFile;
 use api_server::http::{parse_request, Method, Parsed, Request, Response, MAX_REQUEST_SIZE};
@@ -35,6 +36,10 @@ enum ActionType {
 
 fn starts_the_vm(req: &Request) -> bool {
     let path = req.path.strip_suffix('/').unwrap_or(&req.path);
+    // A snapshot load reads files and restores a microVM (its state file is the `snapshot_state` target).
+    if path == "/snapshot/load" {
+        return true;
+    }
     path == "/actions"
         && matches!(
             serde_json::from_slice::<ActionBody>(&req.body),

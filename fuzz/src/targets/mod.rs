@@ -2,8 +2,9 @@
 
 pub mod agent;
 pub mod api;
-pub mod pci;
 pub mod mmds;
+pub mod pci;
+pub mod snapshot;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vsock;

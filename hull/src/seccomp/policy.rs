@@ -18,8 +18,9 @@
 //! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`: every thread of a `hull vhost-user` backend.
 
 use kvm_bindings::{
-    kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config,
-    kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqchip,
+    kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_pit_config, kvm_pit_state2, kvm_regs,
+    kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
 /// One allowed system call: with any arguments (`only` empty), or only when the arguments match one of the
@@ -105,6 +106,30 @@ pub const KVM_SET_FPU: u32 = iow(0x8d, size_of::<kvm_fpu>());
 pub const KVM_GET_LAPIC: u32 = ior(0x8e, size_of::<kvm_lapic_state>());
 pub const KVM_SET_LAPIC: u32 = iow(0x8f, size_of::<kvm_lapic_state>());
 pub const KVM_SET_CPUID2: u32 = iow(0x90, size_of::<kvm_cpuid2>());
+// Snapshots (vmm::snapshot): the state KVM keeps, read on create and written back on load.
+pub const KVM_GET_MSR_INDEX_LIST: u32 = iowr(0x02, size_of::<kvm_msr_list>());
+pub const KVM_GET_DIRTY_LOG: u32 = iow(0x42, size_of::<kvm_dirty_log>());
+pub const KVM_GET_IRQCHIP: u32 = iowr(0x62, size_of::<kvm_irqchip>());
+pub const KVM_SET_IRQCHIP: u32 = ior(0x63, size_of::<kvm_irqchip>());
+pub const KVM_SET_CLOCK: u32 = iow(0x7b, size_of::<kvm_clock_data>());
+pub const KVM_GET_CLOCK: u32 = ior(0x7c, size_of::<kvm_clock_data>());
+pub const KVM_GET_PIT2: u32 = ior(0x9f, size_of::<kvm_pit_state2>());
+pub const KVM_SET_PIT2: u32 = iow(0xa0, size_of::<kvm_pit_state2>());
+pub const KVM_GET_CPUID2: u32 = iowr(0x91, size_of::<kvm_cpuid2>());
+pub const KVM_GET_MP_STATE: u32 = ior(0x98, size_of::<kvm_mp_state>());
+pub const KVM_SET_MP_STATE: u32 = iow(0x99, size_of::<kvm_mp_state>());
+pub const KVM_GET_VCPU_EVENTS: u32 = ior(0x9f, size_of::<kvm_vcpu_events>());
+pub const KVM_SET_VCPU_EVENTS: u32 = iow(0xa0, size_of::<kvm_vcpu_events>());
+pub const KVM_GET_DEBUGREGS: u32 = ior(0xa1, size_of::<kvm_debugregs>());
+pub const KVM_SET_DEBUGREGS: u32 = iow(0xa2, size_of::<kvm_debugregs>());
+pub const KVM_GET_XSAVE: u32 = ior(0xa4, size_of::<kvm_xsave>());
+pub const KVM_SET_XSAVE: u32 = iow(0xa5, size_of::<kvm_xsave>());
+pub const KVM_GET_XCRS: u32 = ior(0xa6, size_of::<kvm_xcrs>());
+pub const KVM_SET_XCRS: u32 = iow(0xa7, size_of::<kvm_xcrs>());
+// userfaultfd (linux/userfaultfd.h), for the Uffd snapshot backend.
+pub const UFFDIO_API: u32 = vmm::snapshot::uffd::UFFDIO_API_IOCTL;
+pub const UFFDIO_REGISTER: u32 = vmm::snapshot::uffd::UFFDIO_REGISTER_IOCTL;
+pub const USERFAULTFD_IOC_NEW: u32 = 0xaa00;
 // TAP set-up (linux/if_tun.h) and generic fd ioctls.
 pub const TUNSETIFF: u32 = 0x4004_54ca;
 pub const TUNSETOFFLOAD: u32 = 0x4004_54d0;
@@ -115,6 +140,7 @@ pub const TCGETS: u32 = libc::TCGETS as u32;
 // --- argument values that recur.
 const PROT_EXEC: u32 = libc::PROT_EXEC as u32;
 const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
+const MAP_PRIVATE_FILE: u32 = libc::MAP_PRIVATE as u32;
 const MAP_PRIVATE_ANON: u32 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
 const MAP_NORESERVE: u32 = libc::MAP_NORESERVE as u32;
 const MAP_STACK: u32 = libc::MAP_STACK as u32;
@@ -133,6 +159,8 @@ const MMAP_RULES: &[&[Arg]] = &[
     &[eq(3, MAP_PRIVATE_ANON | MAP_STACK), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_PRIVATE_ANON | MAP_HUGETLB_2M), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED), masked(2, PROT_EXEC, 0)],
+    // Guest memory restored from a snapshot's memory file (vmm::snapshot::memory::map_private).
+    &[eq(3, MAP_PRIVATE_FILE | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
     &[eq(3, MAP_SHARED | MAP_NORESERVE), masked(2, PROT_EXEC, 0)],
 ];
 
@@ -215,7 +243,8 @@ const KICK: &[Allow] = &[only("tgkill", libc::SYS_tgkill, &[&[eq(2, KICK_SIGNAL)
 
 /// A vCPU: KVM_RUN, and the exits it routes (serial output, eventfds of the reset line and interrupts,
 /// registers read to report a failed vCPU, the MSI routes a virtio-pci driver programs when it unmasks an
-/// MSI-X vector); it kicks the other vCPUs when the guest ends the VM.
+/// MSI-X vector); it kicks the other vCPUs when the guest ends the VM. Paused, it reads its whole state for
+/// a snapshot (only KVM_GET_*: nothing it can change).
 const VCPU: &[Allow] = &[
     only(
         "ioctl",
@@ -225,6 +254,14 @@ const VCPU: &[Allow] = &[
             &[eq(1, KVM_GET_REGS)],
             &[eq(1, KVM_GET_SREGS)],
             &[eq(1, KVM_SET_GSI_ROUTING)],
+            &[eq(1, KVM_GET_CPUID2)],
+            &[eq(1, KVM_GET_MSRS)],
+            &[eq(1, KVM_GET_XSAVE)],
+            &[eq(1, KVM_GET_XCRS)],
+            &[eq(1, KVM_GET_DEBUGREGS)],
+            &[eq(1, KVM_GET_LAPIC)],
+            &[eq(1, KVM_GET_MP_STATE)],
+            &[eq(1, KVM_GET_VCPU_EVENTS)],
         ],
     ),
     any("read", libc::SYS_read),
@@ -292,10 +329,16 @@ const API_OWN: &[Allow] = &[
         ],
     ),
     only("seccomp", libc::SYS_seccomp, &[&[eq(0, libc::SECCOMP_SET_MODE_FILTER)]]),
+    // PUT /snapshot/load with the Uffd backend: a userfaultfd, handed to the page-fault handler.
+    any("userfaultfd", libc::SYS_userfaultfd),
+    any("sendmsg", libc::SYS_sendmsg),
     only(
         "ioctl",
         libc::SYS_ioctl,
         &[
+            &[eq(1, UFFDIO_API)],
+            &[eq(1, UFFDIO_REGISTER)],
+            &[eq(1, USERFAULTFD_IOC_NEW)],
             &[eq(1, KVM_CREATE_VM)],
             &[eq(1, KVM_CHECK_EXTENSION)],
             &[eq(1, KVM_GET_VCPU_MMAP_SIZE)],
@@ -316,6 +359,21 @@ const API_OWN: &[Allow] = &[
             &[eq(1, KVM_GET_LAPIC)],
             &[eq(1, KVM_SET_LAPIC)],
             &[eq(1, KVM_SET_CPUID2)],
+            &[eq(1, KVM_GET_MSR_INDEX_LIST)],
+            // PUT /snapshot/create reads the VM-wide state (api-running, stacked on this filter, keeps
+            // these four), PUT /snapshot/load puts the saved state back.
+            &[eq(1, KVM_GET_IRQCHIP)],
+            &[eq(1, KVM_GET_PIT2)],
+            &[eq(1, KVM_GET_CLOCK)],
+            &[eq(1, KVM_GET_DIRTY_LOG)],
+            &[eq(1, KVM_SET_IRQCHIP)],
+            &[eq(1, KVM_SET_PIT2)],
+            &[eq(1, KVM_SET_CLOCK)],
+            &[eq(1, KVM_SET_MP_STATE)],
+            &[eq(1, KVM_SET_VCPU_EVENTS)],
+            &[eq(1, KVM_SET_DEBUGREGS)],
+            &[eq(1, KVM_SET_XSAVE)],
+            &[eq(1, KVM_SET_XCRS)],
             &[eq(1, TUNSETIFF)],
             &[eq(1, TUNSETOFFLOAD)],
             &[eq(1, TUNSETVNETHDRSZ)],
@@ -344,8 +402,23 @@ const API_RUNNING: &[Allow] = &[
     any("lseek", libc::SYS_lseek),
     any("fsync", libc::SYS_fsync),
     any("unlink", libc::SYS_unlink),
-    // A new API connection is made non-blocking.
-    only("ioctl", libc::SYS_ioctl, &[&[eq(1, FIONBIO)]]),
+    // A new API connection is made non-blocking; PUT /snapshot/create reads the VM-wide KVM state and the
+    // dirty log (never a KVM_SET_*).
+    only(
+        "ioctl",
+        libc::SYS_ioctl,
+        &[
+            &[eq(1, FIONBIO)],
+            &[eq(1, KVM_GET_IRQCHIP)],
+            &[eq(1, KVM_GET_PIT2)],
+            &[eq(1, KVM_GET_CLOCK)],
+            &[eq(1, KVM_GET_DIRTY_LOG)],
+        ],
+    ),
+    // PUT /snapshot/create writes the state and memory files (a diff file is sized first, then written
+    // page by page).
+    any("pwrite64", libc::SYS_pwrite64),
+    any("ftruncate", libc::SYS_ftruncate),
     // PATCH /drives or /network-interfaces re-arms a throttled rate limiter's timer to re-check at once.
     any("timerfd_settime", libc::SYS_timerfd_settime),
 ];

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::VcpuError;
 use crate::exit::ExitReason;
+use crate::snapshot::VcpuState;
 
 const TARGET_RUN: u8 = 0;
 const TARGET_PAUSE: u8 = 1;
@@ -55,7 +56,14 @@ struct ControlState {
     paused: usize,
     running_threads: Vec<libc::pthread_t>,
     exit: Option<ExitReason>,
+    /// Bumped for each state-save round; a parked thread that has not served it yet does.
+    save_round: u64,
+    /// The states saved in the current round, as (vCPU index, state or error).
+    saved: Vec<(u8, Result<Box<VcpuState>, String>)>,
 }
+
+/// What a parked vCPU thread does when asked to save its state.
+pub(crate) type SaveFn<'a> = &'a mut dyn FnMut() -> Result<VcpuState, String>;
 
 /// Shared by the VMM and every vCPU thread: the target state, who is paused, and how the VM ended.
 pub struct VcpuControl {
@@ -68,8 +76,17 @@ pub struct VcpuControl {
 
 impl VcpuControl {
     pub fn new() -> std::io::Result<Arc<Self>> {
+        Self::with_target(TARGET_RUN)
+    }
+
+    /// A controller whose vCPUs park before their first KVM_RUN (a restored VM without `resume_vm`).
+    pub fn new_paused() -> std::io::Result<Arc<Self>> {
+        Self::with_target(TARGET_PAUSE)
+    }
+
+    fn with_target(target: u8) -> std::io::Result<Arc<Self>> {
         Ok(Arc::new(VcpuControl {
-            target: AtomicU8::new(TARGET_RUN),
+            target: AtomicU8::new(target),
             state: Mutex::new(ControlState::default()),
             changed: Condvar::new(),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
@@ -160,17 +177,53 @@ impl VcpuControl {
         true
     }
 
-    /// Called by a vCPU thread: waits while the target is "paused". Returns false when it must exit.
-    pub(super) fn park_if_paused(&self) -> bool {
+    /// Asks every one of the `vcpus` parked threads for its state and waits for all of them (the VM must
+    /// be paused). The states come back in vCPU order.
+    pub(crate) fn save_vcpus(&self, vcpus: usize) -> Result<Vec<VcpuState>, String> {
+        if !self.is_paused() {
+            return Err("save/restore unavailable while running".into());
+        }
+        let mut st = lock(&self.state);
+        if st.paused < vcpus {
+            return Err(format!("only {} of {vcpus} vCPUs are parked", st.paused));
+        }
+        st.saved.clear();
+        st.save_round += 1;
+        self.changed.notify_all();
+        while st.saved.len() < vcpus && st.exit.is_none() {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.exit.is_some() {
+            return Err("the microVM ended while its vCPUs were saved".into());
+        }
+        let mut saved = std::mem::take(&mut st.saved);
+        saved.sort_by_key(|(index, _)| *index);
+        saved.into_iter().map(|(_, r)| r.map(|b| *b)).collect()
+    }
+
+    /// Called by a vCPU thread: waits while the target is "paused", saving its state (`save`) whenever
+    /// asked. Returns false when it must exit.
+    pub(super) fn park_if_paused(&self, index: u8, save: SaveFn<'_>) -> bool {
         match self.target.load(Ordering::SeqCst) {
             TARGET_RUN => return true,
             TARGET_EXIT => return false,
             _ => {}
         }
         let mut st = lock(&self.state);
+        // A round started before this thread parked is not its to serve.
+        let mut served = st.save_round;
         st.paused += 1;
         self.changed.notify_all();
         while self.target.load(Ordering::SeqCst) == TARGET_PAUSE {
+            if st.save_round != served {
+                served = st.save_round;
+                drop(st);
+                let result = save().map(Box::new);
+                st = lock(&self.state);
+                st.saved.push((index, result));
+                self.changed.notify_all();
+                continue;
+            }
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.paused -= 1;

@@ -27,6 +27,10 @@ pub struct VcpuContext {
     pub reset_evt: EventFd,
     /// Exit counters, shared by every vCPU.
     pub metrics: Arc<VcpuMetrics>,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    pub msr_list: Vec<u32>,
+    /// The CPUID each vCPU was given (by index), for snapshots.
+    pub cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 enum Next {
@@ -120,7 +124,17 @@ fn describe_position(vcpu: &VcpuFd) -> String {
 
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, me: libc::pthread_t) {
     loop {
-        if !ctx.control.park_if_paused() {
+        let parked = {
+            let cpuid = ctx
+                .cpuids
+                .get(usize::from(index))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut save =
+                || crate::snapshot::VcpuState::save(index, vcpu, &ctx.msr_list, cpuid).map_err(|e| e.to_string());
+            ctx.control.park_if_paused(index, &mut save)
+        };
+        if !parked {
             return;
         }
         let next = match vcpu.run() {

@@ -17,7 +17,10 @@ use super::metrics::VsockMetrics;
 use super::muxer::VsockMuxer;
 use super::packet::{parse_tx, rx_capacity, write_rx};
 use super::unix::UnixBackendError;
-use super::{MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
+use super::{EVENT_QUEUE, MAX_PKT_PAYLOAD, RX_QUEUE, TX_QUEUE};
+
+/// `virtio_vsock_event.id` of a transport reset (virtio 1.2, 5.10.6.5).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 use crate::virtio::{
     read_config_bytes, DeviceError, DeviceMetrics, GuestMemory, QueueSet, QueueSignals, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
@@ -183,6 +186,30 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
             self.process_rx(mem, queues, signals)
         })
         .inspect_err(|_| self.metrics.fatal_chains.inc())
+    }
+
+    /// After a restore the host-side connections are gone (a new process): tell the driver with
+    /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` on the event queue, as Firecracker does, so it drops its
+    /// sockets and re-reads the guest CID. No event buffer posted means the driver is not listening.
+    fn after_restore(&mut self, mem: &GuestMemory, queues: &mut QueueSet<'_>) -> Result<QueueSignals, DeviceError> {
+        self.backend.reset();
+        QueueSignals::collect(|signals| {
+            let Some(mut evq) = queues.chains(EVENT_QUEUE, mem) else {
+                return Ok(());
+            };
+            let Some(chain) = evq.pop()? else {
+                debug!("vsock restored without an event buffer; no transport reset sent");
+                return Ok(());
+            };
+            let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+            chain.write_at(mem, 0, &event).map_err(evq.malformed(chain.head))?;
+            evq.complete(chain.head, event.len() as u32, signals)?;
+            tracing::info!(
+                guest_cid = self.guest_cid,
+                "vsock transport reset sent to the driver after a restore"
+            );
+            Ok(())
+        })
     }
 
     fn reset(&mut self) {

@@ -1,0 +1,181 @@
+//! The `snapshot` suite: what `PUT /snapshot/create` and `PUT /snapshot/load` cost.
+//!
+//! Per run, with the tiny `memtouch` guest (64 MiB, dirty-page tracking on) waiting and printing a dot
+//! every ~1.6 ms: pause, a Full snapshot (request → response) and its file sizes, resume for ~0.3 s,
+//! pause, a Diff snapshot and the bytes it allocates; then a new hull loads the Full snapshot with the
+//! File backend and `resume_vm`: load request → response, load request → the guest's first dot (its
+//! first instructions after the restore, within one dot period), hull's RSS right after the load, and
+//! again once the guest has written every page of its memory.
+//!
+//! Every hull runs through `hull_tests::Hull` (killed and cleaned up when dropped); every wait has a
+//! deadline; guest output is only searched.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hull_tests::{tiny_guest, ApiClient, Hull, TempDir};
+use serde_json::json;
+
+use crate::error::{fail, BenchError, Result};
+use crate::report::{run_section, Section};
+use crate::smaps;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const GUEST_MIB: u64 = 64;
+
+pub fn run(runs: usize) -> Vec<Section> {
+    vec![run_section(
+        "snapshot",
+        "tiny guest, 64 MiB, dirty tracking on: create (Full, Diff), sizes, load → first guest instruction, RSS",
+        |s| measure(s, runs),
+    )]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn request(api: &ApiClient, method: &str, uri: &str, body: serde_json::Value) -> Result<Duration> {
+    let t0 = Instant::now();
+    let resp = api
+        .request(method, uri, Some(&body.to_string()))
+        .map_err(fail(format!("{method} {uri}")))?;
+    let took = t0.elapsed();
+    if !resp.is_success() {
+        return Err(BenchError::failed(format!(
+            "{method} {uri} {body} answered {} {}",
+            resp.status, resp.body
+        )));
+    }
+    Ok(took)
+}
+
+fn rss_mib(hull: &Hull) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hull.pid())).ok()?;
+    smaps::vm_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+}
+
+/// Bytes the file occupies on disk (a diff is sparse).
+fn allocated(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(fail(format!("stat {}", path.display())))?;
+    Ok(meta.blocks() * 512)
+}
+
+#[derive(Default)]
+struct Samples {
+    full_ms: Vec<f64>,
+    diff_ms: Vec<f64>,
+    state_kib: Vec<f64>,
+    mem_mib: Vec<f64>,
+    diff_mib: Vec<f64>,
+    load_ms: Vec<f64>,
+    first_ms: Vec<f64>,
+    rss_before: Vec<f64>,
+    rss_after: Vec<f64>,
+}
+
+fn measure(s: &mut Section, runs: usize) -> Result<()> {
+    let mut x = Samples::default();
+    for _ in 0..runs {
+        one_run(&mut x)?;
+    }
+    s.metric("PUT /snapshot/create Full (request → response)", "ms", x.full_ms);
+    s.metric("PUT /snapshot/create Diff after ~0.3 s running", "ms", x.diff_ms);
+    s.metric("state file", "KiB", x.state_kib);
+    s.metric("Full memory file (allocated)", "MiB", x.mem_mib);
+    s.metric("Diff memory file (allocated; 64 MiB apparent)", "MiB", x.diff_mib);
+    s.metric(
+        "PUT /snapshot/load File, resume_vm (request → response)",
+        "ms",
+        x.load_ms,
+    );
+    s.metric(
+        "load request → guest's first output (first instructions)",
+        "ms",
+        x.first_ms,
+    );
+    s.metric("restored hull VmRSS right after the load", "MiB", x.rss_before);
+    s.metric(
+        "restored hull VmRSS after the guest wrote all its RAM",
+        "MiB",
+        x.rss_after,
+    );
+    s.note(
+        "the guest prints a dot every ~1.6 ms of TSC time, so `first output` is late by up to one dot period; \
+         memory is mapped MAP_PRIVATE from the file, so the RSS grows only with what the guest touches",
+    );
+    Ok(())
+}
+
+fn one_run(x: &mut Samples) -> Result<()> {
+    let dir = TempDir::new("bench-snap").map_err(fail("creating a temporary directory"))?;
+    let config = json!({
+        "boot-source": { "kernel_image_path": tiny_guest("memtouch.elf"), "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": GUEST_MIB, "track_dirty_pages": true },
+    });
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, config.to_string()).map_err(fail("writing the config"))?;
+    let source = Hull::with_api("bench-snap-src", &["--config-file", cfg.to_str().unwrap_or_default()]);
+    source
+        .wait_for_output("memtouch waiting", TIMEOUT)
+        .ok_or_else(|| BenchError::failed(format!("the guest did not start\n{}", source.report())))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let api = source.api();
+    let (state, mem, diff_state, diff) = (
+        dir.path().join("snap"),
+        dir.path().join("mem"),
+        dir.path().join("diff.snap"),
+        dir.path().join("diff.mem"),
+    );
+    request(&api, "PATCH", "/vm", json!({ "state": "Paused" }))?;
+    x.full_ms.push(ms(request(
+        &api,
+        "PUT",
+        "/snapshot/create",
+        json!({ "snapshot_path": state, "mem_file_path": mem, "snapshot_type": "Full" }),
+    )?));
+    request(&api, "PATCH", "/vm", json!({ "state": "Resumed" }))?;
+    std::thread::sleep(Duration::from_millis(300));
+    request(&api, "PATCH", "/vm", json!({ "state": "Paused" }))?;
+    x.diff_ms.push(ms(request(
+        &api,
+        "PUT",
+        "/snapshot/create",
+        json!({ "snapshot_path": diff_state, "mem_file_path": diff, "snapshot_type": "Diff" }),
+    )?));
+    drop(source);
+    let state_len = std::fs::metadata(&state).map_err(fail("stat the state file"))?.len();
+    x.state_kib.push(state_len as f64 / 1024.0);
+    x.mem_mib.push(mib(allocated(&mem)?));
+    x.diff_mib.push(mib(allocated(&diff)?));
+
+    let restored = Hull::with_api("bench-snap-dst", &[]);
+    let api = restored.api();
+    let t0 = Instant::now();
+    let load = request(
+        &api,
+        "PUT",
+        "/snapshot/load",
+        json!({ "snapshot_path": state, "mem_backend": { "backend_type": "File", "backend_path": mem }, "resume_vm": true }),
+    )?;
+    x.load_ms.push(ms(load));
+    if let Some(rss) = rss_mib(&restored) {
+        x.rss_before.push(rss);
+    }
+    restored
+        .wait_for_output(".", TIMEOUT)
+        .ok_or_else(|| BenchError::failed(format!("no output after the load\n{}", restored.report())))?;
+    x.first_ms.push(ms(t0.elapsed()));
+    restored
+        .wait_for_output("memtouch touched", TIMEOUT)
+        .ok_or_else(|| BenchError::failed(format!("the guest did not touch its memory\n{}", restored.report())))?;
+    if let Some(rss) = rss_mib(&restored) {
+        x.rss_after.push(rss);
+    }
+    Ok(())
+}
