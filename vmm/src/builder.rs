@@ -510,7 +510,8 @@ mod tests {
             return None;
         };
         let vm = create_vm(&kvm).unwrap();
-        let mem = create_guest_memory(&vm, 64, Default::default()).unwrap();
+        let mem = memory::create_guest_memory(64, Default::default()).unwrap();
+        memory::register_memory(&vm, &mem, false).unwrap();
         let options = VmmOptions {
             serial: SerialOutput::Sink,
             enable_pci,
@@ -526,7 +527,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (devices, _, _) = attach_virtio_devices(&kvm, &vm, &mem, &config, &mut legacy, &mut metrics).unwrap();
+        let devices = attach_virtio_devices(&kvm, &vm, &mem, &config, &mut legacy, &mut metrics)
+            .unwrap()
+            .cmdline;
         // What the guest reads at the command-line address.
         let len = write_cmdline(&mem, "console=ttyS0", CpuTemplate::PassThrough, &devices, enable_pci).unwrap();
         let mut bytes = vec![0u8; len as usize];
