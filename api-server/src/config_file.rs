@@ -1,5 +1,5 @@
 //! `--config-file`: a JSON file in Firecracker's shape (`boot-source`, `machine-config`, `drives`,
-//! `network-interfaces`, `vsock`, `logger`, `metrics`), applied to the [`Instance`] through the same
+//! `network-interfaces`, `vsock`, `entropy`, `serial`, `logger`, `metrics`), applied to the [`Instance`] through the same
 //! methods the API uses, then booted. The file is user input: unknown keys are refused and every value is
 //! validated by the instance.
 
@@ -47,6 +47,10 @@ pub struct ConfigFile {
     #[serde(default)]
     pub vsock: Option<Value>,
     #[serde(default)]
+    pub entropy: Option<Value>,
+    #[serde(default)]
+    pub serial: Option<vmm::SerialConfig>,
+    #[serde(default)]
     pub logger: Option<LoggerConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -64,6 +68,9 @@ impl ConfigFile {
         }
         if let Some(metrics) = self.metrics {
             instance.put_metrics(metrics).map_err(|e| ("metrics", e))?;
+        }
+        if let Some(serial) = self.serial {
+            instance.put_serial(serial).map_err(|e| ("serial", e))?;
         }
         if let Some(machine) = self.machine_config {
             instance
@@ -92,6 +99,10 @@ impl ConfigFile {
         if let Some(vsock) = self.vsock {
             let devices = instance.devices_mut().map_err(|e| ("vsock", e))?;
             devices.put_vsock(vsock).map_err(in_section("vsock"))?;
+        }
+        if let Some(entropy) = self.entropy {
+            let devices = instance.devices_mut().map_err(|e| ("entropy", e))?;
+            devices.put_entropy(entropy).map_err(in_section("entropy"))?;
         }
         Ok(())
     }

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vmm::{BlockDeviceConfig, ConfigError, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig};
+use vmm::{
+    BlockDeviceConfig, ConfigError, EntropyDeviceConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig,
+    VsockConfig,
+};
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub struct DeviceConfigs {
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyDeviceConfig>,
 }
 
 impl DeviceConfigs {
@@ -82,12 +87,14 @@ impl DeviceConfigs {
             drives: candidate.drives,
             net: candidate.network_interfaces,
             vsock: candidate.vsock,
+            entropy: candidate.entropy,
             ..Default::default()
         };
         vm.validate_devices()?;
         self.drives = vm.drives;
         self.network_interfaces = vm.net;
         self.vsock = vm.vsock;
+        self.entropy = vm.entropy;
         Ok(())
     }
 
@@ -131,6 +138,16 @@ impl DeviceConfigs {
         candidate.vsock = Some(vsock);
         self.commit(candidate)?;
         tracing::debug!("vsock configured");
+        Ok(())
+    }
+
+    /// Sets (or replaces) the entropy device (`PUT /entropy`, or `entropy` in a config file).
+    pub fn put_entropy(&mut self, entropy: Value) -> Result<(), DeviceError> {
+        let entropy: EntropyDeviceConfig = serde_json::from_value(entropy)?;
+        let mut candidate = self.clone();
+        candidate.entropy = Some(entropy);
+        self.commit(candidate)?;
+        tracing::debug!("entropy device configured");
         Ok(())
     }
 
@@ -205,6 +222,7 @@ impl DeviceConfigs {
         config.drives = self.drives.clone();
         config.net = self.network_interfaces.clone();
         config.vsock = self.vsock.clone();
+        config.entropy = self.entropy.clone();
     }
 }
 

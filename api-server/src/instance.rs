@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use vmm::cpu_config::CustomCpuTemplate;
 use vmm::{
     BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig,
-    VmState, VmmError, VmmOptions,
+    SerialConfig, SerialOutput, VmState, VmmError, VmmOptions,
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};
@@ -36,6 +36,8 @@ pub enum InstanceError {
     Logger(String),
     #[error("Invalid metrics configuration: {0}")]
     Metrics(String),
+    #[error("Invalid serial configuration: {0}")]
+    Serial(String),
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -291,6 +293,29 @@ impl Instance {
             .map_err(|e| InstanceError::Metrics(format!("cannot start the periodic flush: {e}")))?;
         self.metrics_file = Some(file);
         self.metrics = Some(metrics);
+        Ok(())
+    }
+
+    /// `PUT /serial`: the guest console goes to `serial_out_path` (appended; created owner-only) instead of
+    /// standard output, pre-boot only. The file is opened here so a bad path is refused now, not at boot. A
+    /// size cap from `--serial-out-max-bytes` stays in force for the new file.
+    pub fn put_serial(&mut self, serial: SerialConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        let Some(path) = serial.serial_out_path else {
+            self.options.serial = SerialOutput::Stdout;
+            return Ok(());
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| InstanceError::Serial(format!("cannot open serial_out_path {}: {e}", path.display())))?;
+        self.options.serial = match self.options.serial {
+            SerialOutput::CappedFile { max_bytes, .. } => SerialOutput::CappedFile { path, max_bytes },
+            _ => SerialOutput::File(path),
+        };
         Ok(())
     }
 

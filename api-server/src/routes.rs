@@ -65,6 +65,8 @@ enum Route {
     Drive(String),
     NetworkInterface(String),
     Vsock,
+    Entropy,
+    Serial,
 }
 
 impl Route {
@@ -83,6 +85,8 @@ impl Route {
             "/logger" => Route::Logger,
             "/metrics" => Route::Metrics,
             "/vsock" => Route::Vsock,
+            "/entropy" => Route::Entropy,
+            "/serial" => Route::Serial,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
@@ -100,9 +104,14 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::Actions | Route::BootSource | Route::CpuConfig | Route::Logger | Route::Metrics | Route::Vsock => {
-                "PUT"
-            }
+            Route::Actions
+            | Route::BootSource
+            | Route::CpuConfig
+            | Route::Logger
+            | Route::Metrics
+            | Route::Vsock
+            | Route::Entropy
+            | Route::Serial => "PUT",
             Route::MachineConfig => "GET, PUT, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
@@ -241,6 +250,15 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vsock, Method::Put) => {
             let vsock: Value = body(req)?;
             instance.devices_mut()?.put_vsock(vsock)?;
+            Ok(Response::no_content())
+        }
+        (Route::Serial, Method::Put) => {
+            instance.put_serial(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Entropy, Method::Put) => {
+            let entropy: Value = body(req)?;
+            instance.devices_mut()?.put_entropy(entropy)?;
             Ok(Response::no_content())
         }
         (route, method) => Err(RouteError::MethodNotAllowed {
@@ -600,6 +618,66 @@ mod tests {
         let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
         assert_eq!(json["drives"][0]["rate_limiter"]["ops"]["size"], 10);
         std::fs::remove_file(img).unwrap();
+    }
+
+    #[test]
+    fn entropy_is_put_only_takes_a_rate_limiter_and_shows_in_vm_config() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/entropy", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(&mut i, Method::Put, "/entropy", "");
+        assert_eq!((status, fault(&json)), (400, "Empty PUT request."));
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/entropy",
+            r#"{"rate_limiter": {"ops": {"size": 1}}}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("missing field `refill_time`"), "{json}");
+        let (status, json) = call(&mut i, Method::Put, "/entropy", r#"{"rate": 1}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("unknown field `rate`"), "{json}");
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert!(json.get("entropy").is_none(), "{json}");
+        let (status, _) = call(&mut i, Method::Put, "/entropy", "{}");
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["entropy"], json!({}));
+        let limited = r#"{"rate_limiter": {"bandwidth": {"size": 1024, "refill_time": 100}}}"#;
+        let (status, _) = call(&mut i, Method::Put, "/entropy", limited);
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["entropy"]["rate_limiter"]["bandwidth"]["size"], 1024);
+    }
+
+    #[test]
+    fn serial_is_put_only_and_refuses_a_path_it_cannot_open() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/serial", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/serial",
+            r#"{"serial_out_path": "/no/such/dir/s.log"}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(
+            fault(&json).starts_with("Invalid serial configuration: cannot open serial_out_path /no/such/dir/s.log"),
+            "{json}"
+        );
+        let (status, json) = call(&mut i, Method::Put, "/serial", r#"{"serial_out_path": 7}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("invalid type"), "{json}");
+        let path = std::env::temp_dir().join(format!("hull-routes-serial-{}", std::process::id()));
+        let body = json!({ "serial_out_path": path }).to_string();
+        let (status, json) = call(&mut i, Method::Put, "/serial", &body);
+        assert_eq!(status, 204, "{json}");
+        // Created owner-only: the console can carry secrets.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

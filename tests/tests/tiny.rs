@@ -69,11 +69,10 @@ fn pvh_guest_boots_and_exits_cleanly() {
     );
     assert_ne!(hex_field(&ok, "start_info"), 0);
 
-    assert_cmdline(
-        &hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO),
-        "cmdline=",
-        args,
-    );
+    let cmdline = hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO);
+    assert_cmdline(&cmdline, "cmdline=", args);
+    // No PCI bus in hull: the kernel is told not to probe for one, as Firecracker tells it.
+    assert!(cmdline.split_whitespace().any(|w| w == "pci=off"), "{cmdline}");
     let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
     assert_eq!(hex_field(&memmap, "ram_end"), 128 * MIB, "{memmap}");
     hull.expect_output("hull-tiny: pvh reset", Duration::ZERO);
@@ -365,6 +364,51 @@ fn pvh_boot_through_the_api_socket() {
 }
 
 #[test]
+fn put_serial_sends_the_console_to_serial_out_path_from_the_api_and_a_config_file() {
+    require_kvm!("put_serial_sends_the_console_to_serial_out_path_from_the_api_and_a_config_file");
+    let dir = hull_tests::TempDir::new("serial-out").unwrap();
+    let args = "console=ttyS0 reboot=k hull.test=serial";
+    let check = |hull: &Hull, path: &std::path::Path| {
+        let console = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            console.contains("hull-tiny: pvh ok magic=336ec578"),
+            "{}: {console:?}\n{}",
+            path.display(),
+            hull.report()
+        );
+        assert!(console.contains("hull-tiny: pvh reset"), "{console:?}");
+        assert!(
+            !hull.stdout().contains("hull-tiny:"),
+            "the console still reached stdout\n{}",
+            hull.report()
+        );
+    };
+
+    let through_api = dir.path().join("api.log");
+    let mut hull = Hull::with_api("serial-api", &[]);
+    let api = hull.api();
+    api.expect_ok("PUT", "/serial", &json!({ "serial_out_path": through_api }));
+    api.expect_ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny_guest("pvh.elf"), "boot_args": args }),
+    );
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
+    assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+    check(&hull, &through_api);
+
+    let from_file = dir.path().join("file.log");
+    let mut cfg = config("pvh.elf", 1, 128, args);
+    cfg["serial"] = json!({ "serial_out_path": from_file });
+    let hull = {
+        let mut hull = Hull::with_config("serial-file", &cfg, &[]);
+        assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+        hull
+    };
+    check(&hull, &from_file);
+}
+
+#[test]
 fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     require_kvm!("send_ctrl_alt_del_reaches_the_guest_keyboard");
     let dir = hull_tests::TempDir::new("keyboard-cfg").unwrap();
@@ -524,7 +568,11 @@ fn flush_metrics_reports_the_guests_exits_and_console_bytes_under_firecrackers_k
         "/boot-source",
         &json!({ "kernel_image_path": tiny_guest("halt.elf"), "boot_args": "console=ttyS0" }),
     );
-    api.expect_ok("PUT", "/machine-config", &json!({ "vcpu_count": 1, "mem_size_mib": 128 }));
+    api.expect_ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+    );
     api.expect_ok(
         "PUT",
         "/drives/data",

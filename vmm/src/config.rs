@@ -40,6 +40,8 @@ pub enum ConfigError {
     InvalidNetworkInterface { id: String, reason: String },
     #[error("Invalid vsock device: {0}")]
     InvalidVsock(String),
+    #[error("Invalid entropy device: {0}")]
+    InvalidEntropy(String),
     #[error("Too many virtio devices: {count} configured, at most {max} fit the interrupt lines")]
     TooManyDevices { count: usize, max: usize },
 }
@@ -207,6 +209,15 @@ pub enum SerialOutput {
     Sink,
 }
 
+/// `PUT /serial` (and `serial` in a config file): Firecracker's `SerialDevice`, where the guest's console
+/// output goes. Without `serial_out_path` the console stays on hull's standard output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+}
+
 /// Drive caching (Firecracker's `cache_type`). hull's virtio-blk always offers and honours FLUSH, so
 /// both are honoured: `Writeback` exactly, `Unsafe` (no durability promised) by being safer than asked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +377,21 @@ pub struct VsockConfig {
     /// The guest's context id: 3 or more (0-2 are reserved), and not `u32::MAX` (VMADDR_CID_ANY).
     pub guest_cid: u32,
     pub uds_path: PathBuf,
+}
+
+/// `entropy` / `PUT /entropy`: a virtio-rng device fed from the host's getrandom, with an optional rate
+/// limiter (bytes and requests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyDeviceConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl EntropyDeviceConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_rate_limiter(&self.rate_limiter, "rate_limiter").map_err(ConfigError::InvalidEntropy)
+    }
 }
 
 /// Longest Linux network interface name (IFNAMSIZ - 1).
@@ -529,6 +555,8 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// The entropy device (virtio-rng), attached after the others.
+    pub entropy: Option<EntropyDeviceConfig>,
     /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
     pub cpu_config: Option<crate::cpu_config::CustomCpuTemplate>,
 }
@@ -589,7 +617,13 @@ impl MicroVmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
-        let count = self.drives.len() + self.net.len() + usize::from(self.vsock.is_some());
+        if let Some(entropy) = &self.entropy {
+            entropy.validate()?;
+        }
+        let count = self.drives.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.entropy.is_some());
         let max = (crate::layout::IRQ_MAX - crate::layout::IRQ_BASE + 1) as usize;
         if count > max {
             return Err(ConfigError::TooManyDevices { count, max });

@@ -21,8 +21,9 @@ mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, HugePages, IoEngine, MachineConfig,
-    MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
+    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, EntropyDeviceConfig, HugePages,
+    IoEngine, MachineConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialConfig, SerialOutput,
+    TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use exit::ExitReason;
 pub use metrics::{MetricSources, VcpuMetrics};

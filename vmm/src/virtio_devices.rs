@@ -48,6 +48,8 @@ pub enum AttachError {
     },
     #[error("vsock: {0}")]
     Vsock(#[source] devices::virtio::vsock::unix::UnixBackendError),
+    #[error("entropy device: {0}")]
+    Entropy(#[source] devices::virtio::rng::RngError),
     #[error(transparent)]
     Transport(#[from] devices::transport::TransportError),
     #[error("{device}: cannot create its interrupt eventfd: {source}")]
@@ -192,7 +194,7 @@ impl NetInterfaces {
 }
 
 /// Builds every configured device core, in attachment order: the root drive first (so it is always
-/// `/dev/vda`), the other drives as configured, the network interfaces, then the vsock.
+/// `/dev/vda`), the other drives as configured, the network interfaces, the vsock, then the entropy device.
 pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachError> {
     let mut cores = Vec::new();
     for drive in config.drives_in_attach_order() {
@@ -240,6 +242,16 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
         let label = format!("vsock:{}", vsock.vsock_id.as_deref().unwrap_or("vsock"));
         cores.push(DeviceCore {
             label,
+            core: Box::new(core),
+            drive: None,
+            iface: None,
+        });
+    }
+    if let Some(entropy) = &config.entropy {
+        let limiter = entropy.rate_limiter.unwrap_or_default().to_device();
+        let core = devices::virtio::rng::Rng::new(&limiter).map_err(AttachError::Entropy)?;
+        cores.push(DeviceCore {
+            label: "rng:entropy".into(),
             core: Box::new(core),
             drive: None,
             iface: None,

@@ -24,6 +24,7 @@ pub mod block;
 pub mod chain;
 pub mod metrics;
 pub mod net;
+pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
 pub mod vsock;
@@ -48,6 +49,8 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::
 pub const TYPE_NET: u32 = 1;
 /// Block device id.
 pub const TYPE_BLOCK: u32 = 2;
+/// Entropy source (virtio-rng) device id.
+pub const TYPE_RNG: u32 = 4;
 /// Socket device id.
 pub const TYPE_VSOCK: u32 = 19;
 

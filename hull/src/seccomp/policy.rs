@@ -15,7 +15,7 @@
 //!   the API and cleaning up need (optional in a `--seccomp-filter` file);
 //! - `vmm`: the event loop, `hull_events`, which emulates the virtio devices (Firecracker's `vmm` thread);
 //! - `vcpu`: each `hull_vcpuN` thread;
-//! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`: every thread of a `hull vhost-user` backend.
+//! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`, `vhost-user-rng`: every thread of a `hull vhost-user` backend.
 
 use kvm_bindings::{
     kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs,
@@ -407,6 +407,9 @@ const VHOST_USER_BLK: &[Allow] = &[
 /// vhost-user-vsock: nothing beyond the common unix sockets.
 const VHOST_USER_VSOCK: &[Allow] = &[];
 
+/// vhost-user-rng: nothing beyond the common set (getrandom is in every thread's runtime set).
+const VHOST_USER_RNG: &[Allow] = &[];
+
 /// vhost-user-net: the TAP.
 const VHOST_USER_NET: &[Allow] = &[only(
     "ioctl",
@@ -489,6 +492,7 @@ pub fn vhost_user(device: VhostUserDevice) -> Table {
         VhostUserDevice::Blk => VHOST_USER_BLK,
         VhostUserDevice::Vsock => VHOST_USER_VSOCK,
         VhostUserDevice::Net => VHOST_USER_NET,
+        VhostUserDevice::Rng => VHOST_USER_RNG,
     };
     Table::merge(&[RUNTIME, VHOST_USER_COMMON, own])
 }
@@ -498,4 +502,5 @@ pub enum VhostUserDevice {
     Blk,
     Vsock,
     Net,
+    Rng,
 }
