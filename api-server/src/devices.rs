@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vmm::{
-    BlockDeviceConfig, ConfigError, EntropyDeviceConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig,
-    VsockConfig,
+    BalloonDeviceConfig, BlockDeviceConfig, ConfigError, EntropyDeviceConfig, MicroVmConfig, NetworkInterfaceConfig,
+    RateLimiterConfig, VsockConfig,
 };
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
@@ -77,6 +77,8 @@ pub struct DeviceConfigs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonDeviceConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyDeviceConfig>,
 }
 
@@ -88,9 +90,11 @@ impl DeviceConfigs {
             net: candidate.network_interfaces,
             vsock: candidate.vsock,
             entropy: candidate.entropy,
+            balloon: candidate.balloon,
             ..Default::default()
         };
         vm.validate_devices()?;
+        self.balloon = vm.balloon;
         self.drives = vm.drives;
         self.network_interfaces = vm.net;
         self.vsock = vm.vsock;
@@ -138,6 +142,18 @@ impl DeviceConfigs {
         candidate.vsock = Some(vsock);
         self.commit(candidate)?;
         tracing::debug!("vsock configured");
+        Ok(())
+    }
+
+    /// Sets (or replaces) the balloon device (`PUT /balloon`, or `balloon` in a config file); `mem_size_mib`
+    /// is the guest memory it must fit in.
+    pub fn put_balloon(&mut self, balloon: Value, mem_size_mib: usize) -> Result<(), DeviceError> {
+        let balloon: BalloonDeviceConfig = serde_json::from_value(balloon)?;
+        BalloonDeviceConfig::check_size(balloon.amount_mib, mem_size_mib)?;
+        let mut candidate = self.clone();
+        candidate.balloon = Some(balloon);
+        self.commit(candidate)?;
+        tracing::debug!("balloon device configured");
         Ok(())
     }
 
@@ -223,6 +239,7 @@ impl DeviceConfigs {
         config.net = self.network_interfaces.clone();
         config.vsock = self.vsock.clone();
         config.entropy = self.entropy.clone();
+        config.balloon = self.balloon.clone();
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::devices;
 use crate::http::{Method, Request, Response};
 use crate::instance::{Instance, InstanceError, MachineConfigUpdate, RequestedVmState};
+use vmm::BalloonStats;
 
 /// Why a request failed. The `Display` text is the `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,8 @@ enum Route {
     Vsock,
     Entropy,
     Serial,
+    Balloon,
+    BalloonStatistics,
 }
 
 impl Route {
@@ -87,6 +90,8 @@ impl Route {
             "/vsock" => Route::Vsock,
             "/entropy" => Route::Entropy,
             "/serial" => Route::Serial,
+            "/balloon" => Route::Balloon,
+            "/balloon/statistics" => Route::BalloonStatistics,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
@@ -112,7 +117,8 @@ impl Route {
             | Route::Vsock
             | Route::Entropy
             | Route::Serial => "PUT",
-            Route::MachineConfig => "GET, PUT, PATCH",
+            Route::MachineConfig | Route::Balloon => "GET, PUT, PATCH",
+            Route::BalloonStatistics => "GET, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
         }
@@ -252,6 +258,20 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
             instance.devices_mut()?.put_vsock(vsock)?;
             Ok(Response::no_content())
         }
+        (Route::Balloon, Method::Put) => {
+            instance.put_balloon(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Balloon, Method::Get) => ok_json(&instance.balloon_config()?),
+        (Route::Balloon, Method::Patch) => {
+            instance.patch_balloon(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::BalloonStatistics, Method::Get) => ok_json(&balloon_stats_json(&instance.balloon_stats()?)),
+        (Route::BalloonStatistics, Method::Patch) => {
+            instance.patch_balloon_stats(body(req)?)?;
+            Ok(Response::no_content())
+        }
         (Route::Serial, Method::Put) => {
             instance.put_serial(body(req)?)?;
             Ok(Response::no_content())
@@ -276,6 +296,21 @@ fn ok_json<T: serde::Serialize>(value: &T) -> Result<Response, RouteError> {
         body: Some(serde_json::to_string(value)?),
         allow: None,
     })
+}
+
+/// Firecracker's `BalloonStats`: the sizes always, each guest statistic once the driver has sent it.
+fn balloon_stats_json(stats: &BalloonStats) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("target_pages".into(), stats.target_pages.into());
+    object.insert("actual_pages".into(), stats.actual_pages.into());
+    object.insert("target_mib".into(), stats.target_mib().into());
+    object.insert("actual_mib".into(), stats.actual_mib().into());
+    for (name, value) in BalloonStats::TAG_NAMES.iter().zip(stats.guest) {
+        if let Some(value) = value {
+            object.insert((*name).into(), value.into());
+        }
+    }
+    Value::Object(object)
 }
 
 /// Decodes a required JSON body.
@@ -678,6 +713,111 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn balloon_put_get_patch_before_boot_with_firecrackers_errors() {
+        let mut i = instance();
+        for (method, path, body) in [
+            (Method::Get, "/balloon", ""),
+            (Method::Patch, "/balloon", r#"{"amount_mib": 1}"#),
+            (
+                Method::Patch,
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s": 1}"#,
+            ),
+        ] {
+            let (status, json) = call(&mut i, method.clone(), path, body);
+            assert_eq!(
+                (status, fault(&json)),
+                (400, "No balloon device found."),
+                "{method} {path}"
+            );
+        }
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/balloon",
+            r#"{"amount_mib": 129, "deflate_on_oom": true}"#,
+        );
+        assert_eq!((status, fault(&json)), (400, "Amount of pages requested is too large."));
+        let (status, json) = call(&mut i, Method::Put, "/balloon", r#"{"amount_mib": 1}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("missing field `deflate_on_oom`"), "{json}");
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/balloon",
+            r#"{"amount_mib": -1, "deflate_on_oom": true}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("invalid value"), "{json}");
+        let put = r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#;
+        let (status, _) = call(&mut i, Method::Put, "/balloon", put);
+        assert_eq!(status, 204);
+        let (status, json) = call(&mut i, Method::Get, "/balloon", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json,
+            json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1})
+        );
+        let (status, _) = call(&mut i, Method::Patch, "/balloon", r#"{"amount_mib": 32}"#);
+        assert_eq!(status, 204);
+        let (status, json) = call(&mut i, Method::Patch, "/balloon", r#"{"amount_mib": 4096}"#);
+        assert_eq!((status, fault(&json)), (400, "Amount of pages requested is too large."));
+        let (status, _) = call(
+            &mut i,
+            Method::Patch,
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 5}"#,
+        );
+        assert_eq!(status, 204);
+        let (status, json) = call(
+            &mut i,
+            Method::Patch,
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 0}"#,
+        );
+        assert_eq!(
+            (status, fault(&json)),
+            (400, "Cannot enable/disable the statistics after boot.")
+        );
+        let (status, json) = call(&mut i, Method::Get, "/balloon/statistics", "");
+        assert_eq!(
+            (status, fault(&json)),
+            (
+                400,
+                "The requested operation is not supported before starting the microVM."
+            )
+        );
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(
+            json["balloon"],
+            json!({"amount_mib": 32, "deflate_on_oom": true, "stats_polling_interval_s": 5})
+        );
+        let (status, _) = call(&mut i, Method::Put, "/balloon/statistics", "{}");
+        assert_eq!(status, 405);
+    }
+
+    #[test]
+    fn balloon_statistics_have_firecrackers_keys() {
+        let mut stats = BalloonStats {
+            target_pages: 512,
+            actual_pages: 256,
+            ..Default::default()
+        };
+        assert_eq!(
+            balloon_stats_json(&stats),
+            json!({"target_pages": 512, "actual_pages": 256, "target_mib": 2, "actual_mib": 1})
+        );
+        stats.guest[4] = Some(1000);
+        stats.guest[7] = Some(7);
+        let json = balloon_stats_json(&stats);
+        assert_eq!(
+            (json["free_memory"].as_u64(), json["disk_caches"].as_u64()),
+            (Some(1000), Some(7))
+        );
+        assert!(json.get("swap_in").is_none());
     }
 
     #[test]

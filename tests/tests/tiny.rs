@@ -409,6 +409,84 @@ fn put_serial_sends_the_console_to_serial_out_path_from_the_api_and_a_config_fil
 }
 
 #[test]
+fn balloon_and_entropy_attach_and_answer_as_firecracker_does_for_a_guest_without_drivers() {
+    require_kvm!("balloon_and_entropy_attach_and_answer_as_firecracker_does_for_a_guest_without_drivers");
+    let dir = hull_tests::TempDir::new("balloon-cfg").unwrap();
+    let cfg = dir.path().join("vm.json");
+    let mut vm = config("counter.elf", 1, 128, "console=ttyS0");
+    vm["balloon"] = json!({ "amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1 });
+    vm["entropy"] = json!({ "rate_limiter": { "bandwidth": { "size": 4096, "refill_time": 100 } } });
+    std::fs::write(&cfg, vm.to_string()).unwrap();
+    let hull = Hull::with_api("balloon", &["--config-file", cfg.to_str().unwrap()]);
+    let api = hull.api();
+    hull.expect_output("tick 1", Duration::from_secs(30));
+    expect_log(&hull, "kind=balloon");
+    expect_log(&hull, "kind=rng");
+
+    let expect_fault = |method: &str, path: &str, body: Value, fault: &str| {
+        let r = api.request(method, path, Some(&body.to_string())).unwrap();
+        assert_eq!(
+            (r.status, r.json()["fault_message"].as_str()),
+            (400, Some(fault)),
+            "{method} {path}: {}",
+            r.body
+        );
+    };
+    let get = |path: &str| {
+        let r = api.get(path).unwrap();
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.json()
+    };
+    assert_eq!(
+        get("/balloon"),
+        json!({ "amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1 })
+    );
+    // The tiny guest has no balloon driver: Firecracker refuses a new target, and its statistics hold
+    // only the sizes (the guest never sent any).
+    expect_fault(
+        "PATCH",
+        "/balloon",
+        json!({ "amount_mib": 32 }),
+        "Device is inactive, check if balloon driver is enabled in guest kernel.",
+    );
+    expect_fault(
+        "PATCH",
+        "/balloon",
+        json!({ "amount_mib": 129 }),
+        "Amount of pages requested is too large.",
+    );
+    assert_eq!(
+        get("/balloon/statistics"),
+        json!({ "target_pages": 4096, "actual_pages": 0, "target_mib": 16, "actual_mib": 0 })
+    );
+    api.expect_ok(
+        "PATCH",
+        "/balloon/statistics",
+        &json!({ "stats_polling_interval_s": 5 }),
+    );
+    assert_eq!(get("/balloon")["stats_polling_interval_s"], 5);
+    expect_fault(
+        "PATCH",
+        "/balloon/statistics",
+        json!({ "stats_polling_interval_s": 0 }),
+        "Cannot enable/disable the statistics after boot.",
+    );
+    let late = "The requested operation is not supported after starting the microVM.";
+    expect_fault(
+        "PUT",
+        "/balloon",
+        json!({ "amount_mib": 1, "deflate_on_oom": false }),
+        late,
+    );
+    expect_fault("PUT", "/entropy", json!({}), late);
+    expect_fault("PUT", "/serial", json!({}), late);
+    // The guest runs on.
+    let ticks = hull.stdout_len();
+    hull.wait_for_output_after("tick ", ticks, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the guest stopped\n{}", hull.report()));
+}
+
+#[test]
 fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     require_kvm!("send_ctrl_alt_del_reaches_the_guest_keyboard");
     let dir = hull_tests::TempDir::new("keyboard-cfg").unwrap();

@@ -90,7 +90,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
-    let (virtio_cmdline, drives, nets) = attach_virtio_devices(&vm, &mem, config, &mut legacy, &mut metrics)?;
+    let (virtio_cmdline, drives, nets, balloon) = attach_virtio_devices(&vm, &mem, config, &mut legacy, &mut metrics)?;
     let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
@@ -145,6 +145,7 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         usize::from(machine.vcpu_count),
         drives,
         nets,
+        balloon,
         metrics,
     ))
 }
@@ -289,6 +290,15 @@ fn create_legacy_devices(vm: &VmFd, options: &VmmOptions, started: Instant) -> R
     })
 }
 
+/// What attaching the virtio devices produced: the command-line entries, and the handles post-boot
+/// requests reach the running devices through.
+type AttachedDevices = (
+    Vec<String>,
+    virtio_devices::Drives,
+    virtio_devices::NetInterfaces,
+    Option<virtio_devices::BalloonHandle>,
+);
+
 /// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
@@ -301,10 +311,11 @@ fn attach_virtio_devices(
     config: &MicroVmConfig,
     legacy: &mut LegacyDevices,
     metrics: &mut MetricSources,
-) -> Result<(Vec<String>, virtio_devices::Drives, virtio_devices::NetInterfaces), BuildError> {
+) -> Result<AttachedDevices, BuildError> {
     let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
     let mut drives = virtio_devices::Drives::default();
     let mut nets = virtio_devices::NetInterfaces::default();
+    let mut balloon = None;
     for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
         let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
         let irq = IRQ_BASE + slot as u32;
@@ -323,11 +334,13 @@ fn attach_virtio_devices(
             nets.add(id, transport);
         } else if kind == devices::virtio::TYPE_VSOCK {
             metrics.vsock = counters;
+        } else if kind == devices::virtio::TYPE_BALLOON {
+            balloon = Some(virtio_devices::BalloonHandle::new(transport));
         }
         legacy.subscribers.push(subscriber);
         cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
     }
-    Ok((cmdline, drives, nets))
+    Ok((cmdline, drives, nets, balloon))
 }
 
 /// Step: the command line, the user's first, then what the machine needs.

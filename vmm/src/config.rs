@@ -42,6 +42,9 @@ pub enum ConfigError {
     InvalidVsock(String),
     #[error("Invalid entropy device: {0}")]
     InvalidEntropy(String),
+    /// Firecracker's text for a balloon larger than guest memory (or than 32 bits of pages).
+    #[error("Amount of pages requested is too large.")]
+    BalloonTooLarge,
     #[error("Too many virtio devices: {count} configured, at most {max} fit the interrupt lines")]
     TooManyDevices { count: usize, max: usize },
 }
@@ -394,6 +397,27 @@ impl EntropyDeviceConfig {
     }
 }
 
+/// `balloon` / `PUT /balloon`: Firecracker's `Balloon`, a virtio-balloon device with a target size, the
+/// deflate-on-OOM feature, and guest statistics refreshed every `stats_polling_interval_s` (0: off).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonDeviceConfig {
+    pub amount_mib: u32,
+    pub deflate_on_oom: bool,
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+}
+
+impl BalloonDeviceConfig {
+    /// The balloon cannot be asked to hold more than the guest's memory.
+    pub fn check_size(amount_mib: u32, mem_size_mib: usize) -> Result<(), ConfigError> {
+        if amount_mib as usize > mem_size_mib {
+            return Err(ConfigError::BalloonTooLarge);
+        }
+        Ok(())
+    }
+}
+
 /// Longest Linux network interface name (IFNAMSIZ - 1).
 const MAX_IFNAME_LEN: usize = 15;
 /// Longest unix socket path (sun_path is 108 bytes with the terminating NUL).
@@ -555,6 +579,8 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// The balloon device, attached after the vsock.
+    pub balloon: Option<BalloonDeviceConfig>,
     /// The entropy device (virtio-rng), attached after the others.
     pub entropy: Option<EntropyDeviceConfig>,
     /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
@@ -569,6 +595,9 @@ impl MicroVmConfig {
             .ok_or(ConfigError::MissingBootSource)?
             .validate()?;
         self.machine.validate()?;
+        if let Some(balloon) = &self.balloon {
+            BalloonDeviceConfig::check_size(balloon.amount_mib, self.machine.mem_size_mib)?;
+        }
         self.validate_devices()
     }
 
@@ -623,6 +652,7 @@ impl MicroVmConfig {
         let count = self.drives.len()
             + self.net.len()
             + usize::from(self.vsock.is_some())
+            + usize::from(self.balloon.is_some())
             + usize::from(self.entropy.is_some());
         let max = (crate::layout::IRQ_MAX - crate::layout::IRQ_BASE + 1) as usize;
         if count > max {

@@ -21,14 +21,16 @@ mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, EntropyDeviceConfig, HugePages,
-    IoEngine, MachineConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, SerialConfig, SerialOutput,
-    TokenBucketConfig, VmmOptions, VsockConfig,
+    BalloonDeviceConfig, BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName,
+    EntropyDeviceConfig, HugePages, IoEngine, MachineConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig,
+    SerialConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
+pub use devices::virtio::balloon::{BalloonError, BalloonStats};
 pub use exit::ExitReason;
 pub use metrics::{MetricSources, VcpuMetrics};
 pub use microvm::{MicroVm, VmState, VmmError};
 pub use seccomp::ThreadFilters;
+pub use virtio_devices::BalloonHandle;
 
 /// The version reported by the API (`GET /version`, `GET /`).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");

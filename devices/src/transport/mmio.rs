@@ -23,8 +23,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
-    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BLOCK,
-    TYPE_NET, TYPE_RNG, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BALLOON,
+    TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// "virt" in little-endian: the first register of every virtio-mmio window.
@@ -138,6 +138,7 @@ pub fn device_type_name(device_type: u32) -> &'static str {
         TYPE_BLOCK => "block",
         TYPE_VSOCK => "vsock",
         TYPE_RNG => "rng",
+        TYPE_BALLOON => "balloon",
         _ => "unknown",
     }
 }

@@ -21,5 +21,7 @@ pub fn run(args: &RngArgs) -> Result<(), Error> {
         device: "rng",
         reason: e.to_string(),
     })?;
-    serve("vhost-user-rng", device, 1, Protocol::Direct, &args.socket)
+    // virtio-rng has no config space, so CONFIG is not offered (QEMU's vhost-user-rng warns about it), and
+    // the relay tolerates a SET_VRING_ENABLE that comes before SET_FEATURES.
+    serve("vhost-user-rng", device, 1, Protocol::DeferEarlyEnable, &args.socket)
 }

@@ -20,6 +20,7 @@
 //! Never trusted here or below: anything read from guest memory (rings, descriptors, headers, lengths,
 //! offsets) and anything the driver writes into the config space.
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod metrics;
@@ -49,6 +50,8 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::
 pub const TYPE_NET: u32 = 1;
 /// Block device id.
 pub const TYPE_BLOCK: u32 = 2;
+/// Memory balloon device id.
+pub const TYPE_BALLOON: u32 = 5;
 /// Entropy source (virtio-rng) device id.
 pub const TYPE_RNG: u32 = 4;
 /// Socket device id.
