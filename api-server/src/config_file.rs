@@ -1,5 +1,5 @@
 //! `--config-file`: a JSON file in Firecracker's shape (`boot-source`, `machine-config`, `drives`,
-//! `network-interfaces`, `vsock`, `balloon`, `entropy`, `serial`, `logger`, `metrics`), applied to the [`Instance`] through the same
+//! `network-interfaces`, `vsock`, `pmem`, `balloon`, `entropy`, `serial`, `logger`, `metrics`), applied to the [`Instance`] through the same
 //! methods the API uses, then booted. The file is user input: unknown keys are refused and every value is
 //! validated by the instance.
 
@@ -51,6 +51,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub balloon: Option<Value>,
     #[serde(default)]
+    pub pmem: Vec<Value>,
+    #[serde(default)]
     pub serial: Option<vmm::SerialConfig>,
     #[serde(default)]
     pub logger: Option<LoggerConfig>,
@@ -101,6 +103,11 @@ impl ConfigFile {
         if let Some(vsock) = self.vsock {
             let devices = instance.devices_mut().map_err(|e| ("vsock", e))?;
             devices.put_vsock(vsock).map_err(in_section("vsock"))?;
+        }
+        for pmem in self.pmem {
+            let id = devices::entry_id(&pmem, "id").to_string();
+            let devices = instance.devices_mut().map_err(|e| ("pmem", e))?;
+            devices.put_pmem(&id, pmem).map_err(in_section("pmem"))?;
         }
         if let Some(balloon) = self.balloon {
             instance.put_balloon(balloon).map_err(|e| ("balloon", e))?;

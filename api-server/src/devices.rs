@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vmm::{
     BalloonDeviceConfig, BlockDeviceConfig, ConfigError, EntropyDeviceConfig, MicroVmConfig, NetworkInterfaceConfig,
-    RateLimiterConfig, VsockConfig,
+    PmemConfig, RateLimiterConfig, VsockConfig,
 };
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
@@ -76,6 +76,8 @@ pub struct DeviceConfigs {
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<PmemConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonDeviceConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,10 +93,12 @@ impl DeviceConfigs {
             vsock: candidate.vsock,
             entropy: candidate.entropy,
             balloon: candidate.balloon,
+            pmem: candidate.pmem,
             ..Default::default()
         };
         vm.validate_devices()?;
         self.balloon = vm.balloon;
+        self.pmem = vm.pmem;
         self.drives = vm.drives;
         self.network_interfaces = vm.net;
         self.vsock = vm.vsock;
@@ -142,6 +146,23 @@ impl DeviceConfigs {
         candidate.vsock = Some(vsock);
         self.commit(candidate)?;
         tracing::debug!("vsock configured");
+        Ok(())
+    }
+
+    /// Adds or replaces pmem device `id` (`PUT /pmem/{id}`, or one entry of `pmem` in a config file). A
+    /// replaced device keeps its place in the order.
+    pub fn put_pmem(&mut self, id: &str, pmem: Value) -> Result<(), DeviceError> {
+        let pmem: PmemConfig = serde_json::from_value(pmem)?;
+        if pmem.id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        let mut candidate = self.clone();
+        match candidate.pmem.iter_mut().find(|p| p.id == id) {
+            Some(existing) => *existing = pmem,
+            None => candidate.pmem.push(pmem),
+        }
+        self.commit(candidate)?;
+        tracing::debug!(id, "pmem device configured");
         Ok(())
     }
 
@@ -240,6 +261,7 @@ impl DeviceConfigs {
         config.vsock = self.vsock.clone();
         config.entropy = self.entropy.clone();
         config.balloon = self.balloon.clone();
+        config.pmem = self.pmem.clone();
     }
 }
 

@@ -70,6 +70,7 @@ enum Route {
     Serial,
     Balloon,
     BalloonStatistics,
+    Pmem(String),
 }
 
 impl Route {
@@ -97,6 +98,8 @@ impl Route {
                     Route::Drive(id.to_string())
                 } else if let Some(id) = other.strip_prefix("/network-interfaces/") {
                     Route::NetworkInterface(id.to_string())
+                } else if let Some(id) = other.strip_prefix("/pmem/") {
+                    Route::Pmem(id.to_string())
                 } else {
                     return None;
                 }
@@ -116,7 +119,8 @@ impl Route {
             | Route::Metrics
             | Route::Vsock
             | Route::Entropy
-            | Route::Serial => "PUT",
+            | Route::Serial
+            | Route::Pmem(_) => "PUT",
             Route::MachineConfig | Route::Balloon => "GET, PUT, PATCH",
             Route::BalloonStatistics => "GET, PATCH",
             Route::Vm => "PATCH",
@@ -256,6 +260,11 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
         (Route::Vsock, Method::Put) => {
             let vsock: Value = body(req)?;
             instance.devices_mut()?.put_vsock(vsock)?;
+            Ok(Response::no_content())
+        }
+        (Route::Pmem(id), Method::Put) => {
+            let pmem = device_body(req, id, "id")?;
+            instance.devices_mut()?.put_pmem(id, pmem)?;
             Ok(Response::no_content())
         }
         (Route::Balloon, Method::Put) => {
@@ -818,6 +827,50 @@ mod tests {
             (Some(1000), Some(7))
         );
         assert!(json.get("swap_in").is_none());
+    }
+
+    #[test]
+    fn pmem_is_put_by_id_checked_and_shown_in_vm_config() {
+        let mut i = instance();
+        let img = std::env::temp_dir().join(format!("hull-routes-pmem-{}", std::process::id()));
+        std::fs::File::create(&img).unwrap().set_len(2 << 20).unwrap();
+        let odd = std::env::temp_dir().join(format!("hull-routes-pmem-odd-{}", std::process::id()));
+        std::fs::File::create(&odd).unwrap().set_len(4096).unwrap();
+        let put =
+            |i: &mut Instance, id: &str, body: Value| call(i, Method::Put, &format!("/pmem/{id}"), &body.to_string());
+        let (status, json) = put(&mut i, "p0", json!({"id": "p1", "path_on_host": img}));
+        assert_eq!(
+            (status, fault(&json)),
+            (400, "The id from the path does not match the id from the body!")
+        );
+        let (status, json) = put(&mut i, "p0", json!({"id": "p0", "path_on_host": odd}));
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("a non-empty multiple of 2 MiB"), "{json}");
+        let (status, json) = put(&mut i, "p0", json!({"id": "p0", "path_on_host": "/no/such.img"}));
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid pmem device \"p0\""), "{json}");
+        let (status, json) = put(
+            &mut i,
+            "p0",
+            json!({"id": "p0", "path_on_host": img, "root_device": true, "read_only": true}),
+        );
+        assert_eq!(status, 204, "{json}");
+        let drive = json!({"drive_id": "rootfs", "path_on_host": img, "is_root_device": true});
+        let (status, json) = call(&mut i, Method::Put, "/drives/rootfs", &drive.to_string());
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("a root device is already configured"), "{json}");
+        let (status, _) = put(&mut i, "p1", json!({"id": "p1", "path_on_host": img}));
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(
+            json["pmem"][0],
+            json!({"id": "p0", "path_on_host": img, "root_device": true, "read_only": true})
+        );
+        assert_eq!(json["pmem"][1]["root_device"], false);
+        let (status, _) = call(&mut i, Method::Get, "/pmem/p0", "");
+        assert_eq!(status, 405);
+        std::fs::remove_file(img).unwrap();
+        std::fs::remove_file(odd).unwrap();
     }
 
     #[test]

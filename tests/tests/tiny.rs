@@ -487,6 +487,37 @@ fn balloon_and_entropy_attach_and_answer_as_firecracker_does_for_a_guest_without
 }
 
 #[test]
+fn a_root_pmem_device_is_mapped_above_ram_and_named_on_the_command_line() {
+    require_kvm!("a_root_pmem_device_is_mapped_above_ram_and_named_on_the_command_line");
+    let dir = hull_tests::TempDir::new("pmem").unwrap();
+    let image = dir.path().join("root.img");
+    std::fs::File::create(&image).unwrap().set_len(4 << 20).unwrap();
+    let args = "console=ttyS0 reboot=k hull.test=pmem";
+    let mut vm = config("pvh.elf", 1, 128, args);
+    vm["pmem"] = json!([
+        { "id": "data", "path_on_host": image },
+        { "id": "root", "path_on_host": image, "root_device": true, "read_only": true },
+    ]);
+    let mut hull = Hull::with_config("pmem", &vm, &[]);
+    assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+    let cmdline = hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO);
+    assert!(cmdline.contains("root=/dev/pmem0 ro rootflags=dax"), "{cmdline}");
+    // The root device is attached first (pmem0), right at 4 GiB; the other follows 4 MiB later.
+    expect_log(
+        &hull,
+        "pmem device mapped id=root addr=0x100000000 size=4194304 read_only=true",
+    );
+    expect_log(
+        &hull,
+        "pmem device mapped id=data addr=0x100400000 size=4194304 read_only=false",
+    );
+    expect_log(&hull, "kind=pmem");
+    // The pmem regions are not RAM: the memory map still ends at 128 MiB.
+    let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
+    assert_eq!(hex_field(&memmap, "ram_end"), 128 * MIB, "{memmap}");
+}
+
+#[test]
 fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     require_kvm!("send_ctrl_alt_del_reaches_the_guest_keyboard");
     let dir = hull_tests::TempDir::new("keyboard-cfg").unwrap();

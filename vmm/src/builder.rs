@@ -66,6 +66,8 @@ pub enum BuildError {
     CpuTemplate(#[from] cpu_template::TemplateError),
     #[error("cannot attach a virtio device: {0}")]
     Virtio(#[from] virtio_devices::AttachError),
+    #[error("cannot attach a pmem device: {0}")]
+    Pmem(#[from] crate::pmem::PmemError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -299,7 +301,8 @@ type AttachedDevices = (
     Option<virtio_devices::BalloonHandle>,
 );
 
-/// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
+/// Step: the virtio devices (root drive first, other drives, network interfaces, vsock, balloon, entropy,
+/// then the pmem devices, whose files get KVM memory slots above RAM), each behind a
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. Returns the command-line
 /// entries that declare them (`virtio_mmio.device=4K@0x<addr>:<irq>`) and mount the root drive, and the
@@ -312,11 +315,16 @@ fn attach_virtio_devices(
     legacy: &mut LegacyDevices,
     metrics: &mut MetricSources,
 ) -> Result<AttachedDevices, BuildError> {
-    let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
+    let (pmem_cores, pmem_root) = crate::pmem::attach_slots(vm, mem, config)?;
+    let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config)
+        .into_iter()
+        .chain(pmem_root)
+        .collect();
     let mut drives = virtio_devices::Drives::default();
     let mut nets = virtio_devices::NetInterfaces::default();
     let mut balloon = None;
-    for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
+    let cores = virtio_devices::create_cores(config)?.into_iter().chain(pmem_cores);
+    for (slot, device) in cores.enumerate() {
         let addr = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
         let irq = IRQ_BASE + slot as u32;
         let drive = device.drive.clone();

@@ -42,6 +42,8 @@ pub enum ConfigError {
     InvalidVsock(String),
     #[error("Invalid entropy device: {0}")]
     InvalidEntropy(String),
+    #[error("Invalid pmem device {id:?}: {reason}")]
+    InvalidPmem { id: String, reason: String },
     /// Firecracker's text for a balloon larger than guest memory (or than 32 bits of pages).
     #[error("Amount of pages requested is too large.")]
     BalloonTooLarge,
@@ -418,6 +420,34 @@ impl BalloonDeviceConfig {
     }
 }
 
+/// `pmem[]` / `PUT /pmem/{id}`: Firecracker's `Pmem`, a virtio-pmem device whose file is mapped into guest
+/// physical memory above RAM (`/dev/pmemN` in the guest, DAX-capable). `root_device` boots from it
+/// (`root=/dev/pmem0 rootflags=dax`); `read_only` maps it privately, so the file is never written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemConfig {
+    pub id: String,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub root_device: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl PmemConfig {
+    /// Checks the id and that the file opens the way the device uses it, with a size the guest can map.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| ConfigError::InvalidPmem {
+            id: self.id.clone(),
+            reason,
+        };
+        check_device_id(&self.id).map_err(err)?;
+        devices::virtio::pmem::PmemBacking::open(&self.path_on_host, self.read_only)
+            .map(|_| ())
+            .map_err(|e| err(e.to_string()))
+    }
+}
+
 /// Longest Linux network interface name (IFNAMSIZ - 1).
 const MAX_IFNAME_LEN: usize = 15;
 /// Longest unix socket path (sun_path is 108 bytes with the terminating NUL).
@@ -579,6 +609,8 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Pmem devices, in the order configured (the root one is attached first, so it is `/dev/pmem0`).
+    pub pmem: Vec<PmemConfig>,
     /// The balloon device, attached after the vsock.
     pub balloon: Option<BalloonDeviceConfig>,
     /// The entropy device (virtio-rng), attached after the others.
@@ -649,9 +681,28 @@ impl MicroVmConfig {
         if let Some(entropy) = &self.entropy {
             entropy.validate()?;
         }
+        for (i, pmem) in self.pmem.iter().enumerate() {
+            pmem.validate()?;
+            let err = |reason: &str| ConfigError::InvalidPmem {
+                id: pmem.id.clone(),
+                reason: reason.into(),
+            };
+            if self.pmem[..i].iter().any(|p| p.id == pmem.id) {
+                return Err(err("the id is used twice"));
+            }
+            if pmem.root_device {
+                roots += 1;
+                if roots > 1 {
+                    return Err(err(
+                        "a root device is already configured; only one drive or pmem device may be the root device",
+                    ));
+                }
+            }
+        }
         let count = self.drives.len()
             + self.net.len()
             + usize::from(self.vsock.is_some())
+            + self.pmem.len()
             + usize::from(self.balloon.is_some())
             + usize::from(self.entropy.is_some());
         let max = (crate::layout::IRQ_MAX - crate::layout::IRQ_BASE + 1) as usize;
@@ -659,6 +710,14 @@ impl MicroVmConfig {
             return Err(ConfigError::TooManyDevices { count, max });
         }
         Ok(())
+    }
+
+    /// The pmem devices in attachment order: the root device first (`/dev/pmem0`), the others as configured.
+    pub fn pmem_in_attach_order(&self) -> impl Iterator<Item = &PmemConfig> {
+        self.pmem
+            .iter()
+            .filter(|p| p.root_device)
+            .chain(self.pmem.iter().filter(|p| !p.root_device))
     }
 
     /// The drives in attachment order: the root device first, the others as configured.

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 mod microvm;
 pub mod mptable;
+pub mod pmem;
 pub mod seccomp;
 pub mod vcpu;
 mod virtio_devices;
@@ -22,8 +23,8 @@ mod virtio_devices;
 pub use builder::BuildError;
 pub use config::{
     BalloonDeviceConfig, BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName,
-    EntropyDeviceConfig, HugePages, IoEngine, MachineConfig, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig,
-    SerialConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
+    EntropyDeviceConfig, HugePages, IoEngine, MachineConfig, MicroVmConfig, NetworkInterfaceConfig, PmemConfig,
+    RateLimiterConfig, SerialConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
 pub use devices::virtio::balloon::{BalloonError, BalloonStats};
 pub use exit::ExitReason;

@@ -24,7 +24,7 @@ use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
     ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BALLOON,
-    TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    TYPE_BLOCK, TYPE_NET, TYPE_PMEM, TYPE_RNG, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// "virt" in little-endian: the first register of every virtio-mmio window.
@@ -139,6 +139,7 @@ pub fn device_type_name(device_type: u32) -> &'static str {
         TYPE_VSOCK => "vsock",
         TYPE_RNG => "rng",
         TYPE_BALLOON => "balloon",
+        TYPE_PMEM => "pmem",
         _ => "unknown",
     }
 }

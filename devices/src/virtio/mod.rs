@@ -25,6 +25,7 @@ pub mod block;
 pub mod chain;
 pub mod metrics;
 pub mod net;
+pub mod pmem;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
@@ -56,6 +57,8 @@ pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_RNG: u32 = 4;
 /// Socket device id.
 pub const TYPE_VSOCK: u32 = 19;
+/// Persistent memory device id.
+pub const TYPE_PMEM: u32 = 27;
 
 /// Device status bit a transport sets when a call returned `Err(DeviceError)` (see `transport::NeedsReset`).
 pub const DEVICE_NEEDS_RESET: u32 = 0x40;

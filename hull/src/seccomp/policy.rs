@@ -248,6 +248,16 @@ const API_OWN: &[Allow] = &[
     any("eventfd2", libc::SYS_eventfd2),
     any("epoll_create1", libc::SYS_epoll_create1),
     any("epoll_ctl", libc::SYS_epoll_ctl),
+    // A read-only pmem device maps its file privately (devices::virtio::pmem::backing); read-write ones
+    // are MAP_SHARED, which every thread may map.
+    only(
+        "mmap",
+        libc::SYS_mmap,
+        &[&[
+            eq(3, (libc::MAP_PRIVATE | libc::MAP_NORESERVE) as u32),
+            masked(2, PROT_EXEC, 0),
+        ]],
+    ),
     // Every drive and network interface gets its rate limiters' timers when it is built.
     any("timerfd_create", libc::SYS_timerfd_create),
     only("socket", libc::SYS_socket, &[&[eq(0, libc::AF_UNIX as u32)]]),
