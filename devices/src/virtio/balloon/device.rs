@@ -116,6 +116,8 @@ pub struct Balloon {
     acked_features: u64,
     activated: bool,
     stats_timer: TimerFd,
+    /// The timer was armed since the driver last started the device.
+    stats_timer_armed: bool,
     /// The statistics buffer the driver gave and the device holds until the next poll.
     stats_head: Option<u16>,
     guest_stats: [Option<u64>; STAT_TAGS],
@@ -141,6 +143,7 @@ impl Balloon {
             acked_features: 0,
             activated: false,
             stats_timer: nonblocking_timer().map_err(BalloonError::Timer)?,
+            stats_timer_armed: false,
             stats_head: None,
             guest_stats: [None; STAT_TAGS],
             metrics: Arc::new(BalloonMetrics::default()),
@@ -188,6 +191,7 @@ impl Balloon {
         }
         self.stats_interval_s = interval_s;
         if self.activated {
+            self.stats_timer_armed = true;
             self.arm_stats_timer(Duration::from_millis(1));
         }
         Ok(())
@@ -280,7 +284,7 @@ impl Balloon {
         let Some(mut queue) = queues.chains(STATS_QUEUE, mem) else {
             return Ok(QueueSignals::NONE);
         };
-        QueueSignals::collect(|signals| {
+        let signals = QueueSignals::collect(|signals| {
             while let Some(chain) = queue.pop()? {
                 match read_stats(&chain, mem) {
                     Ok(values) => {
@@ -299,7 +303,12 @@ impl Balloon {
                 }
             }
             Ok(())
-        })
+        })?;
+        if !self.stats_timer_armed && self.stats_interval_s > 0 {
+            self.stats_timer_armed = true;
+            self.arm_stats_timer(Duration::from_secs(u64::from(self.stats_interval_s)));
+        }
+        Ok(signals)
     }
 
     /// The statistics timer fired: hand the held buffer back so the driver refills it.
@@ -348,11 +357,11 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    /// Runs on the vCPU that wrote DRIVER_OK, which may not touch timers (seccomp): the statistics timer is
+    /// armed when the driver hands over its first statistics buffer, on the event loop.
     fn activate(&mut self) -> Result<(), ActivateError> {
         self.activated = true;
-        if self.acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0 && self.stats_interval_s > 0 {
-            self.arm_stats_timer(Duration::from_secs(u64::from(self.stats_interval_s)));
-        }
+        self.stats_timer_armed = false;
         Ok(())
     }
 
@@ -384,17 +393,23 @@ impl VirtioDevice for Balloon {
         if self.stats_timer.wait().is_err() {
             return Ok(QueueSignals::NONE);
         }
+        if !self.activated {
+            // The driver reset the device since the timer was armed.
+            self.stats_timer_armed = false;
+            if let Err(error) = self.stats_timer.reset(Duration::ZERO, None) {
+                warn!(%error, "cannot disarm the balloon statistics timer");
+            }
+            return Ok(QueueSignals::NONE);
+        }
         self.request_stats(mem, queues)
             .inspect_err(|_| self.metrics.event_fails.inc())
     }
 
+    /// Also on a vCPU: the timer stays armed, and its next tick finds no buffer to return and disarms it.
     fn reset(&mut self) {
         self.acked_features = 0;
         self.activated = false;
         self.stats_head = None;
-        if let Err(error) = self.stats_timer.reset(Duration::ZERO, None) {
-            warn!(%error, "cannot disarm the balloon statistics timer");
-        }
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
