@@ -343,7 +343,10 @@ fn attach_virtio_devices(
         } else if kind == devices::virtio::TYPE_VSOCK {
             metrics.vsock = counters;
         } else if kind == devices::virtio::TYPE_BALLOON {
+            metrics.balloon = counters;
             balloon = Some(virtio_devices::BalloonHandle::new(transport));
+        } else if kind == devices::virtio::TYPE_RNG {
+            metrics.entropy = counters;
         }
         legacy.subscribers.push(subscriber);
         cmdline.push(virtio_devices::mmio_cmdline(addr, irq));
