@@ -68,6 +68,21 @@ pub const TARGETS: &[Target] = &[
         seeds: seeds::virtio_vsock,
     },
     Target {
+        name: "virtio_balloon",
+        run: targets::virtio::balloon,
+        seeds: seeds::virtio_balloon,
+    },
+    Target {
+        name: "virtio_rng",
+        run: targets::virtio::rng,
+        seeds: seeds::virtio_rng,
+    },
+    Target {
+        name: "virtio_pmem",
+        run: targets::virtio::pmem,
+        seeds: seeds::virtio_pmem,
+    },
+    Target {
         name: "vsock_muxer",
         run: targets::vsock::muxer,
         seeds: seeds::vsock_muxer,

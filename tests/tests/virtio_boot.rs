@@ -251,6 +251,8 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
         &json!({ "amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1 }),
     );
     api.expect_ok("PUT", "/entropy", &json!({}));
+    let metrics_path = dir.path().join("metrics.json");
+    api.expect_ok("PUT", "/metrics", &json!({ "metrics_path": metrics_path }));
     let pmem_image = dir.path().join("pmem.img");
     std::fs::File::create(&pmem_image).unwrap().set_len(4 << 20).unwrap();
     api.expect_ok(
@@ -361,6 +363,13 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
         "balloon inflated to 4 MiB {:.1} s after InstanceStart",
         started.elapsed().as_secs_f64()
     );
+    // The kernel's hwrng core drew bytes from the entropy device when the driver registered it, and the
+    // balloon inflated through its queue: both show in Firecracker's metrics sections.
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "FlushMetrics" }));
+    let metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert!(line["entropy"]["entropy_bytes"].as_u64().unwrap_or(0) > 0, "{line}");
+    assert!(line["balloon"]["inflate_count"].as_u64().unwrap_or(0) > 0, "{line}");
     // The pmem driver attached the namespace the virtio-pmem region holds (it becomes /dev/pmem0). It warns
     // that it cannot flush through DIMM hints: a virtio-pmem region has none, fsync goes through the
     // device's flush queue instead.
