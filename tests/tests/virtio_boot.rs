@@ -329,25 +329,9 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
         eprintln!("{line}");
         timings.push((what, started.elapsed()));
     }
-    for (what, pattern) in [
-        ("DHCP answer", "IP-Config: Got DHCP answer"),
-        ("ext4 root mounted", "VFS: Mounted root (ext4 filesystem)"),
-    ] {
-        hull.wait_for_output(pattern, BOOT_TIMEOUT)
-            .unwrap_or_else(|| panic!("no {what}\n{}", report(&hull)));
-        timings.push((what, started.elapsed()));
-    }
-    for (what, at) in &timings {
-        eprintln!("{what}: {:.1} s after InstanceStart", at.as_secs_f64());
-    }
-    // The guest got an address from our range.
-    let complete = hull.expect_output("IP-Config: Complete", Duration::ZERO);
-    let addr = hull.expect_output("device=eth0", Duration::ZERO);
-    assert!(
-        addr.contains(&format!("hwaddr={GUEST_MAC}")) && addr.contains("ipaddr=172.30.99."),
-        "{complete}\n{addr}"
-    );
-    // The balloon driver sent its first statistics when it probed, and inflates to a new target.
+    // Right away, while the guest runs (with no init on the root image it panics and resets a few seconds
+    // after mounting it): the balloon driver sent its first statistics when it probed, and inflates to a
+    // new target.
     let stats = wait_for_json(&api, "/balloon/statistics", |j| j.get("total_memory").is_some())
         .unwrap_or_else(|| panic!("no guest statistics\n{}", report(&hull)));
     let total = stats["total_memory"].as_u64().unwrap_or(0);
@@ -377,6 +361,24 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
     };
     assert!(total("entropy", "entropy_bytes") > 0, "{metrics}");
     assert!(total("balloon", "inflate_count") > 0, "{metrics}");
+    for (what, pattern) in [
+        ("DHCP answer", "IP-Config: Got DHCP answer"),
+        ("ext4 root mounted", "VFS: Mounted root (ext4 filesystem)"),
+    ] {
+        hull.wait_for_output(pattern, BOOT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no {what}\n{}", report(&hull)));
+        timings.push((what, started.elapsed()));
+    }
+    for (what, at) in &timings {
+        eprintln!("{what}: {:.1} s after InstanceStart", at.as_secs_f64());
+    }
+    // The guest got an address from our range.
+    let complete = hull.expect_output("IP-Config: Complete", Duration::ZERO);
+    let addr = hull.expect_output("device=eth0", Duration::ZERO);
+    assert!(
+        addr.contains(&format!("hwaddr={GUEST_MAC}")) && addr.contains("ipaddr=172.30.99."),
+        "{complete}\n{addr}"
+    );
     // The pmem driver attached the namespace the virtio-pmem region holds (it becomes /dev/pmem0). It warns
     // that it cannot flush through DIMM hints: a virtio-pmem region has none, fsync goes through the
     // device's flush queue instead.
@@ -390,51 +392,4 @@ fn linux_mounts_a_virtio_root_gets_dhcp_over_virtio_net_and_brings_up_virtio_vso
     assert!(!hull.stderr().contains("needs a reset"), "{}", report(&hull));
     hull.kill();
     drop(net);
-}
-
-/// A pmem device as the root: hull maps an ext4 image above guest RAM, names it `root=/dev/pmem0 rw
-/// rootflags=dax`, and the kernel mounts it with DAX (ext4 refuses the `dax` option with "DAX unsupported by
-/// block device." unless the pmem driver gave the device struct pages and a 4 KiB-block filesystem sits on
-/// it, so the mount itself is the proof). No initramfs: the kernel goes on to look for an init on the
-/// image, which is where the boot is cut short.
-#[test]
-fn linux_mounts_an_ext4_root_from_pmem_with_dax() {
-    const NAME: &str = "linux_mounts_an_ext4_root_from_pmem_with_dax";
-    require_kvm!(NAME);
-    if !have("mkfs.ext4") {
-        skip(NAME, "mkfs.ext4 is missing; run scripts/install-test-deps.sh");
-        return;
-    }
-    let kernel = guest_kernel();
-    let _one_linux_boot_at_a_time = FileLock::acquire("linux-boot");
-    let dir = TempDir::new("pmem-root").expect("create temp dir");
-    let tree = dir.path().join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    std::fs::write(tree.join("hull-pmem-root"), "root on pmem\n").unwrap();
-    let image = dir.path().join("root.ext4");
-    // 4 KiB blocks (the page size), or ext4 cannot use DAX; 32 MiB is a multiple of pmem's 2 MiB.
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-d"])
-        .arg(&tree)
-        .arg(&image)
-        .arg("32M"));
-    let config = json!({
-        "boot-source": { "kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=1" },
-        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
-        "pmem": [{ "id": "rootfs", "path_on_host": image, "root_device": true }],
-    });
-    let mut hull = Hull::with_config("pmem-root", &config, &[]);
-    // 259 is the block major of pmem (and other extended-devt) disks; the line is waited for whole.
-    hull.wait_for_output("VFS: Mounted root (ext4 filesystem) on device 259:0.", BOOT_TIMEOUT)
-        .unwrap_or_else(|| panic!("the pmem root was not mounted\n{}", hull.report()));
-    hull.kill();
-    let serial = hull.stdout();
-    let cmdline = serial.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
-    assert!(cmdline.contains("root=/dev/pmem0 rw rootflags=dax"), "{cmdline}");
-    assert!(
-        serial.contains("EXT4-fs (pmem0): mounted filesystem"),
-        "{}",
-        hull.report()
-    );
-    assert!(!serial.contains("DAX unsupported"), "{}", hull.report());
 }

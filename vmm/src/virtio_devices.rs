@@ -404,6 +404,8 @@ pub struct MmioDeviceHandler {
     label: String,
     /// The backend fd currently watched (only while the device is serving).
     watched_backend: Option<RawFd>,
+    /// The transport was serving at the last state change.
+    was_serving: bool,
 }
 
 impl MmioDeviceHandler {
@@ -418,6 +420,7 @@ impl MmioDeviceHandler {
             state_fd,
             label,
             watched_backend: None,
+            was_serving: false,
         }
     }
 
@@ -458,7 +461,19 @@ impl MutEventSubscriber for MmioDeviceHandler {
         match events.data() {
             STATE_TOKEN => {
                 // Drained through the transport, which owns the eventfd.
-                let _ = lock(&self.transport).state_event().read();
+                let mut transport = lock(&self.transport);
+                let _ = transport.state_event().read();
+                let serving = transport.is_serving();
+                if serving && !self.was_serving {
+                    // A driver may queue buffers and kick before DRIVER_OK (Linux's balloon does with its
+                    // first statistics buffer); the device only serves from DRIVER_OK on, so it takes one
+                    // pass over every queue now instead of waiting for a kick that already came.
+                    for index in 0..transport.queue_count() {
+                        transport.notify_queue(index);
+                    }
+                }
+                self.was_serving = serving;
+                drop(transport);
                 self.sync_backend(ops);
             }
             BACKEND_TOKEN => {
