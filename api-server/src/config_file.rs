@@ -1,5 +1,5 @@
 //! `--config-file`: a JSON file in Firecracker's shape (`boot-source`, `machine-config`, `drives`,
-//! `network-interfaces`, `vsock`, `logger`, `metrics`, `mmds-config`), applied to the [`Instance`] through the same
+//! `network-interfaces`, `vsock`, `pmem`, `balloon`, `entropy`, `serial`, `logger`, `metrics`, `mmds-config`), applied to the [`Instance`] through the same
 //! methods the API uses, then booted. The file is user input: unknown keys are refused and every value is
 //! validated by the instance.
 
@@ -47,6 +47,14 @@ pub struct ConfigFile {
     #[serde(default)]
     pub vsock: Option<Value>,
     #[serde(default)]
+    pub entropy: Option<Value>,
+    #[serde(default)]
+    pub balloon: Option<Value>,
+    #[serde(default)]
+    pub pmem: Vec<Value>,
+    #[serde(default)]
+    pub serial: Option<vmm::SerialConfig>,
+    #[serde(default)]
     pub logger: Option<LoggerConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -66,6 +74,9 @@ impl ConfigFile {
         }
         if let Some(metrics) = self.metrics {
             instance.put_metrics(metrics).map_err(|e| ("metrics", e))?;
+        }
+        if let Some(serial) = self.serial {
+            instance.put_serial(serial).map_err(|e| ("serial", e))?;
         }
         if let Some(machine) = self.machine_config {
             instance
@@ -97,6 +108,18 @@ impl ConfigFile {
         }
         if let Some(mmds) = self.mmds_config {
             instance.put_mmds_config(mmds).map_err(|e| ("mmds-config", e))?;
+        }
+        for pmem in self.pmem {
+            let id = devices::entry_id(&pmem, "id").to_string();
+            let devices = instance.devices_mut().map_err(|e| ("pmem", e))?;
+            devices.put_pmem(&id, pmem).map_err(in_section("pmem"))?;
+        }
+        if let Some(balloon) = self.balloon {
+            instance.put_balloon(balloon).map_err(|e| ("balloon", e))?;
+        }
+        if let Some(entropy) = self.entropy {
+            let devices = instance.devices_mut().map_err(|e| ("entropy", e))?;
+            devices.put_entropy(entropy).map_err(in_section("entropy"))?;
         }
         Ok(())
     }
@@ -170,12 +193,41 @@ mod tests {
 
     #[test]
     fn unknown_sections_and_fields_are_refused() {
-        let e = ConfigFile::parse(r#"{"balloon": {}}"#).unwrap_err().to_string();
-        assert!(e.contains("unknown field `balloon`"), "{e}");
+        let e = ConfigFile::parse(r#"{"mmds-config": {}}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `mmds-config`"), "{e}");
         let e = ConfigFile::parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "x": 0}}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
+    fn balloon_entropy_and_serial_sections_are_applied_and_checked() {
+        let file = ConfigFile::parse(
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+                "balloon": {"amount_mib": 65, "deflate_on_oom": false}}"#,
+        )
+        .unwrap();
+        let (section, e) = file.apply(&mut instance()).unwrap_err();
+        assert_eq!(
+            (section, e.to_string().as_str()),
+            ("balloon", "Amount of pages requested is too large.")
+        );
+        let file = ConfigFile::parse(
+            r#"{"balloon": {"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 2},
+                "entropy": {"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}},
+                "serial": {}}"#,
+        )
+        .unwrap();
+        let mut i = instance();
+        file.apply(&mut i).unwrap();
+        let json = serde_json::to_value(i.full_config()).unwrap();
+        assert_eq!(json["balloon"]["stats_polling_interval_s"], 2);
+        assert_eq!(json["entropy"]["rate_limiter"]["ops"]["size"], 10);
+        let file = ConfigFile::parse(r#"{"entropy": {"rate_limiter": {"ops": {"size": 1}}}}"#).unwrap();
+        assert_eq!(file.apply(&mut instance()).unwrap_err().0, "entropy");
+        let file = ConfigFile::parse(r#"{"serial": {"serial_out_path": "/no/such/dir/console"}}"#).unwrap();
+        assert_eq!(file.apply(&mut instance()).unwrap_err().0, "serial");
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vmm::{BlockDeviceConfig, ConfigError, MicroVmConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig};
+use vmm::{
+    BalloonDeviceConfig, BlockDeviceConfig, ConfigError, EntropyDeviceConfig, MicroVmConfig, NetworkInterfaceConfig,
+    PmemConfig, RateLimiterConfig, VsockConfig,
+};
 
 /// Why a device was refused. The `Display` text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,12 @@ pub struct DeviceConfigs {
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<PmemConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonDeviceConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyDeviceConfig>,
 }
 
 impl DeviceConfigs {
@@ -82,12 +91,18 @@ impl DeviceConfigs {
             drives: candidate.drives,
             net: candidate.network_interfaces,
             vsock: candidate.vsock,
+            entropy: candidate.entropy,
+            balloon: candidate.balloon,
+            pmem: candidate.pmem,
             ..Default::default()
         };
         vm.validate_devices()?;
+        self.balloon = vm.balloon;
+        self.pmem = vm.pmem;
         self.drives = vm.drives;
         self.network_interfaces = vm.net;
         self.vsock = vm.vsock;
+        self.entropy = vm.entropy;
         Ok(())
     }
 
@@ -131,6 +146,45 @@ impl DeviceConfigs {
         candidate.vsock = Some(vsock);
         self.commit(candidate)?;
         tracing::debug!("vsock configured");
+        Ok(())
+    }
+
+    /// Adds or replaces pmem device `id` (`PUT /pmem/{id}`, or one entry of `pmem` in a config file). A
+    /// replaced device keeps its place in the order.
+    pub fn put_pmem(&mut self, id: &str, pmem: Value) -> Result<(), DeviceError> {
+        let pmem: PmemConfig = serde_json::from_value(pmem)?;
+        if pmem.id != id {
+            return Err(DeviceError::IdMismatch);
+        }
+        let mut candidate = self.clone();
+        match candidate.pmem.iter_mut().find(|p| p.id == id) {
+            Some(existing) => *existing = pmem,
+            None => candidate.pmem.push(pmem),
+        }
+        self.commit(candidate)?;
+        tracing::debug!(id, "pmem device configured");
+        Ok(())
+    }
+
+    /// Sets (or replaces) the balloon device (`PUT /balloon`, or `balloon` in a config file); `mem_size_mib`
+    /// is the guest memory it must fit in.
+    pub fn put_balloon(&mut self, balloon: Value, mem_size_mib: usize) -> Result<(), DeviceError> {
+        let balloon: BalloonDeviceConfig = serde_json::from_value(balloon)?;
+        BalloonDeviceConfig::check_size(balloon.amount_mib, mem_size_mib)?;
+        let mut candidate = self.clone();
+        candidate.balloon = Some(balloon);
+        self.commit(candidate)?;
+        tracing::debug!("balloon device configured");
+        Ok(())
+    }
+
+    /// Sets (or replaces) the entropy device (`PUT /entropy`, or `entropy` in a config file).
+    pub fn put_entropy(&mut self, entropy: Value) -> Result<(), DeviceError> {
+        let entropy: EntropyDeviceConfig = serde_json::from_value(entropy)?;
+        let mut candidate = self.clone();
+        candidate.entropy = Some(entropy);
+        self.commit(candidate)?;
+        tracing::debug!("entropy device configured");
         Ok(())
     }
 
@@ -205,6 +259,9 @@ impl DeviceConfigs {
         config.drives = self.drives.clone();
         config.net = self.network_interfaces.clone();
         config.vsock = self.vsock.clone();
+        config.entropy = self.entropy.clone();
+        config.balloon = self.balloon.clone();
+        config.pmem = self.pmem.clone();
     }
 }
 

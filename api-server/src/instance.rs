@@ -8,8 +8,8 @@ use std::os::fd::RawFd;
 use serde::{Deserialize, Serialize};
 use vmm::cpu_config::CustomCpuTemplate;
 use vmm::{
-    BootSourceConfig, ConfigError, CpuTemplateName, ExitReason, HugePages, MachineConfig, MicroVm, MicroVmConfig,
-    VmState, VmmError, VmmOptions,
+    BalloonDeviceConfig, BalloonError, BalloonStats, BootSourceConfig, ConfigError, CpuTemplateName, ExitReason,
+    HugePages, MachineConfig, MicroVm, MicroVmConfig, SerialConfig, SerialOutput, VmState, VmmError, VmmOptions,
 };
 
 use crate::devices::{DeviceConfigs, DeviceError};
@@ -43,6 +43,26 @@ pub enum InstanceError {
     LoadSnapshotNotAllowed,
     #[error(transparent)]
     Snapshot(#[from] vmm::snapshot::SnapshotError),
+    #[error("Invalid serial configuration: {0}")]
+    Serial(String),
+    #[error("No balloon device found.")]
+    NoBalloon,
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
+}
+
+/// `PATCH /balloon`: Firecracker's `BalloonUpdate`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`: Firecracker's `BalloonStatsUpdate`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    pub stats_polling_interval_s: u16,
 }
 
 /// `PATCH /machine-config`: any subset of the machine-config fields.
@@ -338,6 +358,90 @@ impl Instance {
             .map(|n| n.iface_id.as_str())
             .collect();
         Ok(self.mmds.put_config(config, &ids)?)
+    }
+
+    /// `PUT /balloon`: pre-boot only; the target must fit in guest memory.
+    pub fn put_balloon(&mut self, balloon: serde_json::Value) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        let mem = self.config.machine.mem_size_mib;
+        Ok(self.devices.put_balloon(balloon, mem)?)
+    }
+
+    /// `GET /balloon`: the configuration, with the running device's current target after boot.
+    pub fn balloon_config(&self) -> Result<BalloonDeviceConfig, InstanceError> {
+        let stored = self.devices.balloon.clone().ok_or(InstanceError::NoBalloon)?;
+        let running = self.vm.as_ref().and_then(MicroVm::balloon).and_then(|b| b.config());
+        Ok(match running {
+            Some((amount_mib, deflate_on_oom, stats_polling_interval_s)) => BalloonDeviceConfig {
+                amount_mib,
+                deflate_on_oom,
+                stats_polling_interval_s,
+            },
+            None => stored,
+        })
+    }
+
+    /// `PATCH /balloon`: a new target, before boot (stored) or after (the driver is told; refused while no
+    /// driver runs the device, as Firecracker refuses it).
+    pub fn patch_balloon(&mut self, update: BalloonUpdate) -> Result<(), InstanceError> {
+        let stored = self.devices.balloon.as_mut().ok_or(InstanceError::NoBalloon)?;
+        BalloonDeviceConfig::check_size(update.amount_mib, self.config.machine.mem_size_mib)?;
+        if let Some(vm) = &self.vm {
+            vm.balloon()
+                .ok_or(InstanceError::NoBalloon)?
+                .update_size(update.amount_mib)?;
+        }
+        stored.amount_mib = update.amount_mib;
+        Ok(())
+    }
+
+    /// `GET /balloon/statistics`: after boot only, and only with statistics enabled.
+    pub fn balloon_stats(&self) -> Result<BalloonStats, InstanceError> {
+        let vm = self.running_vm()?;
+        Ok(vm.balloon().ok_or(InstanceError::NoBalloon)?.stats()?)
+    }
+
+    /// `PATCH /balloon/statistics`: a new polling interval; statistics cannot be turned on or off this way.
+    pub fn patch_balloon_stats(&mut self, update: BalloonStatsUpdate) -> Result<(), InstanceError> {
+        let stored = self.devices.balloon.as_mut().ok_or(InstanceError::NoBalloon)?;
+        let interval = update.stats_polling_interval_s;
+        match &self.vm {
+            Some(vm) => vm
+                .balloon()
+                .ok_or(InstanceError::NoBalloon)?
+                .update_stats_interval(interval)?,
+            None if interval != stored.stats_polling_interval_s
+                && (interval == 0 || stored.stats_polling_interval_s == 0) =>
+            {
+                return Err(BalloonError::StatisticsStateChange.into());
+            }
+            None => {}
+        }
+        stored.stats_polling_interval_s = interval;
+        Ok(())
+    }
+
+    /// `PUT /serial`: the guest console goes to `serial_out_path` (appended; created owner-only) instead of
+    /// standard output, pre-boot only. The file is opened here so a bad path is refused now, not at boot. A
+    /// size cap from `--serial-out-max-bytes` stays in force for the new file.
+    pub fn put_serial(&mut self, serial: SerialConfig) -> Result<(), InstanceError> {
+        self.ensure_not_started()?;
+        let Some(path) = serial.serial_out_path else {
+            self.options.serial = SerialOutput::Stdout;
+            return Ok(());
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| InstanceError::Serial(format!("cannot open serial_out_path {}: {e}", path.display())))?;
+        self.options.serial = match self.options.serial {
+            SerialOutput::CappedFile { max_bytes, .. } => SerialOutput::CappedFile { path, max_bytes },
+            _ => SerialOutput::File(path),
+        };
+        Ok(())
     }
 
     /// Firecracker's start-up figures for the `api_server` metrics section.

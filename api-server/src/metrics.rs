@@ -3,7 +3,7 @@
 //! failures per endpoint, pause/resume latencies, failed flushes), the line's shape, and the translation of
 //! the running microVM's counters ([`vmm::MetricSources`], handed over by [`attach_vm`] at `InstanceStart`)
 //! into Firecracker's sections and key names: `block` (the sum over drives) and `block_<drive_id>`, `net`
-//! and `net_<iface_id>`, `vsock`, `uart` and `vcpu`. Counters are deltas since the previous line, as
+//! and `net_<iface_id>`, `vsock`, `balloon`, `entropy`, `uart` and `vcpu`. Counters are deltas since the previous line, as
 //! Firecracker's `SharedIncMetric`s are; `latencies_us` holds the last value measured, as Firecracker's
 //! store metrics do. A section lists the Firecracker keys hull has a counter for (the `*_KEYS` tables
 //! below); Firecracker keys hull does not measure are left out rather than written as a zero that means
@@ -12,7 +12,7 @@
 //! Sections written as empty objects, for which hull has no data: `vmm` (`panic_count`: hull does not catch
 //! panics), `signals` (hull handles no SIGBUS/SIGSEGV/... itself; termination signals end it normally),
 //! `seccomp` (`num_faults`: a filter violation kills the thread with SIGSYS before anything can count it),
-//! `i8042`, `rtc`, `mmds`, `balloon`, `entropy` (hull has no such devices or counts none) and
+//! `i8042`, `rtc`, `mmds` (hull has no such devices or counts none) and
 //! `deprecated_api` (hull has no deprecated endpoints).
 //!
 //! Reading the counters is a relaxed atomic load per counter and the line is one `write` to a file opened
@@ -100,6 +100,24 @@ const VSOCK_KEYS: &[(&str, &str)] = &[
     ("conns_closed", "conns_removed"),
 ];
 
+/// The balloon (`balloon`): hull's counters under Firecracker's names.
+const BALLOON_KEYS: &[(&str, &str)] = &[
+    ("inflate_count", "inflate_count"),
+    ("deflate_count", "deflate_count"),
+    ("stats_updates_count", "stats_updates_count"),
+    ("stats_update_fails", "stats_update_fails"),
+    ("event_fails", "event_fails"),
+];
+
+/// The entropy device (`entropy`).
+const ENTROPY_KEYS: &[(&str, &str)] = &[
+    ("entropy_event_count", "entropy_event_count"),
+    ("entropy_bytes", "entropy_bytes"),
+    ("host_rng_fails", "host_rng_fails"),
+    ("entropy_rate_limiter_throttled", "entropy_rate_limiter_throttled"),
+    ("entropy_event_fails", "entropy_event_fails"),
+];
+
 /// The console UART (`uart`): hull's counters carry Firecracker's names.
 const UART_KEYS: &[(&str, &str)] = &[
     ("read_count", "read_count"),
@@ -179,6 +197,8 @@ fn vm_sections(
             ("block", BLOCK_KEYS),
             ("net", NET_KEYS),
             ("vsock", VSOCK_KEYS),
+            ("balloon", BALLOON_KEYS),
+            ("entropy", ENTROPY_KEYS),
             ("uart", UART_KEYS),
             ("vcpu", VCPU_KEYS),
         ] {
@@ -193,6 +213,16 @@ fn vm_sections(
         None => translate(&none, VSOCK_KEYS),
     };
     line.insert("vsock".into(), to_object(vsock));
+    for (name, source, table) in [
+        ("balloon", &vm.balloon, BALLOON_KEYS),
+        ("entropy", &vm.entropy, ENTROPY_KEYS),
+    ] {
+        let section = match source {
+            Some(source) => section_delta(name, source.as_ref(), table, previous),
+            None => translate(&none, table),
+        };
+        line.insert(name.into(), to_object(section));
+    }
     line.insert(
         "uart".into(),
         to_object(section_delta("uart", vm.uart.as_ref(), UART_KEYS, previous)),
@@ -250,17 +280,7 @@ fn count(method: &str, path: &str, suffix: &str) {
 }
 
 /// Firecracker's sections hull has no data for (see the module doc): present, empty.
-const UNFED_SECTIONS: &[&str] = &[
-    "vmm",
-    "seccomp",
-    "signals",
-    "i8042",
-    "balloon",
-    "rtc",
-    "mmds",
-    "deprecated_api",
-    "entropy",
-];
+const UNFED_SECTIONS: &[&str] = &["vmm", "seccomp", "signals", "i8042", "rtc", "mmds", "deprecated_api"];
 
 /// The next metrics line: counters as deltas since the previous call.
 pub fn next_line(startup: &Startup) -> Value {
@@ -383,6 +403,7 @@ mod tests {
         data: Arc<BlockMetrics>,
         eth0: Arc<NetMetrics>,
         vsock: Arc<VsockMetrics>,
+        entropy: Arc<devices::virtio::rng::RngMetrics>,
         uart: Arc<SerialMetrics>,
         vcpu: Arc<VcpuMetrics>,
     }
@@ -394,6 +415,7 @@ mod tests {
                 data: Default::default(),
                 eth0: Default::default(),
                 vsock: Default::default(),
+                entropy: Default::default(),
                 uart: Default::default(),
                 vcpu: Default::default(),
             }
@@ -407,6 +429,7 @@ mod tests {
             ];
             s.nets = vec![("eth0".into(), self.eth0.clone())];
             s.vsock = Some(self.vsock.clone());
+            s.entropy = Some(self.entropy.clone());
             s
         }
     }
@@ -441,6 +464,7 @@ mod tests {
         vm.vsock.tx_bytes.add(90);
         vm.vsock.conns_opened.add(2);
         vm.vsock.conns_closed.inc();
+        vm.entropy.entropy_bytes.add(64);
         vm.uart.write_count.add(23);
         vm.vcpu.exit_io_out.add(23);
         vm.vcpu.exit_mmio_write.inc();
@@ -488,6 +512,9 @@ mod tests {
             ),
             (Some(2), Some(1))
         );
+        assert_eq!(line["entropy"]["entropy_bytes"], 64);
+        // No balloon in this VM: its section is there with zero counts.
+        assert_eq!(line["balloon"]["inflate_count"], 0);
         assert_eq!(line["uart"]["write_count"], 23);
         assert_eq!(line["vcpu"]["exit_io_out"], 23);
         assert_eq!(line["vcpu"]["exit_mmio_write"], 1);

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::devices;
 use crate::http::{Method, Request, Response};
 use crate::instance::{Instance, InstanceError, MachineConfigUpdate, RequestedVmState};
+use vmm::BalloonStats;
 
 /// Why a request failed. The `Display` text is the `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,11 @@ enum Route {
     MmdsConfig,
     SnapshotCreate,
     SnapshotLoad,
+    Entropy,
+    Serial,
+    Balloon,
+    BalloonStatistics,
+    Pmem(String),
 }
 
 impl Route {
@@ -94,11 +100,17 @@ impl Route {
             "/mmds/config" => Route::MmdsConfig,
             "/snapshot/create" => Route::SnapshotCreate,
             "/snapshot/load" => Route::SnapshotLoad,
+            "/entropy" => Route::Entropy,
+            "/serial" => Route::Serial,
+            "/balloon" => Route::Balloon,
+            "/balloon/statistics" => Route::BalloonStatistics,
             other => {
                 if let Some(id) = other.strip_prefix("/drives/") {
                     Route::Drive(id.to_string())
                 } else if let Some(id) = other.strip_prefix("/network-interfaces/") {
                     Route::NetworkInterface(id.to_string())
+                } else if let Some(id) = other.strip_prefix("/pmem/") {
+                    Route::Pmem(id.to_string())
                 } else {
                     return None;
                 }
@@ -118,8 +130,12 @@ impl Route {
             | Route::Metrics
             | Route::Vsock
             | Route::SnapshotCreate
-            | Route::SnapshotLoad => "PUT",
-            Route::MachineConfig => "GET, PUT, PATCH",
+            | Route::SnapshotLoad
+            | Route::Entropy
+            | Route::Serial
+            | Route::Pmem(_) => "PUT",
+            Route::MachineConfig | Route::Balloon => "GET, PUT, PATCH",
+            Route::BalloonStatistics => "GET, PATCH",
             Route::Vm => "PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
             Route::Mmds => "GET, PUT, PATCH",
@@ -285,6 +301,34 @@ fn dispatch(instance: &mut Instance, req: &Request) -> Result<Response, RouteErr
             instance.load_snapshot(&load.try_into()?)?;
             Ok(Response::no_content())
         }
+        (Route::Pmem(id), Method::Put) => {
+            let pmem = device_body(req, id, "id")?;
+            instance.devices_mut()?.put_pmem(id, pmem)?;
+            Ok(Response::no_content())
+        }
+        (Route::Balloon, Method::Put) => {
+            instance.put_balloon(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Balloon, Method::Get) => ok_json(&instance.balloon_config()?),
+        (Route::Balloon, Method::Patch) => {
+            instance.patch_balloon(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::BalloonStatistics, Method::Get) => ok_json(&balloon_stats_json(&instance.balloon_stats()?)),
+        (Route::BalloonStatistics, Method::Patch) => {
+            instance.patch_balloon_stats(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Serial, Method::Put) => {
+            instance.put_serial(body(req)?)?;
+            Ok(Response::no_content())
+        }
+        (Route::Entropy, Method::Put) => {
+            let entropy: Value = body(req)?;
+            instance.devices_mut()?.put_entropy(entropy)?;
+            Ok(Response::no_content())
+        }
         (route, method) => Err(RouteError::MethodNotAllowed {
             method: method.clone(),
             path: req.path.clone(),
@@ -300,6 +344,21 @@ fn ok_json<T: serde::Serialize>(value: &T) -> Result<Response, RouteError> {
         body: Some(serde_json::to_string(value)?),
         allow: None,
     })
+}
+
+/// Firecracker's `BalloonStats`: the sizes always, each guest statistic once the driver has sent it.
+fn balloon_stats_json(stats: &BalloonStats) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("target_pages".into(), stats.target_pages.into());
+    object.insert("actual_pages".into(), stats.actual_pages.into());
+    object.insert("target_mib".into(), stats.target_mib().into());
+    object.insert("actual_mib".into(), stats.actual_mib().into());
+    for (name, value) in BalloonStats::TAG_NAMES.iter().zip(stats.guest) {
+        if let Some(value) = value {
+            object.insert((*name).into(), value.into());
+        }
+    }
+    Value::Object(object)
 }
 
 /// Decodes a required JSON body.
@@ -728,6 +787,215 @@ mod tests {
             json!({"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254", "imds_compat": false})
         );
         assert_eq!(call(&mut i, Method::Get, "/mmds/config", "").0, 405);
+    }
+
+    #[test]
+    fn entropy_is_put_only_takes_a_rate_limiter_and_shows_in_vm_config() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/entropy", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(&mut i, Method::Put, "/entropy", "");
+        assert_eq!((status, fault(&json)), (400, "Empty PUT request."));
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/entropy",
+            r#"{"rate_limiter": {"ops": {"size": 1}}}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("missing field `refill_time`"), "{json}");
+        let (status, json) = call(&mut i, Method::Put, "/entropy", r#"{"rate": 1}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("unknown field `rate`"), "{json}");
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert!(json.get("entropy").is_none(), "{json}");
+        let (status, _) = call(&mut i, Method::Put, "/entropy", "{}");
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["entropy"], json!({}));
+        let limited = r#"{"rate_limiter": {"bandwidth": {"size": 1024, "refill_time": 100}}}"#;
+        let (status, _) = call(&mut i, Method::Put, "/entropy", limited);
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(json["entropy"]["rate_limiter"]["bandwidth"]["size"], 1024);
+    }
+
+    #[test]
+    fn serial_is_put_only_and_refuses_a_path_it_cannot_open() {
+        let mut i = instance();
+        let (status, _) = call(&mut i, Method::Get, "/serial", "");
+        assert_eq!(status, 405);
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/serial",
+            r#"{"serial_out_path": "/no/such/dir/s.log"}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(
+            fault(&json).starts_with("Invalid serial configuration: cannot open serial_out_path /no/such/dir/s.log"),
+            "{json}"
+        );
+        let (status, json) = call(&mut i, Method::Put, "/serial", r#"{"serial_out_path": 7}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("invalid type"), "{json}");
+        let path = std::env::temp_dir().join(format!("hull-routes-serial-{}", std::process::id()));
+        let body = json!({ "serial_out_path": path }).to_string();
+        let (status, json) = call(&mut i, Method::Put, "/serial", &body);
+        assert_eq!(status, 204, "{json}");
+        // Created owner-only: the console can carry secrets.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn balloon_put_get_patch_before_boot_with_firecrackers_errors() {
+        let mut i = instance();
+        for (method, path, body) in [
+            (Method::Get, "/balloon", ""),
+            (Method::Patch, "/balloon", r#"{"amount_mib": 1}"#),
+            (
+                Method::Patch,
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s": 1}"#,
+            ),
+        ] {
+            let (status, json) = call(&mut i, method.clone(), path, body);
+            assert_eq!(
+                (status, fault(&json)),
+                (400, "No balloon device found."),
+                "{method} {path}"
+            );
+        }
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/balloon",
+            r#"{"amount_mib": 129, "deflate_on_oom": true}"#,
+        );
+        assert_eq!((status, fault(&json)), (400, "Amount of pages requested is too large."));
+        let (status, json) = call(&mut i, Method::Put, "/balloon", r#"{"amount_mib": 1}"#);
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("missing field `deflate_on_oom`"), "{json}");
+        let (status, json) = call(
+            &mut i,
+            Method::Put,
+            "/balloon",
+            r#"{"amount_mib": -1, "deflate_on_oom": true}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("invalid value"), "{json}");
+        let put = r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#;
+        let (status, _) = call(&mut i, Method::Put, "/balloon", put);
+        assert_eq!(status, 204);
+        let (status, json) = call(&mut i, Method::Get, "/balloon", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json,
+            json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1})
+        );
+        let (status, _) = call(&mut i, Method::Patch, "/balloon", r#"{"amount_mib": 32}"#);
+        assert_eq!(status, 204);
+        let (status, json) = call(&mut i, Method::Patch, "/balloon", r#"{"amount_mib": 4096}"#);
+        assert_eq!((status, fault(&json)), (400, "Amount of pages requested is too large."));
+        let (status, _) = call(
+            &mut i,
+            Method::Patch,
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 5}"#,
+        );
+        assert_eq!(status, 204);
+        let (status, json) = call(
+            &mut i,
+            Method::Patch,
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 0}"#,
+        );
+        assert_eq!(
+            (status, fault(&json)),
+            (400, "Cannot enable/disable the statistics after boot.")
+        );
+        let (status, json) = call(&mut i, Method::Get, "/balloon/statistics", "");
+        assert_eq!(
+            (status, fault(&json)),
+            (
+                400,
+                "The requested operation is not supported before starting the microVM."
+            )
+        );
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(
+            json["balloon"],
+            json!({"amount_mib": 32, "deflate_on_oom": true, "stats_polling_interval_s": 5})
+        );
+        let (status, _) = call(&mut i, Method::Put, "/balloon/statistics", "{}");
+        assert_eq!(status, 405);
+    }
+
+    #[test]
+    fn balloon_statistics_have_firecrackers_keys() {
+        let mut stats = BalloonStats {
+            target_pages: 512,
+            actual_pages: 256,
+            ..Default::default()
+        };
+        assert_eq!(
+            balloon_stats_json(&stats),
+            json!({"target_pages": 512, "actual_pages": 256, "target_mib": 2, "actual_mib": 1})
+        );
+        stats.guest[4] = Some(1000);
+        stats.guest[7] = Some(7);
+        let json = balloon_stats_json(&stats);
+        assert_eq!(
+            (json["free_memory"].as_u64(), json["disk_caches"].as_u64()),
+            (Some(1000), Some(7))
+        );
+        assert!(json.get("swap_in").is_none());
+    }
+
+    #[test]
+    fn pmem_is_put_by_id_checked_and_shown_in_vm_config() {
+        let mut i = instance();
+        let img = std::env::temp_dir().join(format!("hull-routes-pmem-{}", std::process::id()));
+        std::fs::File::create(&img).unwrap().set_len(2 << 20).unwrap();
+        let odd = std::env::temp_dir().join(format!("hull-routes-pmem-odd-{}", std::process::id()));
+        std::fs::File::create(&odd).unwrap().set_len(4096).unwrap();
+        let put =
+            |i: &mut Instance, id: &str, body: Value| call(i, Method::Put, &format!("/pmem/{id}"), &body.to_string());
+        let (status, json) = put(&mut i, "p0", json!({"id": "p1", "path_on_host": img}));
+        assert_eq!(
+            (status, fault(&json)),
+            (400, "The id from the path does not match the id from the body!")
+        );
+        let (status, json) = put(&mut i, "p0", json!({"id": "p0", "path_on_host": odd}));
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("a non-empty multiple of 2 MiB"), "{json}");
+        let (status, json) = put(&mut i, "p0", json!({"id": "p0", "path_on_host": "/no/such.img"}));
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("Invalid pmem device \"p0\""), "{json}");
+        let (status, json) = put(
+            &mut i,
+            "p0",
+            json!({"id": "p0", "path_on_host": img, "root_device": true, "read_only": true}),
+        );
+        assert_eq!(status, 204, "{json}");
+        let drive = json!({"drive_id": "rootfs", "path_on_host": img, "is_root_device": true});
+        let (status, json) = call(&mut i, Method::Put, "/drives/rootfs", &drive.to_string());
+        assert_eq!(status, 400);
+        assert!(fault(&json).contains("a root device is already configured"), "{json}");
+        let (status, _) = put(&mut i, "p1", json!({"id": "p1", "path_on_host": img}));
+        assert_eq!(status, 204);
+        let (_, json) = call(&mut i, Method::Get, "/vm/config", "");
+        assert_eq!(
+            json["pmem"][0],
+            json!({"id": "p0", "path_on_host": img, "root_device": true, "read_only": true})
+        );
+        assert_eq!(json["pmem"][1]["root_device"], false);
+        let (status, _) = call(&mut i, Method::Get, "/pmem/p0", "");
+        assert_eq!(status, 405);
+        std::fs::remove_file(img).unwrap();
+        std::fs::remove_file(odd).unwrap();
     }
 
     #[test]

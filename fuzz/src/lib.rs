@@ -1,5 +1,5 @@
 //! Fuzz targets for everything in hull that parses bytes it must not trust: the API's HTTP framing and
-//! routes, the config file, descriptor chains and the virtio-blk/-net/-vsock request parsing over
+//! routes, the config file, descriptor chains and the virtio-blk/-net/-vsock/-balloon/-rng/-pmem request parsing over
 //! arbitrary guest memory, the virtio-pci transport's configuration cycles and BAR registers, the frames a guest sends to MMDS, the vsock muxer and its hybrid `CONNECT` handshake, hull's vhost-user relay,
 //! control socket and config-change acknowledgement, and the agent's replies and stdio handshake as the
 //! host reads them.
@@ -81,6 +81,21 @@ pub const TARGETS: &[Target] = &[
         name: "mmds_stack",
         run: targets::mmds::stack,
         seeds: seeds::mmds_stack,
+    },
+    Target {
+        name: "virtio_balloon",
+        run: targets::virtio::balloon,
+        seeds: seeds::virtio_balloon,
+    },
+    Target {
+        name: "virtio_rng",
+        run: targets::virtio::rng,
+        seeds: seeds::virtio_rng,
+    },
+    Target {
+        name: "virtio_pmem",
+        run: targets::virtio::pmem,
+        seeds: seeds::virtio_pmem,
     },
     Target {
         name: "vsock_muxer",

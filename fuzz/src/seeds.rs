@@ -223,6 +223,21 @@ pub fn mmds_stack() -> Vec<Vec<u8>> {
     seeds
 }
 
+pub fn virtio_balloon() -> Vec<Vec<u8>> {
+    // A 16 MiB target, deflate on OOM, statistics on.
+    virtio_with(&[16, 1, 1])
+}
+
+pub fn virtio_rng() -> Vec<Vec<u8>> {
+    // No rate limit.
+    virtio_with(&[0])
+}
+
+pub fn virtio_pmem() -> Vec<Vec<u8>> {
+    // A read-write device.
+    virtio_with(&[0])
+}
+
 pub fn vsock_muxer() -> Vec<Vec<u8>> {
     vec![
         // host connects with CONNECT 1024, the muxer runs, the guest reads the REQUEST and answers it

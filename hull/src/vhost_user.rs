@@ -1,4 +1,4 @@
-//! `hull vhost-user {blk,vsock,net}`: serve one virtio device to a vhost-user frontend (QEMU, Cloud
+//! `hull vhost-user {blk,vsock,net,rng}`: serve one virtio device to a vhost-user frontend (QEMU, Cloud
 //! Hypervisor) on a unix socket, until that frontend disconnects. The device cores and the protocol live
 //! in `devices::vhost_user`; this file only owns the argument shapes and the exit status.
 
@@ -19,6 +19,8 @@ pub enum VhostUserCommand {
     Vsock(VsockArgs),
     /// virtio-net over an existing TAP device.
     Net(NetArgs),
+    /// virtio-rng (entropy) from the host's getrandom.
+    Rng(RngArgs),
 }
 
 /// What every backend takes besides its device's own arguments.
@@ -133,6 +135,15 @@ fn net_mmds(a: &NetArgs) -> Result<Option<(devices::mmds::SharedMmds, std::net::
     Ok(Some((mmds.shared(), a.mmds_ipv4)))
 }
 
+#[derive(Debug, Args)]
+pub struct RngArgs {
+    /// vhost-user socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
 /// Runs the backend; returns the process exit status (0 once the frontend disconnected cleanly).
 pub fn run(cmd: VhostUserCommand) -> i32 {
     use devices::vhost_user;
@@ -140,6 +151,7 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
         VhostUserCommand::Blk(a) => (&a.common, VhostUserDevice::Blk),
         VhostUserCommand::Vsock(a) => (&a.common, VhostUserDevice::Vsock),
         VhostUserCommand::Net(a) => (&a.common, VhostUserDevice::Net),
+        VhostUserCommand::Rng(a) => (&a.common, VhostUserDevice::Rng),
     };
     crate::logging::init(common.log_level);
     hull_logging::security::set_identity(&common.vm_id, "");
@@ -179,6 +191,7 @@ pub fn run(cmd: VhostUserCommand) -> i32 {
             tap: a.tap,
             mmds,
         }),
+        VhostUserCommand::Rng(a) => vhost_user::rng::run(&vhost_user::rng::RngArgs { socket: a.socket }),
     };
     match result {
         Ok(()) => 0,

@@ -225,7 +225,8 @@ fn cmdline_extra(cfg: &VmLaunchConfig) -> String {
 
 fn base_cmdline(extra: &str) -> String {
     // no_timer_check: under a loaded host, TCG can miss the IO-APIC timer check, which then panics.
-    format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 no_timer_check {extra}")
+    // pci=off: the microvm machine has no PCI bus (devices are virtio-mmio); hull adds it itself.
+    format!("console=ttyS0 reboot=k panic=-1 quiet loglevel=3 no_timer_check pci=off {extra}")
 }
 
 /// A capped file for a child's stdout and stderr: the child writes into the FIFO of the returned

@@ -274,7 +274,7 @@ pub fn start_qemu(initrd: &Path, cmdline_extra: &str, device_args: &[String]) ->
     ]);
     cmd.arg("-kernel").arg(kernel()).arg("-initrd").arg(initrd);
     cmd.arg("-append").arg(format!(
-        "console=ttyS0 reboot=k panic=-1 loglevel=4 no_timer_check {cmdline_extra}"
+        "console=ttyS0 reboot=k panic=-1 loglevel=4 no_timer_check pci=off {cmdline_extra}"
     ));
     cmd.args(device_args);
     Proc::spawn("qemu", cmd)

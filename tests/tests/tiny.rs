@@ -69,11 +69,10 @@ fn pvh_guest_boots_and_exits_cleanly() {
     );
     assert_ne!(hex_field(&ok, "start_info"), 0);
 
-    assert_cmdline(
-        &hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO),
-        "cmdline=",
-        args,
-    );
+    let cmdline = hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO);
+    assert_cmdline(&cmdline, "cmdline=", args);
+    // No PCI bus in hull: the kernel is told not to probe for one, as Firecracker tells it.
+    assert!(cmdline.split_whitespace().any(|w| w == "pci=off"), "{cmdline}");
     let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
     assert_eq!(hex_field(&memmap, "ram_end"), 128 * MIB, "{memmap}");
     hull.expect_output("hull-tiny: pvh reset", Duration::ZERO);
@@ -381,6 +380,160 @@ fn pvh_boot_through_the_api_socket() {
     assert_eq!(hex_field(&memmap, "ram_end"), 256 * MIB, "{memmap}");
     assert!(!sock.exists(), "hull left its API socket {} behind", sock.display());
     assert!(field(&ok, "magic").is_some());
+}
+
+#[test]
+fn put_serial_sends_the_console_to_serial_out_path_from_the_api_and_a_config_file() {
+    require_kvm!("put_serial_sends_the_console_to_serial_out_path_from_the_api_and_a_config_file");
+    let dir = hull_tests::TempDir::new("serial-out").unwrap();
+    let args = "console=ttyS0 reboot=k hull.test=serial";
+    let check = |hull: &Hull, path: &std::path::Path| {
+        let console = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            console.contains("hull-tiny: pvh ok magic=336ec578"),
+            "{}: {console:?}\n{}",
+            path.display(),
+            hull.report()
+        );
+        assert!(console.contains("hull-tiny: pvh reset"), "{console:?}");
+        assert!(
+            !hull.stdout().contains("hull-tiny:"),
+            "the console still reached stdout\n{}",
+            hull.report()
+        );
+    };
+
+    let through_api = dir.path().join("api.log");
+    let mut hull = Hull::with_api("serial-api", &[]);
+    let api = hull.api();
+    api.expect_ok("PUT", "/serial", &json!({ "serial_out_path": through_api }));
+    api.expect_ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny_guest("pvh.elf"), "boot_args": args }),
+    );
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
+    assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+    check(&hull, &through_api);
+
+    let from_file = dir.path().join("file.log");
+    let mut cfg = config("pvh.elf", 1, 128, args);
+    cfg["serial"] = json!({ "serial_out_path": from_file });
+    let hull = {
+        let mut hull = Hull::with_config("serial-file", &cfg, &[]);
+        assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+        hull
+    };
+    check(&hull, &from_file);
+}
+
+#[test]
+fn balloon_and_entropy_attach_and_answer_as_firecracker_does_for_a_guest_without_drivers() {
+    require_kvm!("balloon_and_entropy_attach_and_answer_as_firecracker_does_for_a_guest_without_drivers");
+    let dir = hull_tests::TempDir::new("balloon-cfg").unwrap();
+    let cfg = dir.path().join("vm.json");
+    let mut vm = config("counter.elf", 1, 128, "console=ttyS0");
+    vm["balloon"] = json!({ "amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1 });
+    vm["entropy"] = json!({ "rate_limiter": { "bandwidth": { "size": 4096, "refill_time": 100 } } });
+    std::fs::write(&cfg, vm.to_string()).unwrap();
+    let hull = Hull::with_api("balloon", &["--config-file", cfg.to_str().unwrap()]);
+    let api = hull.api();
+    hull.expect_output("tick 1", Duration::from_secs(30));
+    expect_log(&hull, "kind=balloon");
+    expect_log(&hull, "kind=rng");
+
+    let expect_fault = |method: &str, path: &str, body: Value, fault: &str| {
+        let r = api.request(method, path, Some(&body.to_string())).unwrap();
+        assert_eq!(
+            (r.status, r.json()["fault_message"].as_str()),
+            (400, Some(fault)),
+            "{method} {path}: {}",
+            r.body
+        );
+    };
+    let get = |path: &str| {
+        let r = api.get(path).unwrap();
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.json()
+    };
+    assert_eq!(
+        get("/balloon"),
+        json!({ "amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1 })
+    );
+    // The tiny guest has no balloon driver: Firecracker refuses a new target, and its statistics hold
+    // only the sizes (the guest never sent any).
+    expect_fault(
+        "PATCH",
+        "/balloon",
+        json!({ "amount_mib": 32 }),
+        "Device is inactive, check if balloon driver is enabled in guest kernel.",
+    );
+    expect_fault(
+        "PATCH",
+        "/balloon",
+        json!({ "amount_mib": 129 }),
+        "Amount of pages requested is too large.",
+    );
+    assert_eq!(
+        get("/balloon/statistics"),
+        json!({ "target_pages": 4096, "actual_pages": 0, "target_mib": 16, "actual_mib": 0 })
+    );
+    api.expect_ok(
+        "PATCH",
+        "/balloon/statistics",
+        &json!({ "stats_polling_interval_s": 5 }),
+    );
+    assert_eq!(get("/balloon")["stats_polling_interval_s"], 5);
+    expect_fault(
+        "PATCH",
+        "/balloon/statistics",
+        json!({ "stats_polling_interval_s": 0 }),
+        "Cannot enable/disable the statistics after boot.",
+    );
+    let late = "The requested operation is not supported after starting the microVM.";
+    expect_fault(
+        "PUT",
+        "/balloon",
+        json!({ "amount_mib": 1, "deflate_on_oom": false }),
+        late,
+    );
+    expect_fault("PUT", "/entropy", json!({}), late);
+    expect_fault("PUT", "/serial", json!({}), late);
+    // The guest runs on.
+    let ticks = hull.stdout_len();
+    hull.wait_for_output_after("tick ", ticks, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the guest stopped\n{}", hull.report()));
+}
+
+#[test]
+fn a_root_pmem_device_is_mapped_above_ram_and_named_on_the_command_line() {
+    require_kvm!("a_root_pmem_device_is_mapped_above_ram_and_named_on_the_command_line");
+    let dir = hull_tests::TempDir::new("pmem").unwrap();
+    let image = dir.path().join("root.img");
+    std::fs::File::create(&image).unwrap().set_len(4 << 20).unwrap();
+    let args = "console=ttyS0 reboot=k hull.test=pmem";
+    let mut vm = config("pvh.elf", 1, 128, args);
+    vm["pmem"] = json!([
+        { "id": "data", "path_on_host": image },
+        { "id": "root", "path_on_host": image, "root_device": true, "read_only": true },
+    ]);
+    let mut hull = Hull::with_config("pmem", &vm, &[]);
+    assert_eq!(hull.expect_exit(EXIT_TIMEOUT).code(), Some(0), "{}", hull.report());
+    let cmdline = hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO);
+    assert!(cmdline.contains("root=/dev/pmem0 ro rootflags=dax"), "{cmdline}");
+    // The root device is attached first (pmem0), right at 4 GiB; the other follows 4 MiB later.
+    expect_log(
+        &hull,
+        "pmem device mapped id=root addr=0x100000000 size=4194304 read_only=true",
+    );
+    expect_log(
+        &hull,
+        "pmem device mapped id=data addr=0x100400000 size=4194304 read_only=false",
+    );
+    expect_log(&hull, "kind=pmem");
+    // The pmem regions are not RAM: the memory map still ends at 128 MiB.
+    let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
+    assert_eq!(hex_field(&memmap, "ram_end"), 128 * MIB, "{memmap}");
 }
 
 #[test]

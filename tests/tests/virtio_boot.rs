@@ -3,7 +3,9 @@
 //! kvm_pvm): an ext4 root drive that the kernel mounts, a virtio-net
 //! interface on a TAP that gets a DHCP answer from dnsmasq, and a vsock device the guest driver brings up
 //! (hull logs `virtio-mmio device activated` or `virtio-pci device activated` with `kind=vsock` when the
-//! driver writes DRIVER_OK; the kernel itself prints nothing when virtio-vsock probes).
+//! driver writes DRIVER_OK; the kernel itself prints nothing when virtio-vsock probes). The same boot carries a balloon (the driver's first
+//! statistics reach `GET /balloon/statistics`, and a new target is inflated to), an entropy device (the
+//! kernel's hwrng core draws from it) and a pmem device (the driver maps it as `/dev/pmem0`).
 //!
 //! Everything the test touches lives in places it creates: a network namespace with the TAP and dnsmasq (hull
 //! is started inside it with `ip netns exec`, since the TAP lives there), and a temporary directory with the
@@ -25,6 +27,25 @@ const TAP: &str = "hulltap0";
 const HOST_ADDR: &str = "172.30.99.1/24";
 const DHCP_RANGE: &str = "172.30.99.10,172.30.99.20,1h";
 const GUEST_MAC: &str = "06:00:ac:1e:63:02";
+
+/// Polls `GET path` until `done` accepts the JSON (at most BOOT_TIMEOUT); returns it.
+fn wait_for_json(
+    api: &hull_tests::ApiClient,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(r) = api.get(path) {
+            let json = r.json();
+            if r.status == 200 && done(&json) {
+                return Some(json);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
 
 /// Runs a command to completion; panics with its output when it fails.
 fn run(cmd: &mut Command) {
@@ -253,6 +274,21 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
         &json!({ "iface_id": "eth0", "host_dev_name": TAP, "guest_mac": GUEST_MAC }),
     );
     api.expect_ok("PUT", "/vsock", &json!({ "guest_cid": 3, "uds_path": uds }));
+    api.expect_ok(
+        "PUT",
+        "/balloon",
+        &json!({ "amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1 }),
+    );
+    api.expect_ok("PUT", "/entropy", &json!({}));
+    let metrics_path = dir.path().join("metrics.json");
+    api.expect_ok("PUT", "/metrics", &json!({ "metrics_path": metrics_path }));
+    let pmem_image = dir.path().join("pmem.img");
+    std::fs::File::create(&pmem_image).unwrap().set_len(4 << 20).unwrap();
+    api.expect_ok(
+        "PUT",
+        "/pmem/scratch",
+        &json!({ "id": "scratch", "path_on_host": pmem_image }),
+    );
     let started = Instant::now();
     api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
 
@@ -338,6 +374,9 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
         ("virtio-blk activated", "device activated device=block:"),
         ("virtio-net activated", "device activated device=net:"),
         ("virtio-vsock activated", "device activated device=vsock:"),
+        ("virtio-balloon activated", "device activated device=balloon"),
+        ("virtio-rng activated", "device activated device=rng:entropy"),
+        ("virtio-pmem activated", "device activated device=pmem:scratch"),
     ] {
         let pattern = format!("{kind} {pattern}");
         let line = hull
@@ -350,6 +389,38 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
         }
         timings.push((what, started.elapsed()));
     }
+    // Right away, while the guest runs (with no init on the root image it panics and resets a few seconds
+    // after mounting it): the balloon driver sent its first statistics when it probed, and inflates to a
+    // new target.
+    let stats = wait_for_json(&api, "/balloon/statistics", |j| j.get("total_memory").is_some())
+        .unwrap_or_else(|| panic!("no guest statistics\n{}", report(&hull)));
+    let total = stats["total_memory"].as_u64().unwrap_or(0);
+    assert!(total > 64 << 20 && total <= 128 << 20, "{stats}");
+    api.expect_ok("PATCH", "/balloon", &json!({ "amount_mib": 4 }));
+    let stats = wait_for_json(&api, "/balloon/statistics", |j| j["actual_mib"] == 4)
+        .unwrap_or_else(|| panic!("the balloon did not reach 4 MiB\n{}", report(&hull)));
+    assert_eq!(
+        (stats["target_pages"].as_u64(), stats["actual_pages"].as_u64()),
+        (Some(1024), Some(1024))
+    );
+    eprintln!(
+        "balloon inflated to 4 MiB {:.1} s after InstanceStart",
+        started.elapsed().as_secs_f64()
+    );
+    // The kernel's hwrng core drew bytes from the entropy device when the driver registered it, and the
+    // balloon inflated through its queue: both show in Firecracker's metrics sections.
+    api.expect_ok("PUT", "/actions", &json!({ "action_type": "FlushMetrics" }));
+    // Lines hold deltas and the 60 s periodic flush may have written one already: sum over all lines.
+    let metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    let total = |section: &str, key: &str| -> u64 {
+        metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|line| line[section][key].as_u64())
+            .sum()
+    };
+    assert!(total("entropy", "entropy_bytes") > 0, "{metrics}");
+    assert!(total("balloon", "inflate_count") > 0, "{metrics}");
     for (what, pattern) in [
         ("DHCP answer", "IP-Config: Got DHCP answer"),
         ("ext4 root mounted", "VFS: Mounted root (ext4 filesystem)"),
@@ -379,6 +450,15 @@ fn boot_with_virtio_devices(name: &str, transport: Transport) {
     assert!(
         addr.contains(&format!("hwaddr={GUEST_MAC}")) && addr.contains("ipaddr=172.30.99."),
         "{complete}\n{addr}"
+    );
+    // The pmem driver attached the namespace the virtio-pmem region holds (it becomes /dev/pmem0). It warns
+    // that it cannot flush through DIMM hints: a virtio-pmem region has none, fsync goes through the
+    // device's flush queue instead.
+    let serial = hull.stdout();
+    assert!(
+        serial.lines().any(|l| l.contains("nd_pmem namespace0.0")),
+        "the pmem namespace was not attached\n{}",
+        report(&hull)
     );
     // The driver kept its devices: none needed a reset.
     assert!(!hull.stderr().contains("needs a reset"), "{}", report(&hull));

@@ -68,6 +68,8 @@ pub enum BuildError {
     CpuTemplate(#[from] cpu_template::TemplateError),
     #[error("cannot attach a virtio device: {0}")]
     Virtio(#[from] virtio_devices::AttachError),
+    #[error("cannot attach a pmem device: {0}")]
+    Pmem(#[from] crate::pmem::PmemError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -193,6 +195,7 @@ pub(crate) fn start_threads(
         vcpu_count,
         attached.drives,
         attached.nets,
+        attached.balloon,
         metrics,
         snapshot,
     ))
@@ -348,7 +351,8 @@ pub(crate) fn create_legacy_devices(
     })
 }
 
-/// Step: the virtio devices (root drive first, other drives, network interfaces, vsock), each behind a
+/// Step: the virtio devices (root drive first, other drives, network interfaces, vsock, balloon, entropy,
+/// then the pmem devices, whose files get KVM memory slots above RAM), each behind a
 /// 4 KiB virtio-mmio window from `VIRTIO_MMIO_START` with the next IRQ from `IRQ_BASE`, its queues kicked
 /// through ioeventfds and its interrupt an irqfd, served by the event loop. With `--enable-pci` each is a
 /// virtio-pci function on bus 0 instead, its BAR from `PCI_BAR_START`, its interrupts MSI-X vectors.
@@ -364,15 +368,21 @@ pub(crate) fn attach_virtio_devices(
     legacy: &mut LegacyDevices,
     metrics: &mut MetricSources,
 ) -> Result<AttachedDevices, BuildError> {
-    let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config).into_iter().collect();
+    let (pmem_cores, pmem_root) = crate::pmem::attach_slots(vm, mem, config)?;
+    let mut cmdline: Vec<String> = virtio_devices::root_cmdline(config)
+        .into_iter()
+        .chain(pmem_root)
+        .collect();
     let mut drives = virtio_devices::Drives::default();
     let mut nets = virtio_devices::NetInterfaces::default();
+    let mut balloon = None;
     let routing = match legacy.pci {
         Some(_) => Some(MsiRouting::new(kvm, vm).map_err(|e| BuildError::Devices(e.to_string()))?),
         None => None,
     };
     let mut all = Vec::new();
-    for (slot, device) in virtio_devices::create_cores(config)?.into_iter().enumerate() {
+    let cores = virtio_devices::create_cores(config)?.into_iter().chain(pmem_cores);
+    for (slot, device) in cores.enumerate() {
         let drive = device.drive.clone();
         let iface = device.iface.clone();
         let (subscriber, transport) = match (&legacy.pci, &routing) {
@@ -409,6 +419,11 @@ pub(crate) fn attach_virtio_devices(
             nets.add(id, transport);
         } else if kind == devices::virtio::TYPE_VSOCK {
             metrics.vsock = counters;
+        } else if kind == devices::virtio::TYPE_BALLOON {
+            metrics.balloon = counters;
+            balloon = Some(virtio_devices::BalloonHandle::new(transport));
+        } else if kind == devices::virtio::TYPE_RNG {
+            metrics.entropy = counters;
         }
         legacy.subscribers.push(subscriber);
     }
@@ -416,6 +431,7 @@ pub(crate) fn attach_virtio_devices(
         cmdline,
         drives,
         nets,
+        balloon,
         all,
     })
 }
@@ -426,6 +442,7 @@ pub(crate) struct AttachedDevices {
     pub(crate) cmdline: Vec<String>,
     pub(crate) drives: virtio_devices::Drives,
     pub(crate) nets: virtio_devices::NetInterfaces,
+    pub(crate) balloon: Option<virtio_devices::BalloonHandle>,
     pub(crate) all: Vec<crate::snapshot::AttachedDevice>,
 }
 

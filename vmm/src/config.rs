@@ -40,6 +40,13 @@ pub enum ConfigError {
     InvalidNetworkInterface { id: String, reason: String },
     #[error("Invalid vsock device: {0}")]
     InvalidVsock(String),
+    #[error("Invalid entropy device: {0}")]
+    InvalidEntropy(String),
+    #[error("Invalid pmem device {id:?}: {reason}")]
+    InvalidPmem { id: String, reason: String },
+    /// Firecracker's text for a balloon larger than guest memory (or than 32 bits of pages).
+    #[error("Amount of pages requested is too large.")]
+    BalloonTooLarge,
     #[error("Too many virtio devices: {count} configured, at most {max} fit the interrupt lines")]
     TooManyDevices { count: usize, max: usize },
 }
@@ -207,6 +214,15 @@ pub enum SerialOutput {
     Sink,
 }
 
+/// `PUT /serial` (and `serial` in a config file): Firecracker's `SerialDevice`, where the guest's console
+/// output goes. Without `serial_out_path` the console stays on hull's standard output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+}
+
 /// Drive caching (Firecracker's `cache_type`). hull's virtio-blk always offers and honours FLUSH, so
 /// both are honoured: `Writeback` exactly, `Unsafe` (no durability promised) by being safer than asked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +382,70 @@ pub struct VsockConfig {
     /// The guest's context id: 3 or more (0-2 are reserved), and not `u32::MAX` (VMADDR_CID_ANY).
     pub guest_cid: u32,
     pub uds_path: PathBuf,
+}
+
+/// `entropy` / `PUT /entropy`: a virtio-rng device fed from the host's getrandom, with an optional rate
+/// limiter (bytes and requests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyDeviceConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl EntropyDeviceConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_rate_limiter(&self.rate_limiter, "rate_limiter").map_err(ConfigError::InvalidEntropy)
+    }
+}
+
+/// `balloon` / `PUT /balloon`: Firecracker's `Balloon`, a virtio-balloon device with a target size, the
+/// deflate-on-OOM feature, and guest statistics refreshed every `stats_polling_interval_s` (0: off).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonDeviceConfig {
+    pub amount_mib: u32,
+    pub deflate_on_oom: bool,
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+}
+
+impl BalloonDeviceConfig {
+    /// The balloon cannot be asked to hold more than the guest's memory.
+    pub fn check_size(amount_mib: u32, mem_size_mib: usize) -> Result<(), ConfigError> {
+        if amount_mib as usize > mem_size_mib {
+            return Err(ConfigError::BalloonTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// `pmem[]` / `PUT /pmem/{id}`: Firecracker's `Pmem`, a virtio-pmem device whose file is mapped into guest
+/// physical memory above RAM (`/dev/pmemN` in the guest, DAX-capable). `root_device` boots from it
+/// (`root=/dev/pmem0 rootflags=dax`); `read_only` maps it privately, so the file is never written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemConfig {
+    pub id: String,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub root_device: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl PmemConfig {
+    /// Checks the id and that the file opens the way the device uses it, with a size the guest can map.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| ConfigError::InvalidPmem {
+            id: self.id.clone(),
+            reason,
+        };
+        check_device_id(&self.id).map_err(err)?;
+        devices::virtio::pmem::PmemBacking::open(&self.path_on_host, self.read_only)
+            .map(|_| ())
+            .map_err(|e| err(e.to_string()))
+    }
 }
 
 /// Longest Linux network interface name (IFNAMSIZ - 1).
@@ -529,6 +609,12 @@ pub struct MicroVmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Pmem devices, in the order configured (the root one is attached first, so it is `/dev/pmem0`).
+    pub pmem: Vec<PmemConfig>,
+    /// The balloon device, attached after the vsock.
+    pub balloon: Option<BalloonDeviceConfig>,
+    /// The entropy device (virtio-rng), attached after the others.
+    pub entropy: Option<EntropyDeviceConfig>,
     /// A custom CPU template (`PUT /cpu-config`), applied on top of the static or automatic one.
     pub cpu_config: Option<crate::cpu_config::CustomCpuTemplate>,
     /// MMDS on some of the network interfaces (`PUT /mmds/config`).
@@ -562,6 +648,9 @@ impl MicroVmConfig {
             .ok_or(ConfigError::MissingBootSource)?
             .validate()?;
         self.machine.validate()?;
+        if let Some(balloon) = &self.balloon {
+            BalloonDeviceConfig::check_size(balloon.amount_mib, self.machine.mem_size_mib)?;
+        }
         self.validate_devices()
     }
 
@@ -610,12 +699,46 @@ impl MicroVmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
-        let count = self.drives.len() + self.net.len() + usize::from(self.vsock.is_some());
+        if let Some(entropy) = &self.entropy {
+            entropy.validate()?;
+        }
+        for (i, pmem) in self.pmem.iter().enumerate() {
+            pmem.validate()?;
+            let err = |reason: &str| ConfigError::InvalidPmem {
+                id: pmem.id.clone(),
+                reason: reason.into(),
+            };
+            if self.pmem[..i].iter().any(|p| p.id == pmem.id) {
+                return Err(err("the id is used twice"));
+            }
+            if pmem.root_device {
+                roots += 1;
+                if roots > 1 {
+                    return Err(err(
+                        "a root device is already configured; only one drive or pmem device may be the root device",
+                    ));
+                }
+            }
+        }
+        let count = self.drives.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + self.pmem.len()
+            + usize::from(self.balloon.is_some())
+            + usize::from(self.entropy.is_some());
         let max = (crate::layout::IRQ_MAX - crate::layout::IRQ_BASE + 1) as usize;
         if count > max {
             return Err(ConfigError::TooManyDevices { count, max });
         }
         Ok(())
+    }
+
+    /// The pmem devices in attachment order: the root device first (`/dev/pmem0`), the others as configured.
+    pub fn pmem_in_attach_order(&self) -> impl Iterator<Item = &PmemConfig> {
+        self.pmem
+            .iter()
+            .filter(|p| p.root_device)
+            .chain(self.pmem.iter().filter(|p| !p.root_device))
     }
 
     /// The drives in attachment order: the root device first, the others as configured.

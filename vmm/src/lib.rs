@@ -16,6 +16,7 @@ pub mod metrics;
 mod microvm;
 pub mod mptable;
 pub mod msi_routing;
+pub mod pmem;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
@@ -23,14 +24,16 @@ mod virtio_devices;
 
 pub use builder::BuildError;
 pub use config::{
-    BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName, HugePages, IoEngine, MachineConfig,
-    MicroVmConfig, MmdsAttachment, NetworkInterfaceConfig, RateLimiterConfig, SerialOutput, TokenBucketConfig,
-    VmmOptions, VsockConfig,
+    BalloonDeviceConfig, BlockDeviceConfig, BootSourceConfig, CacheType, ConfigError, CpuTemplateName,
+    EntropyDeviceConfig, HugePages, IoEngine, MachineConfig, MicroVmConfig, MmdsAttachment, NetworkInterfaceConfig,
+    PmemConfig, RateLimiterConfig, SerialConfig, SerialOutput, TokenBucketConfig, VmmOptions, VsockConfig,
 };
+pub use devices::virtio::balloon::{BalloonError, BalloonStats};
 pub use exit::ExitReason;
 pub use metrics::{MetricSources, VcpuMetrics};
 pub use microvm::{MicroVm, VmState, VmmError};
 pub use seccomp::ThreadFilters;
+pub use virtio_devices::BalloonHandle;
 
 /// The version reported by the API (`GET /version`, `GET /`).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,5 @@
 //! The counters a running microVM keeps, gathered for whoever writes them out (the API server's metrics
-//! file): every drive's, interface's and the vsock's device counters, the console UART's, and the vCPU
+//! file): every drive's, interface's, the vsock's, the balloon's and the entropy device's counters, the console UART's, and the vCPU
 //! exits the run loop counts ([`VcpuMetrics`], shared by all vCPUs). This file owns no policy about names
 //! or deltas; it only hands out the shared counters, which stay valid after the microVM is dropped.
 //!
@@ -36,6 +36,9 @@ pub struct MetricSources {
     pub nets: Vec<(String, Arc<dyn DeviceMetrics>)>,
     /// The vsock device's counters, when there is one.
     pub vsock: Option<Arc<dyn DeviceMetrics>>,
+    /// The balloon's and the entropy device's, when there are.
+    pub balloon: Option<Arc<dyn DeviceMetrics>>,
+    pub entropy: Option<Arc<dyn DeviceMetrics>>,
     /// The console UART's.
     pub uart: Arc<dyn DeviceMetrics>,
     /// The vCPU exits.
@@ -49,6 +52,8 @@ impl MetricSources {
             drives: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            balloon: None,
+            entropy: None,
             uart,
             vcpu,
         }

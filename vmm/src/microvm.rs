@@ -18,7 +18,7 @@ use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
 use crate::metrics::MetricSources;
 use crate::vcpu::VcpuControl;
-use crate::virtio_devices::{DriveUpdateError, Drives, NetInterfaces, NetUpdateError};
+use crate::virtio_devices::{BalloonHandle, DriveUpdateError, Drives, NetInterfaces, NetUpdateError};
 
 /// Lifecycle state, as the API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,7 @@ pub struct MicroVm {
     vcpu_count: usize,
     drives: Drives,
     nets: NetInterfaces,
+    balloon: Option<BalloonHandle>,
     metrics: MetricSources,
     snapshot: crate::snapshot::SnapshotParts,
     /// The userfaultfd of a microVM restored with the Uffd backend (its handler serves the pages).
@@ -85,6 +86,7 @@ impl MicroVm {
         vcpu_count: usize,
         drives: Drives,
         nets: NetInterfaces,
+        balloon: Option<BalloonHandle>,
         metrics: MetricSources,
         snapshot: crate::snapshot::SnapshotParts,
     ) -> Self {
@@ -96,6 +98,7 @@ impl MicroVm {
             vcpu_count,
             drives,
             nets,
+            balloon,
             metrics,
             snapshot,
             _uffd: None,
@@ -103,6 +106,11 @@ impl MicroVm {
             _vm: vm,
             _kvm: kvm,
         }
+    }
+
+    /// The balloon device, when one is attached.
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
+        self.balloon.as_ref()
     }
 
     pub fn state(&self) -> VmState {

@@ -18,6 +18,7 @@ use devices::bus::{lock, Bus, BusDevice};
 use devices::transport::mmio::{device_type_name, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
 use devices::transport::pci::{notify_address, PciRoot, VirtioPciDevice, BAR_SIZE};
 use devices::transport::VirtioTransport;
+use devices::virtio::balloon::{Balloon, BalloonError, BalloonStats};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetConfig};
@@ -52,6 +53,10 @@ pub enum AttachError {
     },
     #[error("vsock: {0}")]
     Vsock(#[source] devices::virtio::vsock::unix::UnixBackendError),
+    #[error("entropy device: {0}")]
+    Entropy(#[source] devices::virtio::rng::RngError),
+    #[error("balloon device: {0}")]
+    Balloon(#[source] devices::virtio::balloon::BalloonError),
     #[error(transparent)]
     Transport(#[from] devices::transport::TransportError),
     #[error("{device}: cannot create its interrupt eventfd: {source}")]
@@ -207,8 +212,52 @@ impl NetInterfaces {
     }
 }
 
+/// The running microVM's balloon, for `PATCH /balloon`, `GET|PATCH /balloon/statistics`. Every call takes
+/// the transport's lock, the one queue processing takes, so it falls between two notifications.
+pub struct BalloonHandle(Arc<Mutex<dyn VirtioTransport>>);
+
+impl BalloonHandle {
+    pub fn new(transport: Arc<Mutex<dyn VirtioTransport>>) -> Self {
+        BalloonHandle(transport)
+    }
+
+    /// Runs `f` on the balloon core (`None` only if the transport held another device, which `attach`
+    /// never makes).
+    fn with<R>(&self, f: impl FnOnce(&mut Balloon) -> R) -> Option<R> {
+        lock(&self.0).with_device(f)
+    }
+
+    /// A new target size; the driver is told through a config-change interrupt.
+    pub fn update_size(&self, amount_mib: u32) -> Result<(), BalloonError> {
+        let mut transport = lock(&self.0);
+        transport
+            .with_device(|balloon: &mut Balloon| balloon.update_size(amount_mib))
+            .unwrap_or(Err(BalloonError::DeviceNotActive))?;
+        transport.config_changed();
+        info!(amount_mib, "balloon target updated");
+        Ok(())
+    }
+
+    /// A new statistics polling interval.
+    pub fn update_stats_interval(&self, interval_s: u16) -> Result<(), BalloonError> {
+        self.with(|balloon| balloon.update_stats_interval(interval_s))
+            .unwrap_or(Err(BalloonError::DeviceNotActive))
+    }
+
+    /// The latest statistics.
+    pub fn stats(&self) -> Result<BalloonStats, BalloonError> {
+        self.with(|balloon| balloon.stats())
+            .unwrap_or(Err(BalloonError::DeviceNotActive))
+    }
+
+    /// The current target (MiB), deflate-on-OOM and statistics interval.
+    pub fn config(&self) -> Option<(u32, bool, u16)> {
+        self.with(|balloon| balloon.config())
+    }
+}
+
 /// Builds every configured device core, in attachment order: the root drive first (so it is always
-/// `/dev/vda`), the other drives as configured, the network interfaces, then the vsock.
+/// `/dev/vda`), the other drives as configured, the network interfaces, the vsock, then the entropy device.
 pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachError> {
     let mut cores = Vec::new();
     for drive in config.drives_in_attach_order() {
@@ -264,6 +313,30 @@ pub fn create_cores(config: &MicroVmConfig) -> Result<Vec<DeviceCore>, AttachErr
         let label = format!("vsock:{}", vsock.vsock_id.as_deref().unwrap_or("vsock"));
         cores.push(DeviceCore {
             label,
+            core: Box::new(core),
+            drive: None,
+            iface: None,
+        });
+    }
+    if let Some(balloon) = &config.balloon {
+        let core = Balloon::new(
+            balloon.amount_mib,
+            balloon.deflate_on_oom,
+            balloon.stats_polling_interval_s,
+        )
+        .map_err(AttachError::Balloon)?;
+        cores.push(DeviceCore {
+            label: "balloon".into(),
+            core: Box::new(core),
+            drive: None,
+            iface: None,
+        });
+    }
+    if let Some(entropy) = &config.entropy {
+        let limiter = entropy.rate_limiter.unwrap_or_default().to_device();
+        let core = devices::virtio::rng::Rng::new(&limiter).map_err(AttachError::Entropy)?;
+        cores.push(DeviceCore {
+            label: "rng:entropy".into(),
             core: Box::new(core),
             drive: None,
             iface: None,
@@ -415,6 +488,8 @@ pub struct DeviceHandler {
     label: String,
     /// The backend fd currently watched (only while the device is serving).
     watched_backend: Option<RawFd>,
+    /// The transport was serving at the last state change.
+    was_serving: bool,
 }
 
 impl DeviceHandler {
@@ -429,6 +504,7 @@ impl DeviceHandler {
             state_fd,
             label,
             watched_backend: None,
+            was_serving: false,
         }
     }
 
@@ -469,7 +545,19 @@ impl MutEventSubscriber for DeviceHandler {
         match events.data() {
             STATE_TOKEN => {
                 // Drained through the transport, which owns the eventfd.
-                let _ = lock(&self.transport).state_event().read();
+                let mut transport = lock(&self.transport);
+                let _ = transport.state_event().read();
+                let serving = transport.is_serving();
+                if serving && !self.was_serving {
+                    // A driver may queue buffers and kick before DRIVER_OK (Linux's balloon does with its
+                    // first statistics buffer); the device only serves from DRIVER_OK on, so it takes one
+                    // pass over every queue now instead of waiting for a kick that already came.
+                    for index in 0..transport.queue_count() {
+                        transport.notify_queue(index);
+                    }
+                }
+                self.was_serving = serving;
+                drop(transport);
                 self.sync_backend(ops);
             }
             BACKEND_TOKEN => {

@@ -27,8 +27,8 @@ pub use persist::{MmioTransportState, QueueSnapshot, RestoreError};
 use super::NeedsReset;
 use crate::bus::BusDevice;
 use crate::virtio::{
-    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BLOCK,
-    TYPE_NET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    ActivateError, DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BALLOON,
+    TYPE_BLOCK, TYPE_NET, TYPE_PMEM, TYPE_RNG, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// "virt" in little-endian: the first register of every virtio-mmio window.
@@ -147,6 +147,9 @@ pub fn device_type_name(device_type: u32) -> &'static str {
         TYPE_NET => "net",
         TYPE_BLOCK => "block",
         TYPE_VSOCK => "vsock",
+        TYPE_RNG => "rng",
+        TYPE_BALLOON => "balloon",
+        TYPE_PMEM => "pmem",
         _ => "unknown",
     }
 }

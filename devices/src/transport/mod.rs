@@ -28,6 +28,10 @@ pub trait VirtioTransport: Send {
     fn label(&self) -> &str;
     /// The virtio device id of the core.
     fn device_type(&self) -> u32;
+    /// How many queues the core has.
+    fn queue_count(&self) -> usize;
+    /// The driver set DRIVER_OK and the core was activated (and no reset since).
+    fn is_serving(&self) -> bool;
     /// The core's counters, if it keeps any.
     fn metrics(&self) -> Option<std::sync::Arc<dyn DeviceMetrics>>;
     /// The driver kicked queue `index`.
@@ -61,6 +65,12 @@ macro_rules! impl_virtio_transport {
             }
             fn device_type(&self) -> u32 {
                 <$t>::device_type(self)
+            }
+            fn queue_count(&self) -> usize {
+                <$t>::queue_count(self)
+            }
+            fn is_serving(&self) -> bool {
+                <$t>::is_serving(self)
             }
             fn metrics(&self) -> Option<std::sync::Arc<dyn DeviceMetrics>> {
                 <$t>::metrics(self)

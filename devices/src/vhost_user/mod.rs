@@ -1,6 +1,6 @@
 //! vhost-user transport: serves any `VirtioDevice` core to a vhost-user frontend (QEMU, Cloud
-//! Hypervisor) over a unix socket, with the `vhost-user-backend` crate doing the protocol. `blk`, `vsock`
-//! and `net` each build their device and call [`serve`].
+//! Hypervisor) over a unix socket, with the `vhost-user-backend` crate doing the protocol. `blk`, `vsock`,
+//! `net` and `rng` each build their device and call [`serve`].
 //!
 //! Owns: the mapping from vrings to the device's `QueueSet`, interrupt delivery through the vrings' call
 //! eventfds, and the device's needs-reset state ([`NeedsReset`]: vhost-user has no message for it, so a
@@ -20,6 +20,7 @@ pub mod config_notify;
 #[doc(hidden)]
 pub mod enable_filter;
 pub mod net;
+pub mod rng;
 pub mod vsock;
 
 use std::io;

@@ -20,10 +20,13 @@
 //! Never trusted here or below: anything read from guest memory (rings, descriptors, headers, lengths,
 //! offsets) and anything the driver writes into the config space.
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod metrics;
 pub mod net;
+pub mod pmem;
+pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
 pub mod vsock;
@@ -48,8 +51,14 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::
 pub const TYPE_NET: u32 = 1;
 /// Block device id.
 pub const TYPE_BLOCK: u32 = 2;
+/// Memory balloon device id.
+pub const TYPE_BALLOON: u32 = 5;
+/// Entropy source (virtio-rng) device id.
+pub const TYPE_RNG: u32 = 4;
 /// Socket device id.
 pub const TYPE_VSOCK: u32 = 19;
+/// Persistent memory device id.
+pub const TYPE_PMEM: u32 = 27;
 
 /// Device status bit a transport sets when a call returned `Err(DeviceError)` (see `transport::NeedsReset`).
 pub const DEVICE_NEEDS_RESET: u32 = 0x40;

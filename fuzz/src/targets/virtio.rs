@@ -1,6 +1,7 @@
 //! Virtio devices driven by a hostile driver ([`crate::guest::Guest`]): the chain walker
-//! (`devices/src/virtio/chain.rs`) and the block, net and vsock cores with their request parsing
-//! (`devices/src/virtio/{block,net,vsock}`), each over in-memory backends the input also controls.
+//! (`devices/src/virtio/chain.rs`) and the block, net, vsock, balloon, rng and pmem cores with their request
+//! parsing (`devices/src/virtio/{block,net,vsock,balloon,rng,pmem}`), each over in-memory backends the input
+//! also controls.
 
 use std::collections::VecDeque;
 use std::io;
@@ -8,6 +9,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
+use devices::virtio::balloon::Balloon;
 use devices::virtio::block::{Block, DiskBackend, SECTOR_SIZE};
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::vsock::packet::{PacketHeader, HDR_LEN, OP_RW};
@@ -306,4 +308,76 @@ pub fn vsock(data: &[u8]) {
     let ops = input.bytes(24);
     let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut header);
     drive("virtio_vsock", &mut device, &mut guest, &mut Input::new(ops), true);
+}
+
+/// A guest buffer of random-ish words: PFN lists, statistics entries, pmem request types.
+fn words(_: usize, input: &mut Input) -> Vec<u8> {
+    input.chunk(96).to_vec()
+}
+
+/// virtio-balloon: PFN lists naming any page (inside guest memory, past it, overflowing), statistics
+/// buffers of any shape, config writes; inflated pages are really released from the fuzzer's memory.
+pub fn balloon(data: &[u8]) {
+    let mut input = Input::new(data);
+    let Ok(mut device) = Balloon::new(u32::from(input.u8()), input.bool(), u16::from(input.u8() & 1)) else {
+        return;
+    };
+    device.set_acked_features(device.avail_features());
+    let _ = device.activate();
+    let ops = input.bytes(24);
+    let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut words);
+    drive("virtio_balloon", &mut device, &mut guest, &mut Input::new(ops), false);
+}
+
+/// virtio-rng: writable buffers of any size and place, under a rate limiter half the time.
+pub fn rng(data: &[u8]) {
+    let mut input = Input::new(data);
+    let limit = input.u8();
+    let limits = RateLimiterConfig {
+        bandwidth: BucketConfig {
+            size: u64::from(limit & 0x7f) * 64,
+            one_time_burst: 0,
+            refill_time_ms: 1,
+        },
+        ops: BucketConfig::default(),
+    };
+    let Ok(mut device) = devices::virtio::rng::Rng::new(&limits) else {
+        return;
+    };
+    device.set_acked_features(device.avail_features());
+    let ops = input.bytes(24);
+    let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut words);
+    drive("virtio_rng", &mut device, &mut guest, &mut Input::new(ops), true);
+}
+
+/// virtio-pmem: flush and other requests, status buffers of any size, over a 2 MiB scratch file.
+pub fn pmem(data: &[u8]) {
+    use std::sync::OnceLock;
+    // One scratch file per process, unlinked at once and reached through /proc/self/fd, so nothing is
+    // left behind.
+    static FILE: OnceLock<(std::fs::File, std::path::PathBuf)> = OnceLock::new();
+    let (_, path) = FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("hull-fuzz-pmem-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("pmem scratch file");
+        let _ = std::fs::remove_file(&path);
+        file.set_len(2 << 20).expect("pmem scratch size");
+        let fd_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        (file, fd_path)
+    });
+    let mut input = Input::new(data);
+    let read_only = input.bool();
+    let Ok(backing) = devices::virtio::pmem::PmemBacking::map(path, read_only) else {
+        return;
+    };
+    let mut device = devices::virtio::pmem::Pmem::new(backing, 1 << 32, read_only);
+    device.set_acked_features(device.avail_features());
+    let ops = input.bytes(24);
+    let mut guest = Guest::new(&mut input, device.queue_max_sizes(), &mut words);
+    drive("virtio_pmem", &mut device, &mut guest, &mut Input::new(ops), false);
 }

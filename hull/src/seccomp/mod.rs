@@ -40,7 +40,7 @@ pub struct SeccompArgs {
     #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,
     /// Use the filters in FILE (seccompiler JSON, keyed by thread kind: api, vmm, vcpu,
-    /// vhost-user-blk|vsock|net) instead of hull's built-in ones.
+    /// vhost-user-blk|vsock|net|rng) instead of hull's built-in ones.
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
 }
@@ -67,6 +67,7 @@ impl ThreadKind {
             ThreadKind::VhostUser(VhostUserDevice::Blk) => "vhost-user-blk",
             ThreadKind::VhostUser(VhostUserDevice::Vsock) => "vhost-user-vsock",
             ThreadKind::VhostUser(VhostUserDevice::Net) => "vhost-user-net",
+            ThreadKind::VhostUser(VhostUserDevice::Rng) => "vhost-user-rng",
         }
     }
 

@@ -15,7 +15,7 @@
 //!   the API and cleaning up need (optional in a `--seccomp-filter` file);
 //! - `vmm`: the event loop, `hull_events`, which emulates the virtio devices (Firecracker's `vmm` thread);
 //! - `vcpu`: each `hull_vcpuN` thread;
-//! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`: every thread of a `hull vhost-user` backend.
+//! - `vhost-user-blk`, `vhost-user-vsock`, `vhost-user-net`, `vhost-user-rng`: every thread of a `hull vhost-user` backend.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqchip,
@@ -292,6 +292,16 @@ const API_OWN: &[Allow] = &[
     any("eventfd2", libc::SYS_eventfd2),
     any("epoll_create1", libc::SYS_epoll_create1),
     any("epoll_ctl", libc::SYS_epoll_ctl),
+    // A read-only pmem device maps its file privately (devices::virtio::pmem::backing); read-write ones
+    // are MAP_SHARED, which every thread may map.
+    only(
+        "mmap",
+        libc::SYS_mmap,
+        &[&[
+            eq(3, (libc::MAP_PRIVATE | libc::MAP_NORESERVE) as u32),
+            masked(2, PROT_EXEC, 0),
+        ]],
+    ),
     // Every drive and network interface gets its rate limiters' timers when it is built.
     any("timerfd_create", libc::SYS_timerfd_create),
     only("socket", libc::SYS_socket, &[&[eq(0, libc::AF_UNIX as u32)]]),
@@ -487,6 +497,9 @@ const VHOST_USER_BLK: &[Allow] = &[
 /// vhost-user-vsock: nothing beyond the common unix sockets.
 const VHOST_USER_VSOCK: &[Allow] = &[];
 
+/// vhost-user-rng: nothing beyond the common set (getrandom is in every thread's runtime set).
+const VHOST_USER_RNG: &[Allow] = &[];
+
 /// vhost-user-net: the TAP.
 const VHOST_USER_NET: &[Allow] = &[only(
     "ioctl",
@@ -569,6 +582,7 @@ pub fn vhost_user(device: VhostUserDevice) -> Table {
         VhostUserDevice::Blk => VHOST_USER_BLK,
         VhostUserDevice::Vsock => VHOST_USER_VSOCK,
         VhostUserDevice::Net => VHOST_USER_NET,
+        VhostUserDevice::Rng => VHOST_USER_RNG,
     };
     Table::merge(&[RUNTIME, VHOST_USER_COMMON, own])
 }
@@ -578,4 +592,5 @@ pub enum VhostUserDevice {
     Blk,
     Vsock,
     Net,
+    Rng,
 }

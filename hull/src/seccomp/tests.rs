@@ -13,6 +13,7 @@ fn all_kinds() -> Vec<ThreadKind> {
         ThreadKind::VhostUser(VhostUserDevice::Blk),
         ThreadKind::VhostUser(VhostUserDevice::Vsock),
         ThreadKind::VhostUser(VhostUserDevice::Net),
+        ThreadKind::VhostUser(VhostUserDevice::Rng),
     ]
 }
 

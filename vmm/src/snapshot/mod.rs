@@ -137,6 +137,8 @@ impl SavedConfig {
             drives: config.drives.clone(),
             net: config.net.clone(),
             vsock: config.vsock.clone(),
+            entropy: config.entropy.clone(),
+            unsupported: unsaved_devices(config),
         }
     }
 
@@ -147,10 +149,27 @@ impl SavedConfig {
             drives: self.drives.clone(),
             net: self.net.clone(),
             vsock: self.vsock.clone(),
+            entropy: self.entropy.clone(),
             cpu_config: None,
             ..Default::default()
         }
     }
+}
+
+/// The configured devices whose state a snapshot does not carry: a balloon (its target and the pages
+/// the guest gave up), pmem devices (their memory slots) and MMDS (its attachment and data store).
+fn unsaved_devices(config: &MicroVmConfig) -> Option<String> {
+    let mut what = Vec::new();
+    if config.balloon.is_some() {
+        what.push("a balloon device");
+    }
+    if !config.pmem.is_empty() {
+        what.push("pmem devices");
+    }
+    if config.mmds.is_some() {
+        what.push("MMDS");
+    }
+    (!what.is_empty()).then(|| what.join(" and "))
 }
 
 /// A paused microVM's pieces, as `create` needs them.
@@ -178,6 +197,11 @@ pub(crate) fn create(live: &LiveVm<'_>, params: &CreateParams) -> Result<(), Sna
     let tracking = live.parts.config.machine.track_dirty_pages;
     if params.snapshot_type == SnapshotType::Diff && !tracking {
         return Err(SnapshotError::DiffWithoutTracking);
+    }
+    if let Some(what) = &live.parts.config.unsupported {
+        return Err(SnapshotError::Unsupported(format!(
+            "a microVM with {what} cannot be snapshotted by this hull (its state is not saved)"
+        )));
     }
     if live.parts.pci {
         return Err(SnapshotError::Unsupported(
@@ -390,6 +414,13 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
     let attached = crate::builder::attach_virtio_devices(&kvm, &vm, &mem, &config, &mut legacy, &mut metrics)
         .map_err(|e| restore_err(&e))?;
+    if attached.all.len() != state.devices.len() {
+        return Err(SnapshotError::Inconsistent(format!(
+            "the snapshot holds {} devices, its configuration rebuilds {}",
+            state.devices.len(),
+            attached.all.len()
+        )));
+    }
     for (device, saved) in attached.all.iter().zip(&state.devices) {
         if (device.addr, device.irq) != (saved.addr, saved.irq) {
             return Err(SnapshotError::Inconsistent(format!(

@@ -11,7 +11,7 @@ use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
 
 use super::vcpu::VcpuState;
-use crate::config::{BlockDeviceConfig, MachineConfig, NetworkInterfaceConfig, VsockConfig};
+use crate::config::{BlockDeviceConfig, EntropyDeviceConfig, MachineConfig, NetworkInterfaceConfig, VsockConfig};
 
 /// The configuration a restore rebuilds the machine from (the boot source is not needed: the kernel is
 /// in guest memory already).
@@ -22,6 +22,13 @@ pub struct SavedConfig {
     pub drives: Vec<BlockDeviceConfig>,
     pub net: Vec<NetworkInterfaceConfig>,
     pub vsock: Option<VsockConfig>,
+    /// The entropy device (stateless: it is rebuilt from its configuration).
+    #[serde(default)]
+    pub entropy: Option<EntropyDeviceConfig>,
+    /// Why this microVM cannot be snapshotted (devices whose state hull does not save), if it cannot.
+    /// Never written to a state file.
+    #[serde(skip)]
+    pub unsupported: Option<String>,
 }
 
 /// One guest RAM region and where its bytes are in the memory file.
