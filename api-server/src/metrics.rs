@@ -3,7 +3,7 @@
 //! failures per endpoint, pause/resume latencies, failed flushes), the line's shape, and the translation of
 //! the running microVM's counters ([`vmm::MetricSources`], handed over by [`attach_vm`] at `InstanceStart`)
 //! into Firecracker's sections and key names: `block` (the sum over drives) and `block_<drive_id>`, `net`
-//! and `net_<iface_id>`, `vsock`, `balloon`, `entropy`, `uart` and `vcpu`. Counters are deltas since the previous line, as
+//! and `net_<iface_id>`, `vsock`, `balloon`, `entropy`, `mmds`, `uart` and `vcpu`. Counters are deltas since the previous line, as
 //! Firecracker's `SharedIncMetric`s are; `latencies_us` holds the last value measured, as Firecracker's
 //! store metrics do. A section lists the Firecracker keys hull has a counter for (the `*_KEYS` tables
 //! below); Firecracker keys hull does not measure are left out rather than written as a zero that means
@@ -12,7 +12,7 @@
 //! Sections written as empty objects, for which hull has no data: `vmm` (`panic_count`: hull does not catch
 //! panics), `signals` (hull handles no SIGBUS/SIGSEGV/... itself; termination signals end it normally),
 //! `seccomp` (`num_faults`: a filter violation kills the thread with SIGSYS before anything can count it),
-//! `i8042`, `rtc`, `mmds` (hull has no such devices or counts none) and
+//! `i8042`, `rtc` (hull has no such devices or counts none) and
 //! `deprecated_api` (hull has no deprecated endpoints).
 //!
 //! Reading the counters is a relaxed atomic load per counter and the line is one `write` to a file opened
@@ -118,6 +118,21 @@ const ENTROPY_KEYS: &[(&str, &str)] = &[
     ("entropy_event_fails", "entropy_event_fails"),
 ];
 
+/// MMDS (`mmds`), over every interface that serves it: hull's counters carry Firecracker's names.
+const MMDS_KEYS: &[(&str, &str)] = &[
+    ("rx_accepted", "rx_accepted"),
+    ("rx_bad_eth", "rx_bad_eth"),
+    ("rx_count", "rx_count"),
+    ("rx_invalid_token", "rx_invalid_token"),
+    ("rx_no_token", "rx_no_token"),
+    ("tx_bytes", "tx_bytes"),
+    ("tx_count", "tx_count"),
+    ("tx_errors", "tx_errors"),
+    ("tx_frames", "tx_frames"),
+    ("connections_created", "connections_created"),
+    ("connections_destroyed", "connections_destroyed"),
+];
+
 /// The console UART (`uart`): hull's counters carry Firecracker's names.
 const UART_KEYS: &[(&str, &str)] = &[
     ("read_count", "read_count"),
@@ -199,6 +214,7 @@ fn vm_sections(
             ("vsock", VSOCK_KEYS),
             ("balloon", BALLOON_KEYS),
             ("entropy", ENTROPY_KEYS),
+            ("mmds", MMDS_KEYS),
             ("uart", UART_KEYS),
             ("vcpu", VCPU_KEYS),
         ] {
@@ -216,6 +232,7 @@ fn vm_sections(
     for (name, source, table) in [
         ("balloon", &vm.balloon, BALLOON_KEYS),
         ("entropy", &vm.entropy, ENTROPY_KEYS),
+        ("mmds", &vm.mmds, MMDS_KEYS),
     ] {
         let section = match source {
             Some(source) => section_delta(name, source.as_ref(), table, previous),
@@ -280,7 +297,7 @@ fn count(method: &str, path: &str, suffix: &str) {
 }
 
 /// Firecracker's sections hull has no data for (see the module doc): present, empty.
-const UNFED_SECTIONS: &[&str] = &["vmm", "seccomp", "signals", "i8042", "rtc", "mmds", "deprecated_api"];
+const UNFED_SECTIONS: &[&str] = &["vmm", "seccomp", "signals", "i8042", "rtc", "deprecated_api"];
 
 /// The next metrics line: counters as deltas since the previous call.
 pub fn next_line(startup: &Startup) -> Value {

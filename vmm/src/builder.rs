@@ -427,6 +427,10 @@ pub(crate) fn attach_virtio_devices(
         }
         legacy.subscribers.push(subscriber);
     }
+    if let Some(mmds) = &config.mmds {
+        let counters = devices::bus::lock(&mmds.mmds).metrics();
+        metrics.mmds = Some(counters);
+    }
     Ok(AttachedDevices {
         cmdline,
         drives,

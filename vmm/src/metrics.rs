@@ -1,5 +1,5 @@
 //! The counters a running microVM keeps, gathered for whoever writes them out (the API server's metrics
-//! file): every drive's, interface's, the vsock's, the balloon's and the entropy device's counters, the console UART's, and the vCPU
+//! file): every drive's, interface's, the vsock's, the balloon's and the entropy device's counters, MMDS's, the console UART's, and the vCPU
 //! exits the run loop counts ([`VcpuMetrics`], shared by all vCPUs). This file owns no policy about names
 //! or deltas; it only hands out the shared counters, which stay valid after the microVM is dropped.
 //!
@@ -39,6 +39,8 @@ pub struct MetricSources {
     /// The balloon's and the entropy device's, when there are.
     pub balloon: Option<Arc<dyn DeviceMetrics>>,
     pub entropy: Option<Arc<dyn DeviceMetrics>>,
+    /// MMDS's, when an interface serves it.
+    pub mmds: Option<Arc<dyn DeviceMetrics>>,
     /// The console UART's.
     pub uart: Arc<dyn DeviceMetrics>,
     /// The vCPU exits.
@@ -54,6 +56,7 @@ impl MetricSources {
             vsock: None,
             balloon: None,
             entropy: None,
+            mmds: None,
             uart,
             vcpu,
         }

@@ -46,6 +46,35 @@ pub struct Mmds {
     version: MmdsVersion,
     imds_compat: bool,
     tokens: TokenAuthority,
+    metrics: Arc<MmdsMetrics>,
+}
+
+crate::device_metrics! {
+    /// What MMDS saw and answered, over every interface that serves it (Firecracker's `mmds` names).
+    pub struct MmdsMetrics {
+        /// Frames for MMDS (ARP about its address, IPv4 to it, anything to its MAC), consumed.
+        rx_accepted,
+        /// Frames from the guest MMDS looked at.
+        rx_count,
+        /// Frames too short to hold an Ethernet header.
+        rx_bad_eth,
+        /// V2 requests without a session token.
+        rx_no_token,
+        /// V2 requests with a token that is unknown or expired.
+        rx_invalid_token,
+        /// HTTP answers sent.
+        tx_count,
+        /// Frames queued for the guest.
+        tx_frames,
+        /// Bytes in those frames.
+        tx_bytes,
+        /// Answer frames dropped because the guest did not take the queued ones.
+        tx_errors,
+        /// TCP connections opened by the guest.
+        connections_created,
+        /// TCP connections closed, reset or evicted.
+        connections_destroyed,
+    }
 }
 
 /// The handle the API and the devices hold.
@@ -58,6 +87,11 @@ impl Mmds {
             data: DataStore::new(limit),
             ..Default::default()
         }
+    }
+
+    /// The counters (shared with every interface's [`MmdsStack`]).
+    pub fn metrics(&self) -> Arc<MmdsMetrics> {
+        self.metrics.clone()
     }
 
     pub fn shared(self) -> SharedMmds {
@@ -124,13 +158,15 @@ impl Mmds {
         if self.version == MmdsVersion::V2 {
             match &req.token {
                 None => {
+                    self.metrics.rx_no_token.inc();
                     return GuestResponse::text(
                         401,
                         "No MMDS token provided. Use `X-metadata-token` header to specify the session token.",
-                    )
+                    );
                 }
                 Some(token) if !self.tokens.is_valid(token) => {
-                    return GuestResponse::text(401, "MMDS token not valid.")
+                    self.metrics.rx_invalid_token.inc();
+                    return GuestResponse::text(401, "MMDS token not valid.");
                 }
                 Some(_) => {}
             }

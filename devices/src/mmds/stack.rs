@@ -102,6 +102,7 @@ pub struct MmdsStack {
     serial: u64,
     isn_state: u64,
     dropped: u64,
+    metrics: std::sync::Arc<super::MmdsMetrics>,
 }
 
 impl MmdsStack {
@@ -110,7 +111,9 @@ impl MmdsStack {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        let metrics = mmds.lock().unwrap_or_else(|e| e.into_inner()).metrics();
         MmdsStack {
+            metrics,
             mmds,
             ipv4: ipv4.octets(),
             conns: HashMap::new(),
@@ -132,6 +135,7 @@ impl MmdsStack {
 
     /// Forgets every connection and queued answer (the device was reset: the guest's stack starts over).
     pub fn forget_all(&mut self) {
+        self.metrics.connections_destroyed.add(self.conns.len() as u64);
         self.conns.clear();
         self.out.clear();
     }
@@ -144,7 +148,9 @@ impl MmdsStack {
     /// Looks at one Ethernet frame from the guest; `true` when it was for MMDS (consumed: it must not reach
     /// the TAP).
     pub fn handle_tx_frame(&mut self, frame: &[u8]) -> bool {
+        self.metrics.rx_count.inc();
         if frame.len() < ETH_HDR_LEN {
+            self.metrics.rx_bad_eth.inc();
             return false;
         }
         let ethertype = be16(&frame[12..14]);
@@ -155,14 +161,21 @@ impl MmdsStack {
             ETHERTYPE_IPV4 => self.handle_ipv4(src_mac, payload),
             _ => false,
         };
-        consumed || frame[..6] == MMDS_MAC
+        let consumed = consumed || frame[..6] == MMDS_MAC;
+        if consumed {
+            self.metrics.rx_accepted.inc();
+        }
+        consumed
     }
 
     fn push(&mut self, frame: Vec<u8>) -> bool {
         if self.out.len() >= MAX_PENDING_FRAMES {
             self.dropped += 1;
+            self.metrics.tx_errors.inc();
             return false;
         }
+        self.metrics.tx_frames.inc();
+        self.metrics.tx_bytes.add(frame.len() as u64);
         self.out.push_back(frame);
         true
     }
@@ -202,7 +215,9 @@ impl MmdsStack {
 
     fn handle_tcp(&mut self, seg: &Segment<'_>) {
         if seg.flags & RST != 0 {
-            self.conns.remove(&(seg.src_ip, seg.src_port));
+            if self.conns.remove(&(seg.src_ip, seg.src_port)).is_some() {
+                self.metrics.connections_destroyed.inc();
+            }
             return;
         }
         if seg.dst_port != MMDS_PORT {
@@ -231,6 +246,7 @@ impl MmdsStack {
                 if seg.ack == data_start {
                     conn.established = true;
                 } else {
+                    self.metrics.connections_destroyed.inc();
                     self.reset(seg);
                     return;
                 }
@@ -292,6 +308,8 @@ impl MmdsStack {
         }
         if !(conn.fin_acked && conn.guest_fin) {
             self.conns.insert(key, conn);
+        } else {
+            self.metrics.connections_destroyed.inc();
         }
     }
 
@@ -302,10 +320,14 @@ impl MmdsStack {
             if self.conns.len() >= MAX_CONNECTIONS && !self.conns.contains_key(&key) {
                 if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.serial).map(|(k, _)| *k) {
                     self.conns.remove(&oldest);
+                    self.metrics.connections_destroyed.inc();
                 }
             }
             self.serial += 1;
             let iss = self.next_isn();
+            if !self.conns.contains_key(&key) {
+                self.metrics.connections_created.inc();
+            }
             self.conns.insert(
                 key,
                 Conn {
@@ -344,6 +366,7 @@ impl MmdsStack {
                 mmds.answer(&req)
             }
         };
+        self.metrics.tx_count.inc();
         conn.response = Some(response.to_bytes());
         conn.request = Vec::new();
     }
@@ -734,6 +757,22 @@ mod tests {
             &format!("GET /latest/meta-data/ami-id HTTP/1.1\r\nX-metadata-token: {token}\r\n\r\n"),
         );
         assert!(answer.ends_with("ami-12345678"), "{answer}");
+        let answer = exchange(
+            &mut s,
+            "GET /latest/meta-data/ami-id HTTP/1.1\r\nX-metadata-token: forged\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        // The counters saw four connections, each opened and closed, four answers, one request without a
+        // token and one with a forged one; every frame was MMDS's.
+        let m = s.metrics.clone();
+        assert_eq!((m.connections_created.get(), m.connections_destroyed.get()), (4, 4));
+        assert_eq!(
+            (m.tx_count.get(), m.rx_no_token.get(), m.rx_invalid_token.get()),
+            (4, 1, 1)
+        );
+        assert_eq!(m.rx_accepted.get(), m.rx_count.get());
+        assert!(m.tx_frames.get() >= 4 * 3 && m.tx_bytes.get() > m.tx_frames.get() * 54);
+        assert_eq!((m.tx_errors.get(), m.rx_bad_eth.get()), (0, 0));
     }
 
     #[test]
