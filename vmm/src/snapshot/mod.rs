@@ -479,3 +479,36 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
     );
     Ok(microvm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BalloonDeviceConfig, EntropyDeviceConfig, PmemConfig};
+
+    #[test]
+    fn devices_whose_state_is_not_saved_make_a_microvm_unsnapshottable() {
+        let mut config = MicroVmConfig {
+            entropy: Some(EntropyDeviceConfig::default()),
+            ..Default::default()
+        };
+        // The entropy device has no state: it is rebuilt from the configuration the state file carries.
+        let saved = SavedConfig::of(&config);
+        assert_eq!(saved.unsupported, None);
+        assert_eq!(saved.to_config().entropy, config.entropy);
+        config.balloon = Some(BalloonDeviceConfig {
+            amount_mib: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 0,
+        });
+        config.pmem.push(PmemConfig {
+            id: "p".into(),
+            path_on_host: "/nonexistent".into(),
+            root_device: false,
+            read_only: true,
+        });
+        assert_eq!(
+            SavedConfig::of(&config).unsupported.as_deref(),
+            Some("a balloon device and pmem devices")
+        );
+    }
+}
