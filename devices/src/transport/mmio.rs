@@ -206,33 +206,7 @@ impl MmioTransport {
         irq: EventFd,
     ) -> Result<Self, TransportError> {
         let label = label.into();
-        let sizes = device.queue_max_sizes().to_vec();
-        if sizes.is_empty() {
-            return Err(TransportError::NoQueues { device: label });
-        }
-        if sizes.len() > MAX_QUEUES {
-            return Err(TransportError::TooManyQueues {
-                device: label,
-                count: sizes.len(),
-            });
-        }
-        let mut queues = Vec::with_capacity(sizes.len());
-        for (index, &size) in sizes.iter().enumerate() {
-            match Queue::new(size) {
-                Ok(q) if size <= MAX_QUEUE_SIZE => queues.push(q),
-                _ => {
-                    return Err(TransportError::QueueMaxSize {
-                        device: label,
-                        index,
-                        size,
-                    })
-                }
-            }
-        }
-        let state_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| TransportError::EventFd {
-            device: label.clone(),
-            source,
-        })?;
+        let (queues, state_evt) = new_queues(&label, device.as_ref())?;
         Ok(MmioTransport {
             label,
             device,
@@ -419,25 +393,22 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let old = self.status & DRIVER_STATUS_BITS;
-        let mut new = value & DRIVER_STATUS_BITS;
-        if new & old != old {
-            debug!(device = %self.label, old, new, "status write clears bits without a reset; ignored");
+        let label = self.label.clone();
+        let Some((new, added)) = next_status(&label, self.status, value, |new| {
+            let acked = negotiate_features(
+                &label,
+                self.device.as_mut(),
+                new,
+                self.driver_features,
+                self.driver_features_unknown,
+            );
+            if let Some(acked) = acked {
+                self.acked_features = acked;
+            }
+            acked.is_some()
+        }) else {
             return;
-        }
-        let added = new & !old;
-        if added & STATUS_DRIVER != 0 && new & STATUS_ACKNOWLEDGE == 0 {
-            debug!(device = %self.label, new, "DRIVER without ACKNOWLEDGE; ignored");
-            return;
-        }
-        if added & STATUS_FEATURES_OK != 0 && !self.negotiate(new) {
-            // The driver reads the status back and sees FEATURES_OK missing: negotiation failed.
-            new &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-        }
-        if added & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
-            debug!(device = %self.label, new, "DRIVER_OK without FEATURES_OK; ignored");
-            new &= !STATUS_DRIVER_OK;
-        }
+        };
         self.status = new | (self.status & DEVICE_NEEDS_RESET);
         if added & STATUS_FAILED != 0 {
             info!(device = %self.label, "the driver gave up on the virtio device (FAILED)");
@@ -448,29 +419,6 @@ impl MmioTransport {
         if new & STATUS_DRIVER_OK != 0 && added & STATUS_DRIVER_OK != 0 && !self.needs_reset.is_set() {
             self.activate();
         }
-    }
-
-    /// FEATURES_OK: the acked set must be within what was offered and include VERSION_1.
-    fn negotiate(&mut self, status: u32) -> bool {
-        let offered = self.device.avail_features();
-        let acked = self.driver_features;
-        let ok = status & STATUS_DRIVER != 0
-            && !self.driver_features_unknown
-            && acked & !offered == 0
-            && acked & VIRTIO_F_VERSION_1 != 0;
-        if ok {
-            self.acked_features = acked;
-            self.device.set_acked_features(acked);
-            debug!(device = %self.label, features = acked, "features negotiated");
-        } else {
-            warn!(
-                device = %self.label,
-                offered,
-                acked,
-                "feature negotiation refused: the driver needs VERSION_1 and only offered features"
-            );
-        }
-        ok
     }
 
     /// DRIVER_OK: validate the queues the driver set up, hand them over and start the device.
@@ -602,6 +550,103 @@ impl MmioTransport {
             QUEUE_DEVICE_HIGH => set_half(&mut regs.used, value, true),
             _ => {}
         }
+    }
+}
+
+/// The queues `device` asks for, each checked (at least one, at most `MAX_QUEUES`, sizes within
+/// `MAX_QUEUE_SIZE`), and the eventfd the transport signals its state changes on: what both transports
+/// build first.
+pub(crate) fn new_queues(label: &str, device: &dyn VirtioDevice) -> Result<(Vec<Queue>, EventFd), TransportError> {
+    let sizes = device.queue_max_sizes();
+    if sizes.is_empty() {
+        return Err(TransportError::NoQueues { device: label.into() });
+    }
+    if sizes.len() > MAX_QUEUES {
+        return Err(TransportError::TooManyQueues {
+            device: label.into(),
+            count: sizes.len(),
+        });
+    }
+    let mut queues = Vec::with_capacity(sizes.len());
+    for (index, &size) in sizes.iter().enumerate() {
+        match Queue::new(size) {
+            Ok(q) if size <= MAX_QUEUE_SIZE => queues.push(q),
+            _ => {
+                return Err(TransportError::QueueMaxSize {
+                    device: label.into(),
+                    index,
+                    size,
+                })
+            }
+        }
+    }
+    let state_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| TransportError::EventFd {
+        device: label.into(),
+        source,
+    })?;
+    Ok((queues, state_evt))
+}
+
+/// A driver's write of `value` (not 0: that is a reset) to a device status of `status`, checked against
+/// the order the virtio spec gives the bits. `None`: the write is ignored (it clears bits without a
+/// reset, or sets DRIVER without ACKNOWLEDGE). Otherwise the driver's new bits and those it added;
+/// FEATURES_OK is dropped when `negotiate` refuses the features, DRIVER_OK without FEATURES_OK. Shared by
+/// both transports.
+pub(crate) fn next_status(
+    label: &str,
+    status: u32,
+    value: u32,
+    negotiate: impl FnOnce(u32) -> bool,
+) -> Option<(u32, u32)> {
+    let old = status & DRIVER_STATUS_BITS;
+    let mut new = value & DRIVER_STATUS_BITS;
+    if new & old != old {
+        debug!(device = %label, old, new, "status write clears bits without a reset; ignored");
+        return None;
+    }
+    let added = new & !old;
+    if added & STATUS_DRIVER != 0 && new & STATUS_ACKNOWLEDGE == 0 {
+        debug!(device = %label, new, "DRIVER without ACKNOWLEDGE; ignored");
+        return None;
+    }
+    if added & STATUS_FEATURES_OK != 0 && !negotiate(new) {
+        // The driver reads the status back and sees FEATURES_OK missing: negotiation failed.
+        new &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    }
+    if added & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
+        debug!(device = %label, new, "DRIVER_OK without FEATURES_OK; ignored");
+        new &= !STATUS_DRIVER_OK;
+    }
+    Some((new, added))
+}
+
+/// FEATURES_OK: the driver's features are accepted (and given to the core) when DRIVER is set, every
+/// word it wrote was one the transport knows, they are within what the core offered and include
+/// VERSION_1. Returns the acked set.
+pub(crate) fn negotiate_features(
+    label: &str,
+    device: &mut dyn VirtioDevice,
+    status: u32,
+    acked: u64,
+    unknown_word_written: bool,
+) -> Option<u64> {
+    let offered = device.avail_features();
+    let ok = status & STATUS_DRIVER != 0
+        && !unknown_word_written
+        && acked & !offered == 0
+        && acked & VIRTIO_F_VERSION_1 != 0;
+    if ok {
+        device.set_acked_features(acked);
+        debug!(device = %label, features = acked, "features negotiated");
+        Some(acked)
+    } else {
+        warn!(
+            device = %label,
+            offered,
+            acked,
+            "feature negotiation refused: the driver needs VERSION_1 and only offered features"
+        );
+        None
     }
 }
 

@@ -25,13 +25,12 @@ use super::msix::{MsiVectors, MsixTable};
 use super::PciFunction;
 use crate::bus::BusDevice;
 use crate::transport::mmio::{
-    activate_queues, device_type_name, ActivationError, TransportError, DRIVER_STATUS_BITS, MAX_QUEUES, MAX_QUEUE_SIZE,
+    activate_queues, device_type_name, negotiate_features, new_queues, next_status, ActivationError, TransportError,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::transport::NeedsReset;
 use crate::virtio::{
     DeviceError, GuestMemory, QueueSet, QueueSignals, VirtioDevice, DEVICE_NEEDS_RESET, TYPE_BLOCK, TYPE_NET,
-    VIRTIO_F_VERSION_1,
 };
 
 pub use crate::transport::mmio::{
@@ -113,33 +112,8 @@ impl VirtioPciDevice {
         vectors: Box<dyn MsiVectors>,
     ) -> Result<Self, TransportError> {
         let label = label.into();
+        let (queues, state_evt) = new_queues(&label, device.as_ref())?;
         let sizes = device.queue_max_sizes().to_vec();
-        if sizes.is_empty() {
-            return Err(TransportError::NoQueues { device: label });
-        }
-        if sizes.len() > MAX_QUEUES {
-            return Err(TransportError::TooManyQueues {
-                device: label,
-                count: sizes.len(),
-            });
-        }
-        let mut queues = Vec::with_capacity(sizes.len());
-        for (index, &size) in sizes.iter().enumerate() {
-            match Queue::new(size) {
-                Ok(q) if size <= MAX_QUEUE_SIZE => queues.push(q),
-                _ => {
-                    return Err(TransportError::QueueMaxSize {
-                        device: label,
-                        index,
-                        size,
-                    })
-                }
-            }
-        }
-        let state_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| TransportError::EventFd {
-            device: label.clone(),
-            source,
-        })?;
         let device_type = device.device_type();
         // Class codes: network controller, mass storage (other), or "other" for the rest.
         let class = match device_type {
@@ -388,24 +362,22 @@ impl VirtioPciDevice {
             self.reset();
             return;
         }
-        let old = self.common.status & DRIVER_STATUS_BITS;
-        let mut new = value & DRIVER_STATUS_BITS;
-        if new & old != old {
-            debug!(device = %self.label, old, new, "status write clears bits without a reset; ignored");
+        let label = self.label.clone();
+        let Some((new, added)) = next_status(&label, self.common.status, value, |new| {
+            let acked = negotiate_features(
+                &label,
+                self.device.as_mut(),
+                new,
+                self.common.driver_features,
+                self.common.driver_features_unknown,
+            );
+            if let Some(acked) = acked {
+                self.acked_features = acked;
+            }
+            acked.is_some()
+        }) else {
             return;
-        }
-        let added = new & !old;
-        if added & STATUS_DRIVER != 0 && new & STATUS_ACKNOWLEDGE == 0 {
-            debug!(device = %self.label, new, "DRIVER without ACKNOWLEDGE; ignored");
-            return;
-        }
-        if added & STATUS_FEATURES_OK != 0 && !self.negotiate(new) {
-            new &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-        }
-        if added & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
-            debug!(device = %self.label, new, "DRIVER_OK without FEATURES_OK; ignored");
-            new &= !STATUS_DRIVER_OK;
-        }
+        };
         self.common.status = new | (self.common.status & DEVICE_NEEDS_RESET);
         if added & STATUS_FAILED != 0 {
             info!(device = %self.label, "the driver gave up on the virtio device (FAILED)");
@@ -416,24 +388,6 @@ impl VirtioPciDevice {
         if new & STATUS_DRIVER_OK != 0 && added & STATUS_DRIVER_OK != 0 && !self.needs_reset.is_set() {
             self.activate();
         }
-    }
-
-    /// FEATURES_OK: the acked set must be within what was offered and include VERSION_1.
-    fn negotiate(&mut self, status: u32) -> bool {
-        let offered = self.device.avail_features();
-        let acked = self.common.driver_features;
-        let ok = status & STATUS_DRIVER != 0
-            && !self.common.driver_features_unknown
-            && acked & !offered == 0
-            && acked & VIRTIO_F_VERSION_1 != 0;
-        if ok {
-            self.acked_features = acked;
-            self.device.set_acked_features(acked);
-            debug!(device = %self.label, features = acked, "features negotiated");
-        } else {
-            warn!(device = %self.label, offered, acked, "feature negotiation refused: the driver needs VERSION_1 and only offered features");
-        }
-        ok
     }
 
     fn activate(&mut self) {
