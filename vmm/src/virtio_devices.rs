@@ -361,6 +361,36 @@ pub fn mmio_cmdline(addr: u64, irq: u32) -> String {
     format!("virtio_mmio.device={}K@{addr:#x}:{irq}", MMIO_WINDOW_SIZE >> 10)
 }
 
+/// One ioeventfd per queue, at the address (and, if given, with the value) that `notify` names for it. A
+/// queue KVM refuses one for is left out: its kicks take the MMIO-exit path.
+fn queue_ioeventfds(
+    vm: &VmFd,
+    label: &str,
+    queues: usize,
+    notify: impl Fn(usize) -> (IoEventAddress, Option<u32>),
+) -> Vec<(usize, EventFd)> {
+    let mut ioeventfds = Vec::with_capacity(queues);
+    for index in 0..queues {
+        let (addr, value) = notify(index);
+        let registered = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| e.to_string())
+            .and_then(|evt| {
+                let result = match value {
+                    Some(value) => vm.register_ioevent(&evt, &addr, value),
+                    None => vm.register_ioevent(&evt, &addr, NoDatamatch),
+                };
+                result.map(|()| evt).map_err(|e| e.to_string())
+            });
+        match registered {
+            Ok(evt) => ioeventfds.push((index, evt)),
+            Err(error) => {
+                warn!(device = %label, index, %error, "no ioeventfd for this queue; its notifications take the MMIO-exit path");
+            }
+        }
+    }
+    ioeventfds
+}
+
 /// Puts `core` behind a virtio-mmio window at `addr` with interrupt line `irq`: the transport goes on the
 /// MMIO bus, its interrupt eventfd becomes a KVM irqfd, each queue gets an ioeventfd on QueueNotify (the
 /// MMIO-exit path stays as the fallback when KVM refuses one). Returns the event-loop subscriber and the
@@ -386,22 +416,10 @@ pub fn attach_mmio(
     let transport = MmioTransport::new(label.clone(), device.core, mem.clone(), irq_evt)?;
     let kind = device_type_name(transport.device_type());
 
-    let mut ioeventfds = Vec::with_capacity(transport.queue_count());
-    for index in 0..transport.queue_count() {
-        let registered = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| e.to_string())
-            .and_then(|evt| {
-                vm.register_ioevent(&evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), index as u32)
-                    .map(|()| evt)
-                    .map_err(|e| e.to_string())
-            });
-        match registered {
-            Ok(evt) => ioeventfds.push((index, evt)),
-            Err(error) => {
-                warn!(device = %label, index, %error, "no ioeventfd for this queue; its notifications take the MMIO-exit path");
-            }
-        }
-    }
+    // Queue i's kicks are QueueNotify writes of i.
+    let ioeventfds = queue_ioeventfds(vm, &label, transport.queue_count(), |index| {
+        (IoEventAddress::Mmio(addr + QUEUE_NOTIFY), Some(index as u32))
+    });
 
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(transport.clone() as Arc<Mutex<dyn BusDevice>>, addr, MMIO_WINDOW_SIZE)
@@ -440,22 +458,10 @@ pub fn attach_pci(
     })?;
     let function = VirtioPciDevice::new(label.clone(), device.core, mem.clone(), bar, Box::new(vectors))?;
     let kind = device_type_name(function.device_type());
-    let mut ioeventfds = Vec::with_capacity(function.queue_count());
-    for index in 0..function.queue_count() {
-        let registered = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| e.to_string())
-            .and_then(|evt| {
-                vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify_address(bar, index)), NoDatamatch)
-                    .map(|()| evt)
-                    .map_err(|e| e.to_string())
-            });
-        match registered {
-            Ok(evt) => ioeventfds.push((index, evt)),
-            Err(error) => {
-                warn!(device = %label, index, %error, "no ioeventfd for this queue; its notifications take the MMIO-exit path");
-            }
-        }
-    }
+    // Queue i has its own notification slot: any write there is a kick.
+    let ioeventfds = queue_ioeventfds(vm, &label, function.queue_count(), |index| {
+        (IoEventAddress::Mmio(notify_address(bar, index)), None)
+    });
     let function = Arc::new(Mutex::new(function));
     mmio.insert(function.clone() as Arc<Mutex<dyn BusDevice>>, bar, BAR_SIZE)
         .map_err(|source| AttachError::Bus {
