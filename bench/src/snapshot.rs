@@ -5,7 +5,9 @@
 //! pause, a Diff snapshot and the bytes it allocates; then a new hull loads the Full snapshot with the
 //! File backend and `resume_vm`: load request → response, load request → the guest's first dot (its
 //! first instructions after the restore, within one dot period), hull's RSS right after the load, and
-//! again once the guest has written every page of its memory.
+//! again once the guest has written every page of its memory; then another new hull loads it with the
+//! Uffd backend, its pages served by `hull-uffd-handler` from the same file: load request → response and
+//! → the guest's first dot.
 //!
 //! Every hull runs through `hull_tests::Hull` (killed and cleaned up when dropped); every wait has a
 //! deadline; guest output is only searched.
@@ -27,7 +29,7 @@ const GUEST_MIB: u64 = 64;
 pub fn run(runs: usize) -> Vec<Section> {
     vec![run_section(
         "snapshot",
-        "tiny guest, 64 MiB, dirty tracking on: create (Full, Diff), sizes, load → first guest instruction, RSS",
+        "tiny guest, 64 MiB, dirty tracking on: create (Full, Diff), sizes, load (File, Uffd) → first guest instruction, RSS",
         |s| measure(s, runs),
     )]
 }
@@ -77,6 +79,8 @@ struct Samples {
     first_ms: Vec<f64>,
     rss_before: Vec<f64>,
     rss_after: Vec<f64>,
+    uffd_load_ms: Vec<f64>,
+    uffd_first_ms: Vec<f64>,
 }
 
 fn measure(s: &mut Section, runs: usize) -> Result<()> {
@@ -98,6 +102,16 @@ fn measure(s: &mut Section, runs: usize) -> Result<()> {
         "load request → guest's first output (first instructions)",
         "ms",
         x.first_ms,
+    );
+    s.metric(
+        "PUT /snapshot/load Uffd (hull-uffd-handler), resume_vm (request → response)",
+        "ms",
+        x.uffd_load_ms,
+    );
+    s.metric(
+        "Uffd: load request → guest's first output (first instructions)",
+        "ms",
+        x.uffd_first_ms,
     );
     s.metric("restored hull VmRSS right after the load", "MiB", x.rss_before);
     s.metric(
@@ -177,5 +191,53 @@ fn one_run(x: &mut Samples) -> Result<()> {
     if let Some(rss) = rss_mib(&restored) {
         x.rss_after.push(rss);
     }
+    drop(restored);
+    load_with_uffd(dir.path(), &state, &mem, x)
+}
+
+/// The same Full snapshot loaded with the Uffd backend: `hull-uffd-handler` serves its pages.
+fn load_with_uffd(dir: &Path, state: &Path, mem: &Path, x: &mut Samples) -> Result<()> {
+    let handler_bin = hull_tests::hull_bin().with_file_name("hull-uffd-handler");
+    let socket = dir.join("uffd.sock");
+    let handler = std::process::Command::new(&handler_bin)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--mem-file")
+        .arg(mem)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(fail(format!("starting {}", handler_bin.display())))?;
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _handler = Reap(handler);
+    let deadline = Instant::now() + TIMEOUT;
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err(BenchError::failed(
+                "hull-uffd-handler did not create its socket".to_string(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let restored = Hull::with_api("bench-snap-uffd", &[]);
+    let api = restored.api();
+    let t0 = Instant::now();
+    let load = request(
+        &api,
+        "PUT",
+        "/snapshot/load",
+        json!({ "snapshot_path": state, "mem_backend": { "backend_type": "Uffd", "backend_path": socket }, "resume_vm": true }),
+    )?;
+    x.uffd_load_ms.push(ms(load));
+    restored
+        .wait_for_output(".", TIMEOUT)
+        .ok_or_else(|| BenchError::failed(format!("no output after the Uffd load\n{}", restored.report())))?;
+    x.uffd_first_ms.push(ms(t0.elapsed()));
     Ok(())
 }
