@@ -547,6 +547,54 @@ mod tests {
         );
     }
 
+    /// The IA32_ARCH_CAPABILITIES modifiers on a real vCPU (KVM emulates the MSR on AMD hosts too).
+    /// The vCPU gets its templated CPUID first, as in the builder: KVM takes the MSR only when the
+    /// guest's CPUID shows it, and only bits the host's KVM offers (its feature MSR), so T2S's forced
+    /// ones are refused, naming the MSR, where KVM lacks one of them, as under Firecracker.
+    #[test]
+    fn arch_capabilities_modifiers_reach_a_vcpu() {
+        use kvm_bindings::{kvm_msr_entry, Msrs};
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        };
+        let arch_caps = || {
+            Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_IA32_ARCH_CAPABILITIES,
+                ..Default::default()
+            }])
+            .unwrap()
+        };
+        let mut offered = arch_caps();
+        assert_eq!(kvm.get_msrs(&mut offered).unwrap(), 1);
+        let offered = offered.as_slice()[0].data;
+        let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+        for name in [CpuTemplateName::T2S, CpuTemplateName::T2CL] {
+            let template = static_template(name, false);
+            let modifier = template.builtin().unwrap().msr_modifiers[0];
+            let vm = kvm.create_vm().unwrap();
+            let vcpu = vm.create_vcpu(0).unwrap();
+            vcpu.set_cpuid2(&vcpu_cpuid(&supported, 0, 1, template).unwrap())
+                .unwrap();
+            let read = || {
+                let mut msrs = arch_caps();
+                assert_eq!(vcpu.get_msrs(&mut msrs).unwrap(), 1);
+                msrs.as_slice()[0].data
+            };
+            let before = read();
+            let wanted = modifier.bitmap.apply(before);
+            let result = template.builtin().unwrap().apply_msrs(&vcpu, 0);
+            if wanted & !offered == 0 {
+                result.unwrap();
+                assert_eq!(read(), wanted, "{name:?}: before {before:#x}");
+            } else {
+                let e = result.unwrap_err().to_string();
+                assert!(e.contains("MSR 0x10a"), "{name:?}: {e}");
+                assert_eq!(read(), before, "{name:?}");
+            }
+        }
+    }
+
     #[test]
     fn t2a_matches_firecrackers_table() {
         let mut s = sample();
