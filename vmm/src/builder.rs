@@ -504,13 +504,18 @@ fn create_vcpus(
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut fds = Vec::with_capacity(usize::from(count));
     let mut cpuids = Vec::with_capacity(usize::from(count));
+    let builtin = template.builtin();
     for index in 0..count {
         let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let mut cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template);
+        let mut cpuid = cpu_template::vcpu_cpuid(&supported, index, count, template)?;
         if let Some(custom) = custom {
             custom.apply_cpuid(&mut cpuid)?;
         }
         vcpu::configure_vcpu(&fd, index, mem, &cpuid, entry)?;
+        // A static template's MSR bits (T2S, T2CL: IA32_ARCH_CAPABILITIES), then the custom ones.
+        if let Some(builtin) = &builtin {
+            builtin.apply_msrs(&fd, index)?;
+        }
         if let Some(custom) = custom {
             custom.apply_msrs(&fd, index)?;
         }

@@ -111,8 +111,9 @@ fn check_readable(path: &std::path::Path) -> Result<(), String> {
 }
 
 /// CPU templates: which CPU features the guest is shown. Firecracker's static templates keep their names
-/// and their host checks (`cpu_template.rs`): Intel ones are refused on AMD at `InstanceStart`, as
-/// Firecracker refuses them, `T2A` only applies on AMD, and `V1N1` (Arm) never on x86_64.
+/// their bits and their host checks (`cpu_template.rs`): Intel ones apply on Intel hosts and are refused
+/// elsewhere at `InstanceStart`, as Firecracker refuses them, `T2A` only applies on AMD, and `V1N1` (Arm)
+/// never on x86_64.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuTemplateName {
     /// Pass KVM's supported CPUID through, except on a software KVM (`kvm_pvm`), where `SoftKvm` is chosen.
