@@ -975,6 +975,8 @@ fn flush_metrics_after_boot_writes_a_json_line_with_firecracker_keys() {
     std::fs::write(dir.path().join("vm.json"), cfg.to_string()).unwrap();
     let hull = spawn_in(dir, &["--config-file", "vm.json", "--metrics-path", "metrics.json"]);
     hull.wait_for_api(TIMEOUT);
+    // The guest's first line is out (every byte of it counted by the UART) before anything is flushed.
+    assert!(hull.wait_for_output("tick 0", TIMEOUT).is_some(), "{}", hull.report());
     // Opening files is a pre-boot operation: refused once the guest runs.
     let late = hull.request("PUT", "/logger", Some(r#"{"log_path":"late.log"}"#));
     assert_eq!(late.status, 400, "{}", late.body);

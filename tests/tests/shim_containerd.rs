@@ -348,7 +348,7 @@ fn ctr_run_tty() {
     let ctr = format!(
         "stty rows 33 cols 101; \
          ctr --address {} run --rm -t --runtime {RUNTIME} --runtime-config-path {cfg} {BUSYBOX_IMAGE} {id} \
-         sh -c 'tty; uname -r; i=0; while [ \"$(stty size)\" != \"33 101\" ] && [ $i -lt 100 ]; do \
+         sh -c 'tty; uname -r; i=0; while [ \"$(stty size 2>/dev/null)\" != \"33 101\" ] && [ $i -lt 100 ]; do \
          sleep 0.1; i=$((i+1)); done; stty size; exit 4'",
         s.ctd.socket().display()
     );
