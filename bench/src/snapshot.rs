@@ -168,15 +168,7 @@ fn one_run(x: &mut Samples) -> Result<()> {
     x.mem_mib.push(mib(allocated(&mem)?));
     x.diff_mib.push(mib(allocated(&diff)?));
 
-    let restored = Hull::with_api("bench-snap-dst", &[]);
-    let api = restored.api();
-    let t0 = Instant::now();
-    let load = request(
-        &api,
-        "PUT",
-        "/snapshot/load",
-        json!({ "snapshot_path": state, "mem_backend": { "backend_type": "File", "backend_path": mem }, "resume_vm": true }),
-    )?;
+    let (restored, t0, load) = load_into_new_hull("bench-snap-dst", &state, "File", &mem)?;
     x.load_ms.push(ms(load));
     if let Some(rss) = rss_mib(&restored) {
         x.rss_before.push(rss);
@@ -193,6 +185,21 @@ fn one_run(x: &mut Samples) -> Result<()> {
     }
     drop(restored);
     load_with_uffd(dir.path(), &state, &mem, x)
+}
+
+/// A new hull that loads `state` with `resume_vm` and the memory backend `backend` at `path`: the hull,
+/// when the load request went out, and how long it took to answer.
+fn load_into_new_hull(name: &str, state: &Path, backend: &str, path: &Path) -> Result<(Hull, Instant, Duration)> {
+    let restored = Hull::with_api(name, &[]);
+    let api = restored.api();
+    let t0 = Instant::now();
+    let load = request(
+        &api,
+        "PUT",
+        "/snapshot/load",
+        json!({ "snapshot_path": state, "mem_backend": { "backend_type": backend, "backend_path": path }, "resume_vm": true }),
+    )?;
+    Ok((restored, t0, load))
 }
 
 /// The same Full snapshot loaded with the Uffd backend: `hull-uffd-handler` serves its pages.
@@ -225,15 +232,7 @@ fn load_with_uffd(dir: &Path, state: &Path, mem: &Path, x: &mut Samples) -> Resu
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let restored = Hull::with_api("bench-snap-uffd", &[]);
-    let api = restored.api();
-    let t0 = Instant::now();
-    let load = request(
-        &api,
-        "PUT",
-        "/snapshot/load",
-        json!({ "snapshot_path": state, "mem_backend": { "backend_type": "Uffd", "backend_path": socket }, "resume_vm": true }),
-    )?;
+    let (restored, t0, load) = load_into_new_hull("bench-snap-uffd", state, "Uffd", &socket)?;
     x.uffd_load_ms.push(ms(load));
     restored
         .wait_for_output(".", TIMEOUT)
