@@ -21,6 +21,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("halt.S", "halt.elf"),
     ("snapcount.S", "snapcount.elf"),
     ("memtouch.S", "memtouch.elf"),
+    ("devcfg.S", "devcfg.elf"),
 ];
 
 fn main() {

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use vmm::snapshot::{CreateParams, LoadParams, MemBackend, NetworkOverride, SnapshotType};
+use vmm::snapshot::{
+    CreateParams, DriveOverride, LoadParams, MemBackend, NetworkOverride, SnapshotType, VsockOverride,
+};
 
 /// `PUT /snapshot/create`.
 #[derive(Debug, Deserialize)]
@@ -61,6 +63,11 @@ pub struct SnapshotLoadBody {
     pub resume_vm: bool,
     #[serde(default)]
     pub network_overrides: Vec<NetworkOverride>,
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+    /// A hull extension: other backing files for the snapshot's drives.
+    #[serde(default)]
+    pub drive_overrides: Vec<DriveOverride>,
 }
 
 /// A load body that names its memory wrongly (Firecracker's messages).
@@ -91,6 +98,8 @@ impl TryFrom<SnapshotLoadBody> for LoadParams {
             track_dirty_pages: b.track_dirty_pages || b.enable_diff_snapshots,
             resume_vm: b.resume_vm,
             network_overrides: b.network_overrides,
+            vsock_override: b.vsock_override,
+            drive_overrides: b.drive_overrides,
         })
     }
 }
@@ -112,6 +121,18 @@ mod tests {
         let p = load(r#"{"snapshot_path":"s","mem_file_path":"m","resume_vm":true,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}]}"#).unwrap();
         assert_eq!(p.mem_backend, MemBackend::File("m".into()));
         assert_eq!(p.network_overrides[0].host_dev_name, "tap1");
+        let p = load(
+            r#"{"snapshot_path":"s","mem_file_path":"m","vsock_override":{"uds_path":"/v.sock","guest_cid":7},
+                "drive_overrides":[{"drive_id":"slot0","path_on_host":"/e"}]}"#,
+        )
+        .unwrap();
+        let v = p.vsock_override.unwrap();
+        assert_eq!((v.uds_path, v.guest_cid), ("/v.sock".into(), Some(7)));
+        assert_eq!(p.drive_overrides[0].drive_id, "slot0");
+        assert!(serde_json::from_str::<SnapshotLoadBody>(
+            r#"{"snapshot_path":"s","mem_file_path":"m","vsock_override":{"uds_path":"/v","cid":7}}"#
+        )
+        .is_err());
         let both = load(
             r#"{"snapshot_path":"s","mem_file_path":"m","mem_backend":{"backend_type":"Uffd","backend_path":"u"}}"#,
         );

@@ -36,6 +36,8 @@ pub enum BackendError {
     Api { path: String, detail: String },
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
+    #[error("{0} needs the kvm backend (the hull VMM); the qemu backend has none")]
+    Unsupported(&'static str),
 }
 
 /// A block device for the guest: the rootfs first, then volumes. `id` is the drive id (kvm) and the
@@ -60,6 +62,9 @@ pub struct VmLaunchConfig<'a> {
     /// Spare disk slots (ids `slot0`, `slot1`, ...): empty at boot, given an image later with
     /// [`Vm::attach_disk`] (the guest sees the capacity change).
     pub slots: usize,
+    /// Spare disk slots that take read-write images (ids `wslot0`, `wslot1`, ...), after the read-only ones:
+    /// a restored template's scratch disk and volumes go there.
+    pub rw_slots: usize,
     pub tap: Option<&'a str>,
     /// The guest NIC's MAC address (default: the backend's choice).
     pub mac: Option<&'a str>,
@@ -90,11 +95,24 @@ pub trait Vm: Send {
     fn stop(&mut self, grace: Duration);
     /// Gives spare slot `slot` (`slot0`, ...) the disk image `image` (replacing what it had).
     fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError>;
+    /// Lets a VM restored Paused ([`restore_in_cgroup`]) run. The kvm backend only.
+    fn resume(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("resuming a restored VM"))
+    }
+    /// Pauses the VM and writes a full snapshot of it to `to`. The kvm backend only.
+    fn snapshot(&mut self, _to: &SnapshotFiles) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("snapshots"))
+    }
 }
 
 /// The id of spare slot `i`.
 pub fn slot_id(i: usize) -> String {
     format!("slot{i}")
+}
+
+/// The id of spare read-write slot `i`.
+pub fn rw_slot_id(i: usize) -> String {
+    format!("wslot{i}")
 }
 
 /// The guest device a drive or slot shows up as, for the agent's `Storage.device`: the disk's virtio-blk
@@ -107,18 +125,31 @@ pub fn guest_device(kind: BackendKind, index: usize, id: &str) -> String {
     }
 }
 
-/// Creates the empty placeholder image of every slot.
-fn slot_placeholders(cfg: &VmLaunchConfig) -> Result<Vec<(String, PathBuf)>, BackendError> {
-    (0..cfg.slots)
-        .map(|i| {
-            let path = cfg.dir.join(format!("{}.empty", slot_id(i)));
-            crate::guard::create_private_file(&path).map_err(|source| BackendError::Spawn {
-                what: format!("slot placeholder {}", path.display()),
-                source,
-            })?;
-            Ok((slot_id(i), path))
+/// A spare slot: its id, its empty placeholder image, and whether it takes read-write images.
+struct Slot {
+    id: String,
+    placeholder: PathBuf,
+    writable: bool,
+}
+
+/// Creates the empty placeholder image of every slot: the read-only ones, then the read-write ones.
+fn slot_placeholders(cfg: &VmLaunchConfig) -> Result<Vec<Slot>, BackendError> {
+    let ids = (0..cfg.slots)
+        .map(|i| (slot_id(i), false))
+        .chain((0..cfg.rw_slots).map(|i| (rw_slot_id(i), true)));
+    ids.map(|(id, writable)| {
+        let placeholder = cfg.dir.join(format!("{id}.empty"));
+        crate::guard::create_private_file(&placeholder).map_err(|source| BackendError::Spawn {
+            what: format!("slot placeholder {}", placeholder.display()),
+            source,
+        })?;
+        Ok(Slot {
+            id,
+            placeholder,
+            writable,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// Decides the backend; returns it with the reason, which the caller prints.
@@ -362,7 +393,7 @@ impl QemuVm {
             jails.push(files);
         }
         let mut controls = Vec::new();
-        for (j, (id, placeholder)) in slot_placeholders(cfg)?.into_iter().enumerate() {
+        for (j, Slot { id, placeholder, .. }) in slot_placeholders(cfg)?.into_iter().enumerate() {
             let i = cfg.drives.len() + j;
             let files = ProcFiles::new(cfg, &id)?;
             let (sock, sock_arg) = files.own(&format!("blk{i}.sock"));
@@ -619,6 +650,8 @@ pub struct KvmVm {
     /// hull's files and jail (dropped after `hull`, which is killed first); disks attached later are linked in.
     files: ProcFiles,
     attached: usize,
+    /// The spare slots configured read-write (the others take read-only images only).
+    writable_slots: Vec<String>,
 }
 
 /// Where one hull process (the VMM, or a device backend) finds its files: in the VM's directory as they
@@ -670,11 +703,36 @@ impl ProcFiles {
     }
 }
 
+/// A `hull` process spawned for a VM, its API socket answering, nothing configured yet.
+struct SpawnedHull {
+    hull: ChildGuard,
+    files: ProcFiles,
+    api: ApiClient,
+    /// The hybrid vsock socket: its host path, and the path hull is given.
+    uds: (PathBuf, PathBuf),
+    console: PathBuf,
+}
+
 impl KvmVm {
-    fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<KvmVm, BackendError> {
+    /// Starts `hull` (through hull-jailer when jailed) and waits for its API socket.
+    fn spawn(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<SpawnedHull, BackendError> {
         let d = cfg.dir;
         let files = ProcFiles::new(cfg, "vmm")?;
         let (api, api_arg) = files.own("run/api.sock");
+        if let Some(parent) = api.parent().filter(|_| files.jail.is_none()) {
+            crate::guard::create_private_dir(parent, false)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|source| BackendError::Spawn {
+                    what: format!("the API socket's directory {}", parent.display()),
+                    source,
+                })?;
+        }
         let (console, console_arg) = files.own("console.log");
         let (uds, uds_arg) = files.own("vsock.sock");
         let args = [
@@ -695,8 +753,6 @@ impl KvmVm {
             crate::jail::set_tap_owner(tap, cfg.netns, j.uid, j.gid)?;
         }
         link_vsock_uds(cfg, &uds)?;
-        let kernel = files.give(cfg.kernel, "vmlinux", Access::Read)?;
-        let initrd = files.give(cfg.initrd, "initrd", Access::Read)?;
         let log = d.join("hull-vmm.log");
         let output = capped(&log)?;
         join_cgroups(&mut cmd, cgroup_procs)?;
@@ -711,7 +767,25 @@ impl KvmVm {
                 log: log.display().to_string(),
             });
         }
-        let client = ApiClient::new(&api);
+        Ok(SpawnedHull {
+            hull,
+            files,
+            api: ApiClient::new(&api),
+            uds: (uds, uds_arg),
+            console,
+        })
+    }
+
+    fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<KvmVm, BackendError> {
+        let SpawnedHull {
+            hull,
+            files,
+            api: client,
+            uds: (uds, uds_arg),
+            console,
+        } = KvmVm::spawn(cfg, cgroup_procs)?;
+        let kernel = files.give(cfg.kernel, "vmlinux", Access::Read)?;
+        let initrd = files.give(cfg.initrd, "initrd", Access::Read)?;
         let put = |path: &str, body: serde_json::Value| api_call(&client, "PUT", path, &body);
         put(
             "/boot-source",
@@ -721,7 +795,10 @@ impl KvmVm {
         )?;
         put(
             "/machine-config",
-            serde_json::json!({ "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib, "cpu_template": cpu_template() }),
+            serde_json::json!({
+                "vcpu_count": cfg.cpus, "mem_size_mib": cfg.mem_mib, "cpu_template": cpu_template(),
+                "track_dirty_pages": false
+            }),
         )?;
         for drive in cfg.drives {
             let access = if drive.read_only {
@@ -738,14 +815,20 @@ impl KvmVm {
                 }),
             )?;
         }
-        for (id, placeholder) in slot_placeholders(cfg)? {
-            let placeholder = files.give(&placeholder, &format!("{id}.empty"), Access::Read)?;
+        let mut writable_slots = Vec::new();
+        for slot in slot_placeholders(cfg)? {
+            let access = if slot.writable { Access::ReadWrite } else { Access::Read };
+            let placeholder = files.give(&slot.placeholder, &format!("{}.empty", slot.id), access)?;
             put(
-                &format!("/drives/{id}"),
+                &format!("/drives/{}", slot.id),
                 serde_json::json!({
-                    "drive_id": id, "path_on_host": placeholder, "is_root_device": false, "is_read_only": true
+                    "drive_id": slot.id, "path_on_host": placeholder, "is_root_device": false,
+                    "is_read_only": !slot.writable
                 }),
             )?;
+            if slot.writable {
+                writable_slots.push(slot.id);
+            }
         }
         put(
             "/vsock",
@@ -768,8 +851,142 @@ impl KvmVm {
             api: client,
             files,
             attached: 0,
+            writable_slots,
         })
     }
+
+    /// Restores the template `snapshot` (state file and memory file) in a new `hull`, Paused: its vsock
+    /// socket in this VM's directory (or jail) with the guest CID `guest_cid`, every slot on a fresh empty
+    /// placeholder of this VM's own, the NIC (if the template has one) on `cfg.tap`. `cfg` must describe
+    /// the VM the template was made from (its slots, NIC); the kernel and initramfs are not read.
+    fn restore(
+        cfg: &VmLaunchConfig,
+        snapshot: &SnapshotFiles,
+        guest_cid: u32,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<KvmVm, BackendError> {
+        let SpawnedHull {
+            hull,
+            files,
+            api: client,
+            uds: (uds, uds_arg),
+            console,
+        } = KvmVm::spawn(cfg, cgroup_procs)?;
+        let state = files.give(&snapshot.state, "template.snap", Access::Read)?;
+        // Mapped privately: the template's memory file is shared by every clone and written by none.
+        let mem = files.give(&snapshot.memory, "template.mem", Access::Read)?;
+        let mut drive_overrides = Vec::new();
+        let mut writable_slots = Vec::new();
+        for slot in slot_placeholders(cfg)? {
+            let access = if slot.writable { Access::ReadWrite } else { Access::Read };
+            let placeholder = files.give(&slot.placeholder, &format!("{}.empty", slot.id), access)?;
+            drive_overrides.push(serde_json::json!({ "drive_id": slot.id, "path_on_host": placeholder }));
+            if slot.writable {
+                writable_slots.push(slot.id);
+            }
+        }
+        let mut body = serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": { "backend_type": "File", "backend_path": mem },
+            "resume_vm": false,
+            "vsock_override": { "uds_path": uds_arg, "guest_cid": guest_cid },
+            "drive_overrides": drive_overrides,
+        });
+        if let Some(tap) = cfg.tap {
+            body["network_overrides"] = serde_json::json!([{ "iface_id": "eth0", "host_dev_name": tap }]);
+        }
+        api_call(&client, "PUT", "/snapshot/load", &body)?;
+        Ok(KvmVm {
+            uds,
+            console,
+            hull,
+            api: client,
+            files,
+            attached: 0,
+            writable_slots,
+        })
+    }
+
+    /// Pauses the VM and writes a full snapshot of it to `to` (the files are created by hull, in its jail
+    /// when jailed, then moved there).
+    fn write_snapshot(&self, to: &SnapshotFiles) -> Result<(), BackendError> {
+        api_call(&self.api, "PATCH", "/vm", &serde_json::json!({ "state": "Paused" }))?;
+        let (state_host, state_arg) = self.files.own("template.snap");
+        let (mem_host, mem_arg) = self.files.own("template.mem");
+        api_call(
+            &self.api,
+            "PUT",
+            "/snapshot/create",
+            &serde_json::json!({ "snapshot_path": state_arg, "mem_file_path": mem_arg, "snapshot_type": "Full" }),
+        )?;
+        for (from, to) in [(&state_host, &to.state), (&mem_host, &to.memory)] {
+            move_file(from, to).map_err(|source| BackendError::Spawn {
+                what: format!("moving {} to {}", from.display(), to.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Renames `from` to `to`, or copies it when they are on different file systems; `to` ends up root's, 0600.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to)?;
+        std::fs::remove_file(from)?;
+    }
+    std::os::unix::fs::chown(to, Some(0), Some(0)).or_else(|e| {
+        // Not root (an unjailed run by a user): the file is the caller's already.
+        if e.raw_os_error() == Some(libc::EPERM) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+}
+
+/// A snapshot's two files: the state file and the guest memory file.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+}
+
+/// Restores a snapshot of a VM made from `cfg` (kvm backend only), Paused, as [`start_in_cgroup`] starts
+/// one: jailed, under a uid of its own. `resume_vm` lets it run once the caller attached its disks.
+pub fn restore_in_cgroup(
+    cfg: &VmLaunchConfig,
+    snapshot: &SnapshotFiles,
+    guest_cid: u32,
+    cgroup_procs: &[PathBuf],
+) -> Result<Box<dyn Vm>, BackendError> {
+    let Some(jail) = cfg.jail else {
+        return Ok(Box::new(KvmVm::restore(cfg, snapshot, guest_cid, cgroup_procs)?));
+    };
+    let (own, claim) = crate::jail_uid::claim(jail)?;
+    let cfg = VmLaunchConfig {
+        jail: Some(&own),
+        ..cfg.clone()
+    };
+    let vm = KvmVm::restore(&cfg, snapshot, guest_cid, cgroup_procs)?;
+    Ok(Box::new(crate::jail_uid::ClaimedVm::new(Box::new(vm), claim)))
+}
+
+/// Starts a VM from `cfg` (kvm backend only) for a snapshot: [`SnapshottableVm::snapshot`] pauses it and
+/// writes it out.
+pub fn start_for_snapshot(cfg: &VmLaunchConfig) -> Result<Box<dyn Vm>, BackendError> {
+    let Some(jail) = cfg.jail else {
+        return Ok(Box::new(KvmVm::start(cfg, &[])?));
+    };
+    let (own, claim) = crate::jail_uid::claim(jail)?;
+    let cfg = VmLaunchConfig {
+        jail: Some(&own),
+        ..cfg.clone()
+    };
+    let vm = KvmVm::start(&cfg, &[])?;
+    Ok(Box::new(crate::jail_uid::ClaimedVm::new(Box::new(vm), claim)))
 }
 
 /// The CPU template hull is asked for: `SoftKvm` on the software KVM (`kvm_pvm`), decided here because a
@@ -821,18 +1038,24 @@ impl Vm for KvmVm {
 
     fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError> {
         // Firecracker's semantics: PATCH replaces the backing file of a running VM's drive; its read-only
-        // flag stays what the slot was configured with (read-only, so a shared cached image stays intact).
-        if !read_only {
+        // flag stays what the slot was configured with, so a read-only slot (a shared cached image stays
+        // intact) takes only read-only images and a read-write slot only images the guest may write.
+        let writable = self.writable_slots.iter().any(|s| s == slot);
+        if writable == read_only {
             return Err(BackendError::Api {
                 path: format!("/drives/{slot}"),
-                detail: "the kvm backend attaches disks to a running VM read-only".into(),
+                detail: format!(
+                    "slot {slot} takes {} images only",
+                    if writable { "read-write" } else { "read-only" }
+                ),
             });
         }
         // A fresh name per attach: the previous image may still be open in hull until the PATCH is done.
         self.attached += 1;
+        let access = if read_only { Access::Read } else { Access::ReadWrite };
         let path = self
             .files
-            .give(image, &format!("{slot}-{}.img", self.attached), Access::Read)?;
+            .give(image, &format!("{slot}-{}.img", self.attached), access)?;
         api_call(
             &self.api,
             "PATCH",
@@ -844,5 +1067,13 @@ impl Vm for KvmVm {
     fn stop(&mut self, grace: Duration) {
         self.hull.wait_timeout(grace);
         self.hull.kill();
+    }
+
+    fn resume(&mut self) -> Result<(), BackendError> {
+        api_call(&self.api, "PATCH", "/vm", &serde_json::json!({ "state": "Resumed" }))
+    }
+
+    fn snapshot(&mut self, to: &SnapshotFiles) -> Result<(), BackendError> {
+        self.write_snapshot(to)
     }
 }

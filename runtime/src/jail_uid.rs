@@ -71,6 +71,12 @@ impl Vm for ClaimedVm {
     fn attach_disk(&mut self, slot: &str, image: &Path, read_only: bool) -> Result<(), BackendError> {
         self.vm.attach_disk(slot, image, read_only)
     }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.vm.resume()
+    }
+    fn snapshot(&mut self, to: &crate::backend::SnapshotFiles) -> Result<(), BackendError> {
+        self.vm.snapshot(to)
+    }
 }
 
 /// Claims the first uid of `cfg`'s range that no other claim holds and no process runs as, and returns

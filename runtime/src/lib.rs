@@ -19,6 +19,7 @@ pub mod jail;
 pub mod jail_uid;
 pub mod output;
 pub mod spec;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 

@@ -185,6 +185,7 @@ impl Pod {
                     mem_mib: mem,
                     drives: &drives,
                     slots,
+                    rw_slots: 0,
                     tap: tap.as_deref(),
                     mac: mac.as_deref(),
                     netns: netns.as_deref(),

@@ -323,6 +323,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         drives: &drives,
         tap: args.net.as_deref(),
         slots: 0,
+        rw_slots: 0,
         mac: None,
         netns: None,
         cmdline_extra: format!("hull.time={}.{:09}", now.as_secs(), now.subsec_nanos()),

@@ -69,6 +69,28 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// `vsock_override`: where the restored vsock device's host socket goes (Firecracker's `uds_path`), and,
+/// a hull extension, the guest CID it gets. The guest learns a new CID from the transport reset every
+/// restore sends (Linux re-reads the device's configuration then), so clones of one snapshot can each have
+/// their own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_cid: Option<u32>,
+}
+
+/// `drive_overrides[]` (a hull extension): another backing file for a drive of the snapshot, of the same
+/// size as the snapshot's (the guest already knows the capacity); a different disk goes in with
+/// `PATCH /drives/{id}` after the load, which tells the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+}
+
 /// `PUT /snapshot/load`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadParams {
@@ -77,6 +99,8 @@ pub struct LoadParams {
     pub track_dirty_pages: bool,
     pub resume_vm: bool,
     pub network_overrides: Vec<NetworkOverride>,
+    pub vsock_override: Option<VsockOverride>,
+    pub drive_overrides: Vec<DriveOverride>,
 }
 
 /// Creating or loading a snapshot failed. Every variant is the client's to fix (HTTP 400).
@@ -106,6 +130,10 @@ pub enum SnapshotError {
     Uffd(String),
     #[error("Failed to restore from snapshot: invalid network override: {0}")]
     NetworkOverride(String),
+    #[error("Failed to restore from snapshot: invalid vsock override: {0}")]
+    VsockOverride(String),
+    #[error("Failed to restore from snapshot: invalid drive override: {0}")]
+    DriveOverride(String),
     #[error("Failed to restore from snapshot: this host cannot run the snapshot: {0}")]
     Host(String),
     #[error("Failed to restore from snapshot: {0}")]
@@ -345,6 +373,23 @@ fn open_memory_file(path: &Path, bytes: u64) -> Result<(String, std::fs::File), 
     Ok((name, file))
 }
 
+/// Puts the vsock override into the configuration a restore rebuilds its devices from; the result is
+/// checked as a `PUT /vsock` body would be (by `validate_devices`).
+fn apply_vsock_override(config: &mut SavedConfig, o: Option<&VsockOverride>) -> Result<(), SnapshotError> {
+    let Some(o) = o else { return Ok(()) };
+    let vsock = config
+        .vsock
+        .as_mut()
+        .ok_or_else(|| SnapshotError::VsockOverride("the snapshot has no vsock device".into()))?;
+    vsock.uds_path = o.uds_path.clone();
+    if let Some(cid) = o.guest_cid {
+        vsock.guest_cid = cid;
+    }
+    vsock
+        .validate()
+        .map_err(|e| SnapshotError::VsockOverride(e.to_string()))
+}
+
 /// Builds a microVM from a snapshot (see the module doc).
 pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroVm, SnapshotError> {
     let started = Instant::now();
@@ -368,6 +413,16 @@ pub(crate) fn restore(params: &LoadParams, options: VmmOptions) -> Result<MicroV
             .find(|n| n.iface_id == o.iface_id)
             .ok_or_else(|| SnapshotError::NetworkOverride(format!("the snapshot has no interface {:?}", o.iface_id)))?;
         iface.host_dev_name = o.host_dev_name.clone();
+    }
+    apply_vsock_override(&mut state.config, params.vsock_override.as_ref())?;
+    for o in &params.drive_overrides {
+        let drive = state
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == o.drive_id)
+            .ok_or_else(|| SnapshotError::DriveOverride(format!("the snapshot has no drive {:?}", o.drive_id)))?;
+        drive.path_on_host = o.path_on_host.clone();
     }
     state.config.machine.track_dirty_pages = params.track_dirty_pages;
     let config = state.config.to_config();
