@@ -43,6 +43,10 @@ pub enum Command {
     VhostUser(crate::vhost_user::VhostUserCommand),
     /// Merge a diff snapshot's memory file onto the full memory file it follows (in place).
     RebaseSnap(RebaseSnapArgs),
+    /// Restore-based fast start: `hull template create DIR` snapshots a VM whose agent answers, for
+    /// `hull run --from-snapshot DIR`.
+    #[command(subcommand)]
+    Template(crate::run::template::TemplateCommand),
 }
 
 /// `hull rebase-snap --base-file FULL --diff-file DIFF` (Firecracker's rebase-snap flags).

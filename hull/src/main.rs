@@ -28,6 +28,7 @@ fn main() {
             cli::Command::VhostUser(cmd) => std::process::exit(vhost_user::run(cmd)),
             cli::Command::Run(args) => std::process::exit(run::run(*args)),
             cli::Command::RebaseSnap(args) => std::process::exit(rebase_snap(&args)),
+            cli::Command::Template(cmd) => std::process::exit(run::template::run(cmd)),
         }
     }
     if let Some(code) = firecracker_only_flags(&cli.vmm.firecracker) {

@@ -13,6 +13,7 @@
 //!
 //! Trust: the guest is not trusted; what the agent answers is only used as numbers and bytes to copy.
 
+pub mod template;
 mod tty;
 
 use std::io::{Read, Write};
@@ -29,6 +30,7 @@ use crate::logging::LogLevel;
 use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
 use hull_runtime::container::{GuestDisk, NewContainer, Streams, VolumeMount};
 use hull_runtime::image_cache::ImageCache;
+use hull_runtime::template::Template;
 use hull_runtime::{agent, console_tail, guard, image, jail, spec};
 
 /// Exit status when hull itself failed (Docker's convention).
@@ -36,6 +38,9 @@ const EXIT_HULL_FAILED: i32 = 125;
 const CONTAINER_ID: &str = "run";
 /// The image cache's directory in the build cache ([`hull_runtime::build_cache`]).
 const ROOTFS_IMAGE_CACHE: &str = "rootfs-images";
+/// `--cpus` and `--mem` when not given.
+pub(crate) const DEFAULT_CPUS: u8 = 1;
+pub(crate) const DEFAULT_MEM_MIB: u32 = 256;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -51,10 +56,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
     /// vCPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u8).range(1..=32))]
     pub cpus: u8,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub mem: u32,
     /// Allocate a terminal for the container (interactive).
     #[arg(short = 't', long)]
@@ -115,6 +120,31 @@ pub struct RunArgs {
     /// Container memory limit in MiB (cgroup memory.max).
     #[arg(long, value_name = "MiB")]
     pub memory_limit: Option<i64>,
+    /// Restore the VM from a template made by `hull template create DIR` instead of booting one (kvm
+    /// backend): its vCPUs, memory, agent policy and NIC are the template's; the rootfs, volumes and scratch
+    /// disk are attached to its slots after the restore.
+    #[arg(long, value_name = "DIR")]
+    pub from_snapshot: Option<PathBuf>,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// How long the guest may take to boot, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Print how long the boot, the container and the whole run took (on standard error).
+    #[arg(long)]
+    pub timing: bool,
+    /// Log level on standard error.
+    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = LogLevel::parse)]
+    pub log_level: LogLevel,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Where the guest's kernel and initramfs come from and how the VM's processes are confined: shared by
+/// `hull run` and `hull template create`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
     /// Guest kernel (default: $HULL_KERNEL, else the newest in ~/.cache/hull).
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
@@ -142,18 +172,6 @@ pub struct RunArgs {
     /// The hull-jailer binary (default: next to hull).
     #[arg(long, value_name = "FILE")]
     pub jailer: Option<PathBuf>,
-    /// How long the guest may take to boot, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub boot_timeout: u64,
-    /// Print how long the boot, the container and the whole run took (on standard error).
-    #[arg(long)]
-    pub timing: bool,
-    /// Log level on standard error.
-    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = LogLevel::parse)]
-    pub log_level: LogLevel,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 fn parse_env(s: &str) -> Result<String, String> {
@@ -186,7 +204,7 @@ fn parse_volume(s: &str) -> Result<VolumeArg, String> {
     })
 }
 
-fn parse_policy(s: &str) -> Result<Policy, String> {
+pub(crate) fn parse_policy(s: &str) -> Result<Policy, String> {
     Policy::parse_on(Policy::hull_run(), s).map_err(|e| e.to_string())
 }
 
@@ -255,7 +273,7 @@ fn program_status(e: &agent::AgentError) -> Option<i32> {
     }
 }
 
-fn guest_files(args: &RunArgs) -> Result<(PathBuf, PathBuf), RunError> {
+pub(crate) fn guest_files(args: &VmArgs) -> Result<(PathBuf, PathBuf), RunError> {
     hull_runtime::guest_files(args.kernel.as_deref(), args.initrd.as_deref()).map_err(|e| {
         RunError::Setup(match e {
             hull_runtime::GuestFilesError::Missing(what) => format!(
@@ -279,7 +297,7 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         "hull run: backend {} ({why})",
         if kind == BackendKind::Kvm { "kvm" } else { "qemu" }
     );
-    let (kernel, initrd) = guest_files(args)?;
+    let (kernel, initrd) = guest_files(&args.vm)?;
     let dir = guard::RunDir::create().map_err(|e| RunError::Setup(format!("creating the run directory: {e}")))?;
     let image = rootfs_image(args, dir.path())?;
     tracing::info!(image = %image.path.display(), fstype = image.fstype, "rootfs image ready");
@@ -307,14 +325,18 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         });
     }
 
+    let template = match &args.from_snapshot {
+        Some(dir) => Some(open_template(args, kind, dir, &mut drives)?),
+        None => None,
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     // This very binary, for `hull vhost-user ...` and the kvm backend's VMM: through /proc/self/exe, which
     // stays valid when the file is replaced while we run (a rebuild), unlike the path current_exe() reports.
     let hull = PathBuf::from("/proc/self/exe");
-    let jail_cfg = jail_config(args, &hull)?;
-    let cfg = VmLaunchConfig {
+    let jail_cfg = jail_config(&args.vm, &hull)?;
+    let mut cfg = VmLaunchConfig {
         hull: &hull,
         kernel: &kernel,
         initrd: &initrd,
@@ -331,7 +353,25 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         agent_policy: args.agent_policy.unwrap_or_else(Policy::hull_run),
         dir: dir.path(),
     };
-    let mut vm = backend::start(kind, &cfg)?;
+    let mut vm = match &template {
+        None => backend::start(kind, &cfg)?,
+        Some((t, policy)) => {
+            // The template's VM, with no drives: they go into its slots before it runs.
+            cfg.cpus = t.manifest.cpus;
+            cfg.mem_mib = t.manifest.mem_mib;
+            cfg.slots = t.manifest.slots;
+            cfg.rw_slots = t.manifest.rw_slots;
+            cfg.agent_policy = *policy;
+            cfg.drives = &[];
+            cfg.cmdline_extra = String::new();
+            let mut vm = t.restore(&cfg, &[]).map_err(|e| RunError::Setup(e.to_string()))?;
+            for d in &drives {
+                vm.attach_disk(&d.id, &d.image.path, d.read_only)?;
+            }
+            vm.resume()?;
+            vm
+        }
+    };
     timing_phase(args, "vm_started", t0);
     let result = run_container(args, vm.as_mut(), kind, &drives, signals, t0);
     // Tear down. With the status and the output in, nothing more is needed from the VM, which is disposable:
@@ -393,6 +433,76 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
     out
 }
 
+/// `--from-snapshot DIR`: the template, checked against this run (the kvm backend; the template's size,
+/// policy and NIC), and the run's drives renamed to the template's slots: the rootfs to `slot0` (which the
+/// guest knows as vda), read-only volumes to `slot1`..., the scratch disk to `wslot0`, read-write volumes to
+/// `wslot1`.... Returns the template and its agent policy.
+fn open_template(
+    args: &RunArgs,
+    kind: BackendKind,
+    dir: &std::path::Path,
+    drives: &mut [backend::Drive],
+) -> Result<(Template, Policy), RunError> {
+    if kind != BackendKind::Kvm {
+        return Err(RunError::Setup(
+            "--from-snapshot restores a snapshot of the hull VMM: it needs the kvm backend (hardware KVM; \
+             --backend kvm)"
+                .into(),
+        ));
+    }
+    let t = Template::open(dir).map_err(|e| RunError::Setup(e.to_string()))?;
+    let m = &t.manifest;
+    let policy = Policy::parse(&m.agent_policy)
+        .map_err(|e| RunError::Setup(format!("the template's agent policy {:?}: {e}", m.agent_policy)))?;
+    let mismatch = |what: &str, template: String, run: String| {
+        RunError::Setup(format!(
+            "--from-snapshot: the template has {what} {template}, this run asks for {run}"
+        ))
+    };
+    if args.cpus != DEFAULT_CPUS && args.cpus != m.cpus {
+        return Err(mismatch("--cpus", m.cpus.to_string(), args.cpus.to_string()));
+    }
+    if args.mem != DEFAULT_MEM_MIB && args.mem != m.mem_mib {
+        return Err(mismatch("--mem", m.mem_mib.to_string(), args.mem.to_string()));
+    }
+    if let Some(p) = args.agent_policy.filter(|p| *p != policy) {
+        return Err(mismatch("--agent-policy", policy.to_string(), p.to_string()));
+    }
+    if args.net.is_some() != m.net {
+        return Err(mismatch(
+            "a NIC:",
+            m.net.to_string(),
+            format!("--net {}", args.net.as_deref().unwrap_or("(none)")),
+        ));
+    }
+    let (mut ro, mut rw) = (0, 0);
+    for (i, d) in drives.iter_mut().enumerate() {
+        d.id = if i == 0 {
+            ro += 1;
+            backend::slot_id(0)
+        } else if d.id == "scratch" {
+            backend::rw_slot_id(0)
+        } else if d.read_only {
+            ro += 1;
+            backend::slot_id(ro - 1)
+        } else {
+            rw += 1;
+            backend::rw_slot_id(rw)
+        };
+    }
+    if ro > m.slots || rw + 1 > m.rw_slots {
+        return Err(RunError::Setup(format!(
+            "--from-snapshot: the template has room for {} read-only and {} read-write volumes, this run has {} \
+             and {} (hull template create --ro-volumes/--rw-volumes)",
+            m.slots.saturating_sub(1),
+            m.rw_slots.saturating_sub(1),
+            ro - 1,
+            rw
+        )));
+    }
+    Ok((t, policy))
+}
+
 /// The rootfs as a block image: a directory from the image cache (packed into it when it is not there yet),
 /// or packed into the run directory with `--no-image-cache` or without a usable cache; an image file as it is.
 fn rootfs_image(args: &RunArgs, run_dir: &std::path::Path) -> Result<image::RootfsImage, RunError> {
@@ -407,7 +517,7 @@ fn rootfs_image(args: &RunArgs, run_dir: &std::path::Path) -> Result<image::Root
 }
 
 /// The jail of the VM's processes, unless `--no-jail`; it needs root (chroot, device nodes, the uid change).
-fn jail_config(args: &RunArgs, hull: &std::path::Path) -> Result<Option<jail::JailConfig>, RunError> {
+pub(crate) fn jail_config(args: &VmArgs, hull: &std::path::Path) -> Result<Option<jail::JailConfig>, RunError> {
     if args.no_jail {
         return Ok(None);
     }
