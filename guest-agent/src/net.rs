@@ -74,9 +74,41 @@ fn mask(len: u8) -> Ipv4Addr {
     Ipv4Addr::from(if len == 0 { 0 } else { u32::MAX << (32 - len as u32) })
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff` into a unicast Ethernet address.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("bad MAC address {text:?}");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Sets an interface's MAC address (virtio-net without a control queue takes it in the guest alone, up or
+/// down: the device does not filter).
+fn set_mac(s: &OwnedFd, name: &str, mac: [u8; 6]) -> Result<(), String> {
+    let mut r = ifreq(name)?;
+    // SAFETY: the hwaddr member of the union: a sockaddr, plain data.
+    unsafe {
+        r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (i, b) in mac.iter().enumerate() {
+            r.ifr_ifru.ifru_hwaddr.sa_data[i] = *b as libc::c_char;
+        }
+    }
+    ioctl(s, libc::SIOCSIFHWADDR, &mut r as *mut _ as *mut _, "SIOCSIFHWADDR")
+}
+
 pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
     let s = socket()?;
     for iface in &req.interfaces {
+        if !iface.mac.is_empty() {
+            set_mac(&s, &iface.name, parse_mac(&iface.mac)?)?;
+        }
         for addr in &iface.addresses {
             let (ip, len) = parse_cidr(addr)?;
             let mut r = ifreq(&iface.name)?;
@@ -141,6 +173,22 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(parse_mac("02:aa:0b:cc:0d:ff").unwrap(), [2, 0xaa, 0xb, 0xcc, 0xd, 0xff]);
+        for bad in [
+            "",
+            "02:aa:0b:cc:0d",
+            "02:aa:0b:cc:0d:ff:00",
+            "2:aa:0b:cc:0d:ff",
+            "zz:aa:0b:cc:0d:ff",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cidrs_and_masks() {

@@ -76,6 +76,12 @@ pub struct ShimConfig {
     /// `hostNetwork` pods: `refuse` (RunPodSandbox fails naming the field) or `isolated` (the VM runs without
     /// a NIC). hostPID and hostIPC pods are always refused.
     pub host_network: crate::guest_spec::HostNetwork,
+    /// Restore pod VMs from a template (made once per VM kind, in `template_dir`) instead of booting them:
+    /// the kvm backend only; elsewhere pods boot as without it ([`crate::fast_start`]).
+    pub fast_start: bool,
+    /// Where `fast_start` keeps its templates (one directory per VM kind; each holds a snapshot of the
+    /// guest's memory as big as the VM).
+    pub template_dir: PathBuf,
 }
 
 impl Default for ShimConfig {
@@ -98,6 +104,8 @@ impl Default for ShimConfig {
             agent_policy: String::new(),
             log_format: crate::logging::LogFormat::Text,
             host_network: crate::guest_spec::HostNetwork::Refuse,
+            fast_start: false,
+            template_dir: PathBuf::from("/var/lib/hull/templates"),
         }
     }
 }

@@ -11,6 +11,7 @@ mod config;
 mod create;
 mod error;
 mod events;
+mod fast_start;
 mod guest_spec;
 mod hooks;
 mod host_file;

@@ -88,6 +88,9 @@ pub fn setup(netns: &Path, hostname: Option<&str>, dns: Vec<String>) -> Result<P
     let mut iface = Interface::new();
     iface.name = "eth0".into();
     iface.mtu = mtu;
+    // The VM gets this MAC at boot; a VM restored from a template (fast_start) has the template's until
+    // the agent sets it.
+    iface.mac = mac.clone();
     for a in addrs
         .iter()
         .flat_map(|a| a["addr_info"].as_array().cloned().unwrap_or_default())

@@ -44,6 +44,8 @@ pub enum PodError {
     NoSlot(String),
     #[error("making the VM's scratch disk: {0}")]
     Scratch(#[from] hull_runtime::image::ImageError),
+    #[error("fast_start: {0}")]
+    Template(#[from] hull_runtime::template::TemplateError),
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -157,14 +159,26 @@ impl Pod {
             ),
             None => (None, None, None),
         };
+        // fast_start: the VM is a clone of a template, restored; the kvm backend only.
+        let fast = cfg.fast_start && kind == BackendKind::Kvm;
+        if cfg.fast_start && !fast {
+            log::warn!("fast_start needs the kvm backend (a snapshot of the hull VMM); booting this pod's VM instead");
+        }
+        // Restored, the disks go into the template's slots: the rootfs into slot0 (the guest's vda), the
+        // scratch disk into wslot0; the spare slots follow the rootfs's.
+        let (rootfs_id, scratch_id) = if fast {
+            (backend::slot_id(0), backend::rw_slot_id(0))
+        } else {
+            ("rootfs".to_string(), "scratch".to_string())
+        };
         let mut drives = vec![Drive {
-            id: "rootfs".into(),
+            id: rootfs_id,
             image: rootfs,
             read_only: true,
         }];
         if cfg.scratch_mib > 0 {
             drives.push(Drive {
-                id: "scratch".into(),
+                id: scratch_id,
                 image: hull_runtime::image::scratch(dir.path(), "scratch", cfg.scratch_mib)?,
                 read_only: false,
             });
@@ -172,12 +186,15 @@ impl Pod {
         let scratch = drives.get(1).map(|d| GuestDisk::of_drive(kind, 1, d));
         // The slots come after the drives.
         let first_slot = drives.len();
+        let slot_offset = usize::from(fast);
+        let template_base = cfg.template_dir.clone();
+        let boot_timeout = Duration::from_secs(cfg.boot_timeout_secs);
         let started = spawner
-            .run(move || {
+            .run(move || -> Result<Box<dyn Vm>, PodError> {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
-                let vm_cfg = backend::VmLaunchConfig {
+                let mut vm_cfg = backend::VmLaunchConfig {
                     hull: &hull,
                     kernel: &kernel,
                     initrd: &initrd,
@@ -194,7 +211,38 @@ impl Pod {
                     agent_policy,
                     dir: &dir_path,
                 };
-                backend::start_in_cgroup(kind, &vm_cfg, &cgroup_procs)
+                if !fast {
+                    return Ok(backend::start_in_cgroup(kind, &vm_cfg, &cgroup_procs)?);
+                }
+                // The template's VM (and the clone's): no drives, the rootfs slot and the spare ones, the
+                // scratch slot; nothing of one pod on its command line or NIC (the agent sets the MAC).
+                vm_cfg.drives = &[];
+                vm_cfg.slots = 1 + slots;
+                vm_cfg.rw_slots = usize::from(drives.len() > 1);
+                vm_cfg.mac = None;
+                vm_cfg.cmdline_extra = String::new();
+                let template_vm_dir = dir_path.join("template-vm");
+                let template = {
+                    hull_runtime::guard::create_private_dir(&template_vm_dir, false).map_err(|source| {
+                        hull_runtime::template::TemplateError::Io {
+                            dir: template_vm_dir.display().to_string(),
+                            what: "creating".into(),
+                            source,
+                        }
+                    })?;
+                    let template_cfg = backend::VmLaunchConfig {
+                        dir: &template_vm_dir,
+                        ..vm_cfg.clone()
+                    };
+                    crate::fast_start::template_for(&template_cfg, &template_base, boot_timeout)?
+                };
+                let _ = std::fs::remove_dir_all(&template_vm_dir);
+                let mut vm = template.restore(&vm_cfg, &cgroup_procs)?;
+                for d in &drives {
+                    vm.attach_disk(&d.id, &d.image.path, d.read_only)?;
+                }
+                vm.resume()?;
+                Ok(vm)
             })
             .ok_or(PodError::SpawnerGone)?;
         let mut vm = match started {
@@ -203,7 +251,7 @@ impl Pod {
                 if let Some(n) = &net {
                     n.teardown();
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let deadline = Duration::from_secs(cfg.boot_timeout_secs);
@@ -266,7 +314,7 @@ impl Pod {
         }];
         for i in 0..slots {
             disks.push(Disk {
-                id: backend::slot_id(i),
+                id: backend::slot_id(slot_offset + i),
                 index: first_slot + i,
                 key: String::new(),
                 users: 0,
