@@ -1,9 +1,11 @@
 //! PID 1's guest-wide duties: the early mounts (proc, sys, dev, dev/pts, dev/shm, cgroup2), the boot-timer
 //! mark, the clock (a rough value from `hull.time=` on the command line, then exact from the host through
-//! SyncClock), the hostname, `lo`, and powering off. The kernel command line is read as plain words.
+//! SyncClock), the kernel RNG's reseed with host bytes (AddEntropy), the hostname, `lo`, and powering off.
+//! The kernel command line is read as plain words.
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -177,6 +179,79 @@ pub fn set_clock(unix_nanos: i64) -> Result<(), String> {
         .map_err(|e| format!("clock_settime: {e}"))
 }
 
+/// The most bytes one AddEntropy call takes: a reseed needs 32, the host sends 64.
+pub const MAX_ENTROPY_BYTES: usize = 512;
+
+// linux/random.h: RNDADDENTROPY = _IOW('R', 0x03, int[2]), RNDRESEEDCRNG = _IO('R', 0x07).
+vmm_sys_util::ioctl_iow_nr!(RNDADDENTROPY, 'R' as u32, 0x03, [libc::c_int; 2]);
+vmm_sys_util::ioctl_io_nr!(RNDRESEEDCRNG, 'R' as u32, 0x07);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EntropyError {
+    #[error("AddEntropy: no bytes given")]
+    Empty,
+    #[error("AddEntropy: {0} bytes given, at most {MAX_ENTROPY_BYTES} are taken")]
+    TooLong(usize),
+    #[error("AddEntropy: opening /dev/random: {0}")]
+    Open(std::io::Error),
+    #[error("AddEntropy: RNDADDENTROPY on /dev/random: {0}")]
+    Add(std::io::Error),
+    #[error("AddEntropy: RNDRESEEDCRNG on /dev/random: {0}")]
+    Reseed(std::io::Error),
+}
+
+impl EntropyError {
+    /// The request was wrong (INVALID_ARGUMENT), not the guest.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, EntropyError::Empty | EntropyError::TooLong(_))
+    }
+}
+
+/// The kernel's `struct rand_pool_info` for `data` as 32-bit words (the struct's alignment): entropy_count
+/// (bits credited: all of them, 8 per byte), buf_size (bytes), then the bytes, in memory order. Refuses an
+/// empty `data` or one longer than [`MAX_ENTROPY_BYTES`].
+pub fn rand_pool_info(data: &[u8]) -> Result<Vec<u32>, EntropyError> {
+    if data.is_empty() {
+        return Err(EntropyError::Empty);
+    }
+    if data.len() > MAX_ENTROPY_BYTES {
+        return Err(EntropyError::TooLong(data.len()));
+    }
+    let mut words = Vec::with_capacity(2 + data.len().div_ceil(4));
+    // At most 512 bytes: both counts fit an int.
+    words.push((data.len() * 8) as u32);
+    words.push(data.len() as u32);
+    for chunk in data.chunks(4) {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        words.push(u32::from_ne_bytes(w));
+    }
+    Ok(words)
+}
+
+/// Mixes `data` (host random bytes) into the kernel's input pool and credits them (RNDADDENTROPY), then
+/// makes the kernel reseed its CRNG from that pool now (RNDRESEEDCRNG) rather than at its next scheduled
+/// reseed: a guest restored from a snapshot then stops sharing RNG output with its siblings. Before the
+/// CRNG is first seeded the reseed is refused (ENODATA); the credited bytes then seed it as soon as there
+/// are enough, which is all a reseed would do, so that is not an error.
+pub fn add_entropy(data: &[u8]) -> Result<(), EntropyError> {
+    let info = rand_pool_info(data)?;
+    let random = OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(EntropyError::Open)?;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info: two ints, then buf_size bytes, all inside `info` (built
+    // by rand_pool_info with buf_size = the bytes that follow), which outlives the call.
+    crate::sys::cvt(unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY() as _, info.as_ptr()) })
+        .map_err(EntropyError::Add)?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    match crate::sys::cvt(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG() as _) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        Err(e) => Err(EntropyError::Reseed(e)),
+    }
+}
+
 /// `hull.time=<seconds>[.<fraction>]` from the command line: a first, rough clock.
 pub fn clock_from_cmdline(cmdline: &str) {
     let Some(v) = cmdline_value(cmdline, "hull.time") else {
@@ -238,5 +313,42 @@ mod tests {
         assert_eq!(cmdline_value("a=1 hull.time=12.5 b", "hull.time"), Some("12.5"));
         assert_eq!(cmdline_value("hull.timex=1", "hull.time"), None);
         assert!(set_clock(5).is_err());
+    }
+
+    #[test]
+    fn entropy_requests_outside_1_to_512_bytes_are_refused() {
+        assert!(matches!(rand_pool_info(&[]), Err(EntropyError::Empty)));
+        assert!(matches!(rand_pool_info(&[7; 513]), Err(EntropyError::TooLong(513))));
+        assert!(matches!(
+            rand_pool_info(&vec![7; 1 << 20]),
+            Err(EntropyError::TooLong(n)) if n == 1 << 20
+        ));
+        for e in [EntropyError::Empty, EntropyError::TooLong(513)] {
+            assert!(e.is_bad_request(), "{e}");
+        }
+        assert!(!EntropyError::Add(std::io::Error::from_raw_os_error(libc::EPERM)).is_bad_request());
+        // The refusal happens before /dev/random is touched.
+        assert!(matches!(add_entropy(&[]), Err(EntropyError::Empty)));
+        assert!(matches!(add_entropy(&[0; 513]), Err(EntropyError::TooLong(513))));
+    }
+
+    #[test]
+    fn rand_pool_info_counts_bits_and_bytes_and_keeps_the_byte_order() {
+        for len in [1usize, 3, 4, 5, 64, 511, 512] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let info = rand_pool_info(&data).unwrap();
+            assert_eq!(info[0], 8 * len as u32, "entropy_count, {len} bytes");
+            assert_eq!(info[1], len as u32, "buf_size, {len} bytes");
+            assert_eq!(info.len(), 2 + len.div_ceil(4));
+            let bytes: Vec<u8> = info[2..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+            assert_eq!(&bytes[..len], &data[..]);
+            assert!(bytes[len..].iter().all(|b| *b == 0));
+        }
+    }
+
+    #[test]
+    fn the_random_ioctls_are_the_kernels() {
+        assert_eq!(RNDADDENTROPY(), 0x4008_5203);
+        assert_eq!(RNDRESEEDCRNG(), 0x5207);
     }
 }

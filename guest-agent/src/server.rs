@@ -66,6 +66,17 @@ fn status(e: AgentError) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
 }
 
+/// INVALID_ARGUMENT for a request outside 1 to 512 bytes, INTERNAL when the guest kernel refused the bytes.
+fn entropy_status(e: crate::pid1::EntropyError) -> ttrpc::Error {
+    let code = if e.is_bad_request() {
+        Code::INVALID_ARGUMENT
+    } else {
+        Code::INTERNAL
+    };
+    crate::console::log(&format!("request failed: {e}"));
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+}
+
 fn invalid(msg: impl ToString) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INVALID_ARGUMENT, msg))
 }
@@ -96,6 +107,12 @@ impl agent_ttrpc::Agent for Service {
     fn sync_clock(&self, ctx: &TtrpcContext, req: SyncClockRequest) -> R<Empty> {
         admit(&self.policy, ctx.fd, Call::SyncClock, "")?;
         crate::pid1::set_clock(req.unix_nanos).map_err(invalid)?;
+        Ok(Empty::new())
+    }
+
+    fn add_entropy(&self, ctx: &TtrpcContext, req: AddEntropyRequest) -> R<Empty> {
+        admit(&self.policy, ctx.fd, Call::AddEntropy, "")?;
+        crate::pid1::add_entropy(&req.data).map_err(entropy_status)?;
         Ok(Empty::new())
     }
 
@@ -313,6 +330,26 @@ mod tests {
         };
         match status(e) {
             ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), Code::PERMISSION_DENIED),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn entropy_requests_of_the_wrong_size_are_invalid_argument() {
+        use crate::pid1::{add_entropy, EntropyError};
+        for data in [vec![], vec![1u8; 513]] {
+            let e = add_entropy(&data).unwrap_err();
+            match entropy_status(e) {
+                ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{} bytes", data.len()),
+                e => panic!("{e:?}"),
+            }
+        }
+        let failed = EntropyError::Add(std::io::Error::from_raw_os_error(libc::EPERM));
+        match entropy_status(failed) {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::INTERNAL);
+                assert!(s.message().contains("RNDADDENTROPY"), "{}", s.message());
+            }
             e => panic!("{e:?}"),
         }
     }

@@ -12,8 +12,11 @@
 //!   connection closed.
 //! - The agent policy: hull run's default refuses ExecProcess (and the other calls hull run does not make)
 //!   with PERMISSION_DENIED, and says so on the guest console naming the call and the container; with
-//!   `--agent-policy all,-ExecProcess` exec is still refused while the rest is served, and ReadFile of a file
-//!   not registered for copy-back is refused.
+//!   `--agent-policy all,-ExecProcess,-AddEntropy` exec and AddEntropy are refused while the rest is served,
+//!   and ReadFile of a file not registered for copy-back is refused.
+//! - AddEntropy, a host-only call served where SyncClock is (hull run's default): the runtime client's 64
+//!   host random bytes reseed the guest kernel's RNG; 1 and 512 bytes are taken, 0 and 513 are
+//!   INVALID_ARGUMENT.
 
 mod run_common;
 
@@ -274,11 +277,42 @@ fn hull_runs_default_policy_refuses_exec_and_what_hull_run_does_not_call() {
     assert_eq!(out.code(), 143, "{}", out.stderr);
 }
 
+fn add_entropy(agent: &AgentClient, len: usize) -> Result<Empty, ttrpc::Error> {
+    let mut r = AddEntropyRequest::new();
+    r.data = vec![0x5a; len];
+    agent.add_entropy(ctx(), &r)
+}
+
+/// Under hull run's default policy the real agent takes host bytes into its kernel's RNG, first from the
+/// runtime's own client: an answer of OK means the guest kernel accepted both RNDADDENTROPY and RNDRESEEDCRNG
+/// on /dev/random (a wrong ioctl number, struct or privilege comes back as an error). Sizes outside 1 to
+/// 512 bytes are INVALID_ARGUMENT, and the agent goes on serving. A policy without it: the next test.
+#[test]
+fn add_entropy_reseeds_the_guest_rng_with_1_to_512_host_bytes() {
+    let mut run = HullRun::spawn(command(&["--init"], &["sh", "-c", "echo ready; exec sleep 600"]), None);
+    run.wait_stdout("ready", RUN_TIMEOUT);
+    let dir = vsock_of(run.pid());
+    let uds = dir.join("vsock.sock");
+    let host = hull_runtime::agent::Agent::connect(&uds, Duration::from_secs(30)).unwrap();
+    host.add_entropy().unwrap();
+    let agent = client(&uds);
+    for len in [1, 512] {
+        add_entropy(&agent, len).unwrap_or_else(|e| panic!("{len} bytes: {e:?}"));
+    }
+    for len in [0, 513] {
+        assert_eq!(code_of(add_entropy(&agent, len)), Code::INVALID_ARGUMENT, "{len} bytes");
+    }
+    console_shows(&dir, "AddEntropy: 513 bytes given, at most 512 are taken");
+    assert!(host.version().is_ok());
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.finish().code(), 143);
+}
+
 #[test]
 fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
     let mut run = HullRun::spawn(
         command(
-            &["--init", "--agent-policy", "all,-ExecProcess"],
+            &["--init", "--agent-policy", "all,-ExecProcess,-AddEntropy"],
             &["sh", "-c", "echo ready; exec sleep 600"],
         ),
         None,
@@ -290,7 +324,10 @@ fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
         code_of(agent.exec_process(ctx(), &exec_request())),
         Code::PERMISSION_DENIED
     );
-    // Served: the policy refuses ExecProcess only.
+    // AddEntropy is refused before its request is looked at: 64 bytes as 0 bytes.
+    assert_eq!(code_of(add_entropy(&agent, 64)), Code::PERMISSION_DENIED);
+    assert_eq!(code_of(add_entropy(&agent, 0)), Code::PERMISSION_DENIED);
+    // Served: the policy refuses ExecProcess and AddEntropy only.
     let mut c = ContainerRequest::new();
     c.container_id = "run".into();
     // `echo ready` comes just before the shell execs sleep: give the exec a moment to happen.
@@ -313,6 +350,7 @@ fn a_policy_without_exec_refuses_exec_and_unregistered_files() {
     r.name = "f0".into();
     assert_eq!(code_of(agent.read_file(ctx(), &r)), Code::PERMISSION_DENIED);
     console_shows(&dir, "refused ExecProcess (container run)");
+    console_shows(&dir, "refused AddEntropy: the agent policy does not serve it");
     console_shows(
         &dir,
         "refused ReadFile (container run): \"f0\" is not registered for copy-back",

@@ -55,6 +55,7 @@ calls!(
     Version,
     Health,
     SyncClock,
+    AddEntropy,
     ConfigureNetwork,
     CreateContainer,
     StartContainer,
@@ -95,12 +96,14 @@ impl fmt::Display for Call {
     }
 }
 
-/// What `hull run` itself calls: connect (Health), check (Version), clock, network, one container's life and
-/// its stdio, power-off. Not exec, listing, stats, updates, pause, OOM events or file copy-back.
+/// What `hull run` itself calls: connect (Health), check (Version), clock, the RNG reseed of a VM restored
+/// from a snapshot (AddEntropy), network, one container's life and its stdio, power-off. Not exec, listing,
+/// stats, updates, pause, OOM events or file copy-back.
 pub const HULL_RUN_CALLS: &[Call] = &[
     Call::Version,
     Call::Health,
     Call::SyncClock,
+    Call::AddEntropy,
     Call::ConfigureNetwork,
     Call::CreateContainer,
     Call::StartContainer,
@@ -300,5 +303,23 @@ mod tests {
             assert!(!p.allows(c), "{c}");
         }
         assert!(p.allows(Call::Health) && p.allows(Call::CreateContainer) && p.allows(Call::Shutdown));
+    }
+
+    /// AddEntropy is a host-only call like SyncClock: every default that serves SyncClock serves it too
+    /// (hull run's, the shim's `all`), and the text form names it like any other call.
+    #[test]
+    fn add_entropy_is_served_wherever_sync_clock_is() {
+        assert!(HULL_RUN_CALLS.contains(&Call::AddEntropy));
+        for p in [Policy::hull_run(), Policy::all(), Policy::default()] {
+            assert!(p.allows(Call::SyncClock) && p.allows(Call::AddEntropy), "{p}");
+        }
+        assert_eq!(Call::from_name("AddEntropy"), Some(Call::AddEntropy));
+        assert_eq!(Call::AddEntropy.name(), "AddEntropy");
+        assert!(!STREAM_CALLS.contains(&Call::AddEntropy));
+        let p = Policy::parse_on(Policy::hull_run(), "-AddEntropy").unwrap();
+        assert!(!p.allows(Call::AddEntropy) && p.allows(Call::SyncClock));
+        assert!(p.to_string().contains(",-AddEntropy"), "{p}");
+        assert_eq!(Policy::parse(&p.to_string()).unwrap(), p);
+        assert!(!Policy::none().allows(Call::AddEntropy));
     }
 }
