@@ -279,6 +279,10 @@ impl Pod {
         };
         let setup = || -> Result<(), PodError> {
             agent.sync_clock()?;
+            if fast {
+                // Every clone of a template starts with the template's kernel RNG state: reseed it.
+                agent.add_entropy()?;
+            }
             let v = agent.version()?;
             log::info!(
                 "VM up in {:?}: guest kernel {}, agent {}",

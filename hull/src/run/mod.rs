@@ -1,7 +1,9 @@
 //! `hull run`: run one OCI workload in a fresh microVM and exit with its status.
 //!
 //! Sequence: choose the backend (and say which) → turn the rootfs into a block image → boot the VM with the
-//! agent's initramfs → connect to hull-agent over the hybrid vsock → sync the guest clock → create the
+//! agent's initramfs (with `--from-snapshot`: restore a clone of a template made by `hull template create`,
+//! give its slots the disks, resume it) → connect to hull-agent over the hybrid vsock → sync the guest
+//! clock (and, in a clone, reseed the guest's RNG) → create the
 //! container (spec from [`spec`], the agent's request from [`hull_runtime::container`] as the shim builds it)
 //! → attach stdio streams → start → forward signals and terminal size while streaming stdio → wait → drain
 //! output → kill the VM and its backends (after removing the container and a clean power-off only when a
@@ -577,6 +579,10 @@ fn run_container(
     let booted = t0.elapsed();
     timing_phase(args, "agent_ready", t0);
     agent.sync_clock()?;
+    if args.from_snapshot.is_some() {
+        // Every clone of a template starts with the template's kernel RNG state: reseed it.
+        agent.add_entropy()?;
+    }
     let version = agent.version()?;
     tracing::info!(kernel = %version.kernel_release, agent = %version.agent_version, ?booted, "agent connected");
     if args.net.is_some() {
