@@ -190,8 +190,8 @@ impl ShimConfig {
         if c.scratch_mib > hull_runtime::image::MAX_SCRATCH_MIB {
             return bad("scratch_mib must be at most 16 TiB");
         }
-        if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() {
-            return bad("image_cache and work_dir must be absolute paths");
+        if !c.image_cache.is_absolute() || !c.work_dir.is_absolute() || !c.template_dir.is_absolute() {
+            return bad("image_cache, work_dir and template_dir must be absolute paths");
         }
         if !c.jail.base_dir.is_absolute() {
             return bad("jail.base_dir must be an absolute path");
@@ -294,6 +294,13 @@ mod tests {
         assert!(ShimConfig::parse("default_memory_mib = 999999").is_err());
         assert!(ShimConfig::parse("image_cache = \"rel\"").is_err());
         assert!(ShimConfig::parse("pod_slots = \"x\"").is_err());
+        assert!(ShimConfig::parse("template_dir = \"rel\"").is_err());
+        assert!(ShimConfig::parse("fast_start = \"yes\"").is_err());
+        let c = ShimConfig::parse("fast_start = true\ntemplate_dir = \"/t\"").unwrap();
+        assert!(c.fast_start && c.template_dir == std::path::Path::new("/t"));
+        // The file install.sh ships parses, with fast start off.
+        let shipped = ShimConfig::parse(include_str!("../../resources/shim.toml")).unwrap();
+        assert!(!shipped.fast_start);
     }
 
     #[test]
