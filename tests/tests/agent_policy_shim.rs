@@ -1,7 +1,9 @@
 //! End to end under a real containerd: a task whose spec carries the annotation `io.hull.policy.exec=false`
 //! boots its VM with an agent policy that refuses ExecProcess, so `ctr task exec` fails with the agent's
 //! PERMISSION_DENIED, while the task itself runs, stops and is deleted as usual. (A task without the
-//! annotation execs: `shim_containerd.rs`'s detached task.) Needs root.
+//! annotation execs: `shim_containerd.rs`'s detached task.) The shim config also asks for `fast_start`,
+//! which needs the kvm backend: where the backend is qemu the pod boots all the same and the shim's log
+//! says why. Needs root.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +31,11 @@ fn a_task_annotated_without_exec_refuses_ctr_task_exec() {
         hull_config_path: Some(shim_config.clone()),
         ..Default::default()
     });
-    ctd.write_hull_shim_config(&shim_config, "");
+    let templates = cfg_dir.join("templates");
+    ctd.write_hull_shim_config(
+        &shim_config,
+        &format!("fast_start = true\ntemplate_dir = \"{}\"\n", templates.display()),
+    );
     ctd.import_image(CTR_NAMESPACE, &oci_image::busybox_image());
     let id = format!("noexec-{}", std::process::id());
     let cfg = shim_config.to_string_lossy().to_string();
@@ -69,6 +75,14 @@ fn a_task_annotated_without_exec_refuses_ctr_task_exec() {
         "the refusal names the call: {exec:?}\n{}",
         ctd.report()
     );
+
+    if !hull_tests::hardware_kvm() {
+        assert!(
+            ctd.log().contains("fast_start needs the kvm backend"),
+            "the shim says why the pod booted instead:\n{}",
+            ctd.report()
+        );
+    }
 
     // The task is unharmed: it still runs, then stops and goes as usual.
     assert!(ctd.ctr(&["task", "ls"]).stdout.contains("RUNNING"));
