@@ -515,11 +515,36 @@ mod tests {
             10
         );
         assert_eq!(json["metrics"][0]["vmms"]["qemu"]["p90"], 49.0);
-        assert_eq!(json["metrics"][3]["ratio_of_medians"]["hull/qemu"], 0.125);
+        assert_eq!(json["metrics"][Metric::Rss as usize]["id"], "rss_halted");
+        assert_eq!(
+            json["metrics"][Metric::Rss as usize]["ratio_of_medians"]["hull/qemu"],
+            0.125
+        );
+        assert!(json["meanings"]["hull"]["first_config_request"]
+            .as_str()
+            .unwrap()
+            .contains("/boot-source"));
         assert!(json["meanings"]["qemu"]["start_request"]
             .as_str()
             .unwrap()
             .contains("x-exit-preconfig"));
+    }
+
+    #[test]
+    fn the_first_configuration_row_follows_the_start_row() {
+        let mut c = Comparison::new(vec![VmmKind::Hull]);
+        c.push(0, Metric::StartToLine, 2.5);
+        c.push(0, Metric::ConfigToLine, 10.5);
+        let table = c.render_table();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert!(
+            rows[1].contains(Metric::StartToLine.title()) && rows[1].contains("2.50"),
+            "{table}"
+        );
+        assert!(
+            rows[2].contains("first configuration request") && rows[2].contains("10.50"),
+            "{table}"
+        );
     }
 
     #[test]
