@@ -1,8 +1,10 @@
 //! Layer (a): hull boots the tiny test guests from `tests/guests/` and the tests check what the guests report
 //! on the serial console about the machine hull built for them: the PVH start info, long mode and
 //! boot_params, the bzImage entry, the memory map for the configured size, the boot timer, a triple fault,
-//! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, and
-//! the metrics file's vCPU-exit and console counters after `FlushMetrics`.
+//! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, the
+//! metrics file's vCPU-exit and console counters after `FlushMetrics`, and the pre-build made before
+//! `InstanceStart` (remade or dropped when the configuration or the kernel file changes; its failure
+//! reported by `InstanceStart` as without it).
 //!
 //! Each guest runs for well under a second even with ring 0 emulated, so these run on every machine with a
 //! usable /dev/kvm (the software kvm_pvm included).
