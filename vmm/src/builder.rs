@@ -202,7 +202,9 @@ pub(crate) fn prepare_vm(config: &MicroVmConfig) -> Result<PreparedVm, VmmError>
     })
 }
 
-/// Last step, shared with a restore: the event loop, then one thread per vCPU, and the handle over it all.
+/// Last step, shared with a restore: one thread per vCPU, then the event loop, and the handle over it all.
+/// The vCPUs go first so the guest runs while the event loop thread starts (a queue kick before then waits
+/// in its ioeventfd); on a busy host each new thread can wait milliseconds for a CPU.
 pub(crate) fn start_threads(
     (kvm, vm, mem): (Kvm, VmFd, GuestMemoryMmap),
     (vcpus, cpuids): (Vec<VcpuFd>, Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>),
@@ -217,8 +219,6 @@ pub(crate) fn start_threads(
         .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
         .as_slice()
         .to_vec();
-    let event_thread = event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
-        .map_err(BuildError::EventLoop)?;
     let ctx = Arc::new(VcpuContext {
         pio: legacy.pio,
         mmio: Arc::new(legacy.mmio),
@@ -239,6 +239,19 @@ pub(crate) fn start_threads(
             }
         }
     }
+    let event_thread = match event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
+    {
+        Ok(thread) => thread,
+        Err(e) => {
+            control.request_exit(crate::exit::ExitReason::VcpuError(format!(
+                "cannot start the event loop: {e}"
+            )));
+            for thread in threads {
+                let _ = thread.join();
+            }
+            return Err(BuildError::EventLoop(e).into());
+        }
+    };
     let snapshot = crate::snapshot::SnapshotParts {
         pci: legacy.pci.is_some(),
         serial: legacy.serial,
