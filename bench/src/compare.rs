@@ -5,7 +5,9 @@
 //!
 //! Per sample and VMM, two processes:
 //! 1. started with its control socket and no VM: spawn → the control socket answers; configure; start request
-//!    → the guest's first serial line read from the VMM's standard output; then, with the guest halted, RSS and
+//!    → the guest's first serial line read from the VMM's standard output, and the same line timed from the
+//!    first configuration request (so work a VMM moves from the start request into configuration, as hull's
+//!    pre-build does, shows up there); then, with the guest halted, RSS and
 //!    PSS (`/proc/PID/smaps_rollup`) and the thread count; hull's (and Firecracker's) own `Guest-boot-time`;
 //! 2. started to boot at once (config file or command line, no control socket): spawn → the guest's line.
 //!
@@ -34,6 +36,7 @@ const BOOT_TIMER_WAIT: Duration = Duration::from_secs(2);
 pub enum Metric {
     ControlReady,
     StartToLine,
+    ConfigToLine,
     SpawnToLine,
     Rss,
     Pss,
@@ -42,9 +45,10 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 8] = [
         Metric::ControlReady,
         Metric::StartToLine,
+        Metric::ConfigToLine,
         Metric::SpawnToLine,
         Metric::Rss,
         Metric::Pss,
@@ -56,6 +60,7 @@ impl Metric {
         match self {
             Metric::ControlReady => "control_ready",
             Metric::StartToLine => "start_to_guest_line",
+            Metric::ConfigToLine => "first_config_to_guest_line",
             Metric::SpawnToLine => "spawn_to_guest_line_no_api",
             Metric::Rss => "rss_halted",
             Metric::Pss => "pss_halted",
@@ -68,6 +73,7 @@ impl Metric {
         match self {
             Metric::ControlReady => "spawn → API/QMP socket answers",
             Metric::StartToLine => "start request → guest's first line (VM build)",
+            Metric::ConfigToLine => "first configuration request → guest's first line",
             Metric::SpawnToLine => "spawn → guest's first line, no API",
             Metric::Rss => "RSS, guest halted",
             Metric::Pss => "PSS, guest halted",
@@ -81,6 +87,7 @@ impl Metric {
         match self {
             Metric::ControlReady => "spawn → API/QMP answers",
             Metric::StartToLine => "start request → guest line",
+            Metric::ConfigToLine => "first config request → guest line",
             Metric::SpawnToLine => "spawn → guest line, no API",
             Metric::Rss => "RSS, guest halted",
             Metric::Pss => "PSS, guest halted",
@@ -99,7 +106,11 @@ impl Metric {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::ControlReady | Metric::StartToLine | Metric::SpawnToLine | Metric::BootTimer => "ms",
+            Metric::ControlReady
+            | Metric::StartToLine
+            | Metric::ConfigToLine
+            | Metric::SpawnToLine
+            | Metric::BootTimer => "ms",
             Metric::Rss | Metric::Pss => "MiB",
             Metric::Threads => "threads",
         }
@@ -246,6 +257,7 @@ impl Comparison {
                 let m = serde_json::json!({
                     "control_ready": k.control_ready_meaning(),
                     "start_request": k.start_meaning(),
+                    "first_config_request": k.first_config_meaning(),
                 });
                 (k.id().to_string(), m)
             })
@@ -311,6 +323,7 @@ fn sample(vmm: &Vmm, guest: &Path, index: usize, into: &mut Comparison) -> Resul
     let t_spawn = Instant::now();
     let proc = Hull::spawn_binary_in(&vmm.bin, dir, args);
     let (mut control, ready) = wait_for_control(kind, &proc, &sock, t_spawn)?;
+    let t_config = Instant::now();
     control.configure(kind, guest)?;
     let (seen, started, t0) = std::thread::scope(|scope| {
         let watcher = scope.spawn(|| proc.wait_for_output(GUEST_LINE, LINE_TIMEOUT).map(|_| Instant::now()));
@@ -361,6 +374,11 @@ fn sample(vmm: &Vmm, guest: &Path, index: usize, into: &mut Comparison) -> Resul
 
     into.push(index, Metric::ControlReady, ms(ready));
     into.push(index, Metric::StartToLine, ms(seen.saturating_duration_since(t0)));
+    into.push(
+        index,
+        Metric::ConfigToLine,
+        ms(seen.saturating_duration_since(t_config)),
+    );
     into.push(index, Metric::SpawnToLine, ms(direct_took));
     into.push(index, Metric::Rss, footprint.rss_kib as f64 / 1024.0);
     into.push(index, Metric::Pss, footprint.pss_kib as f64 / 1024.0);
@@ -382,10 +400,11 @@ pub fn run(section: &mut Section, opts: &CompareOptions, out: &mut Option<Compar
     let kinds: Vec<VmmKind> = opts.vmms.iter().map(|v| v.kind).collect();
     for vmm in &opts.vmms {
         section.note(format!(
-            "{}: {}; control ready = {}; start = {}",
+            "{}: {}; control ready = {}; first configuration request = {}; start = {}",
             vmm.name(),
             vmm.bin.display(),
             vmm.kind.control_ready_meaning(),
+            vmm.kind.first_config_meaning(),
             vmm.kind.start_meaning()
         ));
     }
@@ -496,11 +515,36 @@ mod tests {
             10
         );
         assert_eq!(json["metrics"][0]["vmms"]["qemu"]["p90"], 49.0);
-        assert_eq!(json["metrics"][3]["ratio_of_medians"]["hull/qemu"], 0.125);
+        assert_eq!(json["metrics"][Metric::Rss as usize]["id"], "rss_halted");
+        assert_eq!(
+            json["metrics"][Metric::Rss as usize]["ratio_of_medians"]["hull/qemu"],
+            0.125
+        );
+        assert!(json["meanings"]["hull"]["first_config_request"]
+            .as_str()
+            .unwrap()
+            .contains("/boot-source"));
         assert!(json["meanings"]["qemu"]["start_request"]
             .as_str()
             .unwrap()
             .contains("x-exit-preconfig"));
+    }
+
+    #[test]
+    fn the_first_configuration_row_follows_the_start_row() {
+        let mut c = Comparison::new(vec![VmmKind::Hull]);
+        c.push(0, Metric::StartToLine, 2.5);
+        c.push(0, Metric::ConfigToLine, 10.5);
+        let table = c.render_table();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert!(
+            rows[1].contains(Metric::StartToLine.title()) && rows[1].contains("2.50"),
+            "{table}"
+        );
+        assert!(
+            rows[2].contains("first configuration request") && rows[2].contains("10.50"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -75,10 +75,25 @@ impl VmmKind {
         }
     }
 
+    /// What the first configuration request is (the clock of the "first configuration request" row).
+    pub fn first_config_meaning(self) -> &'static str {
+        match self {
+            VmmKind::Hull | VmmKind::Firecracker => {
+                "`PUT /boot-source` (then `PUT /machine-config`, then the start request)"
+            }
+            VmmKind::CloudHypervisor => "`PUT /api/v1/vm.create` (then the start request)",
+            VmmKind::Qemu => "QMP `qmp_capabilities` (the machine came on the command line; then the start request)",
+        }
+    }
+
     /// What the start request is.
     pub fn start_meaning(self) -> &'static str {
         match self {
-            VmmKind::Hull | VmmKind::Firecracker => "`PUT /actions InstanceStart` (builds the VM, then runs it)",
+            VmmKind::Hull => {
+                "`PUT /actions InstanceStart` (finishes the VM pre-built during `PUT /machine-config`: devices, \
+                 boot structures, threads; then runs it)"
+            }
+            VmmKind::Firecracker => "`PUT /actions InstanceStart` (builds the VM, then runs it)",
             VmmKind::CloudHypervisor => "`PUT /api/v1/vm.boot` after `vm.create` (builds the VM, then runs it)",
             VmmKind::Qemu => "QMP `x-exit-preconfig` (builds the machine, loads the kernel, then runs it)",
         }

@@ -1,8 +1,10 @@
 //! Layer (a): hull boots the tiny test guests from `tests/guests/` and the tests check what the guests report
 //! on the serial console about the machine hull built for them: the PVH start info, long mode and
 //! boot_params, the bzImage entry, the memory map for the configured size, the boot timer, a triple fault,
-//! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, and
-//! the metrics file's vCPU-exit and console counters after `FlushMetrics`.
+//! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, the
+//! metrics file's vCPU-exit and console counters after `FlushMetrics`, and the pre-build made before
+//! `InstanceStart` (remade or dropped when the configuration or the kernel file changes; its failure
+//! reported by `InstanceStart` as without it).
 //!
 //! Each guest runs for well under a second even with ring 0 emulated, so these run on every machine with a
 //! usable /dev/kvm (the software kvm_pvm included).
@@ -747,4 +749,98 @@ fn flush_metrics_reports_the_guests_exits_and_console_bytes_under_firecrackers_k
     assert_eq!(line["uart"]["write_count"], 0, "{line}");
     assert_eq!(line["vcpu"]["exit_mmio_write"], 0, "{line}");
     assert_eq!(line["put_api_requests"]["actions_count"], 1, "{line}");
+}
+
+/// The pre-build (the VM, memory, kernel and vCPUs made once boot source and machine configuration are both
+/// set) is remade when the machine configuration changes after it, and dropped at `InstanceStart` when the
+/// kernel file was written since: either way the guest boots on the configuration as it stands.
+#[test]
+fn a_tiny_guest_boots_when_the_machine_or_the_kernel_changes_after_the_pre_build() {
+    require_kvm!("a_tiny_guest_boots_when_the_machine_or_the_kernel_changes_after_the_pre_build");
+    let dir = hull_tests::TempDir::new("prebuild").unwrap();
+    let kernel = dir.path().join("pvh.elf");
+    std::fs::copy(tiny_guest("pvh.elf"), &kernel).unwrap();
+    let args = "console=ttyS0 reboot=k hull.test=prebuild";
+    let boot = |label: &str, rewrite_kernel: bool| {
+        let mut hull = Hull::with_api(label, &[]);
+        let api = hull.api();
+        api.expect_ok(
+            "PUT",
+            "/boot-source",
+            &json!({ "kernel_image_path": kernel, "boot_args": args }),
+        );
+        api.expect_ok(
+            "PUT",
+            "/machine-config",
+            &json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+        );
+        // A different memory size after the pre-build: it must be remade for 256 MiB.
+        api.expect_ok("PATCH", "/machine-config", &json!({ "mem_size_mib": 256 }));
+        if rewrite_kernel {
+            let bytes = std::fs::read(&kernel).unwrap();
+            std::fs::write(&kernel, bytes).unwrap();
+        }
+        api.expect_ok("PUT", "/actions", &json!({ "action_type": "InstanceStart" }));
+        let status = hull.expect_exit(EXIT_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{}", hull.report());
+        let ok = hull.expect_output("hull-tiny: pvh ", Duration::ZERO);
+        assert!(ok.starts_with("hull-tiny: pvh ok magic=336ec578 "), "{ok}");
+        let memmap = hull.expect_output("hull-tiny: pvh memmap", Duration::ZERO);
+        assert_eq!(hex_field(&memmap, "ram_end"), 256 * MIB, "{memmap}");
+        assert_cmdline(
+            &hull.expect_output("hull-tiny: pvh cmdline=", Duration::ZERO),
+            "cmdline=",
+            args,
+        );
+        hull
+    };
+    let hull = boot("prebuild-kept", false);
+    assert_eq!(
+        hull.stderr().matches("VM pre-built for InstanceStart").count(),
+        2,
+        "one pre-build for 128 MiB, one for 256 MiB\n{}",
+        hull.report()
+    );
+    expect_log(&hull, "pre_built=true");
+    let hull = boot("prebuild-stale", true);
+    expect_log(&hull, "pre_built=false");
+}
+
+/// A kernel that passes `PUT /boot-source`'s checks but cannot be loaded fails the pre-build silently: the
+/// requests succeed, and `InstanceStart` answers the same 400 as a hull that never pre-built.
+#[test]
+fn a_bad_kernel_set_before_machine_config_fails_instance_start_as_without_a_pre_build() {
+    require_kvm!("a_bad_kernel_set_before_machine_config_fails_instance_start_as_without_a_pre_build");
+    let dir = hull_tests::TempDir::new("prebuild-bad").unwrap();
+    let kernel = dir.path().join("not-a-kernel");
+    std::fs::write(&kernel, vec![0x41u8; 8192]).unwrap();
+    let start_error = |label: &str, put_machine: bool| {
+        let hull = Hull::with_api(label, &[]);
+        let api = hull.api();
+        api.expect_ok(
+            "PUT",
+            "/boot-source",
+            &json!({ "kernel_image_path": kernel, "boot_args": "console=ttyS0" }),
+        );
+        if put_machine {
+            api.expect_ok(
+                "PUT",
+                "/machine-config",
+                &json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+            );
+        }
+        let body = json!({ "action_type": "InstanceStart" }).to_string();
+        let resp = api.request("PUT", "/actions", Some(&body)).unwrap();
+        assert_eq!(resp.status, 400, "{}\n{}", resp.body, hull.report());
+        let info = api.get("/").unwrap();
+        assert_eq!(info.json()["state"], "Not started", "{}", info.body);
+        resp.json()["fault_message"].as_str().unwrap_or_default().to_string()
+    };
+    let with_pre_build = start_error("prebuild-bad", true);
+    let without = start_error("prebuild-none", false);
+    assert!(
+        with_pre_build.contains("neither a loadable ELF nor a bzImage"),
+        "{with_pre_build}"
+    );
+    assert_eq!(with_pre_build, without);
 }

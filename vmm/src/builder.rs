@@ -1,7 +1,9 @@
-//! Building a microVM, as one readable sequence of named steps (see `build_microvm`): open KVM,
-//! create the VM, map guest memory, create the legacy devices, attach the virtio devices, load the
-//! kernel and initrd, write the command line and boot structures, create and configure the vCPUs, then
-//! start the event loop and the vCPU threads. Each step takes what the previous ones produced.
+//! Building a microVM, as one readable sequence of named steps. `prepare_vm` does what depends only on
+//! the machine, the boot source and the CPU configuration: open KVM, create the VM, map guest memory, load
+//! the kernel and initrd, create and configure the vCPUs (the API runs it before `InstanceStart` when it
+//! can: `prepared.rs`). `build_microvm` takes that part (or makes it), then creates the legacy devices,
+//! attaches the virtio devices, writes the command line and boot structures, and starts the event loop
+//! and the vCPU threads. Each step takes what the previous ones produced.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -30,6 +32,7 @@ use crate::metrics::{MetricSources, VcpuMetrics};
 use crate::microvm::{MicroVm, VmmError};
 use crate::mptable;
 use crate::msi_routing::MsiRouting;
+use crate::prepared::{PreparedKey, PreparedVm};
 use crate::vcpu::{self, VcpuContext, VcpuControl};
 use crate::virtio_devices;
 
@@ -76,8 +79,13 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
 }
 
-/// Builds the VM described by `config` and starts it.
-pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
+/// Builds the VM described by `config` and starts it, finishing `prepared` when it still fits `config`
+/// (see `prepared.rs`; a stale one is dropped first and everything is built here).
+pub(crate) fn build_microvm(
+    config: &MicroVmConfig,
+    options: VmmOptions,
+    prepared: Option<PreparedVm>,
+) -> Result<MicroVm, VmmError> {
     let started = Instant::now();
     config.validate()?;
     let boot_source = config
@@ -86,23 +94,31 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         .ok_or(crate::config::ConfigError::MissingBootSource)?;
     let machine = &config.machine;
 
-    let template = choose_cpu_template(machine.cpu_template)?;
-    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
-    cpu_config::check_capabilities(&kvm, config.cpu_config.as_ref()).map_err(BuildError::CpuConfig)?;
-    let vm = create_vm(&kvm)?;
-    let mem = memory::create_guest_memory(machine.mem_size_mib, machine.huge_pages).map_err(BuildError::from)?;
-    memory::register_memory(&vm, &mem, machine.track_dirty_pages).map_err(BuildError::from)?;
+    let reused = prepared.as_ref().is_some_and(|p| p.fits(config));
+    let prepared = match prepared {
+        Some(prepared) if reused => prepared,
+        stale => {
+            drop(stale);
+            prepare_vm(config)?
+        }
+    };
+    let PreparedVm {
+        template,
+        kvm,
+        vm,
+        mem,
+        kernel,
+        initrd,
+        vcpus,
+        cpuids,
+        ..
+    } = prepared;
     // Diff snapshots also need the pages hull's devices write (KVM logs only the guest's).
     devices::dirty_log::set_enabled(machine.track_dirty_pages);
     let mut legacy = create_legacy_devices(&vm, &options, started)?;
     let vcpu_metrics = Arc::new(VcpuMetrics::default());
     let mut metrics = MetricSources::new(legacy.uart_metrics.clone(), vcpu_metrics.clone());
     let attached = attach_virtio_devices(&kvm, &vm, &mem, config, &mut legacy, &mut metrics)?;
-    let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
-    let initrd = match &boot_source.initrd_path {
-        Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
-        None => None,
-    };
     let cmdline_len = write_cmdline(
         &mem,
         boot_source.boot_args_or_default(),
@@ -111,17 +127,10 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
         options.enable_pci,
     )?;
     write_boot_structures(&mem, &kernel, cmdline_len, initrd, machine.vcpu_count)?;
-    let (vcpus, cpuids) = create_vcpus(
-        &kvm,
-        &vm,
-        &mem,
-        machine.vcpu_count,
-        (template, config.cpu_config.as_ref()),
-        kernel.entry,
-    )?;
 
     let control = VcpuControl::new().map_err(BuildError::EventLoop)?;
     let saved = crate::snapshot::SavedConfig::of(config);
+    let entry = kernel.entry;
     let vm = start_threads(
         (kvm, vm, mem),
         (vcpus, cpuids),
@@ -134,14 +143,68 @@ pub(crate) fn build_microvm(config: &MicroVmConfig, options: VmmOptions) -> Resu
     tracing::info!(
         vcpus = machine.vcpu_count,
         mem_mib = machine.mem_size_mib,
-        entry = ?kernel.entry,
+        entry = ?entry,
+        pre_built = reused,
         build_ms = started.elapsed().as_millis() as u64,
         "microVM started"
     );
     Ok(vm)
 }
 
-/// Last step, shared with a restore: the event loop, then one thread per vCPU, and the handle over it all.
+/// The first steps, which depend only on the machine configuration, the boot source's files and the CPU
+/// configuration: run by `build_microvm`, or earlier through `PreparedVm::new` as soon as those are known.
+/// Choose the CPU template, open KVM and check the capabilities a custom template asks for, create the VM
+/// and map and register guest memory, load the kernel and initrd, create and configure the vCPUs.
+pub(crate) fn prepare_vm(config: &MicroVmConfig) -> Result<PreparedVm, VmmError> {
+    let started = Instant::now();
+    // Taken before the files are read: a file written from here on makes the pre-build stale.
+    let key = PreparedKey::of(config)?;
+    let boot_source = config
+        .boot_source
+        .as_ref()
+        .ok_or(crate::config::ConfigError::MissingBootSource)?;
+    let machine = &config.machine;
+    machine.validate()?;
+
+    let template = choose_cpu_template(machine.cpu_template)?;
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    cpu_config::check_capabilities(&kvm, config.cpu_config.as_ref()).map_err(BuildError::CpuConfig)?;
+    let vm = create_vm(&kvm)?;
+    let mem = memory::create_guest_memory(machine.mem_size_mib, machine.huge_pages).map_err(BuildError::from)?;
+    memory::register_memory(&vm, &mem, machine.track_dirty_pages).map_err(BuildError::from)?;
+    let kernel = boot::load_kernel(&mem, &boot_source.kernel_image_path).map_err(BuildError::Boot)?;
+    let initrd = match &boot_source.initrd_path {
+        Some(path) => Some(boot::load_initrd(&mem, path, kernel.end).map_err(BuildError::Boot)?),
+        None => None,
+    };
+    let (vcpus, cpuids) = create_vcpus(
+        &kvm,
+        &vm,
+        &mem,
+        machine.vcpu_count,
+        (template, config.cpu_config.as_ref()),
+        kernel.entry,
+    )?;
+    tracing::debug!(
+        prepare_ms = started.elapsed().as_millis() as u64,
+        "VM, memory, kernel and vCPUs prepared"
+    );
+    Ok(PreparedVm {
+        key,
+        template,
+        kvm,
+        vm,
+        mem,
+        kernel,
+        initrd,
+        vcpus,
+        cpuids,
+    })
+}
+
+/// Last step, shared with a restore: one thread per vCPU, then the event loop, and the handle over it all.
+/// The vCPUs go first so the guest runs while the event loop thread starts (a queue kick before then waits
+/// in its ioeventfd); on a busy host each new thread can wait milliseconds for a CPU.
 pub(crate) fn start_threads(
     (kvm, vm, mem): (Kvm, VmFd, GuestMemoryMmap),
     (vcpus, cpuids): (Vec<VcpuFd>, Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>),
@@ -156,8 +219,6 @@ pub(crate) fn start_threads(
         .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
         .as_slice()
         .to_vec();
-    let event_thread = event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
-        .map_err(BuildError::EventLoop)?;
     let ctx = Arc::new(VcpuContext {
         pio: legacy.pio,
         mmio: Arc::new(legacy.mmio),
@@ -178,6 +239,19 @@ pub(crate) fn start_threads(
             }
         }
     }
+    let event_thread = match event_loop::spawn(legacy.subscribers, control.clone(), options.seccomp.event_loop.clone())
+    {
+        Ok(thread) => thread,
+        Err(e) => {
+            control.request_exit(crate::exit::ExitReason::VcpuError(format!(
+                "cannot start the event loop: {e}"
+            )));
+            for thread in threads {
+                let _ = thread.join();
+            }
+            return Err(BuildError::EventLoop(e).into());
+        }
+    };
     let snapshot = crate::snapshot::SnapshotParts {
         pci: legacy.pci.is_some(),
         serial: legacy.serial,

@@ -2,6 +2,7 @@
 //!
 //! `MicroVm::start` builds a VM from a [`MicroVmConfig`] as a readable sequence of steps (`builder.rs`)
 //! and returns a handle that pauses, resumes, sends Ctrl-Alt-Del and reports how the guest ended.
+//! [`PreparedVm`] builds the part that depends only on the machine and boot source ahead of that.
 
 pub mod boot;
 mod builder;
@@ -17,6 +18,7 @@ mod microvm;
 pub mod mptable;
 pub mod msi_routing;
 pub mod pmem;
+mod prepared;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
@@ -32,6 +34,7 @@ pub use devices::virtio::balloon::{BalloonError, BalloonStats};
 pub use exit::ExitReason;
 pub use metrics::{MetricSources, VcpuMetrics};
 pub use microvm::{MicroVm, VmState, VmmError};
+pub use prepared::PreparedVm;
 pub use seccomp::ThreadFilters;
 pub use virtio_devices::BalloonHandle;
 

@@ -71,7 +71,17 @@ pub struct MicroVm {
 impl MicroVm {
     /// Validates `config`, builds the VM and starts its vCPUs.
     pub fn start(config: &MicroVmConfig, options: VmmOptions) -> Result<MicroVm, VmmError> {
-        crate::builder::build_microvm(config, options)
+        crate::builder::build_microvm(config, options, None)
+    }
+
+    /// Like `start`, finishing `prepared` (built before `InstanceStart`) when it still fits `config`;
+    /// otherwise it is dropped and the VM is built from scratch, with `start`'s errors.
+    pub fn start_prepared(
+        config: &MicroVmConfig,
+        options: VmmOptions,
+        prepared: Option<crate::PreparedVm>,
+    ) -> Result<MicroVm, VmmError> {
+        crate::builder::build_microvm(config, options, prepared)
     }
 
     #[allow(clippy::too_many_arguments)]
