@@ -244,6 +244,32 @@ fn bad_snapshots_are_refused_and_the_process_stays_usable() {
     let garbage = damaged(d, "garbage", &snap, |b| {
         *b = b"not a snapshot at all, just text".to_vec()
     });
+    // A state this host's KVM cannot run: leaf 7's EBX asks for every feature (each CPUID entry is 40 bytes:
+    // function, index, flags, eax, ebx, ...), re-encoded with a valid header and checksum.
+    let cpuid_bits = {
+        let payload = vmm::snapshot::format::read(&snap).unwrap();
+        let mut state: Value = serde_json::from_slice(&payload).unwrap();
+        let mut changed = 0;
+        for entry in state["vcpus"][0]["cpuid"].as_array_mut().unwrap() {
+            let e = entry.as_array_mut().unwrap();
+            let word =
+                |e: &[Value], at: usize| (0..4).fold(0u64, |acc, i| acc | (e[at + i].as_u64().unwrap() << (8 * i)));
+            if word(e, 0) == 7 && word(e, 4) == 0 {
+                for b in &mut e[16..20] {
+                    *b = 255.into();
+                }
+                changed += 1;
+            }
+        }
+        assert_eq!(changed, 1, "the state has one CPUID leaf 7.0");
+        let path = d.join("cpuid");
+        std::fs::write(
+            &path,
+            vmm::snapshot::format::encode(&serde_json::to_vec(&state).unwrap()),
+        )
+        .unwrap();
+        path
+    };
     let short_mem = dir.path().join("short.mem");
     std::fs::write(&short_mem, vec![0u8; 32 << 20]).unwrap();
     let hull = Hull::with_api("snap-bad-load", &[]);
@@ -255,6 +281,11 @@ fn bad_snapshots_are_refused_and_the_process_stays_usable() {
         (&snap, &short_mem, "the snapshot's guest memory is 67108864 bytes"),
         (&snap, &d.join("missing.mem"), "No such file"),
         (&d.join("missing.state"), &mem, "cannot read the snapshot file"),
+        (
+            &cpuid_bits,
+            &mem,
+            "this host cannot run the snapshot: vCPU 0: the snapshot's CPUID leaf 0x7.0 ebx",
+        ),
     ] {
         let (status, body) = put(&hull, "/snapshot/load", load(state, memory));
         assert_eq!(status, 400, "{}: {body}", state.display());
@@ -271,6 +302,33 @@ fn bad_snapshots_are_refused_and_the_process_stays_usable() {
         body.contains("either `mem_backend` or `mem_file_path` is required"),
         "{body}"
     );
+    // Overrides that do not fit the snapshot.
+    for (extra, says) in [
+        (
+            json!({ "drive_overrides": [{ "drive_id": "nope", "path_on_host": mem }] }),
+            "invalid drive override: the snapshot has no drive",
+        ),
+        (
+            json!({ "vsock_override": { "uds_path": d.join("no/such/dir/v.sock") } }),
+            "the directory of uds_path",
+        ),
+        (
+            json!({ "vsock_override": { "uds_path": d.join("v2.sock"), "guest_cid": 2 } }),
+            "guest_cid 2 is reserved",
+        ),
+        (
+            json!({ "vsock_override": { "uds_path": d.join("v2.sock"), "cid": 9 } }),
+            "unknown field",
+        ),
+    ] {
+        let mut body = load(&snap, &mem);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, reply) = put(&hull, "/snapshot/load", body);
+        assert_eq!(status, 400, "{extra}: {reply}");
+        assert!(reply.contains(says), "{extra}: expected {says:?} in {reply}");
+    }
     let info = hull.api().get("/").unwrap().json();
     assert_eq!(info["state"], "Not started", "{info}");
 
