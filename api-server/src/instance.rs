@@ -743,6 +743,8 @@ mod tests {
             track_dirty_pages: false,
             resume_vm: false,
             network_overrides: Vec::new(),
+            vsock_override: None,
+            drive_overrides: Vec::new(),
         };
         assert!(matches!(
             i.load_snapshot(&params),
