@@ -129,9 +129,11 @@ pub const KVM_GET_XCRS: u32 = ior(0xa6, size_of::<kvm_xcrs>());
 pub const KVM_SET_XCRS: u32 = iow(0xa7, size_of::<kvm_xcrs>());
 // userfaultfd (linux/userfaultfd.h), for the Uffd snapshot backend: `_IOWR(0xAA, nr, struct)` written out
 // (the build script compiles this file without `vmm`; a unit test checks they agree with vmm::snapshot::uffd).
-const UFFDIO: u32 = 0xAA;
-pub const UFFDIO_API: u32 = (3 << 30) | (24 << 16) | (UFFDIO << 8) | 0x3f;
-pub const UFFDIO_REGISTER: u32 = (3 << 30) | (32 << 16) | (UFFDIO << 8) | 0x00;
+const fn uffd_iowr(nr: u32, size: u32) -> u32 {
+    (3 << 30) | (size << 16) | (0xAA << 8) | nr
+}
+pub const UFFDIO_API: u32 = uffd_iowr(0x3f, 24);
+pub const UFFDIO_REGISTER: u32 = uffd_iowr(0x00, 32);
 pub const USERFAULTFD_IOC_NEW: u32 = 0xaa00;
 // TAP set-up (linux/if_tun.h) and generic fd ioctls.
 pub const TUNSETIFF: u32 = 0x4004_54ca;
