@@ -14,14 +14,11 @@ mod signals;
 mod vhost_user;
 mod vmm_mode;
 
-use clap::Parser;
-
-use crate::cli::Cli;
 use crate::signals::SignalFd;
 
 fn main() {
     one_heap_for_all_threads();
-    let cli = Cli::parse();
+    let cli = cli::parse_args();
     release_stack_below_here();
     if let Some(command) = cli.command {
         match command {
