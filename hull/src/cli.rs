@@ -32,6 +32,48 @@ pub struct Cli {
     pub vmm: VmmArgs,
 }
 
+/// The microVM mode's command line alone, without the subcommands. A VMM starts with this: clap builds every
+/// flag of every subcommand before it parses anything (`hull run` alone has 32), about 120 KiB of heap and
+/// 40 KiB of stack that would be spent before the API socket is bound, in every microVM process.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hull",
+    version,
+    about = "hull: a secure container runtime; one KVM microVM per process, Firecracker-compatible API",
+    // The whole parser's usage, for its error messages (help always goes to the whole parser).
+    override_usage = "hull [OPTIONS]\n       hull <COMMAND>"
+)]
+struct VmmCli {
+    #[command(flatten)]
+    vmm: VmmArgs,
+}
+
+/// The names that make [`parse_args`] use the whole command line ([`Cli`]): the subcommands and help.
+const FULL_PARSER_WORDS: &[&str] = &["run", "vhost-user", "rebase-snap", "help", "-h", "--help"];
+
+/// Parses the process's arguments as [`Cli::parse`] does (and exits the same way on an error or help). A
+/// command line that names no subcommand and asks for no help is parsed by the microVM mode's own parser,
+/// which takes exactly the flags [`Cli`] takes without a subcommand; any argument that could be a
+/// subcommand's name, wherever it stands, leaves the decision to the whole parser.
+pub fn parse_args() -> Cli {
+    parse_args_from(std::env::args_os().collect())
+}
+
+fn parse_args_from(args: Vec<std::ffi::OsString>) -> Cli {
+    let full = args
+        .iter()
+        .skip(1)
+        .any(|arg| FULL_PARSER_WORDS.iter().any(|word| arg == word));
+    if full {
+        Cli::parse_from(args)
+    } else {
+        Cli {
+            command: None,
+            vmm: VmmCli::parse_from(args).vmm,
+        }
+    }
+}
+
 /// Subcommands; each one replaces the Firecracker-style flags: `hull run ...` (a container in a fresh
 /// microVM, `crate::run`) and `hull vhost-user {blk,net,vsock} ...` (device backends).
 #[derive(Debug, Subcommand)]
@@ -213,6 +255,35 @@ mod tests {
     #[test]
     fn the_command_definition_is_consistent() {
         Cli::command().debug_assert();
+        VmmCli::command().debug_assert();
+    }
+
+    /// The microVM mode's parser takes the same flags, with the same names, as the whole one.
+    #[test]
+    fn the_vmm_parser_has_the_whole_parsers_flags() {
+        let names = |c: clap::Command| {
+            let mut v: Vec<String> = c.get_arguments().map(|a| a.get_id().to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(VmmCli::command()), names(Cli::command()));
+    }
+
+    /// Which parser a command line gets: the VMM's unless a subcommand or help may be asked for.
+    #[test]
+    fn a_vmm_command_line_parses_the_same_either_way() {
+        let os = |args: &[&str]| {
+            std::iter::once("hull")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        let cli = parse_args_from(os(&["--api-sock", "/tmp/x.sock", "--id", "vm-1", "--boot-timer"]));
+        let whole = parse(&["--api-sock", "/tmp/x.sock", "--id", "vm-1", "--boot-timer"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(format!("{:?}", cli.vmm), format!("{:?}", whole.vmm));
+        let cli = parse_args_from(os(&["rebase-snap", "--base-file", "a", "--diff-file", "b"]));
+        assert!(matches!(cli.command, Some(Command::RebaseSnap(_))));
     }
 
     #[test]

@@ -14,14 +14,11 @@ mod signals;
 mod vhost_user;
 mod vmm_mode;
 
-use clap::Parser;
-
-use crate::cli::Cli;
 use crate::signals::SignalFd;
 
 fn main() {
     one_heap_for_all_threads();
-    let cli = Cli::parse();
+    let cli = cli::parse_args();
     release_stack_below_here();
     if let Some(command) = cli.command {
         match command {
@@ -88,8 +85,10 @@ fn one_heap_for_all_threads() {
 /// in a few very large stack frames, about 40 KiB of the main thread's stack below `main`. Once the command
 /// line is parsed those pages are dead, but they would stay dirty for the life of the process, in every idle
 /// VMM: give them back. Later calls that reach as deep get fresh zeroed pages, as for any stack growth.
+/// The VMM calls it again once the VM runs (`vmm_mode`), for the frames that built the VM. Must only be
+/// called on the main thread, while its filter still allows `openat` (it reads `/proc/self/maps`).
 #[inline(never)]
-fn release_stack_below_here() {
+pub(crate) fn release_stack_below_here() {
     // Everything more than this below the current frame is dead: the calls made from here (reading
     // /proc/self/maps, madvise) have returned or use far less.
     const MARGIN: usize = 8 * 1024;

@@ -103,8 +103,10 @@ pub fn run(args: VmmArgs, signals: &SignalFd, metadata: Option<serde_json::Value
         }
     }
 
-    // Once the VM runs, this thread only serves the API and cleans up: narrow its filter to that.
+    // Once the VM runs, this thread only serves the API and cleans up: narrow its filter to that. The
+    // stack pages that building the VM dirtied go first (the narrowed filter has no `openat` to find them).
     let mut after_start = || {
+        crate::release_stack_below_here();
         filters
             .apply_to_current_thread(ThreadKind::ApiRunning)
             .map_err(|e| e.to_string())?;

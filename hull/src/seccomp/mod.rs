@@ -16,19 +16,23 @@
 //! above. Filters are inherited and stack, so a custom `api` filter must also allow what the `vmm` and
 //! `vcpu` threads need.
 
+#[cfg(test)]
+mod compile;
+// The build script compiles the tables into the binary (`builtin`); at run time only the tests read them.
+#[cfg_attr(not(test), allow(dead_code))]
 pub mod policy;
 mod syscall_names;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
-};
+use seccompiler::{sock_filter, BpfProgram, TargetArch};
 
-use self::policy::{Table, VhostUserDevice};
+#[cfg(test)]
+use self::policy::Table;
+use self::policy::VhostUserDevice;
 
 /// Exit status after a forbidden system call (Firecracker's `BadSyscall`).
 pub const EXIT_BAD_SYSCALL: i32 = 148;
@@ -71,7 +75,8 @@ impl ThreadKind {
         }
     }
 
-    /// hull's built-in table for this kind.
+    /// hull's built-in table for this kind (compiled into the binary by the build script, see [`builtin`]).
+    #[cfg(test)]
     pub fn table(self) -> Table {
         match self {
             ThreadKind::Api => policy::api(),
@@ -85,6 +90,7 @@ impl ThreadKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    #[cfg(test)]
     #[error("cannot compile the built-in seccomp filter for {category} threads: {reason}")]
     Compile { category: &'static str, reason: String },
     #[error("cannot read the seccomp filter file {path}: {source}")]
@@ -99,10 +105,26 @@ pub enum SeccompError {
     Handler(std::io::Error),
 }
 
-/// The compiled filters of one process, by thread kind; empty with `--no-seccomp`.
+/// The filters of one process, by thread kind; empty with `--no-seccomp`.
 #[derive(Debug, Default)]
 pub struct Filters {
-    programs: HashMap<ThreadKind, Arc<BpfProgram>>,
+    programs: HashMap<ThreadKind, Program>,
+}
+
+/// One thread kind's filter: built into the binary, or compiled at start from a `--seccomp-filter` file.
+#[derive(Debug)]
+enum Program {
+    Builtin(&'static [sock_filter]),
+    FromFile(Arc<BpfProgram>),
+}
+
+impl Program {
+    fn instructions(&self) -> &[sock_filter] {
+        match self {
+            Program::Builtin(program) => program,
+            Program::FromFile(program) => program,
+        }
+    }
 }
 
 impl Filters {
@@ -114,11 +136,14 @@ impl Filters {
             return Ok(Filters::default());
         }
         let programs = match &args.seccomp_filter {
-            Some(path) => from_file(path, kinds)?,
+            Some(path) => from_file(path, kinds)?
+                .into_iter()
+                .map(|(kind, program)| (kind, Program::FromFile(program)))
+                .collect(),
             None => kinds
                 .iter()
-                .map(|&kind| Ok((kind, Arc::new(compile(&kind.table(), kind.category())?))))
-                .collect::<Result<_, SeccompError>>()?,
+                .map(|&kind| (kind, Program::Builtin(builtin(kind))))
+                .collect(),
         };
         sigsys::install().map_err(SeccompError::Handler)?;
         Ok(Filters { programs })
@@ -126,7 +151,10 @@ impl Filters {
 
     /// The program for `kind`, if filters are on.
     pub fn get(&self, kind: ThreadKind) -> Option<Arc<BpfProgram>> {
-        self.programs.get(&kind).cloned()
+        self.programs.get(&kind).map(|program| match program {
+            Program::Builtin(instructions) => Arc::new(instructions.to_vec()),
+            Program::FromFile(program) => Arc::clone(program),
+        })
     }
 
     /// Installs the filter for `kind` on the calling thread (and so on every thread it starts later).
@@ -134,7 +162,7 @@ impl Filters {
         let Some(program) = self.programs.get(&kind) else {
             return Ok(());
         };
-        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install {
+        seccompiler::apply_filter(program.instructions()).map_err(|e| SeccompError::Install {
             category: kind.category(),
             reason: e.to_string(),
         })?;
@@ -143,35 +171,34 @@ impl Filters {
     }
 }
 
-/// One table as BPF: the listed calls are allowed, every other call traps.
+/// One table as BPF at run time (the tests; the binary carries the built-in tables compiled, [`builtin`]).
+#[cfg(test)]
 pub fn compile(table: &Table, category: &'static str) -> Result<BpfProgram, SeccompError> {
-    let err = |e: &dyn std::fmt::Display| SeccompError::Compile {
-        category,
-        reason: e.to_string(),
-    };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (nr, _, only) in &table.entries {
-        let mut alternatives = Vec::new();
-        for alternative in only.iter().flatten() {
-            let conditions = alternative
-                .iter()
-                .map(|arg| {
-                    let op = if arg.mask == u32::MAX {
-                        SeccompCmpOp::Eq
-                    } else {
-                        SeccompCmpOp::MaskedEq(u64::from(arg.mask))
-                    };
-                    SeccompCondition::new(arg.index, SeccompCmpArgLen::Dword, op, u64::from(arg.value))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(&e))?;
-            alternatives.push(SeccompRule::new(conditions).map_err(|e| err(&e))?);
-        }
-        rules.insert(*nr, alternatives);
+    compile::to_bpf(table).map_err(|reason| SeccompError::Compile { category, reason })
+}
+
+/// hull's built-in tables as BPF, compiled by the build script from [`policy`] (with [`compile::to_bpf`],
+/// as a unit test checks): read-only data in the binary, shared by every hull process, and nothing to
+/// compile before the API socket is served.
+mod builtin_programs {
+    use seccompiler::sock_filter;
+
+    include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
+}
+
+/// The built-in program for `kind`.
+pub fn builtin(kind: ThreadKind) -> &'static [sock_filter] {
+    use builtin_programs as p;
+    match kind {
+        ThreadKind::Api => p::API,
+        ThreadKind::ApiRunning => p::API_RUNNING,
+        ThreadKind::EventLoop => p::VMM,
+        ThreadKind::Vcpu => p::VCPU,
+        ThreadKind::VhostUser(VhostUserDevice::Blk) => p::VHOST_USER_BLK,
+        ThreadKind::VhostUser(VhostUserDevice::Vsock) => p::VHOST_USER_VSOCK,
+        ThreadKind::VhostUser(VhostUserDevice::Net) => p::VHOST_USER_NET,
+        ThreadKind::VhostUser(VhostUserDevice::Rng) => p::VHOST_USER_RNG,
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| err(&e))?;
-    BpfProgram::try_from(filter).map_err(|e| err(&e))
 }
 
 fn from_file(path: &Path, kinds: &[ThreadKind]) -> Result<HashMap<ThreadKind, Arc<BpfProgram>>, SeccompError> {

@@ -60,8 +60,9 @@ const fn masked(index: u8, mask: u32, value: u32) -> Arg {
     Arg { index, mask, value }
 }
 
-/// The only mode hull gives a socket it binds (devices::stale_socket::SOCKET_FILE_MODE; mode_t is u32).
-const SOCKET_FILE_MODE: u32 = devices::stale_socket::SOCKET_FILE_MODE;
+/// The only mode hull gives a socket it binds (devices::stale_socket::SOCKET_FILE_MODE; mode_t is u32). Written
+/// out, not imported, because the build script compiles this file alone; a unit test checks they agree.
+pub const SOCKET_FILE_MODE: u32 = 0o600;
 
 // --- ioctl request numbers (asm-generic/ioctl.h), computed from the kernel structures they carry.
 const KVMIO: u32 = 0xAE;
@@ -126,9 +127,13 @@ pub const KVM_GET_XSAVE: u32 = ior(0xa4, size_of::<kvm_xsave>());
 pub const KVM_SET_XSAVE: u32 = iow(0xa5, size_of::<kvm_xsave>());
 pub const KVM_GET_XCRS: u32 = ior(0xa6, size_of::<kvm_xcrs>());
 pub const KVM_SET_XCRS: u32 = iow(0xa7, size_of::<kvm_xcrs>());
-// userfaultfd (linux/userfaultfd.h), for the Uffd snapshot backend.
-pub const UFFDIO_API: u32 = vmm::snapshot::uffd::UFFDIO_API_IOCTL;
-pub const UFFDIO_REGISTER: u32 = vmm::snapshot::uffd::UFFDIO_REGISTER_IOCTL;
+// userfaultfd (linux/userfaultfd.h), for the Uffd snapshot backend: `_IOWR(0xAA, nr, struct)` written out
+// (the build script compiles this file without `vmm`; a unit test checks they agree with vmm::snapshot::uffd).
+const fn uffd_iowr(nr: u32, size: u32) -> u32 {
+    (3 << 30) | (size << 16) | (0xAA << 8) | nr
+}
+pub const UFFDIO_API: u32 = uffd_iowr(0x3f, 24);
+pub const UFFDIO_REGISTER: u32 = uffd_iowr(0x00, 32);
 pub const USERFAULTFD_IOC_NEW: u32 = 0xaa00;
 // TAP set-up (linux/if_tun.h) and generic fd ioctls.
 pub const TUNSETIFF: u32 = 0x4004_54ca;

@@ -27,6 +27,23 @@ fn every_table_compiles() {
     }
 }
 
+/// The programs the build script compiled into the binary are exactly what the tables compile to now.
+#[test]
+fn built_in_programs_are_the_tables_compiled() {
+    for kind in all_kinds() {
+        let program = compile(&kind.table(), kind.category()).unwrap();
+        assert_eq!(builtin(kind), program.as_slice(), "{}", kind.category());
+    }
+}
+
+/// The values the policy writes out (the build script compiles it without `vmm` and `devices`).
+#[test]
+fn written_out_constants_match_their_sources() {
+    assert_eq!(policy::SOCKET_FILE_MODE, devices::stale_socket::SOCKET_FILE_MODE);
+    assert_eq!(policy::UFFDIO_API, vmm::snapshot::uffd::UFFDIO_API_IOCTL);
+    assert_eq!(policy::UFFDIO_REGISTER, vmm::snapshot::uffd::UFFDIO_REGISTER_IOCTL);
+}
+
 #[test]
 fn system_call_names_match_their_numbers() {
     assert_eq!(super::syscall_names::name(libc::SYS_read), "read");
