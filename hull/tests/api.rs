@@ -913,8 +913,11 @@ fn clients_that_pipeline_without_reading_do_not_grow_memory() {
 
 #[test]
 fn a_vsock_uds_path_naming_a_regular_file_is_not_deleted() {
+    hull_tests::require_kvm!("a_vsock_uds_path_naming_a_regular_file_is_not_deleted");
     let dir = temp_dir();
-    let kernel = fake_kernel(dir.path());
+    // A kernel that loads: the devices are attached after the kernel is loaded (the VM is built before
+    // InstanceStart), so a fake one would be refused first.
+    let kernel = hull_tests::tiny_guest("halt.elf");
     let precious = dir.path().join("precious.txt");
     std::fs::write(&precious, "keep me").expect("write file");
     let config = json!({
