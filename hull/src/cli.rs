@@ -49,7 +49,8 @@ struct VmmCli {
 }
 
 /// The names that make [`parse_args`] use the whole command line ([`Cli`]): the subcommands and help.
-const FULL_PARSER_WORDS: &[&str] = &["run", "vhost-user", "rebase-snap", "help", "-h", "--help"];
+/// Every subcommand of [`Command`] must be here (a unit test checks it against clap's list).
+const FULL_PARSER_WORDS: &[&str] = &["run", "vhost-user", "rebase-snap", "template", "help", "-h", "--help"];
 
 /// Parses the process's arguments as [`Cli::parse`] does (and exits the same way on an error or help). A
 /// command line that names no subcommand and asks for no help is parsed by the microVM mode's own parser,
@@ -284,6 +285,21 @@ mod tests {
         assert_eq!(format!("{:?}", cli.vmm), format!("{:?}", whole.vmm));
         let cli = parse_args_from(os(&["rebase-snap", "--base-file", "a", "--diff-file", "b"]));
         assert!(matches!(cli.command, Some(Command::RebaseSnap(_))));
+        let cli = parse_args_from(os(&["template", "create", "/t"]));
+        assert!(matches!(cli.command, Some(Command::Template(_))));
+    }
+
+    /// A subcommand missing from the words that select the whole parser could not be run at all.
+    #[test]
+    fn every_subcommand_selects_the_whole_parser() {
+        use clap::CommandFactory;
+        for sub in Cli::command().get_subcommands() {
+            assert!(
+                FULL_PARSER_WORDS.contains(&sub.get_name()),
+                "subcommand {} is not in FULL_PARSER_WORDS",
+                sub.get_name()
+            );
+        }
     }
 
     #[test]
