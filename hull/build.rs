@@ -22,8 +22,8 @@
 //! it would a dynamic PIE, and this script makes that link static: it writes, for each library rustc names
 //! (`-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc`), a linker script of that name that stands for glibc's and
 //! libgcc's static archives, puts their directory first on the search path, and asks the compiler driver for
-//! a static (PIE) executable. Only the `hull` binary is affected: `hull-uffd-handler` and the tests link as
-//! before.
+//! a static (PIE) executable. Only the `hull` and `hull-vmm` binaries are affected: `hull-uffd-handler` and
+//! the tests link as before.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,7 +37,29 @@ mod policy;
 
 fn main() {
     write_seccomp_filters();
+    write_build_id();
     link();
+}
+
+/// `HULL_BUILD_ID`, which `hull` and `hull-vmm` both carry (`hull::BUILD_ID`): `hull` execs only a
+/// `hull-vmm` of its own build. A new ID whenever a source file of hull or of the crates the microVM runs,
+/// or the lock file, changed since the last build, so a `hull-vmm` left from an earlier build never matches.
+fn write_build_id() {
+    for path in [
+        "src",
+        "../vmm/src",
+        "../devices/src",
+        "../api-server/src",
+        "../logging/src",
+        "../Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=HULL_BUILD_ID={now:x}-{:x}", std::process::id());
 }
 
 /// Compiles hull's built-in seccomp tables (`src/seccomp/policy.rs`) into BPF now rather than at every
@@ -90,18 +112,20 @@ fn link() {
     if !dynamic {
         match write_static_scripts() {
             Ok(dir) => {
-                println!("cargo:rustc-link-arg-bin=hull=-L{}", dir.display());
-                println!(
-                    "cargo:rustc-link-arg-bin=hull={}",
-                    if no_pie { "-static" } else { "-static-pie" }
-                );
-                if no_pie {
-                    println!("cargo:rustc-link-arg-bin=hull=-no-pie");
-                } else {
-                    // The PIE's ~12,000 relocations, nearly all relative, as a bitmap (DT_RELR, which
-                    // glibc 2.36's static-PIE start-up applies) instead of 24 bytes each: about 280 KiB
-                    // less to read, and keep mapped, at every start.
-                    println!("cargo:rustc-link-arg-bin=hull=-Wl,-z,pack-relative-relocs");
+                for bin in VMM_BINARIES {
+                    println!("cargo:rustc-link-arg-bin={bin}=-L{}", dir.display());
+                    println!(
+                        "cargo:rustc-link-arg-bin={bin}={}",
+                        if no_pie { "-static" } else { "-static-pie" }
+                    );
+                    if no_pie {
+                        println!("cargo:rustc-link-arg-bin={bin}=-no-pie");
+                    } else {
+                        // The PIE's ~12,000 relocations, nearly all relative, as a bitmap (DT_RELR, which
+                        // glibc 2.36's static-PIE start-up applies) instead of 24 bytes each: about 280 KiB
+                        // less to read, and keep mapped, at every start.
+                        println!("cargo:rustc-link-arg-bin={bin}=-Wl,-z,pack-relative-relocs");
+                    }
                 }
                 return;
             }
@@ -109,9 +133,14 @@ fn link() {
         }
     }
     if no_pie {
-        println!("cargo:rustc-link-arg-bin=hull=-no-pie");
+        for bin in VMM_BINARIES {
+            println!("cargo:rustc-link-arg-bin={bin}=-no-pie");
+        }
     }
 }
+
+/// The binaries a microVM process runs, linked as described at the top of this file.
+const VMM_BINARIES: [&str; 2] = ["hull", "hull-vmm"];
 
 /// Writes `lib<name>.so` linker scripts for the libraries rustc asks for into `OUT_DIR/static-libs`, each
 /// naming the static archives that replace it, and returns that directory.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs hull for containerd on this machine; idempotent, no arguments needed (run as root from a clone):
-#   /usr/local/bin/{hull,hull-jailer,containerd-shim-hull-v2}  release builds of this checkout
+#   /usr/local/bin/{hull,hull-vmm,hull-jailer,containerd-shim-hull-v2}  release builds of this checkout
 #   /var/lib/hull/{vmlinux,initramfs.cpio}             the guest kernel and the agent's initramfs
 #   /var/lib/hull/images, /run/hull/shim               the shim's image cache and VM directories (0700)
 #   /etc/hull/shim.toml                                the shim's config (kept if present)
@@ -41,6 +41,8 @@ else
   (cd "$here" && cargo build -p hull -p hull-jailer -p containerd-shim-hull-v2 >&2)
 fi
 install -D -m 0755 "$here/target/$profile/hull" "$prefix/bin/hull"
+# The lean microVM image `hull` execs when started without a subcommand (same build, same directory).
+install -D -m 0755 "$here/target/$profile/hull-vmm" "$prefix/bin/hull-vmm"
 # The shim starts hull through hull-jailer, found next to hull (shim.toml [jail]).
 install -D -m 0755 "$here/target/$profile/hull-jailer" "$prefix/bin/hull-jailer"
 install -D -m 0755 "$here/target/$profile/containerd-shim-hull-v2" "$prefix/bin/containerd-shim-hull-v2"

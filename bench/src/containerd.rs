@@ -539,7 +539,7 @@ impl Role {
         match comm.trim() {
             c if c.starts_with("qemu-system") => Some(Role::Qemu),
             "hull" if args.iter().any(|a| a == "vhost-user") => Some(Role::Backend),
-            "hull" => Some(Role::HullVmm),
+            "hull" | "hull-vmm" => Some(Role::HullVmm),
             _ => None,
         }
     }

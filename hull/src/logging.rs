@@ -67,7 +67,9 @@ pub fn init_with_sink(level: LogLevel, format: LogFormat, instance_id: String) {
     let filter: Box<dyn Layer<_> + Send + Sync> = match env.map(|spec| rust_log_filter(&spec)) {
         Some(Ok(targets)) => Box::new(targets),
         Some(Err(err)) => {
-            eprintln!("hull: RUST_LOG is not a list of `target=level` or `level` directives ({err}); using --log-level");
+            eprintln!(
+                "hull: RUST_LOG is not a list of `target=level` or `level` directives ({err}); using --log-level"
+            );
             Box::new(filter(level))
         }
         None => Box::new(filter(level)),
@@ -81,7 +83,8 @@ pub fn init_with_sink(level: LogLevel, format: LogFormat, instance_id: String) {
 /// select nothing, and `EnvFilter`'s regular-expression engine was a quarter of a megabyte of code and
 /// relocated data in every VMM process.
 fn rust_log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, String> {
-    spec.parse::<tracing_subscriber::filter::Targets>().map_err(|e| e.to_string())
+    spec.parse::<tracing_subscriber::filter::Targets>()
+        .map_err(|e| e.to_string())
 }
 
 /// The subscriber under hull's log layers, in place of tracing-subscriber's `Registry`: hull logs events and

@@ -10,9 +10,9 @@ use api_server::instance::Instance;
 use api_server::server::{self, ApiSocket};
 use vmm::{SerialOutput, ThreadFilters, VmmOptions};
 
-use crate::cli::VmmArgs;
 use crate::seccomp::{Filters, ThreadKind};
 use crate::signals::SignalFd;
+use crate::vmm_cli::VmmArgs;
 
 /// Exit status for a configuration that cannot boot (Firecracker's `BadConfiguration`).
 pub const EXIT_BAD_CONFIGURATION: i32 = 152;
@@ -38,7 +38,7 @@ pub fn run(args: VmmArgs, signals: &SignalFd, metadata: Option<serde_json::Value
     // Firecracker listens on its default socket when none is given; so does hull, unless --no-api.
     let api_sock = match (&args.api_sock, args.no_api) {
         (Some(path), _) => Some(path.clone()),
-        (None, false) => Some(std::path::PathBuf::from(crate::cli::DEFAULT_API_SOCK)),
+        (None, false) => Some(std::path::PathBuf::from(crate::vmm_cli::DEFAULT_API_SOCK)),
         (None, true) => None,
     };
     let socket = match api_sock.as_deref().map(ApiSocket::bind).transpose() {

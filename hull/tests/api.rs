@@ -1110,3 +1110,64 @@ fn the_periodic_flush_reports_the_running_guests_counters_under_seccomp() {
     let mmio_writes = total(&text, "vcpu", "exit_mmio_write");
     assert!(mmio_writes >= 1, "the boot-timer write\n{text}");
 }
+
+/// The image a process runs, from `/proc/PID/exe`.
+fn image_of(hull: &Hull) -> PathBuf {
+    std::fs::read_link(format!("/proc/{}/exe", hull.pid())).expect("read /proc/PID/exe")
+}
+
+/// `hull` without a subcommand execs the lean `hull-vmm` of its build, in the same process: the microVM
+/// answers as before, and its process runs `hull-vmm`, not `hull`.
+#[test]
+fn a_microvm_started_as_hull_runs_the_lean_hull_vmm_image() {
+    let hull = start();
+    assert_eq!(
+        image_of(&hull).file_name().and_then(|n| n.to_str()),
+        Some("hull-vmm"),
+        "hull --api-sock should have exec'd hull-vmm"
+    );
+    let info = hull.request("GET", "/", None).json();
+    assert_eq!(
+        (info["app_name"].as_str(), info["state"].as_str()),
+        (Some("hull"), Some("Not started"))
+    );
+    // A subcommand stays in `hull`.
+    let out = Command::new(HULL)
+        .args(["rebase-snap", "--help"])
+        .output()
+        .expect("run hull rebase-snap --help");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--base-file"));
+}
+
+/// A `hull-vmm` of another build than the `hull` that exec'd it (one left from an earlier build) hands the
+/// microVM back to that `hull`, which runs it itself: the code the user built, never a stale image.
+#[test]
+fn a_hull_vmm_of_another_build_hands_the_microvm_back_to_hull() {
+    let lean = Path::new(HULL).with_file_name("hull-vmm");
+    let dir = temp_dir();
+    let args = [
+        "HULL_VMM_EXPECT_BUILD=some-other-build",
+        lean.to_str().expect("UTF-8 path"),
+        "--api-sock",
+        "api.sock",
+    ];
+    let hull = Hull::spawn_binary_in(Path::new("/usr/bin/env"), dir, args);
+    hull.wait_for_api(TIMEOUT);
+    assert_eq!(
+        image_of(&hull),
+        std::fs::canonicalize(HULL).unwrap(),
+        "the stale hull-vmm should have exec'd hull"
+    );
+    assert_eq!(hull.request("GET", "/", None).status, 200);
+    assert!(
+        hull.stderr().contains("from another build"),
+        "stderr: {}",
+        hull.stderr()
+    );
+    // hull-vmm has no subcommands.
+    let out = Command::new(&lean)
+        .args(["run", "--", "/bin/true"])
+        .output()
+        .expect("run hull-vmm");
+    assert_eq!(out.status.code(), Some(2), "hull-vmm takes no subcommand");
+}

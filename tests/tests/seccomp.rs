@@ -66,8 +66,8 @@ fn every_thread_of_a_running_vm_has_its_filter() {
         // `kvm-nx-lpage-recovery`, runs no user code; it only has to be filtered at all.)
         if name.starts_with("hull_vcpu") || name == "hull_events" {
             assert_eq!(*filters, 2, "thread {name}: {threads:?}");
-        } else if name == "hull" {
-            // `api`, then `api-running` once the VM runs.
+        } else if name == "hull" || name == "hull-vmm" {
+            // The main thread (`hull` execs `hull-vmm`): `api`, then `api-running` once the VM runs.
             assert_eq!(*filters, 2, "thread {name}: {threads:?}");
         } else {
             assert!(*filters >= 1, "thread {name}: {threads:?}");

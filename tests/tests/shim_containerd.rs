@@ -159,7 +159,7 @@ fn vm_pids_under(dir: &Path) -> Vec<u32> {
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if (comm.trim() == "qemu-system-x86" || comm.trim() == "hull") && cmd.contains(&needle) {
+        if matches!(comm.trim(), "qemu-system-x86" | "hull" | "hull-vmm") && cmd.contains(&needle) {
             pids.push(pid);
         }
     }
@@ -171,7 +171,7 @@ fn vm_pids_under(dir: &Path) -> Vec<u32> {
 
 /// Jailed hull processes (the VMM, the device backends) name only paths inside their chroots: they are found
 /// through the PID file hull-jailer writes in each jail, `/srv/jailer/hull/<VM directory name>-<role>/root/
-/// hull.pid`, for the VM directories under `dir`. A PID counts while its process is a `hull`.
+/// hull.pid`, for the VM directories under `dir`. A PID counts while its process is a `hull` (or the `hull-vmm` it execs).
 fn jailed_pids(dir: &Path) -> Vec<u32> {
     let vms: Vec<String> = std::fs::read_dir(dir.join("hull-vms"))
         .into_iter()
@@ -193,7 +193,7 @@ fn jailed_pids(dir: &Path) -> Vec<u32> {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "hull" {
+        if matches!(comm.trim(), "hull" | "hull-vmm") {
             pids.push(pid);
         }
     }
