@@ -25,6 +25,45 @@ use crate::vmm_cli::VmmArgs;
 /// This build's identity, the same in `hull` and `hull-vmm` built together: `build.rs` makes a new one
 /// whenever a source file of hull, its VMM crates or the lock file changes.
 pub const BUILD_ID: &str = env!("HULL_BUILD_ID");
+/// [`BUILD_ID`] as an ELF note (name `hull`, type [`BUILD_NOTE_TYPE`], the ID's bytes zero-padded to 64), in
+/// both binaries' note segment at the front of the file: hull's runtime reads it from `hull` and `hull-vmm`
+/// to tell, without running either, whether they are of one build (`hull_runtime::vmm_binary`).
+#[link_section = ".note.hull.build"]
+#[used]
+pub static BUILD_NOTE: BuildNote = BuildNote::new(BUILD_ID);
+
+/// The type of the `hull` ELF note that holds the build ID.
+pub const BUILD_NOTE_TYPE: u32 = 1;
+
+/// An ELF note's layout (`Elf64_Nhdr`, then the name and the descriptor, each padded to 4 bytes).
+#[repr(C, align(4))]
+pub struct BuildNote {
+    namesz: u32,
+    descsz: u32,
+    kind: u32,
+    name: [u8; 8],
+    desc: [u8; 64],
+}
+
+impl BuildNote {
+    const fn new(id: &str) -> BuildNote {
+        let bytes = id.as_bytes();
+        let mut desc = [0u8; 64];
+        let mut i = 0;
+        while i < bytes.len() && i < desc.len() {
+            desc[i] = bytes[i];
+            i += 1;
+        }
+        BuildNote {
+            namesz: 5,
+            descsz: 64,
+            kind: BUILD_NOTE_TYPE,
+            name: *b"hull\0\0\0\0",
+            desc,
+        }
+    }
+}
+
 /// Set by `hull` when it execs `hull-vmm`: the build ID `hull-vmm` must have.
 pub const EXPECT_BUILD: &str = "HULL_VMM_EXPECT_BUILD";
 /// Set when `hull` must run the microVM itself rather than exec `hull-vmm`.

@@ -304,7 +304,7 @@ fn vhost_user(
     all.extend(["--log-level".into(), "Warning".into()]);
     all.extend(["--vm-id".into(), jail_id(cfg.dir, "").into()]);
     // Jailed: each backend in a chroot of its own; they share the hull binary (hard links), as they are many.
-    let mut cmd = files.command(cfg.hull, &all, true);
+    let mut cmd = files.command(&all, true);
     join_cgroups(&mut cmd, cgroup_procs)?;
     let log = cfg.dir.join(format!("{name}.log"));
     let output = capped(&log)?;
@@ -658,18 +658,26 @@ pub struct KvmVm {
 /// are, or, jailed, in its own chroot (hard-linked in, and named by their path inside). Owns the jail.
 struct ProcFiles {
     dir: PathBuf,
+    /// The binary the process runs.
+    exec: PathBuf,
     jail: Option<Jail>,
 }
 
 impl ProcFiles {
-    /// The files of the process `role` (`vmm`, `blk0`, `vsock`, ...) of the VM `cfg` describes.
+    /// The files of the process `role` (`vmm`, `blk0`, `vsock`, ...) of the VM `cfg` describes. The VMM
+    /// runs `hull-vmm` when it is beside `hull` and of its build (`crate::vmm_binary`), the backends `hull`.
     fn new(cfg: &VmLaunchConfig, role: &str) -> Result<ProcFiles, BackendError> {
+        let exec = match role {
+            "vmm" => crate::vmm_binary::for_vmm(cfg.hull),
+            _ => cfg.hull.to_path_buf(),
+        };
         let jail = cfg
             .jail
-            .map(|j| Jail::prepare(j, cfg.hull, &jail_id(cfg.dir, role)))
+            .map(|j| Jail::prepare(j, &exec, &jail_id(cfg.dir, role)))
             .transpose()?;
         Ok(ProcFiles {
             dir: cfg.dir.to_path_buf(),
+            exec,
             jail,
         })
     }
@@ -690,12 +698,13 @@ impl ProcFiles {
         }
     }
 
-    /// `hull <args>`, through hull-jailer when jailed (`hardlink_exec`: share one hull binary).
-    fn command(&self, hull: &Path, args: &[std::ffi::OsString], hardlink_exec: bool) -> Command {
+    /// `hull <args>` (or `hull-vmm`, see [`ProcFiles::new`]), through hull-jailer when jailed
+    /// (`hardlink_exec`: share one binary).
+    fn command(&self, args: &[std::ffi::OsString], hardlink_exec: bool) -> Command {
         match &self.jail {
             Some(j) => j.command(args, hardlink_exec),
             None => {
-                let mut c = Command::new(hull);
+                let mut c = Command::new(&self.exec);
                 c.args(args);
                 c
             }
@@ -745,7 +754,7 @@ impl KvmVm {
         ];
         // Jailed, hull gets its own copy of the binary (no text shared with other VMMs) and the jailer passes
         // it `--id <jail id>`.
-        let mut cmd = files.command(cfg.hull, &args, false);
+        let mut cmd = files.command(&args, false);
         if files.jail.is_none() {
             cmd.args(["--id", "hull-run"]);
         }

@@ -20,6 +20,7 @@ pub mod jail_uid;
 pub mod output;
 pub mod spec;
 pub mod template;
+pub mod vmm_binary;
 
 use std::path::{Path, PathBuf};
 

@@ -170,6 +170,17 @@ fn clones_of_one_template(jail: bool, label: &str) {
     assert_ne!(cid_a, cid_b, "two clones, two CIDs");
     assert_ne!(a.vsock_uds(), b.vsock_uds());
     assert!(a.alive() && b.alive());
+    // The VMM runs the lean `hull-vmm` of hull's build (`hull_runtime::vmm_binary`), jailed (a copy of it in
+    // its chroot) or not.
+    for pid in a.pids() {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(
+            exe.file_name().and_then(|n| n.to_str()),
+            Some("hull-vmm"),
+            "{}",
+            exe.display()
+        );
+    }
     a.stop(Duration::ZERO);
     b.stop(Duration::ZERO);
 

@@ -48,11 +48,13 @@ fn uid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// The chroots of the jails `hull run` `run_pid` made (`/srv/jailer/hull/hull-run-<pid>-<tag>-<role>/root`).
+/// The chroots of the jails `hull run` `run_pid` made (`/srv/jailer/<exec>/hull-run-<pid>-<tag>-<role>/root`,
+/// `<exec>` being `hull-vmm` for the VMM when it runs that binary, else `hull`).
 fn jail_roots(run_pid: u32) -> Vec<CString> {
     let prefix = format!("hull-run-{run_pid}-");
-    std::fs::read_dir("/srv/jailer/hull")
+    ["/srv/jailer/hull", "/srv/jailer/hull-vmm"]
         .into_iter()
+        .flat_map(std::fs::read_dir)
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))

@@ -170,8 +170,8 @@ fn vm_pids_under(dir: &Path) -> Vec<u32> {
 }
 
 /// Jailed hull processes (the VMM, the device backends) name only paths inside their chroots: they are found
-/// through the PID file hull-jailer writes in each jail, `/srv/jailer/hull/<VM directory name>-<role>/root/
-/// hull.pid`, for the VM directories under `dir`. A PID counts while its process is a `hull` (or the `hull-vmm` it execs).
+/// through the PID file hull-jailer writes in each jail, `/srv/jailer/<hull or hull-vmm>/<VM directory name>-<role>/root/
+/// <hull or hull-vmm>.pid`, for the VM directories under `dir`. A PID counts while its process is a `hull` (or the `hull-vmm` it execs).
 fn jailed_pids(dir: &Path) -> Vec<u32> {
     let vms: Vec<String> = std::fs::read_dir(dir.join("hull-vms"))
         .into_iter()
@@ -179,14 +179,22 @@ fn jailed_pids(dir: &Path) -> Vec<u32> {
         .flatten()
         .map(|e| format!("{}-", e.file_name().to_string_lossy()))
         .collect();
-    let jails = Path::new(hull_runtime::jail::DEFAULT_BASE_DIR).join("hull");
     let mut pids = Vec::new();
-    for e in std::fs::read_dir(jails).into_iter().flatten().flatten() {
+    // The VMM's jail is named after the binary it runs (`hull-vmm`, or `hull`), the backends' `hull`.
+    let jails = ["hull", "hull-vmm"].map(|exec| (exec, Path::new(hull_runtime::jail::DEFAULT_BASE_DIR).join(exec)));
+    let entries = jails.iter().flat_map(|(exec, dir)| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(move |e| (*exec, e))
+    });
+    for (exec, e) in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         if !vms.iter().any(|vm| name.starts_with(vm.as_str())) {
             continue;
         }
-        let Some(pid) = std::fs::read_to_string(e.path().join("root/hull.pid"))
+        let Some(pid) = std::fs::read_to_string(e.path().join(format!("root/{exec}.pid")))
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         else {
