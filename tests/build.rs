@@ -22,6 +22,7 @@ const ELF_GUESTS: &[(&str, &str)] = &[
     ("snapcount.S", "snapcount.elf"),
     ("memtouch.S", "memtouch.elf"),
     ("devcfg.S", "devcfg.elf"),
+    ("echo.S", "echo.elf"),
 ];
 
 fn main() {

@@ -4,7 +4,7 @@
 //! a second vCPU started by INIT-SIPI, pause/resume, a boot driven entirely through the API socket, the
 //! metrics file's vCPU-exit and console counters after `FlushMetrics`, and the pre-build made before
 //! `InstanceStart` (remade or dropped when the configuration or the kernel file changes; its failure
-//! reported by `InstanceStart` as without it).
+//! reported by `InstanceStart` as without it), and standard input reaching the guest's serial console.
 //!
 //! Each guest runs for well under a second even with ring 0 emulated, so these run on every machine with a
 //! usable /dev/kvm (the software kvm_pvm included).
@@ -843,4 +843,41 @@ fn a_bad_kernel_set_before_machine_config_fails_instance_start_as_without_a_pre_
         "{with_pre_build}"
     );
     assert_eq!(with_pre_build, without);
+}
+
+/// hull's standard input is the guest's serial console input: bytes written to it reach the guest's UART
+/// one by one (the echo guest answers each upper-cased), and the guest's answer comes back on stdout.
+#[test]
+fn standard_input_reaches_the_guest_serial_console() {
+    require_kvm!("standard_input_reaches_the_guest_serial_console");
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = hull_tests::TempDir::new("tiny-echo").expect("temp dir");
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, config("echo.elf", 1, 64, "").to_string()).unwrap();
+    let mut child = Command::new(hull_tests::hull_bin())
+        .args(["--no-api", "--config-file"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hull");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "hull-tiny: echo ready\n");
+    child.stdin.take().unwrap().write_all(b"ping pong.").unwrap();
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the echo guest did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "PING PONG\nhull-tiny: echo done\n");
+    assert_eq!(status.code(), Some(0), "hull exits 0 after the guest's reset");
 }
