@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::api_client::ApiClient;
-use crate::guard::{wait_for_path, ChildGuard};
+use crate::guard::{wait_for_listener, wait_for_path, ChildGuard};
 use crate::image::RootfsImage;
 use crate::jail::{jail_id, Access, Jail, JailConfig};
 use crate::output::{self, CappedOutput};
@@ -770,7 +770,7 @@ impl KvmVm {
                 what: "hull".into(),
                 source,
             })?;
-        if !wait_for_path(&api, &mut hull, Duration::from_secs(10)) {
+        if !wait_for_listener(&api, &mut hull, Duration::from_secs(10)) {
             return Err(BackendError::NotUp {
                 what: "hull API socket".into(),
                 log: log.display().to_string(),

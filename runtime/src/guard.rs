@@ -240,6 +240,24 @@ fn sweep_stale(base: &Path) {
     }
 }
 
+/// Waits until a unix socket at `path` accepts a connection, or the child ends, or `timeout` passes. The
+/// file exists from the server's `bind`, a moment before its `listen`: a client that connects as soon as it
+/// sees the file can be refused (seen under load), so only a connection says the server is up. The probe
+/// connection is closed at once (hull's API server reads it to its end); not for sockets that serve one
+/// client only (vhost-user backends: [`wait_for_path`]).
+pub fn wait_for_listener(path: &Path, child: &mut ChildGuard, timeout: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return true;
+        }
+        if child.exited() || start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Waits until `path` exists or the child ends or `timeout` passes.
 pub fn wait_for_path(path: &Path, child: &mut ChildGuard, timeout: Duration) -> bool {
     let start = Instant::now();
