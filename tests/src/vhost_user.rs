@@ -149,11 +149,15 @@ impl Proc {
         self.output.lock().unwrap().clone()
     }
 
-    /// Waits until a line containing `needle` was printed; returns that line.
+    /// Waits until a whole line containing `needle` was printed (or the process ended); returns that line.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.output().lines().find(|l| l.contains(needle)) {
+            // Whole lines only while the process runs: a line still being written (the guest's serial
+            // console is slow under TCG) would be returned cut short (seen in CI: a hash missing its end).
+            let output = self.output();
+            let complete = output.rfind('\n').map_or("", |end| &output[..end]);
+            if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
                 return Ok(line.to_string());
             }
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
