@@ -64,13 +64,14 @@ impl Shim for HullShim {
         } else {
             PathBuf::from(&self.bundle)
         };
-        if cleanup_after(&bundle, &self.id) {
-            // The shim died without removing its socket; containerd does not either.
-            let address = containerd_shim::socket_address(&self.address, &self.namespace, &grouping(&bundle, &self.id));
-            let path = address.strip_prefix("unix://").unwrap_or(&address);
-            if std::os::unix::net::UnixStream::connect(path).is_err() {
-                let _ = std::fs::remove_file(path);
-            }
+        let address = containerd_shim::socket_address(&self.address, &self.namespace, &grouping(&bundle, &self.id));
+        let socket = PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address));
+        // containerd asks for `delete` when a shim died (and after a pod's container is gone, its shim alive):
+        // a socket nobody answers on is a dead shim's, which neither containerd nor the library removes.
+        let answered = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        cleanup_after(&bundle, &self.id, answered);
+        if !answered {
+            let _ = std::fs::remove_file(&socket);
         }
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
@@ -109,6 +110,26 @@ fn runs(pid: i32, comm: &[&str]) -> bool {
     state != 'Z' && state != 'X' && comm.contains(&name)
 }
 
+/// What the shim's process is called (`comm`, cut to 15 bytes).
+const SHIM_NAMES: &[&str] = &["containerd-shim", "containerd-shim-h"];
+
+/// Whether the shim `pid` still lives. A killed process closes its files (its socket among them) before it
+/// stops running, and containerd calls `delete` as soon as the socket closes: while the socket refuses
+/// connections, a shim still shown as running is on its way out, so wait (briefly) for it to go.
+fn shim_alive(pid: i32, names: &[&str], socket_answers: bool) -> bool {
+    if socket_answers {
+        return runs(pid, names);
+    }
+    let t0 = std::time::Instant::now();
+    while runs(pid, names) {
+        if t0.elapsed() > std::time::Duration::from_secs(3) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 /// Whether the command line of `pid` has an argument inside `dir` (a VM process's sockets and logs are).
 fn names_dir(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -130,16 +151,16 @@ fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left; returns
-/// whether the shim was found dead.
-fn cleanup_after(bundle: &Path, id: &str) -> bool {
+/// `delete` for container `id`: when the shim that served it is gone (killed), kill the VM it left.
+/// `socket_answers` says whether the shim's socket still accepts connections.
+fn cleanup_after(bundle: &Path, id: &str, socket_answers: bool) {
     let Some(rec) = VmRecord::read(bundle) else {
-        return false;
+        return;
     };
     let shim_pid = i32::try_from(rec.shim_pid).unwrap_or(0);
-    if shim_pid > 0 && runs(shim_pid, &["containerd-shim", "containerd-shim-h"]) {
+    if shim_pid > 0 && shim_alive(shim_pid, SHIM_NAMES, socket_answers) {
         // The pod's shim still serves other containers; the VM is its to stop.
-        return false;
+        return;
     }
     // Only directories the shim makes (RunDir's `hull-run-*`), so a damaged record cannot remove others.
     let work_dir = Some(rec.work_dir).filter(|d| {
@@ -152,7 +173,7 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
         // The VM's processes die with the shim, so their PIDs may have been reused by now, perhaps by another
         // pod's VM: kill only a process whose command line names this VM's directory.
         let ours = work_dir.as_ref().is_some_and(|d| names_dir(pid, d));
-        if pid > 0 && ours && runs(pid, &["qemu-system-x86", "hull"]) {
+        if pid > 0 && ours && runs(pid, &["qemu-system-x86", "hull", "hull-vmm"]) {
             log::warn!("container {id}: the shim is gone; killing its VM process {pid}");
             // SAFETY: plain kill(2) of a PID checked to run a VM process just above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -164,7 +185,6 @@ fn cleanup_after(bundle: &Path, id: &str) -> bool {
     // Only directories under the cgroup mount (remove_dirs checks), and only empty ones go (rmdir).
     crate::cgroup::remove_dirs(Path::new(crate::cgroup::ROOT), &rec.cgroups);
     VmRecord::remove(bundle);
-    true
 }
 
 #[cfg(test)]
@@ -192,5 +212,20 @@ mod tests {
         let still_there = sock.exists();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!still_there, "socket {} left behind", sock.display());
+    }
+
+    /// A shim whose socket is closed but which still runs (killed, in the middle of exiting) is waited for:
+    /// containerd's `delete` must then clean up after it, not take it for a pod's live shim.
+    #[test]
+    fn a_dying_shim_is_waited_for_and_a_live_one_is_not() {
+        let mut child = std::process::Command::new("sleep").arg("0.4").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(shim_alive(pid, &["sleep"], true), "socket answers: alive without waiting");
+        let t0 = std::time::Instant::now();
+        let reaper = std::thread::spawn(move || child.wait());
+        assert!(!shim_alive(pid, &["sleep"], false), "socket closed: waited until it ended");
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(300), "{:?}", t0.elapsed());
+        reaper.join().unwrap().unwrap();
+        assert!(!shim_alive(pid, &["sleep"], true), "gone is gone");
     }
 }

@@ -116,6 +116,8 @@ impl Setup {
         while !ctd.shim_pids().is_empty() && t0.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(100));
         }
+        // What containerd said (its `shim delete` calls among it), for a failure below.
+        let report = ctd.report();
         drop(ctd);
         // Processes killed a moment ago may still be on their way out: allow them a few seconds.
         let t0 = Instant::now();
@@ -131,7 +133,7 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = std::fs::remove_dir_all(shim_config.parent().unwrap());
-        assert!(left.is_empty(), "left behind: {left:#?}");
+        assert!(left.is_empty(), "left behind: {left:#?}\n{report}");
     }
 }
 
