@@ -125,7 +125,9 @@ impl ConfigFile {
     }
 }
 
-/// Reads `path`, configures `instance` from it and starts the microVM.
+/// Reads `path`, configures `instance` from it and starts the microVM. Never inlined: the parsed
+/// configuration's frames then lie below the caller's, where the VMM gives them back once the VM runs.
+#[inline(never)]
 pub fn boot_from_file(path: &Path, instance: &mut Instance) -> Result<(), ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_path_buf(),

@@ -93,6 +93,19 @@ pub fn check_cpuid_fits(saved: &[kvm_cpuid_entry2], supported: &[kvm_cpuid_entry
 }
 
 impl VcpuState {
+    /// [`VcpuState::save`] as the vCPU thread calls it: boxed, and never inlined. The state (XSAVE, LAPIC,
+    /// MSRs) is over 10 KiB; held by value in the run loop's frame, it would be stack every vCPU thread
+    /// keeps dirty for its life, snapshot or not.
+    #[inline(never)]
+    pub fn save_boxed(
+        index: u8,
+        vcpu: &mut VcpuFd,
+        msr_list: &[u32],
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> Result<Box<VcpuState>, VcpuStateError> {
+        Self::save(index, vcpu, msr_list, cpuid).map(Box::new)
+    }
+
     /// Reads the state of `vcpu` (on its own thread, paused). `msr_list` is KVM_GET_MSR_INDEX_LIST,
     /// `cpuid` what the vCPU was configured with.
     pub fn save(

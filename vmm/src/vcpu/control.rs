@@ -63,7 +63,7 @@ struct ControlState {
 }
 
 /// What a parked vCPU thread does when asked to save its state.
-pub(crate) type SaveFn<'a> = &'a mut dyn FnMut() -> Result<VcpuState, String>;
+pub(crate) type SaveFn<'a> = &'a mut dyn FnMut() -> Result<Box<VcpuState>, String>;
 
 /// Shared by the VMM and every vCPU thread: the target state, who is paused, and how the VM ended.
 pub struct VcpuControl {
@@ -218,7 +218,7 @@ impl VcpuControl {
             if st.save_round != served {
                 served = st.save_round;
                 drop(st);
-                let result = save().map(Box::new);
+                let result = save();
                 st = lock(&self.state);
                 st.saved.push((index, result));
                 self.changed.notify_all();

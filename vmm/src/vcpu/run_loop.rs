@@ -131,7 +131,7 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext, me: libc::pthread_t
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let mut save =
-                || crate::snapshot::VcpuState::save(index, vcpu, &ctx.msr_list, cpuid).map_err(|e| e.to_string());
+                || crate::snapshot::VcpuState::save_boxed(index, vcpu, &ctx.msr_list, cpuid).map_err(|e| e.to_string());
             ctx.control.park_if_paused(index, &mut save)
         };
         if !parked {
