@@ -220,11 +220,21 @@ mod tests {
     fn a_dying_shim_is_waited_for_and_a_live_one_is_not() {
         let mut child = std::process::Command::new("sleep").arg("0.4").spawn().unwrap();
         let pid = child.id() as i32;
-        assert!(shim_alive(pid, &["sleep"], true), "socket answers: alive without waiting");
+        assert!(
+            shim_alive(pid, &["sleep"], true),
+            "socket answers: alive without waiting"
+        );
         let t0 = std::time::Instant::now();
         let reaper = std::thread::spawn(move || child.wait());
-        assert!(!shim_alive(pid, &["sleep"], false), "socket closed: waited until it ended");
-        assert!(t0.elapsed() >= std::time::Duration::from_millis(300), "{:?}", t0.elapsed());
+        assert!(
+            !shim_alive(pid, &["sleep"], false),
+            "socket closed: waited until it ended"
+        );
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
         reaper.join().unwrap().unwrap();
         assert!(!shim_alive(pid, &["sleep"], true), "gone is gone");
     }
