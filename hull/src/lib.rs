@@ -16,9 +16,6 @@ pub mod signals;
 pub mod vmm_cli;
 pub mod vmm_mode;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-
 use crate::signals::SignalFd;
 use crate::vmm_cli::VmmArgs;
 
@@ -26,8 +23,9 @@ use crate::vmm_cli::VmmArgs;
 /// whenever a source file of hull, its VMM crates or the lock file changes.
 pub const BUILD_ID: &str = env!("HULL_BUILD_ID");
 /// [`BUILD_ID`] as an ELF note (name `hull`, type [`BUILD_NOTE_TYPE`], the ID's bytes zero-padded to 64), in
-/// both binaries' note segment at the front of the file: hull's runtime reads it from `hull` and `hull-vmm`
-/// to tell, without running either, whether they are of one build (`hull_runtime::vmm_binary`).
+/// both binaries' note segment at the front of the file: `hull` (before it execs `hull-vmm`) and hull's
+/// runtime read it from both files to tell, without running either, whether they are of one build
+/// (`hull_runtime::vmm_binary`).
 #[link_section = ".note.hull.build"]
 #[used]
 pub static BUILD_NOTE: BuildNote = BuildNote::new(BUILD_ID);
@@ -62,50 +60,6 @@ impl BuildNote {
             desc,
         }
     }
-}
-
-/// Set by `hull` when it execs `hull-vmm`: the build ID `hull-vmm` must have.
-pub const EXPECT_BUILD: &str = "HULL_VMM_EXPECT_BUILD";
-/// Set when `hull` must run the microVM itself rather than exec `hull-vmm`.
-pub const NO_LEAN_EXEC: &str = "HULL_NO_LEAN_EXEC";
-
-/// The first step of `hull-vmm`: if the `hull` that exec'd it is of another build, exec that `hull` back
-/// (from `/proc/self/exe`'s directory) with [`NO_LEAN_EXEC`], so the microVM runs the code the user built.
-/// A `hull-vmm` started directly runs as it is.
-pub fn lean_vmm_start() {
-    let Some(expected) = std::env::var_os(EXPECT_BUILD) else {
-        return;
-    };
-    std::env::remove_var(EXPECT_BUILD);
-    if expected.as_bytes() == BUILD_ID.as_bytes() {
-        return;
-    }
-    eprintln!("hull-vmm: the hull beside it is from another build; running that hull's own microVM mode");
-    let Ok(me) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    std::env::set_var(NO_LEAN_EXEC, "1");
-    exec_with_this_command_line(&me.with_file_name("hull"));
-    std::env::remove_var(NO_LEAN_EXEC);
-}
-
-/// Execs `program` with this process's arguments (`argv[0]` included) and environment; returns only if
-/// that fails.
-pub fn exec_with_this_command_line(program: &std::path::Path) {
-    let Ok(path) = CString::new(program.as_os_str().as_bytes()) else {
-        return;
-    };
-    let Ok(args) = std::env::args_os()
-        .map(|arg| CString::new(arg.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        return;
-    };
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    // SAFETY: `path` and every argument are NUL-terminated strings that outlive the call, and `argv` ends
-    // with a null pointer. execv returns only on failure.
-    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
 }
 
 /// Runs the microVM mode with its parsed command line and exits with its status.

@@ -9,7 +9,6 @@ use hull::vmm_cli::{parse_lean, LeanCommand, LEAN_HELP};
 const EXIT_USAGE: i32 = 2;
 
 fn main() {
-    hull::lean_vmm_start();
     hull::one_heap_for_all_threads();
     let args = match parse_lean(std::env::args_os()) {
         Ok(LeanCommand::Run(args)) => args,
