@@ -722,6 +722,46 @@ struct SpawnedHull {
     console: PathBuf,
 }
 
+/// A spare slot's empty placeholder as the VMM process is given it.
+struct GivenSlot {
+    id: String,
+    path: PathBuf,
+    writable: bool,
+}
+
+impl SpawnedHull {
+    /// Every spare slot's fresh placeholder of this VM, given to the process (linked into its jail).
+    fn give_slots(&self, cfg: &VmLaunchConfig) -> Result<Vec<GivenSlot>, BackendError> {
+        slot_placeholders(cfg)?
+            .into_iter()
+            .map(|slot| {
+                let access = if slot.writable { Access::ReadWrite } else { Access::Read };
+                let path = self
+                    .files
+                    .give(&slot.placeholder, &format!("{}.empty", slot.id), access)?;
+                Ok(GivenSlot {
+                    id: slot.id,
+                    path,
+                    writable: slot.writable,
+                })
+            })
+            .collect()
+    }
+
+    /// The VM this process runs once configured (booted or restored) with `slots`.
+    fn into_vm(self, slots: Vec<GivenSlot>) -> KvmVm {
+        KvmVm {
+            uds: self.uds.0,
+            console: self.console,
+            hull: self.hull,
+            api: self.api,
+            files: self.files,
+            attached: 0,
+            writable_slots: slots.into_iter().filter(|s| s.writable).map(|s| s.id).collect(),
+        }
+    }
+}
+
 impl KvmVm {
     /// Starts `hull` (through hull-jailer when jailed) and waits for its API socket.
     fn spawn(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<SpawnedHull, BackendError> {
@@ -786,16 +826,11 @@ impl KvmVm {
     }
 
     fn start(cfg: &VmLaunchConfig, cgroup_procs: &[PathBuf]) -> Result<KvmVm, BackendError> {
-        let SpawnedHull {
-            hull,
-            files,
-            api: client,
-            uds: (uds, uds_arg),
-            console,
-        } = KvmVm::spawn(cfg, cgroup_procs)?;
+        let spawned = KvmVm::spawn(cfg, cgroup_procs)?;
+        let (files, client) = (&spawned.files, &spawned.api);
         let kernel = files.give(cfg.kernel, "vmlinux", Access::Read)?;
         let initrd = files.give(cfg.initrd, "initrd", Access::Read)?;
-        let put = |path: &str, body: serde_json::Value| api_call(&client, "PUT", path, &body);
+        let put = |path: &str, body: serde_json::Value| api_call(client, "PUT", path, &body);
         put(
             "/boot-source",
             serde_json::json!({
@@ -824,24 +859,19 @@ impl KvmVm {
                 }),
             )?;
         }
-        let mut writable_slots = Vec::new();
-        for slot in slot_placeholders(cfg)? {
-            let access = if slot.writable { Access::ReadWrite } else { Access::Read };
-            let placeholder = files.give(&slot.placeholder, &format!("{}.empty", slot.id), access)?;
+        let slots = spawned.give_slots(cfg)?;
+        for slot in &slots {
             put(
                 &format!("/drives/{}", slot.id),
                 serde_json::json!({
-                    "drive_id": slot.id, "path_on_host": placeholder, "is_root_device": false,
+                    "drive_id": slot.id, "path_on_host": slot.path, "is_root_device": false,
                     "is_read_only": !slot.writable
                 }),
             )?;
-            if slot.writable {
-                writable_slots.push(slot.id);
-            }
         }
         put(
             "/vsock",
-            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": uds_arg }),
+            serde_json::json!({ "guest_cid": hull_agent_protocol::GUEST_CID, "uds_path": spawned.uds.1 }),
         )?;
         if let Some(tap) = cfg.tap {
             put(
@@ -853,15 +883,7 @@ impl KvmVm {
             )?;
         }
         put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))?;
-        Ok(KvmVm {
-            uds,
-            console,
-            hull,
-            api: client,
-            files,
-            attached: 0,
-            writable_slots,
-        })
+        Ok(spawned.into_vm(slots))
     }
 
     /// Restores the template `snapshot` (state file and memory file) in a new `hull`, Paused: its vsock
@@ -874,46 +896,28 @@ impl KvmVm {
         guest_cid: u32,
         cgroup_procs: &[PathBuf],
     ) -> Result<KvmVm, BackendError> {
-        let SpawnedHull {
-            hull,
-            files,
-            api: client,
-            uds: (uds, uds_arg),
-            console,
-        } = KvmVm::spawn(cfg, cgroup_procs)?;
+        let spawned = KvmVm::spawn(cfg, cgroup_procs)?;
+        let files = &spawned.files;
         let state = files.give(&snapshot.state, "template.snap", Access::Read)?;
         // Mapped privately: the template's memory file is shared by every clone and written by none.
         let mem = files.give(&snapshot.memory, "template.mem", Access::Read)?;
-        let mut drive_overrides = Vec::new();
-        let mut writable_slots = Vec::new();
-        for slot in slot_placeholders(cfg)? {
-            let access = if slot.writable { Access::ReadWrite } else { Access::Read };
-            let placeholder = files.give(&slot.placeholder, &format!("{}.empty", slot.id), access)?;
-            drive_overrides.push(serde_json::json!({ "drive_id": slot.id, "path_on_host": placeholder }));
-            if slot.writable {
-                writable_slots.push(slot.id);
-            }
-        }
+        let slots = spawned.give_slots(cfg)?;
+        let drive_overrides: Vec<_> = slots
+            .iter()
+            .map(|slot| serde_json::json!({ "drive_id": slot.id, "path_on_host": slot.path }))
+            .collect();
         let mut body = serde_json::json!({
             "snapshot_path": state,
             "mem_backend": { "backend_type": "File", "backend_path": mem },
             "resume_vm": false,
-            "vsock_override": { "uds_path": uds_arg, "guest_cid": guest_cid },
+            "vsock_override": { "uds_path": spawned.uds.1, "guest_cid": guest_cid },
             "drive_overrides": drive_overrides,
         });
         if let Some(tap) = cfg.tap {
             body["network_overrides"] = serde_json::json!([{ "iface_id": "eth0", "host_dev_name": tap }]);
         }
-        api_call(&client, "PUT", "/snapshot/load", &body)?;
-        Ok(KvmVm {
-            uds,
-            console,
-            hull,
-            api: client,
-            files,
-            attached: 0,
-            writable_slots,
-        })
+        api_call(&spawned.api, "PUT", "/snapshot/load", &body)?;
+        Ok(spawned.into_vm(slots))
     }
 
     /// Pauses the VM and writes a full snapshot of it to `to` (the files are created by hull, in its jail

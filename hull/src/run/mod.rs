@@ -54,15 +54,8 @@ pub struct RunArgs {
     /// (`$HULL_CACHE/rootfs-images`, else `~/.cache/hull/rootfs-images`).
     #[arg(long)]
     pub no_image_cache: bool,
-    /// VM backend: kvm (the hull VMM), qemu (QEMU TCG with hull's vhost-user devices), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendKind,
-    /// vCPUs.
-    #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u8).range(1..=32))]
-    pub cpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_parser = clap::value_parser!(u32).range(64..=65536))]
-    pub mem: u32,
+    #[command(flatten)]
+    pub machine: MachineArgs,
     /// Allocate a terminal for the container (interactive).
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -141,6 +134,21 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// The VM's backend and size: shared by `hull run` and `hull template create` (whose clones get its size).
+#[derive(Debug, Args)]
+pub struct MachineArgs {
+    /// VM backend: kvm (the hull VMM), qemu (QEMU TCG with hull's vhost-user devices), or auto (kvm on
+    /// hardware KVM). A template is a snapshot of the hull VMM: kvm only.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// vCPUs.
+    #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub mem: u32,
 }
 
 /// Where the guest's kernel and initramfs come from and how the VM's processes are confined: shared by
@@ -294,7 +302,7 @@ enum Event {
 
 fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunError> {
     let t0 = Instant::now();
-    let (kind, why) = backend::choose(args.backend);
+    let (kind, why) = backend::choose(args.machine.backend);
     eprintln!(
         "hull run: backend {} ({why})",
         if kind == BackendKind::Kvm { "kvm" } else { "qemu" }
@@ -342,8 +350,8 @@ fn run_inner(args: &RunArgs, signals: tty::BlockedSignals) -> Result<i32, RunErr
         hull: &hull,
         kernel: &kernel,
         initrd: &initrd,
-        cpus: args.cpus,
-        mem_mib: args.mem,
+        cpus: args.machine.cpus,
+        mem_mib: args.machine.mem,
         drives: &drives,
         tap: args.net.as_deref(),
         slots: 0,
@@ -461,11 +469,11 @@ fn open_template(
             "--from-snapshot: the template has {what} {template}, this run asks for {run}"
         ))
     };
-    if args.cpus != DEFAULT_CPUS && args.cpus != m.cpus {
-        return Err(mismatch("--cpus", m.cpus.to_string(), args.cpus.to_string()));
+    if args.machine.cpus != DEFAULT_CPUS && args.machine.cpus != m.cpus {
+        return Err(mismatch("--cpus", m.cpus.to_string(), args.machine.cpus.to_string()));
     }
-    if args.mem != DEFAULT_MEM_MIB && args.mem != m.mem_mib {
-        return Err(mismatch("--mem", m.mem_mib.to_string(), args.mem.to_string()));
+    if args.machine.mem != DEFAULT_MEM_MIB && args.machine.mem != m.mem_mib {
+        return Err(mismatch("--mem", m.mem_mib.to_string(), args.machine.mem.to_string()));
     }
     if let Some(p) = args.agent_policy.filter(|p| *p != policy) {
         return Err(mismatch("--agent-policy", policy.to_string(), p.to_string()));

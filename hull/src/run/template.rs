@@ -12,7 +12,7 @@ use hull_runtime::backend::{self, BackendKind, VmLaunchConfig};
 use hull_runtime::guard;
 use hull_runtime::template::{self, Template};
 
-use super::{guest_files, jail_config, parse_policy, VmArgs, DEFAULT_CPUS, DEFAULT_MEM_MIB};
+use super::{guest_files, jail_config, parse_policy, MachineArgs, VmArgs};
 use crate::logging::LogLevel;
 
 #[derive(Debug, Subcommand)]
@@ -26,15 +26,9 @@ pub struct CreateArgs {
     /// Where the template goes: state.snap, memory.mem and template.json.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// VM backend: the template is a snapshot of the hull VMM, so only kvm (auto picks it on hardware KVM).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendKind,
-    /// vCPUs of the template (and of every clone).
-    #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u8).range(1..=32))]
-    pub cpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_parser = clap::value_parser!(u32).range(64..=65536))]
-    pub mem: u32,
+    /// Backend (kvm), vCPUs and memory of the template and of every clone.
+    #[command(flatten)]
+    pub machine: MachineArgs,
     /// Slots for read-only volumes (`-v SRC:DEST:ro`) of the runs restored from it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=4))]
     pub ro_volumes: u8,
@@ -79,7 +73,7 @@ pub fn run(cmd: TemplateCommand) -> i32 {
 }
 
 fn create(args: &CreateArgs) -> Result<Template, String> {
-    let (kind, why) = backend::choose(args.backend);
+    let (kind, why) = backend::choose(args.machine.backend);
     if kind != BackendKind::Kvm {
         return Err(format!(
             "a template is a snapshot of the hull VMM, which needs the kvm backend; the backend here would be \
@@ -94,8 +88,8 @@ fn create(args: &CreateArgs) -> Result<Template, String> {
         hull: &hull,
         kernel: &kernel,
         initrd: &initrd,
-        cpus: args.cpus,
-        mem_mib: args.mem,
+        cpus: args.machine.cpus,
+        mem_mib: args.machine.mem,
         drives: &[],
         // The rootfs, then read-only volumes; the scratch disk, then read-write volumes.
         slots: 1 + usize::from(args.ro_volumes),
