@@ -68,11 +68,13 @@ impl Shim for HullShim {
         let socket = PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address));
         // containerd asks for `delete` when a shim died (and after a pod's container is gone, its shim alive):
         // a socket nobody answers on is a dead shim's, which neither containerd nor the library removes.
+        // The socket goes first: cleaning up after the VM may wait for the dying shim, and containerd gives
+        // `delete` only a few seconds.
         let answered = std::os::unix::net::UnixStream::connect(&socket).is_ok();
-        cleanup_after(&bundle, &self.id, answered);
         if !answered {
             let _ = std::fs::remove_file(&socket);
         }
+        cleanup_after(&bundle, &self.id, answered);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
         resp.exited_at = Some(containerd_shim::util::timestamp()?).into();
