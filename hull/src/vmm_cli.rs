@@ -12,6 +12,8 @@ use crate::logging::LogLevel;
 
 /// Firecracker's default instance ID.
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+/// Largest API request body when `--http-api-max-payload-size` is not given (Firecracker's default).
+const DEFAULT_API_MAX_PAYLOAD: usize = 51_200;
 /// Longest instance ID accepted (Firecracker's limit).
 const MAX_INSTANCE_ID_LEN: usize = 64;
 
@@ -112,7 +114,7 @@ pub struct FirecrackerArgs {
     pub metrics_path: Option<PathBuf>,
 
     /// Largest API request body in bytes (Firecracker's default: 51200).
-    #[arg(long, value_name = "BYTES", default_value_t = 51_200)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_API_MAX_PAYLOAD)]
     pub http_api_max_payload_size: usize,
 
     /// Largest MMDS data store in bytes (default: --http-api-max-payload-size); a PUT or PATCH /mmds that
@@ -227,7 +229,7 @@ pub fn parse_lean(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             show_level: false,
             show_log_origin: false,
             metrics_path: None,
-            http_api_max_payload_size: 51_200,
+            http_api_max_payload_size: DEFAULT_API_MAX_PAYLOAD,
             mmds_size_limit: None,
             metadata: None,
             start_time_us: None,
